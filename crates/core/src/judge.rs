@@ -1,0 +1,1 @@
+//! Gate and abort-rule evaluation.

@@ -1,0 +1,1010 @@
+//! The rollout spec: what `cutover.toml` (and, later, the `Rollout` custom resource) says.
+//!
+//! Parsing is strict (DESIGN.md invariant 9): an unknown field is an error, and every invalid
+//! value is reported with its field path and what to write instead. All errors are collected, so
+//! a user fixes a config in one pass rather than one error at a time. Nothing here does IO: the
+//! shell reads the file and hands over the text.
+
+use crate::time::Dur;
+use crate::weight::Weight;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+
+/// A whole cutover config.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub service: ServiceSpec,
+    #[serde(default)]
+    pub admin: AdminSpec,
+    pub app: AppSpec,
+    #[serde(default)]
+    pub rollout: RolloutSpec,
+    #[serde(default)]
+    pub sticky: StickySpec,
+    #[serde(default)]
+    pub log: LogSpec,
+}
+
+/// `[service]`: what is being rolled out and where clients reach it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSpec {
+    /// A short name: letters, digits, `-`, `_`, `.`.
+    pub name: String,
+    /// The public address of the embedded proxy.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Where state, logs and the admin token live; relative paths are relative to the config file.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: String,
+}
+
+/// `[admin]`: the admin API the CLI talks to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSpec {
+    /// Loopback by default; binding elsewhere must be a deliberate choice.
+    #[serde(default = "default_admin_listen")]
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminSpec {
+    fn default() -> Self {
+        AdminSpec {
+            listen: default_admin_listen(),
+        }
+    }
+}
+
+/// `[app]`: how to run one instance of a version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppSpec {
+    /// The argv template. `{port}`, `{version}` and `{instance}` are substituted in each
+    /// argument; no shell ever sees it.
+    pub command: Vec<String>,
+    /// Extra environment; values take the same placeholders.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Working directory for instances; relative to the config file.
+    #[serde(default)]
+    pub workdir: Option<String>,
+    /// Instances per version, balanced by least outstanding requests.
+    #[serde(default = "one")]
+    pub instances: u32,
+    /// A version must be ready within this long after its start, or the rollout is aborted.
+    #[serde(default = "default_start_timeout")]
+    pub start_timeout: Dur,
+    #[serde(default = "ProbeSpec::readiness")]
+    pub readiness: ProbeSpec,
+    #[serde(default = "ProbeSpec::liveness")]
+    pub liveness: ProbeSpec,
+    #[serde(default)]
+    pub stop: StopSpec,
+    #[serde(default)]
+    pub restart: RestartSpec,
+}
+
+/// An HTTP probe: `GET path` must answer 2xx within `timeout`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeSpec {
+    pub path: String,
+    #[serde(default = "default_probe_interval")]
+    pub interval: Dur,
+    #[serde(default = "default_probe_timeout")]
+    pub timeout: Dur,
+    /// Consecutive successes before the probe counts as passing (hysteresis).
+    #[serde(default = "one")]
+    pub success_threshold: u32,
+    /// Consecutive failures before the probe counts as failing (hysteresis).
+    #[serde(default = "three")]
+    pub failure_threshold: u32,
+}
+
+impl ProbeSpec {
+    pub fn readiness() -> Self {
+        ProbeSpec {
+            path: "/ready".into(),
+            interval: default_probe_interval(),
+            timeout: default_probe_timeout(),
+            success_threshold: 1,
+            failure_threshold: 3,
+        }
+    }
+    pub fn liveness() -> Self {
+        ProbeSpec {
+            path: "/live".into(),
+            ..ProbeSpec::readiness()
+        }
+    }
+}
+
+/// `[app.stop]`: drain → signal → grace → SIGKILL.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StopSpec {
+    /// How long in-flight requests may take to finish once the instance left rotation.
+    #[serde(default = "default_drain_timeout")]
+    pub drain_timeout: Dur,
+    /// The signal sent after the drain.
+    #[serde(default)]
+    pub signal: StopSignal,
+    /// How long after the signal before SIGKILL.
+    #[serde(default = "default_grace")]
+    pub grace: Dur,
+}
+
+impl Default for StopSpec {
+    fn default() -> Self {
+        StopSpec {
+            drain_timeout: default_drain_timeout(),
+            signal: StopSignal::default(),
+            grace: default_grace(),
+        }
+    }
+}
+
+/// The signals an instance may be asked to stop with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum StopSignal {
+    #[default]
+    #[serde(rename = "SIGTERM")]
+    Term,
+    #[serde(rename = "SIGINT")]
+    Int,
+    #[serde(rename = "SIGQUIT")]
+    Quit,
+    #[serde(rename = "SIGHUP")]
+    Hup,
+    #[serde(rename = "SIGUSR1")]
+    Usr1,
+    #[serde(rename = "SIGUSR2")]
+    Usr2,
+}
+
+/// `[app.restart]`: restarts on liveness failure or exit, and what counts as a crash loop.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestartSpec {
+    #[serde(default = "default_backoff_initial")]
+    pub backoff_initial: Dur,
+    #[serde(default = "default_backoff_max")]
+    pub backoff_max: Dur,
+    /// This many restarts of one instance ...
+    #[serde(default = "three")]
+    pub crash_loop_restarts: u32,
+    /// ... within this window is a crash loop (which aborts a canary).
+    #[serde(default = "default_crash_loop_window")]
+    pub crash_loop_window: Dur,
+}
+
+impl Default for RestartSpec {
+    fn default() -> Self {
+        RestartSpec {
+            backoff_initial: default_backoff_initial(),
+            backoff_max: default_backoff_max(),
+            crash_loop_restarts: 3,
+            crash_loop_window: default_crash_loop_window(),
+        }
+    }
+}
+
+/// `[rollout]`: schedule, evaluation, gates and abort rules. Defaults are the blueprint's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutSpec {
+    #[serde(default)]
+    pub schedule: ScheduleKind,
+    /// The canary's first weight, in percent (`0.5` is allowed).
+    #[serde(default = "default_initial_weight")]
+    pub initial_weight: f64,
+    /// How long each step of the `double` schedule (and a step without its own `pause`) lasts
+    /// before its advance gates are checked.
+    #[serde(default = "default_step_interval")]
+    pub step_interval: Dur,
+    /// Explicit steps, with `schedule = "steps"`.
+    #[serde(default)]
+    pub steps: Vec<StepSpec>,
+    /// How often abort rules are evaluated (and held gates re-checked).
+    #[serde(default = "default_interval")]
+    pub interval: Dur,
+    /// The sliding window every evaluation looks at.
+    #[serde(default = "default_window")]
+    pub window: Dur,
+    /// Fewer requests than this for a version in the window is inconclusive: hold, never
+    /// advance and never abort on noise.
+    #[serde(default = "default_min_samples")]
+    pub min_samples: u64,
+    /// A gate failing for longer than this aborts the rollout.
+    #[serde(default = "default_max_hold")]
+    pub max_hold: Dur,
+    /// After promotion the previous version keeps running without traffic this long, so a
+    /// rollback is one atomic switch.
+    #[serde(default = "default_hold_previous")]
+    pub hold_previous: Dur,
+    /// Advance gates, checked at each step boundary. Defaults when absent.
+    #[serde(default = "GateSpec::defaults")]
+    pub gates: Vec<GateSpec>,
+    /// Abort rules, checked every interval. Defaults when absent.
+    #[serde(default = "AbortSpec::defaults")]
+    pub aborts: Vec<AbortSpec>,
+}
+
+impl Default for RolloutSpec {
+    fn default() -> Self {
+        RolloutSpec {
+            schedule: ScheduleKind::default(),
+            initial_weight: default_initial_weight(),
+            step_interval: default_step_interval(),
+            steps: Vec::new(),
+            interval: default_interval(),
+            window: default_window(),
+            min_samples: default_min_samples(),
+            max_hold: default_max_hold(),
+            hold_previous: default_hold_previous(),
+            gates: GateSpec::defaults(),
+            aborts: AbortSpec::defaults(),
+        }
+    }
+}
+
+impl RolloutSpec {
+    /// The initial weight; valid once the config is validated.
+    pub fn initial(&self) -> Weight {
+        Weight::from_percent(self.initial_weight)
+            .unwrap_or(Weight::from_bp(200).unwrap_or(Weight::ZERO))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ScheduleKind {
+    /// `initial_weight`, then double it every `step_interval` until 100 %.
+    #[default]
+    Double,
+    /// The explicit `steps` list, then 100 %.
+    Steps,
+}
+
+/// One explicit step: set a weight, and/or pause (for a duration or until promoted).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepSpec {
+    /// Canary weight in percent for this step; absent keeps the previous step's weight.
+    #[serde(default)]
+    pub weight: Option<f64>,
+    /// `"2m"` to stay this long (instead of `step_interval`), or `"until_promoted"` to wait for
+    /// `cutover resume` / `cutover promote`.
+    #[serde(default)]
+    pub pause: Option<PauseSpec>,
+}
+
+/// How long a step lasts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PauseSpec {
+    For(Dur),
+    UntilPromoted,
+}
+
+impl Serialize for PauseSpec {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            PauseSpec::For(d) => d.serialize(s),
+            PauseSpec::UntilPromoted => s.serialize_str("until_promoted"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for PauseSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if s.trim() == "until_promoted" {
+            return Ok(PauseSpec::UntilPromoted);
+        }
+        humantime::parse_duration(s.trim())
+            .map(|d| PauseSpec::For(Dur(d)))
+            .map_err(|_| {
+                serde::de::Error::custom(format!(
+                    "invalid pause {s:?}; write a duration like \"2m\" or \"until_promoted\""
+                ))
+            })
+    }
+}
+
+/// An advance gate: checked at a step boundary; failing holds the weight, failing longer than
+/// `max_hold` aborts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "metric", rename_all = "snake_case", deny_unknown_fields)]
+pub enum GateSpec {
+    /// Canary latency quantile against stable's (`max_increase_percent`, plus an absolute
+    /// `slack` because sub-millisecond quantiles are noise), and/or against an absolute `max`.
+    Latency {
+        name: String,
+        #[serde(default = "default_quantile")]
+        quantile: f64,
+        #[serde(default)]
+        max_increase_percent: Option<f64>,
+        #[serde(default = "default_slack")]
+        slack: Dur,
+        #[serde(default)]
+        max: Option<Dur>,
+    },
+    /// Canary error ratio (5xx and proxy errors over requests): at most `max`, and/or at most
+    /// stable's plus `max_increase`.
+    ErrorRatio {
+        name: String,
+        #[serde(default)]
+        max: Option<f64>,
+        #[serde(default)]
+        max_increase: Option<f64>,
+    },
+}
+
+impl GateSpec {
+    /// The blueprint's gates: p99 within +5 % of stable, error budget of a 99.9 % SLO not
+    /// burning faster than 1×.
+    pub fn defaults() -> Vec<GateSpec> {
+        vec![
+            GateSpec::Latency {
+                name: "p99-vs-stable".into(),
+                quantile: 0.99,
+                max_increase_percent: Some(5.0),
+                slack: default_slack(),
+                max: None,
+            },
+            GateSpec::ErrorRatio {
+                name: "error-budget".into(),
+                max: Some(0.001),
+                max_increase: None,
+            },
+        ]
+    }
+
+    pub fn name(&self) -> &str {
+        match self {
+            GateSpec::Latency { name, .. } | GateSpec::ErrorRatio { name, .. } => name,
+        }
+    }
+}
+
+/// An abort rule: checked every interval; breached continuously for `for` aborts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "metric", rename_all = "snake_case", deny_unknown_fields)]
+pub enum AbortSpec {
+    /// Canary latency quantile above an absolute threshold.
+    Latency {
+        name: String,
+        #[serde(default = "default_quantile")]
+        quantile: f64,
+        above: Dur,
+        #[serde(rename = "for", default)]
+        for_: Dur,
+    },
+    /// Canary error ratio above a threshold.
+    ErrorRatio {
+        name: String,
+        above: f64,
+        #[serde(rename = "for", default)]
+        for_: Dur,
+    },
+}
+
+impl AbortSpec {
+    /// The blueprint's abort rules: canary p99 > 800 ms for 45 s; canary error ratio above
+    /// 1.44 % (a 14.4× burn of a 99.9 % SLO, the SRE workbook's fast-burn page) for 30 s.
+    pub fn defaults() -> Vec<AbortSpec> {
+        vec![
+            AbortSpec::Latency {
+                name: "p99-over-800ms".into(),
+                quantile: 0.99,
+                above: Dur::from_millis(800),
+                for_: Dur::from_secs(45),
+            },
+            AbortSpec::ErrorRatio {
+                name: "error-budget-fast-burn".into(),
+                above: 0.0144,
+                for_: Dur::from_secs(30),
+            },
+        ]
+    }
+
+    pub fn name(&self) -> &str {
+        match self {
+            AbortSpec::Latency { name, .. } | AbortSpec::ErrorRatio { name, .. } => name,
+        }
+    }
+
+    pub fn for_(&self) -> Dur {
+        match self {
+            AbortSpec::Latency { for_, .. } | AbortSpec::ErrorRatio { for_, .. } => *for_,
+        }
+    }
+}
+
+/// `[sticky]`: which client key decides stable vs canary (DESIGN.md invariant 2).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StickySpec {
+    /// A request header carrying a client id, checked first.
+    #[serde(default = "default_sticky_header")]
+    pub header: Option<String>,
+    /// A cookie carrying a client id, checked second.
+    #[serde(default)]
+    pub cookie: Option<String>,
+    /// What to use when neither is present.
+    #[serde(default)]
+    pub fallback: StickyFallback,
+}
+
+impl Default for StickySpec {
+    fn default() -> Self {
+        StickySpec {
+            header: default_sticky_header(),
+            cookie: None,
+            fallback: StickyFallback::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum StickyFallback {
+    /// The client's IP address: sticky per client machine.
+    #[default]
+    PeerIp,
+    /// A fresh random draw per request: weighted, not sticky.
+    Random,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSpec {
+    #[serde(default)]
+    pub format: LogFormat,
+    /// A tracing filter such as `info` or `cutover_host=debug,info`.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+}
+
+impl Default for LogSpec {
+    fn default() -> Self {
+        LogSpec {
+            format: LogFormat::default(),
+            level: default_log_level(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Human,
+    Json,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+fn default_admin_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9180))
+}
+fn default_state_dir() -> String {
+    ".cutover".into()
+}
+fn one() -> u32 {
+    1
+}
+fn three() -> u32 {
+    3
+}
+fn default_start_timeout() -> Dur {
+    Dur::from_secs(60)
+}
+fn default_probe_interval() -> Dur {
+    Dur::from_secs(1)
+}
+fn default_probe_timeout() -> Dur {
+    Dur::from_secs(1)
+}
+fn default_drain_timeout() -> Dur {
+    Dur::from_secs(30)
+}
+fn default_grace() -> Dur {
+    Dur::from_secs(10)
+}
+fn default_backoff_initial() -> Dur {
+    Dur::from_millis(500)
+}
+fn default_backoff_max() -> Dur {
+    Dur::from_secs(30)
+}
+fn default_crash_loop_window() -> Dur {
+    Dur::from_secs(60)
+}
+fn default_initial_weight() -> f64 {
+    2.0
+}
+fn default_step_interval() -> Dur {
+    Dur::from_secs(90)
+}
+fn default_interval() -> Dur {
+    Dur::from_secs(5)
+}
+fn default_window() -> Dur {
+    Dur::from_secs(30)
+}
+fn default_min_samples() -> u64 {
+    50
+}
+fn default_max_hold() -> Dur {
+    Dur::from_secs(600)
+}
+fn default_hold_previous() -> Dur {
+    Dur::from_secs(3600)
+}
+fn default_quantile() -> f64 {
+    0.99
+}
+fn default_slack() -> Dur {
+    Dur::from_millis(1)
+}
+fn default_sticky_header() -> Option<String> {
+    Some("x-client-id".into())
+}
+fn default_log_level() -> String {
+    "info".into()
+}
+
+/// One problem with a config: where, what, and how to fix it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// The field path, e.g. `rollout.gates[0].quantile`.
+    pub path: String,
+    pub message: String,
+    pub fix: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)?;
+        if !self.fix.is_empty() {
+            write!(f, " (fix: {})", self.fix)?;
+        }
+        Ok(())
+    }
+}
+
+/// Everything wrong with a config, reported at once.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    pub errors: Vec<FieldError>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.errors.len();
+        write!(
+            f,
+            "invalid config ({n} problem{}):",
+            if n == 1 { "" } else { "s" }
+        )?;
+        for e in &self.errors {
+            write!(f, "\n  - {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl ConfigError {
+    fn one(path: impl Into<String>, message: impl Into<String>, fix: impl Into<String>) -> Self {
+        ConfigError {
+            errors: vec![FieldError {
+                path: path.into(),
+                message: message.into(),
+                fix: fix.into(),
+            }],
+        }
+    }
+}
+
+impl Config {
+    /// Parses and validates a `cutover.toml`.
+    pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
+        let de = toml::Deserializer::new(text);
+        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let message = inner.message().to_string();
+            let at = inner
+                .span()
+                .map(|s| {
+                    let line = text[..s.start.min(text.len())].matches('\n').count() + 1;
+                    format!(" (line {line})")
+                })
+                .unwrap_or_default();
+            let fix = if message.contains("unknown field") {
+                "remove it or correct its spelling; see docs/config.md for the fields".to_string()
+            } else if message.contains("missing field") {
+                "add it; see docs/config.md".to_string()
+            } else {
+                String::new()
+            };
+            let path = if path == "." || path.is_empty() {
+                "(top level)".to_string()
+            } else {
+                path
+            };
+            ConfigError::one(path, format!("{message}{at}"), fix)
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every value that the types alone cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut v = Validator::default();
+        let s = &self.service;
+        if s.name.is_empty()
+            || s.name.len() > 63
+            || !s
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            v.err(
+                "service.name",
+                format!("{:?} is not a valid name", s.name),
+                "use 1-63 letters, digits, '-', '_' or '.'",
+            );
+        }
+        if s.state_dir.trim().is_empty() {
+            v.err(
+                "service.state_dir",
+                "is empty",
+                "set a directory, e.g. \".cutover\"",
+            );
+        }
+        if s.listen == self.admin.listen {
+            v.err(
+                "admin.listen",
+                format!("is the same address as service.listen ({})", s.listen),
+                "give the admin API its own port",
+            );
+        }
+
+        let a = &self.app;
+        if a.command.is_empty() || a.command[0].trim().is_empty() {
+            v.err(
+                "app.command",
+                "is empty",
+                "give the program and its arguments, e.g. [\"./my-app\", \"--port\", \"{port}\"]",
+            );
+        } else if !a
+            .command
+            .iter()
+            .chain(a.env.values())
+            .any(|s| s.contains("{port}"))
+        {
+            v.err(
+                "app.command",
+                "never mentions {port}, so instances cannot be told where to listen",
+                "pass the port, e.g. \"--port\", \"{port}\" (or in app.env: PORT = \"{port}\")",
+            );
+        }
+        for (i, arg) in a.command.iter().chain(a.env.values()).enumerate() {
+            if let Some(bad) = unknown_placeholder(arg) {
+                v.err(
+                    format!("app.command[{i}]"),
+                    format!("unknown placeholder {bad}"),
+                    "use {port}, {version} or {instance}",
+                );
+            }
+        }
+        for key in a.env.keys() {
+            if key.is_empty() || key.contains('=') || key.contains('\0') {
+                v.err(
+                    format!("app.env.{key}"),
+                    "is not a valid environment variable name",
+                    "use letters, digits and '_'",
+                );
+            }
+        }
+        if a.instances == 0 || a.instances > 64 {
+            v.err(
+                "app.instances",
+                format!("{} is out of range", a.instances),
+                "use 1 to 64",
+            );
+        }
+        v.positive("app.start_timeout", a.start_timeout);
+        v.probe("app.readiness", &a.readiness);
+        v.probe("app.liveness", &a.liveness);
+        v.positive("app.stop.grace", a.stop.grace);
+        v.positive("app.restart.backoff_initial", a.restart.backoff_initial);
+        if a.restart.backoff_max < a.restart.backoff_initial {
+            v.err(
+                "app.restart.backoff_max",
+                "is shorter than backoff_initial",
+                "make it at least backoff_initial",
+            );
+        }
+        if a.restart.crash_loop_restarts == 0 {
+            v.err(
+                "app.restart.crash_loop_restarts",
+                "is 0, so every start would be a crash loop",
+                "use 1 or more (default 3)",
+            );
+        }
+        v.positive("app.restart.crash_loop_window", a.restart.crash_loop_window);
+
+        let r = &self.rollout;
+        match Weight::from_percent(r.initial_weight) {
+            Some(w) if w > Weight::ZERO && !w.is_full() => {}
+            _ => v.err(
+                "rollout.initial_weight",
+                format!("{} is not a canary weight", r.initial_weight),
+                "use a percentage above 0 and below 100, at most 2 decimals (e.g. 2 or 0.5)",
+            ),
+        }
+        v.positive("rollout.step_interval", r.step_interval);
+        v.positive("rollout.interval", r.interval);
+        v.positive("rollout.window", r.window);
+        if r.window < r.interval {
+            v.err(
+                "rollout.window",
+                format!(
+                    "{} is shorter than rollout.interval ({})",
+                    r.window, r.interval
+                ),
+                "make the window at least one interval",
+            );
+        }
+        v.positive("rollout.max_hold", r.max_hold);
+        match r.schedule {
+            ScheduleKind::Double if !r.steps.is_empty() => v.err(
+                "rollout.steps",
+                "is set but rollout.schedule is \"double\"",
+                "set schedule = \"steps\" to use them, or remove them",
+            ),
+            ScheduleKind::Steps if r.steps.is_empty() => v.err(
+                "rollout.steps",
+                "is empty but rollout.schedule is \"steps\"",
+                "add steps such as { weight = 5 }, or use schedule = \"double\"",
+            ),
+            _ => {}
+        }
+        let mut last = Weight::ZERO;
+        for (i, step) in r.steps.iter().enumerate() {
+            let path = format!("rollout.steps[{i}]");
+            if step.weight.is_none() && step.pause.is_none() {
+                v.err(
+                    &path,
+                    "sets neither weight nor pause",
+                    "add weight = <percent> and/or pause = \"2m\" | \"until_promoted\"",
+                );
+            }
+            if let Some(p) = step.weight {
+                match Weight::from_percent(p) {
+                    Some(w) if w > Weight::ZERO => {
+                        if w < last {
+                            v.err(format!("{path}.weight"), format!("{p} is below the previous step's {}", last), "weights may only grow during a rollout (sticky clients never move back)");
+                        }
+                        last = w;
+                    }
+                    _ => v.err(
+                        format!("{path}.weight"),
+                        format!("{p} is not a weight"),
+                        "use a percentage above 0 and at most 100, at most 2 decimals",
+                    ),
+                }
+            }
+            if let Some(PauseSpec::For(d)) = step.pause {
+                v.positive(&format!("{path}.pause"), d);
+            }
+        }
+        if r.schedule == ScheduleKind::Steps && r.steps.first().is_some_and(|s| s.weight.is_none())
+        {
+            v.err(
+                "rollout.steps[0].weight",
+                "is missing: the first step must give the canary a weight",
+                "add weight = <percent>",
+            );
+        }
+
+        let mut names = std::collections::BTreeSet::new();
+        for (i, g) in r.gates.iter().enumerate() {
+            let path = format!("rollout.gates[{i}]");
+            v.rule_name(&path, g.name(), &mut names);
+            match g {
+                GateSpec::Latency {
+                    quantile,
+                    max_increase_percent,
+                    max,
+                    ..
+                } => {
+                    v.quantile(&format!("{path}.quantile"), *quantile);
+                    if max_increase_percent.is_none() && max.is_none() {
+                        v.err(&path, "has neither max_increase_percent nor max", "add max_increase_percent = 5 (relative to stable) and/or max = \"250ms\"");
+                    }
+                    if let Some(p) = max_increase_percent {
+                        if !p.is_finite() || *p < 0.0 {
+                            v.err(
+                                format!("{path}.max_increase_percent"),
+                                format!("{p} is not a percentage"),
+                                "use a number >= 0, e.g. 5",
+                            );
+                        }
+                    }
+                }
+                GateSpec::ErrorRatio {
+                    max, max_increase, ..
+                } => {
+                    if max.is_none() && max_increase.is_none() {
+                        v.err(
+                            &path,
+                            "has neither max nor max_increase",
+                            "add max = 0.001 and/or max_increase = 0.001",
+                        );
+                    }
+                    for (field, val) in [("max", max), ("max_increase", max_increase)] {
+                        if let Some(x) = val {
+                            v.ratio(&format!("{path}.{field}"), *x);
+                        }
+                    }
+                }
+            }
+        }
+        for (i, a) in r.aborts.iter().enumerate() {
+            let path = format!("rollout.aborts[{i}]");
+            v.rule_name(&path, a.name(), &mut names);
+            match a {
+                AbortSpec::Latency {
+                    quantile, above, ..
+                } => {
+                    v.quantile(&format!("{path}.quantile"), *quantile);
+                    v.positive(&format!("{path}.above"), *above);
+                }
+                AbortSpec::ErrorRatio { above, .. } => v.ratio(&format!("{path}.above"), *above),
+            }
+        }
+
+        if let Some(h) = &self.sticky.header {
+            if h.is_empty()
+                || !h
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
+            {
+                v.err(
+                    "sticky.header",
+                    format!("{h:?} is not a header name"),
+                    "use letters, digits and '-', e.g. \"x-client-id\"",
+                );
+            }
+        }
+        if let Some(c) = &self.sticky.cookie {
+            if c.is_empty() || c.contains(|ch: char| ch == ';' || ch == '=' || ch.is_whitespace()) {
+                v.err(
+                    "sticky.cookie",
+                    format!("{c:?} is not a cookie name"),
+                    "use a token without ';', '=' or spaces",
+                );
+            }
+        }
+        if self.log.level.trim().is_empty() {
+            v.err(
+                "log.level",
+                "is empty",
+                "use e.g. \"info\" or \"cutover_host=debug,info\"",
+            );
+        }
+        v.finish()
+    }
+
+    /// The canary weights the schedule walks through, ending at 100 %.
+    pub fn schedule(&self) -> Vec<crate::engine::Step> {
+        crate::engine::Step::plan(&self.rollout)
+    }
+}
+
+fn unknown_placeholder(s: &str) -> Option<String> {
+    let mut rest = s;
+    while let Some(start) = rest.find('{') {
+        let after = &rest[start..];
+        let end = after.find('}')?;
+        let name = &after[..=end];
+        if !matches!(name, "{port}" | "{version}" | "{instance}") {
+            return Some(name.to_string());
+        }
+        rest = &after[end + 1..];
+    }
+    None
+}
+
+#[derive(Default)]
+struct Validator {
+    errors: Vec<FieldError>,
+}
+
+impl Validator {
+    fn err(&mut self, path: impl Into<String>, message: impl Into<String>, fix: impl Into<String>) {
+        self.errors.push(FieldError {
+            path: path.into(),
+            message: message.into(),
+            fix: fix.into(),
+        });
+    }
+    fn positive(&mut self, path: &str, d: Dur) {
+        if d.is_zero() {
+            self.err(
+                path,
+                "is zero",
+                "use a positive duration, e.g. \"500ms\" or \"5s\"",
+            );
+        }
+    }
+    fn probe(&mut self, path: &str, p: &ProbeSpec) {
+        if !p.path.starts_with('/') {
+            self.err(
+                format!("{path}.path"),
+                format!("{:?} does not start with '/'", p.path),
+                "use an absolute path, e.g. \"/ready\"",
+            );
+        }
+        self.positive(&format!("{path}.interval"), p.interval);
+        self.positive(&format!("{path}.timeout"), p.timeout);
+        if p.success_threshold == 0 {
+            self.err(format!("{path}.success_threshold"), "is 0", "use 1 or more");
+        }
+        if p.failure_threshold == 0 {
+            self.err(format!("{path}.failure_threshold"), "is 0", "use 1 or more");
+        }
+    }
+    fn quantile(&mut self, path: &str, q: f64) {
+        if !(q > 0.0 && q < 1.0) {
+            self.err(
+                path,
+                format!("{q} is not a quantile"),
+                "use a number between 0 and 1, e.g. 0.99",
+            );
+        }
+    }
+    fn ratio(&mut self, path: &str, x: f64) {
+        if !(0.0..=1.0).contains(&x) {
+            self.err(
+                path,
+                format!("{x} is not a ratio"),
+                "use a number between 0 and 1, e.g. 0.001 for 0.1 %",
+            );
+        }
+    }
+    fn rule_name(&mut self, path: &str, name: &str, seen: &mut std::collections::BTreeSet<String>) {
+        if name.trim().is_empty() {
+            self.err(
+                format!("{path}.name"),
+                "is empty",
+                "give every gate and abort rule a name",
+            );
+        } else if !seen.insert(name.to_string()) {
+            self.err(
+                format!("{path}.name"),
+                format!("{name:?} is used twice"),
+                "give every gate and abort rule its own name",
+            );
+        }
+    }
+    fn finish(self) -> Result<(), ConfigError> {
+        if self.errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError {
+                errors: self.errors,
+            })
+        }
+    }
+}
