@@ -1,17 +1,1210 @@
-//! The rollout state machine.
-use crate::spec::RolloutSpec;
-use crate::time::Dur;
-use crate::weight::Weight;
+//! The rollout state machine: `handle(now, event) -> Outcome { actions, decisions }`.
+//!
+//! One [`Engine`] owns one service's rollout state: which release is stable, the rollout in
+//! progress (or the last one), the previous release held after a promotion, and the releases
+//! that failed. The shell feeds it [`Event`]s (deploys, readiness, crash loops, metric windows,
+//! operator verbs) with the current time and carries out the [`Action`]s it returns, *after*
+//! persisting [`Engine::state`] together with the returned [`Decision`]s (DESIGN.md invariant 8).
+//!
+//! Phases (`Rollout::phase`):
+//!
+//! ```text
+//! Starting ──ready──▶ Progressing(step) ⇄ Paused ──last step passes / promote──▶ Promoted ──hold_previous──▶ Done
+//!     │                    │                │                                     │
+//!     └──────── abort ─────┴────────────────┘                       rollback ─────┴──▶ RolledBack
+//!                 ▼
+//!              Aborted
+//! ```
+//!
+//! Invariants kept here: an abort is one [`Action::Route`] back to 100 % stable *before* the
+//! canary is stopped; a rejected command changes nothing (validation happens before mutation);
+//! weights only grow during a rollout, so sticky clients only move stable → canary.
 
-/// One step of a plan.
-#[derive(Debug, Clone, PartialEq)]
+use crate::judge::{self, Outcome as RuleOutcome, Verdict};
+use crate::spec::{PauseSpec, RolloutSpec, ScheduleKind};
+use crate::stats::{TrackStats, WindowStats};
+use crate::time::{Dur, Timestamp};
+use crate::weight::Weight;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// A release as the engine knows it: a version name and the digest that identifies its build
+/// and settings (a rebuilt binary under the same name is a different release).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Release {
+    pub version: String,
+    pub digest: String,
+}
+
+impl Release {
+    pub fn new(version: impl Into<String>, digest: impl Into<String>) -> Self {
+        Release {
+            version: version.into(),
+            digest: digest.into(),
+        }
+    }
+    /// `v2 (sha256:1a2b3c4d)`: the form used in messages.
+    pub fn label(&self) -> String {
+        let short: String = self.digest.chars().take(12).collect();
+        format!("{} ({short})", self.version)
+    }
+}
+
+/// One step of a rollout plan: the canary's weight and how long it stays there.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Step {
     pub weight: Weight,
-    pub pause: Option<crate::spec::PauseSpec>,
-    pub duration: Dur,
+    pub hold: StepHold,
 }
+
+/// How a step ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepHold {
+    /// After this long, the advance gates are checked.
+    For(Dur),
+    /// When an operator resumes or promotes.
+    UntilPromoted,
+}
+
 impl Step {
-    pub fn plan(_r: &RolloutSpec) -> Vec<Step> {
-        Vec::new()
+    /// The steps a rollout walks through before promotion to 100 %.
+    ///
+    /// `double`: `initial_weight`, doubled every `step_interval` (2, 4, 8, 16, 32, 64 %) — the
+    /// next doubling reaches 100 % and is the promotion. `steps`: the explicit list, each step
+    /// inheriting the previous weight when it sets none; a step at 100 % ends the plan.
+    pub fn plan(r: &RolloutSpec) -> Vec<Step> {
+        let mut plan = Vec::new();
+        match r.schedule {
+            ScheduleKind::Double => {
+                let mut w = r.initial();
+                while w > Weight::ZERO && !w.is_full() {
+                    plan.push(Step {
+                        weight: w,
+                        hold: StepHold::For(r.step_interval),
+                    });
+                    w = w.doubled();
+                }
+            }
+            ScheduleKind::Steps => {
+                let mut w = r.initial();
+                for s in &r.steps {
+                    if let Some(p) = s.weight.and_then(Weight::from_percent) {
+                        w = p;
+                    }
+                    if w.is_full() {
+                        break;
+                    }
+                    let hold = match s.pause {
+                        Some(PauseSpec::UntilPromoted) => StepHold::UntilPromoted,
+                        Some(PauseSpec::For(d)) => StepHold::For(d),
+                        None => StepHold::For(r.step_interval),
+                    };
+                    plan.push(Step { weight: w, hold });
+                }
+            }
+        }
+        plan
+    }
+}
+
+/// Where a rollout is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "phase", rename_all = "snake_case")]
+pub enum Phase {
+    /// The canary's instances are starting; it gets no traffic until all are ready.
+    Starting,
+    /// The canary serves `weight` at `step`; gates are checked at the step's end.
+    Progressing,
+    /// No advance until `resume` or `promote`. Abort rules still watch the canary.
+    Paused {
+        /// `true` for `cutover pause`, `false` for a `pause = "until_promoted"` step.
+        manual: bool,
+        since: Timestamp,
+    },
+    /// The new release serves 100 %; the previous one runs without traffic until `until`.
+    Promoted { until: Timestamp },
+    /// Finished: promoted and the previous release stopped (or the first release is live).
+    Done,
+    /// Stopped before promotion; all traffic went back to stable.
+    Aborted { reason: String, automatic: bool },
+    /// Promoted, then rolled back to the previous release inside `hold_previous`.
+    RolledBack { reason: String },
+}
+
+impl Phase {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Phase::Starting => "starting",
+            Phase::Progressing => "progressing",
+            Phase::Paused { .. } => "paused",
+            Phase::Promoted { .. } => "promoted",
+            Phase::Done => "done",
+            Phase::Aborted { .. } => "aborted",
+            Phase::RolledBack { .. } => "rolled_back",
+        }
+    }
+    /// Starting, progressing or paused: a canary exists and may take traffic.
+    pub fn is_active(&self) -> bool {
+        matches!(
+            self,
+            Phase::Starting | Phase::Progressing | Phase::Paused { .. }
+        )
+    }
+}
+
+/// A gate that failed (or could not be judged) at a step boundary, holding the weight.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hold {
+    pub since: Timestamp,
+    /// Since when gates have been *failing* (not merely inconclusive); `max_hold` counts from here.
+    pub failing_since: Option<Timestamp>,
+    pub reason: String,
+}
+
+/// One rollout: from a stable release to a new one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Rollout {
+    pub id: u64,
+    /// The stable release when the rollout began; `None` for a service's first release.
+    pub from: Option<Release>,
+    pub to: Release,
+    pub phase: Phase,
+    /// The plan fixed at deploy time, so a config change never reshapes a running rollout.
+    pub plan: Vec<Step>,
+    pub step: usize,
+    /// The canary's current weight.
+    pub weight: Weight,
+    pub step_started: Timestamp,
+    pub started: Timestamp,
+    pub ended: Option<Timestamp>,
+    /// Salt for sticky assignment: fixed for the rollout (invariant 2).
+    pub salt: u64,
+    pub hold: Option<Hold>,
+    /// Abort rules currently breached, and since when.
+    pub breaches: BTreeMap<String, Timestamp>,
+    /// When the canary first took traffic (the fault's earliest possible onset).
+    pub traffic_since: Option<Timestamp>,
+    pub last_evaluation: Option<Evaluation>,
+}
+
+/// A release that failed, refused on redeploy without `--force`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Failure {
+    pub version: String,
+    pub at: Timestamp,
+    pub reason: String,
+}
+
+/// The previous release, kept running without traffic after a promotion.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Held {
+    pub release: Release,
+    pub until: Timestamp,
+}
+
+/// Everything the engine knows; persisted as a whole before any action is carried out.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct State {
+    pub service: String,
+    pub stable: Option<Release>,
+    pub previous: Option<Held>,
+    /// The current rollout, or the last finished one.
+    pub rollout: Option<Rollout>,
+    pub last_rollout_id: u64,
+    /// Failed releases by digest.
+    pub failed: BTreeMap<String, Failure>,
+}
+
+/// What the shell tells the engine.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// `cutover deploy`: start a rollout of `release`. `force` deploys a failed digest again.
+    Deploy { release: Release, force: bool },
+    /// Every instance of the release with this digest passed its readiness probe.
+    Ready { digest: String },
+    /// The release could not be started (spawn error, not ready within its start timeout).
+    StartFailed { digest: String, reason: String },
+    /// An instance of the release is crash-looping.
+    CrashLoop { digest: String, detail: String },
+    /// One evaluation interval elapsed; stats cover the last `window` for stable and canary.
+    Tick { stats: WindowStats },
+    /// An operator verb.
+    Command(Verb),
+    /// cutover (re)started: re-issue what rebuilds the world from the persisted state.
+    Recover,
+}
+
+/// The manual verbs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verb {
+    Pause,
+    Resume,
+    Promote,
+    Abort,
+    Rollback,
+}
+
+impl fmt::Display for Verb {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Verb::Pause => "pause",
+            Verb::Resume => "resume",
+            Verb::Promote => "promote",
+            Verb::Abort => "abort",
+            Verb::Rollback => "rollback",
+        })
+    }
+}
+
+/// What the engine asks the shell to do, in order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum Action {
+    /// Start the release's instances (idempotent: a running release is left alone).
+    Start { release: Release },
+    /// Atomically replace the route table: `canary` gets `weight`, `stable` the rest.
+    Route {
+        stable: Release,
+        canary: Option<Release>,
+        weight: Weight,
+        salt: u64,
+    },
+    /// Take the release out of service: drain, signal, grace, SIGKILL. Always after a `Route`
+    /// that no longer sends it traffic.
+    Stop { release: Release, reason: String },
+}
+
+/// A recorded decision: what happened, why, and the numbers behind it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Decision {
+    pub at: Timestamp,
+    pub rollout: Option<u64>,
+    pub kind: DecisionKind,
+    pub reason: String,
+    pub numbers: serde_json::Value,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DecisionKind {
+    Deploy,
+    Ready,
+    Advance,
+    Hold,
+    Paused,
+    Resumed,
+    Promoted,
+    Aborted,
+    RolledBack,
+    PreviousReleased,
+    BreachStarted,
+    BreachCleared,
+    CrashLoop,
+    Recovered,
+}
+
+impl DecisionKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DecisionKind::Deploy => "deploy",
+            DecisionKind::Ready => "ready",
+            DecisionKind::Advance => "advance",
+            DecisionKind::Hold => "hold",
+            DecisionKind::Paused => "paused",
+            DecisionKind::Resumed => "resumed",
+            DecisionKind::Promoted => "promoted",
+            DecisionKind::Aborted => "aborted",
+            DecisionKind::RolledBack => "rolled_back",
+            DecisionKind::PreviousReleased => "previous_released",
+            DecisionKind::BreachStarted => "breach_started",
+            DecisionKind::BreachCleared => "breach_cleared",
+            DecisionKind::CrashLoop => "crash_loop",
+            DecisionKind::Recovered => "recovered",
+        }
+    }
+}
+
+/// A summary of one track in an evaluation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrackSummary {
+    pub requests: u64,
+    pub errors: u64,
+    pub error_ratio: Option<f64>,
+    pub p50_seconds: Option<f64>,
+    pub p99_seconds: Option<f64>,
+}
+
+impl From<&TrackStats> for TrackSummary {
+    fn from(t: &TrackStats) -> Self {
+        TrackSummary {
+            requests: t.requests,
+            errors: t.errors,
+            error_ratio: t.error_ratio(),
+            p50_seconds: t.latency_quantile_secs(0.5),
+            p99_seconds: t.latency_quantile_secs(0.99),
+        }
+    }
+}
+
+/// The last evaluation of a rollout: what `status` shows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Evaluation {
+    pub at: Timestamp,
+    pub stable: TrackSummary,
+    pub canary: TrackSummary,
+    /// Gate verdicts from the last step-boundary check (empty before the first boundary).
+    pub gates: Vec<Verdict>,
+    pub aborts: Vec<Verdict>,
+}
+
+/// A command the engine refused; nothing changed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EngineError {
+    /// The request conflicts with the current state (HTTP 409).
+    #[error("{0}")]
+    Conflict(String),
+    /// The release failed before and `--force` was not given (HTTP 409).
+    #[error("{0}")]
+    FailedRelease(String),
+}
+
+/// The engine's answer to one event.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Outcome {
+    pub actions: Vec<Action>,
+    pub decisions: Vec<Decision>,
+}
+
+/// One service's rollout engine.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    spec: RolloutSpec,
+    state: State,
+}
+
+impl Engine {
+    /// A fresh engine for a service with no history.
+    pub fn new(service: impl Into<String>, spec: RolloutSpec) -> Self {
+        Engine {
+            spec,
+            state: State {
+                service: service.into(),
+                ..State::default()
+            },
+        }
+    }
+
+    /// An engine resumed from persisted state (the spec may have changed; a running rollout
+    /// keeps its plan).
+    pub fn restore(spec: RolloutSpec, state: State) -> Self {
+        Engine { spec, state }
+    }
+
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    pub fn spec(&self) -> &RolloutSpec {
+        &self.spec
+    }
+
+    /// The rollout in progress, if any.
+    pub fn active(&self) -> Option<&Rollout> {
+        self.state.rollout.as_ref().filter(|r| r.phase.is_active())
+    }
+
+    /// The canary release that should be measured, and since when it has had traffic.
+    pub fn canary(&self) -> Option<&Release> {
+        self.active()
+            .filter(|r| r.phase != Phase::Starting)
+            .map(|r| &r.to)
+    }
+
+    /// When the rollout is expected to reach 100 %, if it is progressing on timed steps.
+    pub fn eta(&self, now: Timestamp) -> Option<Timestamp> {
+        let r = self.active()?;
+        if r.phase != Phase::Progressing {
+            return None;
+        }
+        let mut t = r.step_started;
+        for (i, s) in r.plan.iter().enumerate().skip(r.step) {
+            match s.hold {
+                StepHold::For(d) => t = t.plus(d.get()),
+                StepHold::UntilPromoted => return None,
+            }
+            if i == r.step && t < now {
+                t = now; // a held step ends no earlier than now
+            }
+        }
+        Some(t)
+    }
+
+    /// Handles one event at `now`. On `Err`, the state is unchanged.
+    pub fn handle(&mut self, now: Timestamp, event: Event) -> Result<Outcome, EngineError> {
+        let mut out = Outcome::default();
+        match event {
+            Event::Deploy { release, force } => self.deploy(now, release, force, &mut out)?,
+            Event::Ready { digest } => self.ready(now, &digest, &mut out),
+            Event::StartFailed { digest, reason } => {
+                if self
+                    .active()
+                    .is_some_and(|r| r.to.digest == digest && r.phase == Phase::Starting)
+                {
+                    self.abort(
+                        now,
+                        format!("canary could not start: {reason}"),
+                        true,
+                        serde_json::Value::Null,
+                        &mut out,
+                    );
+                }
+            }
+            Event::CrashLoop { digest, detail } => self.crash_loop(now, &digest, detail, &mut out),
+            Event::Tick { stats } => self.tick(now, &stats, &mut out),
+            Event::Command(verb) => self.command(now, verb, &mut out)?,
+            Event::Recover => self.recover(now, &mut out),
+        }
+        Ok(out)
+    }
+
+    fn decide(
+        &self,
+        out: &mut Outcome,
+        now: Timestamp,
+        kind: DecisionKind,
+        reason: String,
+        numbers: serde_json::Value,
+    ) {
+        let rollout = self.state.rollout.as_ref().map(|r| r.id);
+        out.decisions.push(Decision {
+            at: now,
+            rollout,
+            kind,
+            reason,
+            numbers,
+        });
+    }
+
+    fn deploy(
+        &mut self,
+        now: Timestamp,
+        release: Release,
+        force: bool,
+        out: &mut Outcome,
+    ) -> Result<(), EngineError> {
+        if let Some(r) = self.active() {
+            return Err(EngineError::Conflict(format!(
+                "rollout {} of {} is {}; wait for it to finish, or `cutover abort` it first",
+                r.id,
+                r.to.label(),
+                r.phase.name()
+            )));
+        }
+        if let Some(stable) = &self.state.stable {
+            if stable.digest == release.digest {
+                return Err(EngineError::Conflict(format!(
+                    "{} is already the stable release; nothing to deploy",
+                    release.label()
+                )));
+            }
+        }
+        if let Some(f) = self.state.failed.get(&release.digest) {
+            if !force {
+                return Err(EngineError::FailedRelease(format!(
+                    "release {} failed at {} ms since epoch: {}; fix the release (a new build or different settings gives a new digest) or pass --force to deploy it anyway",
+                    release.label(),
+                    f.at.millis(),
+                    f.reason
+                )));
+            }
+        }
+        // A new rollout ends the hold of the previous release: only one fallback is kept.
+        if let Some(held) = self.state.previous.take() {
+            out.actions.push(Action::Stop {
+                release: held.release.clone(),
+                reason: "a new rollout started".into(),
+            });
+            if let Some(r) = self.state.rollout.as_mut() {
+                if matches!(r.phase, Phase::Promoted { .. }) {
+                    r.phase = Phase::Done;
+                    r.ended = Some(now);
+                }
+            }
+            self.decide(
+                out,
+                now,
+                DecisionKind::PreviousReleased,
+                format!(
+                    "stopped {}, held since the last promotion, because a new rollout started",
+                    held.release.label()
+                ),
+                serde_json::Value::Null,
+            );
+        }
+        let id = self.state.last_rollout_id + 1;
+        self.state.last_rollout_id = id;
+        let salt = xxhash_rust::xxh3::xxh3_64_with_seed(self.state.service.as_bytes(), id);
+        let plan = Step::plan(&self.spec);
+        let from = self.state.stable.clone();
+        self.state.rollout = Some(Rollout {
+            id,
+            from: from.clone(),
+            to: release.clone(),
+            phase: Phase::Starting,
+            weight: Weight::ZERO,
+            step: 0,
+            step_started: now,
+            started: now,
+            ended: None,
+            salt,
+            hold: None,
+            breaches: BTreeMap::new(),
+            traffic_since: None,
+            last_evaluation: None,
+            plan: plan.clone(),
+        });
+        out.actions.push(Action::Start {
+            release: release.clone(),
+        });
+        let reason = match &from {
+            Some(s) => format!(
+                "rollout {id}: {} → {}{}",
+                s.label(),
+                release.label(),
+                if force && self.state.failed.contains_key(&release.digest) {
+                    " (forced over an earlier failure)"
+                } else {
+                    ""
+                }
+            ),
+            None => format!(
+                "rollout {id}: first release {} (no stable yet: it takes all traffic once ready)",
+                release.label()
+            ),
+        };
+        let weights: Vec<String> = plan.iter().map(|s| s.weight.to_string()).collect();
+        self.decide(
+            out,
+            now,
+            DecisionKind::Deploy,
+            reason,
+            serde_json::json!({ "plan": weights, "force": force }),
+        );
+        Ok(())
+    }
+
+    fn ready(&mut self, now: Timestamp, digest: &str, out: &mut Outcome) {
+        let Some(r) = self.state.rollout.as_mut() else {
+            return;
+        };
+        if r.phase != Phase::Starting || r.to.digest != digest {
+            return;
+        }
+        let to = r.to.clone();
+        match r.from.clone() {
+            None => {
+                r.phase = Phase::Done;
+                r.ended = Some(now);
+                r.weight = Weight::FULL;
+                let salt = r.salt;
+                self.state.stable = Some(to.clone());
+                out.actions.push(Action::Route {
+                    stable: to.clone(),
+                    canary: None,
+                    weight: Weight::ZERO,
+                    salt,
+                });
+                self.decide(
+                    out,
+                    now,
+                    DecisionKind::Promoted,
+                    format!(
+                        "{} is ready and serves 100 % as the first release",
+                        to.label()
+                    ),
+                    serde_json::Value::Null,
+                );
+            }
+            Some(from) => {
+                let Some(first) = r.plan.first().cloned() else {
+                    // An empty plan (only possible with steps that jump straight to 100 %).
+                    self.promote(
+                        now,
+                        "the plan goes straight to 100 %".into(),
+                        serde_json::Value::Null,
+                        out,
+                    );
+                    return;
+                };
+                r.step = 0;
+                r.weight = first.weight;
+                r.step_started = now;
+                r.traffic_since = Some(now);
+                if first.hold == StepHold::UntilPromoted {
+                    r.phase = Phase::Paused {
+                        manual: false,
+                        since: now,
+                    };
+                } else {
+                    r.phase = Phase::Progressing;
+                }
+                let salt = r.salt;
+                out.actions.push(Action::Route {
+                    stable: from.clone(),
+                    canary: Some(to.clone()),
+                    weight: first.weight,
+                    salt,
+                });
+                self.decide(
+                    out,
+                    now,
+                    DecisionKind::Ready,
+                    format!(
+                        "canary {} is ready; it now takes {} of traffic",
+                        to.label(),
+                        first.weight
+                    ),
+                    serde_json::json!({ "weight_bp": first.weight.bp() }),
+                );
+            }
+        }
+    }
+
+    fn crash_loop(&mut self, now: Timestamp, digest: &str, detail: String, out: &mut Outcome) {
+        if self.active().is_some_and(|r| r.to.digest == digest) {
+            self.abort(
+                now,
+                format!("canary is crash-looping: {detail}"),
+                true,
+                serde_json::json!({ "detail": detail }),
+                out,
+            );
+        } else {
+            let who = match &self.state.stable {
+                Some(s) if s.digest == digest => format!("stable {}", s.label()),
+                _ => format!("release {digest}"),
+            };
+            self.decide(
+                out,
+                now,
+                DecisionKind::CrashLoop,
+                format!("{who} is crash-looping: {detail}; it keeps being restarted"),
+                serde_json::Value::Null,
+            );
+        }
+    }
+
+    fn tick(&mut self, now: Timestamp, stats: &WindowStats, out: &mut Outcome) {
+        // The previous release's hold ends on its own clock, whatever else is going on.
+        if let Some(held) = self.state.previous.clone() {
+            if now >= held.until {
+                self.state.previous = None;
+                out.actions.push(Action::Stop {
+                    release: held.release.clone(),
+                    reason: "hold_previous expired".into(),
+                });
+                if let Some(r) = self.state.rollout.as_mut() {
+                    if matches!(r.phase, Phase::Promoted { .. }) {
+                        r.phase = Phase::Done;
+                        r.ended = Some(now);
+                    }
+                }
+                self.decide(
+                    out,
+                    now,
+                    DecisionKind::PreviousReleased,
+                    format!(
+                        "hold_previous ({}) expired: stopping {}; rollback is no longer instant",
+                        self.spec.hold_previous,
+                        held.release.label()
+                    ),
+                    serde_json::Value::Null,
+                );
+            }
+        }
+        let Some(r) = self.state.rollout.as_ref() else {
+            return;
+        };
+        if !matches!(r.phase, Phase::Progressing | Phase::Paused { .. }) {
+            return;
+        }
+        let min = self.spec.min_samples;
+        let aborts: Vec<Verdict> = self
+            .spec
+            .aborts
+            .iter()
+            .map(|a| judge::judge_abort(a, stats, min))
+            .collect();
+        let evaluation = Evaluation {
+            at: now,
+            stable: TrackSummary::from(&stats.stable),
+            canary: TrackSummary::from(&stats.canary),
+            gates: r
+                .last_evaluation
+                .as_ref()
+                .map(|e| e.gates.clone())
+                .unwrap_or_default(),
+            aborts: aborts.clone(),
+        };
+
+        // Abort rules: breached continuously for their `for`.
+        let mut breaches = r.breaches.clone();
+        let mut abort_now: Option<(String, Verdict)> = None;
+        for (rule, v) in self.spec.aborts.iter().zip(&aborts) {
+            let name = rule.name().to_string();
+            if v.outcome == RuleOutcome::Fail {
+                let since = *breaches.entry(name.clone()).or_insert(now);
+                if since == now {
+                    self.decide(
+                        out,
+                        now,
+                        DecisionKind::BreachStarted,
+                        format!(
+                            "abort rule {name} breached: {} (aborts after {} of breach)",
+                            v.detail,
+                            rule.for_()
+                        ),
+                        serde_json::to_value(v).unwrap_or_default(),
+                    );
+                }
+                if now.since(since) >= rule.for_().get() && abort_now.is_none() {
+                    abort_now = Some((name, v.clone()));
+                }
+            } else if breaches.remove(&name).is_some() {
+                self.decide(
+                    out,
+                    now,
+                    DecisionKind::BreachCleared,
+                    format!("abort rule {name} no longer breached: {}", v.detail),
+                    serde_json::to_value(v).unwrap_or_default(),
+                );
+            }
+        }
+        if let Some(r) = self.state.rollout.as_mut() {
+            r.breaches = breaches;
+            r.last_evaluation = Some(evaluation);
+        }
+        if let Some((name, v)) = abort_now {
+            let since = self
+                .state
+                .rollout
+                .as_ref()
+                .and_then(|r| r.breaches.get(&name).copied())
+                .unwrap_or(now);
+            let reason = format!(
+                "abort rule {name}: {} for {}",
+                v.detail,
+                Dur(now.since(since))
+            );
+            self.abort(
+                now,
+                reason,
+                true,
+                serde_json::to_value(&v).unwrap_or_default(),
+                out,
+            );
+            return;
+        }
+
+        // Step boundary: check the advance gates.
+        let Some(r) = self.state.rollout.as_ref() else {
+            return;
+        };
+        if r.phase != Phase::Progressing {
+            return;
+        }
+        let Some(step) = r.plan.get(r.step) else {
+            return;
+        };
+        let StepHold::For(d) = step.hold else { return };
+        if now < r.step_started.plus(d.get()) {
+            return;
+        }
+        let gates: Vec<Verdict> = self
+            .spec
+            .gates
+            .iter()
+            .map(|g| judge::judge_gate(g, stats, min))
+            .collect();
+        if let Some(e) = self
+            .state
+            .rollout
+            .as_mut()
+            .and_then(|r| r.last_evaluation.as_mut())
+        {
+            e.gates = gates.clone();
+        }
+        let numbers = serde_json::json!({ "gates": gates, "stable": TrackSummary::from(&stats.stable), "canary": TrackSummary::from(&stats.canary) });
+        let failing: Vec<&Verdict> = gates
+            .iter()
+            .filter(|v| v.outcome == RuleOutcome::Fail)
+            .collect();
+        let unsure: Vec<&Verdict> = gates
+            .iter()
+            .filter(|v| v.outcome == RuleOutcome::Inconclusive)
+            .collect();
+        if failing.is_empty() && unsure.is_empty() {
+            self.advance(now, numbers, out);
+            return;
+        }
+        let (reason, failing_now) = if let Some(v) = failing.first() {
+            (format!("gate {} failed: {}", v.rule, v.detail), true)
+        } else {
+            (format!("inconclusive: {}", unsure[0].detail), false)
+        };
+        let max_hold = self.spec.max_hold;
+        let Some(r) = self.state.rollout.as_mut() else {
+            return;
+        };
+        let prev = r.hold.clone();
+        let failing_since = match (&prev, failing_now) {
+            (_, false) => prev.as_ref().and_then(|h| h.failing_since),
+            (
+                Some(Hold {
+                    failing_since: Some(s),
+                    ..
+                }),
+                true,
+            ) => Some(*s),
+            (_, true) => Some(now),
+        };
+        r.hold = Some(Hold {
+            since: prev.as_ref().map_or(now, |h| h.since),
+            failing_since,
+            reason: reason.clone(),
+        });
+        let weight = r.weight;
+        if let Some(since) = failing_since.filter(|_| failing_now) {
+            if now.since(since) > max_hold.get() {
+                let why = format!(
+                    "{reason}; failing for {} > max_hold {max_hold}",
+                    Dur(now.since(since))
+                );
+                self.abort(now, why, true, numbers, out);
+                return;
+            }
+        }
+        if prev.as_ref().map(|h| &h.reason) != Some(&reason) {
+            self.decide(
+                out,
+                now,
+                DecisionKind::Hold,
+                format!("holding at {weight}: {reason}"),
+                numbers,
+            );
+        }
+    }
+
+    fn advance(&mut self, now: Timestamp, numbers: serde_json::Value, out: &mut Outcome) {
+        let Some(r) = self.state.rollout.as_mut() else {
+            return;
+        };
+        let next = r.step + 1;
+        let Some(step) = r.plan.get(next).cloned() else {
+            self.promote(now, "every step passed its gates".into(), numbers, out);
+            return;
+        };
+        let from_weight = r.weight;
+        r.step = next;
+        r.weight = step.weight;
+        r.step_started = now;
+        r.hold = None;
+        if step.hold == StepHold::UntilPromoted {
+            r.phase = Phase::Paused {
+                manual: false,
+                since: now,
+            };
+        }
+        let (salt, to) = (r.salt, r.to.clone());
+        let from = r.from.clone();
+        if let Some(from) = from {
+            if step.weight != from_weight {
+                out.actions.push(Action::Route {
+                    stable: from,
+                    canary: Some(to),
+                    weight: step.weight,
+                    salt,
+                });
+            }
+        }
+        let paused = if step.hold == StepHold::UntilPromoted {
+            "; pausing until promoted"
+        } else {
+            ""
+        };
+        self.decide(
+            out,
+            now,
+            DecisionKind::Advance,
+            format!("gates passed: step {} at {}{paused}", next + 1, step.weight),
+            numbers,
+        );
+    }
+
+    fn promote(
+        &mut self,
+        now: Timestamp,
+        why: String,
+        numbers: serde_json::Value,
+        out: &mut Outcome,
+    ) {
+        let hold = self.spec.hold_previous;
+        let Some(r) = self.state.rollout.as_mut() else {
+            return;
+        };
+        let to = r.to.clone();
+        let from = r.from.clone();
+        r.weight = Weight::FULL;
+        r.hold = None;
+        r.breaches.clear();
+        let until = now.plus(hold.get());
+        out.actions.push(Action::Route {
+            stable: to.clone(),
+            canary: None,
+            weight: Weight::ZERO,
+            salt: r.salt,
+        });
+        if let Some(from) = from.clone() {
+            if hold.is_zero() {
+                r.phase = Phase::Done;
+                r.ended = Some(now);
+                out.actions.push(Action::Stop {
+                    release: from,
+                    reason: "promoted; hold_previous is 0".into(),
+                });
+            } else {
+                r.phase = Phase::Promoted { until };
+                self.state.previous = Some(Held {
+                    release: from,
+                    until,
+                });
+            }
+        } else {
+            r.phase = Phase::Done;
+            r.ended = Some(now);
+        }
+        self.state.stable = Some(to.clone());
+        let keep = match &from {
+            Some(f) if !hold.is_zero() => format!(
+                "; {} keeps running without traffic for {hold} so a rollback is instant",
+                f.label()
+            ),
+            _ => String::new(),
+        };
+        self.decide(
+            out,
+            now,
+            DecisionKind::Promoted,
+            format!("{} promoted to 100 % ({why}){keep}", to.label()),
+            numbers,
+        );
+    }
+
+    /// One atomic switch of all traffic back to stable, then the canary is stopped.
+    fn abort(
+        &mut self,
+        now: Timestamp,
+        reason: String,
+        automatic: bool,
+        numbers: serde_json::Value,
+        out: &mut Outcome,
+    ) {
+        let Some(r) = self.state.rollout.as_mut() else {
+            return;
+        };
+        let to = r.to.clone();
+        let had_traffic = r.phase != Phase::Starting;
+        r.phase = Phase::Aborted {
+            reason: reason.clone(),
+            automatic,
+        };
+        r.weight = Weight::ZERO;
+        r.ended = Some(now);
+        r.hold = None;
+        let salt = r.salt;
+        if let (Some(from), true) = (r.from.clone(), had_traffic) {
+            out.actions.push(Action::Route {
+                stable: from,
+                canary: None,
+                weight: Weight::ZERO,
+                salt,
+            });
+        }
+        out.actions.push(Action::Stop {
+            release: to.clone(),
+            reason: format!("aborted: {reason}"),
+        });
+        if automatic {
+            self.state.failed.insert(
+                to.digest.clone(),
+                Failure {
+                    version: to.version.clone(),
+                    at: now,
+                    reason: reason.clone(),
+                },
+            );
+        }
+        let who = if automatic {
+            "automatically"
+        } else {
+            "by the operator"
+        };
+        let mut numbers = numbers;
+        if let serde_json::Value::Object(m) = &mut numbers {
+            m.insert("automatic".into(), automatic.into());
+        } else {
+            numbers = serde_json::json!({ "automatic": automatic, "detail": numbers });
+        }
+        self.decide(
+            out,
+            now,
+            DecisionKind::Aborted,
+            format!(
+                "{} aborted {who}: {reason}; all traffic is back on stable",
+                to.label()
+            ),
+            numbers,
+        );
+    }
+
+    fn command(
+        &mut self,
+        now: Timestamp,
+        verb: Verb,
+        out: &mut Outcome,
+    ) -> Result<(), EngineError> {
+        let phase = self.state.rollout.as_ref().map(|r| r.phase.clone());
+        let none =
+            || EngineError::Conflict(format!("no rollout is in progress; nothing to {verb}"));
+        match (verb, phase) {
+            (Verb::Pause, Some(Phase::Progressing)) => {
+                let r = self.state.rollout.as_mut().ok_or_else(none)?;
+                r.phase = Phase::Paused { manual: true, since: now };
+                let w = r.weight;
+                self.decide(out, now, DecisionKind::Paused, format!("paused by the operator at {w}; abort rules still watch the canary"), serde_json::Value::Null);
+            }
+            (Verb::Pause, Some(Phase::Paused { .. })) => return Err(EngineError::Conflict("the rollout is already paused; `cutover resume` continues it".into())),
+            (Verb::Pause, Some(Phase::Starting)) => {
+                return Err(EngineError::Conflict("the canary is still starting and takes no traffic yet; pause once it does, or `cutover abort`".into()))
+            }
+            (Verb::Resume, Some(Phase::Paused { manual, since })) => {
+                let r = self.state.rollout.as_mut().ok_or_else(none)?;
+                r.phase = Phase::Progressing;
+                if manual {
+                    // The time spent paused does not count towards the step.
+                    r.step_started = r.step_started.plus(now.since(since));
+                    self.decide(out, now, DecisionKind::Resumed, "resumed by the operator".into(), serde_json::Value::Null);
+                } else {
+                    self.decide(out, now, DecisionKind::Resumed, "resumed by the operator past a pause-until-promoted step".into(), serde_json::Value::Null);
+                    self.advance(now, serde_json::Value::Null, out);
+                }
+            }
+            (Verb::Resume, Some(Phase::Progressing)) => return Err(EngineError::Conflict("the rollout is not paused; nothing to resume".into())),
+            (Verb::Promote, Some(Phase::Progressing | Phase::Paused { .. })) => {
+                self.promote(now, "promoted by the operator, skipping the remaining steps".into(), serde_json::Value::Null, out);
+            }
+            (Verb::Promote, Some(Phase::Starting)) => {
+                return Err(EngineError::Conflict("the canary is still starting; it can be promoted once it is ready and takes traffic".into()))
+            }
+            (Verb::Abort | Verb::Rollback, Some(Phase::Starting | Phase::Progressing | Phase::Paused { .. })) => {
+                self.abort(now, format!("{verb} requested by the operator"), false, serde_json::Value::Null, out);
+            }
+            (Verb::Rollback, Some(Phase::Promoted { .. })) => {
+                let held = self.state.previous.take().ok_or_else(none)?;
+                let r = self.state.rollout.as_mut().ok_or_else(none)?;
+                let to = r.to.clone();
+                let reason = "rolled back by the operator inside hold_previous".to_string();
+                r.phase = Phase::RolledBack { reason: reason.clone() };
+                r.weight = Weight::ZERO;
+                r.ended = Some(now);
+                out.actions.push(Action::Route { stable: held.release.clone(), canary: None, weight: Weight::ZERO, salt: r.salt });
+                out.actions.push(Action::Stop { release: to.clone(), reason: "rolled back".into() });
+                self.state.stable = Some(held.release.clone());
+                self.state.failed.insert(to.digest.clone(), Failure { version: to.version.clone(), at: now, reason: reason.clone() });
+                self.decide(
+                    out,
+                    now,
+                    DecisionKind::RolledBack,
+                    format!("{}: all traffic back on {} with no process start; {} stopped", reason, held.release.label(), to.label()),
+                    serde_json::Value::Null,
+                );
+            }
+            (Verb::Rollback, Some(Phase::Done)) if self.state.rollout.as_ref().is_some_and(|r| r.from.is_some()) => {
+                let r = self.state.rollout.as_ref().ok_or_else(none)?;
+                let prev = r.from.as_ref().map(|f| f.version.clone()).unwrap_or_default();
+                return Err(EngineError::Conflict(format!(
+                    "the previous release {prev} is no longer running (hold_previous {} has passed); deploy it again with `cutover deploy {prev}`",
+                    self.spec.hold_previous
+                )));
+            }
+            (Verb::Abort, Some(Phase::Promoted { .. })) => {
+                return Err(EngineError::Conflict("the rollout was already promoted; use `cutover rollback` to return to the previous release".into()))
+            }
+            (_, Some(p)) => {
+                return Err(EngineError::Conflict(format!("the last rollout is {}; no rollout is in progress, so there is nothing to {verb}", p.name())))
+            }
+            (_, None) => return Err(none()),
+        }
+        Ok(())
+    }
+
+    fn recover(&mut self, now: Timestamp, out: &mut Outcome) {
+        let mut started = Vec::new();
+        if let Some(s) = self.state.stable.clone() {
+            out.actions.push(Action::Start { release: s.clone() });
+            started.push(s.label());
+        }
+        if let Some(h) = self.state.previous.clone() {
+            out.actions.push(Action::Start {
+                release: h.release.clone(),
+            });
+            started.push(h.release.label());
+        }
+        if let Some(r) = self.state.rollout.clone() {
+            if r.phase.is_active() {
+                out.actions.push(Action::Start {
+                    release: r.to.clone(),
+                });
+                started.push(r.to.label());
+            }
+        }
+        // Routes are re-established as they were; instances join only once ready (invariant 3).
+        if let Some(stable) = self.state.stable.clone() {
+            let (canary, weight, salt) = match self.active() {
+                Some(r) if r.phase != Phase::Starting => (Some(r.to.clone()), r.weight, r.salt),
+                Some(r) => (None, Weight::ZERO, r.salt),
+                None => (
+                    None,
+                    Weight::ZERO,
+                    self.state.rollout.as_ref().map_or(0, |r| r.salt),
+                ),
+            };
+            out.actions.push(Action::Route {
+                stable,
+                canary,
+                weight,
+                salt,
+            });
+        }
+        if !started.is_empty() {
+            let phase = self
+                .state
+                .rollout
+                .as_ref()
+                .map_or("none", |r| r.phase.name());
+            self.decide(
+                out,
+                now,
+                DecisionKind::Recovered,
+                format!(
+                    "cutover restarted: restarting {} (rollout phase {phase})",
+                    started.join(", ")
+                ),
+                serde_json::Value::Null,
+            );
+        }
     }
 }

@@ -20,7 +20,7 @@ impl Timestamp {
         self.0
     }
     /// `self + d`, saturating.
-    pub fn add(self, d: Duration) -> Timestamp {
+    pub fn plus(self, d: Duration) -> Timestamp {
         Timestamp(
             self.0
                 .saturating_add(d.as_millis().min(u128::from(u64::MAX)) as u64),

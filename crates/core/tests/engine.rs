@@ -1,0 +1,774 @@
+//! The rollout engine replayed with plain values and a fake clock: every phase transition,
+//! gate, abort rule, inconclusive window and manual verb.
+
+use cutover_core::engine::{
+    Action, DecisionKind, Engine, EngineError, Event, Outcome, Phase, Release, Step, StepHold, Verb,
+};
+use cutover_core::spec::{AbortSpec, GateSpec, PauseSpec, RolloutSpec, ScheduleKind, StepSpec};
+use cutover_core::{Dur, Timestamp, TrackStats, Weight, WindowStats};
+
+const SEC: u64 = 1000;
+
+fn v1() -> Release {
+    Release::new("v1", "sha-v1")
+}
+fn v2() -> Release {
+    Release::new("v2", "sha-v2")
+}
+
+fn track(n: u64, errors: u64, latency_ms: u64) -> TrackStats {
+    let mut t = TrackStats {
+        requests: n,
+        errors,
+        ..Default::default()
+    };
+    t.latency.record_n(latency_ms * 1000, n);
+    t
+}
+fn healthy() -> WindowStats {
+    WindowStats {
+        stable: track(1000, 0, 20),
+        canary: track(200, 0, 20),
+    }
+}
+fn slow() -> WindowStats {
+    WindowStats {
+        stable: track(1000, 0, 20),
+        canary: track(200, 0, 900),
+    }
+}
+fn erroring() -> WindowStats {
+    WindowStats {
+        stable: track(1000, 0, 20),
+        canary: track(200, 10, 20),
+    }
+}
+fn quiet() -> WindowStats {
+    WindowStats {
+        stable: track(1000, 0, 20),
+        canary: track(3, 0, 900),
+    }
+}
+fn a_bit_slower() -> WindowStats {
+    WindowStats {
+        stable: track(1000, 0, 20),
+        canary: track(200, 0, 40),
+    }
+}
+
+/// A scenario: an engine, a clock, and what it said.
+struct Sim {
+    engine: Engine,
+    now: Timestamp,
+    log: Vec<Outcome>,
+}
+
+impl Sim {
+    fn new(spec: RolloutSpec) -> Sim {
+        Sim {
+            engine: Engine::new("shop", spec),
+            now: Timestamp::from_millis(1_000_000),
+            log: Vec::new(),
+        }
+    }
+    /// A service whose stable release v1 already serves traffic.
+    fn with_stable(spec: RolloutSpec) -> Sim {
+        let mut s = Sim::new(spec);
+        s.ok(Event::Deploy {
+            release: v1(),
+            force: false,
+        });
+        s.ok(Event::Ready {
+            digest: "sha-v1".into(),
+        });
+        s
+    }
+    fn at(&mut self, secs: u64) -> &mut Self {
+        self.now = Timestamp::from_millis(self.now.millis() + secs * SEC);
+        self
+    }
+    fn ok(&mut self, e: Event) -> Outcome {
+        let out = self.engine.handle(self.now, e).expect("event accepted");
+        self.log.push(out.clone());
+        out
+    }
+    fn err(&mut self, e: Event) -> EngineError {
+        let before = self.engine.state().clone();
+        let err = self.engine.handle(self.now, e).expect_err("event rejected");
+        assert_eq!(
+            &before,
+            self.engine.state(),
+            "a rejected event changed the state"
+        );
+        err
+    }
+    fn tick(&mut self, secs: u64, stats: WindowStats) -> Outcome {
+        self.at(secs);
+        self.ok(Event::Tick { stats })
+    }
+    fn deploy_v2(&mut self) {
+        self.ok(Event::Deploy {
+            release: v2(),
+            force: false,
+        });
+        self.ok(Event::Ready {
+            digest: "sha-v2".into(),
+        });
+    }
+    fn phase(&self) -> Phase {
+        self.engine.state().rollout.as_ref().unwrap().phase.clone()
+    }
+    fn weight(&self) -> Weight {
+        self.engine.state().rollout.as_ref().unwrap().weight
+    }
+    fn kinds(&self) -> Vec<DecisionKind> {
+        self.log
+            .iter()
+            .flat_map(|o| o.decisions.iter().map(|d| d.kind))
+            .collect()
+    }
+}
+
+fn spec() -> RolloutSpec {
+    RolloutSpec {
+        step_interval: Dur::from_secs(90),
+        interval: Dur::from_secs(5),
+        ..RolloutSpec::default()
+    }
+}
+
+fn route_weights(out: &Outcome) -> Vec<Weight> {
+    out.actions
+        .iter()
+        .filter_map(|a| {
+            if let Action::Route { weight, canary, .. } = a {
+                Some(if canary.is_some() {
+                    *weight
+                } else {
+                    Weight::ZERO
+                })
+            } else {
+                None
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn double_schedule_is_the_blueprints() {
+    let plan = Step::plan(&RolloutSpec::default());
+    let w: Vec<u16> = plan.iter().map(|s| s.weight.bp()).collect();
+    assert_eq!(w, vec![200, 400, 800, 1600, 3200, 6400]);
+    assert!(plan
+        .iter()
+        .all(|s| s.hold == StepHold::For(Dur::from_secs(90))));
+    let half = RolloutSpec {
+        initial_weight: 0.5,
+        ..RolloutSpec::default()
+    };
+    assert_eq!(Step::plan(&half).first().unwrap().weight.bp(), 50);
+}
+
+#[test]
+fn explicit_steps_inherit_weights_and_stop_at_full() {
+    let s = RolloutSpec {
+        schedule: ScheduleKind::Steps,
+        steps: vec![
+            StepSpec {
+                weight: Some(5.0),
+                pause: None,
+            },
+            StepSpec {
+                weight: None,
+                pause: Some(PauseSpec::UntilPromoted),
+            },
+            StepSpec {
+                weight: Some(50.0),
+                pause: Some(PauseSpec::For(Dur::from_secs(120))),
+            },
+            StepSpec {
+                weight: Some(100.0),
+                pause: None,
+            },
+            StepSpec {
+                weight: Some(100.0),
+                pause: None,
+            },
+        ],
+        ..RolloutSpec::default()
+    };
+    let plan = Step::plan(&s);
+    assert_eq!(plan.len(), 3);
+    assert_eq!(plan[1].weight.bp(), 500);
+    assert_eq!(plan[1].hold, StepHold::UntilPromoted);
+    assert_eq!(plan[2].hold, StepHold::For(Dur::from_secs(120)));
+}
+
+#[test]
+fn first_release_goes_straight_to_full_once_ready() {
+    let mut s = Sim::new(spec());
+    let out = s.ok(Event::Deploy {
+        release: v1(),
+        force: false,
+    });
+    assert_eq!(out.actions, vec![Action::Start { release: v1() }]);
+    assert_eq!(s.phase(), Phase::Starting);
+    let out = s.ok(Event::Ready {
+        digest: "sha-v1".into(),
+    });
+    assert!(
+        matches!(&out.actions[..], [Action::Route { stable, canary: None, .. }] if *stable == v1())
+    );
+    assert_eq!(s.phase(), Phase::Done);
+    assert_eq!(s.engine.state().stable, Some(v1()));
+}
+
+#[test]
+fn healthy_rollout_doubles_every_step_then_promotes_and_holds_previous() {
+    let mut s = Sim::with_stable(spec());
+    s.ok(Event::Deploy {
+        release: v2(),
+        force: false,
+    });
+    assert_eq!(s.phase(), Phase::Starting);
+    let out = s.ok(Event::Ready {
+        digest: "sha-v2".into(),
+    });
+    assert_eq!(route_weights(&out), vec![Weight::from_bp(200).unwrap()]);
+    assert_eq!(s.phase(), Phase::Progressing);
+
+    let mut seen = vec![s.weight().bp()];
+    for _ in 0..200 {
+        s.tick(5, healthy());
+        if seen.last() != Some(&s.weight().bp()) {
+            seen.push(s.weight().bp());
+        }
+        if matches!(s.phase(), Phase::Promoted { .. }) {
+            break;
+        }
+    }
+    assert_eq!(seen, vec![200, 400, 800, 1600, 3200, 6400, 10_000]);
+    let Phase::Promoted { until } = s.phase() else {
+        panic!("not promoted: {:?}", s.phase())
+    };
+    assert_eq!(s.engine.state().stable, Some(v2()));
+    assert_eq!(s.engine.state().previous.as_ref().unwrap().release, v1());
+    // 6 steps of 90 s: promoted at 540 s after the canary's first traffic.
+    let r = s.engine.state().rollout.clone().unwrap();
+    assert_eq!(s.now.since(r.traffic_since.unwrap()).as_secs(), 540);
+
+    // The previous release is stopped when hold_previous (60 min) ends, not before.
+    let out = s.tick(59 * 60, healthy());
+    assert!(out.actions.is_empty());
+    let out = s.tick(61, healthy());
+    assert_eq!(
+        out.actions,
+        vec![Action::Stop {
+            release: v1(),
+            reason: "hold_previous expired".into()
+        }]
+    );
+    assert!(s.now >= until);
+    assert_eq!(s.phase(), Phase::Done);
+    assert!(s.kinds().contains(&DecisionKind::PreviousReleased));
+}
+
+#[test]
+fn failing_gate_holds_then_aborts_after_max_hold() {
+    let mut s = Sim::with_stable(RolloutSpec {
+        max_hold: Dur::from_secs(60),
+        ..spec()
+    });
+    s.deploy_v2();
+    let out = s.tick(90, a_bit_slower());
+    assert!(out.actions.is_empty(), "no advance on a failing gate");
+    assert_eq!(s.weight().bp(), 200);
+    let hold = out
+        .decisions
+        .iter()
+        .find(|d| d.kind == DecisionKind::Hold)
+        .expect("hold recorded");
+    assert!(
+        hold.reason
+            .contains("gate p99-vs-stable failed: canary p99 40"),
+        "{}",
+        hold.reason
+    );
+    assert!(hold.numbers["gates"][0]["observed"].as_f64().unwrap() > 0.039);
+    // Holding is recorded once, not at every interval.
+    let out = s.tick(5, a_bit_slower());
+    assert!(out.decisions.is_empty());
+    // Recovers: advance at the next check.
+    let out = s.tick(5, healthy());
+    assert_eq!(route_weights(&out), vec![Weight::from_bp(400).unwrap()]);
+    // Fails again past max_hold: abort.
+    s.tick(90, a_bit_slower());
+    s.tick(30, a_bit_slower());
+    assert_eq!(s.phase(), Phase::Progressing);
+    let out = s.tick(35, a_bit_slower());
+    let Phase::Aborted {
+        reason,
+        automatic: true,
+    } = s.phase()
+    else {
+        panic!("{:?}", s.phase())
+    };
+    assert!(reason.contains("max_hold"), "{reason}");
+    assert!(
+        matches!(&out.actions[0], Action::Route { canary: None, stable, .. } if *stable == v1())
+    );
+}
+
+#[test]
+fn inconclusive_holds_and_never_advances_nor_aborts() {
+    let mut s = Sim::with_stable(RolloutSpec {
+        max_hold: Dur::from_secs(10),
+        ..spec()
+    });
+    s.deploy_v2();
+    // A canary at 900 ms but with 3 samples: noise. Neither the abort rule (45 s) nor max_hold fires.
+    for _ in 0..100 {
+        let out = s.tick(5, quiet());
+        assert!(out.actions.is_empty(), "{:?}", out.actions);
+    }
+    assert_eq!(s.phase(), Phase::Progressing);
+    assert_eq!(s.weight().bp(), 200);
+    let hold = s
+        .engine
+        .state()
+        .rollout
+        .as_ref()
+        .unwrap()
+        .hold
+        .clone()
+        .unwrap();
+    assert!(
+        hold.reason.contains("fewer than min_samples 50"),
+        "{}",
+        hold.reason
+    );
+    assert_eq!(hold.failing_since, None);
+    // Traffic arrives: it advances.
+    let out = s.tick(5, healthy());
+    assert_eq!(route_weights(&out), vec![Weight::from_bp(400).unwrap()]);
+}
+
+#[test]
+fn latency_abort_rule_fires_after_its_for_window_with_one_switch_to_stable() {
+    let mut s = Sim::with_stable(spec());
+    s.deploy_v2();
+    let out = s.tick(5, slow());
+    assert!(out.actions.is_empty());
+    assert_eq!(out.decisions[0].kind, DecisionKind::BreachStarted);
+    for _ in 0..8 {
+        assert!(s.tick(5, slow()).actions.is_empty(), "aborted before 45 s");
+    }
+    let out = s.tick(5, slow()); // 45 s after the breach began
+    assert_eq!(out.actions.len(), 2);
+    assert!(
+        matches!(&out.actions[0], Action::Route { stable, canary: None, weight, .. } if *stable == v1() && *weight == Weight::ZERO)
+    );
+    assert!(matches!(&out.actions[1], Action::Stop { release, .. } if *release == v2()));
+    let d = out
+        .decisions
+        .iter()
+        .find(|d| d.kind == DecisionKind::Aborted)
+        .unwrap();
+    assert!(d.reason.contains("p99-over-800ms"), "{}", d.reason);
+    assert!(d.numbers["observed"].as_f64().unwrap() > 0.8);
+    assert!(s.engine.state().failed.contains_key("sha-v2"));
+}
+
+#[test]
+fn a_breach_that_clears_resets_its_for_window() {
+    let mut s = Sim::with_stable(spec());
+    s.deploy_v2();
+    s.tick(5, slow());
+    s.tick(40, slow());
+    let out = s.tick(5, healthy());
+    assert_eq!(out.decisions[0].kind, DecisionKind::BreachCleared);
+    s.tick(5, slow());
+    for _ in 0..8 {
+        s.tick(5, slow());
+    }
+    assert_eq!(
+        s.phase(),
+        Phase::Progressing,
+        "the breach restarted its 45 s"
+    );
+    s.tick(5, slow());
+    assert!(matches!(s.phase(), Phase::Aborted { .. }));
+}
+
+#[test]
+fn error_ratio_abort_rule() {
+    let mut s = Sim::with_stable(spec());
+    s.deploy_v2();
+    s.tick(5, erroring());
+    s.tick(30, erroring());
+    let Phase::Aborted { reason, .. } = s.phase() else {
+        panic!()
+    };
+    assert!(reason.contains("error-budget-fast-burn"), "{reason}");
+}
+
+#[test]
+fn abort_rules_watch_a_paused_canary_too() {
+    let mut s = Sim::with_stable(RolloutSpec {
+        aborts: vec![AbortSpec::ErrorRatio {
+            name: "e".into(),
+            above: 0.01,
+            for_: Dur::default(),
+        }],
+        ..spec()
+    });
+    s.deploy_v2();
+    s.ok(Event::Command(Verb::Pause));
+    s.tick(5, erroring());
+    assert!(matches!(s.phase(), Phase::Aborted { .. }));
+}
+
+#[test]
+fn crash_loop_aborts_a_canary_but_only_records_a_stable_one() {
+    let mut s = Sim::with_stable(spec());
+    s.ok(Event::Deploy {
+        release: v2(),
+        force: false,
+    });
+    let out = s.ok(Event::CrashLoop {
+        digest: "sha-v1".into(),
+        detail: "3 restarts in 60s".into(),
+    });
+    assert!(out.actions.is_empty());
+    assert_eq!(out.decisions[0].kind, DecisionKind::CrashLoop);
+    let out = s.ok(Event::CrashLoop {
+        digest: "sha-v2".into(),
+        detail: "3 restarts in 60s".into(),
+    });
+    // Still starting: it never had traffic, so no route change is needed, only the stop.
+    assert!(matches!(&out.actions[..], [Action::Stop { release, .. }] if *release == v2()));
+    assert!(matches!(
+        s.phase(),
+        Phase::Aborted {
+            automatic: true,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn start_failure_aborts() {
+    let mut s = Sim::with_stable(spec());
+    s.ok(Event::Deploy {
+        release: v2(),
+        force: false,
+    });
+    s.ok(Event::StartFailed {
+        digest: "sha-v2".into(),
+        reason: "not ready within 60s".into(),
+    });
+    let Phase::Aborted { reason, .. } = s.phase() else {
+        panic!()
+    };
+    assert!(reason.contains("not ready within 60s"));
+}
+
+#[test]
+fn failed_digest_is_refused_without_force() {
+    let mut s = Sim::with_stable(spec());
+    s.deploy_v2();
+    s.ok(Event::CrashLoop {
+        digest: "sha-v2".into(),
+        detail: "x".into(),
+    });
+    let e = s.err(Event::Deploy {
+        release: v2(),
+        force: false,
+    });
+    assert!(
+        matches!(&e, EngineError::FailedRelease(m) if m.contains("--force")),
+        "{e}"
+    );
+    // The same name with another digest is another release.
+    s.ok(Event::Deploy {
+        release: Release::new("v2", "sha-v2-fixed"),
+        force: false,
+    });
+    s.ok(Event::Command(Verb::Abort));
+    // A manual abort does not mark the digest failed.
+    s.ok(Event::Deploy {
+        release: Release::new("v2", "sha-v2-fixed"),
+        force: false,
+    });
+    s.ok(Event::Command(Verb::Abort));
+    s.ok(Event::Deploy {
+        release: v2(),
+        force: true,
+    });
+    assert_eq!(s.phase(), Phase::Starting);
+}
+
+#[test]
+fn deploy_conflicts_are_rejected_without_change() {
+    let mut s = Sim::with_stable(spec());
+    let e = s.err(Event::Deploy {
+        release: v1(),
+        force: false,
+    });
+    assert!(e.to_string().contains("already the stable release"));
+    s.deploy_v2();
+    let e = s.err(Event::Deploy {
+        release: Release::new("v3", "sha-v3"),
+        force: false,
+    });
+    assert!(e.to_string().contains("cutover abort"), "{e}");
+}
+
+#[test]
+fn manual_verbs_in_every_phase() {
+    // Starting
+    let mut s = Sim::with_stable(spec());
+    s.ok(Event::Deploy {
+        release: v2(),
+        force: false,
+    });
+    for v in [Verb::Pause, Verb::Resume, Verb::Promote] {
+        let e = s.err(Event::Command(v));
+        assert!(!e.to_string().is_empty());
+    }
+    s.ok(Event::Command(Verb::Abort));
+    assert!(matches!(
+        s.phase(),
+        Phase::Aborted {
+            automatic: false,
+            ..
+        }
+    ));
+    // Aborted: nothing applies.
+    for v in [
+        Verb::Pause,
+        Verb::Resume,
+        Verb::Promote,
+        Verb::Abort,
+        Verb::Rollback,
+    ] {
+        let e = s.err(Event::Command(v));
+        assert!(
+            e.to_string().contains("no rollout is in progress"),
+            "{v}: {e}"
+        );
+    }
+
+    // Progressing ⇄ Paused
+    let mut s = Sim::with_stable(spec());
+    s.deploy_v2();
+    s.err(Event::Command(Verb::Resume));
+    s.tick(60, healthy());
+    s.ok(Event::Command(Verb::Pause));
+    assert!(matches!(s.phase(), Phase::Paused { manual: true, .. }));
+    s.err(Event::Command(Verb::Pause));
+    // Paused: no advance however long.
+    for _ in 0..100 {
+        assert!(s.tick(5, healthy()).actions.is_empty());
+    }
+    s.ok(Event::Command(Verb::Resume));
+    assert_eq!(s.phase(), Phase::Progressing);
+    // The paused time did not count: 30 s of the step remain.
+    assert!(s.tick(25, healthy()).actions.is_empty());
+    assert_eq!(
+        route_weights(&s.tick(5, healthy())),
+        vec![Weight::from_bp(400).unwrap()]
+    );
+
+    // Promote skips the remaining steps.
+    let out = s.ok(Event::Command(Verb::Promote));
+    assert!(
+        matches!(&out.actions[..], [Action::Route { stable, canary: None, .. }] if *stable == v2())
+    );
+    assert!(matches!(s.phase(), Phase::Promoted { .. }));
+    s.err(Event::Command(Verb::Promote));
+    s.err(Event::Command(Verb::Pause));
+    let e = s.err(Event::Command(Verb::Abort));
+    assert!(e.to_string().contains("cutover rollback"));
+
+    // Rollback inside hold_previous: one route switch, no start.
+    let out = s.ok(Event::Command(Verb::Rollback));
+    assert_eq!(out.actions.len(), 2);
+    assert!(
+        matches!(&out.actions[0], Action::Route { stable, canary: None, .. } if *stable == v1())
+    );
+    assert!(matches!(&out.actions[1], Action::Stop { release, .. } if *release == v2()));
+    assert!(!out
+        .actions
+        .iter()
+        .any(|a| matches!(a, Action::Start { .. })));
+    assert!(matches!(s.phase(), Phase::RolledBack { .. }));
+    assert_eq!(s.engine.state().stable, Some(v1()));
+    assert!(s.engine.state().failed.contains_key("sha-v2"));
+    s.err(Event::Command(Verb::Rollback));
+}
+
+#[test]
+fn rollback_after_hold_previous_says_how_to_get_back() {
+    let mut s = Sim::with_stable(RolloutSpec {
+        hold_previous: Dur::from_secs(60),
+        ..spec()
+    });
+    s.deploy_v2();
+    s.ok(Event::Command(Verb::Promote));
+    s.tick(61, healthy());
+    assert_eq!(s.phase(), Phase::Done);
+    let e = s.err(Event::Command(Verb::Rollback));
+    assert!(e.to_string().contains("cutover deploy v1"), "{e}");
+}
+
+#[test]
+fn rollback_while_progressing_is_an_abort() {
+    let mut s = Sim::with_stable(spec());
+    s.deploy_v2();
+    let out = s.ok(Event::Command(Verb::Rollback));
+    assert!(
+        matches!(&out.actions[0], Action::Route { stable, canary: None, .. } if *stable == v1())
+    );
+    assert!(matches!(
+        s.phase(),
+        Phase::Aborted {
+            automatic: false,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn pause_until_promoted_step_waits_for_resume() {
+    let steps = RolloutSpec {
+        schedule: ScheduleKind::Steps,
+        steps: vec![
+            StepSpec {
+                weight: Some(10.0),
+                pause: Some(PauseSpec::For(Dur::from_secs(10))),
+            },
+            StepSpec {
+                weight: Some(50.0),
+                pause: Some(PauseSpec::UntilPromoted),
+            },
+            StepSpec {
+                weight: Some(75.0),
+                pause: None,
+            },
+        ],
+        ..spec()
+    };
+    let mut s = Sim::with_stable(steps);
+    s.deploy_v2();
+    assert_eq!(s.weight().bp(), 1000);
+    let out = s.tick(10, healthy());
+    assert_eq!(route_weights(&out), vec![Weight::from_bp(5000).unwrap()]);
+    assert!(matches!(s.phase(), Phase::Paused { manual: false, .. }));
+    for _ in 0..50 {
+        assert!(s.tick(5, healthy()).actions.is_empty());
+    }
+    let out = s.ok(Event::Command(Verb::Resume));
+    assert_eq!(route_weights(&out), vec![Weight::from_bp(7500).unwrap()]);
+    s.tick(90, healthy());
+    assert!(matches!(s.phase(), Phase::Promoted { .. }));
+}
+
+#[test]
+fn weights_only_grow_during_a_rollout() {
+    let mut s = Sim::with_stable(RolloutSpec {
+        max_hold: Dur::from_secs(3600),
+        ..spec()
+    });
+    s.deploy_v2();
+    let mut last = s.weight();
+    let windows = [
+        healthy(),
+        a_bit_slower(),
+        quiet(),
+        healthy(),
+        healthy(),
+        a_bit_slower(),
+    ];
+    for i in 0..300 {
+        s.tick(5, windows[i % windows.len()].clone());
+        if !s.engine.state().rollout.as_ref().unwrap().phase.is_active() {
+            break;
+        }
+        assert!(s.weight() >= last);
+        last = s.weight();
+    }
+}
+
+#[test]
+fn a_new_deploy_stops_the_held_previous_release() {
+    let mut s = Sim::with_stable(spec());
+    s.deploy_v2();
+    s.ok(Event::Command(Verb::Promote));
+    let out = s.ok(Event::Deploy {
+        release: Release::new("v3", "sha-v3"),
+        force: false,
+    });
+    assert_eq!(
+        out.actions[0],
+        Action::Stop {
+            release: v1(),
+            reason: "a new rollout started".into()
+        }
+    );
+    assert_eq!(
+        out.actions[1],
+        Action::Start {
+            release: Release::new("v3", "sha-v3")
+        }
+    );
+    let r = s.engine.state().rollout.as_ref().unwrap();
+    assert_eq!(r.from, Some(v2()));
+}
+
+#[test]
+fn recovery_restarts_what_the_state_says_and_routes_as_before() {
+    let mut s = Sim::with_stable(spec());
+    s.deploy_v2();
+    s.tick(90, healthy());
+    let saved = serde_json::to_string(s.engine.state()).unwrap();
+    // cutover dies; a new one restores the persisted state.
+    let state = serde_json::from_str(&saved).unwrap();
+    let mut e = Engine::restore(spec(), state);
+    let out = e.handle(s.now, Event::Recover).unwrap();
+    assert_eq!(out.actions[0], Action::Start { release: v1() });
+    assert_eq!(out.actions[1], Action::Start { release: v2() });
+    assert!(
+        matches!(&out.actions[2], Action::Route { canary: Some(c), weight, .. } if *c == v2() && weight.bp() == 400)
+    );
+    assert_eq!(
+        e.state().rollout.as_ref().unwrap().phase,
+        Phase::Progressing
+    );
+}
+
+#[test]
+fn eta_counts_remaining_steps() {
+    let mut s = Sim::with_stable(spec());
+    s.deploy_v2();
+    let eta = s.engine.eta(s.now).unwrap();
+    assert_eq!(eta.since(s.now).as_secs(), 540);
+}
+
+#[test]
+fn gates_are_configurable() {
+    let lenient = RolloutSpec {
+        gates: vec![GateSpec::Latency {
+            name: "p99".into(),
+            quantile: 0.99,
+            max_increase_percent: None,
+            slack: Dur::default(),
+            max: Some(Dur::from_millis(100)),
+        }],
+        ..spec()
+    };
+    let mut s = Sim::with_stable(lenient);
+    s.deploy_v2();
+    let out = s.tick(90, a_bit_slower());
+    assert_eq!(route_weights(&out), vec![Weight::from_bp(400).unwrap()]);
+}
