@@ -1,1 +1,22 @@
-//! placeholder
+//! # cutover-admin: the admin API
+//!
+//! An authenticated JSON-over-HTTP server that the single-host runtime binds on loopback
+//! ([`serve`]), and the client the CLI uses to talk to it ([`AdminClient`]).
+//!
+//! This crate only translates: requests are parsed and validated here, then handed to a
+//! [`Handler`] that the host implements. It must never decide anything about a rollout itself and
+//! never serve anything but `/healthz` without the bearer token (DESIGN.md, security defaults:
+//! "Admin API on 127.0.0.1 only, bearer token required, file mode 0600"). Bad input is refused
+//! with a JSON error naming the field before the handler sees it (invariant 9: it never
+//! half-applies).
+#![forbid(unsafe_code)]
+
+mod api;
+mod client;
+mod server;
+mod token;
+
+pub use api::{ApiError, DeployRequest, HistoryQuery, Verb, VerbRequest};
+pub use client::{AdminClient, ClientError};
+pub use server::{router, serve, BoxFuture, Handler, BODY_LIMIT};
+pub use token::{ensure_token, AdminError, TOKEN_FILE};

@@ -1,1 +1,200 @@
-fn main() {}
+//! `cutover`: ship a new version of a live service with zero downtime.
+//!
+//! This binary only parses arguments, calls `cutover_host`, prints, and maps errors to exit
+//! codes (64 bad usage or config, 69 cutover unreachable, 2 a followed rollout failed, 1 refused).
+#![forbid(unsafe_code)]
+
+use clap::{Parser, Subcommand};
+use cutover_host::commands::{self, CommandError};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "cutover",
+    version,
+    about = "Progressive, SLO-gated, zero-downtime rollouts with automatic rollback"
+)]
+struct Cli {
+    /// The config file.
+    #[arg(
+        short,
+        long,
+        global = true,
+        default_value = "cutover.toml",
+        env = "CUTOVER_CONFIG"
+    )]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy, the supervisor and the admin API (the single-host runtime).
+    Run {
+        /// Log as JSON lines instead of human-readable text (overrides [log] format).
+        #[arg(long)]
+        log_json: bool,
+    },
+    /// Start a progressive rollout of VERSION (returns at once unless --wait).
+    Deploy {
+        version: String,
+        /// Extra environment for this version's instances, KEY=VALUE (repeatable).
+        #[arg(long = "env", value_name = "KEY=VALUE")]
+        env: Vec<String>,
+        /// Extra argument appended to this version's command (repeatable).
+        #[arg(long = "arg", value_name = "ARG", allow_hyphen_values = true)]
+        args: Vec<String>,
+        /// Deploy even if this exact release failed before.
+        #[arg(long)]
+        force: bool,
+        /// Follow the rollout until it is promoted (exit 0) or aborted (exit 2).
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Show weights, step, gate verdicts with their numbers, ETA and instances.
+    Status {
+        /// Refresh every second.
+        #[arg(long)]
+        watch: bool,
+        /// Print the raw JSON document.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop advancing (abort rules keep watching).
+    Pause {
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Continue a paused rollout.
+    Resume {
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Skip the remaining steps: 100 % to the new version now.
+    Promote {
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Send all traffic back to stable and stop the canary.
+    Abort {
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// After a promotion, switch back to the previous version (instant while it is held).
+    Rollback {
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Every rollout and every decision, with the numbers behind it.
+    History {
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        /// Only this rollout.
+        #[arg(long)]
+        rollout: Option<i64>,
+        /// Check the audit log's hash chain.
+        #[arg(long)]
+        verify: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check a config without running it.
+    Validate,
+    /// A self-contained walkthrough: v1 stable, a healthy v2 promoted, a slow v3 rolled back.
+    Demo {
+        /// Keep state and logs here instead of a temporary directory.
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// Requests per second of the demo's load.
+        #[arg(long, default_value_t = 400)]
+        rate: u32,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let code = match run(cli) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e}");
+            e.exit_code()
+        }
+    };
+    std::process::exit(code);
+}
+
+fn run(cli: Cli) -> Result<(), CommandError> {
+    if let Command::Validate = cli.command {
+        println!("{}", commands::validate(&cli.config)?);
+        return Ok(());
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CommandError::Other(e.into()))?;
+    rt.block_on(async move {
+        match cli.command {
+            Command::Run { log_json } => cutover_host::run(&cli.config, log_json).await,
+            Command::Demo { state_dir, rate } => cutover_host::demo::run(state_dir, rate).await,
+            Command::Deploy {
+                version,
+                env,
+                args,
+                force,
+                wait,
+            } => {
+                let env = commands::parse_env(&env)?;
+                commands::deploy(
+                    &commands::client(&cli.config)?,
+                    &version,
+                    env,
+                    args,
+                    force,
+                    wait,
+                )
+                .await
+            }
+            Command::Status { watch, json } => {
+                commands::status(&commands::client(&cli.config)?, watch, json).await
+            }
+            Command::Pause { reason } => {
+                commands::verb(&commands::client(&cli.config)?, "pause", reason).await
+            }
+            Command::Resume { reason } => {
+                commands::verb(&commands::client(&cli.config)?, "resume", reason).await
+            }
+            Command::Promote { reason } => {
+                commands::verb(&commands::client(&cli.config)?, "promote", reason).await
+            }
+            Command::Abort { reason } => {
+                commands::verb(&commands::client(&cli.config)?, "abort", reason).await
+            }
+            Command::Rollback { reason } => {
+                commands::verb(&commands::client(&cli.config)?, "rollback", reason).await
+            }
+            Command::History {
+                limit,
+                rollout,
+                verify,
+                json,
+            } => {
+                commands::history(
+                    &commands::client(&cli.config)?,
+                    limit,
+                    rollout,
+                    verify,
+                    json,
+                )
+                .await
+            }
+            Command::Validate => unreachable_validate(),
+        }
+    })
+}
+
+fn unreachable_validate() -> Result<(), CommandError> {
+    Err(CommandError::Usage(
+        "validate is handled before the runtime starts".into(),
+    ))
+}

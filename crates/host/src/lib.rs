@@ -1,1 +1,62 @@
-//! placeholder
+//! # cutover-host: the single-host runtime
+//!
+//! `cutover run` in library form: it binds the embedded proxy and the admin API, supervises the
+//! service's instances as local processes, and runs the driver loop that feeds the pure engine
+//! of `cutover-core` (deploys, readiness, crash loops, metric windows, operator verbs) and
+//! carries out what it decides, after persisting it.
+//!
+//! This crate translates; it must never decide a rollout by itself: every "advance", "hold" or
+//! "abort" comes from `cutover_core::engine`. It composes the IO crates — `cutover-proxy`
+//! (data plane), `cutover-supervisor` (processes), `cutover-store` (SQLite),
+//! `cutover-admin` (API) — and holds the CLI's verbs, the status rendering and the demo.
+#![forbid(unsafe_code)]
+
+pub mod commands;
+pub mod config;
+pub mod demo;
+pub mod metrics;
+pub mod render;
+pub mod router;
+pub mod runtime;
+pub mod status;
+
+use commands::CommandError;
+use cutover_core::spec::LogFormat;
+use std::path::Path;
+
+pub use runtime::{start, Running, StartError};
+
+/// Installs the tracing subscriber: human-readable by default, JSON lines on request.
+pub fn init_logging(level: &str, json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+/// `cutover run`: runs until SIGINT or SIGTERM, then shuts down gracefully.
+pub async fn run(config_path: &Path, log_json: bool) -> Result<(), CommandError> {
+    let loaded = config::load(config_path)?;
+    init_logging(
+        &loaded.config.log.level,
+        log_json || loaded.config.log.format == LogFormat::Json,
+    );
+    let running = runtime::start(loaded)
+        .await
+        .map_err(|e| CommandError::Usage(e.to_string()))?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| CommandError::Other(e.into()))?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down: draining the proxy, then stopping instances");
+    running.shutdown().await;
+    Ok(())
+}

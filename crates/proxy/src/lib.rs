@@ -1,1 +1,30 @@
-//! placeholder
+//! # cutover-proxy: the embedded L7 data plane
+//!
+//! The proxy clients talk to during a rollout. Each request loads the current [`RouteTable`]
+//! once, derives a sticky client key, sends the client to the canary iff its position is below
+//! the canary weight ([`cutover_core::sticky`]), picks one of that version's backends by
+//! power-of-two-choices on outstanding requests, forwards the request over pooled keep-alive
+//! connections, and records the outcome per version in [`cutover_telemetry::Recorder`].
+//! WebSocket (and any HTTP/1.1 `Upgrade`) is passed through as a byte tunnel.
+//!
+//! Invariants of DESIGN.md it upholds: (1) a request sees the old table or the new one, never
+//! a mix — the table is one atomic pointer, loaded once per request; (2) sticky monotonicity —
+//! the canary decision is a threshold on a fixed hash; (4) drain — in-flight requests and
+//! tunnels are counted per backend, and shutdown lets in-flight requests finish; (5) only a
+//! request that never reached an app (connect failure) is retried, once.
+//!
+//! It must never decide anything about the rollout (weights, health, promotion come from the
+//! host via [`Proxy::set_table`]), never add headers of its own to responses, never retry a
+//! request an app may have seen, and never panic on what a client or backend sends.
+#![forbid(unsafe_code)]
+
+mod body;
+mod error;
+mod headers;
+mod proxy;
+mod table;
+
+pub use body::ProxyBody;
+pub use error::ProxyError;
+pub use proxy::{Proxy, ProxyConfig, ShutdownOutcome};
+pub use table::{Backend, Pool, RouteTable};

@@ -1,1 +1,36 @@
-//! placeholder
+//! # cutover-supervisor: a version's instances as local child processes
+//!
+//! The single-host runtime runs each version of the service as `app.instances` processes on
+//! 127.0.0.1 behind its embedded proxy. This crate owns those processes: it resolves a
+//! [`Release`] (what exactly would run, with a digest), spawns instances, probes them
+//! (readiness and liveness, with hysteresis), restarts them with exponential backoff, reports
+//! crash loops, and stops them drain → signal → grace → SIGKILL. Every state change is
+//! published as a [`Fleet`] on a `tokio::sync::watch` channel; the host turns it into route
+//! tables and engine events. It decides nothing about the rollout itself.
+//!
+//! It must never:
+//! - run a shell or interpolate user strings into one: argv goes to `execve` as a list;
+//! - let an instance receive traffic before its readiness probe passed — it publishes
+//!   `Ready` only then (DESIGN.md invariant 3; readiness failing means `NotReady`, liveness
+//!   failing means a restart);
+//! - signal an instance before its in-flight requests finished or the drain window ran out
+//!   (DESIGN.md invariant 4);
+//! - leave processes behind: instances run in their own process group, which is what gets
+//!   signalled, and they receive SIGTERM if cutover dies (`PR_SET_PDEATHSIG`).
+//!
+//! `unsafe` is denied workspace-wide; the single exception is the `pre_exec` hook that sets
+//! the parent-death signal (see `process::die_with_parent` and its SAFETY comment).
+
+mod error;
+mod fleet;
+mod probe;
+mod process;
+mod release;
+mod supervisor;
+
+pub use error::SupervisorError;
+pub use fleet::{CrashLoop, Fleet, InstanceState, InstanceStatus, VersionFleet};
+pub use release::Release;
+pub use supervisor::{
+    DrainOutcome, InFlight, InstanceStopReport, StopExit, StopReport, Supervisor,
+};

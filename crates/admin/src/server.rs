@@ -1,0 +1,232 @@
+//! The HTTP server: routes, bearer-token auth, and the mapping of every failure (including
+//! axum's own extractor rejections) to the one JSON error format.
+
+use crate::api::{ApiError, DeployRequest, HistoryQuery, Verb, VerbRequest};
+use crate::token::TOKEN_FILE;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Query, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::Value;
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+
+/// A boxed `Send` future, so [`Handler`] stays object safe (`Arc<dyn Handler>`).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Requests bigger than this are refused with 413: no legitimate admin request comes close, and
+/// the bound keeps a misbehaving client from making the host buffer without limit.
+pub const BODY_LIMIT: usize = 64 * 1024;
+
+/// What the admin API asks of the runtime. Requests arrive already authenticated and validated;
+/// an `Err` is sent to the client as is.
+pub trait Handler: Send + Sync + 'static {
+    /// `GET /v1/status`: the current rollout, phase, weights, gates.
+    fn status(&self) -> BoxFuture<'_, Result<Value, ApiError>>;
+    /// `POST /v1/deploy`.
+    fn deploy(&self, req: DeployRequest) -> BoxFuture<'_, Result<Value, ApiError>>;
+    /// `POST /v1/{pause,resume,promote,abort,rollback}`, with the operator's optional reason.
+    fn verb(&self, verb: Verb, reason: Option<String>) -> BoxFuture<'_, Result<Value, ApiError>>;
+    /// `GET /v1/history`.
+    fn history(&self, query: HistoryQuery) -> BoxFuture<'_, Result<Value, ApiError>>;
+    /// `GET /metrics`: Prometheus text exposition.
+    fn metrics(&self) -> BoxFuture<'_, Result<String, ApiError>>;
+}
+
+#[derive(Clone)]
+struct AppState {
+    handler: Arc<dyn Handler>,
+    token: Arc<str>,
+    /// Said in the 401 message so the operator knows where to look.
+    token_hint: Arc<str>,
+}
+
+/// Serves the admin API on `listener` until `shutdown` completes, then finishes in-flight
+/// requests and returns.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    token: String,
+    handler: Arc<dyn Handler>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(token, handler, None))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// The admin API as a [`Router`], for embedding. `token_path`, when known, is named in the 401
+/// message.
+pub fn router(token: String, handler: Arc<dyn Handler>, token_path: Option<&Path>) -> Router {
+    let token_hint = match token_path {
+        Some(p) => p.display().to_string(),
+        None => format!("{TOKEN_FILE} in cutover's state directory"),
+    };
+    let state = AppState {
+        handler,
+        token: token.into(),
+        token_hint: token_hint.into(),
+    };
+    let mut authed = Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/deploy", post(deploy))
+        .route("/v1/history", get(history))
+        .route("/metrics", get(metrics));
+    for verb in Verb::ALL {
+        authed = authed.route(
+            &format!("/v1/{verb}"),
+            post(
+                move |state: State<AppState>,
+                      body: Result<Option<Json<VerbRequest>>, JsonRejection>| {
+                    verb_route(state, verb, body)
+                },
+            ),
+        );
+    }
+    // route_layer: auth runs only for matched routes, so an unknown path is a plain 404 rather
+    // than a 401 that would suggest the path exists.
+    let authed = authed.route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .route(
+            "/healthz",
+            get(|| async { Json(serde_json::json!({"ok": true})) }),
+        )
+        .merge(authed)
+        .fallback(|| async { ApiError::not_found("no such route: the API lives under /v1") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                405,
+                "method_not_allowed",
+                "method not allowed on this route",
+            )
+        })
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(state)
+}
+
+async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match presented {
+        Some(t) if constant_time_eq(t.trim().as_bytes(), state.token.as_bytes()) => {
+            next.run(req).await
+        }
+        Some(_) => ApiError::unauthorized(format!(
+            "wrong bearer token: use the token in {}",
+            state.token_hint
+        ))
+        .into_response(),
+        None => ApiError::unauthorized(format!(
+            "missing `Authorization: Bearer <token>` header: the token is in {}",
+            state.token_hint
+        ))
+        .into_response(),
+    }
+}
+
+/// Compares without an early exit, so response timing does not reveal how many leading bytes of
+/// a guess were right. The length is not secret (tokens are always 64 hex characters).
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
+}
+
+/// Every JSON rejection becomes our error format. axum's message already names the field path
+/// (it deserialises through `serde_path_to_error`). Unparseable and semantically wrong *shapes*
+/// are both 400 here (axum would say 422 for the latter); 422 is kept for values that parse but
+/// fail validation. Only an oversized body keeps its own status (413).
+fn json_rejection(r: JsonRejection) -> ApiError {
+    if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        return ApiError::new(
+            413,
+            "payload_too_large",
+            format!("request body is larger than {BODY_LIMIT} bytes"),
+        );
+    }
+    ApiError::bad_request(r.body_text())
+}
+
+fn reply(result: Result<Value, ApiError>) -> Response {
+    match result {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn status(State(s): State<AppState>) -> Response {
+    reply(s.handler.status().await)
+}
+
+async fn deploy(
+    State(s): State<AppState>,
+    body: Result<Json<DeployRequest>, JsonRejection>,
+) -> Response {
+    let req = match body {
+        Ok(Json(req)) => req,
+        Err(r) => return json_rejection(r).into_response(),
+    };
+    if let Err(e) = req.validate() {
+        return e.into_response();
+    }
+    reply(s.handler.deploy(req).await)
+}
+
+async fn verb_route(
+    State(s): State<AppState>,
+    verb: Verb,
+    body: Result<Option<Json<VerbRequest>>, JsonRejection>,
+) -> Response {
+    // No body (no Content-Type) is fine: the reason is optional.
+    let reason = match body {
+        Ok(b) => b.and_then(|Json(b)| b.reason),
+        Err(r) => return json_rejection(r).into_response(),
+    };
+    reply(s.handler.verb(verb, reason).await)
+}
+
+async fn history(
+    State(s): State<AppState>,
+    query: Result<Query<HistoryQuery>, QueryRejection>,
+) -> Response {
+    match query {
+        Ok(Query(q)) => reply(s.handler.history(q).await),
+        Err(r) => ApiError::bad_request(r.body_text()).into_response(),
+    }
+}
+
+async fn metrics(State(s): State<AppState>) -> Response {
+    match s.handler.metrics().await {
+        Ok(text) => (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::constant_time_eq;
+
+    #[test]
+    fn constant_time_eq_compares() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+        assert!(constant_time_eq(b"", b""));
+    }
+}

@@ -1,0 +1,436 @@
+//! `demo-app`: a small HTTP service used by the cutover demo, the tests and the benchmarks.
+//!
+//! Every answer carries the header `x-app-version`, so a load generator (or a test) can tell
+//! which version served it. Latency, errors, slow readiness and crash loops can be injected
+//! from the command line (or `DEMO_*` environment variables).
+//!
+//! Endpoints:
+//! - `GET /`, `GET /api/{*rest}`: 200 with `{"version": "...", "instance": "<pid>"}`
+//!   (`/` honours `--error-rate` and `--body-size`; both honour `--latency` and `--latency-jitter`).
+//! - `GET /ready`: 200 `ready`, or 503 during `--ready-delay` and once shutting down.
+//! - `GET /live`: 200.
+//! - `GET /metrics`: Prometheus text exposition (`demo_requests_total{version,code}`,
+//!   `demo_in_flight`).
+//! - `GET /ws`: WebSocket echo; the first message is `{"version":"..."}`; on shutdown the
+//!   socket is closed with code 1012 (service restart).
+//! - `POST /echo`: echoes the request body.
+#![forbid(unsafe_code)]
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use clap::Parser;
+use rand::Rng as _;
+use tokio::sync::{mpsc, watch};
+
+/// The response header that names the version that served a request.
+pub const VERSION_HEADER: &str = "x-app-version";
+
+/// Command line (each flag also reads a `DEMO_*` environment variable).
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "demo-app",
+    about = "A small service for cutover demos, tests and benchmarks"
+)]
+pub struct Config {
+    /// Port to listen on (0 picks a free port; the startup line names the real address).
+    #[arg(long, env = "DEMO_PORT")]
+    pub port: u16,
+    /// Address to listen on.
+    #[arg(long, env = "DEMO_HOST", default_value = "127.0.0.1")]
+    pub host: String,
+    /// Version reported in `x-app-version` and in bodies.
+    #[arg(long, env = "DEMO_VERSION", default_value = "v1")]
+    pub version: String,
+    /// Delay added to each request to `/` and `/api/*` (e.g. `200ms`).
+    #[arg(long, env = "DEMO_LATENCY", default_value = "0", value_parser = parse_duration)]
+    pub latency: Duration,
+    /// Uniform extra delay in `0..=jitter` on top of `--latency`.
+    #[arg(long, env = "DEMO_LATENCY_JITTER", default_value = "0", value_parser = parse_duration)]
+    pub latency_jitter: Duration,
+    /// Fraction (0.0–1.0) of requests to `/` answered with 500.
+    #[arg(long, env = "DEMO_ERROR_RATE", default_value_t = 0.0, value_parser = parse_rate)]
+    pub error_rate: f64,
+    /// Exit with code 1 this long after start (simulates a crash-looping release).
+    #[arg(long, env = "DEMO_FAIL_AFTER", value_parser = parse_duration)]
+    pub fail_after: Option<Duration>,
+    /// `/ready` answers 503 until this long after start.
+    #[arg(long, env = "DEMO_READY_DELAY", default_value = "0", value_parser = parse_duration)]
+    pub ready_delay: Duration,
+    /// Size in bytes of the body of `/` (the JSON is padded; 0 = natural size).
+    #[arg(long, env = "DEMO_BODY_SIZE", default_value_t = 0)]
+    pub body_size: usize,
+    /// State directory (reserved for later features).
+    #[arg(long, env = "DEMO_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+}
+
+/// Parses a humantime duration (`250ms`, `1s`, `2m`); a bare `0` is zero.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    humantime::parse_duration(s)
+        .map_err(|e| format!("invalid duration {s:?}: {e} (e.g. 200ms, 1s)"))
+}
+
+fn parse_rate(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|e| format!("invalid error rate {s:?}: {e}"))?;
+    if (0.0..=1.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!(
+            "error rate {v} out of range: use a fraction between 0.0 and 1.0"
+        ))
+    }
+}
+
+/// Shared state of a running app.
+#[derive(Debug)]
+pub struct AppState {
+    cfg: Config,
+    instance: String,
+    started: Instant,
+    root_body: Bytes,
+    small_body: Bytes,
+    shutting_down: AtomicBool,
+    in_flight: AtomicI64,
+    requests: Mutex<BTreeMap<u16, u64>>,
+    shutdown_rx: watch::Receiver<bool>,
+    shutdown_tx: watch::Sender<bool>,
+    /// Each WebSocket task holds a clone; taken (dropped) on shutdown to wait for them.
+    ws_guard: Mutex<Option<mpsc::Sender<()>>>,
+}
+
+impl AppState {
+    /// Builds the state for `cfg`. Returns the receiver that yields once all WebSocket tasks
+    /// have ended after [`AppState::begin_shutdown`].
+    pub fn new(cfg: Config) -> (Arc<Self>, mpsc::Receiver<()>) {
+        let instance = std::process::id().to_string();
+        let small_body = Bytes::from(body_json(&cfg.version, &instance, 0));
+        let root_body = Bytes::from(body_json(&cfg.version, &instance, cfg.body_size));
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let (ws_tx, ws_rx) = mpsc::channel(1);
+        let state = Arc::new(Self {
+            cfg,
+            instance,
+            started: Instant::now(),
+            root_body,
+            small_body,
+            shutting_down: AtomicBool::new(false),
+            in_flight: AtomicI64::new(0),
+            requests: Mutex::new(BTreeMap::new()),
+            shutdown_rx,
+            shutdown_tx,
+            ws_guard: Mutex::new(Some(ws_tx)),
+        });
+        (state, ws_rx)
+    }
+
+    /// Marks the app as shutting down: `/ready` answers 503 and WebSockets get close 1012.
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+        self.shutdown_tx.send_replace(true);
+        self.ws_guard.lock().unwrap().take();
+    }
+
+    /// The pid-based instance id reported in bodies.
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    fn is_ready(&self) -> bool {
+        !self.shutting_down.load(Ordering::SeqCst) && self.started.elapsed() >= self.cfg.ready_delay
+    }
+
+    fn version_header(&self) -> HeaderValue {
+        HeaderValue::from_str(&self.cfg.version)
+            .unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+    }
+
+    async fn inject_latency(&self) {
+        let mut delay = self.cfg.latency;
+        let jitter = self.cfg.latency_jitter;
+        if !jitter.is_zero() {
+            let nanos = u64::try_from(jitter.as_nanos()).unwrap_or(u64::MAX);
+            delay += Duration::from_nanos(rand::thread_rng().gen_range(0..=nanos));
+        }
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// Prometheus text exposition of the app's own metrics.
+    pub fn render_metrics(&self) -> String {
+        use std::fmt::Write as _;
+        let version = escape_label(&self.cfg.version);
+        let mut out = String::new();
+        out.push_str("# HELP demo_requests_total Requests served, by version and status code.\n");
+        out.push_str("# TYPE demo_requests_total counter\n");
+        for (code, n) in self.requests.lock().unwrap().iter() {
+            let _ = writeln!(
+                out,
+                "demo_requests_total{{version=\"{version}\",code=\"{code}\"}} {n}"
+            );
+        }
+        out.push_str("# HELP demo_in_flight Requests currently being served.\n");
+        out.push_str("# TYPE demo_in_flight gauge\n");
+        let _ = writeln!(
+            out,
+            "demo_in_flight {}",
+            self.in_flight.load(Ordering::SeqCst)
+        );
+        out
+    }
+}
+
+fn escape_label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// `{"version":..,"instance":..}`, padded with a `pad` field to exactly `size` bytes when
+/// `size` is larger than the natural size.
+fn body_json(version: &str, instance: &str, size: usize) -> Vec<u8> {
+    let natural = serde_json::json!({ "version": version, "instance": instance }).to_string();
+    // `,"pad":""` adds 9 bytes before any padding characters.
+    if size < natural.len() + 9 {
+        return natural.into_bytes();
+    }
+    let pad = "x".repeat(size - natural.len() - 9);
+    let v = serde_json::json!({ "version": version, "instance": instance, "pad": pad }).to_string();
+    debug_assert_eq!(v.len(), size);
+    v.into_bytes()
+}
+
+/// The app's router.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/", get(root))
+        .route("/api/{*rest}", get(api))
+        .route("/ready", get(ready))
+        .route("/live", get(live))
+        .route("/metrics", get(metrics))
+        .route("/ws", get(ws))
+        .route("/echo", post(echo))
+        .layer(middleware::from_fn_with_state(state.clone(), track))
+        .with_state(state)
+}
+
+/// Counts requests by status code, tracks in-flight requests, stamps `x-app-version`.
+async fn track(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    struct InFlight<'a>(&'a AtomicI64);
+    impl Drop for InFlight<'_> {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+    state.in_flight.fetch_add(1, Ordering::SeqCst);
+    let _guard = InFlight(&state.in_flight);
+    let mut resp = next.run(req).await;
+    *state
+        .requests
+        .lock()
+        .unwrap()
+        .entry(resp.status().as_u16())
+        .or_default() += 1;
+    resp.headers_mut()
+        .insert(VERSION_HEADER, state.version_header());
+    resp
+}
+
+fn json_response(status: StatusCode, body: Bytes) -> Response {
+    (
+        status,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
+}
+
+async fn root(State(state): State<Arc<AppState>>) -> Response {
+    state.inject_latency().await;
+    let rate = state.cfg.error_rate;
+    let fail = rate >= 1.0 || (rate > 0.0 && rand::thread_rng().gen_bool(rate));
+    if fail {
+        let body = serde_json::json!({
+            "version": state.cfg.version,
+            "instance": state.instance,
+            "error": "injected failure",
+        });
+        return json_response(StatusCode::INTERNAL_SERVER_ERROR, body.to_string().into());
+    }
+    json_response(StatusCode::OK, state.root_body.clone())
+}
+
+async fn api(State(state): State<Arc<AppState>>) -> Response {
+    state.inject_latency().await;
+    json_response(StatusCode::OK, state.small_body.clone())
+}
+
+async fn ready(State(state): State<Arc<AppState>>) -> Response {
+    if state.is_ready() {
+        (StatusCode::OK, "ready").into_response()
+    } else if state.shutting_down.load(Ordering::SeqCst) {
+        (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response()
+    }
+}
+
+async fn live() -> &'static str {
+    "live"
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        state.render_metrics(),
+    )
+        .into_response()
+}
+
+async fn echo(body: Bytes) -> Response {
+    Response::new(Body::from(body))
+}
+
+async fn ws(State(state): State<Arc<AppState>>, upgrade: WebSocketUpgrade) -> Response {
+    let guard = state.ws_guard.lock().unwrap().clone();
+    upgrade.on_upgrade(move |socket| async move {
+        ws_session(state, socket).await;
+        drop(guard);
+    })
+}
+
+async fn ws_session(state: Arc<AppState>, mut socket: WebSocket) {
+    let hello = serde_json::json!({ "version": state.cfg.version }).to_string();
+    if socket.send(Message::Text(hello.into())).await.is_err() {
+        return;
+    }
+    let mut shutdown = state.shutdown_rx.clone();
+    loop {
+        tokio::select! {
+            msg = socket.recv() => match msg {
+                Some(Ok(Message::Text(t))) => {
+                    if socket.send(Message::Text(t)).await.is_err() {
+                        return;
+                    }
+                }
+                Some(Ok(Message::Binary(b))) => {
+                    if socket.send(Message::Binary(b)).await.is_err() {
+                        return;
+                    }
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
+            },
+            _ = async { shutdown.wait_for(|s| *s).await.is_ok() } => {
+                let frame = CloseFrame { code: 1012, reason: "service restart".into() };
+                let _ = socket.send(Message::Close(Some(frame))).await;
+                return;
+            }
+        }
+    }
+}
+
+/// Resolves on the first SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+/// Binds, prints `demo-app <version> listening on <addr>`, serves until SIGTERM/SIGINT, then
+/// drains in-flight requests and returns.
+pub async fn run(cfg: Config) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind((cfg.host.as_str(), cfg.port)).await?;
+    let addr: SocketAddr = listener.local_addr()?;
+    if let Some(after) = cfg.fail_after {
+        let version = cfg.version.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            eprintln!("demo-app {version}: --fail-after {after:?} elapsed, exiting with code 1");
+            std::process::exit(1);
+        });
+    }
+    let (state, mut ws_done) = AppState::new(cfg);
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "demo-app {} listening on {addr}", state.cfg.version)?;
+        out.flush()?;
+    }
+    let app = router(state.clone());
+    let st = state.clone();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            eprintln!("demo-app {}: shutting down, draining", st.cfg.version);
+            st.begin_shutdown();
+        })
+        .await?;
+    // Give WebSocket sessions a moment to send their close frames.
+    let _ = tokio::time::timeout(Duration::from_secs(2), ws_done.recv()).await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn padded_body_has_exact_size() {
+        for size in [0, 10, 40, 41, 100, 4096] {
+            let b = body_json("v1", "123", size);
+            let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
+            assert_eq!(v["version"], "v1");
+            let natural = body_json("v1", "123", 0).len();
+            if size >= natural + 9 {
+                assert_eq!(b.len(), size);
+            } else {
+                assert_eq!(b.len(), natural);
+            }
+        }
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
+        assert_eq!(parse_duration("200ms").unwrap(), Duration::from_millis(200));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_rate("1.5").is_err());
+        assert_eq!(parse_rate("0.25").unwrap(), 0.25);
+    }
+
+    #[test]
+    fn label_escaping() {
+        assert_eq!(escape_label("a\"b\\c"), "a\\\"b\\\\c");
+    }
+}

@@ -1,0 +1,243 @@
+//! What each CLI verb does, as library functions; `crates/cli` only parses and maps errors to
+//! exit codes.
+
+use crate::config::{self, LoadError, Loaded};
+use crate::render;
+use crate::status::StatusView;
+use cutover_admin::{AdminClient, ClientError};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+use std::time::Duration;
+
+/// Why a command failed; each maps to an exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// Bad arguments (exit 64).
+    #[error("{0}")]
+    Usage(String),
+    /// The config is invalid or unreadable (exit 64).
+    #[error(transparent)]
+    Config(#[from] LoadError),
+    /// The admin API answered with an error.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// `deploy --wait` followed a rollout that did not promote (exit 2).
+    #[error("{0}")]
+    RolloutFailed(String),
+    /// Anything else (exit 1).
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+impl CommandError {
+    /// sysexits-style codes: 64 usage/config, 69 unavailable, 2 rollout failed, 1 refused.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            CommandError::Usage(_) | CommandError::Config(_) => 64,
+            CommandError::Client(ClientError::Connect { .. } | ClientError::Timeout { .. }) => 69,
+            CommandError::Client(ClientError::Api { status, .. })
+                if *status == 400 || *status == 422 =>
+            {
+                64
+            }
+            CommandError::RolloutFailed(_) => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// `cutover validate`: the config's summary, or every problem in it.
+pub fn validate(path: &Path) -> Result<String, CommandError> {
+    let l = config::load(path)?;
+    let c = &l.config;
+    let plan: Vec<String> = c.schedule().iter().map(|s| s.weight.to_string()).collect();
+    Ok(format!(
+        "{} is valid: service {} on {}, admin on {}, {} instance(s) per version\nschedule: {} → 100% ({} steps, {} each); evaluation every {} over {}; {} gate(s), {} abort rule(s)",
+        l.path.display(),
+        c.service.name,
+        c.service.listen,
+        c.admin.listen,
+        c.app.instances,
+        plan.join(" → "),
+        plan.len(),
+        c.rollout.step_interval,
+        c.rollout.interval,
+        c.rollout.window,
+        c.rollout.gates.len(),
+        c.rollout.aborts.len()
+    ))
+}
+
+/// An admin client for the `cutover run` that uses this config.
+pub fn client(path: &Path) -> Result<AdminClient, CommandError> {
+    let l: Loaded = config::load(path)?;
+    let token_path = l.token_path();
+    let token = std::fs::read_to_string(&token_path).map_err(|e| {
+        CommandError::Usage(format!(
+            "cannot read the admin token at {} ({e}); it is created by `cutover run -c {}` on its first start",
+            token_path.display(),
+            l.path.display()
+        ))
+    })?;
+    Ok(AdminClient::new(
+        l.config.admin.listen,
+        token.trim().to_string(),
+    ))
+}
+
+/// Parses `KEY=VALUE` pairs from `--env`.
+pub fn parse_env(pairs: &[String]) -> Result<BTreeMap<String, String>, CommandError> {
+    let mut env = BTreeMap::new();
+    for p in pairs {
+        let Some((k, v)) = p.split_once('=') else {
+            return Err(CommandError::Usage(format!(
+                "--env {p:?} is not KEY=VALUE (fix: write it like --env DEMO_LATENCY=200ms)"
+            )));
+        };
+        if k.is_empty() {
+            return Err(CommandError::Usage(format!(
+                "--env {p:?} has an empty name (fix: write it like --env KEY=VALUE)"
+            )));
+        }
+        env.insert(k.to_string(), v.to_string());
+    }
+    Ok(env)
+}
+
+/// `cutover deploy`.
+pub async fn deploy(
+    client: &AdminClient,
+    version: &str,
+    env: BTreeMap<String, String>,
+    args: Vec<String>,
+    force: bool,
+    wait: bool,
+) -> Result<(), CommandError> {
+    let body = json!({ "version": version, "env": env, "args": args, "force": force });
+    let res = client.post("/v1/deploy", &body).await?;
+    println!(
+        "{}",
+        res.get("message")
+            .and_then(Value::as_str)
+            .unwrap_or("deployed")
+    );
+    if !wait {
+        return Ok(());
+    }
+    let id = res.get("rollout").and_then(Value::as_u64);
+    let mut last = String::new();
+    loop {
+        let s: StatusView = serde_json::from_value(client.get("/v1/status").await?)
+            .map_err(|e| anyhow::anyhow!("bad status document: {e}"))?;
+        let Some(r) = s
+            .rollout
+            .as_ref()
+            .filter(|r| Some(r.id) == id || id.is_none())
+        else {
+            return Err(anyhow::anyhow!("the rollout disappeared from status").into());
+        };
+        let line = format!(
+            "{} {:>6}  {}",
+            render::bar(r.weight.percent(), 30),
+            r.weight.to_string(),
+            r.phase.name()
+        );
+        if line != last {
+            println!("{line}");
+            last = line;
+        }
+        use cutover_core::engine::Phase;
+        match &r.phase {
+            Phase::Promoted { .. } | Phase::Done => {
+                println!("{} is live at 100%", r.to.label());
+                return Ok(());
+            }
+            Phase::Aborted { reason, .. } => {
+                return Err(CommandError::RolloutFailed(format!(
+                    "rollout {} aborted: {reason}",
+                    r.id
+                )))
+            }
+            Phase::RolledBack { reason } => {
+                return Err(CommandError::RolloutFailed(format!(
+                    "rollout {} rolled back: {reason}",
+                    r.id
+                )))
+            }
+            _ => {}
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// `cutover status`, once or refreshed until interrupted.
+pub async fn status(client: &AdminClient, watch: bool, as_json: bool) -> Result<(), CommandError> {
+    loop {
+        let doc = client.get("/v1/status").await?;
+        if as_json {
+            println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+        } else {
+            let s: StatusView = serde_json::from_value(doc)
+                .map_err(|e| anyhow::anyhow!("bad status document: {e}"))?;
+            let text = render::status(&s);
+            if watch {
+                // Clear the screen and home the cursor, as `watch(1)` does.
+                print!("\x1b[2J\x1b[H{text}");
+            } else {
+                print!("{text}");
+            }
+            let _ = std::io::stdout().flush();
+        }
+        if !watch {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// `cutover pause|resume|promote|abort|rollback`.
+pub async fn verb(
+    client: &AdminClient,
+    verb: &str,
+    reason: Option<String>,
+) -> Result<(), CommandError> {
+    let body = match reason {
+        Some(r) => json!({ "reason": r }),
+        None => json!({}),
+    };
+    let res = client.post(&format!("/v1/{verb}"), &body).await?;
+    println!(
+        "{}",
+        res.get("message").and_then(Value::as_str).unwrap_or("ok")
+    );
+    Ok(())
+}
+
+/// `cutover history`.
+pub async fn history(
+    client: &AdminClient,
+    limit: u32,
+    rollout: Option<i64>,
+    verify: bool,
+    as_json: bool,
+) -> Result<(), CommandError> {
+    let mut q = format!("/v1/history?limit={limit}&verify={verify}");
+    if let Some(r) = rollout {
+        q.push_str(&format!("&rollout={r}"));
+    }
+    let doc = client.get(&q).await?;
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+    } else {
+        print!("{}", render::history(&doc));
+    }
+    if verify && doc.pointer("/verify/ok").and_then(Value::as_bool) == Some(false) {
+        return Err(anyhow::anyhow!(
+            "the audit log's hash chain is broken: it was modified outside cutover"
+        )
+        .into());
+    }
+    Ok(())
+}

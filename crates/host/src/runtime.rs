@@ -1,0 +1,749 @@
+//! The single-host runtime: binds the proxy and the admin API, supervises instances, and runs
+//! the driver loop that feeds the core engine and carries out its actions.
+//!
+//! The driver is the only owner of the engine. Every event goes through [`Driver::apply`]:
+//! the engine decides, the new state and its decisions are committed to SQLite in one
+//! transaction, and only then are the actions carried out (DESIGN.md invariant 8). A store
+//! failure puts the engine back as it was and carries out nothing (invariant 9).
+
+use crate::config::Loaded;
+use crate::metrics;
+use crate::router::{Intent, Router};
+use crate::status::{InstanceView, Settings, StatusView};
+use cutover_admin::{ApiError, BoxFuture, DeployRequest, Handler, HistoryQuery, Verb as ApiVerb};
+use cutover_core::engine::{
+    Action, Decision, Engine, EngineError, Event, Phase, Release, State, Verb,
+};
+use cutover_core::{Timestamp, WindowStats};
+use cutover_proxy::{Proxy, ProxyConfig};
+use cutover_store::{Commit, DecisionRecord, ReleaseRecord, RolloutRecord, Store};
+use cutover_supervisor::{Fleet, InFlight, Release as SupRelease, Supervisor};
+use cutover_telemetry::Recorder;
+use serde_json::{json, Value};
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tracing::{error, info};
+
+/// Why the runtime could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot create the state directory {path} ({source}) (fix: check service.state_dir and its permissions)")]
+    StateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{field} = {addr}: cannot listen ({source}) (fix: choose a free address for {field}, or stop what is using it)")]
+    Bind {
+        field: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Token(#[from] cutover_admin::AdminError),
+    #[error("state store: {0}")]
+    Store(#[from] cutover_store::StoreError),
+    #[error(
+        "the stored engine state cannot be read ({0}); it was written by an incompatible cutover"
+    )]
+    Snapshot(serde_json::Error),
+}
+
+/// A running cutover: the handles tests and the demo need.
+pub struct Running {
+    pub proxy_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub token: String,
+    pub state_dir: PathBuf,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    supervisor: Supervisor,
+}
+
+impl Running {
+    /// A client for this runtime's admin API.
+    pub fn client(&self) -> cutover_admin::AdminClient {
+        cutover_admin::AdminClient::new(self.admin_addr, self.token.clone())
+    }
+
+    /// Graceful shutdown: stop accepting, let in-flight requests finish, stop every instance.
+    /// The persisted state is kept, so a new `start` resumes where this one was.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        self.supervisor.shutdown().await;
+    }
+}
+
+fn now() -> Timestamp {
+    Timestamp(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
+    )
+}
+
+/// Starts the runtime for a loaded config and returns once it listens.
+pub async fn start(loaded: Loaded) -> Result<Running, StartError> {
+    let c = loaded.config.clone();
+    let state_dir = loaded.state_dir();
+    std::fs::create_dir_all(state_dir.join("logs")).map_err(|source| StartError::StateDir {
+        path: state_dir.clone(),
+        source,
+    })?;
+    let token = cutover_admin::ensure_token(&state_dir)?;
+    let store = Store::open(&state_dir.join("cutover.db"))?;
+    let engine = match store.load_snapshot()? {
+        Some(v) => {
+            let state: State = serde_json::from_value(v).map_err(StartError::Snapshot)?;
+            Engine::restore(c.rollout.clone(), state)
+        }
+        None => Engine::new(c.service.name.clone(), c.rollout.clone()),
+    };
+
+    let window = c.rollout.window.get();
+    // Twenty slots per window keeps the window's edge within 5 % of its length.
+    let slot = (window / 20).max(Duration::from_millis(5));
+    let recorder = Recorder::new(slot, window + slot * 4);
+    let proxy = Proxy::new(
+        ProxyConfig {
+            sticky: c.sticky.clone(),
+            shutdown_timeout: c.app.stop.drain_timeout.get(),
+            ..ProxyConfig::default()
+        },
+        recorder.clone(),
+    );
+    let proxy_listener = tokio::net::TcpListener::bind(c.service.listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            field: "service.listen",
+            addr: c.service.listen,
+            source,
+        })?;
+    let admin_listener = tokio::net::TcpListener::bind(c.admin.listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            field: "admin.listen",
+            addr: c.admin.listen,
+            source,
+        })?;
+    let proxy_addr = proxy_listener
+        .local_addr()
+        .map_err(|source| StartError::Bind {
+            field: "service.listen",
+            addr: c.service.listen,
+            source,
+        })?;
+    let admin_addr = admin_listener
+        .local_addr()
+        .map_err(|source| StartError::Bind {
+            field: "admin.listen",
+            addr: c.admin.listen,
+            source,
+        })?;
+
+    let (supervisor, fleet_rx) = Supervisor::new(c.app.clone(), state_dir.join("logs"));
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (req_tx, req_rx) = mpsc::channel(64);
+    let store = Arc::new(Mutex::new(store));
+
+    let mut tasks = Vec::new();
+    {
+        let proxy = proxy.clone();
+        let mut rx = shutdown_rx.clone();
+        tasks.push(tokio::spawn(async move {
+            let outcome = proxy
+                .serve(proxy_listener, async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                })
+                .await;
+            info!(?outcome, "proxy stopped");
+        }));
+    }
+    {
+        let handler: Arc<dyn Handler> = Arc::new(AdminHandler {
+            tx: req_tx,
+            store: store.clone(),
+        });
+        let mut rx = shutdown_rx.clone();
+        let token = token.clone();
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = cutover_admin::serve(admin_listener, token, handler, async move {
+                let _ = rx.wait_for(|s| *s).await;
+            })
+            .await
+            {
+                error!(error = %e, "admin API stopped");
+            }
+        }));
+    }
+    let driver = Driver {
+        loaded: loaded.clone(),
+        engine,
+        store,
+        supervisor: supervisor.clone(),
+        fleet_rx,
+        proxy,
+        recorder,
+        router: Router::default(),
+        releases: HashMap::new(),
+        start_deadlines: HashMap::new(),
+        crash_reported: HashSet::new(),
+        proxy_addr,
+    };
+    tasks.push(tokio::spawn(driver.run(req_rx, shutdown_rx)));
+    info!(%proxy_addr, %admin_addr, service = %c.service.name, state_dir = %state_dir.display(), "cutover is running");
+    Ok(Running {
+        proxy_addr,
+        admin_addr,
+        token,
+        state_dir,
+        shutdown: shutdown_tx,
+        tasks,
+        supervisor,
+    })
+}
+
+/// What the admin API asks the driver.
+enum Request {
+    Status(oneshot::Sender<Value>),
+    Deploy(DeployRequest, oneshot::Sender<Result<Value, ApiError>>),
+    Verb(
+        Verb,
+        Option<String>,
+        oneshot::Sender<Result<Value, ApiError>>,
+    ),
+    Metrics(oneshot::Sender<String>),
+}
+
+struct AdminHandler {
+    tx: mpsc::Sender<Request>,
+    store: Arc<Mutex<Store>>,
+}
+
+impl AdminHandler {
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Request,
+    ) -> Result<T, ApiError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(make(tx))
+            .await
+            .map_err(|_| ApiError::internal("cutover is shutting down"))?;
+        rx.await
+            .map_err(|_| ApiError::internal("cutover is shutting down"))
+    }
+}
+
+impl Handler for AdminHandler {
+    fn status(&self) -> BoxFuture<'_, Result<Value, ApiError>> {
+        Box::pin(async move { self.ask(Request::Status).await })
+    }
+    fn deploy(&self, req: DeployRequest) -> BoxFuture<'_, Result<Value, ApiError>> {
+        Box::pin(async move { self.ask(|tx| Request::Deploy(req, tx)).await? })
+    }
+    fn verb(
+        &self,
+        verb: ApiVerb,
+        reason: Option<String>,
+    ) -> BoxFuture<'_, Result<Value, ApiError>> {
+        let verb = match verb {
+            ApiVerb::Pause => Verb::Pause,
+            ApiVerb::Resume => Verb::Resume,
+            ApiVerb::Promote => Verb::Promote,
+            ApiVerb::Abort => Verb::Abort,
+            ApiVerb::Rollback => Verb::Rollback,
+        };
+        Box::pin(async move { self.ask(|tx| Request::Verb(verb, reason, tx)).await? })
+    }
+    fn history(&self, q: HistoryQuery) -> BoxFuture<'_, Result<Value, ApiError>> {
+        Box::pin(async move {
+            let store = self.store.clone();
+            tokio::task::spawn_blocking(move || history(&store, q))
+                .await
+                .map_err(|e| ApiError::internal(e.to_string()))?
+        })
+    }
+    fn metrics(&self) -> BoxFuture<'_, Result<String, ApiError>> {
+        Box::pin(async move { self.ask(Request::Metrics).await })
+    }
+}
+
+fn history(store: &Mutex<Store>, q: HistoryQuery) -> Result<Value, ApiError> {
+    let store = store.lock().unwrap_or_else(|e| e.into_inner());
+    let internal = |e: cutover_store::StoreError| ApiError::internal(e.to_string());
+    let limit = q.limit.unwrap_or(20).clamp(1, 1000);
+    let mut rollouts = store
+        .rollouts(if q.rollout.is_some() { 100_000 } else { limit })
+        .map_err(internal)?;
+    if let Some(id) = q.rollout {
+        rollouts.retain(|r| r.id == id);
+        if rollouts.is_empty() {
+            return Err(ApiError::not_found(format!(
+                "no rollout {id}; `cutover history` lists them"
+            )));
+        }
+    }
+    let mut out = Vec::new();
+    for r in rollouts {
+        let decisions = store.decisions(Some(r.id), 10_000).map_err(internal)?;
+        let mut v = serde_json::to_value(&r).unwrap_or_default();
+        v["decisions"] = serde_json::to_value(decisions).unwrap_or_default();
+        out.push(v);
+    }
+    let mut doc = json!({ "rollouts": out });
+    if q.verify {
+        let report = store.verify_chain().map_err(internal)?;
+        doc["verify"] = serde_json::to_value(report).unwrap_or_default();
+    }
+    Ok(doc)
+}
+
+struct Driver {
+    loaded: Loaded,
+    engine: Engine,
+    store: Arc<Mutex<Store>>,
+    supervisor: Supervisor,
+    fleet_rx: watch::Receiver<Fleet>,
+    proxy: Proxy,
+    recorder: Recorder,
+    router: Router,
+    /// Resolved releases by digest: what `Action::Start` runs.
+    releases: HashMap<String, SupRelease>,
+    /// Canary start deadlines by digest (app.start_timeout).
+    start_deadlines: HashMap<String, tokio::time::Instant>,
+    /// Crash loops already reported to the engine, by digest.
+    crash_reported: HashSet<String>,
+    proxy_addr: SocketAddr,
+}
+
+impl Driver {
+    async fn run(
+        mut self,
+        mut requests: mpsc::Receiver<Request>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        if let Err(e) = self.apply(Event::Recover, None) {
+            error!(error = %e, "could not recover the persisted rollout state");
+        }
+        let mut ticker = tokio::time::interval(self.loaded.config.rollout.interval.get());
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.wait_for(|s| *s) => break,
+                Some(req) = requests.recv() => self.request(req),
+                changed = self.fleet_rx.changed() => {
+                    if changed.is_err() { break; }
+                    self.on_fleet();
+                }
+                _ = ticker.tick() => self.on_tick(),
+            }
+        }
+    }
+
+    /// Engine, then store, then actions. On a store failure the engine is put back as it was.
+    fn apply(
+        &mut self,
+        event: Event,
+        operator_reason: Option<&str>,
+    ) -> Result<Vec<Decision>, ApiError> {
+        let before = self.engine.clone();
+        let mut outcome = self.engine.handle(now(), event).map_err(|e| match e {
+            EngineError::Conflict(m) => ApiError::conflict(m),
+            EngineError::FailedRelease(m) => ApiError::conflict(m),
+        })?;
+        if let Some(r) = operator_reason.filter(|r| !r.trim().is_empty()) {
+            for d in &mut outcome.decisions {
+                d.reason = format!("{} (operator: {r})", d.reason);
+            }
+        }
+        if outcome.actions.is_empty()
+            && outcome.decisions.is_empty()
+            && before.state() == self.engine.state()
+        {
+            return Ok(Vec::new());
+        }
+        let commit = self.commit_for(before.state(), &outcome.decisions);
+        let stored = {
+            let mut store = self.store.lock().unwrap_or_else(|e| e.into_inner());
+            store.commit(commit)
+        };
+        if let Err(e) = stored {
+            self.engine = before;
+            error!(error = %e, "could not persist the rollout state; nothing was changed");
+            return Err(ApiError::internal(format!(
+                "could not persist the rollout state ({e}); nothing was changed"
+            )));
+        }
+        for d in &outcome.decisions {
+            info!(rollout = ?d.rollout, kind = d.kind.as_str(), numbers = %d.numbers, "{}", d.reason);
+        }
+        for action in outcome.actions {
+            self.act(action);
+        }
+        Ok(outcome.decisions)
+    }
+
+    fn commit_for(&self, before: &State, decisions: &[Decision]) -> Commit {
+        let after = self.engine.state();
+        let mut commit = Commit {
+            snapshot: serde_json::to_value(after).ok(),
+            ..Commit::default()
+        };
+        commit.decisions = decisions
+            .iter()
+            .map(|d| DecisionRecord {
+                seq: None,
+                rollout_id: d.rollout.map(|r| r as i64),
+                at: d.at.millis() as i64,
+                kind: d.kind.as_str().to_string(),
+                reason: d.reason.clone(),
+                numbers: d.numbers.clone(),
+                hash: None,
+            })
+            .collect();
+        if let Some(r) = &after.rollout {
+            let new = before.rollout.as_ref().is_none_or(|b| b.id != r.id);
+            if new {
+                if let Some(rel) = self.releases.get(&r.to.digest) {
+                    commit.releases.push(ReleaseRecord {
+                        digest: rel.digest.clone(),
+                        name: rel.name.clone(),
+                        exe_sha256: rel.exe_sha256.clone(),
+                        spec: serde_json::to_value(rel).unwrap_or_default(),
+                        created_at: r.started.millis() as i64,
+                        failed_at: None,
+                        failed_reason: None,
+                    });
+                }
+                commit.rollouts_started.push(RolloutRecord {
+                    id: r.id as i64,
+                    service: after.service.clone(),
+                    from_version: r.from.as_ref().map(|f| f.version.clone()),
+                    from_digest: r.from.as_ref().map(|f| f.digest.clone()),
+                    to_version: r.to.version.clone(),
+                    to_digest: r.to.digest.clone(),
+                    started_at: r.started.millis() as i64,
+                    ended_at: None,
+                    outcome: None,
+                });
+            }
+        }
+        // Rollouts that reached an end state with this event (the previous one may have ended
+        // because this event started a new one).
+        let (b, a) = (before.rollout.as_ref(), after.rollout.as_ref());
+        if let Some(a) = a {
+            let was_open = b.is_none_or(|b| b.id != a.id || b.ended.is_none());
+            if let (Some(ended), true) = (a.ended, was_open) {
+                commit.rollouts_ended.push((
+                    a.id as i64,
+                    ended.millis() as i64,
+                    a.phase.name().to_string(),
+                ));
+            }
+        }
+        for (digest, f) in &after.failed {
+            if !before.failed.contains_key(digest) {
+                commit
+                    .failed
+                    .push((digest.clone(), f.at.millis() as i64, f.reason.clone()));
+            }
+        }
+        commit
+    }
+
+    fn act(&mut self, action: Action) {
+        match action {
+            Action::Start { release } => self.start_release(&release),
+            Action::Route {
+                stable,
+                canary,
+                weight,
+                salt,
+            } => {
+                let fleet = self.fleet_rx.borrow().clone();
+                self.router.set_intent(
+                    Intent {
+                        stable,
+                        canary,
+                        weight,
+                        salt,
+                    },
+                    &fleet,
+                    &self.proxy,
+                );
+            }
+            Action::Stop { release, reason } => {
+                info!(version = %release.version, %reason, "stopping");
+                self.start_deadlines.remove(&release.digest);
+                let proxy = self.proxy.clone();
+                let in_flight: InFlight = Arc::new(move |addr| proxy.in_flight(addr));
+                let stop = self.supervisor.stop(&release.version, in_flight);
+                tokio::spawn(async move {
+                    let report = stop.await;
+                    info!(report = ?report, "stopped");
+                });
+            }
+        }
+    }
+
+    fn release_for(&mut self, release: &Release) -> Option<SupRelease> {
+        if let Some(r) = self.releases.get(&release.digest) {
+            return Some(r.clone());
+        }
+        let stored = self
+            .store
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .release(&release.digest)
+            .ok()
+            .flatten()?;
+        let r: SupRelease = serde_json::from_value(stored.spec).ok()?;
+        self.releases.insert(release.digest.clone(), r.clone());
+        Some(r)
+    }
+
+    fn start_release(&mut self, release: &Release) {
+        let canary = self
+            .engine
+            .active()
+            .is_some_and(|r| r.to.digest == release.digest);
+        let failure = match self.release_for(release) {
+            None => Some(format!(
+                "release {} is not in the state store",
+                release.label()
+            )),
+            Some(r) => match self.supervisor.start(r) {
+                Ok(()) => None,
+                Err(e) => Some(e.to_string()),
+            },
+        };
+        if canary {
+            self.start_deadlines.insert(
+                release.digest.clone(),
+                tokio::time::Instant::now() + self.loaded.config.app.start_timeout.get(),
+            );
+        }
+        if let Some(reason) = failure {
+            error!(version = %release.version, %reason, "could not start");
+            if canary {
+                let _ = self.apply(
+                    Event::StartFailed {
+                        digest: release.digest.clone(),
+                        reason,
+                    },
+                    None,
+                );
+            }
+        } else {
+            self.on_fleet();
+        }
+    }
+
+    /// Readiness and crash loops, as the fleet reports them.
+    fn on_fleet(&mut self) {
+        let fleet = self.fleet_rx.borrow_and_update().clone();
+        self.router.publish(&fleet, &self.proxy);
+        let starting = self
+            .engine
+            .active()
+            .filter(|r| r.phase == Phase::Starting)
+            .map(|r| r.to.clone());
+        if let Some(to) = starting {
+            if fleet
+                .get(&to.version)
+                .is_some_and(|vf| vf.digest == to.digest && vf.all_ready())
+            {
+                self.start_deadlines.remove(&to.digest);
+                let _ = self.apply(
+                    Event::Ready {
+                        digest: to.digest.clone(),
+                    },
+                    None,
+                );
+            }
+        }
+        for vf in fleet.values() {
+            if let Some(cl) = &vf.crash_loop {
+                if self.crash_reported.insert(vf.digest.clone()) {
+                    let detail = format!(
+                        "instance {} restarted {} times within {}{}",
+                        cl.instance,
+                        cl.restarts,
+                        cl.window,
+                        cl.last_exit
+                            .as_ref()
+                            .map(|e| format!(", last exit: {e}"))
+                            .unwrap_or_default()
+                    );
+                    let _ = self.apply(
+                        Event::CrashLoop {
+                            digest: vf.digest.clone(),
+                            detail,
+                        },
+                        None,
+                    );
+                }
+            } else {
+                self.crash_reported.remove(&vf.digest);
+            }
+        }
+    }
+
+    fn on_tick(&mut self) {
+        let now_i = tokio::time::Instant::now();
+        let expired: Vec<String> = self
+            .start_deadlines
+            .iter()
+            .filter(|(_, d)| **d <= now_i)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for digest in expired {
+            self.start_deadlines.remove(&digest);
+            let reason = format!(
+                "not ready within app.start_timeout ({})",
+                self.loaded.config.app.start_timeout
+            );
+            let _ = self.apply(Event::StartFailed { digest, reason }, None);
+        }
+        let window = self.loaded.config.rollout.window.get();
+        let stats = match self.engine.active().filter(|r| r.phase != Phase::Starting) {
+            Some(r) => WindowStats {
+                stable: r
+                    .from
+                    .as_ref()
+                    .map(|f| self.recorder.window(&f.version, window))
+                    .unwrap_or_default(),
+                canary: self.recorder.window(&r.to.version, window),
+            },
+            None => WindowStats::default(),
+        };
+        let _ = self.apply(Event::Tick { stats }, None);
+    }
+
+    fn request(&mut self, req: Request) {
+        match req {
+            Request::Status(tx) => {
+                let _ = tx.send(serde_json::to_value(self.status()).unwrap_or_default());
+            }
+            Request::Metrics(tx) => {
+                let _ = tx.send(metrics::render(
+                    &self.engine,
+                    &self.recorder,
+                    self.router.intent(),
+                ));
+            }
+            Request::Deploy(req, tx) => {
+                let _ = tx.send(self.deploy(req));
+            }
+            Request::Verb(verb, reason, tx) => {
+                let res = self.apply(Event::Command(verb), reason.as_deref()).map(|decisions| {
+                    let message = decisions.iter().map(|d| d.reason.clone()).collect::<Vec<_>>().join("; ");
+                    json!({ "message": if message.is_empty() { format!("{verb}: done") } else { message } })
+                });
+                let _ = tx.send(res);
+            }
+        }
+    }
+
+    fn deploy(&mut self, req: DeployRequest) -> Result<Value, ApiError> {
+        let c = &self.loaded.config;
+        // One process set per version name: a release may not reuse a name that is running.
+        let fleet = self.fleet_rx.borrow().clone();
+        let st = self.engine.state();
+        let busy = [st.stable.as_ref(), st.previous.as_ref().map(|h| &h.release)]
+            .into_iter()
+            .flatten()
+            .any(|r| r.version == req.version)
+            || fleet.contains_key(&req.version)
+                && st.stable.as_ref().is_none_or(|s| s.version != req.version);
+        let rel = SupRelease::resolve(
+            &req.version,
+            &c.app,
+            &self.loaded.dir,
+            req.env.clone(),
+            req.args.clone(),
+        )
+        .map_err(|e| ApiError::invalid(format!("cannot deploy {}: {e}", req.version)))?;
+        if busy && st.stable.as_ref().is_none_or(|s| s.digest != rel.digest) {
+            return Err(ApiError::conflict(format!(
+                "version name {} is already running (as the stable, held or a draining release); give the new build its own version name, e.g. {}.1",
+                req.version, req.version
+            )));
+        }
+        let release = Release::new(rel.name.clone(), rel.digest.clone());
+        self.releases.insert(rel.digest.clone(), rel);
+        let decisions = self.apply(
+            Event::Deploy {
+                release: release.clone(),
+                force: req.force,
+            },
+            req.reason.as_deref(),
+        )?;
+        let id = self.engine.state().rollout.as_ref().map(|r| r.id);
+        let message = decisions
+            .first()
+            .map(|d| d.reason.clone())
+            .unwrap_or_default();
+        Ok(
+            json!({ "rollout": id, "version": release.version, "digest": release.digest, "message": message }),
+        )
+    }
+
+    fn status(&self) -> StatusView {
+        let c = &self.loaded.config;
+        let st = self.engine.state();
+        let fleet = self.fleet_rx.borrow().clone();
+        let instances = fleet
+            .iter()
+            .flat_map(|(v, vf)| {
+                vf.instances.iter().map(move |i| InstanceView {
+                    version: v.clone(),
+                    id: i.id.clone(),
+                    addr: i.addr.to_string(),
+                    pid: i.pid,
+                    state: serde_json::to_value(i.state)
+                        .ok()
+                        .and_then(|s| s.as_str().map(str::to_string))
+                        .unwrap_or_default(),
+                    restarts: i.restarts,
+                    starts: i.starts,
+                    in_flight: self.proxy.in_flight(i.addr),
+                })
+            })
+            .collect();
+        StatusView {
+            service: st.service.clone(),
+            now: now(),
+            proxy: self.proxy_addr.to_string(),
+            stable: st.stable.clone(),
+            previous: st.previous.clone(),
+            rollout: st.rollout.clone(),
+            eta: self.engine.eta(now()),
+            instances,
+            failed: st.failed.clone(),
+            settings: Settings {
+                interval: c.rollout.interval,
+                window: c.rollout.window,
+                step_interval: c.rollout.step_interval,
+                min_samples: c.rollout.min_samples,
+                max_hold: c.rollout.max_hold,
+                hold_previous: c.rollout.hold_previous,
+                drain_timeout: c.app.stop.drain_timeout,
+                grace: c.app.stop.grace,
+                readiness_thresholds: (
+                    c.app.readiness.success_threshold,
+                    c.app.readiness.failure_threshold,
+                ),
+                liveness_failure_threshold: c.app.liveness.failure_threshold,
+            },
+        }
+    }
+}

@@ -1,0 +1,53 @@
+//! The status document the admin API serves and `cutover status` renders.
+
+use cutover_core::engine::{Failure, Held, Release, Rollout};
+use cutover_core::{Dur, Timestamp};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Everything `cutover status` shows.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatusView {
+    pub service: String,
+    pub now: Timestamp,
+    /// Where clients reach the service.
+    pub proxy: String,
+    pub stable: Option<Release>,
+    pub previous: Option<Held>,
+    /// The rollout in progress, or the last one.
+    pub rollout: Option<Rollout>,
+    /// When the rollout should reach 100 % if every gate passes.
+    pub eta: Option<Timestamp>,
+    pub instances: Vec<InstanceView>,
+    pub failed: BTreeMap<String, Failure>,
+    pub settings: Settings,
+}
+
+/// One running instance.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InstanceView {
+    pub version: String,
+    pub id: String,
+    pub addr: String,
+    pub pid: Option<u32>,
+    pub state: String,
+    pub restarts: u32,
+    pub starts: u64,
+    pub in_flight: usize,
+}
+
+/// The evaluation and stop settings in force, so an operator reading `status` knows the
+/// hysteresis behind every number (STYLE.md: hysteresis is explicit).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Settings {
+    pub interval: Dur,
+    pub window: Dur,
+    pub step_interval: Dur,
+    pub min_samples: u64,
+    pub max_hold: Dur,
+    pub hold_previous: Dur,
+    pub drain_timeout: Dur,
+    pub grace: Dur,
+    pub readiness_thresholds: (u32, u32),
+    pub liveness_failure_threshold: u32,
+}

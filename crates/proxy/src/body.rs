@@ -1,0 +1,135 @@
+//! Body wrappers: a request body that can be sent again if it was never read, and a response
+//! body that keeps its backend counted as in flight until it is fully sent.
+
+use crate::table::InFlight;
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::combinators::UnsyncBoxBody;
+use hyper::body::Incoming;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+
+/// The body of every response the proxy sends: the backend's, or a short one of its own.
+pub type ProxyBody = UnsyncBoxBody<Bytes, hyper::Error>;
+
+/// The client's request body, parked in a shared slot until the upstream connection first
+/// reads it.
+///
+/// The HTTP client consumes the request it is given, even when it then fails to connect. The
+/// slot lets the proxy take the body back after a connect error: if the body is still in the
+/// slot, no byte of it was sent, so a retry on another backend is safe and complete.
+pub(crate) struct Resendable {
+    slot: Arc<Mutex<Option<Incoming>>>,
+    taken: Option<Incoming>,
+}
+
+impl Resendable {
+    /// A body and the handle to take it back with.
+    pub(crate) fn new(body: Incoming) -> (Resendable, BodySlot) {
+        let slot = Arc::new(Mutex::new(Some(body)));
+        (
+            Resendable {
+                slot: slot.clone(),
+                taken: None,
+            },
+            BodySlot(slot),
+        )
+    }
+
+    fn with_parked<T>(&self, f: impl FnOnce(&Incoming) -> T) -> Option<T> {
+        self.slot
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(f)
+    }
+}
+
+/// The proxy's handle on a [`Resendable`] body.
+pub(crate) struct BodySlot(Arc<Mutex<Option<Incoming>>>);
+
+impl BodySlot {
+    /// The body, if nothing has read from it yet.
+    pub(crate) fn take_unread(&self) -> Option<Incoming> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).take()
+    }
+}
+
+impl Body for Resendable {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        if self.taken.is_none() {
+            let parked = self
+                .slot
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take();
+            self.taken = parked;
+        }
+        match self.taken.as_mut() {
+            Some(body) => Pin::new(body).poll_frame(cx),
+            // Taken back by the proxy for a retry: this attempt is over anyway.
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.taken {
+            Some(b) => b.is_end_stream(),
+            None => self.with_parked(Body::is_end_stream).unwrap_or(true),
+        }
+    }
+
+    // Forwarded so that hyper frames the upstream request like the client's (no body, a
+    // known length, or chunked) rather than chunking everything.
+    fn size_hint(&self) -> SizeHint {
+        match &self.taken {
+            Some(b) => b.size_hint(),
+            None => self
+                .with_parked(Body::size_hint)
+                .unwrap_or_else(|| SizeHint::with_exact(0)),
+        }
+    }
+}
+
+/// A response body that holds its backend's in-flight count until hyper drops it — after the
+/// last byte was written, or when the client went away.
+pub(crate) struct Guarded<B> {
+    inner: B,
+    _in_flight: InFlight,
+}
+
+impl<B> Guarded<B> {
+    pub(crate) fn new(inner: B, in_flight: InFlight) -> Guarded<B> {
+        Guarded {
+            inner,
+            _in_flight: in_flight,
+        }
+    }
+}
+
+impl<B: Body + Unpin> Body for Guarded<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

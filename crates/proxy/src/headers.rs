@@ -1,0 +1,228 @@
+//! Header handling: hop-by-hop stripping, `X-Forwarded-*`, upgrade detection, sticky keys.
+//!
+//! Hop-by-hop headers describe one connection (client↔proxy or proxy↔backend) and must not be
+//! forwarded (RFC 9110 §7.6.1); hyper re-derives framing (`Transfer-Encoding`,
+//! `Content-Length`) for each side itself.
+
+use cutover_core::spec::{StickyFallback, StickySpec};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use std::net::SocketAddr;
+
+/// Always hop-by-hop, whatever `Connection` says.
+const HOP_BY_HOP: [&str; 7] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+/// Whether the message asks to switch protocols (`Connection: upgrade` plus `Upgrade`).
+pub(crate) fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && connection_tokens(headers).any(|t| t.eq_ignore_ascii_case("upgrade"))
+}
+
+/// Removes hop-by-hop headers. With `keep_upgrade`, the `Upgrade` header survives and
+/// `Connection` is reduced to `upgrade`, which is what carries a protocol switch across hops.
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let named: Vec<HeaderName> = connection_tokens(headers)
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+        .collect();
+    for name in named {
+        if keep_upgrade && name == header::UPGRADE {
+            continue;
+        }
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        if keep_upgrade && name == "upgrade" {
+            continue;
+        }
+        headers.remove(name);
+    }
+    if keep_upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Appends the client to `X-Forwarded-For`, sets `X-Forwarded-Proto: http` and, when absent,
+/// `X-Forwarded-Host` from the host the client asked for.
+pub(crate) fn add_forwarded(headers: &mut HeaderMap, peer: SocketAddr, host: Option<&str>) {
+    let client = peer.ip().to_canonical().to_string();
+    let prior: Vec<&str> = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .collect();
+    let xff = if prior.is_empty() {
+        client
+    } else {
+        format!("{}, {client}", prior.join(", "))
+    };
+    // An IP and commas are always a valid header value; the `if let` only avoids a panic path.
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert(X_FORWARDED_FOR.clone(), v);
+    }
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    if !headers.contains_key(&X_FORWARDED_HOST) {
+        if let Some(v) = host.and_then(|h| HeaderValue::from_str(h).ok()) {
+            headers.insert(X_FORWARDED_HOST.clone(), v);
+        }
+    }
+}
+
+/// The sticky client key: the configured header, else the configured cookie, else the fallback.
+pub(crate) fn sticky_key(
+    spec: &StickySpec,
+    header_name: Option<&HeaderName>,
+    headers: &HeaderMap,
+    peer: SocketAddr,
+) -> Vec<u8> {
+    if let Some(v) = header_name.and_then(|n| headers.get(n)) {
+        if !v.as_bytes().is_empty() {
+            return v.as_bytes().to_vec();
+        }
+    }
+    if let Some(name) = spec.cookie.as_deref() {
+        if let Some(v) = cookie(headers, name) {
+            return v.as_bytes().to_vec();
+        }
+    }
+    match spec.fallback {
+        StickyFallback::PeerIp => match peer.ip().to_canonical() {
+            std::net::IpAddr::V4(ip) => ip.octets().to_vec(),
+            std::net::IpAddr::V6(ip) => ip.octets().to_vec(),
+        },
+        StickyFallback::Random => rand::random::<u64>().to_le_bytes().to_vec(),
+    }
+}
+
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, v)| *k == name && !v.is_empty())
+        .map(|(_, v)| v.trim_matches('"'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn strips_fixed_and_connection_named_headers() {
+        let mut h = map(&[
+            ("connection", "keep-alive, X-Secret"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret", "1"),
+            ("te", "trailers"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "h2c"),
+            ("proxy-connection", "keep-alive"),
+            ("trailer", "x"),
+            ("x-keep", "yes"),
+        ]);
+        assert!(!is_upgrade(&h));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h, map(&[("x-keep", "yes")]));
+    }
+
+    #[test]
+    fn upgrade_keeps_upgrade_and_normalises_connection() {
+        let mut h = map(&[
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "websocket"),
+            ("sec-websocket-key", "abc"),
+            ("keep-alive", "timeout=5"),
+        ]);
+        assert!(is_upgrade(&h));
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(
+            h,
+            map(&[
+                ("upgrade", "websocket"),
+                ("sec-websocket-key", "abc"),
+                ("connection", "upgrade"),
+            ])
+        );
+    }
+
+    #[test]
+    fn forwarded_headers_append_and_respect_existing_host() {
+        let peer: SocketAddr = "10.0.0.7:5000".parse().unwrap();
+        let mut h = map(&[
+            ("x-forwarded-for", "1.1.1.1"),
+            ("x-forwarded-for", "2.2.2.2"),
+        ]);
+        add_forwarded(&mut h, peer, Some("shop.example"));
+        assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 10.0.0.7");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "shop.example");
+
+        let mut h = map(&[("x-forwarded-host", "orig.example")]);
+        let v6: SocketAddr = "[::ffff:10.0.0.8]:1".parse().unwrap();
+        add_forwarded(&mut h, v6, Some("shop.example"));
+        assert_eq!(h["x-forwarded-for"], "10.0.0.8");
+        assert_eq!(h["x-forwarded-host"], "orig.example");
+    }
+
+    #[test]
+    fn sticky_key_order_is_header_cookie_fallback() {
+        let spec = StickySpec {
+            header: Some("x-client-id".into()),
+            cookie: Some("sid".into()),
+            fallback: StickyFallback::PeerIp,
+        };
+        let name = HeaderName::from_static("x-client-id");
+        let peer: SocketAddr = "192.0.2.1:9".parse().unwrap();
+        let both = map(&[("x-client-id", "h"), ("cookie", "a=1; sid=c")]);
+        assert_eq!(sticky_key(&spec, Some(&name), &both, peer), b"h");
+        let cookie_only = map(&[("cookie", "a=1"), ("cookie", "sid=\"c\"; b=2")]);
+        assert_eq!(sticky_key(&spec, Some(&name), &cookie_only, peer), b"c");
+        let empty = map(&[("x-client-id", ""), ("cookie", "sid=")]);
+        assert_eq!(
+            sticky_key(&spec, Some(&name), &empty, peer),
+            vec![192, 0, 2, 1]
+        );
+        let random = StickySpec {
+            fallback: StickyFallback::Random,
+            ..spec
+        };
+        let a = sticky_key(&random, None, &HeaderMap::new(), peer);
+        let b = sticky_key(&random, None, &HeaderMap::new(), peer);
+        assert_ne!(a, b);
+    }
+}

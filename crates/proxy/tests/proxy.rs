@@ -1,0 +1,358 @@
+//! End-to-end tests of the data plane: real sockets on 127.0.0.1, real upstream apps.
+
+mod support;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::{Request, StatusCode};
+use http_body_util::Full;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use support::*;
+use tokio_tungstenite::tungstenite::Message;
+
+/// The version part of an upstream's name (`v2#1` → `v2`).
+fn version(body: &str) -> &str {
+    body.split('#').next().unwrap_or(body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weights_are_honoured() {
+    let (s, c) = (Upstream::start("v1#0").await, Upstream::start("v2#0").await);
+    let px = Running::start().await;
+    px.proxy.set_table(table(
+        Some(pool("v1", &[s.backend()])),
+        Some((pool("v2", &[c.backend()]), 2_000)),
+    ));
+    let n = 5_000usize;
+    let workers = 16;
+    let mut tasks = Vec::new();
+    for w in 0..workers {
+        let addr = px.addr;
+        tasks.push(tokio::spawn(async move {
+            let client = client();
+            let mut canary = 0usize;
+            for i in (w..n).step_by(workers) {
+                let a = get(&client, addr, "/", Some(&format!("client-{i}"))).await;
+                assert_eq!(a.status, StatusCode::OK);
+                canary += usize::from(version(&a.body) == "v2");
+            }
+            canary
+        }));
+    }
+    let mut canary = 0;
+    for t in tasks {
+        canary += t.await.unwrap();
+    }
+    let share = canary as f64 / n as f64;
+    assert!((share - 0.2).abs() < 0.03, "canary share {share}");
+    // Every request was recorded under the version that served it.
+    let w = Duration::from_secs(60);
+    assert_eq!(px.recorder.window("v2", w).requests, canary as u64);
+    assert_eq!(px.recorder.window("v1", w).requests, (n - canary) as u64);
+    assert_eq!(px.recorder.window("v1", w).errors, 0);
+}
+
+#[tokio::test]
+async fn clients_stick_to_their_version_and_only_move_to_the_canary() {
+    let s = [Upstream::start("v1#0").await, Upstream::start("v1#1").await];
+    let c = [Upstream::start("v2#0").await, Upstream::start("v2#1").await];
+    let (sb, cb): (Vec<_>, Vec<_>) = (
+        s.iter().map(Upstream::backend).collect(),
+        c.iter().map(Upstream::backend).collect(),
+    );
+    let px = Running::start().await;
+    let client = client();
+    let set = |bp| {
+        px.proxy
+            .set_table(table(Some(pool("v1", &sb)), Some((pool("v2", &cb), bp))))
+    };
+
+    set(2_000);
+    let mut first: HashMap<String, String> = HashMap::new();
+    for i in 0..200 {
+        let id = format!("user-{i}");
+        for _ in 0..5 {
+            let a = get(&client, px.addr, "/", Some(&id)).await;
+            let v = version(&a.body).to_owned();
+            let seen = first.entry(id.clone()).or_insert_with(|| v.clone());
+            assert_eq!(*seen, v, "{id} changed version at a fixed weight");
+        }
+    }
+    let canaries: HashSet<_> = first
+        .iter()
+        .filter(|(_, v)| *v == "v2")
+        .map(|(k, _)| k.clone())
+        .collect();
+    assert!(!canaries.is_empty());
+
+    set(5_000);
+    let mut moved = 0;
+    for (id, before) in &first {
+        let now = version(&get(&client, px.addr, "/", Some(id)).await.body).to_owned();
+        if canaries.contains(id) {
+            assert_eq!(
+                now, "v2",
+                "{id} flipped back to stable when the weight grew"
+            );
+        } else if now == "v2" {
+            moved += 1;
+        } else {
+            assert_eq!(&now, before);
+        }
+    }
+    assert!(moved > 0, "raising the weight moved nobody");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn table_swaps_are_atomic_under_load() {
+    let (a1, a2) = (Upstream::start("a#1").await, Upstream::start("a#2").await);
+    let (b1, b2) = (Upstream::start("b#1").await, Upstream::start("b#2").await);
+    let (ba, bb) = ([a1.backend(), a2.backend()], [b1.backend(), b2.backend()]);
+    // Table A only reaches `a#*`, table B only `b#*`, at opposite weights.
+    let ta = || {
+        table(
+            Some(pool("a", &ba[..1])),
+            Some((pool("a", &ba[1..]), 5_000)),
+        )
+    };
+    let tb = || {
+        table(
+            Some(pool("b", &bb[..1])),
+            Some((pool("b", &bb[1..]), 5_000)),
+        )
+    };
+    let px = Running::start().await;
+    px.proxy.set_table(ta());
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for w in 0..8 {
+        let (addr, stop) = (px.addr, stop.clone());
+        workers.push(tokio::spawn(async move {
+            let client = client();
+            let mut seen = HashSet::new();
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let a = get(&client, addr, "/", Some(&format!("w{w}-{i}"))).await;
+                assert_eq!(a.status, StatusCode::OK, "a request failed during a swap");
+                seen.insert(a.body);
+                i += 1;
+            }
+            (seen, i)
+        }));
+    }
+    for i in 0..200 {
+        px.proxy.set_table(if i % 2 == 0 { tb() } else { ta() });
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut seen = HashSet::new();
+    let mut total = 0;
+    for w in workers {
+        let (s, n) = w.await.unwrap();
+        seen.extend(s);
+        total += n;
+    }
+    let expected: HashSet<String> = ["a#1", "a#2", "b#1", "b#2"].map(String::from).into();
+    assert!(seen.is_subset(&expected), "{seen:?}");
+    assert!(seen.len() >= 3, "both tables served traffic: {seen:?}");
+    assert!(total > 100, "only {total} requests");
+    assert_eq!(px.recorder.track("a").totals().errors, 0);
+    assert_eq!(px.recorder.track("b").totals().errors, 0);
+}
+
+#[tokio::test]
+async fn empty_pool_falls_back_and_no_pool_is_503() {
+    let (s, c) = (Upstream::start("v1#0").await, Upstream::start("v2#0").await);
+    let px = Running::start().await;
+    let client = client();
+
+    let a = get(&client, px.addr, "/", Some("x")).await;
+    assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(a.body.contains("no ready instance"), "{}", a.body);
+
+    // Everyone is meant for stable, which has no instance: the canary serves.
+    px.proxy.set_table(table(
+        Some(pool("v1", &[])),
+        Some((pool("v2", &[c.backend()]), 0)),
+    ));
+    for i in 0..20 {
+        assert_eq!(
+            get(&client, px.addr, "/", Some(&i.to_string())).await.body,
+            "v2#0"
+        );
+    }
+    // Everyone is meant for the canary, which has none: stable serves.
+    px.proxy.set_table(table(
+        Some(pool("v1", &[s.backend()])),
+        Some((pool("v2", &[]), 10_000)),
+    ));
+    for i in 0..20 {
+        assert_eq!(
+            get(&client, px.addr, "/", Some(&i.to_string())).await.body,
+            "v1#0"
+        );
+    }
+
+    px.proxy
+        .set_table(table(Some(pool("v1", &[])), Some((pool("v2", &[]), 5_000))));
+    let a = get(&client, px.addr, "/", Some("x")).await;
+    assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(a.body.contains("no ready instance"));
+    let failed = px.recorder.track("v1").totals().errors + px.recorder.track("v2").totals().errors;
+    assert_eq!(failed, 1, "the proxy-generated 503 counts as an error");
+}
+
+#[tokio::test]
+async fn hop_by_hop_headers_are_stripped_and_forwarded_headers_set() {
+    let s = Upstream::start("v1#0").await;
+    let px = Running::start().await;
+    px.proxy
+        .set_table(table(Some(pool("v1", &[s.backend()])), None));
+    let req = Request::get(format!("http://{}/headers", px.addr))
+        .header("host", "shop.example")
+        .header("connection", "keep-alive, x-secret")
+        .header("x-secret", "1")
+        .header("keep-alive", "timeout=5")
+        .header("proxy-connection", "keep-alive")
+        .header("te", "trailers")
+        .header("x-forwarded-for", "203.0.113.9")
+        .header("x-app", "kept")
+        .body(Full::<Bytes>::default())
+        .unwrap();
+    let a = send(&client(), req).await;
+    assert_eq!(a.status, StatusCode::OK);
+    let seen: HashMap<&str, &str> = a.body.lines().filter_map(|l| l.split_once(": ")).collect();
+    for gone in ["x-secret", "keep-alive", "proxy-connection", "te"] {
+        assert!(!seen.contains_key(gone), "{gone} reached the app: {seen:?}");
+    }
+    assert_eq!(seen.get("x-app"), Some(&"kept"));
+    assert_eq!(seen.get("host"), Some(&"shop.example"));
+    assert_eq!(seen.get("x-forwarded-for"), Some(&"203.0.113.9, 127.0.0.1"));
+    assert_eq!(seen.get("x-forwarded-proto"), Some(&"http"));
+    assert_eq!(seen.get("x-forwarded-host"), Some(&"shop.example"));
+    // And on the way back.
+    assert!(a.headers.get("x-hop-resp").is_none(), "{:?}", a.headers);
+    assert!(a.headers.get("keep-alive").is_none(), "{:?}", a.headers);
+    assert_eq!(a.headers["x-end"], "kept");
+    assert!(a.headers.get("x-cutover-track").is_none());
+}
+
+#[tokio::test]
+async fn refused_connection_is_retried_once_elsewhere() {
+    let live = Upstream::start("v2#0").await;
+    let dead = cutover_proxy::Backend::new("dead", dead_addr().await);
+    let dead = Arc::new(dead);
+    let px = Running::start().await;
+    let client = client();
+    // Everyone is meant for stable, whose only instance refuses connections.
+    px.proxy.set_table(table(
+        Some(pool("v1", std::slice::from_ref(&dead))),
+        Some((pool("v2", &[live.backend()]), 0)),
+    ));
+    for i in 0..10 {
+        let a = get(&client, px.addr, "/", Some(&i.to_string())).await;
+        assert_eq!((a.status, a.body.as_str()), (StatusCode::OK, "v2#0"));
+    }
+    // A body that was never sent is sent in full on the retry.
+    let req = Request::post(format!("http://{}/echo", px.addr))
+        .body(Full::new(Bytes::from_static(b"order 42")))
+        .unwrap();
+    assert_eq!(send(&client, req).await.body, "order 42");
+    assert_eq!(px.recorder.track("v2").totals().requests, 11);
+    assert_eq!(px.recorder.track("v2").totals().errors, 0);
+
+    // Nowhere else to go: 502, counted against the version that was tried.
+    px.proxy
+        .set_table(table(Some(pool("v1", std::slice::from_ref(&dead))), None));
+    let a = get(&client, px.addr, "/", Some("x")).await;
+    assert_eq!(a.status, StatusCode::BAD_GATEWAY);
+    assert!(a.body.contains("bad gateway"));
+    let t = px.recorder.track("v1").totals();
+    assert_eq!(
+        (t.requests, t.errors, t.by_code.get(&502)),
+        (1, 1, Some(&1))
+    );
+    assert_eq!(px.proxy.in_flight(dead.addr), 0);
+}
+
+#[tokio::test]
+async fn websocket_upgrade_is_tunnelled_and_counted_while_open() {
+    let ws = ws_echo().await;
+    let px = Running::start().await;
+    let backend = Arc::new(cutover_proxy::Backend::new("ws", ws));
+    px.proxy.set_table(table(
+        Some(pool("v1", std::slice::from_ref(&backend))),
+        None,
+    ));
+
+    let (mut socket, resp) = tokio::time::timeout(
+        DEADLINE,
+        tokio_tungstenite::connect_async(format!("ws://{}/orders", px.addr)),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+    for text in ["hello", "order 1", "order 2"] {
+        socket.send(Message::Text(text.into())).await.unwrap();
+        let echoed = tokio::time::timeout(DEADLINE, socket.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(echoed, Message::Text(text.into()));
+    }
+    // Removing the backend from the table does not hide the live tunnel from drain.
+    px.proxy.set_table(table(None, None));
+    assert_eq!(px.proxy.in_flight(ws), 1);
+    // The tunnel lives until both sides are gone: finish the close handshake, then hang up.
+    socket.close(None).await.unwrap();
+    while let Ok(Some(Ok(_))) = tokio::time::timeout(DEADLINE, socket.next()).await {}
+    drop(socket);
+    eventually("tunnel closed", || px.proxy.in_flight(ws) == 0).await;
+    assert_eq!(px.recorder.track("v1").totals().by_code.get(&101), Some(&1));
+}
+
+#[tokio::test]
+async fn graceful_shutdown_lets_in_flight_requests_finish() {
+    let s = Upstream::start("v1#0").await;
+    let mut px = Running::start().await;
+    px.proxy
+        .set_table(table(Some(pool("v1", &[s.backend()])), None));
+
+    let addr = px.addr;
+    let slow = tokio::spawn(async move { get(&client(), addr, "/slow", None).await });
+    tokio::time::timeout(DEADLINE, s.arrived.notified())
+        .await
+        .expect("slow request reached the app");
+    assert_eq!(px.proxy.in_flight(s.addr), 1);
+
+    px.shutdown();
+    // Stops accepting: new connections are refused once the listener is gone.
+    let refused = tokio::time::timeout(DEADLINE, async {
+        while tokio::net::TcpStream::connect(addr).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert!(refused.is_ok(), "still accepting after shutdown");
+    assert!(
+        !px.done.is_finished(),
+        "returned before the in-flight request finished"
+    );
+
+    s.release.notify_one();
+    let a = tokio::time::timeout(DEADLINE, slow).await.unwrap().unwrap();
+    assert_eq!((a.status, a.body.as_str()), (StatusCode::OK, "v1#0"));
+    let outcome = tokio::time::timeout(DEADLINE, &mut px.done)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(outcome, cutover_proxy::ShutdownOutcome::Drained);
+    assert_eq!(px.proxy.in_flight(s.addr), 0);
+}

@@ -1,0 +1,56 @@
+//! HTTP probes: `GET path` on the instance's address must answer 2xx within the timeout.
+//!
+//! A fresh HTTP/1.1 connection per probe, `Connection: close`: a probe must see what a new
+//! client would see (can it accept and answer?), not a connection that happened to survive.
+
+use bytes::Bytes;
+use http_body_util::Empty;
+use hyper_util::rt::TokioIo;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::net::TcpStream;
+
+/// One probe. `Err` says why it failed, for logs and `last_exit`.
+pub(crate) async fn probe(addr: SocketAddr, path: &str, timeout: Duration) -> Result<(), String> {
+    match tokio::time::timeout(timeout, get(addr, path)).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("GET {path} timed out after {timeout:?}")),
+    }
+}
+
+async fn get(addr: SocketAddr, path: &str) -> Result<(), String> {
+    let stream = TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("handshake {addr}: {e}"))?;
+    let req = http::Request::get(path)
+        .header(http::header::HOST, addr.to_string())
+        .header(http::header::CONNECTION, "close")
+        .header(http::header::USER_AGENT, "cutover-probe")
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| format!("bad probe path {path:?}: {e}"))?;
+    // Drive the connection in this task rather than spawning it: when the probe is dropped
+    // (timeout, instance stopping) the connection goes with it.
+    let mut conn = std::pin::pin!(conn);
+    let send = sender.send_request(req);
+    let mut send = std::pin::pin!(send);
+    let resp = tokio::select! {
+        biased;
+        r = &mut send => r,
+        // With `Connection: close` the connection may finish in the same poll that hands the
+        // response over: the response is then already waiting, so collect it.
+        r = &mut conn => match r {
+            Ok(()) => send.await,
+            Err(e) => return Err(format!("GET {path}: {e}")),
+        },
+    }
+    .map_err(|e| format!("GET {path}: {e}"))?;
+    let status = resp.status();
+    if status.is_success() {
+        Ok(())
+    } else {
+        Err(format!("GET {path} answered {status}"))
+    }
+}

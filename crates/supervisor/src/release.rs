@@ -1,0 +1,214 @@
+//! A release: one version's resolved program plus its argv/env templates, and a digest that
+//! identifies exactly what would run.
+
+use crate::SupervisorError;
+use cutover_core::spec::AppSpec;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+/// A version to run.
+///
+/// `argv`, `env` and `extra_args` are templates: `{port}`, `{version}` and `{instance}` are
+/// substituted per instance at spawn time. `argv[0]` is kept as written; the program actually
+/// executed is `exe`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Release {
+    /// The version name (`v2`, `2024-06-01.3`, ...).
+    pub name: String,
+    /// Hex SHA-256 over the executable's content, the name, the argv template, the extra
+    /// arguments and the environment: a rebuilt binary or other overrides under the same
+    /// version name is a different release (and a digest marked failed stays failed).
+    pub digest: String,
+    /// The resolved, executable program.
+    pub exe: PathBuf,
+    /// Hex SHA-256 of the program file.
+    pub exe_sha256: String,
+    /// `app.command`, placeholders still in.
+    pub argv: Vec<String>,
+    /// `app.env` with the overrides applied on top, placeholders still in.
+    pub env: BTreeMap<String, String>,
+    /// Appended to argv (placeholders substituted too).
+    pub extra_args: Vec<String>,
+    /// The instances' working directory, if `app.workdir` is set.
+    pub workdir: Option<PathBuf>,
+}
+
+impl Release {
+    /// Resolves `app.command[0]` (with `{version}` substituted) to an executable: relative to
+    /// `config_dir` when it contains a `/`, searched in `PATH` otherwise. Fails with an error
+    /// naming `app.command[0]` and the path tried when it is missing or not executable.
+    pub fn resolve(
+        name: &str,
+        app: &AppSpec,
+        config_dir: &Path,
+        env_overrides: BTreeMap<String, String>,
+        extra_args: Vec<String>,
+    ) -> Result<Release, SupervisorError> {
+        check_version_name(name)?;
+        let template = app.command.first().ok_or(SupervisorError::EmptyCommand)?;
+        let program = template.replace("{version}", name);
+        let exe = if program.contains('/') {
+            let path = config_dir.join(&program);
+            check_executable(&path).map_err(|problem| SupervisorError::Executable {
+                template: template.clone(),
+                tried: path.display().to_string(),
+                problem,
+            })?;
+            path
+        } else {
+            find_in_path(&program).ok_or_else(|| SupervisorError::Executable {
+                template: template.clone(),
+                tried: format!("{program:?} in PATH"),
+                problem: "was not found as an executable file in any PATH directory".into(),
+            })?
+        };
+        let exe_sha256 = sha256_file(&exe)?;
+
+        let workdir = match &app.workdir {
+            None => None,
+            Some(w) => {
+                let path = config_dir.join(w.replace("{version}", name));
+                if !path.is_dir() {
+                    return Err(SupervisorError::Workdir {
+                        template: w.clone(),
+                        path,
+                    });
+                }
+                Some(path)
+            }
+        };
+
+        let mut env = app.env.clone();
+        env.extend(env_overrides);
+        let digest = digest(&exe_sha256, name, &app.command, &extra_args, &env);
+        Ok(Release {
+            name: name.to_string(),
+            digest,
+            exe,
+            exe_sha256,
+            argv: app.command.clone(),
+            env,
+            extra_args,
+            workdir,
+        })
+    }
+}
+
+/// Substitutes the per-instance placeholders. Version names cannot contain `{`, so the
+/// order of replacement cannot create new placeholders.
+pub(crate) fn substitute(s: &str, port: u16, version: &str, instance: usize) -> String {
+    s.replace("{port}", &port.to_string())
+        .replace("{version}", version)
+        .replace("{instance}", &instance.to_string())
+}
+
+fn check_version_name(name: &str) -> Result<(), SupervisorError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(SupervisorError::BadVersionName { name: name.into() })
+    }
+}
+
+fn check_executable(path: &Path) -> Result<(), String> {
+    match fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err("does not exist".into()),
+        Err(e) => Err(format!("cannot be read ({e})")),
+        Ok(m) if !m.is_file() => Err("is not a regular file".into()),
+        Ok(m) if m.permissions().mode() & 0o111 == 0 => {
+            Err("is not executable (chmod +x it)".into())
+        }
+        Ok(_) => Ok(()),
+    }
+}
+
+fn find_in_path(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|p| check_executable(p).is_ok())
+}
+
+fn sha256_file(path: &Path) -> Result<String, SupervisorError> {
+    let io = |source| SupervisorError::Io {
+        what: "could not read the executable",
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = fs::File::open(path).map_err(io)?;
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut file, &mut hasher).map_err(io)?;
+    Ok(hex::encode(hasher.finalize()))
+}
+
+/// Each field is length-prefixed so that no two different inputs hash the same bytes
+/// (`["ab","c"]` vs `["a","bc"]`).
+fn digest(
+    exe_sha256: &str,
+    name: &str,
+    argv: &[String],
+    extra_args: &[String],
+    env: &BTreeMap<String, String>,
+) -> String {
+    let mut h = Sha256::new();
+    let mut put = |tag: &[u8], s: &str| {
+        h.update(tag);
+        h.update((s.len() as u64).to_le_bytes());
+        h.update(s.as_bytes());
+    };
+    put(b"exe", exe_sha256);
+    put(b"name", name);
+    for a in argv {
+        put(b"argv", a);
+    }
+    for a in extra_args {
+        put(b"extra", a);
+    }
+    // BTreeMap iterates sorted, so the digest does not depend on insertion order.
+    for (k, v) in env {
+        put(b"envk", k);
+        put(b"envv", v);
+    }
+    hex::encode(h.finalize())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn substitutes_every_placeholder() {
+        assert_eq!(
+            substitute("--port={port} {version}/{instance} {port}", 8081, "v2", 1),
+            "--port=8081 v2/1 8081"
+        );
+    }
+
+    #[test]
+    fn digest_is_unambiguous() {
+        let e = BTreeMap::new();
+        let a = digest("x", "v1", &["ab".into(), "c".into()], &[], &e);
+        let b = digest("x", "v1", &["a".into(), "bc".into()], &[], &e);
+        let c = digest("x", "v1", &["ab".into()], &["c".into()], &e);
+        assert_ne!(a, b);
+        assert_ne!(a, c);
+    }
+
+    #[test]
+    fn version_names() {
+        assert!(check_version_name("v2.1-rc_3").is_ok());
+        for bad in ["", ".hidden", "a/b", "x{port}", "a b"] {
+            assert!(check_version_name(bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,745 @@
+//! The supervisor: one task per instance owns its process, probes it, restarts it, and stops
+//! it when told. State changes are published on a `watch` channel as a [`Fleet`].
+//!
+//! Invariant 3 (DESIGN.md): an instance is `Ready` only after `readiness.success_threshold`
+//! consecutive passing readiness probes of its *current* process; every spawn starts at
+//! `Starting`. Readiness failing makes it `NotReady` (out of rotation, not restarted);
+//! liveness failing restarts it.
+//!
+//! Invariant 4: [`Supervisor::stop`] drains before it signals: the instance is `Draining`
+//! until the caller's in-flight count reaches zero (or `stop.drain_timeout`), only then comes
+//! `stop.signal`, and SIGKILL after `stop.grace`.
+
+use crate::fleet::{CrashLoop, Fleet, InstanceState, InstanceStatus, VersionFleet};
+use crate::process::{self, describe, signal_group, signal_of, terminate, Ended};
+use crate::release::Release;
+use crate::{probe, SupervisorError};
+use cutover_core::spec::{AppSpec, ProbeSpec};
+use cutover_core::Dur;
+use nix::sys::signal::Signal;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::process::Child;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, MissedTickBehavior};
+
+/// How many requests are in flight to an address; the proxy knows, the supervisor asks.
+pub type InFlight = Arc<dyn Fn(SocketAddr) -> usize + Send + Sync>;
+
+/// How often `stop` re-asks [`InFlight`] while draining.
+const DRAIN_POLL: Duration = Duration::from_millis(5);
+
+/// A cheap, cloneable handle on the supervisor. All clones drive the same instances.
+///
+/// Must be used from within a Tokio runtime (it spawns tasks and processes).
+#[derive(Clone)]
+pub struct Supervisor {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    app: AppSpec,
+    log_dir: PathBuf,
+    fleet: watch::Sender<Fleet>,
+    /// Running versions. An entry stays (with its handles taken) while a stop is under way,
+    /// so that the same version name cannot be started again until its processes are gone.
+    versions: Mutex<BTreeMap<String, Vec<InstanceHandle>>>,
+}
+
+struct InstanceHandle {
+    id: String,
+    addr: SocketAddr,
+    ctl: watch::Sender<Ctl>,
+    task: JoinHandle<StopExit>,
+}
+
+/// What the supervisor wants an instance task to do. Only moves forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ctl {
+    /// Keep the process running: probe, restart on exit or liveness failure.
+    Run,
+    /// Leaving rotation: no more restarts, no more probes, the process keeps serving.
+    Drain,
+    /// Signal, grace, SIGKILL; then the task ends.
+    Terminate,
+}
+
+/// What [`Supervisor::stop`] did, per instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StopReport {
+    pub version: String,
+    /// Empty when the version was not running (or another stop of it is already under way).
+    pub instances: Vec<InstanceStopReport>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceStopReport {
+    pub id: String,
+    pub addr: SocketAddr,
+    pub drain: DrainOutcome,
+    pub exit: StopExit,
+}
+
+/// How the drain went.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "outcome")]
+pub enum DrainOutcome {
+    /// No request was in flight any more after this long.
+    Drained { waited: Dur },
+    /// `stop.drain_timeout` elapsed with this many requests still in flight; they were cut.
+    TimedOut { in_flight: usize },
+}
+
+/// How the process ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "outcome")]
+pub enum StopExit {
+    /// It exited within `stop.grace` of the stop signal.
+    Exited { status: String },
+    /// It was still running after `stop.grace` and was SIGKILLed.
+    Killed { status: String },
+    /// There was no process to stop (it had exited, or was between restarts).
+    NotRunning { last_exit: Option<String> },
+}
+
+impl Supervisor {
+    /// A supervisor for instances of `app`, writing their output to `log_dir/<version>-<n>.log`.
+    /// The receiver sees every state change.
+    pub fn new(app: AppSpec, log_dir: PathBuf) -> (Supervisor, watch::Receiver<Fleet>) {
+        let (fleet, rx) = watch::channel(Fleet::new());
+        let inner = Inner {
+            app,
+            log_dir,
+            fleet,
+            versions: Mutex::new(BTreeMap::new()),
+        };
+        (
+            Supervisor {
+                inner: Arc::new(inner),
+            },
+            rx,
+        )
+    }
+
+    /// Another receiver of fleet changes.
+    pub fn subscribe(&self) -> watch::Receiver<Fleet> {
+        self.inner.fleet.subscribe()
+    }
+
+    /// The fleet as it is now.
+    pub fn fleet(&self) -> Fleet {
+        self.inner.fleet.borrow().clone()
+    }
+
+    /// Starts `app.instances` instances of `release`, each on a free port of 127.0.0.1.
+    ///
+    /// All first processes are spawned before this returns; if one cannot be spawned, the
+    /// ones already spawned are killed and nothing is left running (no half-started version).
+    /// Instances begin `Starting` and become `Ready` through their readiness probe.
+    pub fn start(&self, release: Release) -> Result<(), SupervisorError> {
+        let inner = &self.inner;
+        let name = release.name.clone();
+        let mut versions = inner.versions.lock().unwrap_or_else(|e| e.into_inner());
+        if versions.contains_key(&name) {
+            return Err(SupervisorError::AlreadyRunning(name));
+        }
+        let release = Arc::new(release);
+        let count = inner.app.instances.max(1) as usize;
+        let mut spawned = Vec::with_capacity(count);
+        for index in 0..count {
+            let log = inner.log_dir.join(format!("{name}-{index}.log"));
+            let child = process::pick_port()
+                .and_then(|addr| Ok((addr, process::spawn(&release, addr, index, &log)?)));
+            match child {
+                Ok((addr, child)) => spawned.push((index, addr, log, child)),
+                Err(e) => {
+                    for (_, _, _, child) in &spawned {
+                        if let Some(pid) = child.id() {
+                            signal_group(pid, Signal::SIGKILL);
+                        }
+                    }
+                    // Dropping the children (kill_on_drop) lets tokio reap them.
+                    return Err(e);
+                }
+            }
+        }
+
+        let statuses = spawned
+            .iter()
+            .map(|(index, addr, _, child)| InstanceStatus {
+                id: format!("{name}-{index}"),
+                index: *index,
+                addr: *addr,
+                pid: child.id(),
+                state: InstanceState::Starting,
+                restarts: 0,
+                starts: 1,
+                last_exit: None,
+            })
+            .collect();
+        inner.fleet.send_modify(|fleet| {
+            fleet.insert(
+                name.clone(),
+                VersionFleet {
+                    digest: release.digest.clone(),
+                    instances: statuses,
+                    crash_loop: None,
+                },
+            );
+        });
+
+        let mut handles = Vec::with_capacity(count);
+        for (index, addr, log, child) in spawned {
+            tracing::info!(version = %name, index, %addr, pid = ?child.id(), digest = %release.digest, "instance started");
+            let (ctl, ctl_rx) = watch::channel(Ctl::Run);
+            let instance = Instance {
+                inner: self.inner.clone(),
+                release: release.clone(),
+                index,
+                addr,
+                log,
+            };
+            handles.push(InstanceHandle {
+                id: format!("{name}-{index}"),
+                addr,
+                ctl,
+                task: tokio::spawn(instance.run(child, ctl_rx)),
+            });
+        }
+        versions.insert(name, handles);
+        Ok(())
+    }
+
+    /// Waits until every instance of `version` is `Ready`. Fails at once on a crash loop or
+    /// when the version is stopped, and after `timeout` with each instance's state.
+    pub async fn wait_ready(
+        &self,
+        version: &str,
+        timeout: Duration,
+    ) -> Result<(), SupervisorError> {
+        let mut rx = self.subscribe();
+        let deadline = Instant::now() + timeout;
+        let mut seen = false;
+        loop {
+            let states = {
+                let fleet = rx.borrow_and_update();
+                let Some(v) = fleet.get(version) else {
+                    return Err(if seen {
+                        SupervisorError::Stopped(version.into())
+                    } else {
+                        SupervisorError::UnknownVersion(version.into())
+                    });
+                };
+                seen = true;
+                if let Some(cl) = &v.crash_loop {
+                    return Err(SupervisorError::CrashLoop {
+                        version: version.into(),
+                        instance: cl.instance.clone(),
+                        restarts: cl.restarts,
+                        window: cl.window,
+                        last_exit: cl.last_exit.clone().unwrap_or_else(|| "unknown".into()),
+                    });
+                }
+                if v.all_ready() {
+                    return Ok(());
+                }
+                summarize(v)
+            };
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(SupervisorError::Stopped(version.into())),
+                Err(_) => {
+                    return Err(SupervisorError::NotReady {
+                        version: version.into(),
+                        timeout,
+                        states,
+                    })
+                }
+            }
+        }
+    }
+
+    /// Stops `version`. The caller has already taken its instances out of rotation.
+    ///
+    /// Per instance, concurrently: `Draining` until `in_flight(addr) == 0` or
+    /// `stop.drain_timeout`; then `stop.signal` to its process group, SIGKILL after
+    /// `stop.grace`; then `Stopped`. Once all are stopped the version is removed from the
+    /// fleet (and its name may be started again).
+    ///
+    /// The stop begins when this is called (not when the future is first polled), and it
+    /// runs to the end even if the returned future is dropped.
+    pub fn stop(
+        &self,
+        version: &str,
+        in_flight: InFlight,
+    ) -> impl Future<Output = StopReport> + Send + 'static {
+        let inner = self.inner.clone();
+        let version = version.to_string();
+        let task = tokio::spawn(inner.stop_version(version.clone(), in_flight));
+        async move {
+            match task.await {
+                Ok(report) => report,
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                Err(_) => StopReport {
+                    version,
+                    instances: Vec::new(),
+                },
+            }
+        }
+    }
+
+    /// Stops every version without waiting for in-flight requests (cutover is exiting; the
+    /// proxy has already drained). Signals and grace still apply.
+    pub async fn shutdown(&self) -> Vec<StopReport> {
+        let names: Vec<String> = {
+            let versions = self
+                .inner
+                .versions
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            versions.keys().cloned().collect()
+        };
+        let idle: InFlight = Arc::new(|_| 0);
+        let stops: Vec<_> = names.iter().map(|n| self.stop(n, idle.clone())).collect();
+        let mut reports = Vec::with_capacity(stops.len());
+        for s in stops {
+            reports.push(s.await);
+        }
+        reports
+    }
+}
+
+impl Inner {
+    async fn stop_version(self: Arc<Self>, version: String, in_flight: InFlight) -> StopReport {
+        let handles = {
+            let mut versions = self.versions.lock().unwrap_or_else(|e| e.into_inner());
+            versions
+                .get_mut(&version)
+                .map(std::mem::take)
+                .unwrap_or_default()
+        };
+        if handles.is_empty() {
+            return StopReport {
+                version,
+                instances: Vec::new(),
+            };
+        }
+        tracing::info!(%version, "stopping: drain, then {:?}", self.app.stop.signal);
+        let tasks: Vec<_> = handles
+            .into_iter()
+            .map(|h| {
+                let stop = self.app.stop.drain_timeout.get();
+                tokio::spawn(stop_instance(h, in_flight.clone(), stop))
+            })
+            .collect();
+        let mut instances = Vec::with_capacity(tasks.len());
+        for t in tasks {
+            match t.await {
+                Ok(r) => instances.push(r),
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                Err(_) => {}
+            }
+        }
+        self.versions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&version);
+        self.fleet.send_modify(|f| {
+            f.remove(&version);
+        });
+        tracing::info!(%version, ?instances, "stopped");
+        StopReport { version, instances }
+    }
+}
+
+async fn stop_instance(
+    h: InstanceHandle,
+    in_flight: InFlight,
+    drain: Duration,
+) -> InstanceStopReport {
+    h.ctl.send_replace(Ctl::Drain);
+    let started = Instant::now();
+    let deadline = started + drain;
+    let drain = loop {
+        let n = in_flight(h.addr);
+        if n == 0 {
+            break DrainOutcome::Drained {
+                waited: started.elapsed().into(),
+            };
+        }
+        if Instant::now() >= deadline {
+            tracing::warn!(instance = %h.id, in_flight = n, "drain timed out; stopping anyway");
+            break DrainOutcome::TimedOut { in_flight: n };
+        }
+        tokio::time::sleep(DRAIN_POLL).await;
+    };
+    h.ctl.send_replace(Ctl::Terminate);
+    let exit = match h.task.await {
+        Ok(exit) => exit,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => StopExit::NotRunning {
+            last_exit: Some(format!("supervision task ended: {e}")),
+        },
+    };
+    InstanceStopReport {
+        id: h.id,
+        addr: h.addr,
+        drain,
+        exit,
+    }
+}
+
+fn summarize(v: &VersionFleet) -> String {
+    v.instances
+        .iter()
+        .map(|i| {
+            let mut s = format!(
+                "{} {:?} (starts {}, restarts {}",
+                i.id, i.state, i.starts, i.restarts
+            );
+            if let Some(e) = &i.last_exit {
+                s.push_str(&format!(", last exit: {e}"));
+            }
+            s.push(')');
+            s
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Why supervising one process ended.
+enum Why {
+    /// The supervisor said drain or terminate.
+    Stop,
+    /// The process exited by itself.
+    Exited(String),
+    /// Liveness failed `failure_threshold` times in a row.
+    LivenessFailed(String),
+}
+
+#[derive(Debug, Clone, Copy)]
+enum ProbeKind {
+    Readiness,
+    Liveness,
+}
+
+/// Aborts a spawned task when dropped, so probes never outlive the process they probe.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// One instance's supervision task.
+struct Instance {
+    inner: Arc<Inner>,
+    release: Arc<Release>,
+    index: usize,
+    addr: SocketAddr,
+    log: PathBuf,
+}
+
+impl Instance {
+    /// Runs processes for this instance until told to terminate; returns how the last one
+    /// ended.
+    async fn run(self, mut child: Child, mut ctl: watch::Receiver<Ctl>) -> StopExit {
+        let restart = self.inner.app.restart.clone();
+        let stop = self.inner.app.stop.clone();
+        let initial = restart.backoff_initial.get();
+        let max = restart.backoff_max.get().max(initial);
+        let window = restart.crash_loop_window.get();
+        let mut backoff = initial;
+        let mut recent: VecDeque<Instant> = VecDeque::new();
+        loop {
+            let started = Instant::now();
+            let pid = child.id();
+            let mut last_exit = match self.supervise(&mut child, &mut ctl).await {
+                Why::Stop => return self.stop_phase(Some(child), ctl).await,
+                Why::Exited(how) => {
+                    // The leader is gone; anything it left in its group goes too.
+                    if let Some(pid) = pid {
+                        signal_group(pid, Signal::SIGKILL);
+                    }
+                    how
+                }
+                Why::LivenessFailed(why) => {
+                    self.update(|st, _| st.state = InstanceState::Restarting);
+                    let how = match terminate(&mut child, signal_of(stop.signal), stop.grace.get())
+                        .await
+                    {
+                        Ended::Exited(s) | Ended::Killed(s) => s,
+                    };
+                    format!("restarted: {why}; then {how}")
+                }
+            };
+            // A process that ran longer than the crash-loop window was healthy for a while:
+            // its successor starts over with the initial backoff.
+            if started.elapsed() >= window {
+                backoff = initial;
+            }
+            child = loop {
+                tracing::warn!(instance = %self.id(), last_exit = %last_exit, backoff = ?backoff, "instance ended; restarting");
+                self.note_restart(last_exit, &mut recent, window, restart.crash_loop_restarts);
+                if !sleep_while_running(backoff, &mut ctl).await {
+                    return self.stop_phase(None, ctl).await;
+                }
+                backoff = (backoff * 2).min(max);
+                match process::spawn(&self.release, self.addr, self.index, &self.log) {
+                    Ok(child) => break child,
+                    Err(e) => last_exit = e.to_string(),
+                }
+            };
+            let pid = child.id();
+            tracing::info!(instance = %self.id(), ?pid, "instance restarted");
+            self.update(|st, _| {
+                st.state = InstanceState::Starting;
+                st.pid = pid;
+                st.starts += 1;
+            });
+        }
+    }
+
+    /// Probes the running process until it exits, fails liveness, or a stop arrives.
+    async fn supervise(&self, child: &mut Child, ctl: &mut watch::Receiver<Ctl>) -> Why {
+        let app = &self.inner.app;
+        let (tx, mut rx) = mpsc::channel(4);
+        let _readiness = AbortOnDrop(tokio::spawn(probe_loop(
+            ProbeKind::Readiness,
+            self.addr,
+            app.readiness.clone(),
+            tx.clone(),
+        )));
+        // Liveness starts only once the process was ready: it doubles as a startup probe, so a
+        // slow starter is not killed for not answering `/live` yet.
+        let mut liveness: Option<AbortOnDrop> = None;
+        let rise = app.readiness.success_threshold.max(1);
+        let fall = app.readiness.failure_threshold.max(1);
+        let live_fall = app.liveness.failure_threshold.max(1);
+        let (mut ok_run, mut fail_run, mut live_fails) = (0u32, 0u32, 0u32);
+        let mut ready = false;
+        loop {
+            if *ctl.borrow_and_update() != Ctl::Run {
+                return Why::Stop;
+            }
+            tokio::select! {
+                status = child.wait() => return Why::Exited(describe(status)),
+                r = ctl.changed() => if r.is_err() { return Why::Stop },
+                Some((kind, result)) = rx.recv() => match (kind, result) {
+                    (ProbeKind::Readiness, Ok(())) => {
+                        ok_run += 1;
+                        fail_run = 0;
+                        if !ready && ok_run >= rise {
+                            ready = true;
+                            tracing::info!(instance = %self.id(), "ready");
+                            self.update(|st, _| st.state = InstanceState::Ready);
+                            if liveness.is_none() {
+                                liveness = Some(AbortOnDrop(tokio::spawn(probe_loop(
+                                    ProbeKind::Liveness,
+                                    self.addr,
+                                    app.liveness.clone(),
+                                    tx.clone(),
+                                ))));
+                            }
+                        }
+                    }
+                    (ProbeKind::Readiness, Err(e)) => {
+                        fail_run += 1;
+                        ok_run = 0;
+                        if ready && fail_run >= fall {
+                            ready = false;
+                            tracing::warn!(instance = %self.id(), error = %e, "not ready");
+                            self.update(|st, _| st.state = InstanceState::NotReady);
+                        }
+                    }
+                    (ProbeKind::Liveness, Ok(())) => live_fails = 0,
+                    (ProbeKind::Liveness, Err(e)) => {
+                        live_fails += 1;
+                        if live_fails >= live_fall {
+                            return Why::LivenessFailed(format!(
+                                "liveness failed {live_fails} times in a row (last: {e})"
+                            ));
+                        }
+                    }
+                },
+            }
+        }
+    }
+
+    /// Draining, then (on `Terminate`) signal, grace, SIGKILL; marks the instance `Stopped`.
+    async fn stop_phase(&self, child: Option<Child>, mut ctl: watch::Receiver<Ctl>) -> StopExit {
+        self.update(|st, _| st.state = InstanceState::Draining);
+        let exit = match child {
+            Some(mut child) => {
+                let pid = child.id();
+                // The process keeps serving its in-flight requests; it may also exit by itself.
+                let exited = loop {
+                    if *ctl.borrow_and_update() == Ctl::Terminate {
+                        break None;
+                    }
+                    tokio::select! {
+                        status = child.wait() => break Some(describe(status)),
+                        r = ctl.changed() => if r.is_err() { break None },
+                    }
+                };
+                match exited {
+                    Some(how) => {
+                        if let Some(pid) = pid {
+                            signal_group(pid, Signal::SIGKILL);
+                        }
+                        self.update(|st, _| {
+                            st.pid = None;
+                            st.last_exit = Some(how.clone());
+                        });
+                        wait_terminate(&mut ctl).await;
+                        StopExit::NotRunning {
+                            last_exit: Some(how),
+                        }
+                    }
+                    None => {
+                        let stop = &self.inner.app.stop;
+                        match terminate(&mut child, signal_of(stop.signal), stop.grace.get()).await
+                        {
+                            Ended::Exited(status) => StopExit::Exited { status },
+                            Ended::Killed(status) => StopExit::Killed { status },
+                        }
+                    }
+                }
+            }
+            None => {
+                wait_terminate(&mut ctl).await;
+                StopExit::NotRunning {
+                    last_exit: self.last_exit(),
+                }
+            }
+        };
+        self.update(|st, _| {
+            st.state = InstanceState::Stopped;
+            st.pid = None;
+            if let StopExit::Exited { status } | StopExit::Killed { status } = &exit {
+                st.last_exit = Some(status.clone());
+            }
+        });
+        exit
+    }
+
+    /// Records a restart and, if this instance restarted too often within the window, the
+    /// version's crash loop.
+    fn note_restart(
+        &self,
+        last_exit: String,
+        recent: &mut VecDeque<Instant>,
+        window: Duration,
+        threshold: u32,
+    ) {
+        let now = Instant::now();
+        recent.push_back(now);
+        while recent
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > window)
+        {
+            recent.pop_front();
+        }
+        let n = recent.len() as u32;
+        let looping = n >= threshold.max(1);
+        if looping {
+            tracing::error!(instance = %self.id(), restarts = n, ?window, %last_exit, "crash loop");
+        }
+        self.update(|st, crash_loop| {
+            st.state = InstanceState::Restarting;
+            st.pid = None;
+            st.restarts += 1;
+            st.last_exit = Some(last_exit.clone());
+            if looping {
+                *crash_loop = Some(CrashLoop {
+                    instance: st.id.clone(),
+                    restarts: n,
+                    window: window.into(),
+                    last_exit: Some(last_exit),
+                });
+            }
+        });
+    }
+
+    fn id(&self) -> String {
+        format!("{}-{}", self.release.name, self.index)
+    }
+
+    fn last_exit(&self) -> Option<String> {
+        let fleet = self.inner.fleet.borrow();
+        fleet
+            .get(&self.release.name)
+            .and_then(|v| v.instances.get(self.index))
+            .and_then(|i| i.last_exit.clone())
+    }
+
+    /// Changes this instance's status and publishes it if anything changed. A crash loop is
+    /// cleared once every instance of the version is ready again.
+    fn update(&self, f: impl FnOnce(&mut InstanceStatus, &mut Option<CrashLoop>)) {
+        self.inner.fleet.send_if_modified(|fleet| {
+            let Some(v) = fleet.get_mut(&self.release.name) else {
+                return false;
+            };
+            if v.digest != self.release.digest {
+                return false;
+            }
+            let Some(st) = v.instances.get_mut(self.index) else {
+                return false;
+            };
+            let before = (st.clone(), v.crash_loop.clone());
+            f(st, &mut v.crash_loop);
+            if v.all_ready() {
+                v.crash_loop = None;
+            }
+            before != (v.instances[self.index].clone(), v.crash_loop.clone())
+        });
+    }
+}
+
+/// Sleeps for `d` unless a stop arrives first; false means stop.
+async fn sleep_while_running(d: Duration, ctl: &mut watch::Receiver<Ctl>) -> bool {
+    let sleep = tokio::time::sleep(d);
+    tokio::pin!(sleep);
+    loop {
+        if *ctl.borrow_and_update() != Ctl::Run {
+            return false;
+        }
+        tokio::select! {
+            _ = &mut sleep => return true,
+            r = ctl.changed() => if r.is_err() { return false },
+        }
+    }
+}
+
+/// Waits for `Terminate` (or for the handle to be gone, which means the same).
+async fn wait_terminate(ctl: &mut watch::Receiver<Ctl>) {
+    while *ctl.borrow_and_update() != Ctl::Terminate {
+        if ctl.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn probe_loop(
+    kind: ProbeKind,
+    addr: SocketAddr,
+    spec: ProbeSpec,
+    tx: mpsc::Sender<(ProbeKind, Result<(), String>)>,
+) {
+    let mut tick = tokio::time::interval(spec.interval.get().max(Duration::from_millis(1)));
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let result = probe::probe(addr, &spec.path, spec.timeout.get()).await;
+        if tx.send((kind, result)).await.is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,249 @@
+//! The supervisor with real child processes: the Python test app from `common`.
+
+mod common;
+
+use common::{http_status, poll_until, state, touch, wait_v1, Kit, DEADLINE};
+use cutover_core::Dur;
+use cutover_supervisor::{
+    DrainOutcome, InFlight, InstanceState, StopExit, Supervisor, SupervisorError,
+};
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starts_instances_with_placeholders_and_per_instance_logs() {
+    let kit = Kit::new();
+    let mut app = kit.app(&["--tag", "{version}/{instance}"]);
+    app.instances = 3;
+    app.env
+        .insert("GREETING".into(), "hi {version} {instance} {port}".into());
+    let release = kit.release("v1", &app);
+    let digest = release.digest.clone();
+    let (sup, _rx) = Supervisor::new(app, kit.logs());
+    sup.start(release).unwrap();
+    sup.wait_ready("v1", DEADLINE).await.unwrap();
+
+    let v = sup.fleet()["v1"].clone();
+    assert_eq!(v.digest, digest);
+    assert_eq!(v.instances.len(), 3);
+    let ports: BTreeSet<_> = v.instances.iter().map(|i| i.addr.port()).collect();
+    let pids: BTreeSet<_> = v.instances.iter().map(|i| i.pid.unwrap()).collect();
+    assert_eq!(ports.len(), 3, "distinct ports");
+    assert_eq!(pids.len(), 3, "distinct pids");
+    for (n, i) in v.instances.iter().enumerate() {
+        assert_eq!(i.id, format!("v1-{n}"));
+        assert_eq!(i.index, n);
+        assert!(i.addr.ip().is_loopback());
+        assert_eq!(
+            (i.state, i.starts, i.restarts),
+            (InstanceState::Ready, 1, 0)
+        );
+        assert_eq!(http_status(i.addr, "/ready").await, Some(200));
+        let port = i.addr.port();
+        let log = kit.log(&i.id);
+        assert!(log.contains(&format!("'--port', '{port}'")), "{log}");
+        assert!(log.contains(&format!("'--tag', 'v1/{n}'")), "{log}");
+        assert!(log.contains(&format!("GREETING=hi v1 {n} {port}")), "{log}");
+        assert!(log.contains("hello on stderr"), "{log}");
+    }
+    assert!(serde_json::to_string(&v).unwrap().contains("\"ready\""));
+
+    let err = sup.start(kit.release("v1", &kit.app(&[]))).unwrap_err();
+    assert!(matches!(err, SupervisorError::AlreadyRunning(_)), "{err}");
+    kit.finish(&sup).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn not_ready_before_the_readiness_probe_passes() {
+    let kit = Kit::new();
+    let flag = kit.path("ready-flag");
+    let (sup, mut rx) = kit.start(kit.app(&["--ready-file", flag.to_str().unwrap()]));
+
+    // The app is up and has refused readiness several times: the instance must still be
+    // Starting, at every fleet change observed on the way.
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while kit.log("v1-0").matches("ready 503").count() < 3 {
+        let s = state(&rx.borrow_and_update()["v1"]);
+        assert_eq!(s, InstanceState::Starting);
+        assert!(tokio::time::Instant::now() < deadline, "app never probed");
+        let _ = tokio::time::timeout(std::time::Duration::from_millis(10), rx.changed()).await;
+    }
+    assert_eq!(state(&sup.fleet()["v1"]), InstanceState::Starting);
+
+    touch(&flag);
+    sup.wait_ready("v1", DEADLINE).await.unwrap();
+    kit.finish(&sup).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_failure_takes_out_liveness_failure_restarts() {
+    let kit = Kit::new();
+    let unready = kit.path("unready");
+    let live_fail = kit.path("live-fail");
+    let (sup, mut rx) = kit.start(kit.app(&[
+        "--unready-file",
+        unready.to_str().unwrap(),
+        "--live-fail-file",
+        live_fail.to_str().unwrap(),
+    ]));
+    let first = wait_v1(&mut rx, "ready", |v| state(v) == InstanceState::Ready).await;
+    let first = first.instances[0].clone();
+
+    // Readiness fails: NotReady, same process.
+    touch(&unready);
+    let v = wait_v1(&mut rx, "not ready", |v| {
+        state(v) == InstanceState::NotReady
+    })
+    .await;
+    let i = &v.instances[0];
+    assert_eq!((i.pid, i.starts, i.restarts), (first.pid, 1, 0));
+    std::fs::remove_file(&unready).unwrap();
+    let v = wait_v1(&mut rx, "ready again", |v| state(v) == InstanceState::Ready).await;
+    assert_eq!((v.instances[0].pid, v.instances[0].starts), (first.pid, 1));
+
+    // Liveness fails: a new process on the same port (the app removes the file at startup,
+    // so the new one is healthy).
+    touch(&live_fail);
+    let v = wait_v1(&mut rx, "restarted and ready", |v| {
+        v.instances[0].starts == 2 && state(v) == InstanceState::Ready
+    })
+    .await;
+    let i = &v.instances[0];
+    assert_eq!(i.addr, first.addr, "same port");
+    assert_ne!(i.pid, first.pid);
+    assert_eq!(i.restarts, 1);
+    let last = i.last_exit.as_deref().unwrap();
+    assert!(last.contains("liveness failed 3 times"), "{last}");
+    assert!(v.crash_loop.is_none());
+    kit.finish(&sup).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exited_process_is_restarted_on_the_same_port() {
+    let kit = Kit::new();
+    let (sup, mut rx) = kit.start(kit.app(&[]));
+    let v = wait_v1(&mut rx, "ready", |v| state(v) == InstanceState::Ready).await;
+    let first = v.instances[0].clone();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(first.pid.unwrap() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let v = wait_v1(&mut rx, "restarted", |v| {
+        v.instances[0].starts == 2 && state(v) == InstanceState::Ready
+    })
+    .await;
+    let i = &v.instances[0];
+    assert_eq!((i.addr, i.restarts), (first.addr, 1));
+    assert_eq!(i.last_exit.as_deref(), Some("killed by SIGKILL"));
+    kit.finish(&sup).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_loop_is_reported_and_restarts_go_on() {
+    let kit = Kit::new();
+    let mut app = kit.app(&["--exit-now"]);
+    app.restart.backoff_initial = Dur::from_millis(10);
+    app.restart.backoff_max = Dur::from_millis(40);
+    let (sup, mut rx) = kit.start(app);
+
+    let err = sup.wait_ready("v1", DEADLINE).await.unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, SupervisorError::CrashLoop { .. }), "{msg}");
+    assert!(
+        msg.contains("v1-0") && msg.contains("exited with code 3"),
+        "{msg}"
+    );
+
+    let v = sup.fleet()["v1"].clone();
+    let cl = v.crash_loop.clone().unwrap();
+    assert_eq!(cl.instance, "v1-0");
+    assert!(cl.restarts >= 3, "{cl:?}");
+    assert_eq!(cl.last_exit.as_deref(), Some("exited with code 3"));
+    assert!(v.instances[0].restarts >= 3);
+    assert_ne!(state(&v), InstanceState::Ready);
+
+    // It keeps trying (a stable version must).
+    let starts = v.instances[0].starts;
+    wait_v1(&mut rx, "more restarts", |v| {
+        v.instances[0].starts > starts + 1
+    })
+    .await;
+    kit.finish(&sup).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_drains_in_flight_before_signalling() {
+    let kit = Kit::new();
+    let (sup, mut rx) = kit.start(kit.app(&[]));
+    let v = wait_v1(&mut rx, "ready", |v| state(v) == InstanceState::Ready).await;
+    let addr = v.instances[0].addr;
+
+    let busy = Arc::new(AtomicBool::new(true));
+    let asked = Arc::new(AtomicUsize::new(0));
+    let in_flight: InFlight = {
+        let (busy, asked) = (busy.clone(), asked.clone());
+        Arc::new(move |a| {
+            assert_eq!(a, addr);
+            asked.fetch_add(1, Ordering::SeqCst);
+            usize::from(busy.load(Ordering::SeqCst))
+        })
+    };
+    let stop = sup.stop("v1", in_flight);
+    wait_v1(&mut rx, "draining", |v| state(v) == InstanceState::Draining).await;
+    // Asked many times and still in flight: the process must still be serving.
+    poll_until("drain polls", || asked.load(Ordering::SeqCst) >= 20).await;
+    assert_eq!(http_status(addr, "/live").await, Some(200));
+    assert_eq!(state(&sup.fleet()["v1"]), InstanceState::Draining);
+
+    busy.store(false, Ordering::SeqCst);
+    let report = stop.await;
+    assert_eq!(report.version, "v1");
+    assert_eq!(report.instances.len(), 1);
+    let r = &report.instances[0];
+    assert!(matches!(r.drain, DrainOutcome::Drained { .. }), "{r:?}");
+    assert_eq!(
+        r.exit,
+        StopExit::Exited {
+            status: "killed by SIGTERM".into()
+        }
+    );
+    assert!(!sup.fleet().contains_key("v1"), "removed after stop");
+    assert!(kit.processes().is_empty());
+    // The name is free again.
+    sup.start(kit.release("v1", &kit.app(&[]))).unwrap();
+    sup.wait_ready("v1", DEADLINE).await.unwrap();
+    kit.finish(&sup).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_timeout_then_sigkill_after_grace_for_an_app_ignoring_sigterm() {
+    let kit = Kit::new();
+    let mut app = kit.app(&["--ignore-term"]);
+    app.stop.drain_timeout = Dur::from_millis(100);
+    app.stop.grace = Dur::from_millis(300);
+    let (sup, _rx) = kit.start(app);
+    sup.wait_ready("v1", DEADLINE).await.unwrap();
+
+    let report = sup.stop("v1", Arc::new(|_| 2)).await;
+    let r = &report.instances[0];
+    assert_eq!(r.drain, DrainOutcome::TimedOut { in_flight: 2 });
+    assert_eq!(
+        r.exit,
+        StopExit::Killed {
+            status: "killed by SIGKILL".into()
+        }
+    );
+    assert!(kit.processes().is_empty());
+    kit.finish(&sup).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_version() {
+    let kit = Kit::new();
+    let (sup, _rx) = Supervisor::new(kit.app(&[]), kit.logs());
+    let err = sup.wait_ready("nope", DEADLINE).await.unwrap_err();
+    assert!(matches!(err, SupervisorError::UnknownVersion(_)), "{err}");
+    assert!(sup.stop("nope", Arc::new(|_| 0)).await.instances.is_empty());
+}
