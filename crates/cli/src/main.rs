@@ -113,7 +113,15 @@ enum Command {
 }
 
 fn main() {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let usage = e.use_stderr();
+            let _ = e.print();
+            // --help and --version are not errors; everything else is bad usage (EX_USAGE).
+            std::process::exit(if usage { 64 } else { 0 });
+        }
+    };
     let code = match run(cli) {
         Ok(()) => 0,
         Err(e) => {

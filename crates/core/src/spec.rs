@@ -40,6 +40,9 @@ pub struct ServiceSpec {
     /// Where state, logs and the admin token live; relative paths are relative to the config file.
     #[serde(default = "default_state_dir")]
     pub state_dir: String,
+    /// An instance that sends no response head for this long: the request gets a 504.
+    #[serde(default = "default_upstream_timeout")]
+    pub upstream_timeout: Dur,
 }
 
 /// `[admin]`: the admin API the CLI talks to.
@@ -494,6 +497,9 @@ fn default_listen() -> SocketAddr {
 fn default_admin_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 9180))
 }
+fn default_upstream_timeout() -> Dur {
+    Dur::from_secs(60)
+}
 fn default_state_dir() -> String {
     ".cutover".into()
 }
@@ -663,6 +669,7 @@ impl Config {
                 "use 1-63 letters, digits, '-', '_' or '.'",
             );
         }
+        v.positive("service.upstream_timeout", s.upstream_timeout);
         if s.state_dir.trim().is_empty() {
             v.err(
                 "service.state_dir",
@@ -670,7 +677,7 @@ impl Config {
                 "set a directory, e.g. \".cutover\"",
             );
         }
-        if s.listen == self.admin.listen {
+        if s.listen == self.admin.listen && s.listen.port() != 0 {
             v.err(
                 "admin.listen",
                 format!("is the same address as service.listen ({})", s.listen),

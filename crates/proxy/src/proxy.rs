@@ -43,6 +43,9 @@ pub struct ProxyConfig {
     pub shutdown_timeout: Duration,
     /// A client connection that sends no complete request head for this long is closed.
     pub header_read_timeout: Duration,
+    /// An instance that sends no response head for this long gets the request answered 504
+    /// (nginx's `proxy_read_timeout` defaults to the same 60 s).
+    pub upstream_timeout: Duration,
 }
 
 impl Default for ProxyConfig {
@@ -54,6 +57,7 @@ impl Default for ProxyConfig {
             pool_max_idle_per_host: 64,
             shutdown_timeout: Duration::from_secs(30),
             header_read_timeout: Duration::from_secs(30),
+            upstream_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -302,6 +306,9 @@ impl Proxy {
 
         let (mut body, mut slot) = Resendable::new(body);
         let mut retried = false;
+        // A client that gives up before the instance answers must still count: otherwise a
+        // hung canary would show no samples, stay "inconclusive" and never be aborted.
+        let mut abandoned = Abandoned::arm(self.inner.recorder.track(&pool.version), started);
         let result = loop {
             let guard = InFlight::new(backend.clone());
             let upstream = match upstream_request(&parts, backend.addr, &path, body) {
@@ -312,7 +319,21 @@ impl Proxy {
                     break Err((guard, None));
                 }
             };
-            match self.inner.client.request(upstream).await {
+            let sent = tokio::time::timeout(
+                self.inner.config.upstream_timeout,
+                self.inner.client.request(upstream),
+            )
+            .await;
+            let Ok(sent) = sent else {
+                abandoned.disarm();
+                warn!(backend = %backend.id, track = track.as_str(), timeout = ?self.inner.config.upstream_timeout, "upstream timed out");
+                self.record(&pool.version, 504, started, true);
+                return local(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "gateway timeout: the instance did not answer in time\n",
+                );
+            };
+            match sent {
                 Ok(resp) => break Ok((guard, resp)),
                 Err(source) if source.is_connect() => {
                     let err = UpstreamError::Connect {
@@ -330,6 +351,10 @@ impl Proxy {
                             debug!(error = %err, retry = %b.addr, "retrying on another backend");
                             retried = true;
                             (track, pool, backend) = (t, p, b);
+                            // Nothing reached the refused instance: the wait is the retry's.
+                            abandoned.disarm();
+                            abandoned =
+                                Abandoned::arm(self.inner.recorder.track(&pool.version), started);
                             (body, slot) = Resendable::new(unread);
                             continue;
                         }
@@ -348,6 +373,7 @@ impl Proxy {
             }
         };
 
+        abandoned.disarm();
         let (guard, mut resp) = match result {
             Ok(ok) => ok,
             Err((_guard, err)) => {
@@ -393,6 +419,33 @@ impl Proxy {
             .recorder
             .track(version)
             .record(status, started.elapsed(), failed_at_proxy);
+    }
+}
+
+/// Records a request whose client went away before the instance answered: status 499 (the
+/// nginx convention for "client closed request"), with the time waited so far as its latency
+/// — a lower bound, which is what an abort rule on a quantile needs to see a hung instance.
+/// Not an error: a client may leave for reasons of its own; its wait is the signal.
+struct Abandoned {
+    armed: Option<(cutover_telemetry::VersionRecorder, Instant)>,
+}
+
+impl Abandoned {
+    fn arm(track: cutover_telemetry::VersionRecorder, started: Instant) -> Abandoned {
+        Abandoned {
+            armed: Some((track, started)),
+        }
+    }
+    fn disarm(&mut self) {
+        self.armed = None;
+    }
+}
+
+impl Drop for Abandoned {
+    fn drop(&mut self) {
+        if let Some((track, started)) = self.armed.take() {
+            track.record(499, started.elapsed(), false);
+        }
     }
 }
 

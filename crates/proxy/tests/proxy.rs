@@ -356,3 +356,48 @@ async fn graceful_shutdown_lets_in_flight_requests_finish() {
     assert_eq!(outcome, cutover_proxy::ShutdownOutcome::Drained);
     assert_eq!(px.proxy.in_flight(s.addr), 0);
 }
+
+/// A client that gives up before a hung instance answers is still measured (status 499, with
+/// the time it waited as latency), so an abort rule sees a canary that never answers.
+#[tokio::test]
+async fn abandoned_requests_are_recorded_with_their_wait() {
+    let s = Upstream::start("v1#0").await;
+    let px = Running::start().await;
+    px.proxy
+        .set_table(table(Some(pool("v1", &[s.backend()])), None));
+    let addr = px.addr;
+    let waiting = tokio::spawn(async move { get(&client(), addr, "/slow", None).await });
+    tokio::time::timeout(DEADLINE, s.arrived.notified())
+        .await
+        .expect("slow request reached the app");
+    tokio::time::sleep(Duration::from_millis(30)).await; // the wait being measured, not a sync
+    waiting.abort();
+    let recorder = px.proxy.recorder().clone();
+    eventually("the abandoned request is recorded", || {
+        recorder.track("v1").totals().by_code.get(&499) == Some(&1)
+    })
+    .await;
+    let w = recorder.window("v1", Duration::from_secs(10));
+    assert_eq!((w.requests, w.errors), (1, 0));
+    assert!(w.latency_quantile_secs(0.99).unwrap() >= 0.030);
+    s.release.notify_one();
+}
+
+/// An instance that sends no response head within `upstream_timeout` gets the request
+/// answered 504, counted as an error of its version.
+#[tokio::test]
+async fn hung_upstream_is_a_504() {
+    let s = Upstream::start("v1#0").await;
+    let px = Running::with_config(cutover_proxy::ProxyConfig {
+        upstream_timeout: Duration::from_millis(100),
+        ..Default::default()
+    })
+    .await;
+    px.proxy
+        .set_table(table(Some(pool("v1", &[s.backend()])), None));
+    let a = get(&client(), px.addr, "/slow", None).await;
+    assert_eq!(a.status, StatusCode::GATEWAY_TIMEOUT);
+    let w = px.proxy.recorder().window("v1", Duration::from_secs(10));
+    assert_eq!((w.requests, w.errors), (1, 1));
+    s.release.notify_one();
+}
