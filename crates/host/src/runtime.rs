@@ -53,6 +53,36 @@ pub enum StartError {
     Snapshot(serde_json::Error),
 }
 
+/// Instance logs of releases that stopped longer ago than this are deleted (DESIGN.md: anything
+/// older than 72 h is pruned). A running instance appends to its log, which keeps it fresh.
+pub const RETENTION: Duration = Duration::from_secs(72 * 3600);
+
+/// Deletes log files not written to for `max_age`; returns how many.
+pub fn prune_logs(dir: &std::path::Path, max_age: Duration) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut pruned = 0;
+    for e in entries.flatten() {
+        let old = e
+            .metadata()
+            .ok()
+            .and_then(|m| m.modified().ok())
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > max_age);
+        if old
+            && e.path().extension().is_some_and(|x| x == "log")
+            && std::fs::remove_file(e.path()).is_ok()
+        {
+            pruned += 1;
+        }
+    }
+    if pruned > 0 {
+        info!(pruned, dir = %dir.display(), "pruned instance logs older than 72 h");
+    }
+    pruned
+}
+
 /// A running cutover: the handles tests and the demo need.
 pub struct Running {
     pub proxy_addr: SocketAddr,
@@ -98,6 +128,7 @@ pub async fn start(loaded: Loaded) -> Result<Running, StartError> {
         source,
     })?;
     let token = cutover_admin::ensure_token(&state_dir)?;
+    prune_logs(&state_dir.join("logs"), RETENTION);
     let store = Store::open(&state_dir.join("cutover.db"))?;
     let engine = match store.load_snapshot()? {
         Some(v) => {
@@ -334,6 +365,8 @@ impl Driver {
             error!(error = %e, "could not recover the persisted rollout state");
         }
         let mut ticker = tokio::time::interval(self.loaded.config.rollout.interval.get());
+        let mut gc = tokio::time::interval(Duration::from_secs(3600));
+        gc.tick().await; // the first tick is immediate; start() already pruned
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -344,6 +377,9 @@ impl Driver {
                     self.on_fleet();
                 }
                 _ = ticker.tick() => self.on_tick(),
+                _ = gc.tick() => {
+                    prune_logs(&self.loaded.state_dir().join("logs"), RETENTION);
+                }
             }
         }
     }
@@ -745,5 +781,32 @@ impl Driver {
                 liveness_failure_threshold: c.app.liveness.failure_threshold,
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prunes_only_old_log_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = dir.path().join("v1-0.log");
+        let fresh = dir.path().join("v2-0.log");
+        let other = dir.path().join("keep.txt");
+        for p in [&old, &fresh, &other] {
+            std::fs::write(p, "x").unwrap();
+        }
+        let long_ago = SystemTime::now() - Duration::from_secs(73 * 3600);
+        for p in [&old, &other] {
+            std::fs::File::options()
+                .write(true)
+                .open(p)
+                .unwrap()
+                .set_modified(long_ago)
+                .unwrap();
+        }
+        assert_eq!(prune_logs(dir.path(), RETENTION), 1);
+        assert!(!old.exists() && fresh.exists() && other.exists());
     }
 }
