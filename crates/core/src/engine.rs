@@ -522,27 +522,12 @@ impl Engine {
             }
         }
         // A new rollout ends the hold of the previous release: only one fallback is kept.
-        if let Some(held) = self.state.previous.take() {
-            out.actions.push(Action::Stop {
-                release: held.release.clone(),
-                reason: "a new rollout started".into(),
-            });
-            if let Some(r) = self.state.rollout.as_mut() {
-                if matches!(r.phase, Phase::Promoted { .. }) {
-                    r.phase = Phase::Done;
-                    r.ended = Some(now);
-                }
-            }
-            self.decide(
-                out,
-                now,
-                DecisionKind::PreviousReleased,
-                format!(
-                    "stopped {}, held since the last promotion, because a new rollout started",
-                    held.release.label()
-                ),
-                serde_json::Value::Null,
+        if let Some(held) = self.state.previous.clone() {
+            let why = format!(
+                "stopped {}, held since the last promotion, because a new rollout started",
+                held.release.label()
             );
+            self.release_previous(now, "a new rollout started", why, out);
         }
         let id = self.state.last_rollout_id + 1;
         self.state.last_rollout_id = id;
@@ -701,28 +686,12 @@ impl Engine {
         // The previous release's hold ends on its own clock, whatever else is going on.
         if let Some(held) = self.state.previous.clone() {
             if now >= held.until {
-                self.state.previous = None;
-                out.actions.push(Action::Stop {
-                    release: held.release.clone(),
-                    reason: "hold_previous expired".into(),
-                });
-                if let Some(r) = self.state.rollout.as_mut() {
-                    if matches!(r.phase, Phase::Promoted { .. }) {
-                        r.phase = Phase::Done;
-                        r.ended = Some(now);
-                    }
-                }
-                self.decide(
-                    out,
-                    now,
-                    DecisionKind::PreviousReleased,
-                    format!(
-                        "hold_previous ({}) expired: stopping {}; rollback is no longer instant",
-                        self.spec.hold_previous,
-                        held.release.label()
-                    ),
-                    serde_json::Value::Null,
+                let why = format!(
+                    "hold_previous ({}) expired: stopping {}; rollback is no longer instant",
+                    self.spec.hold_previous,
+                    held.release.label()
                 );
+                self.release_previous(now, "hold_previous expired", why, out);
             }
         }
         let Some(r) = self.state.rollout.as_ref() else {
@@ -896,6 +865,36 @@ impl Engine {
                 numbers,
             );
         }
+    }
+
+    /// Stops the release held after the last promotion; that rollout is then done.
+    fn release_previous(
+        &mut self,
+        now: Timestamp,
+        stop_reason: &str,
+        why: String,
+        out: &mut Outcome,
+    ) {
+        let Some(held) = self.state.previous.take() else {
+            return;
+        };
+        out.actions.push(Action::Stop {
+            release: held.release,
+            reason: stop_reason.into(),
+        });
+        if let Some(r) = self.state.rollout.as_mut() {
+            if matches!(r.phase, Phase::Promoted { .. }) {
+                r.phase = Phase::Done;
+                r.ended = Some(now);
+            }
+        }
+        self.decide(
+            out,
+            now,
+            DecisionKind::PreviousReleased,
+            why,
+            serde_json::Value::Null,
+        );
     }
 
     fn advance(&mut self, now: Timestamp, numbers: serde_json::Value, out: &mut Outcome) {

@@ -246,13 +246,7 @@ mod tests {
     use crate::time::Dur;
 
     fn track(n: u64, errors: u64, latency_ms: u64) -> TrackStats {
-        let mut t = TrackStats {
-            requests: n,
-            errors,
-            ..Default::default()
-        };
-        t.latency.record_n(latency_ms * 1000, n);
-        t
+        TrackStats::uniform(n, errors, latency_ms)
     }
 
     fn p99_gate() -> GateSpec {

@@ -32,6 +32,18 @@ pub struct TrackStats {
 }
 
 impl TrackStats {
+    /// `requests` requests, `errors` of them failed, all taking `latency_ms`: a window with one
+    /// latency, for tests and simulations.
+    pub fn uniform(requests: u64, errors: u64, latency_ms: u64) -> TrackStats {
+        let mut t = TrackStats {
+            requests,
+            errors,
+            ..TrackStats::default()
+        };
+        t.latency.record_n(latency_ms * 1000, requests);
+        t
+    }
+
     /// Errors over requests; `None` without requests.
     pub fn error_ratio(&self) -> Option<f64> {
         (self.requests > 0).then(|| self.errors as f64 / self.requests as f64)

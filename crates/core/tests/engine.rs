@@ -17,13 +17,7 @@ fn v2() -> Release {
 }
 
 fn track(n: u64, errors: u64, latency_ms: u64) -> TrackStats {
-    let mut t = TrackStats {
-        requests: n,
-        errors,
-        ..Default::default()
-    };
-    t.latency.record_n(latency_ms * 1000, n);
-    t
+    TrackStats::uniform(n, errors, latency_ms)
 }
 fn healthy() -> WindowStats {
     WindowStats {
