@@ -1,0 +1,1 @@
+//! Mann-Whitney U test on latency histograms (being written).
