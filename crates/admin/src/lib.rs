@@ -9,13 +9,19 @@
 //! "Admin API on 127.0.0.1 only, bearer token required, file mode 0600"). Bad input is refused
 //! with a JSON error naming the field before the handler sees it (invariant 9: it never
 //! half-applies).
+//!
+//! It also receives Prometheus Alertmanager's webhook (`POST /v1/alerts`, [`AlertmanagerPayload`])
+//! under the same token, so an external alert can stop a rollout; what an alert means is the
+//! host's decision, not this crate's.
 #![forbid(unsafe_code)]
 
+mod alerts;
 mod api;
 mod client;
 mod server;
 mod token;
 
+pub use alerts::{Alert, AlertStatus, AlertmanagerPayload};
 pub use api::{ApiError, DeployRequest, HistoryQuery, Verb, VerbRequest};
 pub use client::{AdminClient, ClientError};
 pub use server::{router, serve, BoxFuture, Handler, BODY_LIMIT};

@@ -1,6 +1,7 @@
 //! The HTTP server: routes, bearer-token auth, and the mapping of every failure (including
 //! axum's own extractor rejections) to the one JSON error format.
 
+use crate::alerts::AlertmanagerPayload;
 use crate::api::{ApiError, DeployRequest, HistoryQuery, Verb, VerbRequest};
 use crate::token::TOKEN_FILE;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
@@ -36,6 +37,13 @@ pub trait Handler: Send + Sync + 'static {
     fn history(&self, query: HistoryQuery) -> BoxFuture<'_, Result<Value, ApiError>>;
     /// `GET /metrics`: Prometheus text exposition.
     fn metrics(&self) -> BoxFuture<'_, Result<String, ApiError>>;
+    /// `POST /v1/alerts`: an Alertmanager webhook notification (payload version 4). The default
+    /// refuses with 404, so a host that does not act on alerts needs no code and Alertmanager's
+    /// logs say plainly that the receiver is not enabled.
+    fn alerts(&self, payload: AlertmanagerPayload) -> BoxFuture<'_, Result<Value, ApiError>> {
+        let _ = payload;
+        Box::pin(async { Err(ApiError::not_found("alert webhooks are not enabled")) })
+    }
 }
 
 #[derive(Clone)]
@@ -75,6 +83,7 @@ pub fn router(token: String, handler: Arc<dyn Handler>, token_path: Option<&Path
         .route("/v1/status", get(status))
         .route("/v1/deploy", post(deploy))
         .route("/v1/history", get(history))
+        .route("/v1/alerts", post(alerts))
         .route("/metrics", get(metrics));
     for verb in Verb::ALL {
         authed = authed.route(
@@ -192,6 +201,20 @@ async fn verb_route(
         Err(r) => return json_rejection(r).into_response(),
     };
     reply(s.handler.verb(verb, reason).await)
+}
+
+async fn alerts(
+    State(s): State<AppState>,
+    body: Result<Json<AlertmanagerPayload>, JsonRejection>,
+) -> Response {
+    let payload = match body {
+        Ok(Json(p)) => p,
+        Err(r) => return json_rejection(r).into_response(),
+    };
+    if let Err(e) = payload.validate() {
+        return e.into_response();
+    }
+    reply(s.handler.alerts(payload).await)
 }
 
 async fn history(

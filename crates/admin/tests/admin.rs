@@ -1,6 +1,6 @@
 use cutover_admin::{
-    ensure_token, serve, AdminClient, AdminError, ApiError, BoxFuture, ClientError, DeployRequest,
-    Handler, HistoryQuery, Verb,
+    ensure_token, serve, AdminClient, AdminError, AlertStatus, AlertmanagerPayload, ApiError,
+    BoxFuture, ClientError, DeployRequest, Handler, HistoryQuery, Verb,
 };
 use serde_json::{json, Value};
 use std::net::SocketAddr;
@@ -15,6 +15,7 @@ const TOKEN: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789a
 #[derive(Default)]
 struct Fake {
     calls: Mutex<Vec<String>>,
+    alert_payloads: Mutex<Vec<AlertmanagerPayload>>,
 }
 
 impl Fake {
@@ -51,6 +52,34 @@ impl Handler for Fake {
     fn metrics(&self) -> BoxFuture<'_, Result<String, ApiError>> {
         Box::pin(async { Ok("cutover_up 1\n".to_owned()) })
     }
+    fn alerts(&self, payload: AlertmanagerPayload) -> BoxFuture<'_, Result<Value, ApiError>> {
+        Box::pin(async move {
+            self.record(format!("alerts {}", payload.alerts.len()));
+            self.alert_payloads.lock().unwrap().push(payload);
+            Ok(json!({"accepted": true}))
+        })
+    }
+}
+
+/// A host that does not override [`Handler::alerts`]: the default must refuse.
+struct NoAlerts;
+
+impl Handler for NoAlerts {
+    fn status(&self) -> BoxFuture<'_, Result<Value, ApiError>> {
+        Box::pin(async { Ok(json!({})) })
+    }
+    fn deploy(&self, _: DeployRequest) -> BoxFuture<'_, Result<Value, ApiError>> {
+        Box::pin(async { Ok(json!({})) })
+    }
+    fn verb(&self, _: Verb, _: Option<String>) -> BoxFuture<'_, Result<Value, ApiError>> {
+        Box::pin(async { Ok(json!({})) })
+    }
+    fn history(&self, _: HistoryQuery) -> BoxFuture<'_, Result<Value, ApiError>> {
+        Box::pin(async { Ok(json!([])) })
+    }
+    fn metrics(&self) -> BoxFuture<'_, Result<String, ApiError>> {
+        Box::pin(async { Ok(String::new()) })
+    }
 }
 
 /// A running server; dropping it shuts the server down.
@@ -62,11 +91,15 @@ struct TestServer {
 
 impl TestServer {
     async fn start() -> TestServer {
+        let fake = Arc::new(Fake::default());
+        Self::start_with(fake.clone(), fake).await
+    }
+
+    /// Serves `handler`; `fake` is what `calls()` reads (pass a fresh one if `handler` is not it).
+    async fn start_with(handler: Arc<dyn Handler>, fake: Arc<Fake>) -> TestServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let fake = Arc::new(Fake::default());
         let (stop, stopped) = oneshot::channel::<()>();
-        let handler: Arc<dyn Handler> = fake.clone();
         tokio::spawn(serve(listener, TOKEN.into(), handler, async {
             let _ = stopped.await;
         }));
@@ -380,4 +413,175 @@ fn empty_token_file_is_refused() {
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
     let err = ensure_token(dir.path()).unwrap_err();
     assert!(matches!(err, AdminError::EmptyToken { .. }), "{err}");
+}
+
+/// A notification as Alertmanager 0.25 sends it to a `webhook_config` receiver, plus fields a
+/// later release (or a compatible sender) might add, which must be accepted.
+const ALERTMANAGER_BODY: &str = r#"{
+  "receiver": "cutover",
+  "status": "firing",
+  "alerts": [
+    {
+      "status": "firing",
+      "labels": {
+        "alertname": "CheckoutHighErrorRate",
+        "service": "checkout",
+        "severity": "page",
+        "instance": "127.0.0.1:8080"
+      },
+      "annotations": {
+        "summary": "checkout 5xx ratio above 2%",
+        "runbook_url": "https://runbooks.example.org/checkout"
+      },
+      "startsAt": "2024-03-05T10:15:30.123Z",
+      "endsAt": "0001-01-01T00:00:00Z",
+      "generatorURL": "http://prometheus:9090/graph?g0.expr=rate%28http_requests_total%5B1m%5D%29&g0.tab=1",
+      "fingerprint": "a1b2c3d4e5f60718",
+      "silenceURL": "http://alertmanager:9093/#/silences/new",
+      "values": {"B": 0.031}
+    },
+    {
+      "status": "resolved",
+      "labels": {"alertname": "CheckoutSlow", "service": "checkout"},
+      "annotations": {},
+      "startsAt": "2024-03-05T10:00:00Z",
+      "endsAt": "2024-03-05T10:14:00Z",
+      "generatorURL": "http://prometheus:9090/graph?g0.expr=up",
+      "fingerprint": "0f1e2d3c4b5a6978"
+    }
+  ],
+  "groupLabels": {"service": "checkout"},
+  "commonLabels": {"service": "checkout"},
+  "commonAnnotations": {},
+  "externalURL": "http://alertmanager:9093",
+  "version": "4",
+  "groupKey": "{}/{severity=\"page\"}:{service=\"checkout\"}",
+  "truncatedAlerts": 0,
+  "orgId": 1,
+  "someFutureField": {"nested": [1, 2, 3]}
+}"#;
+
+#[tokio::test]
+async fn alertmanager_webhook_reaches_the_handler_with_labels_intact() {
+    let srv = TestServer::start().await;
+    let (status, body) = srv
+        .authed(
+            "POST",
+            "/v1/alerts",
+            Some("application/json"),
+            ALERTMANAGER_BODY,
+        )
+        .await;
+    assert_eq!((status, body), (200, json!({"accepted": true})));
+
+    let got = srv.fake.alert_payloads.lock().unwrap().clone();
+    assert_eq!(got.len(), 1);
+    let p = &got[0];
+    assert_eq!(p.version, "4");
+    assert_eq!(p.status, AlertStatus::Firing);
+    assert_eq!(p.receiver, "cutover");
+    assert_eq!(p.group_key, "{}/{severity=\"page\"}:{service=\"checkout\"}");
+    assert_eq!(p.truncated_alerts, 0);
+    assert_eq!(p.external_url, "http://alertmanager:9093");
+    assert_eq!(p.group_labels["service"], "checkout");
+    assert_eq!(p.alerts.len(), 2);
+    let a = &p.alerts[0];
+    assert_eq!(a.status, AlertStatus::Firing);
+    assert_eq!(
+        a.labels.iter().collect::<Vec<_>>(),
+        [
+            (&"alertname".to_owned(), &"CheckoutHighErrorRate".to_owned()),
+            (&"instance".to_owned(), &"127.0.0.1:8080".to_owned()),
+            (&"service".to_owned(), &"checkout".to_owned()),
+            (&"severity".to_owned(), &"page".to_owned()),
+        ]
+    );
+    assert_eq!(a.annotations["summary"], "checkout 5xx ratio above 2%");
+    assert_eq!(a.starts_at, "2024-03-05T10:15:30.123Z");
+    assert_eq!(a.ends_at, "0001-01-01T00:00:00Z");
+    assert!(a.generator_url.starts_with("http://prometheus:9090/graph"));
+    assert_eq!(a.fingerprint, "a1b2c3d4e5f60718");
+    assert_eq!(p.alerts[1].status, AlertStatus::Resolved);
+    assert_eq!(p.alerts[1].ends_at, "2024-03-05T10:14:00Z");
+
+    // `truncatedAlerts` is optional (older Alertmanagers omit it).
+    let mut older: Value = serde_json::from_str(ALERTMANAGER_BODY).unwrap();
+    older.as_object_mut().unwrap().remove("truncatedAlerts");
+    let (status, _) = srv
+        .authed(
+            "POST",
+            "/v1/alerts",
+            Some("application/json"),
+            &older.to_string(),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(srv.fake.calls(), ["alerts 2", "alerts 2"]);
+}
+
+#[tokio::test]
+async fn alertmanager_webhook_requires_the_token_and_well_formed_json() {
+    let srv = TestServer::start().await;
+    let ct = "content-type: application/json";
+
+    let (status, body) = srv
+        .raw("POST", "/v1/alerts", &[ct], ALERTMANAGER_BODY)
+        .await;
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(body["error"]["code"], "unauthorized");
+    let (status, _) = srv
+        .raw(
+            "POST",
+            "/v1/alerts",
+            &[ct, "authorization: Bearer wrong"],
+            ALERTMANAGER_BODY,
+        )
+        .await;
+    assert_eq!(status, 401);
+
+    let json = Some("application/json");
+    let (status, body) = srv
+        .authed("POST", "/v1/alerts", json, r#"{"version":"4","alerts":["#)
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("bad_request")),
+        "{body}"
+    );
+
+    // Well-formed JSON of the wrong shape names the field.
+    let bad_status =
+        ALERTMANAGER_BODY.replacen(r#""status": "firing""#, r#""status": "burning""#, 1);
+    let (status, body) = srv.authed("POST", "/v1/alerts", json, &bad_status).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(message(&body).contains("status"), "{body}");
+
+    let v5 = ALERTMANAGER_BODY.replace(r#""version": "4""#, r#""version": "5""#);
+    let (status, body) = srv.authed("POST", "/v1/alerts", json, &v5).await;
+    assert_eq!(status, 422, "{body}");
+    assert!(message(&body).starts_with("version"), "{body}");
+
+    let big = format!(
+        r#"{{"version":"4","status":"firing","alerts":[],"receiver":"{}"}}"#,
+        "x".repeat(70 * 1024)
+    );
+    let (status, _) = srv.authed("POST", "/v1/alerts", json, &big).await;
+    assert_eq!(status, 413);
+
+    assert!(srv.fake.calls().is_empty());
+}
+
+#[tokio::test]
+async fn alert_webhooks_are_refused_when_the_host_does_not_handle_them() {
+    let srv = TestServer::start_with(Arc::new(NoAlerts), Arc::default()).await;
+    let (status, body) = srv
+        .authed(
+            "POST",
+            "/v1/alerts",
+            Some("application/json"),
+            ALERTMANAGER_BODY,
+        )
+        .await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(message(&body), "alert webhooks are not enabled");
 }

@@ -101,6 +101,21 @@ enum Command {
     },
     /// Check a config without running it.
     Validate,
+    /// Write a rollout's recording (its measurements and events) as JSON, for `simulate`.
+    Export {
+        /// The rollout (default: the latest).
+        #[arg(long)]
+        rollout: Option<i64>,
+        /// Write here instead of stdout.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+    /// Replay a recording through the engine with this config's policy: when it would have
+    /// advanced, held or aborted, and why.
+    Simulate {
+        /// A file written by `cutover export`.
+        recording: PathBuf,
+    },
     /// A self-contained walkthrough: v1 stable, a healthy v2 promoted, a slow v3 rolled back.
     Demo {
         /// Keep state and logs here instead of a temporary directory.
@@ -133,9 +148,22 @@ fn main() {
 }
 
 fn run(cli: Cli) -> Result<(), CommandError> {
-    if let Command::Validate = cli.command {
-        println!("{}", commands::validate(&cli.config)?);
-        return Ok(());
+    match &cli.command {
+        Command::Validate => {
+            println!("{}", commands::validate(&cli.config)?);
+            return Ok(());
+        }
+        Command::Export { rollout, output } => {
+            return cutover_host::simulate::export(&cli.config, *rollout, output.as_deref())
+        }
+        Command::Simulate { recording } => {
+            print!(
+                "{}",
+                cutover_host::simulate::simulate(&cli.config, recording)?
+            );
+            return Ok(());
+        }
+        _ => {}
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -196,13 +224,15 @@ fn run(cli: Cli) -> Result<(), CommandError> {
                 )
                 .await
             }
-            Command::Validate => unreachable_validate(),
+            Command::Validate | Command::Export { .. } | Command::Simulate { .. } => {
+                handled_before_the_runtime()
+            }
         }
     })
 }
 
-fn unreachable_validate() -> Result<(), CommandError> {
+fn handled_before_the_runtime() -> Result<(), CommandError> {
     Err(CommandError::Usage(
-        "validate is handled before the runtime starts".into(),
+        "validate, export and simulate run without the runtime".into(),
     ))
 }

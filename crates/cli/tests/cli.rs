@@ -85,3 +85,15 @@ fn bad_arguments_exit_64() {
     let (code, _, _) = cutover(&["frobnicate"], dir.path());
     assert_eq!(code, 64, "usage errors are EX_USAGE");
 }
+
+#[test]
+fn unsupported_promql_is_refused_at_load_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let rule = "[[rollout.aborts]]\nname = \"trend\"\nmetric = \"promql\"\nquery = \"predict_linear(x[5m], 60) > 0\"\n\n[[rollout.aborts]]\nname = \"typo\"\nmetric = \"promql\"\nquery = \"rate(x[1m]) > {{trak}}\"\n";
+    let text = common::config_text().replace("[log]", &format!("{rule}\n[log]"));
+    std::fs::write(dir.path().join("cutover.toml"), text).unwrap();
+    let (code, _, err) = cutover(&["validate"], dir.path());
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("rollout.aborts[2].query") && err.contains("predict_linear"), "{err}");
+    assert!(err.contains("rollout.aborts[3].query") && err.contains("trak"), "{err}");
+}

@@ -20,7 +20,7 @@
 //! canary is stopped; a rejected command changes nothing (validation happens before mutation);
 //! weights only grow during a rollout, so sticky clients only move stable → canary.
 
-use crate::judge::{self, Outcome as RuleOutcome, Verdict};
+use crate::judge::{self, External, Outcome as RuleOutcome, Verdict};
 use crate::spec::{PauseSpec, RolloutSpec, ScheduleKind};
 use crate::stats::{TrackStats, WindowStats};
 use crate::time::{Dur, Timestamp};
@@ -187,6 +187,9 @@ pub struct Rollout {
     /// When the canary first took traffic (the fault's earliest possible onset).
     pub traffic_since: Option<Timestamp>,
     pub last_evaluation: Option<Evaluation>,
+    /// Since when the rules could not be judged (no data, too few samples); see `max_inconclusive`.
+    #[serde(default)]
+    pub inconclusive_since: Option<Timestamp>,
 }
 
 /// A release that failed, refused on redeploy without `--force`.
@@ -217,8 +220,10 @@ pub struct State {
     pub failed: BTreeMap<String, Failure>,
 }
 
-/// What the shell tells the engine.
-#[derive(Debug, Clone, PartialEq)]
+/// What the shell tells the engine. Serializable: the shell records every event it applied, so
+/// `cutover simulate` can replay a rollout through the same engine.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
     /// `cutover deploy`: start a rollout of `release`. `force` deploys a failed digest again.
     Deploy { release: Release, force: bool },
@@ -228,8 +233,17 @@ pub enum Event {
     StartFailed { digest: String, reason: String },
     /// An instance of the release is crash-looping.
     CrashLoop { digest: String, detail: String },
-    /// One evaluation interval elapsed; stats cover the last `window` for stable and canary.
-    Tick { stats: WindowStats },
+    /// One evaluation interval elapsed; stats cover the last `window` for stable and canary,
+    /// and `external` holds the results of the rules the shell evaluates (PromQL), by rule name.
+    Tick {
+        stats: WindowStats,
+        external: BTreeMap<String, External>,
+    },
+    /// A firing alert matched this service's `[alerts]` selector (the shell matched it).
+    Alert {
+        name: String,
+        labels: BTreeMap<String, String>,
+    },
     /// An operator verb.
     Command(Verb),
     /// cutover (re)started: re-issue what rebuilds the world from the persisted state.
@@ -463,7 +477,21 @@ impl Engine {
                 }
             }
             Event::CrashLoop { digest, detail } => self.crash_loop(now, &digest, detail, &mut out),
-            Event::Tick { stats } => self.tick(now, &stats, &mut out),
+            Event::Tick { stats, external } => self.tick(now, &stats, &external, &mut out),
+            Event::Alert { name, labels } => {
+                if self.active().is_some() {
+                    let shown: Vec<String> =
+                        labels.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
+                    let reason = format!("alert {name} is firing {{{}}}", shown.join(", "));
+                    self.abort(
+                        now,
+                        reason,
+                        true,
+                        serde_json::json!({ "alert": name, "labels": labels }),
+                        &mut out,
+                    );
+                }
+            }
             Event::Command(verb) => self.command(now, verb, &mut out)?,
             Event::Recover => self.recover(now, &mut out),
         }
@@ -549,6 +577,7 @@ impl Engine {
             breaches: BTreeMap::new(),
             traffic_since: None,
             last_evaluation: None,
+            inconclusive_since: None,
             plan: plan.clone(),
         });
         out.actions.push(Action::Start {
@@ -682,7 +711,13 @@ impl Engine {
         }
     }
 
-    fn tick(&mut self, now: Timestamp, stats: &WindowStats, out: &mut Outcome) {
+    fn tick(
+        &mut self,
+        now: Timestamp,
+        stats: &WindowStats,
+        external: &BTreeMap<String, External>,
+        out: &mut Outcome,
+    ) {
         // The previous release's hold ends on its own clock, whatever else is going on.
         if let Some(held) = self.state.previous.clone() {
             if now >= held.until {
@@ -705,7 +740,7 @@ impl Engine {
             .spec
             .aborts
             .iter()
-            .map(|a| judge::judge_abort(a, stats, min))
+            .map(|a| judge::judge_abort(a, stats, min, external))
             .collect();
         let evaluation = Evaluation {
             at: now,
@@ -778,25 +813,45 @@ impl Engine {
             return;
         }
 
-        // Step boundary: check the advance gates.
-        let Some(r) = self.state.rollout.as_ref() else {
-            return;
-        };
-        if r.phase != Phase::Progressing {
-            return;
+        let mut unsure = aborts
+            .iter()
+            .find(|v| v.outcome == RuleOutcome::Inconclusive)
+            .map(|v| format!("{}: {}", v.rule, v.detail));
+        // A blind abort rule is named first: it is why the rollout cannot be judged at all.
+        if let Some(gates_unsure) = self.check_gates(now, stats, external, unsure.clone(), out) {
+            unsure = unsure.or(Some(gates_unsure));
         }
-        let Some(step) = r.plan.get(r.step) else {
-            return;
+        self.watch_inconclusive(now, unsure, out);
+    }
+
+    /// At a step boundary (and at every interval while held): the advance gates. Returns why,
+    /// when the rollout could not be judged. An abort rule that cannot be judged (`blind`)
+    /// holds the rollout too: more traffic must not go to a canary nobody can watch.
+    fn check_gates(
+        &mut self,
+        now: Timestamp,
+        stats: &WindowStats,
+        external: &BTreeMap<String, External>,
+        blind: Option<String>,
+        out: &mut Outcome,
+    ) -> Option<String> {
+        let min = self.spec.min_samples;
+        let r = self.state.rollout.as_ref()?;
+        if r.phase != Phase::Progressing {
+            return None;
+        }
+        let step = r.plan.get(r.step)?;
+        let StepHold::For(d) = step.hold else {
+            return None;
         };
-        let StepHold::For(d) = step.hold else { return };
         if now < r.step_started.plus(d.get()) {
-            return;
+            return None;
         }
         let gates: Vec<Verdict> = self
             .spec
             .gates
             .iter()
-            .map(|g| judge::judge_gate(g, stats, min))
+            .map(|g| judge::judge_gate(g, stats, min, external))
             .collect();
         if let Some(e) = self
             .state
@@ -815,19 +870,22 @@ impl Engine {
             .iter()
             .filter(|v| v.outcome == RuleOutcome::Inconclusive)
             .collect();
-        if failing.is_empty() && unsure.is_empty() {
+        if failing.is_empty() && unsure.is_empty() && blind.is_none() {
             self.advance(now, numbers, out);
-            return;
+            return None;
         }
         let (reason, failing_now) = if let Some(v) = failing.first() {
             (format!("gate {} failed: {}", v.rule, v.detail), true)
+        } else if let Some(v) = unsure.first() {
+            (format!("inconclusive: {}", v.detail), false)
         } else {
-            (format!("inconclusive: {}", unsure[0].detail), false)
+            (
+                format!("inconclusive: abort rule {}", blind.unwrap_or_default()),
+                false,
+            )
         };
         let max_hold = self.spec.max_hold;
-        let Some(r) = self.state.rollout.as_mut() else {
-            return;
-        };
+        let r = self.state.rollout.as_mut()?;
         let prev = r.hold.clone();
         let failing_since = match (&prev, failing_now) {
             (_, false) => prev.as_ref().and_then(|h| h.failing_since),
@@ -853,7 +911,7 @@ impl Engine {
                     Dur(now.since(since))
                 );
                 self.abort(now, why, true, numbers, out);
-                return;
+                return None;
             }
         }
         if prev.as_ref().map(|h| &h.reason) != Some(&reason) {
@@ -864,6 +922,35 @@ impl Engine {
                 format!("holding at {weight}: {reason}"),
                 numbers,
             );
+        }
+        (!failing_now).then_some(reason)
+    }
+
+    /// `max_inconclusive`: a rollout that cannot be judged for too long is aborted rather than
+    /// left holding forever (e.g. Prometheus down, or a canary that never gets traffic).
+    fn watch_inconclusive(&mut self, now: Timestamp, unsure: Option<String>, out: &mut Outcome) {
+        let limit = self.spec.max_inconclusive;
+        let Some(r) = self
+            .state
+            .rollout
+            .as_mut()
+            .filter(|r| matches!(r.phase, Phase::Progressing | Phase::Paused { .. }))
+        else {
+            return;
+        };
+        let Some(detail) = unsure else {
+            r.inconclusive_since = None;
+            return;
+        };
+        let since = *r.inconclusive_since.get_or_insert(now);
+        if let Some(limit) = limit {
+            if now.since(since) > limit.get() {
+                let why = format!(
+                    "inconclusive for {} > max_inconclusive {limit}: {detail}",
+                    Dur(now.since(since))
+                );
+                self.abort(now, why, true, serde_json::Value::Null, out);
+            }
         }
     }
 

@@ -44,11 +44,51 @@ pub fn bucket_bounds(index: usize) -> (u64, u64) {
 }
 
 /// A plain (non-concurrent) latency histogram.
+///
+/// Serialized sparsely (`{"buckets": [[index, count], ...], "sum_micros": n}`): a window's
+/// histogram touches a few dozen of its buckets, and every evaluation's input is recorded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "Sparse", try_from = "Sparse")]
 pub struct Histogram {
     counts: Vec<u64>,
     count: u64,
     sum_micros: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Sparse {
+    buckets: Vec<(usize, u64)>,
+    sum_micros: u64,
+}
+
+impl From<Histogram> for Sparse {
+    fn from(h: Histogram) -> Sparse {
+        let buckets = h
+            .counts
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| **c > 0)
+            .map(|(i, c)| (i, *c))
+            .collect();
+        Sparse {
+            buckets,
+            sum_micros: h.sum_micros,
+        }
+    }
+}
+
+impl TryFrom<Sparse> for Histogram {
+    type Error = String;
+    fn try_from(s: Sparse) -> Result<Histogram, String> {
+        let mut counts = vec![0; BUCKETS];
+        for (i, c) in s.buckets {
+            *counts
+                .get_mut(i)
+                .ok_or_else(|| format!("histogram bucket {i} is out of range (0..{BUCKETS})"))? +=
+                c;
+        }
+        Histogram::from_counts(counts, s.sum_micros).ok_or_else(|| "bad histogram".to_string())
+    }
 }
 
 impl Default for Histogram {
@@ -181,6 +221,15 @@ mod tests {
             let exact = xs[rank - 1] as f64;
             let est = h.quantile(q).unwrap();
             prop_assert!((est - exact).abs() <= exact / 64.0 + 1.0, "q={} exact={} est={}", q, exact, est);
+        }
+
+        #[test]
+        fn sparse_serde_round_trips(xs in proptest::collection::vec(0u64..10_000_000, 0..200)) {
+            let mut h = Histogram::new();
+            for &x in &xs { h.record(x); }
+            let json = serde_json::to_string(&h).unwrap();
+            prop_assert!(json.len() < 40 + xs.len() * 16);
+            prop_assert_eq!(serde_json::from_str::<Histogram>(&json).unwrap(), h);
         }
 
         #[test]

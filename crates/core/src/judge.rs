@@ -4,9 +4,11 @@
 //! every decision cutover records must say why, in figures. Too few samples is its own outcome,
 //! [`Outcome::Inconclusive`]: the engine holds on it and never advances or aborts on noise.
 
+use crate::mannwhitney;
 use crate::spec::{AbortSpec, GateSpec};
 use crate::stats::WindowStats;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// What one rule concluded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -26,6 +28,8 @@ pub enum Outcome {
 pub enum Unit {
     Seconds,
     Ratio,
+    /// A query's value, unit unknown.
+    Value,
 }
 
 /// One rule's verdict on one window, with the numbers behind it.
@@ -44,6 +48,48 @@ pub struct Verdict {
     pub stable_samples: u64,
     /// One line a human reads in `status` and `history`.
     pub detail: String,
+    /// For a statistical test: its p-value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p_value: Option<f64>,
+}
+
+/// The result of a rule the shell evaluates (a PromQL query, embedded or on Prometheus), in
+/// Prometheus alert terms. The engine only ever sees this value, never a query.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum External {
+    /// The rule would fire: a gate fails, an abort rule is breached.
+    Fired { value: Option<f64>, detail: String },
+    /// The rule would not fire.
+    Clear { value: Option<f64>, detail: String },
+    /// Nothing to judge: no series, or the provider could not answer. Inconclusive.
+    NoData { detail: String },
+}
+
+/// The verdict of an externally evaluated rule; a rule with no result is inconclusive.
+pub fn judge_external(rule: &str, result: Option<&External>, stats: &WindowStats) -> Verdict {
+    let (outcome, observed, detail) = match result {
+        Some(External::Fired { value, detail }) => (Outcome::Fail, *value, detail.clone()),
+        Some(External::Clear { value, detail }) => (Outcome::Pass, *value, detail.clone()),
+        Some(External::NoData { detail }) => (Outcome::Inconclusive, None, detail.clone()),
+        None => (
+            Outcome::Inconclusive,
+            None,
+            "not evaluated in this interval".to_string(),
+        ),
+    };
+    Verdict {
+        rule: rule.to_string(),
+        outcome,
+        observed,
+        threshold: None,
+        baseline: None,
+        unit: Unit::Value,
+        canary_samples: stats.canary.requests,
+        stable_samples: stats.stable.requests,
+        detail,
+        p_value: None,
+    }
 }
 
 fn fmt_value(v: f64, unit: Unit) -> String {
@@ -51,6 +97,7 @@ fn fmt_value(v: f64, unit: Unit) -> String {
         Unit::Seconds if v < 1.0 => format!("{:.1}ms", v * 1e3),
         Unit::Seconds => format!("{v:.3}s"),
         Unit::Ratio => format!("{:.3}%", v * 100.0),
+        Unit::Value => format!("{v}"),
     }
 }
 
@@ -80,6 +127,7 @@ fn inconclusive(
         canary_samples: c,
         stable_samples: s,
         detail,
+        p_value: None,
     })
 }
 
@@ -115,6 +163,7 @@ fn verdict(
             fmt_value(observed, unit),
             fmt_value(threshold, unit)
         ),
+        p_value: None,
     }
 }
 
@@ -128,8 +177,65 @@ fn quantile_name(q: f64) -> String {
 }
 
 /// Judges an advance gate: `Pass` lets the rollout advance at a step boundary.
-pub fn judge_gate(gate: &GateSpec, stats: &WindowStats, min_samples: u64) -> Verdict {
+pub fn judge_gate(
+    gate: &GateSpec,
+    stats: &WindowStats,
+    min_samples: u64,
+    external: &BTreeMap<String, External>,
+) -> Verdict {
     match gate {
+        GateSpec::Promql { name, .. } => judge_external(name, external.get(name), stats),
+        GateSpec::MannWhitney {
+            name,
+            confidence,
+            tolerance_percent,
+            direction,
+        } => {
+            if let Some(v) = inconclusive(name, Unit::Seconds, stats, min_samples, true) {
+                return v;
+            }
+            let tolerance = tolerance_percent / 100.0;
+            let Some(m) = mannwhitney::test(
+                &stats.canary.latency,
+                &stats.stable.latency,
+                *direction,
+                tolerance,
+            ) else {
+                return judge_external(name, None, stats);
+            };
+            let fail = mannwhitney::significant(&m, *direction, *confidence);
+            let dir = match direction {
+                mannwhitney::Direction::Increase => "slower than",
+                mannwhitney::Direction::Decrease => "faster than",
+                mannwhitney::Direction::Either => "different from",
+            };
+            let detail = format!(
+                "canary latency {} stable beyond {tolerance_percent}% (Mann-Whitney U, p = {:.4}, {} at {:.0}% confidence; n = {}/{})",
+                dir,
+                m.p_value,
+                if fail { "significant" } else { "not significant" },
+                confidence * 100.0,
+                m.canary_n,
+                m.stable_n
+            );
+            let detail = if fail {
+                detail
+            } else {
+                format!("no evidence: {detail}")
+            };
+            Verdict {
+                rule: name.clone(),
+                outcome: if fail { Outcome::Fail } else { Outcome::Pass },
+                observed: stats.canary.latency_quantile_secs(0.5),
+                threshold: None,
+                baseline: stats.stable.latency_quantile_secs(0.5),
+                unit: Unit::Seconds,
+                canary_samples: stats.canary.requests,
+                stable_samples: stats.stable.requests,
+                detail,
+                p_value: Some(m.p_value),
+            }
+        }
         GateSpec::Latency {
             name,
             quantile,
@@ -205,8 +311,14 @@ pub fn judge_gate(gate: &GateSpec, stats: &WindowStats, min_samples: u64) -> Ver
 
 /// Judges an abort rule: `Fail` means breached (the engine aborts once it has been breached
 /// continuously for the rule's `for`).
-pub fn judge_abort(rule: &AbortSpec, stats: &WindowStats, min_samples: u64) -> Verdict {
+pub fn judge_abort(
+    rule: &AbortSpec,
+    stats: &WindowStats,
+    min_samples: u64,
+    external: &BTreeMap<String, External>,
+) -> Verdict {
     match rule {
+        AbortSpec::Promql { name, .. } => judge_external(name, external.get(name), stats),
         AbortSpec::Latency {
             name,
             quantile,
@@ -259,7 +371,7 @@ mod tests {
             stable: track(100, 0, 100),
             canary: track(100, 0, 105),
         };
-        let v = judge_gate(&p99_gate(), &stats, 50);
+        let v = judge_gate(&p99_gate(), &stats, 50, &BTreeMap::new());
         assert_eq!(v.outcome, Outcome::Pass, "{}", v.detail);
         let t = v.threshold.unwrap();
         assert!((t - (0.1 * 1.05 + 0.001)).abs() < 0.003, "{t}");
@@ -271,7 +383,7 @@ mod tests {
             stable: track(100, 0, 100),
             canary: track(100, 0, 130),
         };
-        let v = judge_gate(&p99_gate(), &stats, 50);
+        let v = judge_gate(&p99_gate(), &stats, 50, &BTreeMap::new());
         assert_eq!(v.outcome, Outcome::Fail);
         assert!(v.detail.starts_with("canary p99 13"), "{}", v.detail);
         assert!(v.detail.contains("(stable 10"), "{}", v.detail);
@@ -284,7 +396,7 @@ mod tests {
             canary: track(10, 0, 900),
         };
         assert_eq!(
-            judge_gate(&p99_gate(), &few_canary, 50).outcome,
+            judge_gate(&p99_gate(), &few_canary, 50, &BTreeMap::new()).outcome,
             Outcome::Inconclusive
         );
         let few_stable = WindowStats {
@@ -292,13 +404,16 @@ mod tests {
             canary: track(100, 0, 1),
         };
         assert_eq!(
-            judge_gate(&p99_gate(), &few_stable, 50).outcome,
+            judge_gate(&p99_gate(), &few_stable, 50, &BTreeMap::new()).outcome,
             Outcome::Inconclusive
         );
         // An absolute rule does not need stable's samples.
         let abs = &AbortSpec::defaults()[0];
-        assert_eq!(judge_abort(abs, &few_stable, 50).outcome, Outcome::Pass);
-        let abort = judge_abort(abs, &few_canary, 50);
+        assert_eq!(
+            judge_abort(abs, &few_stable, 50, &BTreeMap::new()).outcome,
+            Outcome::Pass
+        );
+        let abort = judge_abort(abs, &few_canary, 50, &BTreeMap::new());
         assert_eq!(abort.outcome, Outcome::Inconclusive, "never abort on noise");
     }
 
@@ -313,12 +428,18 @@ mod tests {
             stable: track(1000, 1, 1),
             canary: track(1000, 2, 1),
         };
-        assert_eq!(judge_gate(&g, &ok, 50).outcome, Outcome::Pass);
+        assert_eq!(
+            judge_gate(&g, &ok, 50, &BTreeMap::new()).outcome,
+            Outcome::Pass
+        );
         let worse = WindowStats {
             stable: track(1000, 1, 1),
             canary: track(1000, 3, 1),
         };
-        assert_eq!(judge_gate(&g, &worse, 50).outcome, Outcome::Fail);
+        assert_eq!(
+            judge_gate(&g, &worse, 50, &BTreeMap::new()).outcome,
+            Outcome::Fail
+        );
     }
 
     #[test]
@@ -328,20 +449,32 @@ mod tests {
             stable: track(100, 0, 1),
             canary: track(100, 0, 900),
         };
-        assert_eq!(judge_abort(&rules[0], &slow, 50).outcome, Outcome::Fail);
+        assert_eq!(
+            judge_abort(&rules[0], &slow, 50, &BTreeMap::new()).outcome,
+            Outcome::Fail
+        );
         let erroring = WindowStats {
             stable: track(100, 0, 1),
             canary: track(100, 5, 1),
         };
-        assert_eq!(judge_abort(&rules[1], &erroring, 50).outcome, Outcome::Fail);
-        assert_eq!(judge_abort(&rules[0], &erroring, 50).outcome, Outcome::Pass);
+        assert_eq!(
+            judge_abort(&rules[1], &erroring, 50, &BTreeMap::new()).outcome,
+            Outcome::Fail
+        );
+        assert_eq!(
+            judge_abort(&rules[0], &erroring, 50, &BTreeMap::new()).outcome,
+            Outcome::Pass
+        );
         let custom = AbortSpec::Latency {
             name: "p50".into(),
             quantile: 0.5,
             above: Dur::from_millis(10),
             for_: Dur::default(),
         };
-        assert_eq!(judge_abort(&custom, &slow, 50).outcome, Outcome::Fail);
+        assert_eq!(
+            judge_abort(&custom, &slow, 50, &BTreeMap::new()).outcome,
+            Outcome::Fail
+        );
     }
 
     #[test]

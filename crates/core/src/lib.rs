@@ -14,6 +14,7 @@ pub mod engine;
 pub mod histogram;
 pub mod judge;
 pub mod mannwhitney;
+pub mod simulate;
 pub mod spec;
 pub mod stats;
 pub mod sticky;

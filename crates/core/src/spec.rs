@@ -26,6 +26,121 @@ pub struct Config {
     pub sticky: StickySpec,
     #[serde(default)]
     pub log: LogSpec,
+    /// `[metrics]`: scraping and the in-memory series store PromQL rules read.
+    #[serde(default)]
+    pub metrics: MetricsSpec,
+    /// `[prometheus]`: a Prometheus server for rules with `provider = "prometheus"`.
+    #[serde(default)]
+    pub prometheus: Option<PrometheusSpec>,
+    /// `[alerts]`: which Alertmanager alerts abort this service's rollout.
+    #[serde(default)]
+    pub alerts: Option<AlertsSpec>,
+    /// `[[notify]]`: webhook sinks for rollout events.
+    #[serde(default)]
+    pub notify: Vec<NotifySpec>,
+}
+
+/// `[metrics]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSpec {
+    /// Scrape every ready instance's metrics at this path each evaluation interval; `""` turns
+    /// instance scraping off (cutover's own metrics are always recorded).
+    #[serde(default = "default_metrics_path")]
+    pub path: String,
+    /// How long scraped samples are kept in memory.
+    #[serde(default = "default_metrics_retention")]
+    pub retention: Dur,
+    /// How far back an instant selector looks for a sample (Prometheus's lookback delta).
+    #[serde(default = "default_lookback")]
+    pub lookback_delta: Dur,
+}
+
+impl Default for MetricsSpec {
+    fn default() -> Self {
+        MetricsSpec {
+            path: default_metrics_path(),
+            retention: default_metrics_retention(),
+            lookback_delta: default_lookback(),
+        }
+    }
+}
+
+/// `[prometheus]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrometheusSpec {
+    /// e.g. `http://127.0.0.1:9090`.
+    pub url: String,
+    #[serde(default = "default_prom_timeout")]
+    pub timeout: Dur,
+    /// Further attempts after a failed one (connection errors, timeouts, 5xx).
+    #[serde(default = "default_prom_retries")]
+    pub retries: u32,
+}
+
+/// `[alerts]`: a firing Alertmanager alert whose labels include all of `match` aborts the
+/// rollout in progress. Values take `{{service}}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertsSpec {
+    #[serde(rename = "match")]
+    pub matchers: BTreeMap<String, String>,
+}
+
+/// `[[notify]]`: one webhook sink.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifySpec {
+    pub name: String,
+    /// An `http://` URL.
+    pub url: String,
+    #[serde(default)]
+    pub format: NotifyFormat,
+    /// Which events to send (default: all): started, step, held, paused, resumed, promoted,
+    /// aborted, rolled_back, previous_released, crash_loop.
+    #[serde(default)]
+    pub events: Option<Vec<String>>,
+    #[serde(default = "default_notify_timeout")]
+    pub timeout: Dur,
+    #[serde(default = "default_notify_attempts")]
+    pub max_attempts: u32,
+}
+
+/// The payload a sink receives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum NotifyFormat {
+    /// The event as JSON.
+    #[default]
+    Json,
+    /// A Slack incoming-webhook message.
+    Slack,
+}
+
+/// The events a notify sink may ask for.
+pub const NOTIFY_EVENTS: &[&str] = &[
+    "started",
+    "step",
+    "held",
+    "paused",
+    "resumed",
+    "promoted",
+    "aborted",
+    "rolled_back",
+    "previous_released",
+    "crash_loop",
+];
+
+/// Where a PromQL rule is evaluated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Provider {
+    /// cutover's own evaluator over the series it scraped (its proxy's and the instances').
+    #[default]
+    Embedded,
+    /// The Prometheus server of `[prometheus]`.
+    Prometheus,
 }
 
 /// `[service]`: what is being rolled out and where clients reach it.
@@ -225,6 +340,10 @@ pub struct RolloutSpec {
     /// A gate failing for longer than this aborts the rollout.
     #[serde(default = "default_max_hold")]
     pub max_hold: Dur,
+    /// Rules inconclusive (too few samples, no data, Prometheus unreachable) for longer than
+    /// this abort the rollout; unset, an inconclusive rollout holds until an operator acts.
+    #[serde(default)]
+    pub max_inconclusive: Option<Dur>,
     /// After promotion the previous version keeps running without traffic this long, so a
     /// rollback is one atomic switch.
     #[serde(default = "default_hold_previous")]
@@ -248,6 +367,7 @@ impl Default for RolloutSpec {
             window: default_window(),
             min_samples: default_min_samples(),
             max_hold: default_max_hold(),
+            max_inconclusive: None,
             hold_previous: default_hold_previous(),
             gates: GateSpec::defaults(),
             aborts: AbortSpec::defaults(),
@@ -345,6 +465,26 @@ pub enum GateSpec {
         #[serde(default)]
         max_increase: Option<f64>,
     },
+    /// A PromQL rule, in Prometheus alert form: the gate fails while it would fire (e.g.
+    /// `... > 0.8`); no data is inconclusive. `{{track}}`, `{{version}}`, `{{stable_version}}`,
+    /// `{{service}}` are substituted.
+    Promql {
+        name: String,
+        query: String,
+        #[serde(default)]
+        provider: Provider,
+    },
+    /// The Mann-Whitney U test of canary vs stable latency: fails when the canary is
+    /// significantly different in `direction` at `confidence`, beyond `tolerance_percent`.
+    MannWhitney {
+        name: String,
+        #[serde(default = "default_confidence")]
+        confidence: f64,
+        #[serde(default = "default_tolerance_percent")]
+        tolerance_percent: f64,
+        #[serde(default = "default_direction")]
+        direction: crate::mannwhitney::Direction,
+    },
 }
 
 impl GateSpec {
@@ -369,7 +509,10 @@ impl GateSpec {
 
     pub fn name(&self) -> &str {
         match self {
-            GateSpec::Latency { name, .. } | GateSpec::ErrorRatio { name, .. } => name,
+            GateSpec::Latency { name, .. }
+            | GateSpec::ErrorRatio { name, .. }
+            | GateSpec::Promql { name, .. }
+            | GateSpec::MannWhitney { name, .. } => name,
         }
     }
 }
@@ -394,6 +537,15 @@ pub enum AbortSpec {
         #[serde(rename = "for", default)]
         for_: Dur,
     },
+    /// A PromQL rule, in Prometheus alert form (`expr` + `for`): breached while it would fire.
+    Promql {
+        name: String,
+        query: String,
+        #[serde(rename = "for", default)]
+        for_: Dur,
+        #[serde(default)]
+        provider: Provider,
+    },
 }
 
 impl AbortSpec {
@@ -417,13 +569,17 @@ impl AbortSpec {
 
     pub fn name(&self) -> &str {
         match self {
-            AbortSpec::Latency { name, .. } | AbortSpec::ErrorRatio { name, .. } => name,
+            AbortSpec::Latency { name, .. }
+            | AbortSpec::ErrorRatio { name, .. }
+            | AbortSpec::Promql { name, .. } => name,
         }
     }
 
     pub fn for_(&self) -> Dur {
         match self {
-            AbortSpec::Latency { for_, .. } | AbortSpec::ErrorRatio { for_, .. } => *for_,
+            AbortSpec::Latency { for_, .. }
+            | AbortSpec::ErrorRatio { for_, .. }
+            | AbortSpec::Promql { for_, .. } => *for_,
         }
     }
 }
@@ -496,6 +652,36 @@ fn default_listen() -> SocketAddr {
 }
 fn default_admin_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 9180))
+}
+fn default_metrics_path() -> String {
+    "/metrics".into()
+}
+fn default_metrics_retention() -> Dur {
+    Dur::from_secs(15 * 60)
+}
+fn default_lookback() -> Dur {
+    Dur::from_secs(5 * 60)
+}
+fn default_prom_timeout() -> Dur {
+    Dur::from_secs(2)
+}
+fn default_prom_retries() -> u32 {
+    2
+}
+fn default_notify_timeout() -> Dur {
+    Dur::from_secs(5)
+}
+fn default_notify_attempts() -> u32 {
+    5
+}
+fn default_confidence() -> f64 {
+    0.95
+}
+fn default_tolerance_percent() -> f64 {
+    5.0
+}
+fn default_direction() -> crate::mannwhitney::Direction {
+    crate::mannwhitney::Direction::Increase
 }
 fn default_upstream_timeout() -> Dur {
     Dur::from_secs(60)
@@ -849,6 +1035,36 @@ impl Config {
                         }
                     }
                 }
+                GateSpec::Promql {
+                    query, provider, ..
+                } => {
+                    v.query(&format!("{path}.query"), query);
+                    v.provider(
+                        &format!("{path}.provider"),
+                        *provider,
+                        self.prometheus.is_some(),
+                    );
+                }
+                GateSpec::MannWhitney {
+                    confidence,
+                    tolerance_percent,
+                    ..
+                } => {
+                    if !(*confidence > 0.5 && *confidence < 1.0) {
+                        v.err(
+                            format!("{path}.confidence"),
+                            format!("{confidence} is not a confidence level"),
+                            "use a number between 0.5 and 1, e.g. 0.95",
+                        );
+                    }
+                    if !tolerance_percent.is_finite() || *tolerance_percent < 0.0 {
+                        v.err(
+                            format!("{path}.tolerance_percent"),
+                            format!("{tolerance_percent} is not a percentage"),
+                            "use a number >= 0, e.g. 5",
+                        );
+                    }
+                }
                 GateSpec::ErrorRatio {
                     max, max_increase, ..
                 } => {
@@ -878,6 +1094,16 @@ impl Config {
                     v.positive(&format!("{path}.above"), *above);
                 }
                 AbortSpec::ErrorRatio { above, .. } => v.ratio(&format!("{path}.above"), *above),
+                AbortSpec::Promql {
+                    query, provider, ..
+                } => {
+                    v.query(&format!("{path}.query"), query);
+                    v.provider(
+                        &format!("{path}.provider"),
+                        *provider,
+                        self.prometheus.is_some(),
+                    );
+                }
             }
         }
 
@@ -901,6 +1127,79 @@ impl Config {
                     format!("{c:?} is not a cookie name"),
                     "use a token without ';', '=' or spaces",
                 );
+            }
+        }
+        if let Some(d) = r.max_inconclusive {
+            v.positive("rollout.max_inconclusive", d);
+        }
+        let m = &self.metrics;
+        if !m.path.is_empty() && !m.path.starts_with('/') {
+            v.err(
+                "metrics.path",
+                format!("{:?} does not start with '/'", m.path),
+                "use an absolute path such as \"/metrics\", or \"\" to not scrape instances",
+            );
+        }
+        v.positive("metrics.retention", m.retention);
+        v.positive("metrics.lookback_delta", m.lookback_delta);
+        if m.retention < r.window {
+            v.err(
+                "metrics.retention",
+                format!(
+                    "{} is shorter than rollout.window ({})",
+                    m.retention, r.window
+                ),
+                "keep at least one window of samples",
+            );
+        }
+        if let Some(p) = &self.prometheus {
+            if !p.url.starts_with("http://") || p.url.len() <= "http://".len() {
+                v.err(
+                    "prometheus.url",
+                    format!("{:?} is not an http:// URL", p.url),
+                    "write it like \"http://127.0.0.1:9090\"",
+                );
+            }
+            v.positive("prometheus.timeout", p.timeout);
+        }
+        if let Some(a) = &self.alerts {
+            if a.matchers.is_empty() {
+                v.err(
+                    "alerts.match",
+                    "is empty, so every alert would abort",
+                    "name the labels an alert must carry, e.g. match = { service = \"shop\" }",
+                );
+            }
+        }
+        let mut sinks = std::collections::BTreeSet::new();
+        for (i, n) in self.notify.iter().enumerate() {
+            let path = format!("notify[{i}]");
+            if n.name.trim().is_empty() || !sinks.insert(n.name.clone()) {
+                v.err(
+                    format!("{path}.name"),
+                    format!("{:?} is empty or used twice", n.name),
+                    "give every sink its own name",
+                );
+            }
+            if !n.url.starts_with("http://") || n.url.len() <= "http://".len() {
+                v.err(
+                    format!("{path}.url"),
+                    format!("{:?} is not an http:// URL", n.url),
+                    "write it like \"http://127.0.0.1:9000/hook\"",
+                );
+            }
+            for e in n.events.iter().flatten() {
+                if !NOTIFY_EVENTS.contains(&e.as_str()) {
+                    v.err(
+                        format!("{path}.events"),
+                        format!("unknown event {e:?}"),
+                        format!("use some of {}", NOTIFY_EVENTS.join(", ")),
+                    );
+                }
+            }
+            v.positive(&format!("{path}.timeout"), n.timeout);
+            if n.max_attempts == 0 {
+                v.err(format!("{path}.max_attempts"), "is 0", "use 1 or more");
             }
         }
         if self.log.level.trim().is_empty() {
@@ -1002,6 +1301,22 @@ impl Validator {
                 format!("{path}.name"),
                 format!("{name:?} is used twice"),
                 "give every gate and abort rule its own name",
+            );
+        }
+    }
+    fn query(&mut self, path: &str, q: &str) {
+        // The query is parsed by the shell (cutover-promql), which reports errors on this path;
+        // here only what needs no parser.
+        if q.trim().is_empty() {
+            self.err(path, "is empty", "write a PromQL expression, e.g. histogram_quantile(0.99, rate(http_request_duration_seconds_bucket{track=\"canary\"}[30s])) > 0.8");
+        }
+    }
+    fn provider(&mut self, path: &str, p: Provider, have_prometheus: bool) {
+        if p == Provider::Prometheus && !have_prometheus {
+            self.err(
+                path,
+                "is \"prometheus\" but there is no [prometheus] section",
+                "add [prometheus] url = \"http://127.0.0.1:9090\", or use provider = \"embedded\"",
             );
         }
     }

@@ -98,7 +98,10 @@ impl Sim {
     }
     fn tick(&mut self, secs: u64, stats: WindowStats) -> Outcome {
         self.at(secs);
-        self.ok(Event::Tick { stats })
+        self.ok(Event::Tick {
+            stats,
+            external: Default::default(),
+        })
     }
     fn deploy_v2(&mut self) {
         self.ok(Event::Deploy {
@@ -764,5 +767,300 @@ fn gates_are_configurable() {
     let mut s = Sim::with_stable(lenient);
     s.deploy_v2();
     let out = s.tick(90, a_bit_slower());
+    assert_eq!(route_weights(&out), vec![Weight::from_bp(400).unwrap()]);
+}
+
+mod analysis {
+    use super::*;
+    use cutover_core::judge::External;
+    use cutover_core::mannwhitney::Direction;
+    use cutover_core::spec::Provider;
+    use std::collections::BTreeMap;
+
+    fn promql_spec() -> RolloutSpec {
+        RolloutSpec {
+            gates: vec![GateSpec::Promql { name: "swaps".into(), query: "swap_failures > 0".into(), provider: Provider::Embedded }],
+            aborts: vec![AbortSpec::Promql {
+                name: "blueprint-p99".into(),
+                query: "histogram_quantile(0.99, rate(http_request_duration_seconds_bucket[30s])) > 0.800".into(),
+                for_: Dur::from_secs(45),
+                provider: Provider::Embedded,
+            }],
+            ..spec()
+        }
+    }
+
+    fn ext(gate: External, abort: External) -> BTreeMap<String, External> {
+        BTreeMap::from([
+            ("swaps".to_string(), gate),
+            ("blueprint-p99".to_string(), abort),
+        ])
+    }
+    fn fired(v: f64) -> External {
+        External::Fired {
+            value: Some(v),
+            detail: format!("fires ({v})"),
+        }
+    }
+    fn clear(v: f64) -> External {
+        External::Clear {
+            value: Some(v),
+            detail: format!("clear ({v})"),
+        }
+    }
+    fn nodata() -> External {
+        External::NoData {
+            detail: "no data".into(),
+        }
+    }
+
+    impl Sim {
+        fn tick_ext(&mut self, secs: u64, external: BTreeMap<String, External>) -> Outcome {
+            self.at(secs);
+            self.ok(Event::Tick {
+                stats: healthy(),
+                external,
+            })
+        }
+    }
+
+    #[test]
+    fn a_promql_abort_rule_fires_after_its_for() {
+        let mut s = Sim::with_stable(promql_spec());
+        s.deploy_v2();
+        for _ in 0..9 {
+            s.tick_ext(5, ext(clear(0.0), fired(1.2)));
+            assert_eq!(s.phase(), Phase::Progressing);
+        }
+        let out = s.tick_ext(5, ext(clear(0.0), fired(1.2)));
+        let Phase::Aborted {
+            reason,
+            automatic: true,
+        } = s.phase()
+        else {
+            panic!("{:?}", s.phase())
+        };
+        assert!(
+            reason.contains("blueprint-p99") && reason.contains("fires (1.2)"),
+            "{reason}"
+        );
+        assert!(matches!(
+            &out.actions[0],
+            Action::Route { canary: None, .. }
+        ));
+    }
+
+    #[test]
+    fn a_firing_promql_gate_holds_and_no_data_is_inconclusive() {
+        let mut s = Sim::with_stable(promql_spec());
+        s.deploy_v2();
+        let out = s.tick_ext(90, ext(fired(3.0), clear(0.1)));
+        assert!(out.actions.is_empty());
+        assert!(s
+            .engine
+            .state()
+            .rollout
+            .as_ref()
+            .unwrap()
+            .hold
+            .as_ref()
+            .unwrap()
+            .reason
+            .contains("gate swaps failed"));
+        let out = s.tick_ext(5, ext(nodata(), nodata()));
+        assert!(out.actions.is_empty(), "no data never advances");
+        let hold = s
+            .engine
+            .state()
+            .rollout
+            .as_ref()
+            .unwrap()
+            .hold
+            .clone()
+            .unwrap();
+        assert!(hold.reason.starts_with("inconclusive"), "{}", hold.reason);
+        // A rule with no result at all (provider down, not evaluated) is inconclusive too.
+        assert!(s.tick_ext(5, BTreeMap::new()).actions.is_empty());
+        let out = s.tick_ext(5, ext(clear(0.0), clear(0.1)));
+        assert_eq!(route_weights(&out), vec![Weight::from_bp(400).unwrap()]);
+    }
+
+    #[test]
+    fn max_inconclusive_aborts_a_rollout_that_cannot_be_judged() {
+        let mut s = Sim::with_stable(RolloutSpec {
+            max_inconclusive: Some(Dur::from_secs(60)),
+            ..promql_spec()
+        });
+        s.deploy_v2();
+        // Inconclusive from the first tick; exactly 60 s later is not yet "longer than".
+        for _ in 0..13 {
+            s.tick_ext(5, ext(nodata(), nodata()));
+            assert_eq!(s.phase(), Phase::Progressing);
+        }
+        s.tick_ext(5, ext(nodata(), nodata()));
+        let Phase::Aborted { reason, .. } = s.phase() else {
+            panic!("{:?}", s.phase())
+        };
+        assert!(reason.contains("max_inconclusive"), "{reason}");
+        // Without the limit it holds as long as it takes.
+        let mut s = Sim::with_stable(promql_spec());
+        s.deploy_v2();
+        for _ in 0..500 {
+            assert!(s.tick_ext(5, ext(nodata(), nodata())).actions.is_empty());
+        }
+    }
+
+    #[test]
+    fn a_matching_alert_aborts_the_rollout_in_progress_only() {
+        let mut s = Sim::with_stable(spec());
+        let labels = BTreeMap::from([
+            ("alertname".to_string(), "HotWalletLag".to_string()),
+            ("service".to_string(), "shop".to_string()),
+        ]);
+        let out = s.ok(Event::Alert {
+            name: "HotWalletLag".into(),
+            labels: labels.clone(),
+        });
+        assert!(
+            out.actions.is_empty() && out.decisions.is_empty(),
+            "no rollout: nothing to abort"
+        );
+        s.deploy_v2();
+        let out = s.ok(Event::Alert {
+            name: "HotWalletLag".into(),
+            labels,
+        });
+        let Phase::Aborted {
+            reason,
+            automatic: true,
+        } = s.phase()
+        else {
+            panic!()
+        };
+        assert!(
+            reason.contains("alert HotWalletLag is firing") && reason.contains("service=\"shop\""),
+            "{reason}"
+        );
+        assert_eq!(
+            out.decisions[0].numbers["labels"]["alertname"],
+            "HotWalletLag"
+        );
+    }
+
+    #[test]
+    fn mann_whitney_gate_holds_a_slower_canary_and_passes_a_same_one() {
+        let mw = RolloutSpec {
+            gates: vec![GateSpec::MannWhitney {
+                name: "mw".into(),
+                confidence: 0.95,
+                tolerance_percent: 5.0,
+                direction: Direction::Increase,
+            }],
+            ..spec()
+        };
+        let spread = |base: u64, n: u64| {
+            let mut t = TrackStats {
+                requests: n,
+                ..Default::default()
+            };
+            for i in 0..n {
+                t.latency.record(base * 1000 + (i % 50) * 200);
+            }
+            t
+        };
+        let mut s = Sim::with_stable(mw.clone());
+        s.deploy_v2();
+        s.at(90);
+        let out = s.ok(Event::Tick {
+            stats: WindowStats {
+                stable: spread(20, 400),
+                canary: spread(30, 200),
+            },
+            external: Default::default(),
+        });
+        assert!(out.actions.is_empty());
+        let gate = &s
+            .engine
+            .state()
+            .rollout
+            .as_ref()
+            .unwrap()
+            .last_evaluation
+            .as_ref()
+            .unwrap()
+            .gates[0];
+        assert_eq!(
+            gate.outcome,
+            cutover_core::judge::Outcome::Fail,
+            "{}",
+            gate.detail
+        );
+        assert!(gate.p_value.unwrap() < 0.05, "{:?}", gate.p_value);
+        let out = s.tick(
+            5,
+            WindowStats {
+                stable: spread(20, 400),
+                canary: spread(20, 200),
+            },
+        );
+        assert_eq!(route_weights(&out), vec![Weight::from_bp(400).unwrap()]);
+    }
+}
+
+/// An abort rule that cannot be judged (e.g. its Prometheus is down) holds the rollout even
+/// when every gate passes: more traffic must not go to a canary nobody can watch.
+#[test]
+fn a_blind_abort_rule_holds_the_rollout() {
+    use cutover_core::judge::External;
+    use cutover_core::spec::Provider;
+    let spec = RolloutSpec {
+        aborts: vec![AbortSpec::Promql {
+            name: "remote".into(),
+            query: "x > 1".into(),
+            for_: Dur::default(),
+            provider: Provider::Embedded,
+        }],
+        ..spec()
+    };
+    let mut s = Sim::with_stable(spec);
+    s.deploy_v2();
+    let down = std::collections::BTreeMap::from([(
+        "remote".to_string(),
+        External::NoData {
+            detail: "Prometheus unreachable".into(),
+        },
+    )]);
+    s.at(90);
+    let out = s.ok(Event::Tick {
+        stats: healthy(),
+        external: down.clone(),
+    });
+    assert!(out.actions.is_empty());
+    let hold = s
+        .engine
+        .state()
+        .rollout
+        .as_ref()
+        .unwrap()
+        .hold
+        .clone()
+        .unwrap();
+    assert!(
+        hold.reason.contains("abort rule remote") && hold.reason.contains("unreachable"),
+        "{}",
+        hold.reason
+    );
+    let up = std::collections::BTreeMap::from([(
+        "remote".to_string(),
+        External::Clear {
+            value: Some(0.0),
+            detail: "clear".into(),
+        },
+    )]);
+    s.at(5);
+    let out = s.ok(Event::Tick {
+        stats: healthy(),
+        external: up,
+    });
     assert_eq!(route_weights(&out), vec![Weight::from_bp(400).unwrap()]);
 }

@@ -54,6 +54,10 @@ pub fn load(path: &Path) -> Result<Loaded, LoadError> {
         path: path.to_path_buf(),
         source,
     })?;
+    crate::rules::validate(&config).map_err(|source| LoadError::Invalid {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
     let dir = abs
         .parent()

@@ -15,9 +15,13 @@ pub mod commands;
 pub mod config;
 pub mod demo;
 pub mod metrics;
+pub mod remote;
 pub mod render;
 pub mod router;
+pub mod rules;
 pub mod runtime;
+pub mod scrape;
+pub mod simulate;
 pub mod status;
 
 use commands::CommandError;

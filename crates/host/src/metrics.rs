@@ -1,9 +1,12 @@
-//! The admin listener's `/metrics`: per-version request totals and the rollout's state in the
-//! Prometheus text format.
+//! The admin listener's `/metrics`, in the Prometheus text format: the proxy's per-version
+//! request metrics under their conventional names (`http_request_duration_seconds`,
+//! `http_requests_total`, labelled `service`, `version`, `track`), the rollout's state (canary
+//! weight, phase, step) and the decisions made since start.
 
 use crate::router::Intent;
 use cutover_core::engine::Engine;
 use cutover_telemetry::Recorder;
+use std::collections::BTreeMap;
 use std::fmt::Write;
 
 fn escape(s: &str) -> String {
@@ -12,54 +15,94 @@ fn escape(s: &str) -> String {
         .replace('\n', "\\n")
 }
 
-/// Renders the exposition.
-pub fn render(engine: &Engine, recorder: &Recorder, intent: Option<&Intent>) -> String {
-    let service = escape(&engine.state().service);
-    let mut o = String::new();
-    let track_of = |v: &str| match intent {
-        Some(i) if i.canary.as_ref().is_some_and(|c| c.version == v) => "canary",
-        Some(i) if i.stable.version == v => "stable",
-        _ => "none",
-    };
-    let _ = writeln!(
-        o,
-        "# HELP cutover_requests_total Requests through the proxy by version and status code."
-    );
-    let _ = writeln!(o, "# TYPE cutover_requests_total counter");
-    for v in recorder.versions() {
-        let t = recorder.track(&v).totals();
-        for (code, n) in &t.by_code {
-            let _ = writeln!(o, "cutover_requests_total{{service=\"{service}\",version=\"{}\",track=\"{}\",code=\"{code}\"}} {n}", escape(&v), track_of(&v));
-        }
+/// Which track a version is on in the current route table.
+pub fn track_of(intent: Option<&Intent>, version: &str) -> Option<&'static str> {
+    let i = intent?;
+    if i.canary.as_ref().is_some_and(|c| c.version == version)
+        && i.weight > cutover_core::Weight::ZERO
+    {
+        Some("canary")
+    } else if i.stable.version == version {
+        Some("stable")
+    } else {
+        None
     }
+}
+
+/// Renders the exposition.
+pub fn render(
+    engine: &Engine,
+    recorder: &Recorder,
+    intent: Option<&Intent>,
+    decisions: &BTreeMap<&'static str, u64>,
+) -> String {
+    let raw_service = engine.state().service.clone();
+    let service = escape(&raw_service);
+    let mut o = String::new();
+    recorder.render(&raw_service, &|v: &str| track_of(intent, v), &mut o);
+
     let _ = writeln!(
         o,
-        "# HELP cutover_canary_weight_ratio The canary's share of traffic."
+        "# HELP cutover_canary_weight_ratio The canary's share of traffic (0 to 1)."
     );
     let _ = writeln!(o, "# TYPE cutover_canary_weight_ratio gauge");
-    let w = engine.active().map_or(0.0, |r| r.weight.percent() / 100.0);
+    let w = engine
+        .active()
+        .map_or(0.0, |r| f64::from(r.weight.bp()) / 10_000.0);
     let _ = writeln!(
         o,
         "cutover_canary_weight_ratio{{service=\"{service}\"}} {w}"
     );
-    let _ = writeln!(
-        o,
-        "# HELP cutover_rollout_phase The current rollout's phase (1 for the active one)."
-    );
-    let _ = writeln!(o, "# TYPE cutover_rollout_phase gauge");
     if let Some(r) = &engine.state().rollout {
         let _ = writeln!(
             o,
-            "cutover_rollout_phase{{service=\"{service}\",rollout=\"{}\",phase=\"{}\"}} 1",
-            r.id,
-            r.phase.name()
+            "# HELP cutover_rollout_phase The current (or last) rollout's phase: 1 for its phase."
         );
-        let _ = writeln!(o, "# HELP cutover_rollout_step The current step (0-based).");
+        let _ = writeln!(o, "# TYPE cutover_rollout_phase gauge");
+        for phase in [
+            "starting",
+            "progressing",
+            "paused",
+            "promoted",
+            "done",
+            "aborted",
+            "rolled_back",
+        ] {
+            let v = u8::from(r.phase.name() == phase);
+            let _ = writeln!(o, "cutover_rollout_phase{{service=\"{service}\",rollout=\"{}\",version=\"{}\",phase=\"{phase}\"}} {v}", r.id, escape(&r.to.version));
+        }
+        let _ = writeln!(
+            o,
+            "# HELP cutover_rollout_step The rollout's current step, from 1."
+        );
         let _ = writeln!(o, "# TYPE cutover_rollout_step gauge");
         let _ = writeln!(
             o,
             "cutover_rollout_step{{service=\"{service}\",rollout=\"{}\"}} {}",
-            r.id, r.step
+            r.id,
+            r.step + 1
+        );
+        let _ = writeln!(
+            o,
+            "# HELP cutover_rollout_steps The rollout's number of steps before 100 %."
+        );
+        let _ = writeln!(o, "# TYPE cutover_rollout_steps gauge");
+        let _ = writeln!(
+            o,
+            "cutover_rollout_steps{{service=\"{service}\",rollout=\"{}\"}} {}",
+            r.id,
+            r.plan.len()
+        );
+    }
+    let _ = writeln!(
+        o,
+        "# HELP cutover_decisions_total Decisions made since this cutover started, by kind."
+    );
+    let _ = writeln!(o, "# TYPE cutover_decisions_total counter");
+    for (kind, n) in decisions {
+        let _ = writeln!(
+            o,
+            "cutover_decisions_total{{service=\"{service}\",kind=\"{kind}\"}} {n}"
         );
     }
     let _ = writeln!(

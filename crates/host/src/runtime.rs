@@ -8,19 +8,28 @@
 
 use crate::config::Loaded;
 use crate::metrics;
+use crate::remote;
 use crate::router::{Intent, Router};
+use crate::rules::{self, Rule};
+use crate::scrape::{self, Scraped, Target};
 use crate::status::{InstanceView, Settings, StatusView};
-use cutover_admin::{ApiError, BoxFuture, DeployRequest, Handler, HistoryQuery, Verb as ApiVerb};
+use cutover_admin::{
+    AlertmanagerPayload, ApiError, BoxFuture, DeployRequest, Handler, HistoryQuery, Verb as ApiVerb,
+};
+use cutover_core::engine::DecisionKind;
 use cutover_core::engine::{
     Action, Decision, Engine, EngineError, Event, Phase, Release, State, Verb,
 };
+use cutover_core::judge::External;
 use cutover_core::{Timestamp, WindowStats};
+use cutover_notify::{Notice, Notifier};
+use cutover_promql::{EvalOptions, Labels, MemStore};
 use cutover_proxy::{Proxy, ProxyConfig};
-use cutover_store::{Commit, DecisionRecord, ReleaseRecord, RolloutRecord, Store};
+use cutover_store::{Commit, DecisionRecord, EventRecord, ReleaseRecord, RolloutRecord, Store};
 use cutover_supervisor::{Fleet, InFlight, Release as SupRelease, Supervisor};
 use cutover_telemetry::Recorder;
 use serde_json::{json, Value};
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -51,6 +60,10 @@ pub enum StartError {
         "the stored engine state cannot be read ({0}); it was written by an incompatible cutover"
     )]
     Snapshot(serde_json::Error),
+    #[error(transparent)]
+    Config(#[from] cutover_core::spec::ConfigError),
+    #[error("notify: {0}")]
+    Notify(String),
 }
 
 /// Instance logs of releases that stopped longer ago than this are deleted (DESIGN.md: anything
@@ -122,6 +135,8 @@ fn now() -> Timestamp {
 /// Starts the runtime for a loaded config and returns once it listens.
 pub async fn start(loaded: Loaded) -> Result<Running, StartError> {
     let c = loaded.config.clone();
+    // Queries are checked before anything is created, so a bad rule changes nothing.
+    rules::validate(&c)?;
     let state_dir = loaded.state_dir();
     std::fs::create_dir_all(state_dir.join("logs")).map_err(|source| StartError::StateDir {
         path: state_dir.clone(),
@@ -214,7 +229,59 @@ pub async fn start(loaded: Loaded) -> Result<Running, StartError> {
             }
         }));
     }
+    let (targets_tx, targets_rx) = watch::channel(Vec::<Target>::new());
+    let (scraped_tx, scraped_rx) = mpsc::channel(16);
+    if !c.metrics.path.is_empty() {
+        tasks.push(tokio::spawn(scrape::run(
+            c.metrics.path.clone(),
+            c.rollout.interval.get(),
+            targets_rx,
+            scraped_tx,
+        )));
+    }
+    let remote_results: remote::Results = Arc::default();
+    let remote_work = c.prometheus.clone().map(|spec| {
+        let (tx, rx) = watch::channel(None);
+        tasks.push(tokio::spawn(remote::run(
+            spec,
+            c.rollout.interval.get(),
+            rx,
+            remote_results.clone(),
+        )));
+        tx
+    });
+    let notifier = if c.notify.is_empty() {
+        None
+    } else {
+        let sinks = c
+            .notify
+            .iter()
+            .map(|n| cutover_notify::SinkConfig {
+                name: n.name.clone(),
+                url: n.url.clone(),
+                format: match n.format {
+                    cutover_core::spec::NotifyFormat::Json => cutover_notify::Format::Json,
+                    cutover_core::spec::NotifyFormat::Slack => cutover_notify::Format::Slack,
+                },
+                kinds: n.events.clone(),
+                timeout: n.timeout.get(),
+                max_attempts: n.max_attempts,
+                backoff_initial: Duration::from_millis(200),
+                backoff_max: Duration::from_secs(30),
+            })
+            .collect();
+        Some(Notifier::start(sinks, 1024).map_err(|e| StartError::Notify(e.to_string()))?)
+    };
     let driver = Driver {
+        series: MemStore::new(c.metrics.retention.get().as_millis() as i64),
+        embedded: rules::Embedded::default(),
+        rules: rules::rules(&c),
+        targets: targets_tx,
+        scraped: scraped_rx,
+        remote_work,
+        remote_results,
+        notifier,
+        decision_counts: BTreeMap::new(),
         loaded: loaded.clone(),
         engine,
         store,
@@ -251,6 +318,10 @@ enum Request {
         oneshot::Sender<Result<Value, ApiError>>,
     ),
     Metrics(oneshot::Sender<String>),
+    Alerts(
+        AlertmanagerPayload,
+        oneshot::Sender<Result<Value, ApiError>>,
+    ),
 }
 
 struct AdminHandler {
@@ -305,6 +376,9 @@ impl Handler for AdminHandler {
     fn metrics(&self) -> BoxFuture<'_, Result<String, ApiError>> {
         Box::pin(async move { self.ask(Request::Metrics).await })
     }
+    fn alerts(&self, payload: AlertmanagerPayload) -> BoxFuture<'_, Result<Value, ApiError>> {
+        Box::pin(async move { self.ask(|tx| Request::Alerts(payload, tx)).await? })
+    }
 }
 
 fn history(store: &Mutex<Store>, q: HistoryQuery) -> Result<Value, ApiError> {
@@ -338,6 +412,17 @@ fn history(store: &Mutex<Store>, q: HistoryQuery) -> Result<Value, ApiError> {
 }
 
 struct Driver {
+    /// Scraped series (cutover's own and the instances'), read by embedded PromQL rules.
+    series: MemStore,
+    embedded: rules::Embedded,
+    rules: Vec<Rule>,
+    targets: watch::Sender<Vec<Target>>,
+    scraped: mpsc::Receiver<Scraped>,
+    remote_work: Option<watch::Sender<remote::Work>>,
+    remote_results: remote::Results,
+    notifier: Option<Notifier>,
+    /// Decisions made since this cutover started, by kind (exposed on /metrics).
+    decision_counts: BTreeMap<&'static str, u64>,
     loaded: Loaded,
     engine: Engine,
     store: Arc<Mutex<Store>>,
@@ -377,6 +462,7 @@ impl Driver {
                     self.on_fleet();
                 }
                 _ = ticker.tick() => self.on_tick(),
+                Some(scraped) = self.scraped.recv() => self.on_scraped(scraped),
                 _ = gc.tick() => {
                     prune_logs(&self.loaded.state_dir().join("logs"), RETENTION);
                 }
@@ -391,7 +477,9 @@ impl Driver {
         operator_reason: Option<&str>,
     ) -> Result<Vec<Decision>, ApiError> {
         let before = self.engine.clone();
-        let mut outcome = self.engine.handle(now(), event).map_err(|e| match e {
+        let at = now();
+        let recorded = event.clone();
+        let mut outcome = self.engine.handle(at, event).map_err(|e| match e {
             EngineError::Conflict(m) => ApiError::conflict(m),
             EngineError::FailedRelease(m) => ApiError::conflict(m),
         })?;
@@ -406,7 +494,8 @@ impl Driver {
         {
             return Ok(Vec::new());
         }
-        let commit = self.commit_for(before.state(), &outcome.decisions);
+        let mut commit = self.commit_for(before.state(), &outcome.decisions);
+        commit.events = self.recording(before.state(), at, &recorded);
         let stored = {
             let mut store = self.store.lock().unwrap_or_else(|e| e.into_inner());
             store.commit(commit)
@@ -420,11 +509,171 @@ impl Driver {
         }
         for d in &outcome.decisions {
             info!(rollout = ?d.rollout, kind = d.kind.as_str(), numbers = %d.numbers, "{}", d.reason);
+            *self.decision_counts.entry(d.kind.as_str()).or_default() += 1;
+            self.notify(d);
         }
         for action in outcome.actions {
             self.act(action);
         }
         Ok(outcome.decisions)
+    }
+
+    /// The event, recorded with the rollout it belongs to (for `cutover simulate`); the state
+    /// before a deploy is kept with it, as the replay's starting point.
+    fn recording(&self, before: &State, at: Timestamp, event: &Event) -> Vec<EventRecord> {
+        if matches!(event, Event::Recover) {
+            return Vec::new();
+        }
+        let after = self.engine.state();
+        let active = |s: &State| {
+            s.rollout
+                .as_ref()
+                .filter(|r| r.phase.is_active())
+                .map(|r| r.id)
+        };
+        let Some(id) = active(before).or(active(after)) else {
+            return Vec::new();
+        };
+        let state_before = matches!(event, Event::Deploy { .. })
+            .then(|| serde_json::to_value(before).unwrap_or_default());
+        vec![EventRecord {
+            rollout_id: id as i64,
+            at: at.millis() as i64,
+            event: serde_json::to_value(event).unwrap_or_default(),
+            state_before,
+        }]
+    }
+
+    /// Hands a decision to the notification sinks; never blocks (the notifier drops rather
+    /// than waits when a sink is behind).
+    fn notify(&self, d: &Decision) {
+        let Some(n) = &self.notifier else { return };
+        let kind = match d.kind {
+            DecisionKind::Deploy => "started",
+            DecisionKind::Ready | DecisionKind::Advance => "step",
+            DecisionKind::Hold => "held",
+            DecisionKind::Paused => "paused",
+            DecisionKind::Resumed => "resumed",
+            DecisionKind::Promoted => "promoted",
+            DecisionKind::Aborted => "aborted",
+            DecisionKind::RolledBack => "rolled_back",
+            DecisionKind::PreviousReleased => "previous_released",
+            DecisionKind::CrashLoop => "crash_loop",
+            DecisionKind::BreachStarted | DecisionKind::BreachCleared | DecisionKind::Recovered => {
+                return
+            }
+        };
+        let st = self.engine.state();
+        let version = st
+            .rollout
+            .as_ref()
+            .filter(|r| Some(r.id) == d.rollout)
+            .map(|r| r.to.version.clone());
+        n.notify(Notice {
+            kind: kind.to_string(),
+            service: st.service.clone(),
+            rollout: d.rollout,
+            version,
+            at_ms: d.at.millis(),
+            reason: d.reason.clone(),
+            numbers: d.numbers.clone(),
+        });
+    }
+
+    /// Alertmanager's webhook: every firing alert whose labels include all of `[alerts] match`
+    /// aborts the rollout in progress; the rest are ignored (and said so in the answer).
+    fn alerts(&mut self, payload: AlertmanagerPayload) -> Result<Value, ApiError> {
+        let Some(spec) = self.loaded.config.alerts.clone() else {
+            return Err(ApiError::not_found(
+                "alert webhooks are not enabled; add an [alerts] section with match = { ... }",
+            ));
+        };
+        let service = self.engine.state().service.clone();
+        let wanted: BTreeMap<String, String> = spec
+            .matchers
+            .iter()
+            .map(|(k, v)| (k.clone(), v.replace("{{service}}", &service)))
+            .collect();
+        let (mut matched, mut ignored) = (Vec::new(), Vec::new());
+        for alert in payload.alerts {
+            let name = alert
+                .labels
+                .get("alertname")
+                .cloned()
+                .unwrap_or_else(|| "(unnamed)".into());
+            let matches = alert.status == cutover_admin::AlertStatus::Firing
+                && wanted.iter().all(|(k, v)| alert.labels.get(k) == Some(v));
+            if !matches {
+                ignored.push(name);
+                continue;
+            }
+            if self.engine.active().is_none() {
+                ignored.push(format!("{name} (no rollout in progress)"));
+                continue;
+            }
+            self.apply(
+                Event::Alert {
+                    name: name.clone(),
+                    labels: alert.labels.clone(),
+                },
+                None,
+            )?;
+            matched.push(name);
+        }
+        Ok(json!({ "matched": matched, "ignored": ignored }))
+    }
+
+    fn on_scraped(&mut self, s: Scraped) {
+        for (labels, res) in s.results {
+            match res {
+                Ok(text) => {
+                    if let Err(e) = self.series.append_exposition(&text, s.t_ms, &labels) {
+                        tracing::warn!(instance = ?labels.get("instance"), error = %e, "bad metrics exposition");
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(instance = ?labels.get("instance"), error = %e, "scrape failed")
+                }
+            }
+        }
+    }
+
+    fn track_of(&self, version: &str) -> Option<&'static str> {
+        metrics::track_of(self.router.intent(), version)
+    }
+
+    /// Scrape targets: every ready instance of a version in the route table.
+    fn publish_targets(&self, fleet: &Fleet) {
+        let mut targets = Vec::new();
+        for (version, vf) in fleet {
+            let Some(track) = self.track_of(version) else {
+                continue;
+            };
+            for i in vf
+                .instances
+                .iter()
+                .filter(|i| i.state == cutover_supervisor::InstanceState::Ready)
+            {
+                let labels: Labels = BTreeMap::from([
+                    ("job".to_string(), self.engine.state().service.clone()),
+                    ("instance".to_string(), i.addr.to_string()),
+                    ("version".to_string(), version.clone()),
+                    ("track".to_string(), track.to_string()),
+                ]);
+                targets.push(Target {
+                    addr: i.addr,
+                    labels,
+                });
+            }
+        }
+        self.targets.send_if_modified(|t| {
+            if *t == targets {
+                false
+            } else {
+                *t = targets;
+                true
+            }
+        });
     }
 
     fn commit_for(&self, before: &State, decisions: &[Decision]) -> Commit {
@@ -587,6 +836,7 @@ impl Driver {
     fn on_fleet(&mut self) {
         let fleet = self.fleet_rx.borrow_and_update().clone();
         self.router.publish(&fleet, &self.proxy);
+        self.publish_targets(&fleet);
         let starting = self
             .engine
             .active()
@@ -661,7 +911,61 @@ impl Driver {
             },
             None => WindowStats::default(),
         };
-        let _ = self.apply(Event::Tick { stats }, None);
+        let external = self.evaluate_rules();
+        let _ = self.apply(Event::Tick { stats, external }, None);
+    }
+
+    /// Records cutover's own exposition into the series store, then evaluates the PromQL
+    /// rules: embedded ones here, Prometheus ones by the remote task (its latest results).
+    fn evaluate_rules(&mut self) -> BTreeMap<String, External> {
+        let t = now().millis() as i64;
+        let mut own = String::new();
+        let service = self.engine.state().service.clone();
+        let tracks: HashMap<String, &'static str> = self
+            .recorder
+            .versions()
+            .into_iter()
+            .filter_map(|v| self.track_of(&v).map(|t| (v, t)))
+            .collect();
+        self.recorder
+            .render(&service, &|v: &str| tracks.get(v).copied(), &mut own);
+        let job: Labels = BTreeMap::from([("job".to_string(), "cutover".to_string())]);
+        if let Err(e) = self.series.append_exposition(&own, t, &job) {
+            error!(error = %e, "cutover's own exposition does not parse");
+        }
+        let Some(r) = self.engine.active().filter(|r| r.phase != Phase::Starting) else {
+            if let Some(w) = &self.remote_work {
+                let _ = w.send(None);
+            }
+            return BTreeMap::new();
+        };
+        if self.rules.is_empty() {
+            return BTreeMap::new();
+        }
+        let vars = rules::vars(&service, &r.to, r.from.as_ref());
+        if let Some(w) = &self.remote_work {
+            let work = Some((self.rules.clone(), vars.clone()));
+            w.send_if_modified(|cur| {
+                if *cur == work {
+                    false
+                } else {
+                    *cur = work;
+                    true
+                }
+            });
+        }
+        let opts = EvalOptions {
+            lookback_delta_ms: self.loaded.config.metrics.lookback_delta.get().as_millis() as i64,
+        };
+        let mut external = self
+            .embedded
+            .eval(&self.rules, &vars, &self.series, t, &opts);
+        external.extend(remote::fresh(
+            &self.remote_results,
+            t,
+            self.loaded.config.rollout.interval.get(),
+        ));
+        external
     }
 
     fn request(&mut self, req: Request) {
@@ -674,7 +978,11 @@ impl Driver {
                     &self.engine,
                     &self.recorder,
                     self.router.intent(),
+                    &self.decision_counts,
                 ));
+            }
+            Request::Alerts(payload, tx) => {
+                let _ = tx.send(self.alerts(payload));
             }
             Request::Deploy(req, tx) => {
                 let _ = tx.send(self.deploy(req));

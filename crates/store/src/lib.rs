@@ -116,6 +116,19 @@ pub struct Commit {
     pub rollouts_started: Vec<RolloutRecord>,
     /// `(id, ended_at, outcome)`.
     pub rollouts_ended: Vec<(i64, i64, String)>,
+    /// Events the engine applied, in order (a rollout's recording).
+    pub events: Vec<EventRecord>,
+}
+
+/// One event the engine applied during a rollout. `state_before` is the engine's state before
+/// it, kept for the rollout's first event (its deploy) so a replay can start from it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct EventRecord {
+    pub rollout_id: i64,
+    pub at: i64,
+    pub event: serde_json::Value,
+    #[serde(default)]
+    pub state_before: Option<serde_json::Value>,
 }
 
 /// The open state database. Not `Sync`: the host owns one and serialises access to it.
@@ -181,6 +194,32 @@ impl Store {
         apply(&tx, &batch)?;
         tx.commit()?;
         Ok(())
+    }
+
+    /// A rollout's recorded events, in order.
+    pub fn events(&self, rollout_id: i64) -> Result<Vec<EventRecord>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT rollout_id, at, event_json, state_before FROM events WHERE rollout_id = ?1 ORDER BY seq")?;
+        let rows = stmt.query_map([rollout_id], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, Option<String>>(3)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (rollout_id, at, event, before) = row?;
+            out.push(EventRecord {
+                rollout_id,
+                at,
+                event: serde_json::from_str(&event)?,
+                state_before: before.map(|b| serde_json::from_str(&b)).transpose()?,
+            });
+        }
+        Ok(out)
     }
 
     /// The engine snapshot last committed, if any.
@@ -304,6 +343,17 @@ impl Store {
 }
 
 fn apply(tx: &Transaction<'_>, b: &Commit) -> Result<(), StoreError> {
+    for e in &b.events {
+        let before = e
+            .state_before
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()?;
+        tx.execute(
+            "INSERT INTO events (rollout_id, at, event_json, state_before) VALUES (?1, ?2, ?3, ?4)",
+            params![e.rollout_id, e.at, serde_json::to_string(&e.event)?, before],
+        )?;
+    }
     for r in &b.releases {
         tx.execute(
             "INSERT INTO releases (digest, name, exe_sha256, spec_json, created_at, failed_at,

@@ -49,6 +49,17 @@ const MIGRATIONS: &[&str] = &[
         updated_at  INTEGER NOT NULL
     );
     "#,
+    // 1 -> 2: every event the engine applied, per rollout, for `cutover simulate`.
+    r#"
+    CREATE TABLE events (
+        seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+        rollout_id   INTEGER NOT NULL,
+        at           INTEGER NOT NULL,
+        event_json   TEXT NOT NULL,
+        state_before TEXT NULL
+    );
+    CREATE INDEX events_rollout ON events(rollout_id, seq);
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -89,6 +89,7 @@ fn round_trips_everything() {
             failed: vec![],
             rollouts_started: vec![rollout(1, 5)],
             rollouts_ended: vec![],
+            events: vec![],
         })
         .unwrap();
     store
@@ -194,6 +195,7 @@ fn a_failing_commit_writes_nothing() {
             failed: vec![],
             rollouts_started: vec![rollout(2, 2), rollout(1, 2)],
             rollouts_ended: vec![],
+            events: vec![],
         })
         .unwrap_err();
     assert!(matches!(err, StoreError::Sqlite(_)), "{err}");
@@ -327,4 +329,25 @@ fn rehashing_one_row_breaks_the_next_link() {
         "UPDATE decisions SET hash = 'ff' || substr(hash, 3) WHERE seq = 1",
     );
     assert_eq!(store.verify_chain().unwrap().first_bad_seq, Some(1));
+}
+
+#[test]
+fn events_are_recorded_per_rollout_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = cutover_store::Store::open(&dir.path().join("s.db")).unwrap();
+    let ev = |rollout_id, at, n: i64| cutover_store::EventRecord {
+        rollout_id,
+        at,
+        event: serde_json::json!({ "event": "tick", "n": n }),
+        state_before: (n == 0).then(|| serde_json::json!({ "stable": null })),
+    };
+    store
+        .commit(cutover_store::Commit {
+            events: vec![ev(1, 10, 0), ev(2, 11, 0), ev(1, 12, 1)],
+            ..Default::default()
+        })
+        .unwrap();
+    let got = store.events(1).unwrap();
+    assert_eq!(got, vec![ev(1, 10, 0), ev(1, 12, 1)]);
+    assert!(store.events(3).unwrap().is_empty());
 }

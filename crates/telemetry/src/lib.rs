@@ -9,11 +9,15 @@
 //! when a time slot is reused. It never reads the OS clock directly: time is
 //! [`tokio::time::Instant`], so tests with a paused runtime control every clock. It decides
 //! nothing; judging the numbers is `cutover-core`'s job.
+//!
+//! [`Recorder::render`] writes the lifetime numbers in the Prometheus text exposition format, so
+//! the proxy's own view of each version can be scraped and compared with the application's.
 #![forbid(unsafe_code)]
 
 use cutover_core::histogram::{bucket_index, BUCKETS};
 use cutover_core::{Histogram, TrackStats};
 use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
@@ -25,6 +29,46 @@ const CODES: usize = 1000;
 
 /// The largest latency summed into a slot, in microseconds.
 const MAX_MICROS: u64 = 1 << 40;
+
+/// Upper bounds (inclusive, seconds) of the exposition's `http_request_duration_seconds`
+/// buckets; `+Inf` follows implicitly.
+///
+/// The conventional Prometheus bounds plus 0.8: the blueprint's abort threshold is 800 ms, and
+/// with a bucket bound exactly on a threshold, `histogram_quantile` compared with 0.8 is exact
+/// there instead of interpolated between 0.5 and 1.
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.8, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// [`LATENCY_BUCKETS`] in nanoseconds, so the hot path compares integers, and exactly: a bound
+/// in f64 seconds (0.001 is not representable) could misplace a latency that sits on it.
+const LATENCY_BOUNDS_NANOS: [u64; 14] = [
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
+    250_000_000,
+    500_000_000,
+    800_000_000,
+    1_000_000_000,
+    2_500_000_000,
+    5_000_000_000,
+    10_000_000_000,
+];
+
+/// The exposition bucket (index into the non-cumulative counts, the last being `+Inf`) of a
+/// latency: the number of bounds it exceeds. A bound is inclusive (`le`), so a latency equal to
+/// it stays in its bucket. 14 compares and adds with no data-dependent branch: cheaper than a
+/// binary search's mispredictions, and it runs on every request.
+fn latency_bucket(nanos: u64) -> usize {
+    LATENCY_BOUNDS_NANOS
+        .iter()
+        .map(|&bound| usize::from(nanos > bound))
+        .sum()
+}
 
 /// Per-version recorders sharing one clock origin and one slot layout.
 ///
@@ -167,6 +211,118 @@ impl Recorder {
     pub fn retention(&self) -> Duration {
         self.inner.layout.retention
     }
+
+    /// The exposition of every version the recorder knows: http_request_duration_seconds
+    /// (histogram, cumulative `le` buckets incl. +Inf, _sum, _count) and
+    /// http_requests_total{code} (counter), each labelled service, version and track
+    /// (`track_of(version)`; versions it returns None for get track="none").
+    ///
+    /// HELP and TYPE lines once per metric family; label values escaped (`\\`, `\"`, `\n`);
+    /// versions in name order, codes ascending. The numbers are lifetime totals (monotone, as
+    /// Prometheus counters must be), not the sliding window the judge reads. Appends to `out`.
+    ///
+    /// Each version is read once, bucket by bucket, while requests may still be recorded:
+    /// `_count` is the `+Inf` bucket so the histogram is self-consistent, while `_sum` and the
+    /// code counters may be a request or two ahead or behind (Prometheus tolerates that).
+    /// `_sum` has microsecond resolution per request; bucket placement is exact to the
+    /// nanosecond.
+    pub fn render(
+        &self,
+        service: &str,
+        track_of: &dyn Fn(&str) -> Option<&'static str>,
+        out: &mut String,
+    ) {
+        let versions: Vec<(String, VersionRecorder)> = {
+            let map = self
+                .inner
+                .versions
+                .read()
+                .unwrap_or_else(PoisonError::into_inner);
+            map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+        };
+        let service = escape_label(service);
+        // Read outside the lock: a slow scrape must not hold up `track` on the request path.
+        let mut rows: Vec<(String, Exposition)> = versions
+            .into_iter()
+            .map(|(name, v)| {
+                let labels = format!(
+                    "service=\"{}\",version=\"{}\",track=\"{}\"",
+                    service,
+                    escape_label(&name),
+                    escape_label(track_of(&name).unwrap_or("none"))
+                );
+                (labels, v.exposition(name))
+            })
+            .collect();
+        rows.sort_by(|a, b| a.1.version.cmp(&b.1.version));
+
+        // `fmt::Write` for `String` cannot fail.
+        let _ = writeln!(
+            out,
+            "# HELP http_request_duration_seconds Latency to response headers of requests \
+             through the proxy, since it started."
+        );
+        let _ = writeln!(out, "# TYPE http_request_duration_seconds histogram");
+        for (labels, e) in &rows {
+            let mut cumulative = 0u64;
+            for (i, n) in e.latency_buckets.iter().enumerate() {
+                cumulative += n;
+                let _ = match LATENCY_BUCKETS.get(i) {
+                    Some(le) => writeln!(
+                        out,
+                        "http_request_duration_seconds_bucket{{{labels},le=\"{le}\"}} {cumulative}"
+                    ),
+                    None => writeln!(
+                        out,
+                        "http_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {cumulative}"
+                    ),
+                };
+            }
+            let sum = e.latency_sum_micros as f64 / 1e6;
+            let _ = writeln!(out, "http_request_duration_seconds_sum{{{labels}}} {sum}");
+            let _ = writeln!(
+                out,
+                "http_request_duration_seconds_count{{{labels}}} {cumulative}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP http_requests_total Requests through the proxy by status code, since it \
+             started."
+        );
+        let _ = writeln!(out, "# TYPE http_requests_total counter");
+        for (labels, e) in &rows {
+            for (code, n) in &e.by_code {
+                let _ = writeln!(out, "http_requests_total{{{labels},code=\"{code}\"}} {n}");
+            }
+        }
+    }
+}
+
+/// A label value as the text format wants it: backslash, double quote and newline escaped.
+fn escape_label(value: &str) -> std::borrow::Cow<'_, str> {
+    if !value.contains(['\\', '"', '\n']) {
+        return value.into();
+    }
+    let mut s = String::with_capacity(value.len() + 2);
+    for c in value.chars() {
+        match c {
+            '\\' => s.push_str("\\\\"),
+            '"' => s.push_str("\\\""),
+            '\n' => s.push_str("\\n"),
+            c => s.push(c),
+        }
+    }
+    s.into()
+}
+
+/// One version's lifetime numbers as [`Recorder::render`] writes them.
+struct Exposition {
+    version: String,
+    /// Non-cumulative, the last being `+Inf`.
+    latency_buckets: [u64; LATENCY_BOUNDS_NANOS.len() + 1],
+    latency_sum_micros: u64,
+    by_code: BTreeMap<u16, u64>,
 }
 
 /// One version's counters. Cheap to clone (an `Arc`); safe to record from many tasks at once.
@@ -189,6 +345,12 @@ struct VersionInner {
     total_requests: AtomicU64,
     total_errors: AtomicU64,
     by_code: Box<[AtomicU64]>,
+    /// Lifetime latency counts per exposition bucket, *not* cumulative (one add per request;
+    /// [`Recorder::render`] accumulates them). The last is `+Inf`.
+    latency_buckets: [AtomicU64; LATENCY_BOUNDS_NANOS.len() + 1],
+    /// Lifetime latency sum in microseconds: at a u64 it wraps only after ~584 000 years of
+    /// summed latency, where nanoseconds would after ~584 years (months for a busy proxy).
+    latency_sum_micros: AtomicU64,
 }
 
 /// One slot of the ring.
@@ -277,6 +439,8 @@ impl VersionRecorder {
                 total_requests: AtomicU64::new(0),
                 total_errors: AtomicU64::new(0),
                 by_code: (0..CODES).map(|_| AtomicU64::new(0)).collect(),
+                latency_buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+                latency_sum_micros: AtomicU64::new(0),
             }),
         }
     }
@@ -301,6 +465,13 @@ impl VersionRecorder {
         }
         let code = usize::from(status).min(CODES - 1);
         inner.by_code[code].fetch_add(1, Ordering::Relaxed);
+        // The bucket from nanoseconds, not the truncated microseconds: 800.0004 ms is above
+        // the 0.8 bound and must not land in it.
+        let nanos = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
+        inner.latency_buckets[latency_bucket(nanos)].fetch_add(1, Ordering::Relaxed);
+        inner
+            .latency_sum_micros
+            .fetch_add(micros, Ordering::Relaxed);
 
         let epoch = inner.layout.epoch_at(now);
         let slot = &inner.slots[(epoch % inner.slots.len() as u64) as usize];
@@ -359,6 +530,18 @@ impl VersionRecorder {
             requests,
             errors: errors.min(requests),
             latency,
+        }
+    }
+
+    fn exposition(&self, version: String) -> Exposition {
+        let inner = &*self.inner;
+        Exposition {
+            version,
+            latency_buckets: std::array::from_fn(|i| {
+                inner.latency_buckets[i].load(Ordering::Relaxed)
+            }),
+            latency_sum_micros: inner.latency_sum_micros.load(Ordering::Relaxed),
+            by_code: self.totals().by_code,
         }
     }
 
@@ -532,6 +715,199 @@ mod tests {
         assert_eq!(rec.track("v").totals().by_code[&500], 2_000);
     }
 
+    fn rendered(rec: &Recorder, service: &str) -> String {
+        let mut out = String::new();
+        rec.render(
+            service,
+            &|v| match v {
+                "v1" => Some("stable"),
+                "v2" => Some("canary"),
+                _ => None,
+            },
+            &mut out,
+        );
+        out
+    }
+
+    /// The cumulative bucket counts of the first series whose labels contain `labels`, in order,
+    /// with their `le`.
+    fn buckets(text: &str, labels: &str) -> Vec<(String, u64)> {
+        text.lines()
+            .filter(|l| {
+                l.starts_with("http_request_duration_seconds_bucket{") && l.contains(labels)
+            })
+            .map(|l| {
+                let le = l.split("le=\"").nth(1).unwrap().split('"').next().unwrap();
+                let n = l.rsplit(' ').next().unwrap().parse().unwrap();
+                (le.to_owned(), n)
+            })
+            .collect()
+    }
+
+    fn value(text: &str, series: &str) -> f64 {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+            .unwrap_or_else(|| panic!("no {series} in\n{text}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    }
+
+    #[test]
+    fn bounds_in_seconds_and_nanoseconds_agree() {
+        assert_eq!(LATENCY_BUCKETS.len(), LATENCY_BOUNDS_NANOS.len());
+        for (s, ns) in LATENCY_BUCKETS.iter().zip(LATENCY_BOUNDS_NANOS) {
+            assert_eq!(*s, ns as f64 / 1e9);
+        }
+        assert!(LATENCY_BOUNDS_NANOS.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn render_writes_the_exact_exposition() {
+        let rec = Recorder::new(SEC, SEC * 60);
+        let v = rec.track("v1");
+        v.record(200, Duration::from_micros(500), false);
+        v.record(200, ms(3), false);
+        // Exactly on a bound: `le` is inclusive, so it counts in le="0.8".
+        v.record(503, ms(800), false);
+        // One microsecond over it does not.
+        v.record(200, Duration::from_micros(800_001), false);
+        v.record(404, SEC * 20, false);
+        rec.track("other");
+        let text = rendered(&rec, "shop");
+        let l = r#"service="shop",version="v1",track="stable""#;
+        let o = r#"service="shop",version="other",track="none""#;
+        let mut want = String::from(
+            "# HELP http_request_duration_seconds Latency to response headers of requests \
+             through the proxy, since it started.\n\
+             # TYPE http_request_duration_seconds histogram\n",
+        );
+        let series = |labels: &str, counts: [u64; 15], sum: &str| {
+            let mut s = String::new();
+            for (i, n) in counts.iter().enumerate() {
+                let le = [
+                    "0.001", "0.0025", "0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5",
+                    "0.8", "1", "2.5", "5", "10", "+Inf",
+                ][i];
+                s += &format!("http_request_duration_seconds_bucket{{{labels},le=\"{le}\"}} {n}\n");
+            }
+            s += &format!("http_request_duration_seconds_sum{{{labels}}} {sum}\n");
+            s += &format!(
+                "http_request_duration_seconds_count{{{labels}}} {}\n",
+                counts[14]
+            );
+            s
+        };
+        want += &series(o, [0; 15], "0");
+        want += &series(
+            l,
+            [1, 1, 2, 2, 2, 2, 2, 2, 2, 3, 4, 4, 4, 4, 5],
+            "21.603501",
+        );
+        want += "# HELP http_requests_total Requests through the proxy by status code, since it started.\n\
+                 # TYPE http_requests_total counter\n";
+        want += &format!("http_requests_total{{{l},code=\"200\"}} 3\n");
+        want += &format!("http_requests_total{{{l},code=\"404\"}} 1\n");
+        want += &format!("http_requests_total{{{l},code=\"503\"}} 1\n");
+        assert_eq!(text, want);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_latency_on_a_bound_counts_in_that_bucket() {
+        let rec = Recorder::new(SEC, SEC * 60);
+        let v = rec.track("v2");
+        for &ns in &LATENCY_BOUNDS_NANOS {
+            v.record(200, Duration::from_nanos(ns), false);
+            // Just above the bound: the next bucket.
+            v.record(200, Duration::from_nanos(ns + 1), false);
+        }
+        let text = rendered(&rec, "s");
+        let b = buckets(&text, r#"version="v2",track="canary""#);
+        assert_eq!(b.len(), 15);
+        for (i, (le, n)) in b.iter().enumerate() {
+            // Bound i holds its own exact value plus both values of every bound below.
+            let want = if i < 14 { 2 * i as u64 + 1 } else { 28 };
+            assert_eq!(*n, want, "le={le}");
+        }
+        let labels = r#"{service="s",version="v2",track="canary"}"#;
+        let count = value(
+            &text,
+            &format!("http_request_duration_seconds_count{labels}"),
+        );
+        assert_eq!(count, 28.0);
+        // Sum of the bounds twice, the +1 ns of each lost to microsecond resolution.
+        let sum = value(&text, &format!("http_request_duration_seconds_sum{labels}"));
+        let want: f64 = 2.0 * LATENCY_BUCKETS.iter().sum::<f64>();
+        assert!((sum - want).abs() < 1e-9, "{sum} vs {want}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn label_values_are_escaped() {
+        let rec = Recorder::new(SEC, SEC * 60);
+        rec.track("a\"b\\c\nd").record(200, ms(1), false);
+        let text = rendered(&rec, "svc\"\n");
+        let labels = r#"service="svc\"\n",version="a\"b\\c\nd",track="none""#;
+        assert!(
+            text.lines()
+                .any(|l| l == format!("http_requests_total{{{labels},code=\"200\"}} 1")),
+            "{text}"
+        );
+        // No raw newline sneaks into a series: every line is a comment or a whole sample.
+        assert!(text
+            .lines()
+            .all(|l| l.starts_with('#') || l.starts_with("http_")));
+        assert_eq!(escape_label("plain"), "plain");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn exposition_is_lifetime_not_windowed() {
+        let rec = Recorder::new(SEC, SEC * 5);
+        rec.track("v1").record(200, ms(2), false);
+        advance(SEC * 60).await;
+        rec.track("v1").record(200, ms(2), false);
+        assert_eq!(rec.window("v1", SEC * 5).requests, 1);
+        let text = rendered(&rec, "s");
+        let b = buckets(&text, r#"version="v1""#);
+        assert_eq!(b.last(), Some(&("+Inf".to_owned(), 2)));
+    }
+
+    #[test]
+    fn concurrent_recording_adds_up_in_the_exposition() {
+        let rec = Recorder::new(SEC, SEC * 600);
+        std::thread::scope(|s| {
+            for t in 0..4u64 {
+                let v = rec.track("v1");
+                // Each thread records 1..=1000 ms in turn: 1 ms is in le="0.001", 801 ms and up
+                // beyond le="0.8".
+                s.spawn(move || {
+                    for i in 1..=1_000u64 {
+                        v.record(if t == 0 { 500 } else { 200 }, ms(i), false);
+                    }
+                });
+            }
+        });
+        let text = rendered(&rec, "s");
+        let b = buckets(&text, r#"version="v1""#);
+        assert!(b.windows(2).all(|w| w[0].1 <= w[1].1), "monotone: {b:?}");
+        let le = |bound: &str| b.iter().find(|(le, _)| le == bound).unwrap().1;
+        assert_eq!(le("0.001"), 4);
+        assert_eq!(le("0.8"), 4 * 800);
+        assert_eq!(le("+Inf"), 4_000);
+        let labels = r#"{service="s",version="v1",track="stable"}"#;
+        assert_eq!(
+            value(
+                &text,
+                &format!("http_request_duration_seconds_count{labels}")
+            ),
+            4_000.0
+        );
+        let sum = value(&text, &format!("http_request_duration_seconds_sum{labels}"));
+        assert!((sum - 4.0 * 500.5).abs() < 1e-6, "{sum}");
+        let codes = |c: u16| {
+            value(&text, &format!("http_requests_total{{service=\"s\",version=\"v1\",track=\"stable\",code=\"{c}\"}}"))
+        };
+        assert_eq!((codes(200), codes(500)), (3_000.0, 1_000.0));
+    }
+
     #[test]
     fn degenerate_arguments_do_not_panic() {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -546,6 +922,12 @@ mod tests {
             v.record(u16::MAX, Duration::ZERO, false);
             assert_eq!(v.window(Duration::MAX).requests, 2);
             assert_eq!(v.totals().errors, 2);
+            let mut out = String::new();
+            rec.render("", &|_| None, &mut out);
+            assert!(
+                out.contains(r#"version="",track="none",le="+Inf"} 2"#),
+                "{out}"
+            );
         });
     }
 }

@@ -1,0 +1,370 @@
+//! Analysis end to end: PromQL rules on cutover's own metrics (embedded and on a real
+//! Prometheus), Alertmanager's webhook, notification sinks, and `simulate` reproducing live
+//! decisions. Real runtime, real demo-app processes, real load, real Prometheus (Debian's).
+
+mod common;
+
+use common::{is_aborted, is_promoted, serial, Harness};
+use cutover_core::engine::Phase;
+use serde_json::json;
+use std::time::Duration;
+
+const LONG: Duration = Duration::from_secs(90);
+
+/// The blueprint's abort rule, verbatim (expression and `for`).
+const BLUEPRINT: &str = r#"
+[[rollout.aborts]]
+name = "blueprint-p99"
+metric = "promql"
+query = "histogram_quantile(0.99, rate(http_request_duration_seconds_bucket[30s])) > 0.800"
+for = "45s"
+"#;
+
+/// A config whose only abort rule is `rule`, with `extra` appended.
+fn with_rules(rule: &str, extra: &str) -> String {
+    let base = common::config_text();
+    // Drop the built-in abort rules: the PromQL rule alone must do the work.
+    let start = base.find("[[rollout.aborts]]").unwrap();
+    let end = base.find("[log]").unwrap();
+    format!(
+        "{}{rule}\n[metrics]\nretention = \"2m\"\n{extra}\n{}",
+        &base[..start],
+        &base[end..]
+    )
+}
+
+/// The blueprint's rule, verbatim, does not abort a healthy canary, which is promoted while the
+/// rule evaluates clear on real data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blueprint_rule_leaves_a_healthy_canary_alone() {
+    let _g = serial().await;
+    let h = Harness::start_with(with_rules(BLUEPRINT, "")).await;
+    h.first_release("v1").await;
+    let load = h.load(200, Duration::from_secs(5));
+    h.deploy("v2", json!({})).await.unwrap();
+    let mut evaluated = false;
+    let s = h
+        .wait_for("v2 promoted", LONG, |s| {
+            if let Some(v) = s
+                .rollout
+                .as_ref()
+                .and_then(|r| r.last_evaluation.as_ref())
+                .and_then(|e| e.aborts.first())
+            {
+                assert_ne!(
+                    v.outcome,
+                    cutover_core::judge::Outcome::Fail,
+                    "the rule fired on a healthy canary: {}",
+                    v.detail
+                );
+            }
+            is_promoted(s)
+        })
+        .await;
+    let hist = h.client.get("/v1/history?limit=1").await.unwrap();
+    let kinds: Vec<&str> = hist["rollouts"][0]["decisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["kind"].as_str().unwrap())
+        .collect();
+    assert!(!kinds.contains(&"breach_started"), "{kinds:?}");
+    evaluated |= s.rollout.is_some();
+    assert!(evaluated);
+    assert_eq!(load.stop().await.failed, 0);
+    // The exposition the rule read is served on /metrics, with conventional names and labels.
+    let metrics = h.client.get_text("/metrics").await.unwrap();
+    assert!(metrics.contains("http_request_duration_seconds_bucket{service=\"e2e\",version=\"v2\",track=\"stable\",le=\"0.8\"}"), "{metrics}");
+    assert!(
+        metrics.contains("cutover_decisions_total{service=\"e2e\",kind=\"promoted\"}"),
+        "{metrics}"
+    );
+    h.shutdown().await;
+}
+
+/// The blueprint's rule, verbatim, aborts a canary with injected latency: 45 s of breach.
+/// `simulate` on the recording reproduces the live decisions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blueprint_rule_aborts_a_slow_canary_and_simulate_reproduces_it() {
+    let _g = serial().await;
+    let h = Harness::start_with(with_rules(BLUEPRINT, "")).await;
+    h.first_release("v1").await;
+    let load = h.load(200, Duration::from_secs(5));
+    h.deploy("v2", json!({ "DEMO_LATENCY": "1200ms" }))
+        .await
+        .unwrap();
+    let s = h.wait_for("v2 aborted", LONG, is_aborted).await;
+    let Some(Phase::Aborted { reason, .. }) = s.rollout.as_ref().map(|r| &r.phase) else {
+        unreachable!()
+    };
+    assert!(
+        reason.contains("blueprint-p99") && reason.contains("for 45"),
+        "{reason}"
+    );
+    load.stop().await;
+
+    let cfg = h.dir.path().join("cutover.toml");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cutover"))
+        .args(["-c", cfg.to_str().unwrap(), "export", "-o"])
+        .arg(h.dir.path().join("run.json"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cutover"))
+        .args(["-c", cfg.to_str().unwrap(), "simulate"])
+        .arg(h.dir.path().join("run.json"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("the simulated decisions are the live ones"),
+        "{text}"
+    );
+    assert!(text.contains("simulated: aborted"), "{text}");
+    h.shutdown().await;
+}
+
+/// Rules on a Prometheus that is down are inconclusive: the rollout holds and never promotes;
+/// with `max_inconclusive` it is aborted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_down_is_inconclusive_and_never_promotes() {
+    let _g = serial().await;
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let gate = r#"
+[[rollout.aborts]]
+name = "remote-errors"
+metric = "promql"
+provider = "prometheus"
+query = "sum(rate(http_requests_total{code=~\"5..\"}[30s])) > 1"
+"#;
+    let extra =
+        format!("[prometheus]\nurl = \"http://{dead}\"\ntimeout = \"200ms\"\nretries = 1\n");
+    let text = with_rules(gate, &extra).replace(
+        "min_samples = 10",
+        "min_samples = 10\nmax_inconclusive = \"3s\"",
+    );
+    let h = Harness::start_with(text).await;
+    h.first_release("v1").await;
+    let load = h.load(400, Duration::from_secs(5));
+    h.deploy("v2", json!({})).await.unwrap();
+    // Steps are 400 ms: a judged rollout would be promoted in ~2 s. It is held instead, then
+    // aborted when it has been inconclusive for longer than 3 s.
+    let s = h
+        .wait_for("aborted as inconclusive", LONG, |s| {
+            !s.rollout.as_ref().unwrap().phase.is_active()
+        })
+        .await;
+    let r = s.rollout.unwrap();
+    let Phase::Aborted { reason, .. } = &r.phase else {
+        panic!("not aborted: {:?}", r.phase)
+    };
+    assert!(
+        reason.contains("max_inconclusive") && reason.contains("unreachable"),
+        "{reason}"
+    );
+    assert_eq!(r.step, 0, "never advanced on missing data");
+    assert_eq!(load.stop().await.failed, 0);
+    h.shutdown().await;
+}
+
+/// Alertmanager's webhook aborts a matching rollout and ignores a non-matching alert.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alertmanager_webhook_aborts_a_matching_rollout_only() {
+    let _g = serial().await;
+    let text = common::config_text().replace(
+        "[log]",
+        "[alerts]\nmatch = { service = \"{{service}}\", severity = \"page\" }\n\n[log]",
+    );
+    let h = Harness::start_with(text).await;
+    h.first_release("v1").await;
+    h.deploy("v2", json!({})).await.unwrap();
+    h.wait_for("v2 progressing", LONG, |s| {
+        matches!(
+            s.rollout.as_ref().map(|r| &r.phase),
+            Some(Phase::Progressing)
+        )
+    })
+    .await;
+    h.verb("pause").await.unwrap();
+    let payload = |service: &str, severity: &str, status: &str| {
+        json!({
+            "version": "4", "groupKey": "{}:{alertname=\"HotWalletLag\"}", "truncatedAlerts": 0, "status": status,
+            "receiver": "cutover", "groupLabels": { "alertname": "HotWalletLag" }, "commonLabels": {}, "commonAnnotations": {},
+            "externalURL": "http://alertmanager:9093",
+            "alerts": [{ "status": status, "labels": { "alertname": "HotWalletLag", "service": service, "severity": severity },
+                         "annotations": { "summary": "replication lag" }, "startsAt": "2026-11-24T11:00:00Z",
+                         "endsAt": "0001-01-01T00:00:00Z", "generatorURL": "http://prometheus/graph", "fingerprint": "abc" }]
+        })
+    };
+    let r = h
+        .client
+        .post("/v1/alerts", &payload("other", "page", "firing"))
+        .await
+        .unwrap();
+    assert_eq!(r["matched"].as_array().unwrap().len(), 0, "{r}");
+    let r = h
+        .client
+        .post("/v1/alerts", &payload("e2e", "ticket", "firing"))
+        .await
+        .unwrap();
+    assert_eq!(r["matched"].as_array().unwrap().len(), 0, "{r}");
+    let r = h
+        .client
+        .post("/v1/alerts", &payload("e2e", "page", "resolved"))
+        .await
+        .unwrap();
+    assert_eq!(r["matched"].as_array().unwrap().len(), 0, "{r}");
+    assert!(
+        matches!(
+            h.status().await.rollout.unwrap().phase,
+            Phase::Paused { .. }
+        ),
+        "non-matching alerts changed nothing"
+    );
+    let r = h
+        .client
+        .post("/v1/alerts", &payload("e2e", "page", "firing"))
+        .await
+        .unwrap();
+    assert_eq!(r["matched"], json!(["HotWalletLag"]), "{r}");
+    let s = h.status().await;
+    let Some(Phase::Aborted {
+        reason,
+        automatic: true,
+    }) = s.rollout.as_ref().map(|r| &r.phase)
+    else {
+        panic!("{:?}", s.rollout)
+    };
+    assert!(
+        reason.contains("alert HotWalletLag is firing") && reason.contains("severity=\"page\""),
+        "{reason}"
+    );
+    h.shutdown().await;
+}
+
+/// A webhook receiver on 127.0.0.1:0 that answers 500 to its first `fail_first` requests and
+/// keeps every body it accepted.
+async fn receiver(
+    fail_first: usize,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<(usize, Vec<serde_json::Value>)>>,
+) {
+    use http_body_util::BodyExt;
+    let seen = std::sync::Arc::new(std::sync::Mutex::new((0usize, Vec::new())));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let state = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let state = state.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let state = state.clone();
+                        async move {
+                            let body = req
+                                .into_body()
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
+                            let mut s = state.lock().unwrap();
+                            s.0 += 1;
+                            let status = if s.0 <= fail_first {
+                                500
+                            } else {
+                                s.1.push(serde_json::from_slice(&body).unwrap_or_default());
+                                200
+                            };
+                            Ok::<_, std::convert::Infallible>(
+                                hyper::Response::builder()
+                                    .status(status)
+                                    .body(http_body_util::Full::new(bytes::Bytes::new()))
+                                    .unwrap(),
+                            )
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// A sink that is down does not delay the rollout; a sink that fails twice gets every event,
+/// in order, after retries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_notification_sink_does_not_delay_the_rollout() {
+    let _g = serial().await;
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let (flaky, seen) = receiver(2).await;
+    let sinks = format!(
+        "[[notify]]\nname = \"down\"\nurl = \"http://{dead}/hook\"\ntimeout = \"2s\"\nmax_attempts = 10\n\n\
+         [[notify]]\nname = \"flaky\"\nurl = \"http://{flaky}/hook\"\nformat = \"json\"\n\n[log]"
+    );
+    let h = Harness::start_with(common::config_text().replace("[log]", &sinks)).await;
+    h.first_release("v1").await;
+    let load = h.load(200, Duration::from_secs(5));
+    let started = std::time::Instant::now();
+    h.deploy("v2", json!({})).await.unwrap();
+    h.wait_for("v2 promoted", LONG, is_promoted).await;
+    // Five 400 ms steps: promoted in a few seconds although every delivery to "down" fails.
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(load.stop().await.failed, 0);
+    let t = std::time::Instant::now();
+    loop {
+        let kinds: Vec<String> = seen
+            .lock()
+            .unwrap()
+            .1
+            .iter()
+            .filter(|n| n["rollout"] == 2)
+            .map(|n| n["kind"].as_str().unwrap_or("").to_string())
+            .collect();
+        if kinds.last().map(String::as_str) == Some("promoted") {
+            assert_eq!(
+                kinds.first().map(String::as_str),
+                Some("started"),
+                "{kinds:?}"
+            );
+            assert!(
+                kinds.iter().filter(|k| *k == "step").count() >= 5,
+                "{kinds:?}"
+            );
+            break;
+        }
+        assert!(t.elapsed() < LONG, "promoted never delivered: {kinds:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        seen.lock().unwrap().0 >= 2 + 7,
+        "the first two attempts failed and were retried"
+    );
+    h.shutdown().await;
+}
