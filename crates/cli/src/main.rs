@@ -113,8 +113,24 @@ enum Command {
     /// Replay a recording through the engine with this config's policy: when it would have
     /// advanced, held or aborted, and why.
     Simulate {
-        /// A file written by `cutover export`.
-        recording: PathBuf,
+        /// A file written by `cutover export` (or use --prometheus).
+        #[arg(required_unless_present = "prometheus")]
+        recording: Option<PathBuf>,
+        /// Replay from a Prometheus that scraped cutover instead: its URL.
+        #[arg(long, requires_all = ["stable", "canary", "from"])]
+        prometheus: Option<String>,
+        /// With --prometheus: the stable version.
+        #[arg(long)]
+        stable: Option<String>,
+        /// With --prometheus: the canary version, whose rollout starts at --from.
+        #[arg(long)]
+        canary: Option<String>,
+        /// With --prometheus: Unix seconds, RFC 3339, or a duration ago (15m).
+        #[arg(long)]
+        from: Option<String>,
+        /// With --prometheus: as --from; default now.
+        #[arg(long)]
+        to: Option<String>,
     },
     /// A self-contained walkthrough: v1 stable, a healthy v2 promoted, a slow v3 rolled back.
     Demo {
@@ -156,7 +172,11 @@ fn run(cli: Cli) -> Result<(), CommandError> {
         Command::Export { rollout, output } => {
             return cutover_host::simulate::export(&cli.config, *rollout, output.as_deref())
         }
-        Command::Simulate { recording } => {
+        Command::Simulate {
+            recording: Some(recording),
+            prometheus: None,
+            ..
+        } => {
             print!(
                 "{}",
                 cutover_host::simulate::simulate(&cli.config, recording)?
@@ -223,6 +243,36 @@ fn run(cli: Cli) -> Result<(), CommandError> {
                     json,
                 )
                 .await
+            }
+            Command::Simulate {
+                prometheus: Some(url),
+                stable,
+                canary,
+                from,
+                to,
+                ..
+            } => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as i64);
+                let src = cutover_host::simulate::FromPrometheus {
+                    url,
+                    stable: stable.unwrap_or_default(),
+                    canary: canary.unwrap_or_default(),
+                    from_ms: cutover_host::simulate::parse_time(
+                        from.as_deref().unwrap_or_default(),
+                        now,
+                    )?,
+                    to_ms: match to {
+                        Some(t) => cutover_host::simulate::parse_time(&t, now)?,
+                        None => now,
+                    },
+                };
+                print!(
+                    "{}",
+                    cutover_host::simulate::simulate_prometheus(&cli.config, &src).await?
+                );
+                Ok(())
             }
             Command::Validate | Command::Export { .. } | Command::Simulate { .. } => {
                 handled_before_the_runtime()

@@ -27,7 +27,7 @@ fn with_rules(rule: &str, extra: &str) -> String {
     let start = base.find("[[rollout.aborts]]").unwrap();
     let end = base.find("[log]").unwrap();
     format!(
-        "{}{rule}\n[metrics]\nretention = \"2m\"\n{extra}\n{}",
+        "{}{rule}\n[metrics]\nretention = \"2m\"\nprometheus_version = 2\n{extra}\n{}",
         &base[..start],
         &base[end..]
     )
@@ -367,4 +367,171 @@ async fn a_dead_notification_sink_does_not_delay_the_rollout() {
         "the first two attempts failed and were retried"
     );
     h.shutdown().await;
+}
+
+/// Equivalence with a real Prometheus (Debian's, started on loopback): it scrapes cutover's
+/// admin `/metrics` every 100 ms while a slow canary rolls out under load. The same rule, once
+/// on the embedded evaluator and once on Prometheus, reaches the same verdict (both fire and the
+/// canary is aborted); on the same data — Prometheus's own samples copied into a series store —
+/// the two evaluators agree on the blueprint's expressions to 1e-9; and `simulate --prometheus`
+/// over the run concludes the canary would have been aborted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_evaluator_and_prometheus_agree_on_cutovers_metrics() {
+    use cutover_prometheus::harness::{PrometheusOptions, PrometheusServer, ScrapeTarget};
+    use std::os::unix::fs::OpenOptionsExt;
+    let _g = serial().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("state")).unwrap();
+    let token = "0123456789abcdef0123456789abcdef";
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(dir.path().join("state/admin.token"))
+        .and_then(|mut f| std::io::Write::write_all(&mut f, token.as_bytes()))
+        .unwrap();
+    let admin = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let prom = PrometheusServer::start(PrometheusOptions {
+        targets: vec![ScrapeTarget {
+            addr: admin,
+            metrics_path: "/metrics".into(),
+            bearer_token: Some(token.into()),
+            labels: Default::default(),
+        }],
+        scrape_interval: Duration::from_millis(100),
+        ..Default::default()
+    })
+    .await
+    .expect("prometheus starts (scripts/test installs Debian's package)");
+
+    let query = "histogram_quantile(0.99, sum by (le, track) (rate(http_request_duration_seconds_bucket[3s]))) > 0.800";
+    let rules = format!(
+        "[[rollout.aborts]]\nname = \"p99-embedded\"\nmetric = \"promql\"\nquery = {query:?}\nfor = \"1s\"\n\n\
+         [[rollout.aborts]]\nname = \"p99-prometheus\"\nmetric = \"promql\"\nprovider = \"prometheus\"\nquery = {query:?}\nfor = \"1s\"\n"
+    );
+    // Debian's Prometheus is 2.42: the embedded rules follow its semantics.
+    let extra = format!(
+        "[prometheus]\nurl = \"{}\"\ntimeout = \"1s\"\nretries = 1\n",
+        prom.url()
+    );
+    let text = with_rules(&rules, &extra).replace(
+        "listen = \"127.0.0.1:0\"\n[app]",
+        &format!("listen = \"{admin}\"\n[app]"),
+    );
+    assert!(text.contains(&admin.to_string()));
+    let h = Harness::start_in(dir, text).await;
+    h.first_release("v1").await;
+    let load = h.load(300, Duration::from_secs(5));
+    prom.wait_for_samples("http_request_duration_seconds_count", 20, LONG)
+        .await
+        .unwrap();
+    let from = cutover_prometheus::harness::now_ms();
+    h.deploy("v2", json!({ "DEMO_LATENCY": "1200ms" }))
+        .await
+        .unwrap();
+    let s = h.wait_for("v2 aborted", LONG, is_aborted).await;
+    let r = s.rollout.clone().unwrap();
+    let aborts = &r.last_evaluation.as_ref().unwrap().aborts;
+    let verdict = |name: &str| aborts.iter().find(|v| v.rule == name).map(|v| v.outcome);
+    assert_eq!(
+        verdict("p99-embedded"),
+        Some(cutover_core::judge::Outcome::Fail),
+        "{aborts:?}"
+    );
+    assert_eq!(
+        verdict("p99-prometheus"),
+        Some(cutover_core::judge::Outcome::Fail),
+        "{aborts:?}"
+    );
+    // Keep stable's traffic flowing a little, then compare on Prometheus's own samples.
+    tokio::time::sleep(Duration::from_millis(500)).await; // more scrapes to compare, not a sync
+    load.stop().await;
+    let to = cutover_prometheus::harness::now_ms();
+    let client = prom.client();
+    let raw = client
+        .raw_series("{__name__=~\"http_request.*\"}", to, 600_000)
+        .await
+        .unwrap();
+    assert!(!raw.is_empty());
+    let mut store = cutover_promql::MemStore::new(3_600_000);
+    store.import(raw);
+    let opts = cutover_promql::EvalOptions {
+        compat: cutover_promql::Compat::V2,
+        ..Default::default()
+    };
+    let exprs = [
+        "histogram_quantile(0.99, sum by (le, track) (rate(http_request_duration_seconds_bucket[3s])))",
+        "sum by (track) (rate(http_requests_total[3s]))",
+        "sum by (version) (increase(http_request_duration_seconds_count[5s]))",
+        "sum(rate(http_requests_total{code=~\"5..\"}[3s])) / sum(rate(http_requests_total[3s]))",
+        query,
+    ];
+    let mut compared = 0;
+    for at in [from + 1500, from + 3000, (from + to) / 2, to - 300] {
+        for e in exprs {
+            let ours = cutover_promql::Query::parse(e)
+                .unwrap()
+                .eval(&store, at, &opts)
+                .unwrap();
+            let theirs = client.query(e, at).await.unwrap();
+            let (cutover_promql::Value::Vector(mut a), cutover_promql::Value::Vector(mut b)) =
+                (ours, theirs)
+            else {
+                panic!("{e}: not vectors")
+            };
+            a.sort_by(|x, y| x.labels.cmp(&y.labels));
+            b.sort_by(|x, y| x.labels.cmp(&y.labels));
+            assert_eq!(
+                a.iter().map(|s| &s.labels).collect::<Vec<_>>(),
+                b.iter().map(|s| &s.labels).collect::<Vec<_>>(),
+                "{e} at {at}"
+            );
+            for (x, y) in a.iter().zip(&b) {
+                let same = (x.value.is_nan() && y.value.is_nan())
+                    || (x.value - y.value).abs() <= 1e-9 * x.value.abs().max(1.0);
+                assert!(
+                    same,
+                    "{e} at {at}: embedded {} vs prometheus {}",
+                    x.value, y.value
+                );
+                compared += 1;
+            }
+        }
+    }
+    assert!(compared > 10, "only {compared} values compared");
+
+    // simulate from Prometheus: the same policy, replayed on Prometheus's measurements.
+    let cfg = h.dir.path().join("cutover.toml");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cutover"))
+        .args([
+            "-c",
+            cfg.to_str().unwrap(),
+            "simulate",
+            "--prometheus",
+            prom.url(),
+            "--stable",
+            "v1",
+            "--canary",
+            "v2",
+        ])
+        .args([
+            "--from",
+            &format!("{}", from as f64 / 1000.0),
+            "--to",
+            &format!("{}", to as f64 / 1000.0),
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("simulated: aborted"), "{text}");
+    h.shutdown().await;
+    prom.stop().await.unwrap();
 }

@@ -94,6 +94,12 @@ fn unsupported_promql_is_refused_at_load_naming_the_field() {
     std::fs::write(dir.path().join("cutover.toml"), text).unwrap();
     let (code, _, err) = cutover(&["validate"], dir.path());
     assert_eq!(code, 64, "{err}");
-    assert!(err.contains("rollout.aborts[2].query") && err.contains("predict_linear"), "{err}");
-    assert!(err.contains("rollout.aborts[3].query") && err.contains("trak"), "{err}");
+    assert!(
+        err.contains("rollout.aborts[2].query") && err.contains("predict_linear"),
+        "{err}"
+    );
+    assert!(
+        err.contains("rollout.aborts[3].query") && err.contains("trak"),
+        "{err}"
+    );
 }

@@ -54,6 +54,10 @@ pub struct MetricsSpec {
     /// How far back an instant selector looks for a sample (Prometheus's lookback delta).
     #[serde(default = "default_lookback")]
     pub lookback_delta: Dur,
+    /// Which Prometheus major version embedded rules mean what they mean in: `3` (default) or
+    /// `2`. They differ only at the edges of the data (docs/analysis.md).
+    #[serde(default = "default_prometheus_version")]
+    pub prometheus_version: u8,
 }
 
 impl Default for MetricsSpec {
@@ -62,6 +66,7 @@ impl Default for MetricsSpec {
             path: default_metrics_path(),
             retention: default_metrics_retention(),
             lookback_delta: default_lookback(),
+            prometheus_version: default_prometheus_version(),
         }
     }
 }
@@ -653,6 +658,9 @@ fn default_listen() -> SocketAddr {
 fn default_admin_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 9180))
 }
+fn default_prometheus_version() -> u8 {
+    3
+}
 fn default_metrics_path() -> String {
     "/metrics".into()
 }
@@ -1142,6 +1150,16 @@ impl Config {
         }
         v.positive("metrics.retention", m.retention);
         v.positive("metrics.lookback_delta", m.lookback_delta);
+        if !matches!(m.prometheus_version, 2 | 3) {
+            v.err(
+                "metrics.prometheus_version",
+                format!(
+                    "{} is not a Prometheus major version cutover follows",
+                    m.prometheus_version
+                ),
+                "use 3 (current) or 2",
+            );
+        }
         if m.retention < r.window {
             v.err(
                 "metrics.retention",

@@ -956,6 +956,11 @@ impl Driver {
         }
         let opts = EvalOptions {
             lookback_delta_ms: self.loaded.config.metrics.lookback_delta.get().as_millis() as i64,
+            compat: if self.loaded.config.metrics.prometheus_version == 2 {
+                cutover_promql::Compat::V2
+            } else {
+                cutover_promql::Compat::V3
+            },
         };
         let mut external = self
             .embedded

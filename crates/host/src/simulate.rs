@@ -187,6 +187,16 @@ pub fn timeline(rec: &Recording, replay: &simulate::Replay, config_path: &Path) 
     };
     let live = outcome(&rec.decisions);
     let sim = outcome(&replay.decisions);
+    if rec.decisions.is_empty() {
+        let _ = writeln!(
+            o,
+            "\nsimulated: {} (phase {})",
+            show(sim),
+            replay.final_phase
+        );
+        let _ = writeln!(o, "replayed from Prometheus: no live decisions to compare");
+        return o;
+    }
     let _ = writeln!(o, "\nlive:      {}", show(live));
     let _ = writeln!(o, "simulated: {} (phase {})", show(sim), replay.final_phase);
     let same = replay.decisions.len() == rec.decisions.len()
@@ -205,4 +215,211 @@ pub fn timeline(rec: &Recording, replay: &simulate::Replay, config_path: &Path) 
         }
     );
     o
+}
+
+/// Where the measurements of a Prometheus replay come from.
+#[derive(Debug, Clone)]
+pub struct FromPrometheus {
+    pub url: String,
+    pub stable: String,
+    pub canary: String,
+    pub from_ms: i64,
+    pub to_ms: i64,
+}
+
+/// Parses `--from`/`--to`: Unix seconds, RFC 3339, or a duration ago (`15m` = 15 minutes ago).
+pub fn parse_time(s: &str, now_ms: i64) -> Result<i64, CommandError> {
+    if let Ok(secs) = s.parse::<f64>() {
+        return Ok((secs * 1000.0) as i64);
+    }
+    if let Ok(t) = humantime::parse_rfc3339_weak(s) {
+        return Ok(t
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64));
+    }
+    if let Ok(d) = humantime::parse_duration(s.trim_start_matches('-')) {
+        return Ok(now_ms - d.as_millis() as i64);
+    }
+    Err(CommandError::Usage(format!("{s:?} is not a time (fix: Unix seconds, RFC 3339 like 2026-11-24T12:00:00Z, or a duration ago like 15m)")))
+}
+
+/// Builds a recording from a Prometheus that scraped cutover: the canary's rollout is taken to
+/// start at `from`; every `rollout.interval` the window statistics of both versions come from
+/// `http_request_duration_seconds_bucket` and `http_requests_total`, and the PromQL rules are
+/// evaluated on Prometheus. Latency is as precise as the exposed buckets (a quantile is
+/// reported at its bucket's upper bound), so a replay from Prometheus approximates the live
+/// decisions where one from an export reproduces them.
+pub async fn from_prometheus(
+    config_path: &Path,
+    src: &FromPrometheus,
+) -> Result<Recording, CommandError> {
+    use cutover_core::engine::{Engine, Release};
+    use cutover_core::stats::WindowStats;
+    let loaded = config::load(config_path)?;
+    let c = &loaded.config;
+    if src.to_ms <= src.from_ms {
+        return Err(CommandError::Usage("--to must be after --from".into()));
+    }
+    let client =
+        cutover_prometheus::PrometheusClient::new(&src.url, std::time::Duration::from_secs(10), 2)
+            .map_err(|e| CommandError::Usage(e.to_string()))?;
+    let service = c.service.name.clone();
+    let (stable, canary) = (
+        Release::new(&src.stable, "prometheus"),
+        Release::new(&src.canary, "prometheus-canary"),
+    );
+    // The state before the canary's deploy: the stable release serving alone.
+    let mut engine = Engine::new(&service, c.rollout.clone());
+    let t0 = Timestamp(src.from_ms.max(1) as u64);
+    engine
+        .handle(
+            t0,
+            Event::Deploy {
+                release: stable.clone(),
+                force: false,
+            },
+        )
+        .map_err(|e| CommandError::Other(e.into()))?;
+    engine
+        .handle(
+            t0,
+            Event::Ready {
+                digest: stable.digest.clone(),
+            },
+        )
+        .map_err(|e| CommandError::Other(e.into()))?;
+    let initial_state = engine.state().clone();
+    let mut events = vec![
+        Recorded {
+            at: t0,
+            event: Event::Deploy {
+                release: canary.clone(),
+                force: true,
+            },
+        },
+        Recorded {
+            at: t0,
+            event: Event::Ready {
+                digest: canary.digest.clone(),
+            },
+        },
+    ];
+    let window = c.rollout.window.get().as_millis();
+    let vars = crate::rules::vars(&service, &canary, Some(&stable));
+    let rules = crate::rules::rules(c);
+    let step = c.rollout.interval.get().as_millis().max(1) as i64;
+    let mut t = src.from_ms + step;
+    while t <= src.to_ms {
+        let track = |version: &str| {
+            let client = client.clone();
+            let service = service.clone();
+            let version = version.to_string();
+            async move {
+                let sel = format!("service=\"{service}\",version=\"{version}\"");
+                let buckets = client
+                    .query(&format!("sum by (le) (increase(http_request_duration_seconds_bucket{{{sel}}}[{window}ms]))"), t)
+                    .await
+                    .map_err(|e| CommandError::Other(e.into()))?;
+                let errors = client
+                    .query(
+                        &format!(
+                            "sum(increase(http_requests_total{{{sel},code=~\"5..\"}}[{window}ms]))"
+                        ),
+                        t,
+                    )
+                    .await
+                    .map_err(|e| CommandError::Other(e.into()))?;
+                Ok::<_, CommandError>(to_track(&buckets, &errors))
+            }
+        };
+        let stats = WindowStats {
+            stable: track(&src.stable).await?,
+            canary: track(&src.canary).await?,
+        };
+        let mut external = std::collections::BTreeMap::new();
+        for r in &rules {
+            let ext = match cutover_promql::expand(&r.template, &vars)
+                .map_err(|e| e.to_string())
+                .and_then(|q| cutover_promql::Query::parse(&q).map_err(|e| e.to_string()))
+            {
+                Ok(q) => crate::rules::external(
+                    q.text(),
+                    client.eval_rule(&q, t).await.map_err(|e| e.to_string()),
+                ),
+                Err(e) => cutover_core::judge::External::NoData { detail: e },
+            };
+            external.insert(r.name.clone(), ext);
+        }
+        events.push(Recorded {
+            at: Timestamp(t as u64),
+            event: Event::Tick { stats, external },
+        });
+        t += step;
+    }
+    Ok(Recording {
+        format: simulate::FORMAT.into(),
+        service,
+        rollout: engine.state().last_rollout_id + 1,
+        initial_state,
+        events,
+        decisions: Vec::new(),
+    })
+}
+
+/// One version's window from Prometheus answers: cumulative `le` buckets become histogram
+/// counts at each bucket's upper bound; the `+Inf` bucket is the request count.
+fn to_track(
+    buckets: &cutover_promql::Value,
+    errors: &cutover_promql::Value,
+) -> cutover_core::TrackStats {
+    use cutover_promql::Value;
+    let mut bounds: Vec<(f64, f64)> = match buckets {
+        Value::Vector(v) => v
+            .iter()
+            .filter_map(|s| {
+                s.labels
+                    .get("le")
+                    .and_then(|le| le.parse::<f64>().ok())
+                    .map(|le| (le, s.value))
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    bounds.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut t = cutover_core::TrackStats::default();
+    let mut below = 0.0;
+    for (le, cumulative) in bounds {
+        let n = (cumulative - below).max(0.0).round() as u64;
+        below = below.max(cumulative);
+        // The +Inf bucket's requests are recorded just past the largest finite bound.
+        let micros = if le.is_finite() {
+            (le * 1e6) as u64
+        } else {
+            20_000_000
+        };
+        if n > 0 {
+            t.latency.record_n(micros, n);
+        }
+    }
+    t.requests = below.round() as u64;
+    t.errors = match errors {
+        Value::Vector(v) => v.first().map_or(0, |s| s.value.max(0.0).round() as u64),
+        Value::Scalar(x) => x.max(0.0).round() as u64,
+        _ => 0,
+    };
+    t
+}
+
+/// `cutover simulate --prometheus ...`.
+pub async fn simulate_prometheus(
+    config_path: &Path,
+    src: &FromPrometheus,
+) -> Result<String, CommandError> {
+    let loaded = config::load(config_path)?;
+    let rec = from_prometheus(config_path, src).await?;
+    Ok(timeline(
+        &rec,
+        &simulate::replay(&rec, &loaded.config.rollout),
+        config_path,
+    ))
 }

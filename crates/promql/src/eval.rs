@@ -24,6 +24,7 @@ pub(crate) struct Evaluator<'a> {
     store: &'a MemStore,
     at: i64,
     lookback: i64,
+    compat: crate::query::Compat,
 }
 
 /// A compiled label matcher. Compiled here rather than using promql-parser's regex because
@@ -171,6 +172,7 @@ impl<'a> Evaluator<'a> {
             store,
             at,
             lookback: opts.lookback_delta_ms,
+            compat: opts.compat,
         }
     }
 
@@ -257,7 +259,11 @@ impl<'a> Evaluator<'a> {
             .filter_map(|(labels, samples)| {
                 let idx = samples.partition_point(|&(t, _)| t <= self.at);
                 let (t, v) = *samples.get(idx.checked_sub(1)?)?;
-                (t > from).then(|| Sample {
+                let seen = match self.compat {
+                    crate::query::Compat::V2 => t >= from,
+                    crate::query::Compat::V3 => t > from,
+                };
+                seen.then(|| Sample {
                     labels: labels.clone(),
                     value: v,
                 })
@@ -272,7 +278,10 @@ impl<'a> Evaluator<'a> {
         Ok(self
             .select(&ms.vs)
             .filter_map(|(labels, samples)| {
-                let lo = samples.partition_point(|&(t, _)| t <= from);
+                let lo = match self.compat {
+                    crate::query::Compat::V2 => samples.partition_point(|&(t, _)| t < from),
+                    crate::query::Compat::V3 => samples.partition_point(|&(t, _)| t <= from),
+                };
                 let hi = samples.partition_point(|&(t, _)| t <= self.at);
                 (hi > lo).then(|| (labels.clone(), samples.range(lo..hi).copied().collect()))
             })
@@ -322,8 +331,9 @@ impl<'a> Evaluator<'a> {
             }
             "rate" | "increase" | "delta" => {
                 let (is_counter, is_rate) = (name != "delta", name == "rate");
+                let v2 = self.compat == crate::query::Compat::V2;
                 self.over_time(arg(0)?, true, |s, end, range| {
-                    f::extrapolated_rate(s, end, range, is_counter, is_rate)
+                    f::extrapolated_rate(s, end, range, is_counter, is_rate, v2)
                 })
             }
             "irate" => self.over_time(arg(0)?, true, |s, _, _| f::instant_value(s, true)),

@@ -50,6 +50,7 @@ pub(crate) fn extrapolated_rate(
     range_ms: i64,
     is_counter: bool,
     is_rate: bool,
+    v2: bool,
 ) -> Option<f64> {
     if samples.len() < 2 {
         return None;
@@ -78,10 +79,19 @@ pub(crate) fn extrapolated_rate(
     // extrapolate by half an interval, our guess of where it really starts/ends.
     let threshold = average_between * 1.1;
     let mut extrapolate_to = sampled_interval;
-    if duration_to_start >= threshold {
+    if v2 {
+        // Prometheus 2.x: clamp to the zero point first, then check the threshold.
+        if is_counter && result > 0.0 && first_v >= 0.0 {
+            let duration_to_zero = sampled_interval * (first_v / result);
+            duration_to_start = duration_to_start.min(duration_to_zero);
+        }
+        if duration_to_start >= threshold {
+            duration_to_start = average_between / 2.0;
+        }
+    } else if duration_to_start >= threshold {
         duration_to_start = average_between / 2.0;
     }
-    if is_counter && result > 0.0 && first_v >= 0.0 {
+    if !v2 && is_counter && result > 0.0 && first_v >= 0.0 {
         // Counters cannot go below zero: do not extrapolate past the point where the
         // observed slope would reach zero.
         let duration_to_zero = sampled_interval * (first_v / result);

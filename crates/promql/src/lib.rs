@@ -20,11 +20,12 @@
 //! # Semantics followed
 //!
 //! The evaluator follows the Prometheus 3.x engine (the current behaviour of
-//! `promql/engine.go` and `promql/functions.go`) for float samples:
+//! `promql/engine.go` and `promql/functions.go`) for float samples, or — with
+//! [`Compat::V2`] in [`EvalOptions`] — Prometheus 2.x where the two differ (both at the edges
+//! of the data; `crates/prometheus/tests` and the e2e tests compare with Debian's 2.42):
 //!
-//! - instant selectors see the newest sample in `(t - lookback_delta, t]`;
-//! - range selectors `[d]` see the samples in `(t - d, t]` (left-open, as since Prometheus 3.0;
-//!   2.x included the left edge);
+//! - instant selectors see the newest sample in `(t - lookback_delta, t]` (2.x: `[t - δ, t]`);
+//! - range selectors `[d]` see the samples in `(t - d, t]` (2.x: `[t - d, t]`);
 //! - `rate`/`increase`/`delta` use Prometheus's `extrapolatedRate` (counter resets, extrapolation
 //!   towards the window edges up to 1.1× the average sample interval, else by half an interval,
 //!   and the counter zero-point limit);
@@ -65,7 +66,7 @@ mod tests;
 
 pub use error::PromqlError;
 pub use exposition::parse_exposition;
-pub use query::{EvalOptions, Query, RuleResult, Sample, Value};
+pub use query::{Compat, EvalOptions, Query, RuleResult, Sample, Value};
 pub use store::MemStore;
 pub use template::expand;
 

@@ -42,21 +42,39 @@ pub struct Query {
     pub(crate) expr: Expr,
 }
 
-/// Evaluation settings that Prometheus takes from its command line.
+/// Evaluation settings that Prometheus takes from its command line (and its version).
 #[derive(Debug, Clone)]
 pub struct EvalOptions {
     /// How far back an instant selector looks for the newest sample
     /// (`--query.lookback-delta`).
     pub lookback_delta_ms: i64,
+    /// Which Prometheus major version's semantics to follow where they differ.
+    pub compat: Compat,
 }
 
 impl Default for EvalOptions {
-    /// 5 minutes, Prometheus's default.
+    /// 5 minutes, Prometheus's default; Prometheus 3 semantics.
     fn default() -> Self {
         EvalOptions {
             lookback_delta_ms: 5 * 60 * 1000,
+            compat: Compat::V3,
         }
     }
+}
+
+/// The two places where Prometheus 2.x and 3.x evaluate the same samples differently; both
+/// only matter at the edges of the data, but a rule should mean what it means on the user's
+/// Prometheus.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Compat {
+    /// Prometheus 2.x: range windows `[t - d, t]` and lookback `[t - δ, t]` include their left
+    /// edge; `rate`/`increase` clamp the extrapolation to the counter's zero point *before*
+    /// checking it against 1.1× the average sample interval.
+    V2,
+    /// Prometheus 3.x: left-open windows `(t - d, t]` and `(t - δ, t]`; the zero-point clamp
+    /// comes *after* the threshold check.
+    #[default]
+    V3,
 }
 
 /// The result of an instant query.

@@ -221,6 +221,7 @@ fn lookback_sees_only_recent_samples() {
     assert!(vector("c", &st, 300 * S).is_empty());
     let short = EvalOptions {
         lookback_delta_ms: 10 * S,
+        ..EvalOptions::default()
     };
     let q = Query::parse("c").unwrap();
     assert_eq!(q.eval(&st, 11 * S, &short).unwrap(), Value::Vector(vec![]));
@@ -908,4 +909,49 @@ proptest! {
         let v = one(&format!("histogram_quantile({q}, h_bucket)"), &st, 0);
         prop_assert!((0.0..=1.0).contains(&v), "{v}");
     }
+}
+
+/// Prometheus 2.x and 3.x differ at the edges of the data; `Compat` picks which one a rule
+/// means. Expected values worked out by hand from each version's `extrapolatedRate` and window
+/// selection.
+#[test]
+fn compat_v2_and_v3_differ_only_where_prometheus_does() {
+    let v2 = EvalOptions {
+        compat: crate::Compat::V2,
+        ..EvalOptions::default()
+    };
+    let v3 = EvalOptions::default();
+    let eval = |q: &str, st: &MemStore, at: i64, o: &EvalOptions| match Query::parse(q)
+        .unwrap()
+        .eval(st, at, o)
+        .unwrap()
+    {
+        Value::Vector(v) => v.first().map(|s| s.value),
+        other => panic!("{other:?}"),
+    };
+    // A sample exactly on the left edge of a range window: counted by 2.x only.
+    let st = counter(&[(0, 1.0), (10, 2.0), (20, 3.0), (30, 4.0)]);
+    assert_eq!(eval("count_over_time(c[30s])", &st, 30 * S, &v2), Some(4.0));
+    assert_eq!(eval("count_over_time(c[30s])", &st, 30 * S, &v3), Some(3.0));
+    // ... and exactly lookback old: seen by 2.x only.
+    assert_eq!(eval("c", &st, 330 * S, &v2), Some(4.0));
+    assert_eq!(eval("c", &st, 330 * S, &v3), None);
+
+    // A new counter whose first sample is inside the window, far from its zero point:
+    // samples 10 at t=25s and 20 at t=35s, window (0, 40s].
+    // duration_to_start = 25 s, to_end = 5 s, interval = 10 s, average = 10 s, threshold 11 s,
+    // duration_to_zero = 10 s × 10/10 = 10 s.
+    // 2.x: clamp first → 10 s < 11 s → extrapolate by 10 s at the start; + 5 s at the end:
+    //      increase = 10 × (10 + 10 + 5) / 10 = 25.
+    // 3.x: 25 s ≥ 11 s → half an interval (5 s), then min(5, 10) = 5; + 5 s at the end:
+    //      increase = 10 × (10 + 5 + 5) / 10 = 20.
+    let st = counter(&[(25, 10.0), (35, 20.0)]);
+    assert_close!(eval("increase(c[40s])", &st, 40 * S, &v2).unwrap(), 25.0);
+    assert_close!(eval("increase(c[40s])", &st, 40 * S, &v3).unwrap(), 20.0);
+    // Where neither edge matters, they agree.
+    let st = counter(&[(1, 100.0), (11, 110.0), (21, 120.0), (31, 130.0)]);
+    assert_close!(
+        eval("rate(c[35s])", &st, 35 * S, &v2).unwrap(),
+        eval("rate(c[35s])", &st, 35 * S, &v3).unwrap()
+    );
 }

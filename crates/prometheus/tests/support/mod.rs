@@ -192,7 +192,11 @@ impl RolloutMetrics {
             // The canary slows down: its tail grows with every scrape.
             self.observe("canary", 0.03 * i as f64 + 0.005 * n as f64);
         }
-        self.jobs = if n % 15 == 0 { 1 } else { self.jobs + 3 };
+        self.jobs = if n.is_multiple_of(15) {
+            1
+        } else {
+            self.jobs + 3
+        };
 
         let mut out = String::new();
         out.push_str("# TYPE http_requests_total counter\n");
