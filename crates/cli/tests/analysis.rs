@@ -33,12 +33,46 @@ fn with_rules(rule: &str, extra: &str) -> String {
     )
 }
 
+/// A gate on a metric only the instances expose (demo-app's own request counter), scraped from
+/// their `/metrics` with `track` and `version` added: it can only pass if scraping and labelling
+/// work — no data would hold the rollout forever.
+const INSTANCE_GATE: &str = r#"
+[[rollout.gates]]
+name = "canary-serves"
+metric = "promql"
+query = "sum(rate(demo_requests_total{track=\"{{track}}\", version=\"{{version}}\"}[2s])) < 0.5"
+"#;
+
+/// `cutover export` then `cutover simulate` with the harness's config: the printed timeline.
+fn simulate_last(h: &Harness) -> String {
+    let cfg = h.dir.path().join("cutover.toml");
+    let file = h.dir.path().join("run.json");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_cutover"))
+            .arg("-c")
+            .arg(&cfg)
+            .args(args)
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    run(&["export", "-o"]);
+    run(&["simulate"])
+}
+
 /// The blueprint's rule, verbatim, does not abort a healthy canary, which is promoted while the
-/// rule evaluates clear on real data.
+/// rule evaluates clear on real data; a gate on the instances' own metrics passes; `simulate`
+/// on the recording reproduces the live decisions.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blueprint_rule_leaves_a_healthy_canary_alone() {
     let _g = serial().await;
-    let h = Harness::start_with(with_rules(BLUEPRINT, "")).await;
+    let h = Harness::start_with(with_rules(&format!("{BLUEPRINT}\n{INSTANCE_GATE}"), "")).await;
     h.first_release("v1").await;
     let load = h.load(200, Duration::from_secs(5));
     h.deploy("v2", json!({})).await.unwrap();
@@ -79,6 +113,28 @@ async fn blueprint_rule_leaves_a_healthy_canary_alone() {
         metrics.contains("cutover_decisions_total{service=\"e2e\",kind=\"promoted\"}"),
         "{metrics}"
     );
+    let r = s.rollout.as_ref().unwrap();
+    let gate = r
+        .last_evaluation
+        .as_ref()
+        .unwrap()
+        .gates
+        .iter()
+        .find(|g| g.rule == "canary-serves")
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        gate.outcome,
+        cutover_core::judge::Outcome::Pass,
+        "{}",
+        gate.detail
+    );
+    let text = simulate_last(&h);
+    assert!(
+        text.contains("the simulated decisions are the live ones")
+            && text.contains("simulated: promoted"),
+        "{text}"
+    );
     h.shutdown().await;
 }
 
@@ -103,28 +159,7 @@ async fn blueprint_rule_aborts_a_slow_canary_and_simulate_reproduces_it() {
     );
     load.stop().await;
 
-    let cfg = h.dir.path().join("cutover.toml");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cutover"))
-        .args(["-c", cfg.to_str().unwrap(), "export", "-o"])
-        .arg(h.dir.path().join("run.json"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cutover"))
-        .args(["-c", cfg.to_str().unwrap(), "simulate"])
-        .arg(h.dir.path().join("run.json"))
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = simulate_last(&h);
     assert!(
         text.contains("the simulated decisions are the live ones"),
         "{text}"

@@ -764,6 +764,9 @@ impl Driver {
                     &fleet,
                     &self.proxy,
                 );
+                // The scrape targets follow the route table (a canary is scraped, labelled
+                // track="canary", from its first traffic).
+                self.publish_targets(&fleet);
             }
             Action::Stop { release, reason } => {
                 info!(version = %release.version, %reason, "stopping");
