@@ -259,6 +259,18 @@ pub struct StopSpec {
     /// How long after the signal before SIGKILL.
     #[serde(default = "default_grace")]
     pub grace: Dur,
+    /// Sent to the instance when it leaves rotation, so an app that knows its protocol can
+    /// finish and close its own long-lived connections (e.g. `"SIGUSR1"`).
+    #[serde(default)]
+    pub drain_signal: Option<StopSignal>,
+    /// Or: an HTTP `POST` to this path on the instance when it leaves rotation.
+    #[serde(default)]
+    pub drain_path: Option<String>,
+    /// When `drain_timeout` ends with WebSockets still open, cutover stops forwarding client
+    /// frames to the instance, lets the instance's frames reach the client for this long (acks
+    /// already in flight), then closes the client with 1012 (service restart).
+    #[serde(default = "default_quiet_period")]
+    pub quiet_period: Dur,
 }
 
 impl Default for StopSpec {
@@ -267,8 +279,15 @@ impl Default for StopSpec {
             drain_timeout: default_drain_timeout(),
             signal: StopSignal::default(),
             grace: default_grace(),
+            drain_signal: None,
+            drain_path: None,
+            quiet_period: default_quiet_period(),
         }
     }
+}
+
+fn default_quiet_period() -> Dur {
+    Dur::from_secs(2)
 }
 
 /// The signals an instance may be asked to stop with.
@@ -596,7 +615,12 @@ pub struct StickySpec {
     /// A request header carrying a client id, checked first.
     #[serde(default = "default_sticky_header")]
     pub header: Option<String>,
-    /// A cookie carrying a client id, checked second.
+    /// A query-string parameter carrying a client id (`?client=abc`), checked after the
+    /// header and before the cookie: what browser WebSocket clients, which cannot set
+    /// headers, use to stay sticky.
+    #[serde(default)]
+    pub query: Option<String>,
+    /// A cookie carrying a client id, checked last.
     #[serde(default)]
     pub cookie: Option<String>,
     /// What to use when neither is present.
@@ -608,6 +632,7 @@ impl Default for StickySpec {
     fn default() -> Self {
         StickySpec {
             header: default_sticky_header(),
+            query: None,
             cookie: None,
             fallback: StickyFallback::default(),
         }
@@ -927,6 +952,22 @@ impl Config {
         v.probe("app.readiness", &a.readiness);
         v.probe("app.liveness", &a.liveness);
         v.positive("app.stop.grace", a.stop.grace);
+        if let Some(p) = &a.stop.drain_path {
+            if !p.starts_with('/') {
+                v.err(
+                    "app.stop.drain_path",
+                    format!("{p:?} does not start with '/'"),
+                    "use an absolute path such as \"/drain\"",
+                );
+            }
+            if a.stop.drain_signal.is_some() {
+                v.err(
+                    "app.stop.drain_path",
+                    "is set together with app.stop.drain_signal",
+                    "ask the instance to drain one way: a signal or an HTTP POST",
+                );
+            }
+        }
         v.positive("app.restart.backoff_initial", a.restart.backoff_initial);
         if a.restart.backoff_max < a.restart.backoff_initial {
             v.err(
@@ -1125,6 +1166,19 @@ impl Config {
                     "sticky.header",
                     format!("{h:?} is not a header name"),
                     "use letters, digits and '-', e.g. \"x-client-id\"",
+                );
+            }
+        }
+        if let Some(q) = &self.sticky.query {
+            if q.is_empty()
+                || q.contains(|ch: char| {
+                    matches!(ch, '&' | '=' | '?' | '#' | ';') || ch.is_whitespace()
+                })
+            {
+                v.err(
+                    "sticky.query",
+                    format!("{q:?} is not a query parameter name"),
+                    "use a token without '&', '=', '?', '#', ';' or spaces, e.g. \"client\"",
                 );
             }
         }

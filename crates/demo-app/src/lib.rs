@@ -14,7 +14,21 @@
 //! - `GET /ws`: WebSocket echo; the first message is `{"version":"..."}`; on shutdown the
 //!   socket is closed with code 1012 (service restart).
 //! - `POST /echo`: echoes the request body.
+//! - `GET /orders`: WebSocket order endpoint. Each text message is an order `{"id": "..."}`;
+//!   it is executed after `--order-delay` (+ `--order-delay-jitter`), recorded as a line
+//!   `<id> <version>` in `<state-dir>/executed.log` (in memory only without `--state-dir`),
+//!   then acked with `{"id": "...", "version": "..."}`. An id is executed at most once per
+//!   process and acked every time it is received. Invalid messages get `{"error": "..."}`.
+//! - `POST /drain`: starts draining (SIGTERM does too): `/ready` answers 503, new `/orders`
+//!   connections get 503, open ones answer new orders with `{"id": "...", "error":
+//!   "draining"}`, finish and ack the orders in progress, then close with 1012.
+//!
+//! Metrics also include `demo_orders_executed_total{version}` and `demo_orders_in_progress`.
 #![forbid(unsafe_code)]
+
+mod orders;
+
+pub use orders::{EXECUTED_LOG, MAX_ID_LEN};
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -73,9 +87,16 @@ pub struct Config {
     /// Size in bytes of the body of `/` (the JSON is padded; 0 = natural size).
     #[arg(long, env = "DEMO_BODY_SIZE", default_value_t = 0)]
     pub body_size: usize,
-    /// State directory (reserved for later features).
+    /// State directory: executed orders are appended to `executed.log` in it (created if
+    /// missing). Without it executed orders are only kept in memory.
     #[arg(long, env = "DEMO_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
+    /// Time to execute one order received on `/orders` (e.g. `200ms`).
+    #[arg(long, env = "DEMO_ORDER_DELAY", default_value = "0", value_parser = parse_duration)]
+    pub order_delay: Duration,
+    /// Uniform extra execution time in `0..=jitter` on top of `--order-delay`.
+    #[arg(long, env = "DEMO_ORDER_DELAY_JITTER", default_value = "0", value_parser = parse_duration)]
+    pub order_delay_jitter: Duration,
 }
 
 /// Parses a humantime duration (`250ms`, `1s`, `2m`); a bare `0` is zero.
@@ -111,23 +132,39 @@ pub struct AppState {
     root_body: Bytes,
     small_body: Bytes,
     shutting_down: AtomicBool,
+    /// Set (before `drain_tx`) by `POST /drain` and by shutdown.
+    draining: AtomicBool,
+    drain_tx: watch::Sender<bool>,
+    drain_rx: watch::Receiver<bool>,
+    orders: orders::OrderBook,
     in_flight: AtomicI64,
     requests: Mutex<BTreeMap<u16, u64>>,
     shutdown_rx: watch::Receiver<bool>,
     shutdown_tx: watch::Sender<bool>,
-    /// Each WebSocket task holds a clone; taken (dropped) on shutdown to wait for them.
+    /// Each WebSocket task (`/ws` and `/orders`) holds a clone; taken (dropped) on shutdown to
+    /// wait for them.
     ws_guard: Mutex<Option<mpsc::Sender<()>>>,
 }
 
 impl AppState {
     /// Builds the state for `cfg`. Returns the receiver that yields once all WebSocket tasks
     /// have ended after [`AppState::begin_shutdown`].
-    pub fn new(cfg: Config) -> (Arc<Self>, mpsc::Receiver<()>) {
+    ///
+    /// # Errors
+    /// When `--state-dir` is set and `executed.log` cannot be created or opened.
+    pub fn new(cfg: Config) -> std::io::Result<(Arc<Self>, mpsc::Receiver<()>)> {
+        let orders = orders::OrderBook::open(
+            &cfg.version,
+            cfg.order_delay,
+            cfg.order_delay_jitter,
+            cfg.state_dir.as_deref(),
+        )?;
         let instance = std::process::id().to_string();
         let small_body = Bytes::from(body_json(&cfg.version, &instance, 0));
         let root_body = Bytes::from(body_json(&cfg.version, &instance, cfg.body_size));
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let (ws_tx, ws_rx) = mpsc::channel(1);
+        let (drain_tx, drain_rx) = watch::channel(false);
         let state = Arc::new(Self {
             cfg,
             instance,
@@ -135,20 +172,44 @@ impl AppState {
             root_body,
             small_body,
             shutting_down: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            drain_tx,
+            drain_rx,
+            orders,
             in_flight: AtomicI64::new(0),
             requests: Mutex::new(BTreeMap::new()),
             shutdown_rx,
             shutdown_tx,
             ws_guard: Mutex::new(Some(ws_tx)),
         });
-        (state, ws_rx)
+        Ok((state, ws_rx))
     }
 
-    /// Marks the app as shutting down: `/ready` answers 503 and WebSockets get close 1012.
+    /// Marks the app as shutting down: drains (see [`AppState::begin_drain`]), `/ready`
+    /// answers 503 and `/ws` sockets get close 1012.
     pub fn begin_shutdown(&self) {
+        self.begin_drain();
         self.shutting_down.store(true, Ordering::SeqCst);
         self.shutdown_tx.send_replace(true);
         self.ws_guard.lock().unwrap().take();
+    }
+
+    /// Starts draining (idempotent): `/ready` answers 503, new `/orders` connections are
+    /// refused, open ones refuse new orders, ack those in progress and close with 1012.
+    pub fn begin_drain(&self) {
+        // The flag first: order sockets read it for every order, the watch only wakes them.
+        self.draining.store(true, Ordering::SeqCst);
+        self.drain_tx.send_replace(true);
+    }
+
+    /// Whether a drain (or shutdown) has begun.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Order ids executed by this process, in execution order.
+    pub fn executed_orders(&self) -> Vec<String> {
+        self.orders.executed()
     }
 
     /// The pid-based instance id reported in bodies.
@@ -157,7 +218,7 @@ impl AppState {
     }
 
     fn is_ready(&self) -> bool {
-        !self.shutting_down.load(Ordering::SeqCst) && self.started.elapsed() >= self.cfg.ready_delay
+        !self.is_draining() && self.started.elapsed() >= self.cfg.ready_delay
     }
 
     fn version_header(&self) -> HeaderValue {
@@ -197,6 +258,16 @@ impl AppState {
             "demo_in_flight {}",
             self.in_flight.load(Ordering::SeqCst)
         );
+        out.push_str("# HELP demo_orders_executed_total Orders executed (each id once).\n");
+        out.push_str("# TYPE demo_orders_executed_total counter\n");
+        let _ = writeln!(
+            out,
+            "demo_orders_executed_total{{version=\"{version}\"}} {}",
+            self.orders.executed_total()
+        );
+        out.push_str("# HELP demo_orders_in_progress Orders received and not yet on record.\n");
+        out.push_str("# TYPE demo_orders_in_progress gauge\n");
+        let _ = writeln!(out, "demo_orders_in_progress {}", self.orders.in_progress());
         out
     }
 }
@@ -231,6 +302,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics))
         .route("/ws", get(ws))
         .route("/echo", post(echo))
+        .route("/orders", get(orders_ws))
+        .route("/drain", post(drain))
         .layer(middleware::from_fn_with_state(state.clone(), track))
         .with_state(state)
 }
@@ -294,6 +367,8 @@ async fn ready(State(state): State<Arc<AppState>>) -> Response {
         (StatusCode::OK, "ready").into_response()
     } else if state.shutting_down.load(Ordering::SeqCst) {
         (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response()
+    } else if state.is_draining() {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response()
     }
@@ -322,6 +397,23 @@ async fn ws(State(state): State<Arc<AppState>>, upgrade: WebSocketUpgrade) -> Re
     let guard = state.ws_guard.lock().unwrap().clone();
     upgrade.on_upgrade(move |socket| async move {
         ws_session(state, socket).await;
+        drop(guard);
+    })
+}
+
+async fn drain(State(state): State<Arc<AppState>>) -> Response {
+    state.begin_drain();
+    (StatusCode::OK, "draining").into_response()
+}
+
+async fn orders_ws(State(state): State<Arc<AppState>>, upgrade: WebSocketUpgrade) -> Response {
+    // Refused before the upgrade, so the client (or a proxy) can retry another instance.
+    if state.is_draining() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response();
+    }
+    let guard = state.ws_guard.lock().unwrap().clone();
+    upgrade.on_upgrade(move |socket| async move {
+        orders::session(state, socket).await;
         drop(guard);
     })
 }
@@ -381,7 +473,7 @@ pub async fn run(cfg: Config) -> std::io::Result<()> {
             std::process::exit(1);
         });
     }
-    let (state, mut ws_done) = AppState::new(cfg);
+    let (state, mut ws_done) = AppState::new(cfg)?;
     {
         let mut out = std::io::stdout().lock();
         writeln!(out, "demo-app {} listening on {addr}", state.cfg.version)?;
@@ -396,8 +488,10 @@ pub async fn run(cfg: Config) -> std::io::Result<()> {
             st.begin_shutdown();
         })
         .await?;
-    // Give WebSocket sessions a moment to send their close frames.
-    let _ = tokio::time::timeout(Duration::from_secs(2), ws_done.recv()).await;
+    // Give WebSocket sessions time to finish: order sockets first execute and ack the orders
+    // in progress (each takes at most the order delay plus jitter), then send their close.
+    let grace = Duration::from_secs(2) + state.cfg.order_delay + state.cfg.order_delay_jitter;
+    let _ = tokio::time::timeout(grace, ws_done.recv()).await;
     Ok(())
 }
 

@@ -13,7 +13,7 @@ use hyper_util::rt::TokioExecutor;
 #[tokio::test]
 async fn ready_is_503_once_shutting_down() {
     let cfg = demo_app::Config::parse_from(["demo-app", "--port", "0"]);
-    let (state, _ws_done) = demo_app::AppState::new(cfg);
+    let (state, _ws_done) = demo_app::AppState::new(cfg).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let app = demo_app::router(Arc::clone(&state));

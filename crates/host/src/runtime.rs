@@ -773,7 +773,23 @@ impl Driver {
                 self.start_deadlines.remove(&release.digest);
                 let proxy = self.proxy.clone();
                 let in_flight: InFlight = Arc::new(move |addr| proxy.in_flight(addr));
-                let stop = self.supervisor.stop(&release.version, in_flight);
+                // What is still open when the drain window ends (WebSockets): cutover stops
+                // forwarding client frames, lets the instance's acks through for the quiet
+                // period, then closes the client with 1012 (DESIGN.md invariant 4).
+                let (proxy, quiet) = (
+                    self.proxy.clone(),
+                    self.loaded.config.app.stop.quiet_period.get(),
+                );
+                let closer: cutover_supervisor::Closer = Arc::new(move |addr| {
+                    let drained = proxy.drain_websockets(addr, quiet);
+                    Box::pin(async move {
+                        let report = drained.await;
+                        info!(%addr, ?report, "websockets drained");
+                    })
+                });
+                let stop = self
+                    .supervisor
+                    .stop_with(&release.version, in_flight, Some(closer));
                 tokio::spawn(async move {
                     let report = stop.await;
                     info!(report = ?report, "stopped");

@@ -13,6 +13,11 @@
 //!   random) in a configurable header; the report keeps, per client, the run-length sequence of
 //!   versions that served it, so a test can check sticky monotonicity.
 //!
+//! - **Orders over WebSockets** ([`Orders`]): long-lived clients that place orders on a
+//!   WebSocket, reconnect when the socket ends (1012 during a rollout, or an abrupt drop) and
+//!   resend every unacknowledged order, so a test can check that no order was lost and
+//!   none acknowledged twice. See the [`orders`] module.
+//!
 //! ```no_run
 //! # async fn demo(addr: std::net::SocketAddr) {
 //! use cutover_loadgen::{Load, LoadConfig};
@@ -22,7 +27,22 @@
 //! assert_eq!(report.sent, report.ok + report.failed);
 //! # }
 //! ```
+//!
+//! ```no_run
+//! # async fn demo(addr: std::net::SocketAddr) {
+//! use cutover_loadgen::{Orders, OrdersConfig};
+//! let orders = Orders::start(OrdersConfig { clients: 20, ..OrdersConfig::new(addr) });
+//! tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+//! let report = orders.stop().await;
+//! assert!(report.unacked.is_empty());
+//! assert_eq!(report.acked.len() as u64, report.sent_unique);
+//! # }
+//! ```
 #![forbid(unsafe_code)]
+
+pub mod orders;
+
+pub use orders::{Orders, OrdersConfig, OrdersReport, ABNORMAL_CLOSE};
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -22,18 +22,23 @@ pub type ProxyBody = UnsyncBoxBody<Bytes, hyper::Error>;
 pub(crate) struct Resendable {
     slot: Arc<Mutex<Option<Incoming>>>,
     taken: Option<Incoming>,
+    /// Set when reading the *client's* body failed (bad chunking, a client that went away):
+    /// the request then fails through the client's fault, not the instance's.
+    client_failed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Resendable {
     /// A body and the handle to take it back with.
     pub(crate) fn new(body: Incoming) -> (Resendable, BodySlot) {
         let slot = Arc::new(Mutex::new(Some(body)));
+        let client_failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
         (
             Resendable {
                 slot: slot.clone(),
                 taken: None,
+                client_failed: client_failed.clone(),
             },
-            BodySlot(slot),
+            BodySlot(slot, client_failed),
         )
     }
 
@@ -47,12 +52,20 @@ impl Resendable {
 }
 
 /// The proxy's handle on a [`Resendable`] body.
-pub(crate) struct BodySlot(Arc<Mutex<Option<Incoming>>>);
+pub(crate) struct BodySlot(
+    Arc<Mutex<Option<Incoming>>>,
+    Arc<std::sync::atomic::AtomicBool>,
+);
 
 impl BodySlot {
     /// The body, if nothing has read from it yet.
     pub(crate) fn take_unread(&self) -> Option<Incoming> {
         self.0.lock().unwrap_or_else(PoisonError::into_inner).take()
+    }
+
+    /// Whether reading the client's body failed.
+    pub(crate) fn client_failed(&self) -> bool {
+        self.1.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -73,7 +86,14 @@ impl Body for Resendable {
             self.taken = parked;
         }
         match self.taken.as_mut() {
-            Some(body) => Pin::new(body).poll_frame(cx),
+            Some(body) => {
+                let polled = Pin::new(body).poll_frame(cx);
+                if let Poll::Ready(Some(Err(_))) = &polled {
+                    self.client_failed
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                polled
+            }
             // Taken back by the proxy for a retry: this attempt is over anyway.
             None => Poll::Ready(None),
         }

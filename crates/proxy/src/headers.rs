@@ -35,6 +35,16 @@ pub(crate) fn is_upgrade(headers: &HeaderMap) -> bool {
         && connection_tokens(headers).any(|t| t.eq_ignore_ascii_case("upgrade"))
 }
 
+/// Whether `Upgrade` names the WebSocket protocol (RFC 6455 §4.1, case-insensitive).
+pub(crate) fn is_websocket(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::UPGRADE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("websocket"))
+}
+
 /// Removes hop-by-hop headers. With `keep_upgrade`, the `Upgrade` header survives and
 /// `Connection` is reduced to `upgrade`, which is what carries a protocol switch across hops.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
@@ -90,15 +100,22 @@ pub(crate) fn add_forwarded(headers: &mut HeaderMap, peer: SocketAddr, host: Opt
     }
 }
 
-/// The sticky client key: the configured header, else the configured cookie, else the fallback.
+/// The sticky client key: the configured header, else the configured query parameter (in
+/// `query`, the request URI's query string), else the configured cookie, else the fallback.
 pub(crate) fn sticky_key(
     spec: &StickySpec,
     header_name: Option<&HeaderName>,
     headers: &HeaderMap,
+    query: Option<&str>,
     peer: SocketAddr,
 ) -> Vec<u8> {
     if let Some(v) = header_name.and_then(|n| headers.get(n)) {
         if !v.as_bytes().is_empty() {
+            return v.as_bytes().to_vec();
+        }
+    }
+    if let (Some(name), Some(query)) = (spec.query.as_deref(), query) {
+        if let Some(v) = query_param(query, name) {
             return v.as_bytes().to_vec();
         }
     }
@@ -114,6 +131,17 @@ pub(crate) fn sticky_key(
         },
         StickyFallback::Random => rand::random::<u64>().to_le_bytes().to_vec(),
     }
+}
+
+/// The first non-empty value of parameter `name` in a query string (`a=1&client=abc`), taken
+/// verbatim (not percent-decoded: the key only has to be the same each time, not readable).
+/// A parameter without `=` or with an empty value does not count.
+fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
+    query
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(k, v)| *k == name && !v.is_empty())
+        .map(|(_, v)| v)
 }
 
 fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -203,26 +231,66 @@ mod tests {
     fn sticky_key_order_is_header_cookie_fallback() {
         let spec = StickySpec {
             header: Some("x-client-id".into()),
+            query: None,
             cookie: Some("sid".into()),
             fallback: StickyFallback::PeerIp,
         };
         let name = HeaderName::from_static("x-client-id");
         let peer: SocketAddr = "192.0.2.1:9".parse().unwrap();
         let both = map(&[("x-client-id", "h"), ("cookie", "a=1; sid=c")]);
-        assert_eq!(sticky_key(&spec, Some(&name), &both, peer), b"h");
+        assert_eq!(sticky_key(&spec, Some(&name), &both, None, peer), b"h");
         let cookie_only = map(&[("cookie", "a=1"), ("cookie", "sid=\"c\"; b=2")]);
-        assert_eq!(sticky_key(&spec, Some(&name), &cookie_only, peer), b"c");
+        assert_eq!(
+            sticky_key(&spec, Some(&name), &cookie_only, None, peer),
+            b"c"
+        );
         let empty = map(&[("x-client-id", ""), ("cookie", "sid=")]);
         assert_eq!(
-            sticky_key(&spec, Some(&name), &empty, peer),
+            sticky_key(&spec, Some(&name), &empty, None, peer),
             vec![192, 0, 2, 1]
         );
         let random = StickySpec {
             fallback: StickyFallback::Random,
             ..spec
         };
-        let a = sticky_key(&random, None, &HeaderMap::new(), peer);
-        let b = sticky_key(&random, None, &HeaderMap::new(), peer);
+        let a = sticky_key(&random, None, &HeaderMap::new(), None, peer);
+        let b = sticky_key(&random, None, &HeaderMap::new(), None, peer);
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn sticky_query_parameter_sits_between_header_and_cookie() {
+        let spec = StickySpec {
+            header: Some("x-client-id".into()),
+            query: Some("client".into()),
+            cookie: Some("sid".into()),
+            fallback: StickyFallback::PeerIp,
+        };
+        let name = HeaderName::from_static("x-client-id");
+        let peer: SocketAddr = "192.0.2.1:9".parse().unwrap();
+        let key = |h: &HeaderMap, q: Option<&str>| sticky_key(&spec, Some(&name), h, q, peer);
+        let cookie = map(&[("cookie", "sid=c")]);
+        let none = HeaderMap::new();
+        // The header wins over the query, the query over the cookie.
+        let header = map(&[("x-client-id", "h"), ("cookie", "sid=c")]);
+        assert_eq!(key(&header, Some("client=q")), b"h");
+        assert_eq!(key(&cookie, Some("client=abc")), b"abc");
+        assert_eq!(key(&cookie, Some("a=1&client=abc&b=2")), b"abc");
+        assert_eq!(key(&none, Some("client=abc&client=def")), b"abc");
+        // Missing values, bare names and other parameters fall through to the cookie.
+        for q in [
+            "",
+            "client",
+            "client=",
+            "client&a=1",
+            "xclient=1",
+            "a=client",
+            "&&",
+        ] {
+            assert_eq!(key(&cookie, Some(q)), b"c", "query {q:?}");
+        }
+        assert_eq!(key(&none, Some("client=&client=z")), b"z");
+        assert_eq!(key(&cookie, None), b"c");
+        assert_eq!(key(&none, Some("client")), vec![192, 0, 2, 1]);
     }
 }

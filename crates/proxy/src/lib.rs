@@ -5,12 +5,15 @@
 //! the canary weight ([`cutover_core::sticky`]), picks one of that version's backends by
 //! power-of-two-choices on outstanding requests, forwards the request over pooled keep-alive
 //! connections, and records the outcome per version in [`cutover_telemetry::Recorder`].
-//! WebSocket (and any HTTP/1.1 `Upgrade`) is passed through as a byte tunnel.
+//! WebSockets are relayed frame by frame (so a drain can end them with close code 1012 without
+//! losing acks or executing orders twice, see `ws`); any other HTTP/1.1 `Upgrade` is passed
+//! through as a byte tunnel.
 //!
 //! Invariants of DESIGN.md it upholds: (1) a request sees the old table or the new one, never
 //! a mix — the table is one atomic pointer, loaded once per request; (2) sticky monotonicity —
 //! the canary decision is a threshold on a fixed hash; (4) drain — in-flight requests and
-//! tunnels are counted per backend, and shutdown lets in-flight requests finish; (5) only a
+//! tunnels are counted per backend, shutdown lets in-flight requests finish, and
+//! [`Proxy::drain_websockets`] closes a backend's WebSockets with 1012 after a quiet period; (5) only a
 //! request that never reached an app (connect failure) is retried, once.
 //!
 //! It must never decide anything about the rollout (weights, health, promotion come from the
@@ -23,8 +26,10 @@ mod error;
 mod headers;
 mod proxy;
 mod table;
+mod ws;
 
 pub use body::ProxyBody;
 pub use error::ProxyError;
 pub use proxy::{Proxy, ProxyConfig, ShutdownOutcome};
 pub use table::{Backend, Pool, RouteTable};
+pub use ws::WsDrainReport;

@@ -4,6 +4,7 @@ use crate::body::{Guarded, ProxyBody, Resendable};
 use crate::error::{ProxyError, UpstreamError};
 use crate::headers;
 use crate::table::{pick_backend, Backend, InFlight, RouteTable};
+use crate::ws::{self, WsDrainReport};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use cutover_core::spec::StickySpec;
@@ -43,6 +44,11 @@ pub struct ProxyConfig {
     pub shutdown_timeout: Duration,
     /// A client connection that sends no complete request head for this long is closed.
     pub header_read_timeout: Duration,
+    /// A request head (request line and headers) larger than this is refused with 431
+    /// (HTTP/1.1; for HTTP/2 it is the advertised `SETTINGS_MAX_HEADER_LIST_SIZE`). At least
+    /// 8 KiB. The HTTP/1.1 limit is enforced on hyper's read buffer, so it is approximate
+    /// (within one read) rather than byte-exact.
+    pub max_header_bytes: usize,
     /// An instance that sends no response head for this long gets the request answered 504
     /// (nginx's `proxy_read_timeout` defaults to the same 60 s).
     pub upstream_timeout: Duration,
@@ -57,6 +63,8 @@ impl Default for ProxyConfig {
             pool_max_idle_per_host: 64,
             shutdown_timeout: Duration::from_secs(30),
             header_read_timeout: Duration::from_secs(30),
+            // Envoy's default (60 KiB) rounded up; nginx allows 4 × 8 KiB lines.
+            max_header_bytes: 64 * 1024,
             upstream_timeout: Duration::from_secs(60),
         }
     }
@@ -96,6 +104,8 @@ struct Inner {
     registry: Mutex<HashMap<SocketAddr, Vec<Weak<Backend>>>>,
     client: Client<HttpConnector, Resendable>,
     recorder: Recorder,
+    /// Open WebSocket sessions by backend address (what [`Proxy::drain_websockets`] closes).
+    ws: Arc<ws::Sessions>,
 }
 
 impl Proxy {
@@ -127,6 +137,7 @@ impl Proxy {
                 registry: Mutex::new(HashMap::new()),
                 client,
                 recorder,
+                ws: Arc::default(),
             }),
         }
     }
@@ -194,6 +205,26 @@ impl Proxy {
             .unwrap_or(0)
     }
 
+    /// WebSocket sessions open to `addr` (also counted in [`Proxy::in_flight`]).
+    pub fn websocket_sessions(&self, addr: SocketAddr) -> usize {
+        self.inner.ws.count(addr)
+    }
+
+    /// Drains every WebSocket session open to the backend at `addr` (DESIGN.md invariant 4),
+    /// starting at the call, not at the first poll: client → instance frames are dropped from
+    /// now on, instance → client frames flow for `quiet` more, then the client gets Close 1012
+    /// and the instance Close 1001. Sessions closed by either side meanwhile end by that close.
+    /// Resolves once every one of those sessions ended. Call it after the backend left the
+    /// table, or new sessions may open to it; sessions already being drained keep the first
+    /// drain's `quiet`.
+    pub fn drain_websockets(
+        &self,
+        addr: SocketAddr,
+        quiet: Duration,
+    ) -> impl Future<Output = WsDrainReport> + Send + 'static {
+        self.inner.ws.drain(addr, quiet)
+    }
+
     /// The telemetry the proxy records into.
     pub fn recorder(&self) -> &Recorder {
         &self.inner.recorder
@@ -216,7 +247,13 @@ impl Proxy {
             .http1()
             .timer(TokioTimer::new())
             .keep_alive(true)
-            .header_read_timeout(self.inner.config.header_read_timeout);
+            .header_read_timeout(self.inner.config.header_read_timeout)
+            // hyper's minimum; below it `max_buf_size` panics.
+            .max_buf_size(self.inner.config.max_header_bytes.max(8192));
+        builder.http2().max_header_list_size(
+            u32::try_from(self.inner.config.max_header_bytes).unwrap_or(u32::MAX),
+        );
+        let header_read_timeout = self.inner.config.header_read_timeout;
         let mut shutdown = std::pin::pin!(shutdown);
         loop {
             tokio::select! {
@@ -241,6 +278,10 @@ impl Proxy {
                     let builder = builder.clone();
                     let watcher = graceful.watcher();
                     tokio::spawn(async move {
+                        if !first_bytes(&stream, header_read_timeout).await {
+                            debug!(%peer, "client sent no request in time; closed");
+                            return;
+                        }
                         let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
                         if let Err(e) = watcher.watch(conn).await {
                             debug!(%peer, error = %e, "client connection ended with an error");
@@ -264,6 +305,7 @@ impl Proxy {
             &self.inner.config.sticky,
             self.inner.sticky_header.as_ref(),
             req.headers(),
+            req.uri().query(),
             peer,
         );
         let Some((mut track, mut pool)) = table.route(&key) else {
@@ -278,6 +320,7 @@ impl Proxy {
         };
 
         let upgrade = headers::is_upgrade(req.headers());
+        let websocket = upgrade && headers::is_websocket(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
         let host = parts
@@ -377,6 +420,17 @@ impl Proxy {
         let (guard, mut resp) = match result {
             Ok(ok) => ok,
             Err((_guard, err)) => {
+                // The client's own body broke (bad chunking, a client gone mid-upload): a
+                // 400, and not the version's error — a hostile or flaky client stuck to the
+                // canary must not be able to get a rollout aborted.
+                if slot.client_failed() {
+                    debug!(backend = %backend.id, "the client's request body could not be read");
+                    self.record(&pool.version, 400, started, false);
+                    return local(
+                        StatusCode::BAD_REQUEST,
+                        "bad request: the request body could not be read\n",
+                    );
+                }
                 if let Some(err) = err {
                     warn!(backend = %backend.id, track = track.as_str(), error = %err, "bad gateway");
                 }
@@ -400,7 +454,12 @@ impl Proxy {
             };
             self.record(&pool.version, 101, started, false);
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
-            tokio::spawn(tunnel(client_upgrade, upstream_upgrade, guard));
+            if websocket && headers::is_websocket(resp.headers()) {
+                let session = self.inner.ws.register(backend.addr);
+                tokio::spawn(ws::relay(client_upgrade, upstream_upgrade, guard, session));
+            } else {
+                tokio::spawn(tunnel(client_upgrade, upstream_upgrade, guard));
+            }
             let (mut parts, _) = resp.into_parts();
             headers::strip_hop_by_hop(&mut parts.headers, true);
             return Response::from_parts(parts, empty());
@@ -420,6 +479,28 @@ impl Proxy {
             .track(version)
             .record(status, started.elapsed(), failed_at_proxy);
     }
+}
+
+/// Waits, at most `within`, until the client has sent enough to tell HTTP/1.1 from HTTP/2.
+///
+/// hyper's HTTP/1-or-2 detection reads the first bytes with no timer of its own, and its
+/// HTTP/1 `header_read_timeout` only starts after it: without this, a connection that sends
+/// nothing (or a bit of the HTTP/2 preface) would be held open forever. `false`: close it.
+async fn first_bytes(stream: &tokio::net::TcpStream, within: Duration) -> bool {
+    const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let mut buf = [0u8; 24];
+    let decided = async {
+        loop {
+            match stream.peek(&mut buf).await {
+                // Gone before sending a request: nothing to serve.
+                Ok(0) | Err(_) => return false,
+                Ok(n) if n == buf.len() || buf[..n] != H2_PREFACE[..n] => return true,
+                // Part of the preface: `peek` returns at once while those bytes sit unread.
+                Ok(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+            }
+        }
+    };
+    tokio::time::timeout(within, decided).await.unwrap_or(false)
 }
 
 /// Records a request whose client went away before the instance answered: status 499 (the

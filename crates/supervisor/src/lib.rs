@@ -32,5 +32,5 @@ pub use error::SupervisorError;
 pub use fleet::{CrashLoop, Fleet, InstanceState, InstanceStatus, VersionFleet};
 pub use release::Release;
 pub use supervisor::{
-    DrainOutcome, InFlight, InstanceStopReport, StopExit, StopReport, Supervisor,
+    Closer, DrainOutcome, InFlight, InstanceStopReport, StopExit, StopReport, Supervisor,
 };

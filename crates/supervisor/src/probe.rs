@@ -18,14 +18,28 @@ pub(crate) async fn probe(addr: SocketAddr, path: &str, timeout: Duration) -> Re
     }
 }
 
+/// `POST path` on the instance (the drain request): a 2xx within `timeout` is success.
+pub(crate) async fn post(addr: SocketAddr, path: &str, timeout: Duration) -> Result<(), String> {
+    match tokio::time::timeout(timeout, request(http::Method::POST, addr, path)).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("POST {path} timed out after {timeout:?}")),
+    }
+}
+
 async fn get(addr: SocketAddr, path: &str) -> Result<(), String> {
+    request(http::Method::GET, addr, path).await
+}
+
+async fn request(method: http::Method, addr: SocketAddr, path: &str) -> Result<(), String> {
     let stream = TcpStream::connect(addr)
         .await
         .map_err(|e| format!("connect {addr}: {e}"))?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| format!("handshake {addr}: {e}"))?;
-    let req = http::Request::get(path)
+    let req = http::Request::builder()
+        .method(method.clone())
+        .uri(path)
         .header(http::header::HOST, addr.to_string())
         .header(http::header::CONNECTION, "close")
         .header(http::header::USER_AGENT, "cutover-probe")
@@ -43,14 +57,14 @@ async fn get(addr: SocketAddr, path: &str) -> Result<(), String> {
         // response over: the response is then already waiting, so collect it.
         r = &mut conn => match r {
             Ok(()) => send.await,
-            Err(e) => return Err(format!("GET {path}: {e}")),
+            Err(e) => return Err(format!("{method} {path}: {e}")),
         },
     }
-    .map_err(|e| format!("GET {path}: {e}"))?;
+    .map_err(|e| format!("{method} {path}: {e}"))?;
     let status = resp.status();
     if status.is_success() {
         Ok(())
     } else {
-        Err(format!("GET {path} answered {status}"))
+        Err(format!("{method} {path} answered {status}"))
     }
 }

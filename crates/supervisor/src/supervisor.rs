@@ -32,6 +32,12 @@ use tokio::time::{Instant, MissedTickBehavior};
 /// How many requests are in flight to an address; the proxy knows, the supervisor asks.
 pub type InFlight = Arc<dyn Fn(SocketAddr) -> usize + Send + Sync>;
 
+/// Called for an instance whose drain window ended with connections still open: closes what
+/// is left (the host's proxy ends WebSockets with 1012 after a quiet period). The returned
+/// future ends when it is done.
+pub type Closer =
+    Arc<dyn Fn(SocketAddr) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+
 /// How often `stop` re-asks [`InFlight`] while draining.
 const DRAIN_POLL: Duration = Duration::from_millis(5);
 
@@ -279,9 +285,23 @@ impl Supervisor {
         version: &str,
         in_flight: InFlight,
     ) -> impl Future<Output = StopReport> + Send + 'static {
+        self.stop_with(version, in_flight, None)
+    }
+
+    /// [`Supervisor::stop`], plus the drain protocol for long-lived connections: when an
+    /// instance leaves rotation it is asked to drain (`app.stop.drain_signal` or a `POST` to
+    /// `app.stop.drain_path`), so an app that knows its protocol can finish and close its own
+    /// sockets; if the drain window ends with connections still open, `closer` closes them
+    /// before the stop signal (DESIGN.md invariant 4).
+    pub fn stop_with(
+        &self,
+        version: &str,
+        in_flight: InFlight,
+        closer: Option<Closer>,
+    ) -> impl Future<Output = StopReport> + Send + 'static {
         let inner = self.inner.clone();
         let version = version.to_string();
-        let task = tokio::spawn(inner.stop_version(version.clone(), in_flight));
+        let task = tokio::spawn(inner.stop_version(version.clone(), in_flight, closer));
         async move {
             match task.await {
                 Ok(report) => report,
@@ -316,7 +336,12 @@ impl Supervisor {
 }
 
 impl Inner {
-    async fn stop_version(self: Arc<Self>, version: String, in_flight: InFlight) -> StopReport {
+    async fn stop_version(
+        self: Arc<Self>,
+        version: String,
+        in_flight: InFlight,
+        closer: Option<Closer>,
+    ) -> StopReport {
         let handles = {
             let mut versions = self.versions.lock().unwrap_or_else(|e| e.into_inner());
             versions
@@ -334,8 +359,19 @@ impl Inner {
         let tasks: Vec<_> = handles
             .into_iter()
             .map(|h| {
-                let stop = self.app.stop.drain_timeout.get();
-                tokio::spawn(stop_instance(h, in_flight.clone(), stop))
+                let pid = self
+                    .fleet
+                    .borrow()
+                    .get(&version)
+                    .and_then(|vf| vf.instances.iter().find(|i| i.id == h.id))
+                    .and_then(|i| i.pid);
+                let drain = Drain {
+                    spec: self.app.stop.clone(),
+                    probe_timeout: self.app.readiness.timeout.get(),
+                    pid,
+                    closer: closer.clone(),
+                };
+                tokio::spawn(stop_instance(h, in_flight.clone(), drain))
             })
             .collect();
         let mut instances = Vec::with_capacity(tasks.len());
@@ -358,12 +394,29 @@ impl Inner {
     }
 }
 
-async fn stop_instance(
-    h: InstanceHandle,
-    in_flight: InFlight,
-    drain: Duration,
-) -> InstanceStopReport {
+/// How one instance is drained.
+struct Drain {
+    spec: cutover_core::spec::StopSpec,
+    probe_timeout: Duration,
+    pid: Option<u32>,
+    closer: Option<Closer>,
+}
+
+async fn stop_instance(h: InstanceHandle, in_flight: InFlight, d: Drain) -> InstanceStopReport {
     h.ctl.send_replace(Ctl::Drain);
+    // Ask the app to drain: it knows its protocol (it can finish an order and close its socket
+    // with 1012 itself), cutover only knows frames.
+    if let (Some(sig), Some(pid)) = (d.spec.drain_signal, d.pid) {
+        tracing::info!(instance = %h.id, signal = ?sig, "asking the instance to drain");
+        signal_group(pid, signal_of(sig));
+    }
+    if let Some(path) = &d.spec.drain_path {
+        tracing::info!(instance = %h.id, %path, "asking the instance to drain");
+        if let Err(e) = probe::post(h.addr, path, d.probe_timeout).await {
+            tracing::warn!(instance = %h.id, error = %e, "drain request failed; draining anyway");
+        }
+    }
+    let drain = d.spec.drain_timeout.get();
     let started = Instant::now();
     let deadline = started + drain;
     let drain = loop {
@@ -374,6 +427,21 @@ async fn stop_instance(
             };
         }
         if Instant::now() >= deadline {
+            if let Some(close) = &d.closer {
+                // Long-lived connections still open: close them cleanly (1012 after a quiet
+                // period) rather than let the stop signal reset them.
+                tracing::info!(instance = %h.id, in_flight = n, "drain window over; closing what is left");
+                let bound = d.spec.quiet_period.get() + Duration::from_secs(10);
+                let _ = tokio::time::timeout(bound, close(h.addr)).await;
+                let left = in_flight(h.addr);
+                if left == 0 {
+                    break DrainOutcome::Drained {
+                        waited: started.elapsed().into(),
+                    };
+                }
+                tracing::warn!(instance = %h.id, in_flight = left, "still in flight after closing; stopping anyway");
+                break DrainOutcome::TimedOut { in_flight: left };
+            }
             tracing::warn!(instance = %h.id, in_flight = n, "drain timed out; stopping anyway");
             break DrainOutcome::TimedOut { in_flight: n };
         }

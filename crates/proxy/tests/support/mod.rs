@@ -235,3 +235,213 @@ pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     .await;
     assert!(waited.is_ok(), "timed out waiting for: {what}");
 }
+
+/// One request as a [`RecordingUpstream`] saw it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub path: String,
+    pub headers: HeaderMap,
+    /// `None` while the body is still being read; `Err` if it ended in an error (the proxy
+    /// aborted it), `Ok` with every byte if it completed.
+    pub body: Option<Result<Bytes, String>>,
+}
+
+/// An HTTP/1.1 app that records every request it receives, so a test can assert what did or
+/// did not reach it. Paths starting `/hold` wait until [`RecordingUpstream::release`]; every
+/// other path is answered after `delay`. The answer is `ok <path>`.
+pub struct RecordingUpstream {
+    pub addr: SocketAddr,
+    pub seen: Arc<std::sync::Mutex<Vec<Seen>>>,
+    gate: tokio::sync::watch::Sender<bool>,
+}
+
+impl RecordingUpstream {
+    pub async fn start(delay: Duration) -> RecordingUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(std::sync::Mutex::new(Vec::<Seen>::new()));
+        let (gate, _) = tokio::sync::watch::channel(false);
+        let (s, g) = (seen.clone(), gate.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (s, g) = (s.clone(), g.clone());
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        let (s, mut open) = (s.clone(), g.subscribe());
+                        async move {
+                            let path = req
+                                .uri()
+                                .path_and_query()
+                                .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned());
+                            let i = {
+                                let mut s = s.lock().unwrap();
+                                s.push(Seen {
+                                    method: req.method().as_str().to_owned(),
+                                    path: path.clone(),
+                                    headers: req.headers().clone(),
+                                    body: None,
+                                });
+                                s.len() - 1
+                            };
+                            let body = req
+                                .into_body()
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .map_err(|e| e.to_string());
+                            s.lock().unwrap()[i].body = Some(body);
+                            if path.starts_with("/hold") {
+                                let _ = open.wait_for(|o| *o).await;
+                            } else {
+                                tokio::time::sleep(delay).await;
+                            }
+                            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(format!(
+                                "ok {path}"
+                            )))))
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        RecordingUpstream { addr, seen, gate }
+    }
+
+    pub fn backend(&self) -> Arc<Backend> {
+        Arc::new(Backend::new("rec", self.addr))
+    }
+
+    /// Everything received so far.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// Lets every held (`/hold…`) request, present and future, be answered.
+    pub fn release(&self) {
+        self.gate.send_replace(true);
+    }
+}
+
+/// A proxy in front of a single [`RecordingUpstream`].
+pub async fn recorded(config: ProxyConfig, delay: Duration) -> (Running, RecordingUpstream) {
+    let up = RecordingUpstream::start(delay).await;
+    let px = Running::with_config(config).await;
+    px.proxy
+        .set_table(table(Some(pool("v1", &[up.backend()])), None));
+    (px, up)
+}
+
+/// How a raw connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// The peer closed cleanly (read returned 0).
+    Eof,
+    /// A read failed (typically `ECONNRESET`).
+    Reset,
+    /// Nothing ended within [`DEADLINE`].
+    Open,
+}
+
+/// Writes `bytes` on a new connection (a write failure is tolerated: the proxy may close
+/// first) and reads until the connection ends or [`DEADLINE`] passes.
+pub async fn raw_exchange(proxy: SocketAddr, bytes: &[u8]) -> (Vec<u8>, End) {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    let (mut rd, mut wr) = stream.split();
+    let write = async {
+        let _ = wr.write_all(bytes).await;
+    };
+    let (_, read) = tokio::join!(write, read_to_end(&mut rd));
+    read
+}
+
+/// Reads until EOF, an error, or [`DEADLINE`].
+pub async fn read_to_end(rd: &mut (impl tokio::io::AsyncRead + Unpin)) -> (Vec<u8>, End) {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 8192];
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        match tokio::time::timeout_at(deadline, rd.read(&mut buf)).await {
+            Err(_) => return (got, End::Open),
+            Ok(Ok(0)) => return (got, End::Eof),
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Ok(Err(_)) => return (got, End::Reset),
+        }
+    }
+}
+
+/// The status code of the first response in `raw`, if it has a status line.
+pub fn status_of(raw: &[u8]) -> Option<u16> {
+    let line = raw.split(|&b| b == b'\n').next()?;
+    let line = std::str::from_utf8(line).ok()?;
+    let mut parts = line.split_whitespace();
+    if !parts.next()?.starts_with("HTTP/1.") {
+        return None;
+    }
+    parts.next()?.parse().ok()
+}
+
+/// One HTTP/1.1 response read off a raw connection.
+#[derive(Debug)]
+pub struct RawResponse {
+    pub status: u16,
+    /// Header names lower-cased.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl RawResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Reads exactly one response with a `content-length` body from a buffered raw connection.
+pub async fn read_response(
+    rd: &mut (impl tokio::io::AsyncBufRead + Unpin),
+) -> std::io::Result<RawResponse> {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+    let mut line = String::new();
+    if rd.read_line(&mut line).await? == 0 {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    let status = status_of(line.as_bytes())
+        .ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))?;
+    let mut headers = Vec::new();
+    loop {
+        line.clear();
+        if rd.read_line(&mut line).await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        let l = line.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        let (n, v) = l
+            .split_once(':')
+            .ok_or_else(|| std::io::Error::other(format!("bad header {l:?}")))?;
+        headers.push((n.trim().to_ascii_lowercase(), v.trim().to_owned()));
+    }
+    let len: usize = headers
+        .iter()
+        .find(|(n, _)| n == "content-length")
+        .map_or(Ok(0), |(_, v)| v.parse())
+        .map_err(std::io::Error::other)?;
+    let mut body = vec![0; len];
+    rd.read_exact(&mut body).await?;
+    Ok(RawResponse {
+        status,
+        headers,
+        body,
+    })
+}

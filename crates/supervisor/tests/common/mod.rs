@@ -112,6 +112,7 @@ impl Kit {
                 drain_timeout: Dur::from_secs(10),
                 signal: StopSignal::Term,
                 grace: Dur::from_secs(5),
+                ..StopSpec::default()
             },
             restart: RestartSpec {
                 backoff_initial: Dur::from_millis(20),

@@ -1,0 +1,461 @@
+//! WebSocket relay and drain, end to end: real sockets on 127.0.0.1, a WebSocket app written
+//! here with tokio-tungstenite, a tokio-tungstenite client.
+
+mod support;
+
+use cutover_core::spec::StickySpec;
+use cutover_proxy::{ProxyConfig, WsDrainReport};
+use futures_util::{SinkExt, StreamExt};
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use support::*;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A WebSocket app: greets each connection with `hello from <name>`, echoes text and binary
+/// messages `delay` after receiving them, and answers the text `close` (after the same delay)
+/// with Close 1000 "bye". It records every text it received and every close frame.
+struct App {
+    addr: SocketAddr,
+    texts: Arc<Mutex<Vec<String>>>,
+    closes: Arc<Mutex<Vec<Option<CloseFrame<'static>>>>>,
+}
+
+impl App {
+    async fn start(name: &str, delay: Duration) -> App {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let texts = Arc::new(Mutex::new(Vec::new()));
+        let closes = Arc::new(Mutex::new(Vec::new()));
+        let (t, c, name) = (texts.clone(), closes.clone(), name.to_owned());
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (t, c, name) = (t.clone(), c.clone(), name.clone());
+                tokio::spawn(async move {
+                    let Ok(ws) = tokio_tungstenite::accept_async(stream).await else {
+                        return;
+                    };
+                    let (mut tx, mut rx) = ws.split();
+                    let (q, mut due) = tokio::sync::mpsc::unbounded_channel::<(Instant, Message)>();
+                    let writer = tokio::spawn(async move {
+                        while let Some((at, msg)) = due.recv().await {
+                            tokio::time::sleep_until(at).await;
+                            let close = msg.is_close();
+                            if tx.send(msg).await.is_err() || close {
+                                break;
+                            }
+                        }
+                        tx
+                    });
+                    let _ = q.send((Instant::now(), Message::text(format!("hello from {name}"))));
+                    while let Some(Ok(msg)) = rx.next().await {
+                        let reply = match msg {
+                            Message::Text(text) if text == "close" => {
+                                t.lock().unwrap().push(text);
+                                Message::Close(Some(CloseFrame {
+                                    code: CloseCode::Normal,
+                                    reason: "bye".into(),
+                                }))
+                            }
+                            Message::Text(text) => {
+                                t.lock().unwrap().push(text.clone());
+                                Message::Text(text)
+                            }
+                            Message::Binary(b) => Message::Binary(b),
+                            Message::Close(f) => {
+                                c.lock().unwrap().push(f);
+                                continue;
+                            }
+                            _ => continue,
+                        };
+                        let _ = q.send((Instant::now() + delay, reply));
+                    }
+                    drop(q);
+                    let _ = writer.await;
+                });
+            }
+        });
+        App {
+            addr,
+            texts,
+            closes,
+        }
+    }
+
+    fn backend(&self) -> Arc<cutover_proxy::Backend> {
+        Arc::new(cutover_proxy::Backend::new("app", self.addr))
+    }
+
+    fn texts(&self) -> Vec<String> {
+        self.texts.lock().unwrap().clone()
+    }
+
+    fn closes(&self) -> Vec<Option<CloseFrame<'static>>> {
+        self.closes.lock().unwrap().clone()
+    }
+}
+
+async fn connect(proxy: SocketAddr, path: &str) -> Client {
+    let (ws, resp) = tokio::time::timeout(
+        DEADLINE,
+        tokio_tungstenite::connect_async(format!("ws://{proxy}{path}")),
+    )
+    .await
+    .expect("upgrade within the deadline")
+    .expect("upgrade");
+    assert_eq!(resp.status(), http::StatusCode::SWITCHING_PROTOCOLS);
+    ws
+}
+
+async fn next(ws: &mut Client) -> Message {
+    tokio::time::timeout(DEADLINE, ws.next())
+        .await
+        .expect("a message within the deadline")
+        .expect("stream still open")
+        .expect("no protocol error (a reset would be 1006)")
+}
+
+/// Reads until the close frame, asserting every item is a proper message; then expects the
+/// stream to end cleanly (the server closed the TCP connection after the handshake).
+async fn until_close(ws: &mut Client, mut on_text: impl FnMut(String)) -> CloseFrame<'static> {
+    let frame = loop {
+        match next(ws).await {
+            Message::Text(t) => on_text(t),
+            Message::Close(Some(f)) => break f,
+            Message::Close(None) => panic!("close frame without a code"),
+            _ => {}
+        }
+    };
+    let end = tokio::time::timeout(DEADLINE, ws.next())
+        .await
+        .expect("connection closed after the close handshake");
+    assert!(end.is_none(), "after close: {end:?}");
+    frame
+}
+
+#[tokio::test]
+async fn messages_are_relayed_both_ways_and_the_apps_close_reaches_the_client() {
+    let app = App::start("v1", Duration::ZERO).await;
+    let px = Running::start().await;
+    px.proxy
+        .set_table(table(Some(pool("v1", &[app.backend()])), None));
+
+    let mut ws = connect(px.addr, "/orders").await;
+    assert_eq!(px.proxy.websocket_sessions(app.addr), 1);
+    assert_eq!(px.proxy.in_flight(app.addr), 1);
+    let mut other = connect(px.addr, "/orders").await;
+    assert_eq!(px.proxy.websocket_sessions(app.addr), 2);
+    assert_eq!(next(&mut other).await, Message::text("hello from v1"));
+    // Instance → client without a client message first.
+    assert_eq!(next(&mut ws).await, Message::text("hello from v1"));
+    for i in 0..3 {
+        let text = Message::text(format!("order {i}"));
+        ws.send(text.clone()).await.unwrap();
+        assert_eq!(next(&mut ws).await, text);
+        let bin = Message::binary(vec![0u8, 159, 146, 150, i]);
+        ws.send(bin.clone()).await.unwrap();
+        assert_eq!(next(&mut ws).await, bin);
+    }
+    assert_eq!(app.texts(), ["order 0", "order 1", "order 2"]);
+
+    // The app closes with 1000: the client gets that code and reason, not a reset.
+    ws.send(Message::text("close")).await.unwrap();
+    let frame = until_close(&mut ws, |t| panic!("unexpected {t}")).await;
+    assert_eq!(frame.code, CloseCode::Normal);
+    assert_eq!(frame.reason, "bye");
+    eventually("one session left", || {
+        px.proxy.websocket_sessions(app.addr) == 1
+    })
+    .await;
+
+    // The client closes with 1000 and a reason: the app gets both.
+    other
+        .close(Some(CloseFrame {
+            code: CloseCode::Normal,
+            reason: "done".into(),
+        }))
+        .await
+        .unwrap();
+    while let Ok(Some(Ok(_))) = tokio::time::timeout(DEADLINE, other.next()).await {}
+    eventually("sessions ended", || {
+        px.proxy.websocket_sessions(app.addr) == 0
+    })
+    .await;
+    eventually("in-flight back to 0", || px.proxy.in_flight(app.addr) == 0).await;
+    let closes = app.closes();
+    assert!(
+        closes
+            .iter()
+            .flatten()
+            .any(|f| f.code == CloseCode::Normal && f.reason == "done"),
+        "{closes:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_delivers_in_flight_acks_drops_later_orders_and_closes_with_1012() {
+    // Each order is acknowledged 100 ms after the app took it: at any moment some acks are
+    // in flight.
+    let app = App::start("v1", Duration::from_millis(100)).await;
+    let px = Running::start().await;
+    let backend = app.backend();
+    px.proxy.set_table(table(
+        Some(pool("v1", std::slice::from_ref(&backend))),
+        None,
+    ));
+    let ws = connect(px.addr, "/orders").await;
+    let (mut tx, mut rx) = ws.split();
+    assert_eq!(
+        tokio::time::timeout(DEADLINE, rx.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap(),
+        Message::text("hello from v1")
+    );
+
+    // The client places orders continuously; `sending` is the last one it started to send.
+    let sending = Arc::new(AtomicU64::new(0));
+    let s = sending.clone();
+    let sender = tokio::spawn(async move {
+        for seq in 1u64.. {
+            s.store(seq, Ordering::SeqCst);
+            if tx.send(Message::text(format!("seq {seq}"))).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    });
+    let seq = |t: &str| -> u64 { t.strip_prefix("seq ").unwrap().parse().unwrap() };
+    let mut acked = Vec::new();
+    while acked.len() < 20 {
+        match tokio::time::timeout(DEADLINE, rx.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => acked.push(seq(&t)),
+            other => panic!("before the drain: {other:?}"),
+        }
+    }
+
+    // The host took the backend out of the table, then drains it.
+    px.proxy.set_table(table(None, None));
+    let quiet = Duration::from_millis(500);
+    let drain = px.proxy.drain_websockets(app.addr, quiet);
+    let started = Instant::now();
+    // Every order started after this point was sent after the drain began.
+    let last_before_drain = sending.load(Ordering::SeqCst);
+    let drain = tokio::spawn(drain);
+
+    let acked_before = acked.len();
+    let mut after_drain = Vec::new();
+    let frame = loop {
+        match tokio::time::timeout(DEADLINE, rx.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => after_drain.push(seq(&t)),
+            Ok(Some(Ok(Message::Close(Some(f))))) => break f,
+            other => panic!("during the drain: {other:?}"),
+        }
+    };
+    let closed_after = started.elapsed();
+    let end = tokio::time::timeout(DEADLINE, rx.next()).await.unwrap();
+    assert!(end.is_none(), "a clean end after the close, got {end:?}");
+    assert_eq!(frame.code, CloseCode::Restart);
+    assert_eq!(frame.reason, "cutover: instance draining");
+    assert!(closed_after >= quiet, "closed after {closed_after:?}");
+    let _ = tokio::time::timeout(DEADLINE, sender).await.unwrap();
+
+    let report = tokio::time::timeout(DEADLINE, drain)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        report,
+        WsDrainReport {
+            sessions: 1,
+            closed_by_cutover: 1,
+            ..WsDrainReport::default()
+        }
+    );
+
+    // The acks in flight when the drain began reached the client during the quiet period...
+    assert!(
+        !after_drain.is_empty(),
+        "no ack arrived in the quiet period"
+    );
+    acked.extend(&after_drain);
+    // ...and every order the app took was acknowledged, in order: nothing taken was lost.
+    let taken: Vec<u64> = app.texts().iter().map(|t| seq(t)).collect();
+    assert_eq!(acked, taken, "acks ({acked_before} before the drain)");
+    // No order sent after the drain began reached the app (the client resends those).
+    let max_taken = taken.iter().copied().max().unwrap();
+    assert!(
+        max_taken <= last_before_drain,
+        "the app took order {max_taken}, sent after the drain began at {last_before_drain}"
+    );
+    assert!(
+        sending.load(Ordering::SeqCst) > last_before_drain,
+        "the client kept sending during the drain"
+    );
+    // The app got a normal close, not a reset.
+    eventually("the app saw the close", || !app.closes().is_empty()).await;
+    let closes = app.closes();
+    let f = closes[0].as_ref().expect("a close code for the app");
+    assert_eq!(f.code, CloseCode::Away);
+
+    assert_eq!(px.proxy.websocket_sessions(app.addr), 0);
+    assert_eq!(px.proxy.in_flight(app.addr), 0);
+    assert_eq!(backend.in_flight(), 0);
+}
+
+#[tokio::test]
+async fn a_session_the_app_closes_during_the_quiet_period_ends_by_its_close() {
+    let app = App::start("v1", Duration::from_millis(100)).await;
+    let px = Running::start().await;
+    px.proxy
+        .set_table(table(Some(pool("v1", &[app.backend()])), None));
+    let mut closing = connect(px.addr, "/").await;
+    let mut idle = connect(px.addr, "/").await;
+    assert_eq!(next(&mut closing).await, Message::text("hello from v1"));
+    assert_eq!(next(&mut idle).await, Message::text("hello from v1"));
+    // The app will close this one 100 ms from now, well within the quiet period.
+    closing.send(Message::text("close")).await.unwrap();
+    eventually("the app took the close request", || {
+        app.texts().iter().any(|t| t == "close")
+    })
+    .await;
+    assert_eq!(px.proxy.websocket_sessions(app.addr), 2);
+
+    px.proxy.set_table(table(None, None));
+    let drain = tokio::spawn(
+        px.proxy
+            .drain_websockets(app.addr, Duration::from_millis(600)),
+    );
+    let (a, b) = tokio::join!(
+        until_close(&mut closing, |t| panic!("unexpected {t}")),
+        until_close(&mut idle, |t| panic!("unexpected {t}")),
+    );
+    assert_eq!((a.code, a.reason.as_ref()), (CloseCode::Normal, "bye"));
+    assert_eq!(b.code, CloseCode::Restart);
+    let report = tokio::time::timeout(DEADLINE, drain)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        report,
+        WsDrainReport {
+            sessions: 2,
+            closed_by_app: 1,
+            closed_by_cutover: 1,
+            ..WsDrainReport::default()
+        }
+    );
+    assert_eq!(px.proxy.websocket_sessions(app.addr), 0);
+    assert_eq!(px.proxy.in_flight(app.addr), 0);
+    // Draining a backend without sessions reports nothing and returns at once.
+    assert_eq!(
+        px.proxy
+            .drain_websockets(app.addr, Duration::from_secs(60))
+            .await,
+        WsDrainReport::default()
+    );
+}
+
+#[tokio::test]
+async fn websockets_stick_by_query_parameter_across_a_weight_increase() {
+    let (s, c) = (
+        App::start("v1", Duration::ZERO).await,
+        App::start("v2", Duration::ZERO).await,
+    );
+    let px = Running::with_config(ProxyConfig {
+        sticky: StickySpec {
+            query: Some("client".into()),
+            ..StickySpec::default()
+        },
+        ..ProxyConfig::default()
+    })
+    .await;
+    let (sb, cb) = (s.backend(), c.backend());
+    let set = |bp| {
+        px.proxy.set_table(table(
+            Some(pool("v1", std::slice::from_ref(&sb))),
+            Some((pool("v2", std::slice::from_ref(&cb)), bp)),
+        ))
+    };
+    // Which version a fresh connection for `id` lands on (the app greets with its name).
+    let version = |id: String| async move {
+        let mut ws = connect(px.addr, &format!("/stream?v=1&client={id}&x")).await;
+        let hello = next(&mut ws).await;
+        let _ = ws.close(None).await;
+        match hello {
+            Message::Text(t) => t.trim_start_matches("hello from ").to_owned(),
+            other => panic!("greeting {other:?}"),
+        }
+    };
+
+    set(2_000);
+    let mut first = HashMap::new();
+    for i in 0..100 {
+        let id = format!("user-{i}");
+        let v = version(id.clone()).await;
+        assert_eq!(version(id.clone()).await, v, "{id} moved at a fixed weight");
+        first.insert(id, v);
+    }
+    let canaries: HashSet<_> = first
+        .iter()
+        .filter(|(_, v)| *v == "v2")
+        .map(|(k, _)| k.clone())
+        .collect();
+    assert!(!canaries.is_empty() && canaries.len() < first.len());
+
+    set(5_000);
+    let mut moved = 0;
+    for (id, before) in &first {
+        let now = version(id.clone()).await;
+        if canaries.contains(id) {
+            assert_eq!(now, "v2", "{id} went back to stable when the weight grew");
+        } else if now == "v2" {
+            moved += 1;
+        } else {
+            assert_eq!(&now, before);
+        }
+    }
+    assert!(moved > 0, "raising the weight moved nobody");
+}
+
+/// An instance that goes away without a close frame (it exited, or a reset discarded the close
+/// it had sent): the client still gets a proper close, 1012, never a 1006 from cutover.
+#[tokio::test]
+async fn an_instance_that_vanishes_gets_its_clients_a_1012_not_a_reset() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (vanish_tx, vanish_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        let ws = tokio_tungstenite::accept_async(stream).await.unwrap();
+        let _ = vanish_rx.await;
+        // Dropped without a close frame: the TCP connection just ends.
+        drop(ws);
+    });
+    let px = Running::start().await;
+    let backend = Arc::new(cutover_proxy::Backend::new("v1#0", addr));
+    px.proxy.set_table(table(
+        Some(pool("v1", std::slice::from_ref(&backend))),
+        None,
+    ));
+    let mut ws = connect(px.addr, "/orders").await;
+    eventually("session open", || px.proxy.websocket_sessions(addr) == 1).await;
+    vanish_tx.send(()).unwrap();
+    let frame = until_close(&mut ws, |t| panic!("unexpected {t}")).await;
+    assert_eq!(frame.code, CloseCode::Restart);
+    assert!(frame.reason.contains("went away"), "{}", frame.reason);
+    eventually("session gone", || {
+        px.proxy.websocket_sessions(addr) == 0 && px.proxy.in_flight(addr) == 0
+    })
+    .await;
+}
