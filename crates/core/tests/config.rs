@@ -149,3 +149,21 @@ fn unknown_placeholders_are_rejected() {
     let e = errors("[service]\nname = \"s\"\n[app]\ncommand = [\"./app\", \"--port\", \"{port}\", \"{verison}\"]\n");
     assert!(e[0].contains("{verison}"), "{}", e[0]);
 }
+
+#[test]
+fn drain_and_sticky_query_settings_are_checked() {
+    let e = errors(&format!("{MINIMAL}\n[app.stop]\ndrain_path = \"drain\"\ndrain_signal = \"SIGUSR1\"\n[sticky]\nquery = \"a&b\"\n"));
+    let joined = e.join("\n");
+    assert!(
+        joined.contains("app.stop.drain_path: \"drain\" does not start with '/'"),
+        "{joined}"
+    );
+    assert!(
+        joined.contains("together with app.stop.drain_signal"),
+        "{joined}"
+    );
+    assert!(joined.contains("sticky.query"), "{joined}");
+    let ok = Config::from_toml_str(&format!("{MINIMAL}\n[app.stop]\ndrain_path = \"/drain\"\nquiet_period = \"500ms\"\n[sticky]\nquery = \"client\"\n")).unwrap();
+    assert_eq!(ok.app.stop.quiet_period, Dur::from_millis(500));
+    assert_eq!(ok.sticky.query.as_deref(), Some("client"));
+}

@@ -247,3 +247,64 @@ async fn unknown_version() {
     assert!(matches!(err, SupervisorError::UnknownVersion(_)), "{err}");
     assert!(sup.stop("nope", Arc::new(|_| 0)).await.instances.is_empty());
 }
+
+/// The drain protocol: when an instance leaves rotation it is asked to drain (a signal, or a
+/// `POST` to a path) — an app that knows its protocol then closes its own long-lived
+/// connections, which is what the in-flight count sees here (it drops once the app drained).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_instance_is_asked_to_drain_by_signal_or_post() {
+    use cutover_core::spec::StopSignal;
+    for by_signal in [true, false] {
+        let kit = Kit::new();
+        let flag = kit.path("drained");
+        let mut app = kit.app(&["--drain-file", flag.to_str().unwrap()]);
+        if by_signal {
+            app.stop.drain_signal = Some(StopSignal::Usr1);
+        } else {
+            app.stop.drain_path = Some("/drain".into());
+        }
+        let (sup, _rx) = kit.start(app);
+        sup.wait_ready("v1", DEADLINE).await.unwrap();
+        let f = flag.clone();
+        // "Connections" stay open until the app was told to drain.
+        let in_flight: InFlight = Arc::new(move |_| usize::from(!f.exists()));
+        let report = sup.stop("v1", in_flight).await;
+        let r = &report.instances[0];
+        assert!(
+            matches!(r.drain, DrainOutcome::Drained { .. }),
+            "by_signal={by_signal}: {r:?}"
+        );
+        assert!(flag.exists());
+        assert!(kit.processes().is_empty());
+        kit.finish(&sup).await;
+    }
+}
+
+/// What is still open when the drain window ends is handed to the closer (the proxy's 1012
+/// close of WebSockets) before the stop signal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_closer_runs_when_the_drain_window_ends_with_connections_open() {
+    let kit = Kit::new();
+    let mut app = kit.app(&[]);
+    app.stop.drain_timeout = Dur::from_millis(100);
+    let (sup, _rx) = kit.start(app);
+    sup.wait_ready("v1", DEADLINE).await.unwrap();
+    let closed = Arc::new(AtomicBool::new(false));
+    let in_flight: InFlight = {
+        let closed = closed.clone();
+        Arc::new(move |_| usize::from(!closed.load(Ordering::SeqCst)))
+    };
+    let closer: cutover_supervisor::Closer = {
+        let closed = closed.clone();
+        Arc::new(move |_| {
+            let closed = closed.clone();
+            Box::pin(async move { closed.store(true, Ordering::SeqCst) })
+        })
+    };
+    let report = sup.stop_with("v1", in_flight, Some(closer)).await;
+    let r = &report.instances[0];
+    assert!(closed.load(Ordering::SeqCst));
+    assert!(matches!(r.drain, DrainOutcome::Drained { .. }), "{r:?}");
+    assert!(matches!(r.exit, StopExit::Exited { .. }), "{r:?}");
+    kit.finish(&sup).await;
+}

@@ -18,7 +18,8 @@ pub const DEADLINE: Duration = Duration::from_secs(20);
 /// `--port P` (required) · `--exit-now` (exit 3 at once) · `--ignore-term` ·
 /// `--ready-file F` (/ready is 503 until F exists) · `--unready-file F` (/ready is 503 while F
 /// exists) · `--live-fail-file F` (/live is 500 while F exists; removed at startup, so a
-/// restarted process is healthy). Anything else is echoed in the startup line.
+/// restarted process is healthy) · `--drain-file F` (SIGUSR1 or `POST /drain` creates F).
+/// Anything else is echoed in the startup line.
 pub const APP: &str = r#"#!/usr/bin/env python3
 import os, signal, sys
 from http.server import ThreadingHTTPServer, BaseHTTPRequestHandler
@@ -35,6 +36,11 @@ if "--exit-now" in args:
 if "--ignore-term" in args:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 ready_file, unready_file, live_fail_file = opt("--ready-file"), opt("--unready-file"), opt("--live-fail-file")
+drain_file = opt("--drain-file")
+def drained(*_):
+    if drain_file:
+        open(drain_file, "w").close()
+signal.signal(signal.SIGUSR1, drained)
 if live_fail_file and os.path.exists(live_fail_file):
     os.remove(live_fail_file)
 
@@ -53,6 +59,14 @@ class H(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+    def do_POST(self):
+        code = 404
+        if self.path == "/drain":
+            drained()
+            code = 200
+        self.send_response(code)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
     def log_message(self, *a):
         pass
 
