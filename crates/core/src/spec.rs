@@ -163,6 +163,43 @@ pub struct ServiceSpec {
     /// An instance that sends no response head for this long: the request gets a 504.
     #[serde(default = "default_upstream_timeout")]
     pub upstream_timeout: Dur,
+    /// `[service.tls]`: terminate TLS on `listen` (HTTP/1.1 and HTTP/2 by ALPN) instead of
+    /// serving plaintext.
+    #[serde(default)]
+    pub tls: Option<TlsSpec>,
+}
+
+/// `[service.tls]`: the certificate the public listener presents.
+///
+/// The files are re-read every `reload_interval` when their modification time changed, so a
+/// renewed certificate is picked up without a restart; a file that does not parse is logged
+/// and the certificate in use is kept.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSpec {
+    /// PEM certificate chain, leaf first; relative to the config file.
+    pub cert: String,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1); relative to the config file.
+    pub key: String,
+    /// How often the files are checked for a change.
+    #[serde(default = "default_tls_reload_interval")]
+    pub reload_interval: Dur,
+}
+
+fn default_tls_reload_interval() -> Dur {
+    Dur::from_secs(10)
+}
+
+/// How the proxy speaks to instances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 over pooled keep-alive connections.
+    #[default]
+    Http1,
+    /// HTTP/2 over cleartext with prior knowledge (h2c): the instance must accept the HTTP/2
+    /// preface on its port. WebSocket upgrades still use HTTP/1.1.
+    Http2,
 }
 
 /// `[admin]`: the admin API the CLI talks to.
@@ -209,6 +246,9 @@ pub struct AppSpec {
     pub stop: StopSpec,
     #[serde(default)]
     pub restart: RestartSpec,
+    /// What the instances speak: `"http1"` (default) or `"http2"` (h2c, prior knowledge).
+    #[serde(default)]
+    pub upstream_protocol: UpstreamProtocol,
 }
 
 /// An HTTP probe: `GET path` must answer 2xx within `timeout`.
@@ -895,6 +935,21 @@ impl Config {
                 "is empty",
                 "set a directory, e.g. \".cutover\"",
             );
+        }
+        if let Some(tls) = &s.tls {
+            for (field, path) in [
+                ("service.tls.cert", &tls.cert),
+                ("service.tls.key", &tls.key),
+            ] {
+                if path.trim().is_empty() {
+                    v.err(
+                        field,
+                        "is empty",
+                        "give the path of a PEM file, relative to the config file",
+                    );
+                }
+            }
+            v.positive("service.tls.reload_interval", tls.reload_interval);
         }
         if s.listen == self.admin.listen && s.listen.port() != 0 {
             v.err(

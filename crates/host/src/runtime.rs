@@ -24,7 +24,7 @@ use cutover_core::judge::External;
 use cutover_core::{Timestamp, WindowStats};
 use cutover_notify::{Notice, Notifier};
 use cutover_promql::{EvalOptions, Labels, MemStore};
-use cutover_proxy::{Proxy, ProxyConfig};
+use cutover_proxy::{CertReloader, Proxy, ProxyConfig, TlsError};
 use cutover_store::{Commit, DecisionRecord, EventRecord, ReleaseRecord, RolloutRecord, Store};
 use cutover_supervisor::{Fleet, InFlight, Release as SupRelease, Supervisor};
 use cutover_telemetry::Recorder;
@@ -64,6 +64,11 @@ pub enum StartError {
     Config(#[from] cutover_core::spec::ConfigError),
     #[error("notify: {0}")]
     Notify(String),
+    #[error("service.tls.cert / service.tls.key: {source} (fix: point service.tls.cert at a PEM certificate chain and service.tls.key at its PEM private key; relative paths are relative to the config file)")]
+    Tls {
+        #[source]
+        source: TlsError,
+    },
 }
 
 /// Instance logs of releases that stopped longer ago than this are deleted (DESIGN.md: anything
@@ -142,6 +147,21 @@ pub async fn start(loaded: Loaded) -> Result<Running, StartError> {
         path: state_dir.clone(),
         source,
     })?;
+    // Checked before anything listens: a config naming a certificate that does not load must
+    // not come up serving plaintext, nor come up at all.
+    let tls = c
+        .service
+        .tls
+        .as_ref()
+        .map(|t| {
+            CertReloader::load(
+                crate::config::resolve(&loaded.dir, &t.cert),
+                crate::config::resolve(&loaded.dir, &t.key),
+            )
+            .map(|r| (r, t.reload_interval.get()))
+            .map_err(|source| StartError::Tls { source })
+        })
+        .transpose()?;
     let token = cutover_admin::ensure_token(&state_dir)?;
     prune_logs(&state_dir.join("logs"), RETENTION);
     let store = Store::open(&state_dir.join("cutover.db"))?;
@@ -161,6 +181,7 @@ pub async fn start(loaded: Loaded) -> Result<Running, StartError> {
         ProxyConfig {
             sticky: c.sticky.clone(),
             shutdown_timeout: c.app.stop.drain_timeout.get(),
+            upstream_protocol: c.app.upstream_protocol,
             ..ProxyConfig::default()
         },
         recorder.clone(),
@@ -203,14 +224,26 @@ pub async fn start(loaded: Loaded) -> Result<Running, StartError> {
     {
         let proxy = proxy.clone();
         let mut rx = shutdown_rx.clone();
-        tasks.push(tokio::spawn(async move {
-            let outcome = proxy
-                .serve(proxy_listener, async move {
+        let stop = async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        match tls {
+            None => tasks.push(tokio::spawn(async move {
+                let outcome = proxy.serve(proxy_listener, stop).await;
+                info!(?outcome, "proxy stopped");
+            })),
+            Some((reloader, interval)) => {
+                let config = reloader.server_config();
+                let mut rx = shutdown_rx.clone();
+                tasks.push(tokio::spawn(reloader.run(interval, async move {
                     let _ = rx.wait_for(|s| *s).await;
-                })
-                .await;
-            info!(?outcome, "proxy stopped");
-        }));
+                })));
+                tasks.push(tokio::spawn(async move {
+                    let outcome = proxy.serve_tls(proxy_listener, config, stop).await;
+                    info!(?outcome, "proxy stopped");
+                }));
+            }
+        }
     }
     {
         let handler: Arc<dyn Handler> = Arc::new(AdminHandler {

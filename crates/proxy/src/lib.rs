@@ -9,6 +9,11 @@
 //! losing acks or executing orders twice, see `ws`); any other HTTP/1.1 `Upgrade` is passed
 //! through as a byte tunnel.
 //!
+//! The public listener serves plaintext ([`Proxy::serve`]: HTTP/1.1, and HTTP/2 with prior
+//! knowledge) or TLS ([`Proxy::serve_tls`]: HTTP/2 or HTTP/1.1 by ALPN, the certificate
+//! swappable at run time through [`CertReloader`]). Instances are reached over HTTP/1.1, or
+//! HTTP/2 with prior knowledge when [`ProxyConfig::upstream_protocol`] says so.
+//!
 //! Invariants of DESIGN.md it upholds: (1) a request sees the old table or the new one, never
 //! a mix — the table is one atomic pointer, loaded once per request; (2) sticky monotonicity —
 //! the canary decision is a threshold on a fixed hash; (4) drain — in-flight requests and
@@ -26,10 +31,12 @@ mod error;
 mod headers;
 mod proxy;
 mod table;
+mod tls;
 mod ws;
 
 pub use body::ProxyBody;
 pub use error::ProxyError;
 pub use proxy::{Proxy, ProxyConfig, ShutdownOutcome};
 pub use table::{Backend, Pool, RouteTable};
+pub use tls::{load_server_config, CertReloader, Reload, SharedServerConfig, TlsError, ALPN};
 pub use ws::WsDrainReport;

@@ -4,10 +4,11 @@ use crate::body::{Guarded, ProxyBody, Resendable};
 use crate::error::{ProxyError, UpstreamError};
 use crate::headers;
 use crate::table::{pick_backend, Backend, InFlight, RouteTable};
+use crate::tls::SharedServerConfig;
 use crate::ws::{self, WsDrainReport};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use cutover_core::spec::StickySpec;
+use cutover_core::spec::{StickySpec, UpstreamProtocol};
 use cutover_telemetry::Recorder;
 use http::header::{HeaderName, HOST};
 use http::{Request, Response, StatusCode, Uri, Version};
@@ -16,7 +17,8 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
@@ -52,6 +54,9 @@ pub struct ProxyConfig {
     /// An instance that sends no response head for this long gets the request answered 504
     /// (nginx's `proxy_read_timeout` defaults to the same 60 s).
     pub upstream_timeout: Duration,
+    /// What instances speak. HTTP/2 is h2c with prior knowledge; WebSocket and other upgrades
+    /// always go over HTTP/1.1, since HTTP/2 has no `Upgrade`.
+    pub upstream_protocol: UpstreamProtocol,
 }
 
 impl Default for ProxyConfig {
@@ -66,6 +71,7 @@ impl Default for ProxyConfig {
             // Envoy's default (60 KiB) rounded up; nginx allows 4 × 8 KiB lines.
             max_header_bytes: 64 * 1024,
             upstream_timeout: Duration::from_secs(60),
+            upstream_protocol: UpstreamProtocol::Http1,
         }
     }
 }
@@ -103,6 +109,9 @@ struct Inner {
     /// it drains.
     registry: Mutex<HashMap<SocketAddr, Vec<Weak<Backend>>>>,
     client: Client<HttpConnector, Resendable>,
+    /// HTTP/2-only pools, used for every non-upgrade request when `upstream_protocol` is
+    /// HTTP/2 (built either way: it holds no connection until used).
+    h2_client: Client<HttpConnector, Resendable>,
     recorder: Recorder,
     /// Open WebSocket sessions by backend address (what [`Proxy::drain_websockets`] closes).
     ws: Arc<ws::Sessions>,
@@ -128,6 +137,13 @@ impl Proxy {
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(config.pool_idle_timeout)
             .pool_max_idle_per_host(config.pool_max_idle_per_host)
+            .build(connector.clone());
+        let h2_client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .pool_idle_timeout(config.pool_idle_timeout)
+            .pool_max_idle_per_host(config.pool_max_idle_per_host)
+            .http2_only(true)
             .build(connector);
         Proxy {
             inner: Arc::new(Inner {
@@ -136,6 +152,7 @@ impl Proxy {
                 table: ArcSwap::from_pointee(RouteTable::default()),
                 registry: Mutex::new(HashMap::new()),
                 client,
+                h2_client,
                 recorder,
                 ws: Arc::default(),
             }),
@@ -241,8 +258,31 @@ impl Proxy {
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> ShutdownOutcome {
+        self.accept_loop(listener, None, shutdown).await
+    }
+
+    /// [`Proxy::serve`] behind TLS: each accepted connection is handshaken with the config
+    /// `tls` points to at that moment (so a reload through [`crate::CertReloader`] applies to
+    /// new connections only), then served as HTTP/2 if the client chose `h2` by ALPN and as
+    /// HTTP/1.1 otherwise. A handshake not done within `header_read_timeout` is dropped.
+    /// Shutdown is the same: GOAWAY on HTTP/2, `Connection: close` on HTTP/1.1.
+    pub async fn serve_tls(
+        &self,
+        listener: TcpListener,
+        tls: SharedServerConfig,
+        shutdown: impl Future<Output = ()>,
+    ) -> ShutdownOutcome {
+        self.accept_loop(listener, Some(tls), shutdown).await
+    }
+
+    async fn accept_loop(
+        &self,
+        listener: TcpListener,
+        tls: Option<SharedServerConfig>,
+        shutdown: impl Future<Output = ()>,
+    ) -> ShutdownOutcome {
         let graceful = GracefulShutdown::new();
-        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
             .timer(TokioTimer::new())
@@ -271,21 +311,36 @@ impl Proxy {
                     };
                     let _ = stream.set_nodelay(true);
                     let proxy = self.clone();
-                    let service = hyper::service::service_fn(move |req| {
-                        let proxy = proxy.clone();
-                        async move { Ok::<_, Infallible>(proxy.handle(req, peer).await) }
-                    });
                     let builder = builder.clone();
                     let watcher = graceful.watcher();
+                    let tls = tls.as_ref().map(|t| tokio_rustls::TlsAcceptor::from(t.load_full()));
                     tokio::spawn(async move {
-                        if !first_bytes(&stream, header_read_timeout).await {
-                            debug!(%peer, "client sent no request in time; closed");
-                            return;
-                        }
-                        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                        if let Err(e) = watcher.watch(conn).await {
-                            debug!(%peer, error = %e, "client connection ended with an error");
-                        }
+                        let Some(acceptor) = tls else {
+                            if !first_bytes(&stream, header_read_timeout).await {
+                                debug!(%peer, "client sent no request in time; closed");
+                                return;
+                            }
+                            return proxy.serve_connection(builder, TokioIo::new(stream), peer, watcher).await;
+                        };
+                        let stream = match tokio::time::timeout(header_read_timeout, acceptor.accept(stream)).await {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(e)) => {
+                                debug!(%peer, error = %e, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                debug!(%peer, "client did not complete the TLS handshake in time; closed");
+                                return;
+                            }
+                        };
+                        // ALPN decided the protocol; without ALPN a TLS client speaks HTTP/1.1
+                        // (RFC 9113 §3.2), and hyper's HTTP/1 header timer then covers it.
+                        let builder = if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                            builder.http2_only()
+                        } else {
+                            builder.http1_only()
+                        };
+                        proxy.serve_connection(builder, TokioIo::new(stream), peer, watcher).await;
                     });
                 }
             }
@@ -294,6 +349,26 @@ impl Proxy {
         match tokio::time::timeout(self.inner.config.shutdown_timeout, graceful.shutdown()).await {
             Ok(()) => ShutdownOutcome::Drained,
             Err(_) => ShutdownOutcome::TimedOut,
+        }
+    }
+
+    /// Serves one client connection, tracked by `watcher` for graceful shutdown.
+    async fn serve_connection<I>(
+        self,
+        builder: auto::Builder<TokioExecutor>,
+        io: I,
+        peer: SocketAddr,
+        watcher: Watcher,
+    ) where
+        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
+        let service = hyper::service::service_fn(move |req| {
+            let proxy = self.clone();
+            async move { Ok::<_, Infallible>(proxy.handle(req, peer).await) }
+        });
+        let conn = builder.serve_connection_with_upgrades(io, service);
+        if let Err(e) = watcher.watch(conn).await {
+            debug!(%peer, error = %e, "client connection ended with an error");
         }
     }
 
@@ -349,24 +424,30 @@ impl Proxy {
 
         let (mut body, mut slot) = Resendable::new(body);
         let mut retried = false;
+        // HTTP/2 has no `Upgrade`: upgrades always take the HTTP/1.1 pools.
+        let (client, upstream_version) =
+            if self.inner.config.upstream_protocol == UpstreamProtocol::Http2 && !upgrade {
+                (&self.inner.h2_client, Version::HTTP_2)
+            } else {
+                (&self.inner.client, Version::HTTP_11)
+            };
         // A client that gives up before the instance answers must still count: otherwise a
         // hung canary would show no samples, stay "inconclusive" and never be aborted.
         let mut abandoned = Abandoned::arm(self.inner.recorder.track(&pool.version), started);
         let result = loop {
             let guard = InFlight::new(backend.clone());
-            let upstream = match upstream_request(&parts, backend.addr, &path, body) {
-                Some(r) => r,
-                None => {
-                    // Cannot happen for a socket address and a path the server parsed; a
-                    // failure here is still the proxy's, not the app's.
-                    break Err((guard, None));
-                }
-            };
-            let sent = tokio::time::timeout(
-                self.inner.config.upstream_timeout,
-                self.inner.client.request(upstream),
-            )
-            .await;
+            let upstream =
+                match upstream_request(&parts, backend.addr, &path, upstream_version, body) {
+                    Some(r) => r,
+                    None => {
+                        // Cannot happen for a socket address and a path the server parsed; a
+                        // failure here is still the proxy's, not the app's.
+                        break Err((guard, None));
+                    }
+                };
+            let sent =
+                tokio::time::timeout(self.inner.config.upstream_timeout, client.request(upstream))
+                    .await;
             let Ok(sent) = sent else {
                 abandoned.disarm();
                 warn!(backend = %backend.id, track = track.as_str(), timeout = ?self.inner.config.upstream_timeout, "upstream timed out");
@@ -468,7 +549,7 @@ impl Proxy {
         self.record(&pool.version, resp.status().as_u16(), started, false);
         let (mut parts, body) = resp.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers, false);
-        // The upstream hop is always HTTP/1.1; hyper answers the client in its own version.
+        // hyper answers the client in the client's own version, whatever the upstream hop spoke.
         parts.version = Version::HTTP_11;
         Response::from_parts(parts, Guarded::new(body, guard).boxed_unsync())
     }
@@ -535,6 +616,7 @@ fn upstream_request(
     parts: &http::request::Parts,
     addr: SocketAddr,
     path: &str,
+    version: Version,
     body: Resendable,
 ) -> Option<Request<Resendable>> {
     let uri = Uri::builder()
@@ -546,7 +628,7 @@ fn upstream_request(
     let mut req = Request::builder()
         .method(parts.method.clone())
         .uri(uri)
-        .version(Version::HTTP_11)
+        .version(version)
         .body(body)
         .ok()?;
     *req.headers_mut() = parts.headers.clone();

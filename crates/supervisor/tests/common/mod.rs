@@ -134,6 +134,7 @@ impl Kit {
                 crash_loop_restarts: 3,
                 crash_loop_window: Dur::from_secs(30),
             },
+            upstream_protocol: Default::default(),
         }
     }
 
