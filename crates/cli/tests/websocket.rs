@@ -65,6 +65,40 @@ fn orders(h: &Harness) -> Orders {
     Orders::start(cfg)
 }
 
+/// v1 stable, v2 at 50 %, order clients connected (half of them land on the canary) and
+/// acked by both, then an abort: the canary's sessions are drained and their clients
+/// reconnect to v1.
+async fn canary_with_orders_then_abort(
+    drain_path: bool,
+    tweak: impl Fn(String) -> String,
+) -> (Harness, Orders) {
+    let dir = tempfile::tempdir().unwrap();
+    let text = tweak(config(dir.path(), drain_path));
+    let h = Harness::start_in(dir, text).await;
+    h.first_release("v1").await;
+    h.deploy("v2", json!({})).await.unwrap();
+    h.wait_for("v2 at 50%", LONG, |s| {
+        matches!(
+            s.rollout.as_ref().map(|r| &r.phase),
+            Some(Phase::Progressing)
+        )
+    })
+    .await;
+    let load = orders(&h);
+    h.wait_for("orders acked by both versions", LONG, |_| {
+        let r = load.snapshot();
+        r.acked_by_version.get("v1").copied().unwrap_or(0) > 20
+            && r.acked_by_version.get("v2").copied().unwrap_or(0) > 20
+    })
+    .await;
+    h.verb("abort").await.unwrap();
+    h.wait_for("v2 stopped", LONG, |s| {
+        s.instances.iter().all(|i| i.version == "v1")
+    })
+    .await;
+    (h, load)
+}
+
 fn assert_no_lost_or_ghost_orders(report: &OrdersReport, dir: &Path) {
     assert!(report.sent_unique > 200, "{report:?}");
     assert!(report.unacked.is_empty(), "unacked: {:?}", report.unacked);
@@ -107,32 +141,7 @@ fn assert_no_lost_or_ghost_orders(report: &OrdersReport, dir: &Path) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orders_survive_abort_and_promotion_with_app_driven_drain() {
     let _g = serial().await;
-    let dir = tempfile::tempdir().unwrap();
-    let text = config(dir.path(), true);
-    let h = Harness::start_in(dir, text).await;
-    h.first_release("v1").await;
-    h.deploy("v2", json!({})).await.unwrap();
-    h.wait_for("v2 at 50%", LONG, |s| {
-        matches!(
-            s.rollout.as_ref().map(|r| &r.phase),
-            Some(Phase::Progressing)
-        )
-    })
-    .await;
-    // Sessions open now: half of the clients land on the canary.
-    let load = orders(&h);
-    h.wait_for("orders acked by both versions", LONG, |_| {
-        let r = load.snapshot();
-        r.acked_by_version.get("v1").copied().unwrap_or(0) > 20
-            && r.acked_by_version.get("v2").copied().unwrap_or(0) > 20
-    })
-    .await;
-    // Abort: the canary's sessions are drained; their clients reconnect to v1.
-    h.verb("abort").await.unwrap();
-    h.wait_for("v2 stopped", LONG, |s| {
-        s.instances.iter().all(|i| i.version == "v1")
-    })
-    .await;
+    let (h, load) = canary_with_orders_then_abort(true, |t| t).await;
     let after_abort = load.snapshot();
     assert!(
         after_abort.closes.get("1012").copied().unwrap_or(0) > 0,
@@ -174,29 +183,8 @@ async fn orders_survive_abort_and_promotion_with_app_driven_drain() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orders_survive_a_cutover_driven_drain() {
     let _g = serial().await;
-    let dir = tempfile::tempdir().unwrap();
-    let text =
-        config(dir.path(), false).replace("drain_timeout = \"3s\"", "drain_timeout = \"500ms\"");
-    let h = Harness::start_in(dir, text).await;
-    h.first_release("v1").await;
-    h.deploy("v2", json!({})).await.unwrap();
-    h.wait_for("v2 at 50%", LONG, |s| {
-        matches!(
-            s.rollout.as_ref().map(|r| &r.phase),
-            Some(Phase::Progressing)
-        )
-    })
-    .await;
-    let load = orders(&h);
-    h.wait_for("orders acked by both versions", LONG, |_| {
-        let r = load.snapshot();
-        r.acked_by_version.get("v1").copied().unwrap_or(0) > 20
-            && r.acked_by_version.get("v2").copied().unwrap_or(0) > 20
-    })
-    .await;
-    h.verb("abort").await.unwrap();
-    h.wait_for("v2 stopped", LONG, |s| {
-        s.instances.iter().all(|i| i.version == "v1")
+    let (h, load) = canary_with_orders_then_abort(false, |t| {
+        t.replace("drain_timeout = \"3s\"", "drain_timeout = \"500ms\"")
     })
     .await;
     h.wait_for("more orders on v1", LONG, |_| {

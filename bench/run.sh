@@ -1,0 +1,371 @@
+#!/usr/bin/env bash
+# cutover vs nginx vs HAProxy vs direct: throughput/latency with wrk, and RSS while holding
+# 10,000 idle WebSockets. Results: bench/results/<UTC date-time>.json. See BENCHMARKS.md.
+#
+# Knobs (env): DURATION=15s WARMUP=3s CONNS=64 THREADS=2 WS_N=10000 BODIES="100 16384"
+#              CASES="direct cutover nginx1 nginx haproxy" SKIP_BUILD=1 SKIP_WS=1
+#              PIN=1 (wrk on CPU 0, upstream + proxy on CPU 1; default: no pinning)
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BENCH="$ROOT/bench"
+DURATION=${DURATION:-15s}
+WARMUP=${WARMUP:-3s}
+CONNS=${CONNS:-64}
+THREADS=${THREADS:-2}
+BODIES=${BODIES:-"100 16384"}
+CASES=${CASES:-"direct cutover nginx1 nginx haproxy"}
+PIN=${PIN:-0}
+
+APP_PORT=18080 NGINX_PORT=18081 HAPROXY_PORT=18082 CUTOVER_PORT=18083 ADMIN_PORT=18093
+
+log() { printf '[bench %s] %s\n' "$(date +%T)" "$*" >&2; }
+
+# --- prerequisites -------------------------------------------------------------------------
+need=()
+command -v wrk >/dev/null || need+=(wrk)
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx)
+command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
+command -v python3 >/dev/null || need+=(python3)
+if [ ${#need[@]} -gt 0 ]; then
+  log "installing ${need[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+export PATH="$PATH:/usr/sbin:/sbin"
+# What is measured: by default the committed revision REV (HEAD), exported with `git archive`
+# and built in /tmp with its own target dir, so that a half-edited working tree (or someone
+# else's build in target/) neither breaks nor skews the run. SRC=worktree builds the working
+# tree in place instead (target/release).
+REV=${REV:-HEAD}
+if [ "${SRC:-rev}" = worktree ]; then
+  SRC_DIR="$ROOT"; TARGET_DIR="$ROOT/target"; REV_ID="worktree:$(git -C "$ROOT" rev-parse --short HEAD)"
+else
+  REV_ID=$(git -C "$ROOT" rev-parse "$REV")
+  SRC_DIR="/tmp/cutover-bench-src"; TARGET_DIR="${BENCH_TARGET:-/tmp/cutover-bench-target}"
+  rm -rf "$SRC_DIR"; mkdir -p "$SRC_DIR"
+  git -C "$ROOT" archive "$REV_ID" | tar -x -C "$SRC_DIR"
+fi
+if [ "${SKIP_BUILD:-0}" != 1 ]; then
+  log "cargo build --release ($REV_ID)"
+  (cd "$SRC_DIR" && CARGO_TARGET_DIR="$TARGET_DIR" cargo build --release -q)
+  echo "$REV_ID" >"$TARGET_DIR/.bench-revision"
+else
+  # The binaries are whatever the last build made: report that revision, not today's HEAD.
+  REV_ID=$(cat "$TARGET_DIR/.bench-revision" 2>/dev/null || echo "unknown (SKIP_BUILD=1)")
+fi
+CUTOVER="$TARGET_DIR/release/cutover"
+DEMO="$TARGET_DIR/release/demo-app"
+export BENCH_REV="$REV_ID"
+[ -x "$CUTOVER" ] && [ -x "$DEMO" ]
+
+# 10k WebSockets through a proxy = 20k descriptors in the proxy.
+# The hard limit may be lower than that (a container: 20000 here, not raisable without
+# CAP_SYS_RESOURCE); then WS_N defaults to what fits in one proxy process: (limit - 400) / 2.
+ulimit -n 200000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+FD_LIMIT=$(ulimit -n)
+if [ -z "${WS_N:-}" ]; then WS_N=10000; [ $((2 * WS_N + 400)) -le "$FD_LIMIT" ] || WS_N=$(((FD_LIMIT - 400) / 2)); fi
+HAPROXY_MAXCONN=$(( (FD_LIMIT - 100) / 2 ))
+export BENCH_FD_LIMIT=$FD_LIMIT
+
+for port in $APP_PORT $NGINX_PORT $HAPROXY_PORT $CUTOVER_PORT $ADMIN_PORT; do
+  if ss -Htln "sport = :$port" | grep -q .; then echo "port $port is in use (a leftover server?)" >&2; exit 1; fi
+done
+
+TMP=$(mktemp -d /tmp/cutover-bench.XXXXXX)
+OUT="$TMP/cases"; mkdir -p "$OUT"
+PIDS=()
+cleanup() {
+  local p
+  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
+  sleep 0.5
+  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill -9 "$p" 2>/dev/null || true; done
+  [ "${KEEP_TMP:-0}" = 1 ] || rm -rf "$TMP"
+}
+trap cleanup EXIT
+
+pin() { # pin <cpu> cmd... &: background only (exec keeps $! the server's own pid)
+  local cpu=$1; shift
+  if [ "$PIN" = 1 ]; then exec taskset -c "$cpu" "$@"; else exec "$@"; fi
+}
+pin_fg() { # pin_fg <cpu> cmd...: foreground
+  local cpu=$1; shift
+  if [ "$PIN" = 1 ]; then taskset -c "$cpu" "$@"; else "$@"; fi
+}
+
+stop_pid() { # stop_pid pid: TERM, wait up to 10 s, KILL
+  local p=$1 i
+  kill "$p" 2>/dev/null || return 0
+  for i in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+  kill -9 "$p" 2>/dev/null || true
+  wait "$p" 2>/dev/null || true
+  local keep=() q
+  for q in "${PIDS[@]}"; do [ "$q" = "$p" ] || keep+=("$q"); done
+  PIDS=("${keep[@]}")
+}
+
+wait_http() { # wait_http url: until 200 (30 s)
+  local i
+  for i in $(seq 300); do
+    [ "$(curl -s -o /dev/null -w '%{http_code}' "$1" || true)" = 200 ] && return 0
+    sleep 0.1
+  done
+  log "timeout waiting for $1"; return 1
+}
+
+ticks() { # ticks pid...: utime+stime of the processes, in clock ticks
+  local t=0 p
+  for p in "$@"; do
+    [ -r "/proc/$p/stat" ] || continue
+    t=$((t + $(awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$p/stat")))
+  done
+  echo "$t"
+}
+rss_kb() { # rss_kb field pid...: sum of VmHWM / VmRSS (kB)
+  local f=$1 t=0 p; shift
+  for p in "$@"; do
+    t=$((t + $(awk -v f="$f:" '$1 == f { print $2 }' "/proc/$p/status" 2>/dev/null || echo 0)))
+  done
+  echo "$t"
+}
+HZ=$(getconf CLK_TCK)
+csw() { # csw pid...: context switches (voluntary + involuntary) of all their threads
+  local t=0 p
+  for p in "$@"; do
+    t=$((t + $(cat /proc/"$p"/task/*/status 2>/dev/null | awk '/ctxt_switches/ { s += $2 } END { print s + 0 }')))
+  done
+  echo "$t"
+}
+
+# --- servers ---------------------------------------------------------------------------------
+APP_PID=""
+start_app() { # start_app body_size
+  pin 1 "$DEMO" --port "$APP_PORT" --version v1 --body-size "$1" >"$TMP/app.log" 2>&1 &
+  APP_PID=$!; PIDS+=("$APP_PID")
+  wait_http "http://127.0.0.1:$APP_PORT/ready"
+}
+
+NGINX_PIDS=()
+start_nginx() { # start_nginx workers ("1" or "auto")
+  mkdir -p "$TMP/nginx"
+  cat >"$TMP/nginx/nginx.conf" <<NGX
+worker_processes $1;
+worker_rlimit_nofile $FD_LIMIT;
+daemon off;
+pid $TMP/nginx/nginx.pid;
+error_log $TMP/nginx/error.log warn;
+events { worker_connections $FD_LIMIT; }
+http {
+  access_log off;
+  keepalive_requests 1000000;      # the default (1000) would reconnect wrk's connections
+  keepalive_timeout 75s;
+  client_body_temp_path $TMP/nginx/body;
+  proxy_temp_path $TMP/nginx/proxy;
+  fastcgi_temp_path $TMP/nginx/fastcgi;
+  uwsgi_temp_path $TMP/nginx/uwsgi;
+  scgi_temp_path $TMP/nginx/scgi;
+  upstream app {
+    server 127.0.0.1:$APP_PORT;
+    keepalive 64;
+    keepalive_requests 1000000;
+    keepalive_timeout 60s;
+  }
+  map \$http_upgrade \$connection_upgrade { default upgrade; '' ''; }
+  server {
+    listen 127.0.0.1:$NGINX_PORT;
+    location / {
+      proxy_pass http://app;
+      proxy_http_version 1.1;
+      proxy_set_header Connection \$connection_upgrade;   # "" unless a WebSocket upgrade
+      proxy_set_header Upgrade \$http_upgrade;
+      proxy_set_header Host \$host;
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto \$scheme;
+      proxy_read_timeout 3600s;
+      proxy_send_timeout 3600s;
+    }
+  }
+}
+NGX
+  pin 1 nginx -c "$TMP/nginx/nginx.conf" -e "$TMP/nginx/error.log" >"$TMP/nginx/out.log" 2>&1 &
+  NGINX_PIDS=($!); PIDS+=("$!")
+  wait_http "http://127.0.0.1:$NGINX_PORT/"
+  local w; for w in $(pgrep -P "${NGINX_PIDS[0]}"); do NGINX_PIDS+=("$w"); done
+}
+
+HAPROXY_PID=""
+start_haproxy() {
+  mkdir -p "$TMP/haproxy"
+  cat >"$TMP/haproxy/haproxy.cfg" <<HAP
+global
+  nbthread 2
+  maxconn $HAPROXY_MAXCONN
+defaults
+  mode http
+  option http-keep-alive
+  option forwardfor
+  http-reuse always
+  timeout connect 5s
+  timeout client 1h
+  timeout server 1h
+  timeout tunnel 1h
+  timeout http-keep-alive 75s
+frontend fe
+  bind 127.0.0.1:$HAPROXY_PORT
+  default_backend app
+backend app
+  server app1 127.0.0.1:$APP_PORT
+HAP
+  pin 1 haproxy -db -f "$TMP/haproxy/haproxy.cfg" >"$TMP/haproxy/out.log" 2>&1 &
+  HAPROXY_PID=$!; PIDS+=("$HAPROXY_PID")
+  wait_http "http://127.0.0.1:$HAPROXY_PORT/"
+}
+
+CUTOVER_PID="" CUTOVER_APP_PID=""
+start_cutover() { # start_cutover body_size: cutover supervises its own demo-app, same binary and args
+  local d="$TMP/cutover-$1"; rm -rf "$d"; mkdir -p "$d"
+  cat >"$d/cutover.toml" <<TOML
+[service]
+name = "bench"
+listen = "127.0.0.1:$CUTOVER_PORT"
+state_dir = "state"
+[admin]
+listen = "127.0.0.1:$ADMIN_PORT"
+[app]
+command = ["$DEMO", "--port", "{port}", "--version", "{version}", "--body-size", "$1"]
+instances = 1
+start_timeout = "30s"
+[metrics]
+path = ""
+[log]
+level = "warn"
+TOML
+  pin 1 "$CUTOVER" run -c "$d/cutover.toml" >"$d/out.log" 2>&1 &
+  CUTOVER_PID=$!; PIDS+=("$CUTOVER_PID")
+  local i
+  for i in $(seq 100); do
+    "$CUTOVER" -c "$d/cutover.toml" deploy v1 >"$d/deploy.log" 2>&1 && break
+    sleep 0.2
+  done
+  wait_http "http://127.0.0.1:$CUTOVER_PORT/"
+  CUTOVER_APP_PID=$(pgrep -P "$CUTOVER_PID" | head -1)
+}
+
+# --- one wrk case ----------------------------------------------------------------------------
+run_wrk() { # run_wrk name body port "proxy pids" "upstream pids"
+  local name=$1 body=$2 port=$3 ppids=$4 upids=$5
+  local url="http://127.0.0.1:$port/"
+  log "$name body=$body: warm-up $WARMUP"
+  pin_fg 0 wrk -t"$THREADS" -c"$CONNS" -d"$WARMUP" "$url" >/dev/null
+  local load0 p0 u0 c0 t0 load1 p1 u1 c1 t1 json
+  load0=$(cut -d' ' -f1-3 /proc/loadavg)
+  # shellcheck disable=SC2086
+  p0=$(ticks $ppids); u0=$(ticks $upids); c0=$(csw $ppids); t0=$(date +%s.%N)
+  log "$name body=$body: wrk -t$THREADS -c$CONNS -d$DURATION --latency"
+  pin_fg 0 wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency -s "$BENCH/report.lua" "$url" >"$OUT/$name-$body.txt"
+  # shellcheck disable=SC2086
+  p1=$(ticks $ppids); u1=$(ticks $upids); c1=$(csw $ppids); t1=$(date +%s.%N)
+  load1=$(cut -d' ' -f1-3 /proc/loadavg)
+  json=$(sed -n 's/^JSON //p' "$OUT/$name-$body.txt")
+  python3 - "$name" "$body" "$json" "$load0" "$load1" "$((p1 - p0))" "$((u1 - u0))" "$HZ" "$t0" "$t1" \
+    "$(rss_kb VmRSS $ppids)" "$((c1 - c0))" >"$OUT/$name-$body.json" <<'PY'
+import json, sys
+name, body, js, l0, l1, pt, ut, hz, t0, t1, rss, cs = sys.argv[1:]
+r = json.loads(js)
+wall = float(t1) - float(t0)
+pcpu = int(pt) / int(hz); ucpu = int(ut) / int(hz)
+r.update(case=name, body_bytes=int(body), loadavg_before=l0, loadavg_after=l1,
+         proxy_cpu_pct=round(100 * pcpu / wall, 1), upstream_cpu_pct=round(100 * ucpu / wall, 1),
+         proxy_cpu_us_per_req=round(1e6 * pcpu / r["requests"], 2) if name != "direct" else None,
+         upstream_cpu_us_per_req=round(1e6 * ucpu / r["requests"], 2),
+         proxy_rss_kb_after=int(rss) if name != "direct" else None,
+         proxy_ctx_switches_per_req=round(int(cs) / r["requests"], 3) if name != "direct" else None)
+print(json.dumps(r))
+PY
+  log "$name body=$body: $(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); l=r["lat_us"]; print("%.0f req/s p50 %sus p99 %sus p99.9 %sus proxy cpu %s%% (%s us/req, %s csw/req) upstream cpu %s%% errors %s load %s" % (r["rps"], l["p50"], l["p99"], l["p999"], r["proxy_cpu_pct"], r["proxy_cpu_us_per_req"], r["proxy_ctx_switches_per_req"], r["upstream_cpu_pct"], r["errors"], r["loadavg_before"]))' "$OUT/$name-$body.json")"
+}
+
+has() { [[ " $CASES " == *" $1 "* ]]; }
+
+for body in $BODIES; do
+  start_app "$body"
+  has direct && run_wrk direct "$body" "$APP_PORT" "" "$APP_PID"
+  if has nginx1; then start_nginx 1; run_wrk nginx1 "$body" "$NGINX_PORT" "${NGINX_PIDS[*]}" "$APP_PID"; stop_pid "${NGINX_PIDS[0]}"; fi
+  if has nginx; then start_nginx auto; run_wrk nginx "$body" "$NGINX_PORT" "${NGINX_PIDS[*]}" "$APP_PID"; stop_pid "${NGINX_PIDS[0]}"; fi
+  if has haproxy; then start_haproxy; run_wrk haproxy "$body" "$HAPROXY_PORT" "$HAPROXY_PID" "$APP_PID"; stop_pid "$HAPROXY_PID"; fi
+  stop_pid "$APP_PID"
+  if has cutover; then
+    start_cutover "$body"
+    run_wrk cutover "$body" "$CUTOVER_PORT" "$CUTOVER_PID" "$CUTOVER_APP_PID"
+    stop_pid "$CUTOVER_PID"
+  fi
+done
+
+# --- 10k idle WebSockets: peak RSS of each proxy, fresh process each --------------------------
+ws_case() { # ws_case name port "proxy pids" upstream_pid
+  local name=$1 port=$2 ppids=$3 upid=$4 base line
+  base=$(rss_kb VmRSS $ppids)
+  log "$name: opening $WS_N idle WebSockets"
+  coproc WS { python3 "$BENCH/ws_hold.py" 127.0.0.1 "$port" "$WS_N" 120; }
+  read -r line <&"${WS[0]}"
+  sleep 3
+  local hwm rss uhwm
+  hwm=$(rss_kb VmHWM $ppids); rss=$(rss_kb VmRSS $ppids); uhwm=$(rss_kb VmRSS "$upid")
+  log "$name: $line; proxy VmHWM ${hwm} kB (idle before: ${base} kB)"
+  exec {WS[1]}>&-
+  wait "$WS_PID" 2>/dev/null || true
+  python3 -c 'import json,sys; a=sys.argv[1:]; n=int(a[7].split()[1]); idle=int(a[2]); hwm=int(a[3]); per=(hwm-idle)/max(n,1); print(json.dumps(dict(case=a[0], websockets=n, handshake=a[1], idle_rss_kb=idle, vmhwm_kb=hwm, vmrss_kb=int(a[4]), upstream_rss_kb=int(a[5]), processes=int(a[6]), kb_per_ws=round(per,2), vmhwm_kb_at_10k=round(idle+per*10000))))' \
+    "$name" "$line" "$base" "$hwm" "$rss" "$uhwm" "$(wc -w <<<"$ppids")" "$line" >"$OUT/ws-$name.json"
+}
+
+if [ "${SKIP_WS:-0}" != 1 ]; then
+  start_app 100
+  ws_case direct "$APP_PORT" "$APP_PID" "$APP_PID"; stop_pid "$APP_PID"; start_app 100
+  start_nginx auto; ws_case nginx "$NGINX_PORT" "${NGINX_PIDS[*]}" "$APP_PID"; stop_pid "${NGINX_PIDS[0]}"
+  stop_pid "$APP_PID"; start_app 100
+  start_haproxy; ws_case haproxy "$HAPROXY_PORT" "$HAPROXY_PID" "$APP_PID"; stop_pid "$HAPROXY_PID"
+  stop_pid "$APP_PID"
+  start_cutover 100; ws_case cutover "$CUTOVER_PORT" "$CUTOVER_PID" "$CUTOVER_APP_PID"; stop_pid "$CUTOVER_PID"
+fi
+
+# --- results ---------------------------------------------------------------------------------
+mkdir -p "$BENCH/results"
+RESULT="$BENCH/results/$(date -u +%Y-%m-%dT%H%M%SZ).json"
+python3 - "$OUT" "$RESULT" "$DURATION" "$CONNS" "$THREADS" "$PIN" <<'PY'
+import glob, json, os, platform, re, subprocess, sys
+out, result, duration, conns, threads, pin = sys.argv[1:]
+def sh(c):
+    r = subprocess.run(c + " 2>&1", shell=True, capture_output=True, text=True)
+    return r.stdout.strip()
+cpu = re.search(r"model name\s*:\s*(.*)", open("/proc/cpuinfo").read())
+mem = re.search(r"MemTotal:\s*(\d+)", open("/proc/meminfo").read())
+cases = [json.load(open(f)) for f in sorted(glob.glob(out + "/*.json")) if not os.path.basename(f).startswith("ws-")]
+ws = [json.load(open(f)) for f in sorted(glob.glob(out + "/ws-*.json"))]
+def get(case, body):
+    return next((c for c in cases if c["case"] == case and c["body_bytes"] == body), None)
+ratios = {}
+for body in sorted({c["body_bytes"] for c in cases}):
+    co = get("cutover", body)
+    if not co: continue
+    for other in ("nginx", "nginx1", "haproxy", "direct"):
+        o = get(other, body)
+        if not o: continue
+        ratios[f"cutover/{other}@{body}"] = {
+            "rps": round(co["rps"] / o["rps"], 3),
+            **{k: round(co["lat_us"][k] / max(o["lat_us"][k], 1), 3) for k in ("p50", "p99", "p999")}}
+doc = {
+    "machine": {"nproc": os.cpu_count(), "cpu": cpu.group(1) if cpu else None,
+                "mem_kb": int(mem.group(1)) if mem else None, "kernel": platform.release(),
+                "nginx": sh("nginx -v"), "haproxy": sh("haproxy -v | head -1"),
+                "wrk": sh("wrk -v | head -1"), "rustc": sh("rustc --version")},
+    "revision": os.environ.get("BENCH_REV"),
+    "fd_limit": int(os.environ.get("BENCH_FD_LIMIT", "0")),
+    "params": {"wrk": f"-t{threads} -c{conns} -d{duration} --latency", "pinned": pin == "1",
+               "nginx1": "worker_processes 1", "nginx": "worker_processes auto",
+               "haproxy": "nbthread 2", "cutover": "tokio multi-thread runtime (default: 1 worker per core)"},
+    "cases": cases, "ratios": ratios, "websockets_10k": ws,
+}
+json.dump(doc, open(result, "w"), indent=2)
+print(result)
+PY
+log "results: $RESULT"
