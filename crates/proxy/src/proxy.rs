@@ -449,9 +449,8 @@ impl Proxy {
                 tokio::time::timeout(self.inner.config.upstream_timeout, client.request(upstream))
                     .await;
             let Ok(sent) = sent else {
-                abandoned.disarm();
                 warn!(backend = %backend.id, track = track.as_str(), timeout = ?self.inner.config.upstream_timeout, "upstream timed out");
-                self.record(&pool.version, 504, started, true);
+                abandoned.finish(504, true);
                 return local(
                     StatusCode::GATEWAY_TIMEOUT,
                     "gateway timeout: the instance did not answer in time\n",
@@ -497,7 +496,6 @@ impl Proxy {
             }
         };
 
-        abandoned.disarm();
         let (guard, mut resp) = match result {
             Ok(ok) => ok,
             Err((_guard, err)) => {
@@ -506,7 +504,7 @@ impl Proxy {
                 // canary must not be able to get a rollout aborted.
                 if slot.client_failed() {
                     debug!(backend = %backend.id, "the client's request body could not be read");
-                    self.record(&pool.version, 400, started, false);
+                    abandoned.finish(400, false);
                     return local(
                         StatusCode::BAD_REQUEST,
                         "bad request: the request body could not be read\n",
@@ -515,7 +513,7 @@ impl Proxy {
                 if let Some(err) = err {
                     warn!(backend = %backend.id, track = track.as_str(), error = %err, "bad gateway");
                 }
-                self.record(&pool.version, 502, started, true);
+                abandoned.finish(502, true);
                 return local(
                     StatusCode::BAD_GATEWAY,
                     "bad gateway: no response from the instance\n",
@@ -527,13 +525,13 @@ impl Proxy {
             let Some(client_upgrade) = client_upgrade else {
                 let err = UpstreamError::UnexpectedUpgrade { addr: backend.addr };
                 warn!(backend = %backend.id, error = %err, "bad gateway");
-                self.record(&pool.version, 502, started, true);
+                abandoned.finish(502, true);
                 return local(
                     StatusCode::BAD_GATEWAY,
                     "bad gateway: unexpected protocol switch\n",
                 );
             };
-            self.record(&pool.version, 101, started, false);
+            abandoned.finish(101, false);
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
             if websocket && headers::is_websocket(resp.headers()) {
                 let session = self.inner.ws.register(backend.addr);
@@ -546,7 +544,7 @@ impl Proxy {
             return Response::from_parts(parts, empty());
         }
 
-        self.record(&pool.version, resp.status().as_u16(), started, false);
+        abandoned.finish(resp.status().as_u16(), false);
         let (mut parts, body) = resp.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers, false);
         // hyper answers the client in the client's own version, whatever the upstream hop spoke.
@@ -600,6 +598,13 @@ impl Abandoned {
     }
     fn disarm(&mut self) {
         self.armed = None;
+    }
+    /// Records how the request ended, through the handle already looked up for the guard (one
+    /// recorder lookup per request, not two), and disarms.
+    fn finish(&mut self, status: u16, failed_at_proxy: bool) {
+        if let Some((track, started)) = self.armed.take() {
+            track.record(status, started.elapsed(), failed_at_proxy);
+        }
     }
 }
 
