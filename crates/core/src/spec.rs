@@ -1280,13 +1280,7 @@ impl Config {
             );
         }
         if let Some(p) = &self.prometheus {
-            if !p.url.starts_with("http://") || p.url.len() <= "http://".len() {
-                v.err(
-                    "prometheus.url",
-                    format!("{:?} is not an http:// URL", p.url),
-                    "write it like \"http://127.0.0.1:9090\"",
-                );
-            }
+            v.http_url("prometheus.url", &p.url, "http://127.0.0.1:9090");
             v.positive("prometheus.timeout", p.timeout);
         }
         if let Some(a) = &self.alerts {
@@ -1308,13 +1302,7 @@ impl Config {
                     "give every sink its own name",
                 );
             }
-            if !n.url.starts_with("http://") || n.url.len() <= "http://".len() {
-                v.err(
-                    format!("{path}.url"),
-                    format!("{:?} is not an http:// URL", n.url),
-                    "write it like \"http://127.0.0.1:9000/hook\"",
-                );
-            }
+            v.http_url(&format!("{path}.url"), &n.url, "http://127.0.0.1:9000/hook");
             for e in n.events.iter().flatten() {
                 if !NOTIFY_EVENTS.contains(&e.as_str()) {
                     v.err(
@@ -1378,6 +1366,15 @@ impl Validator {
                 path,
                 "is zero",
                 "use a positive duration, e.g. \"500ms\" or \"5s\"",
+            );
+        }
+    }
+    fn http_url(&mut self, path: &str, url: &str, example: &str) {
+        if !url.starts_with("http://") || url.len() <= "http://".len() {
+            self.err(
+                path,
+                format!("{url:?} is not an http:// URL"),
+                format!("write it like \"{example}\""),
             );
         }
     }
