@@ -163,6 +163,10 @@ pub struct ServiceSpec {
     /// An instance that sends no response head for this long: the request gets a 504.
     #[serde(default = "default_upstream_timeout")]
     pub upstream_timeout: Dur,
+    /// Proxy worker threads, each with its own event loop and upstream connections (nginx's
+    /// `worker_processes`). Absent: one per CPU.
+    #[serde(default)]
+    pub workers: Option<u16>,
     /// `[service.tls]`: terminate TLS on `listen` (HTTP/1.1 and HTTP/2 by ALPN) instead of
     /// serving plaintext.
     #[serde(default)]
@@ -756,6 +760,9 @@ fn default_tolerance_percent() -> f64 {
 fn default_direction() -> crate::mannwhitney::Direction {
     crate::mannwhitney::Direction::Increase
 }
+/// More proxy workers than this is a typo, not a machine.
+const MAX_WORKERS: u16 = 1024;
+
 fn default_upstream_timeout() -> Dur {
     Dur::from_secs(60)
 }
@@ -929,6 +936,15 @@ impl Config {
             );
         }
         v.positive("service.upstream_timeout", s.upstream_timeout);
+        if let Some(w) = s.workers {
+            if !(1..=MAX_WORKERS).contains(&w) {
+                v.err(
+                    "service.workers",
+                    format!("{w} is out of range"),
+                    format!("use 1 to {MAX_WORKERS}, or remove it for one worker per CPU"),
+                );
+            }
+        }
         if s.state_dir.trim().is_empty() {
             v.err(
                 "service.state_dir",

@@ -167,3 +167,30 @@ fn drain_and_sticky_query_settings_are_checked() {
     assert_eq!(ok.app.stop.quiet_period, Dur::from_millis(500));
     assert_eq!(ok.sticky.query.as_deref(), Some("client"));
 }
+
+#[test]
+fn proxy_workers_are_one_to_1024_or_one_per_cpu() {
+    assert_eq!(
+        Config::from_toml_str(MINIMAL).unwrap().service.workers,
+        None
+    );
+    let with = |w: &str| {
+        MINIMAL.replace(
+            "name = \"shop\"",
+            &format!("name = \"shop\"\nworkers = {w}"),
+        )
+    };
+    assert_eq!(
+        Config::from_toml_str(&with("4")).unwrap().service.workers,
+        Some(4)
+    );
+    for bad in ["0", "1025"] {
+        let e = errors(&with(bad)).join("\n");
+        assert!(
+            e.contains("service.workers") && e.contains("(fix: use 1 to 1024"),
+            "{e}"
+        );
+    }
+    let e = errors(&with("-1")).join("\n");
+    assert!(e.contains("workers"), "{e}");
+}

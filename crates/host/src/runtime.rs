@@ -52,6 +52,8 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("service.workers: {0}")]
+    Workers(cutover_proxy::ProxyError),
     #[error(transparent)]
     Token(#[from] cutover_admin::AdminError),
     #[error("state store: {0}")]
@@ -137,6 +139,21 @@ fn now() -> Timestamp {
     )
 }
 
+/// What the proxy takes from the config.
+fn proxy_config(c: &cutover_core::spec::Config) -> ProxyConfig {
+    ProxyConfig {
+        sticky: c.sticky.clone(),
+        shutdown_timeout: c.app.stop.drain_timeout.get(),
+        upstream_protocol: c.app.upstream_protocol,
+        upstream_timeout: c.service.upstream_timeout.get(),
+        workers: c
+            .service
+            .workers
+            .map_or_else(cutover_proxy::default_workers, usize::from),
+        ..ProxyConfig::default()
+    }
+}
+
 /// Starts the runtime for a loaded config and returns once it listens.
 pub async fn start(loaded: Loaded) -> Result<Running, StartError> {
     let c = loaded.config.clone();
@@ -177,15 +194,7 @@ pub async fn start(loaded: Loaded) -> Result<Running, StartError> {
     // Twenty slots per window keeps the window's edge within 5 % of its length.
     let slot = (window / 20).max(Duration::from_millis(5));
     let recorder = Recorder::new(slot, window + slot * 4);
-    let proxy = Proxy::new(
-        ProxyConfig {
-            sticky: c.sticky.clone(),
-            shutdown_timeout: c.app.stop.drain_timeout.get(),
-            upstream_protocol: c.app.upstream_protocol,
-            ..ProxyConfig::default()
-        },
-        recorder.clone(),
-    );
+    let proxy = Proxy::new(proxy_config(&c), recorder.clone());
     let proxy_listener = tokio::net::TcpListener::bind(c.service.listen)
         .await
         .map_err(|source| StartError::Bind {
@@ -227,23 +236,22 @@ pub async fn start(loaded: Loaded) -> Result<Running, StartError> {
         let stop = async move {
             let _ = rx.wait_for(|s| *s).await;
         };
-        match tls {
-            None => tasks.push(tokio::spawn(async move {
-                let outcome = proxy.serve(proxy_listener, stop).await;
-                info!(?outcome, "proxy stopped");
-            })),
-            Some((reloader, interval)) => {
-                let config = reloader.server_config();
-                let mut rx = shutdown_rx.clone();
-                tasks.push(tokio::spawn(reloader.run(interval, async move {
-                    let _ = rx.wait_for(|s| *s).await;
-                })));
-                tasks.push(tokio::spawn(async move {
-                    let outcome = proxy.serve_tls(proxy_listener, config, stop).await;
-                    info!(?outcome, "proxy stopped");
-                }));
-            }
+        let serving = proxy
+            .start(
+                proxy_listener,
+                tls.as_ref().map(|(reloader, _)| reloader.server_config()),
+            )
+            .map_err(StartError::Workers)?;
+        if let Some((reloader, interval)) = tls {
+            let mut rx = shutdown_rx.clone();
+            tasks.push(tokio::spawn(reloader.run(interval, async move {
+                let _ = rx.wait_for(|s| *s).await;
+            })));
         }
+        tasks.push(tokio::spawn(async move {
+            let outcome = serving.until(stop).await;
+            info!(?outcome, "proxy stopped");
+        }));
     }
     {
         let handler: Arc<dyn Handler> = Arc::new(AdminHandler {
@@ -1173,5 +1181,33 @@ mod tests {
         }
         assert_eq!(prune_logs(dir.path(), RETENTION), 1);
         assert!(!old.exists() && fresh.exists() && other.exists());
+    }
+
+    /// The proxy settings of `[service]` and `[app]` reach the proxy (`upstream_timeout` once
+    /// did not, and every hung instance waited the 60 s default).
+    #[test]
+    fn the_proxy_gets_its_settings_from_the_config() {
+        let c = cutover_core::spec::Config::from_toml_str(
+            "[service]\nname = \"shop\"\nupstream_timeout = \"250ms\"\nworkers = 3\n\
+             [app]\ncommand = [\"./app\", \"{port}\"]\nupstream_protocol = \"http2\"\n\
+             [app.stop]\ndrain_timeout = \"7s\"\n",
+        )
+        .unwrap();
+        let p = proxy_config(&c);
+        assert_eq!(p.upstream_timeout, Duration::from_millis(250));
+        assert_eq!(p.workers, 3);
+        assert_eq!(p.shutdown_timeout, Duration::from_secs(7));
+        assert_eq!(
+            p.upstream_protocol,
+            cutover_core::spec::UpstreamProtocol::Http2
+        );
+        let defaults = proxy_config(
+            &cutover_core::spec::Config::from_toml_str(
+                "[service]\nname = \"shop\"\n[app]\ncommand = [\"./app\", \"{port}\"]\n",
+            )
+            .unwrap(),
+        );
+        assert_eq!(defaults.upstream_timeout, Duration::from_secs(60));
+        assert_eq!(defaults.workers, cutover_proxy::default_workers());
     }
 }

@@ -12,6 +12,13 @@ pub enum ProxyError {
         #[source]
         source: std::io::Error,
     },
+    /// A worker thread, its event loop or its handle on the listener could not be set up.
+    #[error("cannot start the proxy workers for {addr}: {source} (out of threads or file descriptors? lower service.workers or raise the limits)")]
+    Workers {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Why forwarding to one backend failed; decides retry and the response the client gets.
@@ -22,14 +29,14 @@ pub(crate) enum UpstreamError {
     Connect {
         addr: SocketAddr,
         #[source]
-        source: hyper_util::client::legacy::Error,
+        source: crate::upstream::BoxError,
     },
     /// The request may have reached the app; retrying could run it twice.
     #[error("forwarding to backend {addr}: {source}")]
     Forward {
         addr: SocketAddr,
         #[source]
-        source: hyper_util::client::legacy::Error,
+        source: crate::upstream::BoxError,
     },
     /// The backend switched protocols without being asked to.
     #[error("backend {addr} answered 101 to a request that asked for no upgrade")]

@@ -49,6 +49,11 @@ pub(crate) fn is_websocket(headers: &HeaderMap) -> bool {
 /// Removes hop-by-hop headers. With `keep_upgrade`, the `Upgrade` header survives and
 /// `Connection` is reduced to `upgrade`, which is what carries a protocol switch across hops.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // The usual request has none: one pass over its few names instead of a lookup per
+    // hop-by-hop name.
+    if !keep_upgrade && !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
+        return;
+    }
     let named: Vec<HeaderName> = connection_tokens(headers)
         .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
         .collect();
@@ -73,30 +78,45 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// Appends the client to `X-Forwarded-For`, sets `X-Forwarded-Proto: http` and, when absent,
-/// `X-Forwarded-Host` from the host the client asked for.
-pub(crate) fn add_forwarded(headers: &mut HeaderMap, peer: SocketAddr, host: Option<&str>) {
-    let client = peer.ip().to_canonical().to_string();
-    let prior: Vec<&str> = headers
+/// The client's address as an `X-Forwarded-For` entry; computed once per connection.
+pub(crate) fn forwarded_for(peer: SocketAddr) -> HeaderValue {
+    // An IP is always a valid header value; the fallback only avoids a panic path.
+    HeaderValue::from_str(&peer.ip().to_canonical().to_string())
+        .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
+/// Appends the client (`client`, from [`forwarded_for`]) to `X-Forwarded-For`, sets
+/// `X-Forwarded-Proto: http` and, when absent, `X-Forwarded-Host` from the host the client
+/// asked for.
+pub(crate) fn add_forwarded(
+    headers: &mut HeaderMap,
+    client: &HeaderValue,
+    host: Option<&HeaderValue>,
+) {
+    let mut prior = headers
         .get_all(&X_FORWARDED_FOR)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .map(str::trim)
         .filter(|v| !v.is_empty())
-        .collect();
-    let xff = if prior.is_empty() {
-        client
+        .peekable();
+    let xff = if prior.peek().is_none() {
+        client.clone()
     } else {
-        format!("{}, {client}", prior.join(", "))
+        let mut joined = String::new();
+        for v in prior {
+            joined.push_str(v);
+            joined.push_str(", ");
+        }
+        joined.push_str(client.to_str().unwrap_or("unknown"));
+        // Values that were valid, commas and an IP: always valid; kept total all the same.
+        HeaderValue::from_str(&joined).unwrap_or_else(|_| client.clone())
     };
-    // An IP and commas are always a valid header value; the `if let` only avoids a panic path.
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        headers.insert(X_FORWARDED_FOR.clone(), v);
-    }
+    headers.insert(X_FORWARDED_FOR.clone(), xff);
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
     if !headers.contains_key(&X_FORWARDED_HOST) {
-        if let Some(v) = host.and_then(|h| HeaderValue::from_str(h).ok()) {
-            headers.insert(X_FORWARDED_HOST.clone(), v);
+        if let Some(v) = host {
+            headers.insert(X_FORWARDED_HOST.clone(), v.clone());
         }
     }
 }
@@ -216,14 +236,15 @@ mod tests {
             ("x-forwarded-for", "1.1.1.1"),
             ("x-forwarded-for", "2.2.2.2"),
         ]);
-        add_forwarded(&mut h, peer, Some("shop.example"));
+        let host = HeaderValue::from_static("shop.example");
+        add_forwarded(&mut h, &forwarded_for(peer), Some(&host));
         assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 10.0.0.7");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "shop.example");
 
         let mut h = map(&[("x-forwarded-host", "orig.example")]);
         let v6: SocketAddr = "[::ffff:10.0.0.8]:1".parse().unwrap();
-        add_forwarded(&mut h, v6, Some("shop.example"));
+        add_forwarded(&mut h, &forwarded_for(v6), Some(&host));
         assert_eq!(h["x-forwarded-for"], "10.0.0.8");
         assert_eq!(h["x-forwarded-host"], "orig.example");
     }

@@ -32,11 +32,12 @@ mod headers;
 mod proxy;
 mod table;
 mod tls;
+mod upstream;
 mod ws;
 
 pub use body::ProxyBody;
 pub use error::ProxyError;
-pub use proxy::{Proxy, ProxyConfig, ShutdownOutcome};
+pub use proxy::{default_workers, Proxy, ProxyConfig, Serving, ShutdownOutcome};
 pub use table::{Backend, Pool, RouteTable};
 pub use tls::{load_server_config, CertReloader, Reload, SharedServerConfig, TlsError, ALPN};
 pub use ws::WsDrainReport;

@@ -5,21 +5,23 @@ use crate::error::{ProxyError, UpstreamError};
 use crate::headers;
 use crate::table::{pick_backend, Backend, InFlight, RouteTable};
 use crate::tls::SharedServerConfig;
+use crate::upstream::{Http1Pool, SendError, UpstreamBody};
 use crate::ws::{self, WsDrainReport};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use cutover_core::spec::{StickySpec, UpstreamProtocol};
 use cutover_telemetry::Recorder;
 use http::header::{HeaderName, HOST};
+use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::Client as Upstreams;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -57,6 +59,10 @@ pub struct ProxyConfig {
     /// What instances speak. HTTP/2 is h2c with prior knowledge; WebSocket and other upgrades
     /// always go over HTTP/1.1, since HTTP/2 has no `Upgrade`.
     pub upstream_protocol: UpstreamProtocol,
+    /// Threads serving the listener (at least 1), like nginx's worker processes: each runs its
+    /// own event loop and keeps its own upstream connections, so a request is served start to
+    /// finish on one thread, with no hand-off between threads. Defaults to one per CPU.
+    pub workers: usize,
 }
 
 impl Default for ProxyConfig {
@@ -72,8 +78,14 @@ impl Default for ProxyConfig {
             max_header_bytes: 64 * 1024,
             upstream_timeout: Duration::from_secs(60),
             upstream_protocol: UpstreamProtocol::Http1,
+            workers: default_workers(),
         }
     }
+}
+
+/// One worker per CPU the process may run on.
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
 }
 
 /// How [`Proxy::serve`] ended.
@@ -85,7 +97,7 @@ pub enum ShutdownOutcome {
     TimedOut,
 }
 
-/// The data plane. Cheap to clone; clones share the table, the counts and the upstream pool.
+/// The data plane. Cheap to clone; clones share the table and the counts.
 #[derive(Clone)]
 pub struct Proxy {
     inner: Arc<Inner>,
@@ -108,10 +120,8 @@ struct Inner {
     /// kept alive by its in-flight guards only, and [`Proxy::in_flight`] can still see it while
     /// it drains.
     registry: Mutex<HashMap<SocketAddr, Vec<Weak<Backend>>>>,
-    client: Client<HttpConnector, Resendable>,
-    /// HTTP/2-only pools, used for every non-upgrade request when `upstream_protocol` is
-    /// HTTP/2 (built either way: it holds no connection until used).
-    h2_client: Client<HttpConnector, Resendable>,
+    /// Every worker's HTTP/1.1 pool, to close idle connections to instances leaving rotation.
+    upstream_pools: Mutex<Vec<Weak<Http1Pool>>>,
     recorder: Recorder,
     /// Open WebSocket sessions by backend address (what [`Proxy::drain_websockets`] closes).
     ws: Arc<ws::Sessions>,
@@ -130,29 +140,13 @@ impl Proxy {
                 })
                 .ok()
         });
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(config.connect_timeout));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(config.pool_idle_timeout)
-            .pool_max_idle_per_host(config.pool_max_idle_per_host)
-            .build(connector.clone());
-        let h2_client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(config.pool_idle_timeout)
-            .pool_max_idle_per_host(config.pool_max_idle_per_host)
-            .http2_only(true)
-            .build(connector);
         Proxy {
             inner: Arc::new(Inner {
                 config,
                 sticky_header,
                 table: ArcSwap::from_pointee(RouteTable::default()),
                 registry: Mutex::new(HashMap::new()),
-                client,
-                h2_client,
+                upstream_pools: Mutex::default(),
                 recorder,
                 ws: Arc::default(),
             }),
@@ -172,6 +166,7 @@ impl Proxy {
     /// Reuse the same `Arc<Backend>` for the same instance across tables so its in-flight
     /// count carries over.
     pub fn set_table(&self, table: RouteTable) {
+        let mut addrs = HashSet::new();
         {
             let mut reg = self
                 .inner
@@ -186,7 +181,10 @@ impl Proxy {
                 .stable
                 .iter()
                 .chain(table.canary.iter().map(|(p, _)| p));
+            let mut in_table = HashSet::new();
             for b in pools.flat_map(|p| &p.backends) {
+                in_table.insert(Arc::as_ptr(b));
+                addrs.insert(b.addr);
                 let known = reg.entry(b.addr).or_default();
                 if !known
                     .iter()
@@ -195,8 +193,21 @@ impl Proxy {
                     known.push(Arc::downgrade(b));
                 }
             }
+            for b in reg.values().flatten().filter_map(Weak::upgrade) {
+                b.set_in_rotation(in_table.contains(&Arc::as_ptr(&b)));
+            }
         }
         self.inner.table.store(Arc::new(table));
+        // Idle connections to instances that left rotation are closed now, not when they exit.
+        let mut workers = self
+            .inner
+            .upstream_pools
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        workers.retain(|w| w.strong_count() > 0);
+        for pool in workers.iter().filter_map(Weak::upgrade) {
+            pool.retain(&addrs);
+        }
     }
 
     /// The table requests are being routed with now.
@@ -249,16 +260,17 @@ impl Proxy {
 
     /// Serves HTTP/1.1 (and HTTP/2 with prior knowledge) on `listener` until `shutdown`
     /// completes; then stops accepting, lets in-flight requests finish and closes idle
-    /// keep-alive connections, for at most `shutdown_timeout`.
+    /// keep-alive connections, for at most `shutdown_timeout`. [`Proxy::start`], then
+    /// [`Serving::until`].
     ///
-    /// Upgraded connections (WebSockets) are tunnels outside hyper's connection tracking: they
-    /// outlive this call and are drained by the host (it sees them in [`Proxy::in_flight`]).
+    /// # Errors
+    /// As [`Proxy::start`].
     pub async fn serve(
         &self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
-    ) -> ShutdownOutcome {
-        self.accept_loop(listener, None, shutdown).await
+    ) -> Result<ShutdownOutcome, ProxyError> {
+        Ok(self.start(listener, None)?.until(shutdown).await)
     }
 
     /// [`Proxy::serve`] behind TLS: each accepted connection is handshaken with the config
@@ -266,20 +278,110 @@ impl Proxy {
     /// new connections only), then served as HTTP/2 if the client chose `h2` by ALPN and as
     /// HTTP/1.1 otherwise. A handshake not done within `header_read_timeout` is dropped.
     /// Shutdown is the same: GOAWAY on HTTP/2, `Connection: close` on HTTP/1.1.
+    ///
+    /// # Errors
+    /// As [`Proxy::start`].
     pub async fn serve_tls(
         &self,
         listener: TcpListener,
         tls: SharedServerConfig,
         shutdown: impl Future<Output = ()>,
-    ) -> ShutdownOutcome {
-        self.accept_loop(listener, Some(tls), shutdown).await
+    ) -> Result<ShutdownOutcome, ProxyError> {
+        Ok(self.start(listener, Some(tls))?.until(shutdown).await)
     }
 
+    /// Starts serving `listener` (behind TLS when `tls` is set, see [`Proxy::serve_tls`]) on
+    /// [`ProxyConfig::workers`] threads, each accepting from the one listener on its own
+    /// single-threaded event loop (one accept queue, like nginx without `reuseport`: whichever
+    /// worker is free takes the next connection). Connections are accepted from the moment
+    /// this returns; [`Serving::until`] stops them.
+    ///
+    /// Upgraded connections (WebSockets) are tunnels outside hyper's connection tracking: they
+    /// outlive the shutdown, on their worker, and are drained by the host (it sees them in
+    /// [`Proxy::in_flight`]).
+    ///
+    /// # Errors
+    /// When a worker cannot be set up (no thread, event loop or handle on the listener for
+    /// it). Then no worker serves, and the listener is closed.
+    pub fn start(
+        &self,
+        listener: TcpListener,
+        tls: Option<SharedServerConfig>,
+    ) -> Result<Serving, ProxyError> {
+        let addr = listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let setup = |source| ProxyError::Workers { addr, source };
+        let listener = listener.into_std().map_err(setup)?;
+        let mut prepared = Vec::new();
+        for _ in 0..self.inner.config.workers.max(1) {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(setup)?;
+            // Registered with the worker's own event loop, from this thread.
+            let cloned = {
+                let _in_worker = runtime.enter();
+                TcpListener::from_std(listener.try_clone().map_err(setup)?).map_err(setup)?
+            };
+            prepared.push((runtime, cloned));
+        }
+        drop(listener);
+        // Dropping `stop` (an error below, or a dropped `Serving`) stops the workers too.
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let mut done = Vec::new();
+        for (i, (runtime, listener)) in prepared.into_iter().enumerate() {
+            let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+            let proxy = self.clone();
+            let tls = tls.clone();
+            let mut stop_rx = stop_rx.clone();
+            std::thread::Builder::new()
+                .name(format!("cutover-proxy-{i}"))
+                .spawn(move || {
+                    runtime.block_on(async move {
+                        let worker = Arc::new(Worker::new(&proxy.inner.config));
+                        proxy
+                            .inner
+                            .upstream_pools
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .push(Arc::downgrade(&worker.http1));
+                        // Ends with the runtime, when the worker is done.
+                        let pool = worker.http1.clone();
+                        let every = (proxy.inner.config.pool_idle_timeout / 2)
+                            .max(Duration::from_millis(10));
+                        tokio::spawn(async move {
+                            let mut tick = tokio::time::interval(every);
+                            loop {
+                                tick.tick().await;
+                                pool.evict_expired();
+                            }
+                        });
+                        let stopped = async move {
+                            let _ = stop_rx.wait_for(|s| *s).await;
+                        };
+                        let outcome = proxy.accept_loop(listener, tls, stopped, &worker).await;
+                        let _ = done_tx.send(outcome);
+                        // Tunnels and WebSocket relays run on this thread until they end (the
+                        // host drains them); then the runtime goes, with its idle connections.
+                        worker.tunnels.close();
+                        worker.tunnels.wait().await;
+                    });
+                })
+                .map_err(setup)?;
+            done.push(done_rx);
+        }
+        Ok(Serving { stop, done })
+    }
+
+    /// One worker's accept loop, on its own thread's event loop, until `shutdown`; then its
+    /// graceful drain.
     async fn accept_loop(
         &self,
         listener: TcpListener,
         tls: Option<SharedServerConfig>,
         shutdown: impl Future<Output = ()>,
+        worker: &Arc<Worker>,
     ) -> ShutdownOutcome {
         let graceful = GracefulShutdown::new();
         let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -311,6 +413,7 @@ impl Proxy {
                     };
                     let _ = stream.set_nodelay(true);
                     let proxy = self.clone();
+                    let worker = worker.clone();
                     let builder = builder.clone();
                     let watcher = graceful.watcher();
                     let tls = tls.as_ref().map(|t| tokio_rustls::TlsAcceptor::from(t.load_full()));
@@ -320,7 +423,7 @@ impl Proxy {
                                 debug!(%peer, "client sent no request in time; closed");
                                 return;
                             }
-                            return proxy.serve_connection(builder, TokioIo::new(stream), peer, watcher).await;
+                            return proxy.serve_connection(worker, builder, TokioIo::new(stream), peer, watcher).await;
                         };
                         let stream = match tokio::time::timeout(header_read_timeout, acceptor.accept(stream)).await {
                             Ok(Ok(s)) => s,
@@ -340,7 +443,7 @@ impl Proxy {
                         } else {
                             builder.http1_only()
                         };
-                        proxy.serve_connection(builder, TokioIo::new(stream), peer, watcher).await;
+                        proxy.serve_connection(worker, builder, TokioIo::new(stream), peer, watcher).await;
                     });
                 }
             }
@@ -355,6 +458,7 @@ impl Proxy {
     /// Serves one client connection, tracked by `watcher` for graceful shutdown.
     async fn serve_connection<I>(
         self,
+        worker: Arc<Worker>,
         builder: auto::Builder<TokioExecutor>,
         io: I,
         peer: SocketAddr,
@@ -362,9 +466,15 @@ impl Proxy {
     ) where
         I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     {
+        let client = Client {
+            peer,
+            forwarded_for: headers::forwarded_for(peer),
+        };
         let service = hyper::service::service_fn(move |req| {
             let proxy = self.clone();
-            async move { Ok::<_, Infallible>(proxy.handle(req, peer).await) }
+            let worker = worker.clone();
+            let client = client.clone();
+            async move { Ok::<_, Infallible>(proxy.handle(&worker, &client, req).await) }
         });
         let conn = builder.serve_connection_with_upgrades(io, service);
         if let Err(e) = watcher.watch(conn).await {
@@ -372,7 +482,13 @@ impl Proxy {
         }
     }
 
-    async fn handle(&self, mut req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+    async fn handle(
+        &self,
+        worker: &Worker,
+        client: &Client,
+        mut req: Request<Incoming>,
+    ) -> Response<ProxyBody> {
+        let peer = client.peer;
         let started = Instant::now();
         // The one load of the table for this request (invariant 1).
         let table = self.inner.table.load_full();
@@ -398,56 +514,61 @@ impl Proxy {
         let websocket = upgrade && headers::is_websocket(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
-        let host = parts
-            .headers
-            .get(HOST)
-            .and_then(|h| h.to_str().ok())
-            .map(str::to_owned)
-            .or_else(|| parts.uri.authority().map(|a| a.to_string()));
+        // Taken before the hop-by-hop headers go, so that even a `Connection: host` keeps it.
+        let host = parts.headers.get(HOST).cloned().or_else(|| {
+            parts
+                .uri
+                .authority()
+                .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok())
+        });
         headers::strip_hop_by_hop(&mut parts.headers, upgrade);
         // HTTP/2 clients name the host in `:authority`; HTTP/1.1 apps expect it in `Host`,
         // not the backend's address the upstream client would fill in.
         if !parts.headers.contains_key(HOST) {
-            if let Some(v) = host
-                .as_deref()
-                .and_then(|h| http::HeaderValue::from_str(h).ok())
-            {
-                parts.headers.insert(HOST, v);
+            if let Some(v) = &host {
+                parts.headers.insert(HOST, v.clone());
             }
         }
-        headers::add_forwarded(&mut parts.headers, peer, host.as_deref());
+        headers::add_forwarded(&mut parts.headers, &client.forwarded_for, host.as_ref());
         let path = parts
             .uri
             .path_and_query()
-            .map(|p| p.as_str().to_owned())
-            .unwrap_or_else(|| "/".to_owned());
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
 
         let (mut body, mut slot) = Resendable::new(body);
         let mut retried = false;
-        // HTTP/2 has no `Upgrade`: upgrades always take the HTTP/1.1 pools.
-        let (client, upstream_version) =
-            if self.inner.config.upstream_protocol == UpstreamProtocol::Http2 && !upgrade {
-                (&self.inner.h2_client, Version::HTTP_2)
-            } else {
-                (&self.inner.client, Version::HTTP_11)
-            };
+        // HTTP/2 has no `Upgrade`: upgrades always go over HTTP/1.1.
+        let via = if upgrade {
+            Via::Upgrade
+        } else if self.inner.config.upstream_protocol == UpstreamProtocol::Http2 {
+            Via::Http2
+        } else {
+            Via::Http1
+        };
         // A client that gives up before the instance answers must still count: otherwise a
         // hung canary would show no samples, stay "inconclusive" and never be aborted.
         let mut abandoned = Abandoned::arm(self.inner.recorder.track(&pool.version), started);
         let result = loop {
             let guard = InFlight::new(backend.clone());
-            let upstream =
-                match upstream_request(&parts, backend.addr, &path, upstream_version, body) {
-                    Some(r) => r,
-                    None => {
-                        // Cannot happen for a socket address and a path the server parsed; a
-                        // failure here is still the proxy's, not the app's.
-                        break Err((guard, None));
-                    }
-                };
-            let sent =
-                tokio::time::timeout(self.inner.config.upstream_timeout, client.request(upstream))
-                    .await;
+            // The worker's own pool gives a refused request back: its headers are moved, not
+            // copied, and taken back for the retry.
+            let headers = if via == Via::Http1 {
+                std::mem::take(&mut parts.headers)
+            } else {
+                parts.headers.clone()
+            };
+            let Some(upstream) = upstream_request(&parts, headers, &backend, &path, via, body)
+            else {
+                // Cannot happen for a socket address and a path the server parsed; a
+                // failure here is still the proxy's, not the app's.
+                break Err((guard, None));
+            };
+            let sent = tokio::time::timeout(
+                self.inner.config.upstream_timeout,
+                worker.send(via, &backend, upstream),
+            )
+            .await;
             let Ok(sent) = sent else {
                 warn!(backend = %backend.id, track = track.as_str(), timeout = ?self.inner.config.upstream_timeout, "upstream timed out");
                 abandoned.finish(504, true);
@@ -458,11 +579,19 @@ impl Proxy {
             };
             match sent {
                 Ok(resp) => break Ok((guard, resp)),
-                Err(source) if source.is_connect() => {
+                Err(SendError::Connect(source, unsent)) => {
                     let err = UpstreamError::Connect {
                         addr: backend.addr,
                         source,
                     };
+                    if let Some(unsent) = unsent {
+                        parts.headers = unsent.into_parts().0.headers;
+                        if host.is_none() {
+                            // The refused instance's address, put in for a client that named
+                            // no host: the retry names its own.
+                            parts.headers.remove(HOST);
+                        }
+                    }
                     let unread = slot.take_unread();
                     let retry = if retried {
                         None
@@ -484,7 +613,7 @@ impl Proxy {
                         _ => break Err((guard, Some(err))),
                     }
                 }
-                Err(source) => {
+                Err(SendError::Forward(source)) => {
                     break Err((
                         guard,
                         Some(UpstreamError::Forward {
@@ -535,9 +664,13 @@ impl Proxy {
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
             if websocket && headers::is_websocket(resp.headers()) {
                 let session = self.inner.ws.register(backend.addr);
-                tokio::spawn(ws::relay(client_upgrade, upstream_upgrade, guard, session));
+                worker
+                    .tunnels
+                    .spawn(ws::relay(client_upgrade, upstream_upgrade, guard, session));
             } else {
-                tokio::spawn(tunnel(client_upgrade, upstream_upgrade, guard));
+                worker
+                    .tunnels
+                    .spawn(tunnel(client_upgrade, upstream_upgrade, guard));
             }
             let (mut parts, _) = resp.into_parts();
             headers::strip_hop_by_hop(&mut parts.headers, true);
@@ -557,6 +690,100 @@ impl Proxy {
             .recorder
             .track(version)
             .record(status, started.elapsed(), failed_at_proxy);
+    }
+}
+
+/// The proxy's workers, serving until [`Serving::until`]'s shutdown (or until dropped).
+#[derive(Debug)]
+pub struct Serving {
+    stop: tokio::sync::watch::Sender<bool>,
+    done: Vec<tokio::sync::oneshot::Receiver<ShutdownOutcome>>,
+}
+
+impl Serving {
+    /// Serves until `shutdown` completes, then has every worker stop accepting and drain (see
+    /// [`Proxy::serve`]); `TimedOut` if any worker had to abandon connections.
+    pub async fn until(self, shutdown: impl Future<Output = ()>) -> ShutdownOutcome {
+        shutdown.await;
+        let _ = self.stop.send(true);
+        let mut outcome = ShutdownOutcome::Drained;
+        for done in self.done {
+            match done.await {
+                Ok(ShutdownOutcome::Drained) => {}
+                // A worker that timed out, or whose thread panicked, left connections undrained.
+                Ok(ShutdownOutcome::TimedOut) | Err(_) => outcome = ShutdownOutcome::TimedOut,
+            }
+        }
+        outcome
+    }
+}
+
+/// The client connection a request came on.
+#[derive(Clone)]
+struct Client {
+    peer: SocketAddr,
+    /// `peer` as an `X-Forwarded-For` entry.
+    forwarded_for: http::HeaderValue,
+}
+
+/// What one worker thread owns: its upstream connections and its tunnels.
+struct Worker {
+    /// Keep-alive HTTP/1.1 connections, for every request but upgrades and HTTP/2.
+    http1: Arc<Http1Pool>,
+    /// Upgrades (WebSockets): a connection each, handed over to the tunnel.
+    upgrades: Upstreams<HttpConnector, Resendable>,
+    /// HTTP/2-only pools, used for every non-upgrade request when `upstream_protocol` is
+    /// HTTP/2 (built either way: it holds no connection until used).
+    http2: Upstreams<HttpConnector, Resendable>,
+    /// Upgraded connections, which outlive the worker's accept loop.
+    tunnels: tokio_util::task::TaskTracker,
+}
+
+impl Worker {
+    fn new(config: &ProxyConfig) -> Worker {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(config.connect_timeout));
+        let http1 = Arc::new(Http1Pool::new(
+            config.connect_timeout,
+            config.pool_idle_timeout,
+            config.pool_max_idle_per_host,
+        ));
+        let upgrades = Upstreams::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_max_idle_per_host(0)
+            .build(connector.clone());
+        let http2 = Upstreams::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .pool_idle_timeout(config.pool_idle_timeout)
+            .pool_max_idle_per_host(config.pool_max_idle_per_host)
+            .http2_only(true)
+            .build(connector);
+        Worker {
+            http1,
+            upgrades,
+            http2,
+            tunnels: tokio_util::task::TaskTracker::new(),
+        }
+    }
+
+    async fn send(
+        &self,
+        via: Via,
+        backend: &Arc<Backend>,
+        req: Request<Resendable>,
+    ) -> Result<Response<UpstreamBody>, SendError> {
+        let client = match via {
+            Via::Http1 => return self.http1.send(backend, req).await,
+            Via::Http2 => &self.http2,
+            Via::Upgrade => &self.upgrades,
+        };
+        match client.request(req).await {
+            Ok(resp) => Ok(resp.map(UpstreamBody::unpooled)),
+            Err(e) if e.is_connect() => Err(SendError::Connect(Box::new(e), None)),
+            Err(e) => Err(SendError::Forward(Box::new(e))),
+        }
     }
 }
 
@@ -616,27 +843,57 @@ impl Drop for Abandoned {
     }
 }
 
-/// The request as sent to `addr`: the client's method, path, and (already cleaned) headers.
+/// How a request travels to its instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Via {
+    /// The worker's own HTTP/1.1 pool (the common case).
+    Http1,
+    /// HTTP/2 with prior knowledge (`upstream_protocol = "http2"`).
+    Http2,
+    /// A protocol switch (WebSocket), on a connection of its own.
+    Upgrade,
+}
+
+/// The request as sent to `backend`: the client's method, path, and (already cleaned) headers.
+/// The worker's own pool writes the URI as it is given (origin form); hyper-util's client
+/// wants the absolute form, to know where to connect.
 fn upstream_request(
     parts: &http::request::Parts,
-    addr: SocketAddr,
-    path: &str,
-    version: Version,
+    headers: http::HeaderMap,
+    backend: &Backend,
+    path: &PathAndQuery,
+    via: Via,
     body: Resendable,
 ) -> Option<Request<Resendable>> {
-    let uri = Uri::builder()
-        .scheme("http")
-        .authority(addr.to_string())
-        .path_and_query(path)
-        .build()
-        .ok()?;
-    let mut req = Request::builder()
-        .method(parts.method.clone())
-        .uri(uri)
-        .version(version)
-        .body(body)
-        .ok()?;
-    *req.headers_mut() = parts.headers.clone();
+    let authority = backend.authority.clone()?;
+    let (uri, version) = match via {
+        Via::Http1 => (Uri::from(path.clone()), Version::HTTP_11),
+        Via::Http2 | Via::Upgrade => {
+            let uri = Uri::builder()
+                .scheme(http::uri::Scheme::HTTP)
+                .authority(authority.clone())
+                .path_and_query(path.clone())
+                .build()
+                .ok()?;
+            let version = if via == Via::Http2 {
+                Version::HTTP_2
+            } else {
+                Version::HTTP_11
+            };
+            (uri, version)
+        }
+    };
+    let mut req = Request::new(body);
+    *req.method_mut() = parts.method.clone();
+    *req.uri_mut() = uri;
+    *req.version_mut() = version;
+    *req.headers_mut() = headers;
+    // A client that named no host at all (HTTP/1.0): the instance's address, as a client
+    // connecting to it directly would send.
+    if via == Via::Http1 && !req.headers().contains_key(HOST) {
+        let host = http::HeaderValue::from_str(authority.as_str()).ok()?;
+        req.headers_mut().insert(HOST, host);
+    }
     Some(req)
 }
 

@@ -8,7 +8,7 @@ use cutover_core::stats::Track;
 use cutover_core::{sticky, Weight};
 use rand::Rng;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 /// One running instance of a version.
@@ -20,7 +20,12 @@ pub struct Backend {
     pub addr: SocketAddr,
     /// The instance's id, for logs.
     pub id: String,
+    /// `addr` as a URI authority, formatted once rather than per request.
+    pub(crate) authority: Option<http::uri::Authority>,
     outstanding: AtomicUsize,
+    /// Whether the current table routes to it; a connection to an instance out of rotation
+    /// is closed rather than kept idle.
+    in_rotation: AtomicBool,
 }
 
 impl Backend {
@@ -28,7 +33,10 @@ impl Backend {
         Backend {
             addr,
             id: id.into(),
+            // Always `Some`: an IP and a port are a valid authority.
+            authority: http::uri::Authority::try_from(addr.to_string()).ok(),
             outstanding: AtomicUsize::new(0),
+            in_rotation: AtomicBool::new(true),
         }
     }
 
@@ -36,6 +44,14 @@ impl Backend {
     /// upgraded tunnels (WebSockets) through it.
     pub fn in_flight(&self) -> usize {
         self.outstanding.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn in_rotation(&self) -> bool {
+        self.in_rotation.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_in_rotation(&self, yes: bool) {
+        self.in_rotation.store(yes, Ordering::Relaxed);
     }
 }
 

@@ -401,3 +401,116 @@ async fn hung_upstream_is_a_504() {
     assert_eq!((w.requests, w.errors), (1, 1));
     s.release.notify_one();
 }
+
+/// Keep-alive to instances: a client's sequential requests share one upstream connection, and
+/// when the instance leaves the table its idle connection is closed at once (not when the
+/// instance exits), and a connection still carrying a request is closed when it finishes.
+#[tokio::test]
+async fn upstream_connections_are_reused_and_closed_when_their_instance_leaves() {
+    let a = Upstream::start("v1#0").await;
+    let b = Upstream::start("v2#0").await;
+    let px = Running::start().await;
+    let client = client();
+    px.proxy
+        .set_table(table(Some(pool("v1", &[a.backend()])), None));
+    for _ in 0..20 {
+        assert_eq!(get(&client, px.addr, "/", None).await.body, "v1#0");
+    }
+    assert_eq!(
+        a.accepted.load(Ordering::SeqCst),
+        1,
+        "one upstream connection"
+    );
+    assert_eq!(a.open.load(Ordering::SeqCst), 1, "kept open while idle");
+
+    px.proxy
+        .set_table(table(Some(pool("v2", &[b.backend()])), None));
+    eventually(
+        "the idle connection to the instance that left is closed",
+        || a.open.load(Ordering::SeqCst) == 0,
+    )
+    .await;
+    assert_eq!(get(&client, px.addr, "/", None).await.body, "v2#0");
+
+    // A request in flight while its instance leaves: it completes, then its connection goes.
+    let a_backend = a.backend();
+    px.proxy.set_table(table(
+        Some(pool("v1", std::slice::from_ref(&a_backend))),
+        None,
+    ));
+    let held = {
+        let client = client.clone();
+        let addr = px.addr;
+        tokio::spawn(async move { get(&client, addr, "/slow", None).await })
+    };
+    tokio::time::timeout(DEADLINE, a.arrived.notified())
+        .await
+        .expect("the held request reached the instance");
+    px.proxy
+        .set_table(table(Some(pool("v2", &[b.backend()])), None));
+    a.release.notify_one();
+    let done = held.await.unwrap();
+    assert_eq!((done.status, done.body.as_str()), (StatusCode::OK, "v1#0"));
+    eventually("the connection that carried it is closed", || {
+        a.open.load(Ordering::SeqCst) == 0
+    })
+    .await;
+    assert_eq!(px.proxy.in_flight(a_backend.addr), 0);
+}
+
+/// An instance closing idle keep-alive connections (its own keep-alive timeout) must cost no
+/// request: a pooled connection found closed is skipped, not answered with a 502.
+#[tokio::test]
+async fn pooled_connections_the_instance_closed_cost_no_request() {
+    let (addr, accepted) = one_shot_upstream().await;
+    let px = Running::with_config(cutover_proxy::ProxyConfig {
+        workers: 1,
+        ..Default::default()
+    })
+    .await;
+    let client = client();
+    let one = Arc::new(cutover_proxy::Backend::new("one", addr));
+    px.proxy.set_table(table(Some(pool("v1", &[one])), None));
+    for _ in 0..20 {
+        let a = get(&client, px.addr, "/", None).await;
+        assert_eq!((a.status, a.body.as_str()), (StatusCode::OK, "one-shot"));
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 20);
+    assert_eq!(px.recorder.track("v1").totals().errors, 0);
+}
+
+/// A response the client stopped reading leaves its connection mid-body: it must be closed,
+/// never reused, or the next request would read the rest of that body as its answer.
+#[tokio::test]
+async fn a_connection_left_mid_response_is_not_reused() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let a = Upstream::start("v1#0").await;
+    let px = Running::with_config(cutover_proxy::ProxyConfig {
+        workers: 1,
+        ..Default::default()
+    })
+    .await;
+    px.proxy
+        .set_table(table(Some(pool("v1", &[a.backend()])), None));
+    let mut raw = tokio::net::TcpStream::connect(px.addr).await.unwrap();
+    raw.write_all(b"GET /big HTTP/1.1\r\nhost: shop\r\n\r\n")
+        .await
+        .unwrap();
+    let mut some = [0u8; 4096];
+    let n = tokio::time::timeout(DEADLINE, raw.read(&mut some))
+        .await
+        .expect("the response starts")
+        .unwrap();
+    assert!(String::from_utf8_lossy(&some[..n]).starts_with("HTTP/1.1 200"));
+    drop(raw);
+    eventually("the abandoned upstream connection is closed", || {
+        a.open.load(Ordering::SeqCst) == 0
+    })
+    .await;
+    let client = client();
+    for _ in 0..3 {
+        let r = get(&client, px.addr, "/", None).await;
+        assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "v1#0"));
+    }
+    assert_eq!(a.accepted.load(Ordering::SeqCst), 2);
+}

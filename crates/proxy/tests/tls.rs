@@ -87,6 +87,7 @@ impl TlsProxy {
                     let _ = rx.await;
                 })
                 .await
+                .expect("the proxy workers start")
         });
         TlsProxy {
             addr,

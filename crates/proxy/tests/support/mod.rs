@@ -14,6 +14,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -26,13 +27,16 @@ pub const DEADLINE: Duration = Duration::from_secs(10);
 /// A small HTTP/1.1 app that answers with its own name.
 ///
 /// Routes: `/headers` lists the request headers it received (and answers with hop-by-hop
-/// headers of its own); `/echo` returns the request body; `/slow` signals `arrived` and waits
-/// for `release`; anything else returns the name.
+/// headers of its own); `/echo` returns the request body; `/big` returns 4 MiB of `x`; `/slow`
+/// signals `arrived` and waits for `release`; anything else returns the name.
 pub struct Upstream {
     pub addr: SocketAddr,
     pub name: String,
     pub arrived: Arc<Notify>,
     pub release: Arc<Notify>,
+    /// Connections accepted so far, and those still open.
+    pub accepted: Arc<AtomicUsize>,
+    pub open: Arc<AtomicUsize>,
 }
 
 impl Upstream {
@@ -41,13 +45,18 @@ impl Upstream {
         let addr = listener.local_addr().unwrap();
         let arrived = Arc::new(Notify::new());
         let release = Arc::new(Notify::new());
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let open = Arc::new(AtomicUsize::new(0));
         let (n, a, r) = (name.to_owned(), arrived.clone(), release.clone());
+        let (acc, op) = (accepted.clone(), open.clone());
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
-                let (n, a, r) = (n.clone(), a.clone(), r.clone());
+                acc.fetch_add(1, Ordering::SeqCst);
+                op.fetch_add(1, Ordering::SeqCst);
+                let (n, a, r, op) = (n.clone(), a.clone(), r.clone(), op.clone());
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req| {
                         let (n, a, r) = (n.clone(), a.clone(), r.clone());
@@ -56,6 +65,7 @@ impl Upstream {
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), svc)
                         .await;
+                    op.fetch_sub(1, Ordering::SeqCst);
                 });
             }
         });
@@ -64,6 +74,8 @@ impl Upstream {
             name: name.to_owned(),
             arrived,
             release,
+            accepted,
+            open,
         }
     }
 
@@ -96,6 +108,7 @@ async fn answer(
             let body = req.into_body().collect().await.unwrap().to_bytes();
             Response::new(Full::new(body))
         }
+        "/big" => Response::new(Full::new(Bytes::from(vec![b'x'; 4 << 20]))),
         "/slow" => {
             arrived.notify_one();
             release.notified().await;
@@ -103,6 +116,37 @@ async fn answer(
         }
         _ => Response::new(Full::new(Bytes::from(name))),
     }
+}
+
+/// An app that answers one request per connection and then closes it *without* saying so
+/// (no `Connection: close`), as a keep-alive timeout firing on an idle connection looks to a
+/// pool. Counts the connections it accepted.
+pub async fn one_shot_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let acc = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            acc.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\none-shot")
+                    .await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    (addr, accepted)
 }
 
 /// A WebSocket echo server on a raw listener.
@@ -173,6 +217,7 @@ impl Running {
                 let _ = rx.await;
             })
             .await
+            .expect("the proxy workers start")
         });
         Running {
             addr,

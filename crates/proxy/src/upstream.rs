@@ -1,0 +1,429 @@
+//! Keep-alive HTTP/1.1 connections to instances: one pool per proxy worker.
+//!
+//! A worker's pool and the tasks driving its connections live on that worker's single-threaded
+//! event loop, so a request, its client connection and its upstream connection are all served
+//! by one thread: no lock is contended and no wakeup crosses threads (hyper-util's pooled
+//! client, shared by every thread, spent more on that than cutover spends routing; see
+//! BENCHMARKS.md).
+//!
+//! A connection goes back to its pool only once its response body was read to the end, and it
+//! never goes back to an instance that left the route table: [`Http1Pool::retain`] closes the
+//! idle connections of instances that left, so a draining instance sees no idle keep-alive
+//! connection from the proxy (only those still carrying a request, until they finish).
+
+use crate::body::Resendable;
+use crate::table::Backend;
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tracing::debug;
+
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why a request could not be forwarded; decides whether it may be retried elsewhere.
+pub(crate) enum SendError {
+    /// No connection to the instance could be made: nothing reached it. The request comes
+    /// back when the sender still had it (the worker's own pool does; hyper-util's client
+    /// keeps it).
+    Connect(BoxError, Option<Box<Request<Resendable>>>),
+    /// The request was handed to a connection; the instance may have seen it.
+    Forward(BoxError),
+}
+
+/// The idle connections of one worker, by instance address, most recently used last.
+pub(crate) struct Http1Pool {
+    /// A few instances at most: a scan beats hashing the address twice per request.
+    idle: Mutex<Vec<(SocketAddr, Vec<Idle>)>>,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+    max_idle_per_backend: usize,
+}
+
+struct Idle {
+    sender: SendRequest<Resendable>,
+    since: Instant,
+}
+
+impl Http1Pool {
+    pub(crate) fn new(
+        connect_timeout: Duration,
+        idle_timeout: Duration,
+        max_idle_per_backend: usize,
+    ) -> Http1Pool {
+        Http1Pool {
+            idle: Mutex::new(Vec::new()),
+            connect_timeout,
+            idle_timeout,
+            max_idle_per_backend,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(SocketAddr, Vec<Idle>)>> {
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Sends `req` to `backend` over an idle connection, or a new one when none is left.
+    ///
+    /// An idle connection the instance closed meanwhile hands the request back unsent (hyper
+    /// gives it back), and the next one is tried: only [`SendError::Connect`] (nothing was
+    /// sent) and [`SendError::Forward`] (something may have been) reach the caller.
+    pub(crate) async fn send(
+        self: &Arc<Self>,
+        backend: &Arc<Backend>,
+        mut req: Request<Resendable>,
+    ) -> Result<Response<UpstreamBody>, SendError> {
+        while let Some(mut sender) = self.checkout(backend.addr) {
+            // Ready at once unless the connection is still finishing its previous exchange.
+            if sender.ready().await.is_err() {
+                continue;
+            }
+            match sender.try_send_request(req).await {
+                Ok(resp) => return Ok(self.wrap(resp, sender, backend)),
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) => req = unsent,
+                    None => return Err(SendError::Forward(Box::new(e.into_error()))),
+                },
+            }
+        }
+        let mut sender = match self.connect(backend.addr).await {
+            Ok(s) => s,
+            Err(e) => return Err(SendError::Connect(e, Some(Box::new(req)))),
+        };
+        match sender.try_send_request(req).await {
+            Ok(resp) => Ok(self.wrap(resp, sender, backend)),
+            Err(mut e) => match e.take_message() {
+                // Closed before a byte of the request was written: as good as refused.
+                Some(unsent) => Err(SendError::Connect(
+                    Box::new(e.into_error()),
+                    Some(Box::new(unsent)),
+                )),
+                None => Err(SendError::Forward(Box::new(e.into_error()))),
+            },
+        }
+    }
+
+    /// The most recently used idle connection to `addr` that is still open and fresh.
+    fn checkout(&self, addr: SocketAddr) -> Option<SendRequest<Resendable>> {
+        let mut idle = self.lock();
+        let (_, conns) = idle.iter_mut().find(|(a, _)| *a == addr)?;
+        while let Some(c) = conns.pop() {
+            if !c.sender.is_closed() && c.since.elapsed() < self.idle_timeout {
+                return Some(c.sender);
+            }
+        }
+        None
+    }
+
+    /// Takes a connection back after its response was read to the end, unless its instance
+    /// left the route table, the connection closed, or the pool is full.
+    fn checkin(&self, backend: &Backend, sender: SendRequest<Resendable>) {
+        if !backend.in_rotation() || sender.is_closed() {
+            return;
+        }
+        let mut idle = self.lock();
+        let conns = match idle.iter().position(|(a, _)| *a == backend.addr) {
+            Some(i) => &mut idle[i].1,
+            None => {
+                idle.push((backend.addr, Vec::new()));
+                &mut idle.last_mut().expect("just pushed").1
+            }
+        };
+        if conns.len() < self.max_idle_per_backend {
+            conns.push(Idle {
+                sender,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    async fn connect(&self, addr: SocketAddr) -> Result<SendRequest<Resendable>, BoxError> {
+        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| {
+                std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no connection within {:?}", self.connect_timeout),
+                )
+            })??;
+        stream.set_nodelay(true)?;
+        let (sender, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await?;
+        // Driven on this worker's event loop; it ends when the instance or the pool closes it.
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                debug!(%addr, error = %e, "upstream connection closed with an error");
+            }
+        });
+        Ok(sender)
+    }
+
+    fn wrap(
+        self: &Arc<Self>,
+        resp: Response<Incoming>,
+        sender: SendRequest<Resendable>,
+        backend: &Arc<Backend>,
+    ) -> Response<UpstreamBody> {
+        resp.map(|inner| UpstreamBody {
+            inner,
+            done: false,
+            reuse: Some(Reuse {
+                pool: Arc::downgrade(self),
+                backend: backend.clone(),
+                sender,
+            }),
+        })
+    }
+
+    /// Closes the idle connections to instances not in `addrs` (they left rotation), and those
+    /// idle for longer than the idle timeout.
+    pub(crate) fn retain(&self, addrs: &HashSet<SocketAddr>) {
+        let mut idle = self.lock();
+        idle.retain_mut(|(addr, conns)| {
+            conns.retain(|c| !c.sender.is_closed() && c.since.elapsed() < self.idle_timeout);
+            addrs.contains(addr) && !conns.is_empty()
+        });
+    }
+
+    /// Closes connections idle for longer than the idle timeout; the worker calls this
+    /// periodically so that an instance no request goes to any more is not held open.
+    pub(crate) fn evict_expired(&self) {
+        let mut idle = self.lock();
+        idle.retain_mut(|(_, conns)| {
+            conns.retain(|c| !c.sender.is_closed() && c.since.elapsed() < self.idle_timeout);
+            !conns.is_empty()
+        });
+    }
+
+    /// Idle connections held, all instances together.
+    #[cfg(test)]
+    pub(crate) fn idle_count(&self) -> usize {
+        self.lock().iter().map(|(_, c)| c.len()).sum()
+    }
+}
+
+/// Who to give a connection back to once its response body is read.
+struct Reuse {
+    pool: Weak<Http1Pool>,
+    backend: Arc<Backend>,
+    sender: SendRequest<Resendable>,
+}
+
+/// A response body from an instance. Read to the end, it returns its connection to the pool
+/// when dropped; dropped earlier (the client went away), the connection is closed, since the
+/// rest of the response would still be on it.
+pub(crate) struct UpstreamBody {
+    inner: Incoming,
+    /// Whether the body was read to the end (`Incoming` only knows for a known length).
+    done: bool,
+    reuse: Option<Reuse>,
+}
+
+impl UpstreamBody {
+    /// A body from a connection the pool does not own (HTTP/2, upgrades).
+    pub(crate) fn unpooled(inner: Incoming) -> UpstreamBody {
+        UpstreamBody {
+            inner,
+            done: false,
+            reuse: None,
+        }
+    }
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        if !(self.done || self.inner.is_end_stream()) {
+            return;
+        }
+        if let Some(r) = self.reuse.take() {
+            if let Some(pool) = r.pool.upgrade() {
+                pool.checkin(&r.backend, r.sender);
+            }
+        }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(None) = polled {
+            self.done = true;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::body::Resendable;
+    use http_body_util::BodyExt;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// An HTTP/1.1 app on 127.0.0.1 answering `ok`; counts the connections still open.
+    async fn app() -> (SocketAddr, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let open = Arc::new(AtomicUsize::new(0));
+        let o = open.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                o.fetch_add(1, Ordering::SeqCst);
+                let o = o.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(|_req| async {
+                        Ok::<_, std::convert::Infallible>(Response::new(http_body_util::Full::new(
+                            Bytes::from_static(b"ok"),
+                        )))
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                    o.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+        });
+        (addr, open)
+    }
+
+    /// A request with an empty body (hyper's `Incoming` cannot be built by hand, so the body
+    /// comes from a real request to a throwaway server).
+    async fn request() -> Request<Resendable> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let tx = std::sync::Mutex::new(Some(tx));
+            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                if let Some(tx) = tx.lock().unwrap().take() {
+                    let _ = tx.send(req);
+                }
+                async {
+                    Ok::<_, std::convert::Infallible>(Response::new(
+                        http_body_util::Empty::<Bytes>::new(),
+                    ))
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut s, b"GET /x HTTP/1.1\r\nhost: shop\r\n\r\n")
+            .await
+            .unwrap();
+        let req = rx.await.unwrap();
+        let (parts, body) = req.into_parts();
+        Request::from_parts(parts, Resendable::new(body).0)
+    }
+
+    async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+        let waited = tokio::time::timeout(Duration::from_secs(10), async {
+            while !cond() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+        assert!(waited.is_ok(), "timed out waiting for: {what}");
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_gives_the_request_back() {
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = closed.local_addr().unwrap();
+        drop(closed);
+        let pool = Arc::new(Http1Pool::new(
+            Duration::from_secs(2),
+            Duration::from_secs(30),
+            4,
+        ));
+        let backend = Arc::new(Backend::new("gone", addr));
+        match pool.send(&backend, request().await).await {
+            Err(SendError::Connect(_, Some(req))) => assert_eq!(req.uri().path(), "/x"),
+            Err(SendError::Connect(_, None)) => panic!("the request was not given back"),
+            Err(SendError::Forward(e)) => {
+                panic!("a refused connection is not a forward error: {e}")
+            }
+            Ok(_) => panic!("nothing listens there"),
+        }
+    }
+
+    #[tokio::test]
+    async fn idle_connections_are_capped_and_expire() {
+        let (addr, open) = app().await;
+        let pool = Arc::new(Http1Pool::new(
+            Duration::from_secs(2),
+            Duration::from_millis(50),
+            2,
+        ));
+        let backend = Arc::new(Backend::new("app", addr));
+        // Three requests at once need three connections; only two are kept.
+        let mut bodies = Vec::new();
+        for _ in 0..3 {
+            let resp = pool.send(&backend, request().await).await.ok().unwrap();
+            bodies.push(resp.into_body());
+        }
+        assert_eq!(pool.idle_count(), 0, "busy connections are not idle");
+        for b in bodies {
+            assert_eq!(b.collect().await.unwrap().to_bytes(), "ok");
+        }
+        assert_eq!(pool.idle_count(), 2);
+        until("the third connection is closed", || {
+            open.load(Ordering::SeqCst) == 2
+        })
+        .await;
+        // Past the idle timeout, a sweep closes them.
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        pool.evict_expired();
+        assert_eq!(pool.idle_count(), 0);
+        until("expired connections are closed", || {
+            open.load(Ordering::SeqCst) == 0
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_connection_to_an_instance_out_of_rotation_is_not_kept() {
+        let (addr, open) = app().await;
+        let pool = Arc::new(Http1Pool::new(
+            Duration::from_secs(2),
+            Duration::from_secs(30),
+            4,
+        ));
+        let backend = Arc::new(Backend::new("app", addr));
+        let resp = pool.send(&backend, request().await).await.ok().unwrap();
+        backend.set_in_rotation(false);
+        assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "ok");
+        assert_eq!(pool.idle_count(), 0);
+        until("its connection is closed", || {
+            open.load(Ordering::SeqCst) == 0
+        })
+        .await;
+    }
+}
