@@ -7,6 +7,7 @@ mod common;
 
 use common::{serial, Harness};
 use cutover_core::engine::Phase;
+use cutover_core::Dur;
 use cutover_loadgen::{Orders, OrdersConfig, OrdersReport};
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
@@ -76,6 +77,14 @@ async fn canary_with_orders_then_abort(
     let text = tweak(config(dir.path(), drain_path));
     let h = Harness::start_in(dir, text).await;
     h.first_release("v1").await;
+    // The drain settings in force are in `status`, in the view and in the JSON.
+    let s = h.status().await;
+    assert_eq!(s.settings.quiet_period, Dur::from_millis(300));
+    assert!(
+        cutover_host::render::status(&s).contains("quiet period 300ms"),
+        "{}",
+        cutover_host::render::status(&s)
+    );
     h.deploy("v2", json!({})).await.unwrap();
     h.wait_for("v2 at 50%", LONG, |s| {
         matches!(

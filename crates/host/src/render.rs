@@ -216,8 +216,8 @@ pub fn status(s: &StatusView) -> String {
     let st = &s.settings;
     let _ = writeln!(
         o,
-        "\nevaluation every {} over {} (min {} samples); steps {}; max_hold {}; hold_previous {}; drain {} then grace {}",
-        st.interval, st.window, st.min_samples, st.step_interval, st.max_hold, st.hold_previous, st.drain_timeout, st.grace
+        "\nevaluation every {} over {} (min {} samples); steps {}; max_hold {}; hold_previous {}; drain {} (WebSockets: quiet period {}, then 1012) then grace {}",
+        st.interval, st.window, st.min_samples, st.step_interval, st.max_hold, st.hold_previous, st.drain_timeout, st.quiet_period, st.grace
     );
     o
 }

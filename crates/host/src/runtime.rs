@@ -1146,6 +1146,7 @@ impl Driver {
                 max_hold: c.rollout.max_hold,
                 hold_previous: c.rollout.hold_previous,
                 drain_timeout: c.app.stop.drain_timeout,
+                quiet_period: c.app.stop.quiet_period,
                 grace: c.app.stop.grace,
                 readiness_thresholds: (
                     c.app.readiness.success_threshold,

@@ -47,6 +47,10 @@ pub struct Settings {
     pub max_hold: Dur,
     pub hold_previous: Dur,
     pub drain_timeout: Dur,
+    /// WebSockets still open at the end of `drain_timeout`: how long the instance's frames
+    /// still reach the client before the 1012.
+    #[serde(default)]
+    pub quiet_period: Dur,
     pub grace: Dur,
     pub readiness_thresholds: (u32, u32),
     pub liveness_failure_threshold: u32,

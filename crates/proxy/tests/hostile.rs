@@ -529,11 +529,12 @@ async fn long_extension_method_is_forwarded() {
 /// marked `connection: close`, after which the proxy closes the connection cleanly (FIN, not
 /// RST); `serve` reports `Drained`.
 ///
-/// Ignored in the suite: with both cores saturated, about 1 run in 25 one client saw a reset
-/// instead of a clean close after its `connection: close` response — a possible rare reset on
-/// shutdown, not yet diagnosed (open in the data-plane issue). Run it with `--ignored`.
+/// History: while the proxy served from the caller's multi-threaded runtime with a shared
+/// upstream client, about 1 run in 25 with both cores saturated saw a reset instead of this
+/// clean close, and the test was parked. Since the proxy serves from its own worker threads
+/// it has passed 210 runs alone and 30 runs of the whole file, both cores saturated by two
+/// `yes` processes; the cause of the earlier resets was not pinned down.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "rare reset after connection: close under CPU saturation; being diagnosed"]
 async fn shutdown_completes_in_flight_http1_requests() {
     const CLIENTS: usize = 24;
     let (mut px, up) = recorded(ProxyConfig::default(), Duration::from_millis(20)).await;
