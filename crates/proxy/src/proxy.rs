@@ -122,6 +122,8 @@ struct Inner {
     registry: Mutex<HashMap<SocketAddr, Vec<Weak<Backend>>>>,
     /// Every worker's HTTP/1.1 pool, to close idle connections to instances leaving rotation.
     upstream_pools: Mutex<Vec<Weak<Http1Pool>>>,
+    /// The workers' open connections, while they serve.
+    balance: Mutex<Weak<Balance>>,
     recorder: Recorder,
     /// Open WebSocket sessions by backend address (what [`Proxy::drain_websockets`] closes).
     ws: Arc<ws::Sessions>,
@@ -147,6 +149,7 @@ impl Proxy {
                 table: ArcSwap::from_pointee(RouteTable::default()),
                 registry: Mutex::new(HashMap::new()),
                 upstream_pools: Mutex::default(),
+                balance: Mutex::new(Weak::new()),
                 recorder,
                 ws: Arc::default(),
             }),
@@ -231,6 +234,18 @@ impl Proxy {
                     .sum()
             })
             .unwrap_or(0)
+    }
+
+    /// Open client connections (upgraded ones included) on each worker; empty when not
+    /// serving.
+    pub fn connections_by_worker(&self) -> Vec<usize> {
+        self.inner
+            .balance
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .upgrade()
+            .map(|b| b.counts())
+            .unwrap_or_default()
     }
 
     /// WebSocket sessions open to `addr` (also counted in [`Proxy::in_flight`]).
@@ -327,6 +342,12 @@ impl Proxy {
             prepared.push((runtime, cloned));
         }
         drop(listener);
+        let balance = Arc::new(Balance::new(prepared.len()));
+        *self
+            .inner
+            .balance
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Arc::downgrade(&balance);
         // Dropping `stop` (an error below, or a dropped `Serving`) stops the workers too.
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
         let mut done = Vec::new();
@@ -335,11 +356,12 @@ impl Proxy {
             let proxy = self.clone();
             let tls = tls.clone();
             let mut stop_rx = stop_rx.clone();
+            let balance = balance.clone();
             std::thread::Builder::new()
                 .name(format!("cutover-proxy-{i}"))
                 .spawn(move || {
                     runtime.block_on(async move {
-                        let worker = Arc::new(Worker::new(&proxy.inner.config));
+                        let worker = Arc::new(Worker::new(&proxy.inner.config, i, balance));
                         proxy
                             .inner
                             .upstream_pools
@@ -397,7 +419,21 @@ impl Proxy {
         );
         let header_read_timeout = self.inner.config.header_read_timeout;
         let mut shutdown = std::pin::pin!(shutdown);
-        loop {
+        'serving: loop {
+            // A worker with more connections than the others leaves the next one to them.
+            loop {
+                let changed = worker.balance.changed.notified();
+                let mut changed = std::pin::pin!(changed);
+                changed.as_mut().enable();
+                if worker.balance.may_accept(worker.index) {
+                    break;
+                }
+                tokio::select! {
+                    biased;
+                    () = &mut shutdown => break 'serving,
+                    () = changed => {}
+                }
+            }
             tokio::select! {
                 biased;
                 () = &mut shutdown => break,
@@ -412,12 +448,14 @@ impl Proxy {
                         }
                     };
                     let _ = stream.set_nodelay(true);
+                    let open = worker.balance.open(worker.index);
                     let proxy = self.clone();
                     let worker = worker.clone();
                     let builder = builder.clone();
                     let watcher = graceful.watcher();
                     let tls = tls.as_ref().map(|t| tokio_rustls::TlsAcceptor::from(t.load_full()));
                     tokio::spawn(async move {
+                        let _open = open;
                         let Some(acceptor) = tls else {
                             if !first_bytes(&stream, header_read_timeout).await {
                                 debug!(%peer, "client sent no request in time; closed");
@@ -664,13 +702,18 @@ impl Proxy {
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
             if websocket && headers::is_websocket(resp.headers()) {
                 let session = self.inner.ws.register(backend.addr);
-                worker
-                    .tunnels
-                    .spawn(ws::relay(client_upgrade, upstream_upgrade, guard, session));
+                // The upgraded connection stays on this worker: it still counts as its own.
+                let open = worker.balance.open(worker.index);
+                worker.tunnels.spawn(async move {
+                    let _open = open;
+                    ws::relay(client_upgrade, upstream_upgrade, guard, session).await;
+                });
             } else {
-                worker
-                    .tunnels
-                    .spawn(tunnel(client_upgrade, upstream_upgrade, guard));
+                let open = worker.balance.open(worker.index);
+                worker.tunnels.spawn(async move {
+                    let _open = open;
+                    tunnel(client_upgrade, upstream_upgrade, guard).await;
+                });
             }
             let (mut parts, _) = resp.into_parts();
             headers::strip_hop_by_hop(&mut parts.headers, true);
@@ -718,6 +761,62 @@ impl Serving {
     }
 }
 
+/// Open client connections per worker (upgraded ones included, which stay on their worker for
+/// hours). One shared listener lets whichever worker wakes first take a connection, which can
+/// leave one worker with most of a burst and, with long-lived connections, keep it that way;
+/// so a worker with more than the least loaded one (plus an eighth) declines to accept and
+/// leaves the connection to the others (Envoy's "exact" connection balance, by declining
+/// rather than handing sockets over).
+struct Balance {
+    open: Box<[std::sync::atomic::AtomicUsize]>,
+    changed: tokio::sync::Notify,
+}
+
+impl Balance {
+    fn new(workers: usize) -> Balance {
+        Balance {
+            open: (0..workers).map(|_| Default::default()).collect(),
+            changed: tokio::sync::Notify::new(),
+        }
+    }
+
+    fn counts(&self) -> Vec<usize> {
+        self.open
+            .iter()
+            .map(|n| n.load(std::sync::atomic::Ordering::Relaxed))
+            .collect()
+    }
+
+    /// Whether worker `me` may take the next connection. The least loaded one always may.
+    fn may_accept(&self, me: usize) -> bool {
+        let counts = self.counts();
+        let least = counts.iter().copied().min().unwrap_or(0);
+        counts.get(me).copied().unwrap_or(0) <= least + 1 + least / 8
+    }
+
+    /// Counts a connection on worker `me` until the guard drops.
+    fn open(self: &Arc<Self>, me: usize) -> OpenConnection {
+        self.open[me].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.changed.notify_waiters();
+        OpenConnection {
+            balance: self.clone(),
+            worker: me,
+        }
+    }
+}
+
+struct OpenConnection {
+    balance: Arc<Balance>,
+    worker: usize,
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.balance.open[self.worker].fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.balance.changed.notify_waiters();
+    }
+}
+
 /// The client connection a request came on.
 #[derive(Clone)]
 struct Client {
@@ -737,10 +836,13 @@ struct Worker {
     http2: Upstreams<HttpConnector, Resendable>,
     /// Upgraded connections, which outlive the worker's accept loop.
     tunnels: tokio_util::task::TaskTracker,
+    /// This worker's number, and the open connections of all of them.
+    index: usize,
+    balance: Arc<Balance>,
 }
 
 impl Worker {
-    fn new(config: &ProxyConfig) -> Worker {
+    fn new(config: &ProxyConfig, index: usize, balance: Arc<Balance>) -> Worker {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(config.connect_timeout));
@@ -765,6 +867,8 @@ impl Worker {
             upgrades,
             http2,
             tunnels: tokio_util::task::TaskTracker::new(),
+            index,
+            balance,
         }
     }
 

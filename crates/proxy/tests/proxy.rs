@@ -480,20 +480,22 @@ async fn pooled_connections_the_instance_closed_cost_no_request() {
 }
 
 /// A response the client stopped reading leaves its connection mid-body: it must be closed,
-/// never reused, or the next request would read the rest of that body as its answer.
+/// never reused, or the next request would read the rest of that body as its answer. The
+/// body never ends, so it cannot have been read to the end behind the client's back.
 #[tokio::test]
 async fn a_connection_left_mid_response_is_not_reused() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let a = Upstream::start("v1#0").await;
+    let (addr, accepted, open) = endless_upstream().await;
     let px = Running::with_config(cutover_proxy::ProxyConfig {
         workers: 1,
         ..Default::default()
     })
     .await;
+    let endless = Arc::new(cutover_proxy::Backend::new("endless", addr));
     px.proxy
-        .set_table(table(Some(pool("v1", &[a.backend()])), None));
+        .set_table(table(Some(pool("v1", &[endless])), None));
     let mut raw = tokio::net::TcpStream::connect(px.addr).await.unwrap();
-    raw.write_all(b"GET /big HTTP/1.1\r\nhost: shop\r\n\r\n")
+    raw.write_all(b"GET /endless HTTP/1.1\r\nhost: shop\r\n\r\n")
         .await
         .unwrap();
     let mut some = [0u8; 4096];
@@ -504,13 +506,54 @@ async fn a_connection_left_mid_response_is_not_reused() {
     assert!(String::from_utf8_lossy(&some[..n]).starts_with("HTTP/1.1 200"));
     drop(raw);
     eventually("the abandoned upstream connection is closed", || {
-        a.open.load(Ordering::SeqCst) == 0
+        open.load(Ordering::SeqCst) == 0
     })
     .await;
     let client = client();
     for _ in 0..3 {
         let r = get(&client, px.addr, "/", None).await;
-        assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "v1#0"));
+        assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "ok"));
     }
-    assert_eq!(a.accepted.load(Ordering::SeqCst), 2);
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+}
+
+/// Long-lived connections are spread evenly over the workers, even when they arrive in a
+/// burst: a worker ahead of the least loaded one by more than one (plus an eighth) leaves the
+/// next connection to the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_balanced_across_workers() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const CONNS: usize = 64;
+    let up = Upstream::start("v1#0").await;
+    let px = Running::with_config(cutover_proxy::ProxyConfig {
+        workers: 2,
+        ..Default::default()
+    })
+    .await;
+    px.proxy
+        .set_table(table(Some(pool("v1", &[up.backend()])), None));
+    // All at once, as a load balancer's or a benchmark's connection pool opens them.
+    let opened = futures_util::future::join_all((0..CONNS).map(|_| async {
+        let mut s = tokio::net::TcpStream::connect(px.addr).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nhost: shop\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 1024];
+        let n = tokio::time::timeout(DEADLINE, s.read(&mut buf))
+            .await
+            .expect("an answer")
+            .unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+        s
+    }))
+    .await;
+    let counts = px.proxy.connections_by_worker();
+    assert_eq!(counts.iter().sum::<usize>(), CONNS, "{counts:?}");
+    let (least, most) = (counts.iter().min().unwrap(), counts.iter().max().unwrap());
+    assert!(most - least <= 1 + least / 8 + 1, "unbalanced: {counts:?}");
+    drop(opened);
+    eventually("closed connections are no longer counted", || {
+        px.proxy.connections_by_worker().iter().sum::<usize>() == 0
+    })
+    .await;
 }

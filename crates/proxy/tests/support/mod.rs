@@ -27,8 +27,8 @@ pub const DEADLINE: Duration = Duration::from_secs(10);
 /// A small HTTP/1.1 app that answers with its own name.
 ///
 /// Routes: `/headers` lists the request headers it received (and answers with hop-by-hop
-/// headers of its own); `/echo` returns the request body; `/big` returns 4 MiB of `x`; `/slow`
-/// signals `arrived` and waits for `release`; anything else returns the name.
+/// headers of its own); `/echo` returns the request body; `/slow` signals `arrived` and waits
+/// for `release`; anything else returns the name.
 pub struct Upstream {
     pub addr: SocketAddr,
     pub name: String,
@@ -108,7 +108,6 @@ async fn answer(
             let body = req.into_body().collect().await.unwrap().to_bytes();
             Response::new(Full::new(body))
         }
-        "/big" => Response::new(Full::new(Bytes::from(vec![b'x'; 4 << 20]))),
         "/slow" => {
             arrived.notify_one();
             release.notified().await;
@@ -147,6 +146,64 @@ pub async fn one_shot_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
         }
     });
     (addr, accepted)
+}
+
+/// A keep-alive app on a raw listener: `/endless` answers with a chunked body that never
+/// ends (it streams until the connection is closed); any other path gets `ok`. Returns the
+/// connections accepted and those still open.
+pub async fn endless_upstream() -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let open = Arc::new(AtomicUsize::new(0));
+    let (acc, op) = (accepted.clone(), open.clone());
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            acc.fetch_add(1, Ordering::SeqCst);
+            op.fetch_add(1, Ordering::SeqCst);
+            let op = op.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 1024];
+                'requests: loop {
+                    let end = loop {
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => break 'requests,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let head: Vec<u8> = buf.drain(..end).collect();
+                    if head.starts_with(b"GET /endless ") {
+                        let mut out =
+                            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+                        let piece = [b'x'; 4096];
+                        loop {
+                            out.extend_from_slice(b"1000\r\n");
+                            out.extend_from_slice(&piece);
+                            out.extend_from_slice(b"\r\n");
+                            if stream.write_all(&out).await.is_err() {
+                                break 'requests;
+                            }
+                            out.clear();
+                        }
+                    }
+                    if stream
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+                op.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+    });
+    (addr, accepted, open)
 }
 
 /// A WebSocket echo server on a raw listener.
