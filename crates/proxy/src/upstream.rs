@@ -189,20 +189,21 @@ impl Http1Pool {
     /// Closes the idle connections to instances not in `addrs` (they left rotation), and those
     /// idle for longer than the idle timeout.
     pub(crate) fn retain(&self, addrs: &HashSet<SocketAddr>) {
-        let mut idle = self.lock();
-        idle.retain_mut(|(addr, conns)| {
-            conns.retain(|c| !c.sender.is_closed() && c.since.elapsed() < self.idle_timeout);
-            addrs.contains(addr) && !conns.is_empty()
-        });
+        self.sweep(|addr| addrs.contains(addr));
     }
 
     /// Closes connections idle for longer than the idle timeout; the worker calls this
     /// periodically so that an instance no request goes to any more is not held open.
     pub(crate) fn evict_expired(&self) {
+        self.sweep(|_| true);
+    }
+
+    /// Drops closed and expired idle connections, and every one to an address not `kept`.
+    fn sweep(&self, kept: impl Fn(&SocketAddr) -> bool) {
         let mut idle = self.lock();
-        idle.retain_mut(|(_, conns)| {
+        idle.retain_mut(|(addr, conns)| {
             conns.retain(|c| !c.sender.is_closed() && c.since.elapsed() < self.idle_timeout);
-            !conns.is_empty()
+            kept(addr) && !conns.is_empty()
         });
     }
 
