@@ -5,6 +5,9 @@
 //! the canary weight ([`cutover_core::sticky`]), picks one of that version's backends by
 //! power-of-two-choices on outstanding requests, forwards the request over pooled keep-alive
 //! connections, and records the outcome per version in [`cutover_telemetry::Recorder`].
+//! The listener is served by [`ProxyConfig::workers`] threads, each a single-threaded event
+//! loop with its own pool of upstream connections (`upstream`), so a request never crosses
+//! threads; connections are spread evenly over the workers.
 //! WebSockets are relayed frame by frame (so a drain can end them with close code 1012 without
 //! losing acks or executing orders twice, see `ws`); any other HTTP/1.1 `Upgrade` is passed
 //! through as a byte tunnel.
