@@ -361,7 +361,7 @@ impl Proxy {
                 .name(format!("cutover-proxy-{i}"))
                 .spawn(move || {
                     runtime.block_on(async move {
-                        let worker = Arc::new(Worker::new(&proxy.inner.config, i, balance));
+                        let worker = Arc::new(Worker::new(proxy.clone(), i, balance));
                         proxy
                             .inner
                             .upstream_pools
@@ -449,7 +449,6 @@ impl Proxy {
                     };
                     let _ = stream.set_nodelay(true);
                     let open = worker.balance.open(worker.index);
-                    let proxy = self.clone();
                     let worker = worker.clone();
                     let builder = builder.clone();
                     let watcher = graceful.watcher();
@@ -461,7 +460,7 @@ impl Proxy {
                                 debug!(%peer, "client sent no request in time; closed");
                                 return;
                             }
-                            return proxy.serve_connection(worker, builder, TokioIo::new(stream), peer, watcher).await;
+                            return serve_connection(worker, builder, TokioIo::new(stream), peer, watcher).await;
                         };
                         let stream = match tokio::time::timeout(header_read_timeout, acceptor.accept(stream)).await {
                             Ok(Ok(s)) => s,
@@ -481,7 +480,7 @@ impl Proxy {
                         } else {
                             builder.http1_only()
                         };
-                        proxy.serve_connection(worker, builder, TokioIo::new(stream), peer, watcher).await;
+                        serve_connection(worker, builder, TokioIo::new(stream), peer, watcher).await;
                     });
                 }
             }
@@ -490,33 +489,6 @@ impl Proxy {
         match tokio::time::timeout(self.inner.config.shutdown_timeout, graceful.shutdown()).await {
             Ok(()) => ShutdownOutcome::Drained,
             Err(_) => ShutdownOutcome::TimedOut,
-        }
-    }
-
-    /// Serves one client connection, tracked by `watcher` for graceful shutdown.
-    async fn serve_connection<I>(
-        self,
-        worker: Arc<Worker>,
-        builder: auto::Builder<TokioExecutor>,
-        io: I,
-        peer: SocketAddr,
-        watcher: Watcher,
-    ) where
-        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    {
-        let client = Client {
-            peer,
-            forwarded_for: headers::forwarded_for(peer),
-        };
-        let service = hyper::service::service_fn(move |req| {
-            let proxy = self.clone();
-            let worker = worker.clone();
-            let client = client.clone();
-            async move { Ok::<_, Infallible>(proxy.handle(&worker, &client, req).await) }
-        });
-        let conn = builder.serve_connection_with_upgrades(io, service);
-        if let Err(e) = watcher.watch(conn).await {
-            debug!(%peer, error = %e, "client connection ended with an error");
         }
     }
 
@@ -827,6 +799,7 @@ struct Client {
 
 /// What one worker thread owns: its upstream connections and its tunnels.
 struct Worker {
+    proxy: Proxy,
     /// Keep-alive HTTP/1.1 connections, for every request but upgrades and HTTP/2.
     http1: Arc<Http1Pool>,
     /// Upgrades (WebSockets): a connection each, handed over to the tunnel.
@@ -842,7 +815,8 @@ struct Worker {
 }
 
 impl Worker {
-    fn new(config: &ProxyConfig, index: usize, balance: Arc<Balance>) -> Worker {
+    fn new(proxy: Proxy, index: usize, balance: Arc<Balance>) -> Worker {
+        let config = &proxy.inner.config;
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(config.connect_timeout));
@@ -863,6 +837,7 @@ impl Worker {
             .http2_only(true)
             .build(connector);
         Worker {
+            proxy,
             http1,
             upgrades,
             http2,
@@ -888,6 +863,33 @@ impl Worker {
             Err(e) if e.is_connect() => Err(SendError::Connect(Box::new(e), None)),
             Err(e) => Err(SendError::Forward(Box::new(e))),
         }
+    }
+}
+
+/// Serves one client connection, tracked by `watcher` for graceful shutdown.
+async fn serve_connection<I>(
+    worker: Arc<Worker>,
+    builder: auto::Builder<TokioExecutor>,
+    io: I,
+    peer: SocketAddr,
+    watcher: Watcher,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let client = Client {
+        peer,
+        forwarded_for: headers::forwarded_for(peer),
+    };
+    // Each request holds the worker (whose count only this thread touches), not a clone
+    // of the proxy, whose count every worker shares.
+    let service = hyper::service::service_fn(move |req| {
+        let worker = worker.clone();
+        let client = client.clone();
+        async move { Ok::<_, Infallible>(worker.proxy.handle(&worker, &client, req).await) }
+    });
+    let conn = builder.serve_connection_with_upgrades(io, service);
+    if let Err(e) = watcher.watch(conn).await {
+        debug!(%peer, error = %e, "client connection ended with an error");
     }
 }
 
