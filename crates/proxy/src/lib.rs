@@ -32,6 +32,7 @@
 mod body;
 mod error;
 mod headers;
+mod linger;
 mod proxy;
 mod table;
 mod tls;

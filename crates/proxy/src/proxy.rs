@@ -3,6 +3,7 @@
 use crate::body::{Guarded, ProxyBody, Resendable};
 use crate::error::{ProxyError, UpstreamError};
 use crate::headers;
+use crate::linger::Linger;
 use crate::table::{pick_backend, Backend, InFlight, RouteTable};
 use crate::tls::SharedServerConfig;
 use crate::upstream::{Http1Pool, SendError, UpstreamBody};
@@ -59,6 +60,13 @@ pub struct ProxyConfig {
     /// What instances speak. HTTP/2 is h2c with prior knowledge; WebSocket and other upgrades
     /// always go over HTTP/1.1, since HTTP/2 has no `Upgrade`.
     pub upstream_protocol: UpstreamProtocol,
+    /// After cutover closes a client connection (FIN, after TLS's `close_notify`), how long
+    /// it keeps reading what the client still sends, waiting for the client to close too,
+    /// before it closes the socket. Closing at once would answer the client's late bytes with
+    /// a reset, which can destroy the last response before the client reads it (RFC 9112
+    /// §9.6; nginx's `lingering_close`). Clients close at once, so this is paid only by one
+    /// that does not.
+    pub linger_timeout: Duration,
     /// Threads serving the listener (at least 1), like nginx's worker processes: each runs its
     /// own event loop and keeps its own upstream connections, so a request is served start to
     /// finish on one thread, with no hand-off between threads. Defaults to one per CPU.
@@ -74,6 +82,8 @@ impl Default for ProxyConfig {
             pool_max_idle_per_host: 64,
             shutdown_timeout: Duration::from_secs(30),
             header_read_timeout: Duration::from_secs(30),
+            // nginx's `lingering_timeout`.
+            linger_timeout: Duration::from_secs(5),
             // Envoy's default (60 KiB) rounded up; nginx allows 4 × 8 KiB lines.
             max_header_bytes: 64 * 1024,
             upstream_timeout: Duration::from_secs(60),
@@ -418,6 +428,7 @@ impl Proxy {
             u32::try_from(self.inner.config.max_header_bytes).unwrap_or(u32::MAX),
         );
         let header_read_timeout = self.inner.config.header_read_timeout;
+        let linger_timeout = self.inner.config.linger_timeout;
         let mut shutdown = std::pin::pin!(shutdown);
         'serving: loop {
             // A worker with more connections than the others leaves the next one to them.
@@ -460,6 +471,7 @@ impl Proxy {
                                 debug!(%peer, "client sent no request in time; closed");
                                 return;
                             }
+                            let stream = Linger::new(stream, linger_timeout);
                             return serve_connection(worker, builder, TokioIo::new(stream), peer, watcher).await;
                         };
                         let stream = match tokio::time::timeout(header_read_timeout, acceptor.accept(stream)).await {
@@ -480,6 +492,7 @@ impl Proxy {
                         } else {
                             builder.http1_only()
                         };
+                        let stream = Linger::new(stream, linger_timeout);
                         serve_connection(worker, builder, TokioIo::new(stream), peer, watcher).await;
                     });
                 }

@@ -691,3 +691,51 @@ async fn shutdown_sends_goaway_and_completes_http2_streams() {
         .unwrap();
     assert_eq!(outcome, cutover_proxy::ShutdownOutcome::Drained);
 }
+
+// ---------------------------------------------------------------------------------------------
+// 7. Closing without a reset.
+
+/// After the proxy closes a connection (here after a `connection: close` response), what the
+/// client still sends is read and discarded until the client closes too — 16 MiB, far more
+/// than the socket buffers hold, so only a reader on the other end gets it all through.
+/// Closing the socket at once would answer those bytes with a reset, which can destroy the
+/// response in the client's buffer before it is read (RFC 9112 §9.6). A client that does not
+/// close is let go after `linger_timeout`.
+#[tokio::test]
+async fn a_closed_connection_lingers_for_the_clients_late_bytes() {
+    const LINGER: Duration = Duration::from_millis(500);
+    let config = ProxyConfig {
+        linger_timeout: LINGER,
+        ..ProxyConfig::default()
+    };
+    let (px, up) = recorded(config, FAST).await;
+    let started = Instant::now();
+    let stream = TcpStream::connect(px.addr).await.unwrap();
+    let (rd, mut wr) = stream.into_split();
+    let mut rd = BufReader::new(rd);
+    wr.write_all(b"GET /last HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let resp = read_response(&mut rd).await.expect("the response");
+    assert_eq!((resp.status, resp.body.as_slice()), (200, &b"ok /last"[..]));
+    let (_, end) = read_to_end(&mut rd).await;
+    assert_eq!(end, End::Eof, "the proxy closes its side");
+
+    // Late bytes, as from a client that pipelined before it saw the close.
+    let late = vec![b'x'; 16 << 20];
+    tokio::time::timeout(DEADLINE, wr.write_all(&late))
+        .await
+        .expect("the proxy reads what comes after its close")
+        .expect("no reset: the proxy reads what comes after its close");
+    // The client keeps the connection open: the proxy closes after `linger_timeout`, and the
+    // next bytes are then refused.
+    tokio::time::timeout(DEADLINE, async {
+        while wr.write_all(b"x").await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the proxy lets go of a client that never closes");
+    assert!(started.elapsed() >= LINGER, "{:?}", started.elapsed());
+    assert_eq!(up.seen().len(), 1, "the late bytes are never parsed");
+}
