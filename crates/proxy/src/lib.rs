@@ -30,6 +30,7 @@
 #![forbid(unsafe_code)]
 
 mod body;
+mod conn;
 mod error;
 mod headers;
 mod linger;

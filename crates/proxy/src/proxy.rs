@@ -1,6 +1,7 @@
 //! The proxy: accept loop, per-request routing and forwarding, upgrades, graceful shutdown.
 
 use crate::body::{Guarded, ProxyBody, Resendable};
+use crate::conn::{self, Idle, Streams};
 use crate::error::{ProxyError, UpstreamError};
 use crate::headers;
 use crate::linger::Linger;
@@ -21,7 +22,6 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client as Upstreams;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use std::future::Future;
@@ -415,7 +415,9 @@ impl Proxy {
         shutdown: impl Future<Output = ()>,
         worker: &Arc<Worker>,
     ) -> ShutdownOutcome {
-        let graceful = GracefulShutdown::new();
+        // Connections are told to go away through `stop`, and waited for through `conns`.
+        let stop = tokio_util::sync::CancellationToken::new();
+        let conns = tokio_util::task::TaskTracker::new();
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
@@ -462,19 +464,30 @@ impl Proxy {
                     let open = worker.balance.open(worker.index);
                     let worker = worker.clone();
                     let builder = builder.clone();
-                    let watcher = graceful.watcher();
+                    let stop = stop.clone();
                     let tls = tls.as_ref().map(|t| tokio_rustls::TlsAcceptor::from(t.load_full()));
-                    tokio::spawn(async move {
+                    conns.spawn(async move {
                         let _open = open;
+                        // Until a request can come, there is nothing to drain: stopping just closes.
                         let Some(acceptor) = tls else {
-                            if !first_bytes(&stream, header_read_timeout).await {
+                            let first = tokio::select! {
+                                biased;
+                                () = stop.cancelled() => return,
+                                first = first_bytes(&stream, header_read_timeout) => first,
+                            };
+                            let Some(protocol) = first else {
                                 debug!(%peer, "client sent no request in time; closed");
                                 return;
-                            }
-                            let stream = Linger::new(stream, linger_timeout);
-                            return serve_connection(worker, builder, TokioIo::new(stream), peer, watcher).await;
+                            };
+                            let stream = TokioIo::new(Linger::new(stream, linger_timeout));
+                            return serve_connection(worker, &builder, stream, peer, protocol, &stop).await;
                         };
-                        let stream = match tokio::time::timeout(header_read_timeout, acceptor.accept(stream)).await {
+                        let handshake = tokio::select! {
+                            biased;
+                            () = stop.cancelled() => return,
+                            done = tokio::time::timeout(header_read_timeout, acceptor.accept(stream)) => done,
+                        };
+                        let stream = match handshake {
                             Ok(Ok(s)) => s,
                             Ok(Err(e)) => {
                                 debug!(%peer, error = %e, "TLS handshake failed");
@@ -486,20 +499,22 @@ impl Proxy {
                             }
                         };
                         // ALPN decided the protocol; without ALPN a TLS client speaks HTTP/1.1
-                        // (RFC 9113 §3.2), and hyper's HTTP/1 header timer then covers it.
-                        let builder = if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
-                            builder.http2_only()
+                        // (RFC 9113 §3.2).
+                        let protocol = if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                            Protocol::Http2
                         } else {
-                            builder.http1_only()
+                            Protocol::Http1
                         };
-                        let stream = Linger::new(stream, linger_timeout);
-                        serve_connection(worker, builder, TokioIo::new(stream), peer, watcher).await;
+                        let stream = TokioIo::new(Linger::new(stream, linger_timeout));
+                        serve_connection(worker, &builder, stream, peer, protocol, &stop).await;
                     });
                 }
             }
         }
         drop(listener);
-        match tokio::time::timeout(self.inner.config.shutdown_timeout, graceful.shutdown()).await {
+        stop.cancel();
+        conns.close();
+        match tokio::time::timeout(self.inner.config.shutdown_timeout, conns.wait()).await {
             Ok(()) => ShutdownOutcome::Drained,
             Err(_) => ShutdownOutcome::TimedOut,
         }
@@ -879,13 +894,22 @@ impl Worker {
     }
 }
 
-/// Serves one client connection, tracked by `watcher` for graceful shutdown.
+/// What a client connection speaks, known before hyper sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    Http1,
+    Http2,
+}
+
+/// Serves one client connection until it ends, goes away when `stop` is cancelled, or (HTTP/2)
+/// is closed for being idle (see [`conn::drive`]).
 async fn serve_connection<I>(
     worker: Arc<Worker>,
-    builder: auto::Builder<TokioExecutor>,
+    builder: &auto::Builder<TokioExecutor>,
     io: I,
     peer: SocketAddr,
-    watcher: Watcher,
+    protocol: Protocol,
+    stop: &tokio_util::sync::CancellationToken,
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
@@ -893,39 +917,56 @@ async fn serve_connection<I>(
         peer,
         forwarded_for: headers::forwarded_for(peer),
     };
+    // hyper closes an idle HTTP/1.1 connection itself; HTTP/2 is watched here.
+    let streams = (protocol == Protocol::Http2).then(|| Arc::new(Streams::default()));
+    let idle = streams.clone().map(|streams| Idle {
+        streams,
+        after: worker.proxy.inner.config.header_read_timeout,
+    });
     // Each request holds the worker (whose count only this thread touches), not a clone
     // of the proxy, whose count every worker shares.
     let service = hyper::service::service_fn(move |req| {
         let worker = worker.clone();
         let client = client.clone();
-        async move { Ok::<_, Infallible>(worker.proxy.handle(&worker, &client, req).await) }
+        let stream = streams.as_ref().map(Streams::start);
+        async move {
+            let resp = worker.proxy.handle(&worker, &client, req).await;
+            Ok::<_, Infallible>(match stream {
+                Some(stream) => resp.map(|body| stream.hold(body)),
+                None => resp,
+            })
+        }
     });
     let conn = builder.serve_connection_with_upgrades(io, service);
-    if let Err(e) = watcher.watch(conn).await {
-        debug!(%peer, error = %e, "client connection ended with an error");
+    match conn::drive(conn, |c| c.graceful_shutdown(), stop, idle).await {
+        Some(Ok(())) => {}
+        Some(Err(e)) => debug!(%peer, error = %e, "client connection ended with an error"),
+        None => debug!(%peer, "idle HTTP/2 connection closed"),
     }
 }
 
-/// Waits, at most `within`, until the client has sent enough to tell HTTP/1.1 from HTTP/2.
+/// Waits, at most `within`, until the client has sent enough to tell HTTP/1.1 from HTTP/2:
+/// `None` if it did not (close it).
 ///
 /// hyper's HTTP/1-or-2 detection reads the first bytes with no timer of its own, and its
 /// HTTP/1 `header_read_timeout` only starts after it: without this, a connection that sends
-/// nothing (or a bit of the HTTP/2 preface) would be held open forever. `false`: close it.
-async fn first_bytes(stream: &tokio::net::TcpStream, within: Duration) -> bool {
+/// nothing (or a bit of the HTTP/2 preface) would be held open forever.
+async fn first_bytes(stream: &tokio::net::TcpStream, within: Duration) -> Option<Protocol> {
     const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
     let mut buf = [0u8; 24];
     let decided = async {
         loop {
             match stream.peek(&mut buf).await {
                 // Gone before sending a request: nothing to serve.
-                Ok(0) | Err(_) => return false,
-                Ok(n) if n == buf.len() || buf[..n] != H2_PREFACE[..n] => return true,
+                Ok(0) | Err(_) => return None,
+                Ok(n) if buf[..n] != H2_PREFACE[..n] => return Some(Protocol::Http1),
+                Ok(n) if n == buf.len() => return Some(Protocol::Http2),
                 // Part of the preface: `peek` returns at once while those bytes sit unread.
                 Ok(_) => tokio::time::sleep(Duration::from_millis(5)).await,
             }
         }
     };
-    tokio::time::timeout(within, decided).await.unwrap_or(false)
+    tokio::time::timeout(within, decided).await.ok().flatten()
 }
 
 /// Records a request whose client went away before the instance answered: status 499 (the

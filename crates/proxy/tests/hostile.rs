@@ -739,3 +739,57 @@ async fn a_closed_connection_lingers_for_the_clients_late_bytes() {
     assert!(started.elapsed() >= LINGER, "{:?}", started.elapsed());
     assert_eq!(up.seen().len(), 1, "the late bytes are never parsed");
 }
+
+// ---------------------------------------------------------------------------------------------
+// 8. Idle HTTP/2 connections.
+
+/// hyper has no idle timer for HTTP/2, so the proxy keeps one: a connection with no stream
+/// open and none started for `header_read_timeout` gets a GOAWAY and ends cleanly. A stream
+/// held open for several such periods is not idleness: its connection is left alone, and the
+/// stream completes.
+#[tokio::test]
+async fn idle_http2_connections_go_away_but_open_streams_are_kept() {
+    let (px, up) = recorded(slow_config(), FAST).await;
+    let addr = px.addr;
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    let conn = tokio::spawn(conn);
+
+    let mut held = sender.clone();
+    let held = tokio::spawn(async move { h2_get(&mut held, addr, "/hold/long").await });
+    eventually("the stream to be held upstream", || up.seen().len() == 1).await;
+    // Three idle periods with the stream open: nothing may happen to the connection.
+    tokio::time::sleep(HEAD_TIMEOUT * 3).await;
+    assert!(
+        !conn.is_finished(),
+        "a connection with an open stream was closed"
+    );
+    up.release();
+    let (status, body) = held.await.unwrap().expect("the held stream completes");
+    assert_eq!(
+        (status, body.as_ref()),
+        (StatusCode::OK, &b"ok /hold/long"[..])
+    );
+    let last_request = Instant::now();
+    assert_eq!(
+        h2_get(&mut sender, addr, "/fast").await.unwrap().0,
+        StatusCode::OK
+    );
+
+    let ended = tokio::time::timeout(DEADLINE, conn)
+        .await
+        .expect("an idle HTTP/2 connection is closed")
+        .unwrap();
+    assert!(ended.is_ok(), "a GOAWAY, not a reset: {ended:?}");
+    assert!(
+        last_request.elapsed() >= HEAD_TIMEOUT,
+        "closed {:?} after the last request",
+        last_request.elapsed()
+    );
+    assert!(!px.done.is_finished(), "the proxy stopped serving");
+    let seen: Vec<String> = up.seen().into_iter().map(|s| s.path).collect();
+    assert_eq!(seen, ["/hold/long", "/fast"]);
+}

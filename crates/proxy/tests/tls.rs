@@ -310,6 +310,33 @@ async fn a_silent_client_is_dropped_after_header_read_timeout() {
     assert!(started.elapsed() >= Duration::from_millis(190));
 }
 
+/// A client that completes the TLS handshake choosing `h2`, then never sends the HTTP/2
+/// preface, is closed after `header_read_timeout` too (without a GOAWAY: there is no HTTP/2
+/// connection to send one on before the preface).
+#[tokio::test]
+async fn an_http2_client_that_never_sends_its_preface_is_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = Cert::new("one");
+    let (c, k) = cert.install(dir.path());
+    let reloader = CertReloader::load(c, k).unwrap();
+    let period = Duration::from_millis(200);
+    let config = ProxyConfig {
+        header_read_timeout: period,
+        ..ProxyConfig::default()
+    };
+    let proxy = TlsProxy::start(&reloader, config).await;
+
+    let started = tokio::time::Instant::now();
+    let mut tls = connect(proxy.addr, &[&cert], &[b"h2"]).await;
+    assert_eq!(alpn(&tls), Some(&b"h2"[..]));
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(DEADLINE, tls.read(&mut buf))
+        .await
+        .expect("the proxy closes the connection");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    assert!(started.elapsed() >= period, "{:?}", started.elapsed());
+}
+
 /// An upstream that speaks only HTTP/2 (h2c, prior knowledge) receives HTTP/2 from the proxy
 /// when `upstream_protocol` says so; the client's own protocol does not matter.
 #[tokio::test]
