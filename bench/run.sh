@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# cutover vs nginx vs HAProxy vs direct: throughput/latency with wrk, and RSS while holding
-# 10,000 idle WebSockets. Results: bench/results/<UTC date-time>.json. See BENCHMARKS.md.
+# cutover vs nginx vs HAProxy vs direct, and vs a bare hyper proxy of cutover's shape (the floor,
+# bench/hyper-floor): throughput/latency with wrk, and RSS while holding 10,000 idle WebSockets. Results: bench/results/<UTC date-time>.json. See BENCHMARKS.md.
 #
 # Knobs (env): DURATION=15s WARMUP=3s CONNS=64 THREADS=2 WS_N=10000 BODIES="100 16384"
-#              CASES="direct cutover nginx1 nginx haproxy" SKIP_BUILD=1 SKIP_WS=1
+#              CASES="direct cutover hyper nginx1 nginx haproxy" SKIP_BUILD=1 SKIP_WS=1
 #              PIN=1 (wrk on CPU 0, upstream + proxy on CPU 1; default: no pinning)
 set -euo pipefail
 
@@ -14,10 +14,10 @@ WARMUP=${WARMUP:-3s}
 CONNS=${CONNS:-64}
 THREADS=${THREADS:-2}
 BODIES=${BODIES:-"100 16384"}
-CASES=${CASES:-"direct cutover nginx1 nginx haproxy"}
+CASES=${CASES:-"direct cutover hyper nginx1 nginx haproxy"}
 PIN=${PIN:-0}
 
-APP_PORT=18080 NGINX_PORT=18081 HAPROXY_PORT=18082 CUTOVER_PORT=18083 ADMIN_PORT=18093
+APP_PORT=18080 NGINX_PORT=18081 HAPROXY_PORT=18082 CUTOVER_PORT=18083 FLOOR_PORT=18084 ADMIN_PORT=18093
 
 log() { printf '[bench %s] %s\n' "$(date +%T)" "$*" >&2; }
 
@@ -49,6 +49,7 @@ fi
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
   log "cargo build --release ($REV_ID)"
   (cd "$SRC_DIR" && CARGO_TARGET_DIR="$TARGET_DIR" cargo build --release -q)
+  (cd "$SRC_DIR/bench/hyper-floor" && CARGO_TARGET_DIR="$TARGET_DIR/hyper-floor" cargo build --release --locked -q)
   echo "$REV_ID" >"$TARGET_DIR/.bench-revision"
 else
   # The binaries are whatever the last build made: report that revision, not today's HEAD.
@@ -56,8 +57,9 @@ else
 fi
 CUTOVER="$TARGET_DIR/release/cutover"
 DEMO="$TARGET_DIR/release/demo-app"
+FLOOR="$TARGET_DIR/hyper-floor/release/hyper-floor"
 export BENCH_REV="$REV_ID"
-[ -x "$CUTOVER" ] && [ -x "$DEMO" ]
+[ -x "$CUTOVER" ] && [ -x "$DEMO" ] && [ -x "$FLOOR" ]
 
 # 10k WebSockets through a proxy = 20k descriptors in the proxy.
 # The hard limit may be lower than that (a container: 20000 here, not raisable without
@@ -68,7 +70,7 @@ if [ -z "${WS_N:-}" ]; then WS_N=10000; [ $((2 * WS_N + 400)) -le "$FD_LIMIT" ] 
 HAPROXY_MAXCONN=$(( (FD_LIMIT - 100) / 2 ))
 export BENCH_FD_LIMIT=$FD_LIMIT
 
-for port in $APP_PORT $NGINX_PORT $HAPROXY_PORT $CUTOVER_PORT $ADMIN_PORT; do
+for port in $APP_PORT $NGINX_PORT $HAPROXY_PORT $CUTOVER_PORT $FLOOR_PORT $ADMIN_PORT; do
   if ss -Htln "sport = :$port" | grep -q .; then echo "port $port is in use (a leftover server?)" >&2; exit 1; fi
 done
 
@@ -221,6 +223,13 @@ HAP
   wait_http "http://127.0.0.1:$HAPROXY_PORT/"
 }
 
+FLOOR_PID=""
+start_floor() { # the bare hyper proxy, as many workers as cutover (one per CPU)
+  pin 1 "$FLOOR" "127.0.0.1:$FLOOR_PORT" "127.0.0.1:$APP_PORT" >"$TMP/floor.log" 2>&1 &
+  FLOOR_PID=$!; PIDS+=("$FLOOR_PID")
+  wait_http "http://127.0.0.1:$FLOOR_PORT/"
+}
+
 CUTOVER_PID="" CUTOVER_APP_PID=""
 start_cutover() { # start_cutover body_size: cutover supervises its own demo-app, same binary and args
   local d="$TMP/cutover-$1"; rm -rf "$d"; mkdir -p "$d"
@@ -293,6 +302,7 @@ for body in $BODIES; do
   if has nginx1; then start_nginx 1; run_wrk nginx1 "$body" "$NGINX_PORT" "${NGINX_PIDS[*]}" "$APP_PID"; stop_pid "${NGINX_PIDS[0]}"; fi
   if has nginx; then start_nginx auto; run_wrk nginx "$body" "$NGINX_PORT" "${NGINX_PIDS[*]}" "$APP_PID"; stop_pid "${NGINX_PIDS[0]}"; fi
   if has haproxy; then start_haproxy; run_wrk haproxy "$body" "$HAPROXY_PORT" "$HAPROXY_PID" "$APP_PID"; stop_pid "$HAPROXY_PID"; fi
+  if has hyper; then start_floor; run_wrk hyper "$body" "$FLOOR_PORT" "$FLOOR_PID" "$APP_PID"; stop_pid "$FLOOR_PID"; fi
   stop_pid "$APP_PID"
   if has cutover; then
     start_cutover "$body"
@@ -347,7 +357,7 @@ ratios = {}
 for body in sorted({c["body_bytes"] for c in cases}):
     co = get("cutover", body)
     if not co: continue
-    for other in ("nginx", "nginx1", "haproxy", "direct"):
+    for other in ("nginx", "nginx1", "haproxy", "hyper", "direct"):
         o = get(other, body)
         if not o: continue
         ratios[f"cutover/{other}@{body}"] = {
@@ -362,7 +372,8 @@ doc = {
     "fd_limit": int(os.environ.get("BENCH_FD_LIMIT", "0")),
     "params": {"wrk": f"-t{threads} -c{conns} -d{duration} --latency", "pinned": pin == "1",
                "nginx1": "worker_processes 1", "nginx": "worker_processes auto",
-               "haproxy": "nbthread 2", "cutover": "tokio multi-thread runtime (default: 1 worker per core)"},
+               "haproxy": "nbthread 2", "hyper": "bench/hyper-floor, 1 worker per core",
+               "cutover": "1 worker (event loop) per core"},
     "cases": cases, "ratios": ratios, "websockets_10k": ws,
 }
 json.dump(doc, open(result, "w"), indent=2)

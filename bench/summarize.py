@@ -4,9 +4,10 @@ last file that has one). Usage: bench/summarize.py bench/results/A.json [B.json 
 import json, sys
 
 ws = None
-ORDER = ["direct", "nginx1", "nginx", "haproxy", "cutover"]
+ORDER = ["direct", "nginx1", "nginx", "haproxy", "hyper", "cutover"]
 LABEL = {"direct": "direct (no proxy)", "nginx1": "nginx, 1 worker", "nginx": "nginx, 2 workers (auto)",
-         "haproxy": "HAProxy, nbthread 2", "cutover": "cutover"}
+         "haproxy": "HAProxy, nbthread 2", "hyper": "bare hyper proxy (bench/hyper-floor)",
+         "cutover": "cutover"}
 for path in sys.argv[1:]:
     d = json.load(open(path))
     print(f"\n#### {path.split('/')[-1]} (revision {str(d.get('revision'))[:12]})\n")
@@ -57,7 +58,7 @@ if len(sys.argv) > 2:
             print(f"| {LABEL[name]} | {body} B | {r:,.0f} | {q['p50']/1000:.2f} ms | {q['p99']/1000:.2f} ms | {q['p999']/1000:.2f} ms | {'–' if cpu is None else f'{cpu:.1f}'} |")
     print("\n| ratio (of medians) | body | req/s | p50 | p99 | p99.9 | proxy CPU per request |\n|---|---:|---:|---:|---:|---:|---:|")
     for body in bodies:
-        for other in ("nginx", "nginx1", "haproxy", "direct"):
+        for other in ("nginx", "nginx1", "haproxy", "hyper", "direct"):
             a = {k: med("cutover", body, lambda c, k=k: c["lat_us"][k]) for k in ("p50", "p99", "p999")}
             b = {k: med(other, body, lambda c, k=k: c["lat_us"][k]) for k in ("p50", "p99", "p999")}
             ra, rb = med("cutover", body, lambda c: c["rps"]), med(other, body, lambda c: c["rps"])
