@@ -7,7 +7,10 @@
 //! connections, and records the outcome per version in [`cutover_telemetry::Recorder`].
 //! The listener is served by [`ProxyConfig::workers`] threads, each a single-threaded event
 //! loop with its own pool of upstream connections (`upstream`), so a request never crosses
-//! threads; connections are spread evenly over the workers.
+//! threads; connections are spread evenly over the workers. Each client connection is driven
+//! by `conn`, which also closes idle HTTP/2 connections (hyper has no timer for them), and
+//! ends with a lingering close (`linger`: FIN first, then reading until the client closes, so
+//! that no reset destroys the last response).
 //! WebSockets are relayed frame by frame (so a drain can end them with close code 1012 without
 //! losing acks or executing orders twice, see `ws`); any other HTTP/1.1 `Upgrade` is passed
 //! through as a byte tunnel.
