@@ -1,7 +1,6 @@
 //! Body wrappers: a request body that can be sent again if it was never read, and a response
-//! body that keeps its backend counted as in flight until it is fully sent.
+//! body that keeps its backend (or its HTTP/2 stream) counted as in flight until it is fully sent.
 
-use crate::table::InFlight;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::UnsyncBoxBody;
@@ -118,23 +117,23 @@ impl Body for Resendable {
     }
 }
 
-/// A response body that holds its backend's in-flight count until hyper drops it — after the
-/// last byte was written, or when the client went away.
-pub(crate) struct Guarded<B> {
+/// A response body that holds `guard` until hyper drops it — after the last byte was written,
+/// or when the client went away: its backend's in-flight count, or its HTTP/2 stream's.
+pub(crate) struct Guarded<B, G> {
     inner: B,
-    _in_flight: InFlight,
+    _guard: G,
 }
 
-impl<B> Guarded<B> {
-    pub(crate) fn new(inner: B, in_flight: InFlight) -> Guarded<B> {
+impl<B, G> Guarded<B, G> {
+    pub(crate) fn new(inner: B, guard: G) -> Guarded<B, G> {
         Guarded {
             inner,
-            _in_flight: in_flight,
+            _guard: guard,
         }
     }
 }
 
-impl<B: Body + Unpin> Body for Guarded<B> {
+impl<B: Body + Unpin, G: Unpin> Body for Guarded<B, G> {
     type Data = B::Data;
     type Error = B::Error;
 

@@ -9,15 +9,12 @@
 //! preface is closed then: hyper stops waiting for it); if it is still there, and still has
 //! no stream, one period later, it is closed.
 
-use crate::body::ProxyBody;
-use bytes::Bytes;
-use http_body::{Body, Frame, SizeHint};
+use crate::body::{Guarded, ProxyBody};
 use http_body_util::BodyExt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -48,36 +45,7 @@ impl Drop for StreamGuard {
 impl StreamGuard {
     /// Keeps the stream counted until `body` is sent (or dropped).
     pub(crate) fn hold(self, body: ProxyBody) -> ProxyBody {
-        Counted {
-            body,
-            _stream: self,
-        }
-        .boxed_unsync()
-    }
-}
-
-struct Counted {
-    body: ProxyBody,
-    _stream: StreamGuard,
-}
-
-impl Body for Counted {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+        Guarded::new(body, self).boxed_unsync()
     }
 }
 

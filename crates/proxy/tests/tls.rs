@@ -98,6 +98,16 @@ impl TlsProxy {
     }
 }
 
+/// A certificate for `localhost`, installed in a fresh directory (kept alive by the caller)
+/// and loaded.
+fn one_cert() -> (tempfile::TempDir, Cert, CertReloader) {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = Cert::new("one");
+    let (c, k) = cert.install(dir.path());
+    let reloader = CertReloader::load(c, k).unwrap();
+    (dir, cert, reloader)
+}
+
 /// A TLS connection to `addr` trusting `roots`, offering `alpn`.
 async fn connect(addr: SocketAddr, roots: &[&Cert], alpn: &[&[u8]]) -> TlsStream<TcpStream> {
     let mut store = rustls::RootCertStore::empty();
@@ -159,10 +169,7 @@ async fn h2_get(send: &mut H2) -> (StatusCode, String) {
 /// A client offering both protocols is served HTTP/2; concurrent streams all get 200s.
 #[tokio::test]
 async fn alpn_h2_is_negotiated_and_served() {
-    let dir = tempfile::tempdir().unwrap();
-    let cert = Cert::new("one");
-    let (c, k) = cert.install(dir.path());
-    let reloader = CertReloader::load(c, k).unwrap();
+    let (_dir, cert, reloader) = one_cert();
     let mut proxy = TlsProxy::start(&reloader, ProxyConfig::default()).await;
 
     let tls = connect(proxy.addr, &[&cert], &[b"h2", b"http/1.1"]).await;
@@ -185,10 +192,7 @@ async fn alpn_h2_is_negotiated_and_served() {
 /// A client offering only HTTP/1.1 is served HTTP/1.1.
 #[tokio::test]
 async fn alpn_http1_is_negotiated_and_served() {
-    let dir = tempfile::tempdir().unwrap();
-    let cert = Cert::new("one");
-    let (c, k) = cert.install(dir.path());
-    let reloader = CertReloader::load(c, k).unwrap();
+    let (_dir, cert, reloader) = one_cert();
     let proxy = TlsProxy::start(&reloader, ProxyConfig::default()).await;
 
     let tls = connect(proxy.addr, &[&cert], &[b"http/1.1"]).await;
@@ -290,10 +294,7 @@ fn unreadable_files_are_an_error_at_load() {
 /// `header_read_timeout`.
 #[tokio::test]
 async fn a_silent_client_is_dropped_after_header_read_timeout() {
-    let dir = tempfile::tempdir().unwrap();
-    let cert = Cert::new("one");
-    let (c, k) = cert.install(dir.path());
-    let reloader = CertReloader::load(c, k).unwrap();
+    let (_dir, _cert, reloader) = one_cert();
     let config = ProxyConfig {
         header_read_timeout: Duration::from_millis(200),
         ..ProxyConfig::default()
@@ -315,10 +316,7 @@ async fn a_silent_client_is_dropped_after_header_read_timeout() {
 /// connection to send one on before the preface).
 #[tokio::test]
 async fn an_http2_client_that_never_sends_its_preface_is_closed() {
-    let dir = tempfile::tempdir().unwrap();
-    let cert = Cert::new("one");
-    let (c, k) = cert.install(dir.path());
-    let reloader = CertReloader::load(c, k).unwrap();
+    let (_dir, cert, reloader) = one_cert();
     let period = Duration::from_millis(200);
     let config = ProxyConfig {
         header_read_timeout: period,
