@@ -4,8 +4,8 @@
 //! hyper closes an idle HTTP/1.1 keep-alive connection itself (`header_read_timeout` re-arms
 //! for the next head), but it has no timer for HTTP/2: a client that completes the TLS
 //! handshake and then sends no preface, or opens a connection and never a stream, would hold
-//! it until cutover stops. So an HTTP/2 connection counts its open streams, and one that had
-//! none, and started none, for a whole `idle` period gets a GOAWAY (one that never sent its
+//! it until cutover stops. So an HTTP/2 connection counts its open streams, and one on which
+//! no stream was open, started or ended for a whole `idle` period gets a GOAWAY (one that never sent its
 //! preface is closed then: hyper stops waiting for it); if it is still there, and still has
 //! no stream, one period later, it is closed.
 
@@ -18,18 +18,19 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-/// The streams of one HTTP/2 connection: those open now, and how many ever started.
+/// The streams of one HTTP/2 connection: those open now, and how many times one started or
+/// ended.
 #[derive(Default)]
 pub(crate) struct Streams {
     open: AtomicUsize,
-    started: AtomicUsize,
+    activity: AtomicUsize,
 }
 
 impl Streams {
     /// Counts a stream as open until the guard is dropped (with its response body).
     pub(crate) fn start(self: &Arc<Self>) -> StreamGuard {
         self.open.fetch_add(1, Ordering::Relaxed);
-        self.started.fetch_add(1, Ordering::Relaxed);
+        self.activity.fetch_add(1, Ordering::Relaxed);
         StreamGuard(self.clone())
     }
 }
@@ -39,6 +40,7 @@ pub(crate) struct StreamGuard(Arc<Streams>);
 impl Drop for StreamGuard {
     fn drop(&mut self) {
         self.0.open.fetch_sub(1, Ordering::Relaxed);
+        self.0.activity.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -71,7 +73,7 @@ pub(crate) async fn drive<C: Future>(
         Some(i) => (Some(Box::pin(tokio::time::sleep(i.after))), i.after),
         None => (None, Duration::ZERO),
     };
-    let mut seen_started = 0;
+    let mut seen_activity = 0;
     loop {
         tokio::select! {
             biased;
@@ -86,9 +88,10 @@ pub(crate) async fn drive<C: Future>(
             }
             () = async { tick.as_mut().expect("guarded").as_mut().await }, if tick.is_some() => {
                 let streams = &idle.as_ref().expect("a tick implies a watch").streams;
-                let started = streams.started.load(Ordering::Relaxed);
-                let quiet = streams.open.load(Ordering::Relaxed) == 0 && started == seen_started;
-                seen_started = started;
+                // Quiet: nothing open now, and nothing started or ended since the last tick.
+                let activity = streams.activity.load(Ordering::Relaxed);
+                let quiet = streams.open.load(Ordering::Relaxed) == 0 && activity == seen_activity;
+                seen_activity = activity;
                 if quiet && going_away {
                     // No stream for a period after the GOAWAY, or no handshake at all.
                     return None;
@@ -102,5 +105,108 @@ pub(crate) async fn drive<C: Future>(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+
+    const PERIOD: Duration = Duration::from_millis(100);
+
+    /// A connection that never ends by itself, and counts the times it was asked to go away.
+    fn watched(
+        streams: &Arc<Streams>,
+        stop: &CancellationToken,
+    ) -> (
+        tokio::task::JoinHandle<Option<()>>,
+        Arc<AtomicUsize>,
+        Arc<AtomicBool>,
+    ) {
+        let asked = Arc::new(AtomicUsize::new(0));
+        let closed = Arc::new(AtomicBool::new(false));
+        let idle = Idle {
+            streams: streams.clone(),
+            after: PERIOD,
+        };
+        let (stop, counter, flag) = (stop.clone(), asked.clone(), closed.clone());
+        let task = tokio::spawn(async move {
+            let out = drive(
+                std::future::pending::<()>(),
+                move |_| {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                },
+                &stop,
+                Some(idle),
+            )
+            .await;
+            flag.store(true, Ordering::Relaxed);
+            out
+        });
+        (task, asked, closed)
+    }
+
+    /// Lets the paused clock run to `at` (from the test's start) and the watch react.
+    async fn at(start: tokio::time::Instant, at: Duration) {
+        tokio::time::sleep_until(start + at).await;
+        tokio::task::yield_now().await;
+    }
+
+    /// A stream that ends just before a tick is activity: the GOAWAY waits a whole quiet
+    /// period after it, and the close one more.
+    #[tokio::test(start_paused = true)]
+    async fn idleness_counts_from_the_last_stream_that_ended() {
+        let start = tokio::time::Instant::now();
+        let streams = Arc::new(Streams::default());
+        let stop = CancellationToken::new();
+        let (task, asked, closed) = watched(&streams, &stop);
+
+        at(start, PERIOD / 2).await;
+        let stream = streams.start();
+        at(start, PERIOD * 3 / 2).await;
+        drop(stream);
+        // Ticks at 1 and 2 periods saw the stream start, then end: not idle.
+        at(start, PERIOD * 5 / 2).await;
+        assert_eq!(
+            asked.load(Ordering::Relaxed),
+            0,
+            "GOAWAY within a period of a stream"
+        );
+        // The tick at 3 periods closes nothing but sends the GOAWAY.
+        at(start, PERIOD * 7 / 2).await;
+        assert_eq!(asked.load(Ordering::Relaxed), 1);
+        assert!(
+            !closed.load(Ordering::Relaxed),
+            "closed without a GOAWAY first"
+        );
+        // Still there and still quiet one period later: closed.
+        at(start, PERIOD * 9 / 2).await;
+        assert!(closed.load(Ordering::Relaxed));
+        assert_eq!(task.await.unwrap(), None);
+    }
+
+    /// A stream open across many periods keeps the connection; stopping asks it to go away
+    /// once, at once.
+    #[tokio::test(start_paused = true)]
+    async fn an_open_stream_is_not_idleness_and_stopping_goes_away_at_once() {
+        let start = tokio::time::Instant::now();
+        let streams = Arc::new(Streams::default());
+        let stop = CancellationToken::new();
+        let (task, asked, closed) = watched(&streams, &stop);
+        let stream = streams.start();
+        at(start, PERIOD * 10).await;
+        assert_eq!(asked.load(Ordering::Relaxed), 0);
+        stop.cancel();
+        at(start, PERIOD * 10 + PERIOD / 10).await;
+        assert_eq!(asked.load(Ordering::Relaxed), 1);
+        // The open stream still holds it, however long.
+        at(start, PERIOD * 20).await;
+        assert!(!closed.load(Ordering::Relaxed));
+        drop(stream);
+        at(start, PERIOD * 23).await;
+        assert!(closed.load(Ordering::Relaxed));
+        assert_eq!(asked.load(Ordering::Relaxed), 1, "asked to go away once");
+        assert_eq!(task.await.unwrap(), None);
     }
 }
