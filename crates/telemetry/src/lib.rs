@@ -6,7 +6,9 @@
 //! as [`cutover_core::TrackStats`]) and as lifetime totals (for the summary and the exposition).
 //!
 //! It must never block a request: recording is a handful of atomic adds, with a lock taken only
-//! when a time slot is reused. It never reads the OS clock directly: time is
+//! when a time slot is reused. Those adds land in the recording thread's own shard of counters
+//! (see [`pin_thread`]), so proxy workers on different cores never write the same cache line;
+//! reads sum the shards. It never reads the OS clock directly: time is
 //! [`tokio::time::Instant`], so tests with a paused runtime control every clock. It decides
 //! nothing; judging the numbers is `cutover-core`'s job.
 //!
@@ -16,9 +18,10 @@
 
 use cutover_core::histogram::{bucket_index, BUCKETS};
 use cutover_core::{Histogram, TrackStats};
+use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -70,6 +73,45 @@ fn latency_bucket(nanos: u64) -> usize {
         .sum()
 }
 
+/// At most this many shards per version. Each holds a whole ring of slots (about 12 KiB per
+/// slot), so a version costs `shards × ring × 12 KiB`: with the host's 25-slot ring, about
+/// 300 KiB per shard. Threads beyond this share shards, two or more to one.
+pub const MAX_SHARDS: usize = 8;
+
+thread_local! {
+    /// The shard this thread records into; assigned on first use unless [`pin_thread`] chose.
+    static SHARD: Cell<Option<usize>> = const { Cell::new(None) };
+}
+
+/// Threads that never called [`pin_thread`] get shards in turn.
+static NEXT_SHARD: AtomicUsize = AtomicUsize::new(0);
+
+/// Makes the calling thread record into shard `index` (modulo the number of shards). A proxy
+/// worker calls it with its own number, so that workers never share a shard (and so never
+/// write the same counters) as long as there are no more of them than shards. Threads that do
+/// not call it are spread over the shards in the order they first record.
+pub fn pin_thread(index: usize) {
+    SHARD.with(|s| s.set(Some(index)));
+}
+
+fn thread_shard() -> usize {
+    SHARD.with(|s| match s.get() {
+        Some(i) => i,
+        None => {
+            let i = NEXT_SHARD.fetch_add(1, Ordering::Relaxed);
+            s.set(Some(i));
+            i
+        }
+    })
+}
+
+/// Shards for a new recorder: one per CPU, up to [`MAX_SHARDS`].
+fn default_shards() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, std::num::NonZeroUsize::get)
+        .min(MAX_SHARDS)
+}
+
 /// Per-version recorders sharing one clock origin and one slot layout.
 ///
 /// Cheap to clone; all clones see the same versions.
@@ -80,6 +122,7 @@ pub struct Recorder {
 
 struct RecorderInner {
     layout: Layout,
+    shards: usize,
     versions: RwLock<HashMap<String, VersionRecorder>>,
 }
 
@@ -89,6 +132,9 @@ struct RecorderInner {
 struct Layout {
     origin: Instant,
     slot: Duration,
+    /// `slot` in nanoseconds (at least 1), for a 64-bit division per record rather than a
+    /// 128-bit one.
+    slot_nanos: u64,
     /// Number of slots in the ring: enough for `retention` plus the slot being filled.
     ring: usize,
     retention: Duration,
@@ -101,8 +147,8 @@ impl Layout {
     }
 
     fn epoch_of_elapsed(&self, elapsed: Duration) -> u64 {
-        // u128 → u64: 2^64 slots of at least 1 ns is ~584 years.
-        (elapsed.as_nanos() / self.slot.as_nanos()) as u64
+        // Saturating at 2^64 ns, ~584 years after the recorder was made.
+        u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX) / self.slot_nanos
     }
 }
 
@@ -122,6 +168,12 @@ impl Recorder {
     /// A zero `slot` is treated as 1 ms and a `retention` shorter than one slot as one slot,
     /// so that no argument can make recording panic.
     pub fn new(slot: Duration, retention: Duration) -> Recorder {
+        Recorder::with_shards(slot, retention, default_shards())
+    }
+
+    /// [`Recorder::new`] with `shards` shards per version (at least 1): each recording thread
+    /// adds into one of them (see [`pin_thread`]).
+    pub fn with_shards(slot: Duration, retention: Duration, shards: usize) -> Recorder {
         let slot = if slot.is_zero() {
             Duration::from_millis(1)
         } else {
@@ -137,9 +189,11 @@ impl Recorder {
                 layout: Layout {
                     origin: Instant::now(),
                     slot,
+                    slot_nanos: u64::try_from(slot.as_nanos()).unwrap_or(u64::MAX).max(1),
                     ring,
                     retention,
                 },
+                shards: shards.max(1),
                 versions: RwLock::new(HashMap::new()),
             }),
         }
@@ -163,7 +217,7 @@ impl Recorder {
             .write()
             .unwrap_or_else(PoisonError::into_inner);
         map.entry(version.to_owned())
-            .or_insert_with(|| VersionRecorder::new(self.inner.layout))
+            .or_insert_with(|| VersionRecorder::new(self.inner.layout, self.inner.shards))
             .clone()
     }
 
@@ -341,6 +395,13 @@ impl std::fmt::Debug for VersionRecorder {
 
 struct VersionInner {
     layout: Layout,
+    shards: Box<[Shard]>,
+}
+
+/// One thread's (or a few threads') counters of a version. Aligned to keep two shards off the
+/// same cache line (128 bytes: adjacent-line prefetching pairs lines on x86).
+#[repr(align(128))]
+struct Shard {
     slots: Box<[Slot]>,
     total_requests: AtomicU64,
     total_errors: AtomicU64,
@@ -430,17 +491,25 @@ pub struct Totals {
     pub by_code: BTreeMap<u16, u64>,
 }
 
+impl Shard {
+    fn new(ring: usize) -> Shard {
+        Shard {
+            slots: (0..ring).map(|_| Slot::new()).collect(),
+            total_requests: AtomicU64::new(0),
+            total_errors: AtomicU64::new(0),
+            by_code: (0..CODES).map(|_| AtomicU64::new(0)).collect(),
+            latency_buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            latency_sum_micros: AtomicU64::new(0),
+        }
+    }
+}
+
 impl VersionRecorder {
-    fn new(layout: Layout) -> VersionRecorder {
+    fn new(layout: Layout, shards: usize) -> VersionRecorder {
         VersionRecorder {
             inner: Arc::new(VersionInner {
                 layout,
-                slots: (0..layout.ring).map(|_| Slot::new()).collect(),
-                total_requests: AtomicU64::new(0),
-                total_errors: AtomicU64::new(0),
-                by_code: (0..CODES).map(|_| AtomicU64::new(0)).collect(),
-                latency_buckets: std::array::from_fn(|_| AtomicU64::new(0)),
-                latency_sum_micros: AtomicU64::new(0),
+                shards: (0..shards).map(|_| Shard::new(layout.ring)).collect(),
             }),
         }
     }
@@ -451,8 +520,21 @@ impl VersionRecorder {
         self.record_at(Instant::now(), status, latency, failed_at_proxy);
     }
 
+    /// [`VersionRecorder::record`] of a request that started at `started` and ends now: one
+    /// read of the clock for both the latency and the slot.
+    pub fn record_since(&self, status: u16, started: Instant, failed_at_proxy: bool) {
+        let now = Instant::now();
+        self.record_at(
+            now,
+            status,
+            now.saturating_duration_since(started),
+            failed_at_proxy,
+        );
+    }
+
     fn record_at(&self, now: Instant, status: u16, latency: Duration, failed_at_proxy: bool) {
-        let inner = &*self.inner;
+        let shards = &self.inner.shards;
+        let inner = &shards[thread_shard() % shards.len()];
         let error = status >= 500 || failed_at_proxy;
         // Capped (at ~12 days) so that summing into the slot's u64 cannot wrap around.
         let micros = u64::try_from(latency.as_micros())
@@ -473,7 +555,7 @@ impl VersionRecorder {
             .latency_sum_micros
             .fetch_add(micros, Ordering::Relaxed);
 
-        let epoch = inner.layout.epoch_at(now);
+        let epoch = self.inner.layout.epoch_at(now);
         let slot = &inner.slots[(epoch % inner.slots.len() as u64) as usize];
         if !slot.claim(epoch) {
             return;
@@ -500,7 +582,8 @@ impl VersionRecorder {
         let mut errors = 0u64;
         let mut sum_micros = 0u64;
         let mut counts = vec![0u64; BUCKETS];
-        for slot in inner.slots.iter() {
+        let mut slot_counts = Vec::with_capacity(BUCKETS);
+        for slot in inner.shards.iter().flat_map(|shard| shard.slots.iter()) {
             let epoch = slot.epoch.load(Ordering::Acquire);
             if epoch == UNUSED || epoch < first || epoch > current {
                 continue;
@@ -508,7 +591,7 @@ impl VersionRecorder {
             let r = slot.requests.load(Ordering::Relaxed);
             let e = slot.errors.load(Ordering::Relaxed);
             let s = slot.sum_micros.load(Ordering::Relaxed);
-            let mut slot_counts = Vec::with_capacity(BUCKETS);
+            slot_counts.clear();
             slot_counts.extend(slot.buckets.iter().map(|b| b.load(Ordering::Relaxed)));
             if slot.epoch.load(Ordering::Acquire) != epoch {
                 // Rolled over while we read it: it now holds newer samples that belong to a
@@ -518,7 +601,7 @@ impl VersionRecorder {
             requests += r;
             errors += e;
             sum_micros = sum_micros.saturating_add(s);
-            for (c, x) in counts.iter_mut().zip(slot_counts) {
+            for (c, x) in counts.iter_mut().zip(&slot_counts) {
                 *c += x;
             }
         }
@@ -533,34 +616,36 @@ impl VersionRecorder {
         }
     }
 
+    /// The sum of one counter over the shards.
+    fn sum(&self, counter: impl Fn(&Shard) -> &AtomicU64) -> u64 {
+        self.inner
+            .shards
+            .iter()
+            .map(|shard| counter(shard).load(Ordering::Relaxed))
+            .sum()
+    }
+
     fn exposition(&self, version: String) -> Exposition {
-        let inner = &*self.inner;
         Exposition {
             version,
-            latency_buckets: std::array::from_fn(|i| {
-                inner.latency_buckets[i].load(Ordering::Relaxed)
-            }),
-            latency_sum_micros: inner.latency_sum_micros.load(Ordering::Relaxed),
+            latency_buckets: std::array::from_fn(|i| self.sum(|s| &s.latency_buckets[i])),
+            latency_sum_micros: self.sum(|s| &s.latency_sum_micros),
             by_code: self.totals().by_code,
         }
     }
 
     /// Lifetime totals since this recorder was created.
     pub fn totals(&self) -> Totals {
-        let inner = &*self.inner;
-        let by_code = inner
-            .by_code
-            .iter()
-            .enumerate()
-            .filter_map(|(code, n)| {
-                let n = n.load(Ordering::Relaxed);
+        let by_code = (0..CODES)
+            .filter_map(|code| {
+                let n = self.sum(|s| &s.by_code[code]);
                 // `code < CODES = 1000`, so it fits.
                 (n > 0).then_some((code as u16, n))
             })
             .collect();
         Totals {
-            requests: inner.total_requests.load(Ordering::Relaxed),
-            errors: inner.total_errors.load(Ordering::Relaxed),
+            requests: self.sum(|s| &s.total_requests),
+            errors: self.sum(|s| &s.total_errors),
             by_code,
         }
     }
@@ -713,6 +798,39 @@ mod tests {
         assert_eq!(s.errors, 2_000);
         assert_eq!(s.latency.count(), 20_000);
         assert_eq!(rec.track("v").totals().by_code[&500], 2_000);
+    }
+
+    #[test]
+    fn pinned_threads_record_into_their_shard_and_readings_sum_the_shards() {
+        let rec = Recorder::with_shards(SEC, SEC * 600, 3);
+        std::thread::scope(|s| {
+            for t in 0..5usize {
+                let v = rec.track("v");
+                s.spawn(move || {
+                    pin_thread(t);
+                    for _ in 0..100 {
+                        v.record(if t == 0 { 503 } else { 200 }, ms(t as u64 + 1), false);
+                    }
+                });
+            }
+        });
+        let v = rec.track("v");
+        // Threads 0 and 3 share shard 0, 1 and 4 shard 1; thread 2 has shard 2 to itself.
+        let per_shard: Vec<u64> = v
+            .inner
+            .shards
+            .iter()
+            .map(|s| s.total_requests.load(Ordering::Relaxed))
+            .collect();
+        assert_eq!(per_shard, [200, 200, 100]);
+        let w = rec.window("v", SEC * 600);
+        assert_eq!((w.requests, w.errors, w.latency.count()), (500, 100, 500));
+        assert_eq!(v.totals().by_code, BTreeMap::from([(200, 400), (503, 100)]));
+        let text = rendered(&rec, "s");
+        assert_eq!(
+            buckets(&text, r#"version="v""#).last(),
+            Some(&("+Inf".to_owned(), 500))
+        );
     }
 
     fn rendered(rec: &Recorder, service: &str) -> String {
