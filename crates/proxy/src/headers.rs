@@ -5,7 +5,7 @@
 //! `Content-Length`) for each side itself.
 
 use cutover_core::spec::{StickyFallback, StickySpec};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 use std::net::SocketAddr;
 
 /// Always hop-by-hop, whatever `Connection` says.
@@ -93,64 +93,95 @@ pub(crate) fn add_forwarded(
     client: &HeaderValue,
     host: Option<&HeaderValue>,
 ) {
-    let mut prior = headers
-        .get_all(&X_FORWARDED_FOR)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .map(str::trim)
-        .filter(|v| !v.is_empty())
-        .peekable();
-    let xff = if prior.peek().is_none() {
-        client.clone()
-    } else {
-        let mut joined = String::new();
-        for v in prior {
-            joined.push_str(v);
-            joined.push_str(", ");
+    // Room for the three at once, rather than growing the map for each; and one lookup per
+    // name (an entry), not a lookup and then an insert.
+    headers.reserve(3);
+    match headers.entry(&X_FORWARDED_FOR) {
+        Entry::Vacant(e) => {
+            e.insert(client.clone());
         }
-        joined.push_str(client.to_str().unwrap_or("unknown"));
-        // Values that were valid, commas and an IP: always valid; kept total all the same.
-        HeaderValue::from_str(&joined).unwrap_or_else(|_| client.clone())
-    };
-    headers.insert(X_FORWARDED_FOR.clone(), xff);
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
-    if !headers.contains_key(&X_FORWARDED_HOST) {
-        if let Some(v) = host {
-            headers.insert(X_FORWARDED_HOST.clone(), v.clone());
+        Entry::Occupied(mut e) => {
+            let mut joined = String::new();
+            for v in e
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+            {
+                joined.push_str(v);
+                joined.push_str(", ");
+            }
+            joined.push_str(client.to_str().unwrap_or("unknown"));
+            // Values that were valid, commas and an IP: always valid; kept total all the same.
+            // `insert` replaces every prior value with the joined one.
+            e.insert(HeaderValue::from_str(&joined).unwrap_or_else(|_| client.clone()));
+        }
+    }
+    headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    if let (Some(v), Entry::Vacant(e)) = (host, headers.entry(&X_FORWARDED_HOST)) {
+        e.insert(v.clone());
+    }
+}
+
+/// A client's sticky key: bytes of the request itself, or the fallback's few bytes, held
+/// without a heap allocation per request.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum StickyKey<'a> {
+    Borrowed(&'a [u8]),
+    /// An IP address (4 or 16 bytes) or a random number (8), and how many bytes are used.
+    Inline([u8; 16], usize),
+}
+
+impl StickyKey<'_> {
+    fn inline(bytes: &[u8]) -> Self {
+        let mut buf = [0u8; 16];
+        let n = bytes.len().min(buf.len());
+        buf[..n].copy_from_slice(&bytes[..n]);
+        StickyKey::Inline(buf, n)
+    }
+}
+
+impl std::ops::Deref for StickyKey<'_> {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            StickyKey::Borrowed(b) => b,
+            StickyKey::Inline(buf, n) => &buf[..*n],
         }
     }
 }
 
 /// The sticky client key: the configured header, else the configured query parameter (in
 /// `query`, the request URI's query string), else the configured cookie, else the fallback.
-pub(crate) fn sticky_key(
+pub(crate) fn sticky_key<'a>(
     spec: &StickySpec,
     header_name: Option<&HeaderName>,
-    headers: &HeaderMap,
-    query: Option<&str>,
+    headers: &'a HeaderMap,
+    query: Option<&'a str>,
     peer: SocketAddr,
-) -> Vec<u8> {
+) -> StickyKey<'a> {
     if let Some(v) = header_name.and_then(|n| headers.get(n)) {
         if !v.as_bytes().is_empty() {
-            return v.as_bytes().to_vec();
+            return StickyKey::Borrowed(v.as_bytes());
         }
     }
     if let (Some(name), Some(query)) = (spec.query.as_deref(), query) {
         if let Some(v) = query_param(query, name) {
-            return v.as_bytes().to_vec();
+            return StickyKey::Borrowed(v.as_bytes());
         }
     }
     if let Some(name) = spec.cookie.as_deref() {
         if let Some(v) = cookie(headers, name) {
-            return v.as_bytes().to_vec();
+            return StickyKey::Borrowed(v.as_bytes());
         }
     }
     match spec.fallback {
         StickyFallback::PeerIp => match peer.ip().to_canonical() {
-            std::net::IpAddr::V4(ip) => ip.octets().to_vec(),
-            std::net::IpAddr::V6(ip) => ip.octets().to_vec(),
+            std::net::IpAddr::V4(ip) => StickyKey::inline(&ip.octets()),
+            std::net::IpAddr::V6(ip) => StickyKey::inline(&ip.octets()),
         },
-        StickyFallback::Random => rand::random::<u64>().to_le_bytes().to_vec(),
+        StickyFallback::Random => StickyKey::inline(&rand::random::<u64>().to_le_bytes()),
     }
 }
 
@@ -239,6 +270,7 @@ mod tests {
         let host = HeaderValue::from_static("shop.example");
         add_forwarded(&mut h, &forwarded_for(peer), Some(&host));
         assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 10.0.0.7");
+        assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "shop.example");
 
@@ -247,6 +279,14 @@ mod tests {
         add_forwarded(&mut h, &forwarded_for(v6), Some(&host));
         assert_eq!(h["x-forwarded-for"], "10.0.0.8");
         assert_eq!(h["x-forwarded-host"], "orig.example");
+
+        // Blank prior entries add nothing, not a leading comma.
+        let mut h = map(&[("x-forwarded-for", " "), ("x-forwarded-proto", "https")]);
+        add_forwarded(&mut h, &forwarded_for(peer), None);
+        assert_eq!(h["x-forwarded-for"], "10.0.0.7");
+        assert_eq!(h.get_all("x-forwarded-proto").iter().count(), 1);
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert!(!h.contains_key("x-forwarded-host"));
     }
 
     #[test]
@@ -260,24 +300,26 @@ mod tests {
         let name = HeaderName::from_static("x-client-id");
         let peer: SocketAddr = "192.0.2.1:9".parse().unwrap();
         let both = map(&[("x-client-id", "h"), ("cookie", "a=1; sid=c")]);
-        assert_eq!(sticky_key(&spec, Some(&name), &both, None, peer), b"h");
+        assert_eq!(*sticky_key(&spec, Some(&name), &both, None, peer), *b"h");
         let cookie_only = map(&[("cookie", "a=1"), ("cookie", "sid=\"c\"; b=2")]);
         assert_eq!(
-            sticky_key(&spec, Some(&name), &cookie_only, None, peer),
-            b"c"
+            *sticky_key(&spec, Some(&name), &cookie_only, None, peer),
+            *b"c"
         );
         let empty = map(&[("x-client-id", ""), ("cookie", "sid=")]);
         assert_eq!(
-            sticky_key(&spec, Some(&name), &empty, None, peer),
-            vec![192, 0, 2, 1]
+            *sticky_key(&spec, Some(&name), &empty, None, peer),
+            [192, 0, 2, 1]
         );
         let random = StickySpec {
             fallback: StickyFallback::Random,
             ..spec
         };
-        let a = sticky_key(&random, None, &HeaderMap::new(), None, peer);
-        let b = sticky_key(&random, None, &HeaderMap::new(), None, peer);
-        assert_ne!(a, b);
+        let (none, none2) = (HeaderMap::new(), HeaderMap::new());
+        let a = sticky_key(&random, None, &none, None, peer);
+        let b = sticky_key(&random, None, &none2, None, peer);
+        assert_eq!(a.len(), 8);
+        assert_ne!(*a, *b);
     }
 
     #[test]
@@ -290,7 +332,8 @@ mod tests {
         };
         let name = HeaderName::from_static("x-client-id");
         let peer: SocketAddr = "192.0.2.1:9".parse().unwrap();
-        let key = |h: &HeaderMap, q: Option<&str>| sticky_key(&spec, Some(&name), h, q, peer);
+        let key =
+            |h: &HeaderMap, q: Option<&str>| sticky_key(&spec, Some(&name), h, q, peer).to_vec();
         let cookie = map(&[("cookie", "sid=c")]);
         let none = HeaderMap::new();
         // The header wins over the query, the query over the cookie.
