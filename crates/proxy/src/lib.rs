@@ -7,7 +7,9 @@
 //! connections, and records the outcome per version in [`cutover_telemetry::Recorder`].
 //! The listener is served by [`ProxyConfig::workers`] threads, each a single-threaded event
 //! loop with its own pool of upstream connections (`upstream`), so a request never crosses
-//! threads; connections are spread evenly over the workers. Each client connection is driven
+//! threads; connections are spread evenly over the workers. Each worker also keeps its own view
+//! of the table (`table::Routes`: the pools' recorder handles, its shard of the in-flight
+//! counts), so that a request writes nothing another worker writes. Each client connection is driven
 //! by `conn`, which also closes idle HTTP/2 connections (hyper has no timer for them), and
 //! ends with a lingering close (`linger`: FIN first, then reading until the client closes, so
 //! that no reset destroys the last response).
@@ -21,7 +23,8 @@
 //! HTTP/2 with prior knowledge when [`ProxyConfig::upstream_protocol`] says so.
 //!
 //! Invariants of DESIGN.md it upholds: (1) a request sees the old table or the new one, never
-//! a mix — the table is one atomic pointer, loaded once per request; (2) sticky monotonicity —
+//! a mix — the table is one atomic pointer, loaded once per request (a worker's view is
+//! rebuilt when the pointer changes, and a request keeps the view it started with); (2) sticky monotonicity —
 //! the canary decision is a threshold on a fixed hash; (4) drain — in-flight requests and
 //! tunnels are counted per backend, shutdown lets in-flight requests finish, and
 //! [`Proxy::drain_websockets`] closes a backend's WebSockets with 1012 after a quiet period; (5) only a

@@ -5,23 +5,23 @@ use crate::conn::{self, Idle, Streams};
 use crate::error::{ProxyError, UpstreamError};
 use crate::headers;
 use crate::linger::Linger;
-use crate::table::{pick_backend, Backend, InFlight, RouteTable};
+use crate::table::{pick_backend, Backend, BackendRef, InFlight, RouteTable, Routes};
 use crate::tls::SharedServerConfig;
 use crate::upstream::{Http1Pool, SendError, UpstreamBody};
 use crate::ws::{self, WsDrainReport};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use cutover_core::spec::{StickySpec, UpstreamProtocol};
-use cutover_telemetry::Recorder;
+use cutover_telemetry::{Recorder, VersionRecorder};
 use http::header::{HeaderName, HOST};
 use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client as Upstreams;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use std::future::Future;
@@ -51,8 +51,7 @@ pub struct ProxyConfig {
     pub header_read_timeout: Duration,
     /// A request head (request line and headers) larger than this is refused with 431
     /// (HTTP/1.1; for HTTP/2 it is the advertised `SETTINGS_MAX_HEADER_LIST_SIZE`). At least
-    /// 8 KiB. The HTTP/1.1 limit is enforced on hyper's read buffer, so it is approximate
-    /// (within one read) rather than byte-exact.
+    /// 8 KiB.
     pub max_header_bytes: usize,
     /// An instance that sends no response head for this long gets the request answered 504
     /// (nginx's `proxy_read_timeout` defaults to the same 60 s).
@@ -370,6 +369,8 @@ impl Proxy {
             std::thread::Builder::new()
                 .name(format!("cutover-proxy-{i}"))
                 .spawn(move || {
+                    // Its own shard of the telemetry counters, as of the in-flight counts.
+                    cutover_telemetry::pin_thread(i);
                     runtime.block_on(async move {
                         let worker = Arc::new(Worker::new(proxy.clone(), i, balance));
                         proxy
@@ -418,17 +419,23 @@ impl Proxy {
         // Connections are told to go away through `stop`, and waited for through `conns`.
         let stop = tokio_util::sync::CancellationToken::new();
         let conns = tokio_util::task::TaskTracker::new();
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
+        // One builder per protocol: the protocol is known before hyper sees the connection
+        // (`first_bytes`, or ALPN), so hyper's auto-detecting wrapper, which re-reads the
+        // first bytes through a rewinding reader on every read, is not needed.
+        let mut http1 = http1::Builder::new();
+        http1
             .timer(TokioTimer::new())
             .keep_alive(true)
             .header_read_timeout(self.inner.config.header_read_timeout)
+            // Exact: the parsed head's length, whatever the reads that brought it.
+            .max_header_size(self.inner.config.max_header_bytes)
             // hyper's minimum; below it `max_buf_size` panics.
             .max_buf_size(self.inner.config.max_header_bytes.max(8192));
-        builder.http2().max_header_list_size(
+        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        http2.max_header_list_size(
             u32::try_from(self.inner.config.max_header_bytes).unwrap_or(u32::MAX),
         );
+        let builder = Builders { http1, http2 };
         let header_read_timeout = self.inner.config.header_read_timeout;
         let linger_timeout = self.inner.config.linger_timeout;
         let mut shutdown = std::pin::pin!(shutdown);
@@ -529,7 +536,8 @@ impl Proxy {
         let peer = client.peer;
         let started = Instant::now();
         // The one load of the table for this request (invariant 1).
-        let table = self.inner.table.load_full();
+        let routes = worker.routes();
+        let table = &routes.table;
         let key = headers::sticky_key(
             &self.inner.config.sticky,
             self.inner.sticky_header.as_ref(),
@@ -537,13 +545,15 @@ impl Proxy {
             req.uri().query(),
             peer,
         );
-        let Some((mut track, mut pool)) = table.route(&key) else {
+        let Some((mut track, pool)) = table.route(&key) else {
             if let Some((_, pool)) = table.intended(&key) {
                 self.record(&pool.version, 503, started, true);
             }
             return local(StatusCode::SERVICE_UNAVAILABLE, "no ready instance\n");
         };
-        let Some(mut backend) = pick_backend(&pool.backends, None) else {
+        let Some(mut backend) =
+            pick_backend(&pool.backends, None).and_then(|i| routes.backend(track, i))
+        else {
             // `route` only returns pools with backends; kept total rather than panicking.
             return local(StatusCode::SERVICE_UNAVAILABLE, "no ready instance\n");
         };
@@ -586,7 +596,9 @@ impl Proxy {
         };
         // A client that gives up before the instance answers must still count: otherwise a
         // hung canary would show no samples, stay "inconclusive" and never be aborted.
-        let mut abandoned = Abandoned::arm(self.inner.recorder.track(&pool.version), started);
+        let mut abandoned = Abandoned::arm(routes.recorder(track), started);
+        // The response head is waited for until then, retry included.
+        let deadline = started + self.inner.config.upstream_timeout;
         let result = loop {
             let guard = InFlight::new(backend.clone());
             // The worker's own pool gives a refused request back: its headers are moved, not
@@ -602,21 +614,16 @@ impl Proxy {
                 // failure here is still the proxy's, not the app's.
                 break Err((guard, None));
             };
-            let sent = tokio::time::timeout(
-                self.inner.config.upstream_timeout,
-                worker.send(via, &backend, upstream),
-            )
-            .await;
-            let Ok(sent) = sent else {
-                warn!(backend = %backend.id, track = track.as_str(), timeout = ?self.inner.config.upstream_timeout, "upstream timed out");
-                abandoned.finish(504, true);
-                return local(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "gateway timeout: the instance did not answer in time\n",
-                );
-            };
-            match sent {
+            match worker.send(via, &backend, upstream, deadline).await {
                 Ok(resp) => break Ok((guard, resp)),
+                Err(SendError::TimedOut) => {
+                    warn!(backend = %backend.id, track = track.as_str(), timeout = ?self.inner.config.upstream_timeout, "upstream timed out");
+                    abandoned.finish(504, true);
+                    return local(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "gateway timeout: the instance did not answer in time\n",
+                    );
+                }
                 Err(SendError::Connect(source, unsent)) => {
                     let err = UpstreamError::Connect {
                         addr: backend.addr,
@@ -636,15 +643,14 @@ impl Proxy {
                     } else {
                         table.retry_target(track, backend.addr)
                     };
-                    match (unread, retry) {
-                        (Some(unread), Some((t, p, b))) => {
+                    match (unread, retry.and_then(|(t, _, i)| routes.backend(t, i))) {
+                        (Some(unread), Some(b)) => {
                             debug!(error = %err, retry = %b.addr, "retrying on another backend");
                             retried = true;
-                            (track, pool, backend) = (t, p, b);
+                            (track, backend) = (b.track(), b);
                             // Nothing reached the refused instance: the wait is the retry's.
                             abandoned.disarm();
-                            abandoned =
-                                Abandoned::arm(self.inner.recorder.track(&pool.version), started);
+                            abandoned = Abandoned::arm(routes.recorder(track), started);
                             (body, slot) = Resendable::new(unread);
                             continue;
                         }
@@ -840,6 +846,8 @@ struct Worker {
     /// This worker's number, and the open connections of all of them.
     index: usize,
     balance: Arc<Balance>,
+    /// This worker's view of the published table, rebuilt when another is published.
+    routes: Mutex<Arc<Routes>>,
 }
 
 impl Worker {
@@ -864,7 +872,9 @@ impl Worker {
             .pool_max_idle_per_host(config.pool_max_idle_per_host)
             .http2_only(true)
             .build(connector);
+        let routes = Routes::new(proxy.inner.table.load_full(), &proxy.inner.recorder, index);
         Worker {
+            routes: Mutex::new(Arc::new(routes)),
             proxy,
             http1,
             upgrades,
@@ -875,21 +885,40 @@ impl Worker {
         }
     }
 
+    /// The worker's view of the table published now. Comparing pointers and cloning the
+    /// worker's own `Arc` writes nothing the other workers touch; only a newly published
+    /// table costs a rebuild (once per worker).
+    fn routes(&self) -> Arc<Routes> {
+        let published = self.proxy.inner.table.load();
+        let mut routes = self.routes.lock().unwrap_or_else(PoisonError::into_inner);
+        if !Arc::ptr_eq(&routes.table, &published) {
+            *routes = Arc::new(Routes::new(
+                Arc::clone(&published),
+                &self.proxy.inner.recorder,
+                self.index,
+            ));
+        }
+        Arc::clone(&routes)
+    }
+
+    /// Sends `req` to `backend` and waits for the response head until `deadline`.
     async fn send(
         &self,
         via: Via,
-        backend: &Arc<Backend>,
+        backend: &BackendRef,
         req: Request<Resendable>,
+        deadline: Instant,
     ) -> Result<Response<UpstreamBody>, SendError> {
         let client = match via {
-            Via::Http1 => return self.http1.send(backend, req).await,
+            Via::Http1 => return self.http1.send(backend, req, deadline).await,
             Via::Http2 => &self.http2,
             Via::Upgrade => &self.upgrades,
         };
-        match client.request(req).await {
-            Ok(resp) => Ok(resp.map(UpstreamBody::unpooled)),
-            Err(e) if e.is_connect() => Err(SendError::Connect(Box::new(e), None)),
-            Err(e) => Err(SendError::Forward(Box::new(e))),
+        match tokio::time::timeout_at(deadline, client.request(req)).await {
+            Err(_) => Err(SendError::TimedOut),
+            Ok(Ok(resp)) => Ok(resp.map(UpstreamBody::unpooled)),
+            Ok(Err(e)) if e.is_connect() => Err(SendError::Connect(Box::new(e), None)),
+            Ok(Err(e)) => Err(SendError::Forward(Box::new(e))),
         }
     }
 }
@@ -901,11 +930,18 @@ enum Protocol {
     Http2,
 }
 
+/// How client connections are served, one builder per protocol.
+#[derive(Clone)]
+struct Builders {
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
+}
+
 /// Serves one client connection until it ends, goes away when `stop` is cancelled, or (HTTP/2)
 /// is closed for being idle (see [`conn::drive`]).
 async fn serve_connection<I>(
     worker: Arc<Worker>,
-    builder: &auto::Builder<TokioExecutor>,
+    builder: &Builders,
     io: I,
     peer: SocketAddr,
     protocol: Protocol,
@@ -937,8 +973,17 @@ async fn serve_connection<I>(
             })
         }
     });
-    let conn = builder.serve_connection_with_upgrades(io, service);
-    match conn::drive(conn, |c| c.graceful_shutdown(), stop, idle).await {
+    let served = match protocol {
+        Protocol::Http1 => {
+            let conn = builder.http1.serve_connection(io, service).with_upgrades();
+            conn::drive(conn, |c| c.graceful_shutdown(), stop, idle).await
+        }
+        Protocol::Http2 => {
+            let conn = builder.http2.serve_connection(io, service);
+            conn::drive(conn, |c| c.graceful_shutdown(), stop, idle).await
+        }
+    };
+    match served {
         Some(Ok(())) => {}
         Some(Err(e)) => debug!(%peer, error = %e, "client connection ended with an error"),
         None => debug!(%peer, "idle HTTP/2 connection closed"),
@@ -973,32 +1018,34 @@ async fn first_bytes(stream: &tokio::net::TcpStream, within: Duration) -> Option
 /// nginx convention for "client closed request"), with the time waited so far as its latency
 /// — a lower bound, which is what an abort rule on a quantile needs to see a hung instance.
 /// Not an error: a client may leave for reasons of its own; its wait is the signal.
-struct Abandoned {
-    armed: Option<(cutover_telemetry::VersionRecorder, Instant)>,
+struct Abandoned<'a> {
+    armed: Option<(&'a VersionRecorder, Instant)>,
 }
 
-impl Abandoned {
-    fn arm(track: cutover_telemetry::VersionRecorder, started: Instant) -> Abandoned {
+impl<'a> Abandoned<'a> {
+    /// Borrows the recorder from the worker's [`Routes`]: no lookup and no reference count
+    /// shared with the other workers. `None` records nothing (a track without a pool, which
+    /// routing never returns).
+    fn arm(track: Option<&'a VersionRecorder>, started: Instant) -> Abandoned<'a> {
         Abandoned {
-            armed: Some((track, started)),
+            armed: track.map(|t| (t, started)),
         }
     }
     fn disarm(&mut self) {
         self.armed = None;
     }
-    /// Records how the request ended, through the handle already looked up for the guard (one
-    /// recorder lookup per request, not two), and disarms.
+    /// Records how the request ended, and disarms.
     fn finish(&mut self, status: u16, failed_at_proxy: bool) {
         if let Some((track, started)) = self.armed.take() {
-            track.record(status, started.elapsed(), failed_at_proxy);
+            track.record_since(status, started, failed_at_proxy);
         }
     }
 }
 
-impl Drop for Abandoned {
+impl Drop for Abandoned<'_> {
     fn drop(&mut self) {
         if let Some((track, started)) = self.armed.take() {
-            track.record(499, started.elapsed(), false);
+            track.record_since(499, started, false);
         }
     }
 }
@@ -1025,7 +1072,7 @@ fn upstream_request(
     via: Via,
     body: Resendable,
 ) -> Option<Request<Resendable>> {
-    let authority = backend.authority.clone()?;
+    let authority = backend.authority.as_ref()?;
     let (uri, version) = match via {
         Via::Http1 => (Uri::from(path.clone()), Version::HTTP_11),
         Via::Http2 | Via::Upgrade => {

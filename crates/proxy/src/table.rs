@@ -3,9 +3,16 @@
 //! A [`RouteTable`] is immutable once published; the host replaces it whole. Choosing a pool is
 //! a pure function of one table and one client key, so a request that loaded one table can only
 //! ever act on that table.
+//!
+//! Each proxy worker holds its own [`Routes`] over the published table: the table plus what a
+//! request needs from it that would otherwise be looked up or shared per request (the pools'
+//! recorder handles, the worker's shard of the in-flight counts). A request then writes no
+//! memory another worker writes: two cores incrementing one counter or one reference count
+//! pass its cache line back and forth on every request (see BENCHMARKS.md).
 
 use cutover_core::stats::Track;
 use cutover_core::{sticky, Weight};
+use cutover_telemetry::{Recorder, VersionRecorder, MAX_SHARDS};
 use rand::Rng;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -22,7 +29,9 @@ pub struct Backend {
     pub id: String,
     /// `addr` as a URI authority, formatted once rather than per request.
     pub(crate) authority: Option<http::uri::Authority>,
-    outstanding: AtomicUsize,
+    /// The in-flight count, in one shard per worker (as the telemetry's counters), summed
+    /// when read.
+    outstanding: Box<[Counter]>,
     /// Whether the current table routes to it; a connection to an instance out of rotation
     /// is closed rather than kept idle.
     in_rotation: AtomicBool,
@@ -35,7 +44,7 @@ impl Backend {
             id: id.into(),
             // Always `Some`: an IP and a port are a valid authority.
             authority: http::uri::Authority::try_from(addr.to_string()).ok(),
-            outstanding: AtomicUsize::new(0),
+            outstanding: (0..MAX_SHARDS).map(|_| Counter::default()).collect(),
             in_rotation: AtomicBool::new(true),
         }
     }
@@ -43,7 +52,10 @@ impl Backend {
     /// Requests sent to this instance whose response has not finished streaming, plus open
     /// upgraded tunnels (WebSockets) through it.
     pub fn in_flight(&self) -> usize {
-        self.outstanding.load(Ordering::Relaxed)
+        self.outstanding
+            .iter()
+            .map(|c| c.0.load(Ordering::Relaxed))
+            .sum()
     }
 
     pub(crate) fn in_rotation(&self) -> bool {
@@ -55,20 +67,132 @@ impl Backend {
     }
 }
 
-/// Counts one request (or tunnel) against a backend for as long as it lives.
+/// One shard of a count, alone on its cache lines (128 bytes: adjacent-line prefetching pairs
+/// lines on x86).
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Counter(AtomicUsize);
+
+/// Counts one request (or tunnel) against a backend for as long as it lives, in the shard of
+/// the worker that made it.
 #[derive(Debug)]
-pub(crate) struct InFlight(Arc<Backend>);
+pub(crate) struct InFlight(BackendRef);
 
 impl InFlight {
-    pub(crate) fn new(backend: Arc<Backend>) -> InFlight {
-        backend.outstanding.fetch_add(1, Ordering::Relaxed);
+    pub(crate) fn new(backend: BackendRef) -> InFlight {
+        backend.counter().fetch_add(1, Ordering::Relaxed);
         InFlight(backend)
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.outstanding.fetch_sub(1, Ordering::Relaxed);
+        self.0.counter().fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// One worker's view of a published [`RouteTable`] (see the module docs).
+pub(crate) struct Routes {
+    pub(crate) table: Arc<RouteTable>,
+    /// The stable and the canary pool's recorders, looked up once per table.
+    recorders: [Option<VersionRecorder>; 2],
+    /// The worker's shard of each backend's in-flight count.
+    shard: usize,
+}
+
+impl Routes {
+    pub(crate) fn new(table: Arc<RouteTable>, recorder: &Recorder, worker: usize) -> Routes {
+        let recorders = [
+            table.stable.as_ref().map(|p| recorder.track(&p.version)),
+            table
+                .canary
+                .as_ref()
+                .map(|(p, _)| recorder.track(&p.version)),
+        ];
+        Routes {
+            table,
+            recorders,
+            shard: worker % MAX_SHARDS,
+        }
+    }
+
+    /// The recorder of `track`'s pool; `None` when the table has no such pool.
+    pub(crate) fn recorder(&self, track: Track) -> Option<&VersionRecorder> {
+        self.recorders[track_index(track)].as_ref()
+    }
+
+    /// `track`'s backend number `index`, as a handle that outlives the request's borrow of
+    /// the table; `None` when there is no such backend.
+    pub(crate) fn backend(self: &Arc<Self>, track: Track, index: usize) -> Option<BackendRef> {
+        self.table.pool(track)?.backends.get(index)?;
+        Some(BackendRef {
+            routes: self.clone(),
+            track,
+            index,
+        })
+    }
+}
+
+fn track_index(track: Track) -> usize {
+    match track {
+        Track::Stable => 0,
+        Track::Canary => 1,
+    }
+}
+
+/// A backend of a worker's [`Routes`]. Cloning it counts a reference to the worker's own
+/// `Routes`, which only that worker's thread touches, not to the `Backend` every worker shares.
+#[derive(Clone)]
+pub(crate) struct BackendRef {
+    routes: Arc<Routes>,
+    track: Track,
+    index: usize,
+}
+
+impl BackendRef {
+    /// `backend` as the only backend of a stable pool, seen by worker 0.
+    #[cfg(test)]
+    pub(crate) fn alone(backend: Arc<Backend>) -> BackendRef {
+        let table = RouteTable {
+            salt: 0,
+            stable: Some(Pool {
+                version: "v".into(),
+                backends: vec![backend],
+            }),
+            canary: None,
+        };
+        let recorder = Recorder::new(
+            std::time::Duration::from_secs(1),
+            std::time::Duration::from_secs(1),
+        );
+        Arc::new(Routes::new(Arc::new(table), &recorder, 0))
+            .backend(Track::Stable, 0)
+            .expect("one backend")
+    }
+
+    /// The track of the pool it is in.
+    pub(crate) fn track(&self) -> Track {
+        self.track
+    }
+
+    fn counter(&self) -> &AtomicUsize {
+        &self.outstanding[self.routes.shard].0
+    }
+}
+
+impl std::ops::Deref for BackendRef {
+    type Target = Backend;
+
+    fn deref(&self) -> &Backend {
+        // Checked by `Routes::backend`, the only constructor, on a table that cannot change.
+        let pool = self.routes.table.pool(self.track).expect("checked pool");
+        &pool.backends[self.index]
+    }
+}
+
+impl std::fmt::Debug for BackendRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&**self, f)
     }
 }
 
@@ -125,12 +249,13 @@ impl RouteTable {
     }
 
     /// A backend for the one retry after `failed` refused a connection: another backend of
-    /// the same pool, else one of the other pool; never `failed`'s address again.
+    /// the same pool, else one of the other pool; never `failed`'s address again. The backend
+    /// is its position in the pool's list.
     pub(crate) fn retry_target(
         &self,
         track: Track,
         failed: SocketAddr,
-    ) -> Option<(Track, &Pool, Arc<Backend>)> {
+    ) -> Option<(Track, &Pool, usize)> {
         let same = self.pool(track).map(|p| (track, p));
         [same, self.other(track)]
             .into_iter()
@@ -138,7 +263,7 @@ impl RouteTable {
             .find_map(|(t, p)| pick_backend(&p.backends, Some(failed)).map(|b| (t, p, b)))
     }
 
-    fn pool(&self, track: Track) -> Option<&Pool> {
+    pub(crate) fn pool(&self, track: Track) -> Option<&Pool> {
         match track {
             Track::Stable => self.stable.as_ref(),
             Track::Canary => self.canary.as_ref().map(|(p, _)| p),
@@ -149,17 +274,14 @@ impl RouteTable {
 /// Power of two choices on outstanding requests: two distinct random backends, the less busy
 /// one wins. Nearly as good as least-loaded without scanning, and without the herd that pure
 /// least-loaded causes when many requests read the same counts at once. Backends at `skip`'s
-/// address are never chosen.
-pub(crate) fn pick_backend(
-    backends: &[Arc<Backend>],
-    skip: Option<SocketAddr>,
-) -> Option<Arc<Backend>> {
-    let eligible = |b: &&Arc<Backend>| Some(b.addr) != skip;
-    let n = backends.iter().filter(eligible).count();
-    let nth = |i: usize| backends.iter().filter(eligible).nth(i);
+/// address are never chosen. Returns the chosen backend's position in `backends`.
+pub(crate) fn pick_backend(backends: &[Arc<Backend>], skip: Option<SocketAddr>) -> Option<usize> {
+    let eligible = |(_, b): &(usize, &Arc<Backend>)| Some(b.addr) != skip;
+    let n = backends.iter().enumerate().filter(eligible).count();
+    let nth = |i: usize| backends.iter().enumerate().filter(eligible).nth(i);
     match n {
         0 => None,
-        1 => nth(0).cloned(),
+        1 => nth(0).map(|(i, _)| i),
         _ => {
             let mut rng = rand::thread_rng();
             let a = rng.gen_range(0..n);
@@ -168,7 +290,14 @@ pub(crate) fn pick_backend(
                 b += 1;
             }
             let (a, b) = (nth(a)?, nth(b)?);
-            Some(if b.in_flight() < a.in_flight() { b } else { a }.clone())
+            Some(
+                if b.1.in_flight() < a.1.in_flight() {
+                    b
+                } else {
+                    a
+                }
+                .0,
+            )
         }
     }
 }
@@ -221,18 +350,22 @@ mod tests {
         assert_eq!(table(&[], &[], 0).intended(b"k").unwrap().1.version, "v1");
     }
 
-    #[test]
-    fn p2c_prefers_the_less_busy_backend() {
-        let p = pool("v1", &[1, 2]);
-        let _busy = InFlight::new(p.backends[0].clone());
-        for _ in 0..100 {
-            assert_eq!(pick_backend(&p.backends, None).unwrap().addr.port(), 2);
-        }
-        assert_eq!(in_flight_of(&p, 0), 1);
+    /// `t` as worker `worker` sees it.
+    fn routes(t: RouteTable, worker: usize) -> Arc<Routes> {
+        let second = std::time::Duration::from_secs(1);
+        let recorder = Recorder::new(second, second * 10);
+        Arc::new(Routes::new(Arc::new(t), &recorder, worker))
     }
 
-    fn in_flight_of(p: &Pool, i: usize) -> usize {
-        p.backends[i].in_flight()
+    #[test]
+    fn p2c_prefers_the_less_busy_backend() {
+        let r = routes(table(&[1, 2], &[], 0), 0);
+        let _busy = InFlight::new(r.backend(Track::Stable, 0).unwrap());
+        let p = r.table.stable.as_ref().unwrap();
+        for _ in 0..100 {
+            assert_eq!(pick_backend(&p.backends, None), Some(1));
+        }
+        assert_eq!(p.backends[0].in_flight(), 1);
     }
 
     #[test]
@@ -240,8 +373,8 @@ mod tests {
         let p = pool("v1", &[1, 2, 3]);
         let mut seen = std::collections::BTreeSet::new();
         for _ in 0..300 {
-            let b = pick_backend(&p.backends, Some(([127, 0, 0, 1], 2).into())).unwrap();
-            seen.insert(b.addr.port());
+            let i = pick_backend(&p.backends, Some(([127, 0, 0, 1], 2).into())).unwrap();
+            seen.insert(p.backends[i].addr.port());
         }
         assert_eq!(seen.into_iter().collect::<Vec<_>>(), vec![1, 3]);
         assert!(pick_backend(&[], None).is_none());
@@ -250,16 +383,16 @@ mod tests {
     #[test]
     fn retry_prefers_same_pool_then_the_other() {
         let t = table(&[1, 2], &[3], 0);
-        let (track, _, b) = t
+        let (track, pool, i) = t
             .retry_target(Track::Stable, ([127, 0, 0, 1], 1).into())
             .unwrap();
-        assert_eq!((track, b.addr.port()), (Track::Stable, 2));
+        assert_eq!((track, pool.backends[i].addr.port()), (Track::Stable, 2));
         let t = table(&[1], &[3], 0);
-        let (track, pool, b) = t
+        let (track, pool, i) = t
             .retry_target(Track::Stable, ([127, 0, 0, 1], 1).into())
             .unwrap();
         assert_eq!(
-            (track, pool.version.as_str(), b.addr.port()),
+            (track, pool.version.as_str(), pool.backends[i].addr.port()),
             (Track::Canary, "v2", 3)
         );
         let t = table(&[1], &[], 0);
@@ -269,13 +402,27 @@ mod tests {
     }
 
     #[test]
-    fn in_flight_guard_counts_and_releases() {
-        let b = Arc::new(Backend::new("x", ([127, 0, 0, 1], 1).into()));
+    fn in_flight_guards_count_in_their_workers_shard_and_release() {
+        let t = table(&[1], &[2], 5_000);
+        let (w0, w1) = (routes(t.clone(), 0), routes(t, 1));
+        let b = w0.backend(Track::Stable, 0).unwrap();
+        assert!(w0.backend(Track::Stable, 1).is_none());
         let g1 = InFlight::new(b.clone());
-        let g2 = InFlight::new(b.clone());
-        assert_eq!(b.in_flight(), 2);
+        let g2 = InFlight::new(w1.backend(Track::Stable, 0).unwrap());
+        let g3 = InFlight::new(w1.backend(Track::Stable, 0).unwrap());
+        // Both workers' views share the instance; each counts in its own shard.
+        assert_eq!(b.in_flight(), 3);
+        assert_eq!(b.outstanding[0].0.load(Ordering::Relaxed), 1);
+        assert_eq!(b.outstanding[1].0.load(Ordering::Relaxed), 2);
         drop(g1);
         drop(g2);
+        assert_eq!(b.in_flight(), 1);
+        drop(g3);
         assert_eq!(b.in_flight(), 0);
+        assert_eq!(w1.backend(Track::Canary, 0).unwrap().addr.port(), 2);
+        assert_eq!(
+            w1.recorder(Track::Canary).map(|r| r.totals().requests),
+            Some(0)
+        );
     }
 }

@@ -12,7 +12,7 @@
 //! connection from the proxy (only those still carrying a request, until they finish).
 
 use crate::body::Resendable;
-use crate::table::Backend;
+use crate::table::{Backend, BackendRef};
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
@@ -39,6 +39,8 @@ pub(crate) enum SendError {
     Connect(BoxError, Option<Box<Request<Resendable>>>),
     /// The request was handed to a connection; the instance may have seen it.
     Forward(BoxError),
+    /// The instance sent no response head before the deadline; it may have seen the request.
+    TimedOut,
 }
 
 /// The idle connections of one worker, by instance address, most recently used last.
@@ -51,8 +53,18 @@ pub(crate) struct Http1Pool {
 }
 
 struct Idle {
-    sender: SendRequest<Resendable>,
+    conn: Conn,
     since: Instant,
+}
+
+/// A keep-alive connection, with the timer that bounds the wait for each response head on it.
+///
+/// The timer lives as long as the connection: moving a registered timer's deadline later is
+/// a compare-and-swap (tokio re-files it only when the old deadline comes), where a timer per
+/// request would be filed in and out of the worker's timer wheel each time.
+struct Conn {
+    sender: SendRequest<Resendable>,
+    timer: Pin<Box<tokio::time::Sleep>>,
 }
 
 impl Http1Pool {
@@ -73,53 +85,49 @@ impl Http1Pool {
         self.idle.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Sends `req` to `backend` over an idle connection, or a new one when none is left.
+    /// Sends `req` to `backend` over an idle connection, or a new one when none is left, and
+    /// waits for the response head until `deadline`.
     ///
     /// An idle connection the instance closed meanwhile hands the request back unsent (hyper
     /// gives it back), and the next one is tried: only [`SendError::Connect`] (nothing was
-    /// sent) and [`SendError::Forward`] (something may have been) reach the caller.
+    /// sent), [`SendError::Forward`] (something may have been) and [`SendError::TimedOut`]
+    /// reach the caller.
     pub(crate) async fn send(
         self: &Arc<Self>,
-        backend: &Arc<Backend>,
+        backend: &BackendRef,
         mut req: Request<Resendable>,
+        deadline: Instant,
     ) -> Result<Response<UpstreamBody>, SendError> {
-        while let Some(mut sender) = self.checkout(backend.addr) {
+        while let Some(mut conn) = self.checkout(backend.addr) {
             // Ready at once unless the connection is still finishing its previous exchange.
-            if sender.ready().await.is_err() {
+            if conn.sender.ready().await.is_err() {
                 continue;
             }
-            match sender.try_send_request(req).await {
-                Ok(resp) => return Ok(self.wrap(resp, sender, backend)),
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) => req = unsent,
-                    None => return Err(SendError::Forward(Box::new(e.into_error()))),
-                },
+            match conn.send(req, deadline).await {
+                Ok(resp) => return Ok(self.wrap(resp, conn, backend)),
+                Err(Failed::Unsent(unsent, _)) => req = *unsent,
+                Err(Failed::Sent(e)) => return Err(e),
             }
         }
-        let mut sender = match self.connect(backend.addr).await {
-            Ok(s) => s,
+        let mut conn = match self.connect(backend.addr, deadline).await {
+            Ok(c) => c,
             Err(e) => return Err(SendError::Connect(e, Some(Box::new(req)))),
         };
-        match sender.try_send_request(req).await {
-            Ok(resp) => Ok(self.wrap(resp, sender, backend)),
-            Err(mut e) => match e.take_message() {
-                // Closed before a byte of the request was written: as good as refused.
-                Some(unsent) => Err(SendError::Connect(
-                    Box::new(e.into_error()),
-                    Some(Box::new(unsent)),
-                )),
-                None => Err(SendError::Forward(Box::new(e.into_error()))),
-            },
+        match conn.send(req, deadline).await {
+            Ok(resp) => Ok(self.wrap(resp, conn, backend)),
+            // Closed before a byte of the request was written: as good as refused.
+            Err(Failed::Unsent(unsent, e)) => Err(SendError::Connect(e, Some(unsent))),
+            Err(Failed::Sent(e)) => Err(e),
         }
     }
 
     /// The most recently used idle connection to `addr` that is still open and fresh.
-    fn checkout(&self, addr: SocketAddr) -> Option<SendRequest<Resendable>> {
+    fn checkout(&self, addr: SocketAddr) -> Option<Conn> {
         let mut idle = self.lock();
         let (_, conns) = idle.iter_mut().find(|(a, _)| *a == addr)?;
         while let Some(c) = conns.pop() {
-            if !c.sender.is_closed() && c.since.elapsed() < self.idle_timeout {
-                return Some(c.sender);
+            if !c.conn.sender.is_closed() && c.since.elapsed() < self.idle_timeout {
+                return Some(c.conn);
             }
         }
         None
@@ -127,8 +135,8 @@ impl Http1Pool {
 
     /// Takes a connection back after its response was read to the end, unless its instance
     /// left the route table, the connection closed, or the pool is full.
-    fn checkin(&self, backend: &Backend, sender: SendRequest<Resendable>) {
-        if !backend.in_rotation() || sender.is_closed() {
+    fn checkin(&self, backend: &Backend, conn: Conn) {
+        if !backend.in_rotation() || conn.sender.is_closed() {
             return;
         }
         let mut idle = self.lock();
@@ -141,13 +149,13 @@ impl Http1Pool {
         };
         if conns.len() < self.max_idle_per_backend {
             conns.push(Idle {
-                sender,
+                conn,
                 since: Instant::now(),
             });
         }
     }
 
-    async fn connect(&self, addr: SocketAddr) -> Result<SendRequest<Resendable>, BoxError> {
+    async fn connect(&self, addr: SocketAddr, deadline: Instant) -> Result<Conn, BoxError> {
         let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
             .await
             .map_err(|_| {
@@ -166,14 +174,17 @@ impl Http1Pool {
                 debug!(%addr, error = %e, "upstream connection closed with an error");
             }
         });
-        Ok(sender)
+        Ok(Conn {
+            sender,
+            timer: Box::pin(tokio::time::sleep_until(deadline)),
+        })
     }
 
     fn wrap(
         self: &Arc<Self>,
         resp: Response<Incoming>,
-        sender: SendRequest<Resendable>,
-        backend: &Arc<Backend>,
+        conn: Conn,
+        backend: &BackendRef,
     ) -> Response<UpstreamBody> {
         resp.map(|inner| UpstreamBody {
             inner,
@@ -181,7 +192,7 @@ impl Http1Pool {
             reuse: Some(Reuse {
                 pool: Arc::downgrade(self),
                 backend: backend.clone(),
-                sender,
+                conn,
             }),
         })
     }
@@ -202,7 +213,7 @@ impl Http1Pool {
     fn sweep(&self, kept: impl Fn(&SocketAddr) -> bool) {
         let mut idle = self.lock();
         idle.retain_mut(|(addr, conns)| {
-            conns.retain(|c| !c.sender.is_closed() && c.since.elapsed() < self.idle_timeout);
+            conns.retain(|c| !c.conn.sender.is_closed() && c.since.elapsed() < self.idle_timeout);
             kept(addr) && !conns.is_empty()
         });
     }
@@ -214,11 +225,39 @@ impl Http1Pool {
     }
 }
 
+/// How sending a request on a connection failed.
+enum Failed {
+    /// Not a byte was written (the connection was closed): the request comes back.
+    Unsent(Box<Request<Resendable>>, BoxError),
+    /// The instance may have seen the request.
+    Sent(SendError),
+}
+
+impl Conn {
+    /// Sends `req` and waits for the response head until `deadline`.
+    async fn send(
+        &mut self,
+        req: Request<Resendable>,
+        deadline: Instant,
+    ) -> Result<Response<Incoming>, Failed> {
+        self.timer.as_mut().reset(deadline);
+        let sent = self.sender.try_send_request(req);
+        tokio::select! {
+            biased;
+            sent = sent => sent.map_err(|mut e| match e.take_message() {
+                Some(unsent) => Failed::Unsent(Box::new(unsent), Box::new(e.into_error())),
+                None => Failed::Sent(SendError::Forward(Box::new(e.into_error()))),
+            }),
+            () = self.timer.as_mut() => Err(Failed::Sent(SendError::TimedOut)),
+        }
+    }
+}
+
 /// Who to give a connection back to once its response body is read.
 struct Reuse {
     pool: Weak<Http1Pool>,
-    backend: Arc<Backend>,
-    sender: SendRequest<Resendable>,
+    backend: BackendRef,
+    conn: Conn,
 }
 
 /// A response body from an instance. Read to the end, it returns its connection to the pool
@@ -249,7 +288,7 @@ impl Drop for UpstreamBody {
         }
         if let Some(r) = self.reuse.take() {
             if let Some(pool) = r.pool.upgrade() {
-                pool.checkin(&r.backend, r.sender);
+                pool.checkin(&r.backend, r.conn);
             }
         }
     }
@@ -288,6 +327,12 @@ mod tests {
 
     /// An HTTP/1.1 app on 127.0.0.1 answering `ok`; counts the connections still open.
     async fn app() -> (SocketAddr, Arc<AtomicUsize>) {
+        app_answering(usize::MAX).await
+    }
+
+    /// [`app`], answering only the first `answers` requests of each connection and never the
+    /// later ones.
+    async fn app_answering(answers: usize) -> (SocketAddr, Arc<AtomicUsize>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let open = Arc::new(AtomicUsize::new(0));
@@ -297,10 +342,17 @@ mod tests {
                 o.fetch_add(1, Ordering::SeqCst);
                 let o = o.clone();
                 tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(|_req| async {
-                        Ok::<_, std::convert::Infallible>(Response::new(http_body_util::Full::new(
-                            Bytes::from_static(b"ok"),
-                        )))
+                    let served = Arc::new(AtomicUsize::new(0));
+                    let svc = hyper::service::service_fn(move |_req| {
+                        let n = served.fetch_add(1, Ordering::SeqCst);
+                        async move {
+                            if n >= answers {
+                                std::future::pending::<()>().await;
+                            }
+                            Ok::<_, std::convert::Infallible>(Response::new(
+                                http_body_util::Full::new(Bytes::from_static(b"ok")),
+                            ))
+                        }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), svc)
@@ -344,6 +396,11 @@ mod tests {
         Request::from_parts(parts, Resendable::new(body).0)
     }
 
+    /// A deadline no test reaches.
+    fn far() -> Instant {
+        Instant::now() + Duration::from_secs(60)
+    }
+
     async fn until(what: &str, mut cond: impl FnMut() -> bool) {
         let waited = tokio::time::timeout(Duration::from_secs(10), async {
             while !cond() {
@@ -364,13 +421,14 @@ mod tests {
             Duration::from_secs(30),
             4,
         ));
-        let backend = Arc::new(Backend::new("gone", addr));
-        match pool.send(&backend, request().await).await {
+        let backend = BackendRef::alone(Arc::new(Backend::new("gone", addr)));
+        match pool.send(&backend, request().await, far()).await {
             Err(SendError::Connect(_, Some(req))) => assert_eq!(req.uri().path(), "/x"),
             Err(SendError::Connect(_, None)) => panic!("the request was not given back"),
             Err(SendError::Forward(e)) => {
                 panic!("a refused connection is not a forward error: {e}")
             }
+            Err(SendError::TimedOut) => panic!("a refused connection is not a timeout"),
             Ok(_) => panic!("nothing listens there"),
         }
     }
@@ -383,11 +441,15 @@ mod tests {
             Duration::from_millis(50),
             2,
         ));
-        let backend = Arc::new(Backend::new("app", addr));
+        let backend = BackendRef::alone(Arc::new(Backend::new("app", addr)));
         // Three requests at once need three connections; only two are kept.
         let mut bodies = Vec::new();
         for _ in 0..3 {
-            let resp = pool.send(&backend, request().await).await.ok().unwrap();
+            let resp = pool
+                .send(&backend, request().await, far())
+                .await
+                .ok()
+                .unwrap();
             bodies.push(resp.into_body());
         }
         assert_eq!(pool.idle_count(), 0, "busy connections are not idle");
@@ -417,8 +479,12 @@ mod tests {
             Duration::from_secs(30),
             4,
         ));
-        let backend = Arc::new(Backend::new("app", addr));
-        let resp = pool.send(&backend, request().await).await.ok().unwrap();
+        let backend = BackendRef::alone(Arc::new(Backend::new("app", addr)));
+        let resp = pool
+            .send(&backend, request().await, far())
+            .await
+            .ok()
+            .unwrap();
         backend.set_in_rotation(false);
         assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "ok");
         assert_eq!(pool.idle_count(), 0);
@@ -426,5 +492,47 @@ mod tests {
             open.load(Ordering::SeqCst) == 0
         })
         .await;
+    }
+
+    #[tokio::test]
+    async fn a_pooled_connection_bounds_each_wait_with_its_own_timer() {
+        let (addr, open) = app_answering(1).await;
+        let pool = Arc::new(Http1Pool::new(
+            Duration::from_secs(2),
+            Duration::from_secs(30),
+            4,
+        ));
+        let backend = BackendRef::alone(Arc::new(Backend::new("app", addr)));
+        let resp = pool
+            .send(&backend, request().await, far())
+            .await
+            .ok()
+            .unwrap();
+        assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "ok");
+        assert_eq!(pool.idle_count(), 1);
+        // The same connection (its timer was armed 60 s out by the first request): the
+        // instance never answers, and the nearer deadline still applies.
+        let started = Instant::now();
+        let deadline = started + Duration::from_millis(100);
+        let sent = tokio::time::timeout(
+            Duration::from_secs(5),
+            pool.send(&backend, request().await, deadline),
+        );
+        match sent
+            .await
+            .expect("the deadline is kept, not the timer's first one")
+        {
+            Err(SendError::TimedOut) => {}
+            Err(_) => panic!("expected a timeout"),
+            Ok(_) => panic!("the instance does not answer a second request"),
+        }
+        assert!(Instant::now() >= deadline);
+        assert_eq!(
+            open.load(Ordering::SeqCst),
+            1,
+            "no other connection was made"
+        );
+        // A connection with a request still out on it is not reused.
+        assert_eq!(pool.idle_count(), 0);
     }
 }
