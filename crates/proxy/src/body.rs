@@ -6,6 +6,7 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
@@ -19,30 +20,37 @@ pub type ProxyBody = UnsyncBoxBody<Bytes, hyper::Error>;
 /// slot lets the proxy take the body back after a connect error: if the body is still in the
 /// slot, no byte of it was sent, so a retry on another backend is safe and complete.
 pub(crate) struct Resendable {
-    slot: Arc<Mutex<Option<Incoming>>>,
+    slot: Arc<Slot>,
     taken: Option<Incoming>,
+}
+
+/// What a [`Resendable`] and its [`BodySlot`] share (one allocation per request).
+struct Slot {
+    parked: Mutex<Option<Incoming>>,
     /// Set when reading the *client's* body failed (bad chunking, a client that went away):
     /// the request then fails through the client's fault, not the instance's.
-    client_failed: Arc<std::sync::atomic::AtomicBool>,
+    client_failed: AtomicBool,
 }
 
 impl Resendable {
     /// A body and the handle to take it back with.
     pub(crate) fn new(body: Incoming) -> (Resendable, BodySlot) {
-        let slot = Arc::new(Mutex::new(Some(body)));
-        let client_failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let slot = Arc::new(Slot {
+            parked: Mutex::new(Some(body)),
+            client_failed: AtomicBool::new(false),
+        });
         (
             Resendable {
                 slot: slot.clone(),
                 taken: None,
-                client_failed: client_failed.clone(),
             },
-            BodySlot(slot, client_failed),
+            BodySlot(slot),
         )
     }
 
     fn with_parked<T>(&self, f: impl FnOnce(&Incoming) -> T) -> Option<T> {
         self.slot
+            .parked
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .as_ref()
@@ -51,20 +59,21 @@ impl Resendable {
 }
 
 /// The proxy's handle on a [`Resendable`] body.
-pub(crate) struct BodySlot(
-    Arc<Mutex<Option<Incoming>>>,
-    Arc<std::sync::atomic::AtomicBool>,
-);
+pub(crate) struct BodySlot(Arc<Slot>);
 
 impl BodySlot {
     /// The body, if nothing has read from it yet.
     pub(crate) fn take_unread(&self) -> Option<Incoming> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).take()
+        self.0
+            .parked
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
     }
 
     /// Whether reading the client's body failed.
     pub(crate) fn client_failed(&self) -> bool {
-        self.1.load(std::sync::atomic::Ordering::Relaxed)
+        self.0.client_failed.load(Ordering::Relaxed)
     }
 }
 
@@ -79,6 +88,7 @@ impl Body for Resendable {
         if self.taken.is_none() {
             let parked = self
                 .slot
+                .parked
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .take();
@@ -88,8 +98,7 @@ impl Body for Resendable {
             Some(body) => {
                 let polled = Pin::new(body).poll_frame(cx);
                 if let Poll::Ready(Some(Err(_))) = &polled {
-                    self.client_failed
-                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                    self.slot.client_failed.store(true, Ordering::Relaxed);
                 }
                 polled
             }
