@@ -396,6 +396,23 @@ mod tests {
         Request::from_parts(parts, Resendable::new(body).0)
     }
 
+    /// A pool with a 2 s connect timeout.
+    fn pool_of(idle_timeout: Duration, max_idle: usize) -> Arc<Http1Pool> {
+        Arc::new(Http1Pool::new(
+            Duration::from_secs(2),
+            idle_timeout,
+            max_idle,
+        ))
+    }
+
+    /// A request through `pool` that must be answered.
+    async fn answered(pool: &Arc<Http1Pool>, backend: &BackendRef) -> Response<UpstreamBody> {
+        match pool.send(backend, request().await, far()).await {
+            Ok(resp) => resp,
+            Err(_) => panic!("the app answers"),
+        }
+    }
+
     /// A deadline no test reaches.
     fn far() -> Instant {
         Instant::now() + Duration::from_secs(60)
@@ -416,11 +433,7 @@ mod tests {
         let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = closed.local_addr().unwrap();
         drop(closed);
-        let pool = Arc::new(Http1Pool::new(
-            Duration::from_secs(2),
-            Duration::from_secs(30),
-            4,
-        ));
+        let pool = pool_of(Duration::from_secs(30), 4);
         let backend = BackendRef::alone(Arc::new(Backend::new("gone", addr)));
         match pool.send(&backend, request().await, far()).await {
             Err(SendError::Connect(_, Some(req))) => assert_eq!(req.uri().path(), "/x"),
@@ -436,21 +449,12 @@ mod tests {
     #[tokio::test]
     async fn idle_connections_are_capped_and_expire() {
         let (addr, open) = app().await;
-        let pool = Arc::new(Http1Pool::new(
-            Duration::from_secs(2),
-            Duration::from_millis(50),
-            2,
-        ));
+        let pool = pool_of(Duration::from_millis(50), 2);
         let backend = BackendRef::alone(Arc::new(Backend::new("app", addr)));
         // Three requests at once need three connections; only two are kept.
         let mut bodies = Vec::new();
         for _ in 0..3 {
-            let resp = pool
-                .send(&backend, request().await, far())
-                .await
-                .ok()
-                .unwrap();
-            bodies.push(resp.into_body());
+            bodies.push(answered(&pool, &backend).await.into_body());
         }
         assert_eq!(pool.idle_count(), 0, "busy connections are not idle");
         for b in bodies {
@@ -474,17 +478,9 @@ mod tests {
     #[tokio::test]
     async fn a_connection_to_an_instance_out_of_rotation_is_not_kept() {
         let (addr, open) = app().await;
-        let pool = Arc::new(Http1Pool::new(
-            Duration::from_secs(2),
-            Duration::from_secs(30),
-            4,
-        ));
+        let pool = pool_of(Duration::from_secs(30), 4);
         let backend = BackendRef::alone(Arc::new(Backend::new("app", addr)));
-        let resp = pool
-            .send(&backend, request().await, far())
-            .await
-            .ok()
-            .unwrap();
+        let resp = answered(&pool, &backend).await;
         backend.set_in_rotation(false);
         assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "ok");
         assert_eq!(pool.idle_count(), 0);
@@ -497,17 +493,9 @@ mod tests {
     #[tokio::test]
     async fn a_pooled_connection_bounds_each_wait_with_its_own_timer() {
         let (addr, open) = app_answering(1).await;
-        let pool = Arc::new(Http1Pool::new(
-            Duration::from_secs(2),
-            Duration::from_secs(30),
-            4,
-        ));
+        let pool = pool_of(Duration::from_secs(30), 4);
         let backend = BackendRef::alone(Arc::new(Backend::new("app", addr)));
-        let resp = pool
-            .send(&backend, request().await, far())
-            .await
-            .ok()
-            .unwrap();
+        let resp = answered(&pool, &backend).await;
         assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "ok");
         assert_eq!(pool.idle_count(), 1);
         // The same connection (its timer was armed 60 s out by the first request): the
