@@ -643,7 +643,7 @@ impl Proxy {
                     } else {
                         table.retry_target(track, backend.addr)
                     };
-                    match (unread, retry.and_then(|(t, _, i)| routes.backend(t, i))) {
+                    match (unread, retry.and_then(|(t, i)| routes.backend(t, i))) {
                         (Some(unread), Some(b)) => {
                             debug!(error = %err, retry = %b.addr, "retrying on another backend");
                             retried = true;

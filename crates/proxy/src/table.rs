@@ -250,17 +250,13 @@ impl RouteTable {
 
     /// A backend for the one retry after `failed` refused a connection: another backend of
     /// the same pool, else one of the other pool; never `failed`'s address again. The backend
-    /// is its position in the pool's list.
-    pub(crate) fn retry_target(
-        &self,
-        track: Track,
-        failed: SocketAddr,
-    ) -> Option<(Track, &Pool, usize)> {
+    /// is its track and its position in that pool's list.
+    pub(crate) fn retry_target(&self, track: Track, failed: SocketAddr) -> Option<(Track, usize)> {
         let same = self.pool(track).map(|p| (track, p));
         [same, self.other(track)]
             .into_iter()
             .flatten()
-            .find_map(|(t, p)| pick_backend(&p.backends, Some(failed)).map(|b| (t, p, b)))
+            .find_map(|(t, p)| pick_backend(&p.backends, Some(failed)).map(|i| (t, i)))
     }
 
     pub(crate) fn pool(&self, track: Track) -> Option<&Pool> {
@@ -382,23 +378,19 @@ mod tests {
 
     #[test]
     fn retry_prefers_same_pool_then_the_other() {
+        let failed = ([127, 0, 0, 1], 1).into();
+        let port = |t: &RouteTable, (track, i): (Track, usize)| {
+            (track, t.pool(track).unwrap().backends[i].addr.port())
+        };
         let t = table(&[1, 2], &[3], 0);
-        let (track, pool, i) = t
-            .retry_target(Track::Stable, ([127, 0, 0, 1], 1).into())
-            .unwrap();
-        assert_eq!((track, pool.backends[i].addr.port()), (Track::Stable, 2));
+        let target = t.retry_target(Track::Stable, failed).unwrap();
+        assert_eq!(port(&t, target), (Track::Stable, 2));
         let t = table(&[1], &[3], 0);
-        let (track, pool, i) = t
-            .retry_target(Track::Stable, ([127, 0, 0, 1], 1).into())
-            .unwrap();
-        assert_eq!(
-            (track, pool.version.as_str(), pool.backends[i].addr.port()),
-            (Track::Canary, "v2", 3)
-        );
+        let target = t.retry_target(Track::Stable, failed).unwrap();
+        assert_eq!(port(&t, target), (Track::Canary, 3));
+        assert_eq!(t.pool(target.0).unwrap().version, "v2");
         let t = table(&[1], &[], 0);
-        assert!(t
-            .retry_target(Track::Stable, ([127, 0, 0, 1], 1).into())
-            .is_none());
+        assert!(t.retry_target(Track::Stable, failed).is_none());
     }
 
     #[test]

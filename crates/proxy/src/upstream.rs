@@ -57,6 +57,13 @@ struct Idle {
     since: Instant,
 }
 
+impl Idle {
+    /// Still open, and idle for less than `idle_timeout`.
+    fn usable(&self, idle_timeout: Duration) -> bool {
+        !self.conn.sender.is_closed() && self.since.elapsed() < idle_timeout
+    }
+}
+
 /// A keep-alive connection, with the timer that bounds the wait for each response head on it.
 ///
 /// The timer lives as long as the connection: moving a registered timer's deadline later is
@@ -126,7 +133,7 @@ impl Http1Pool {
         let mut idle = self.lock();
         let (_, conns) = idle.iter_mut().find(|(a, _)| *a == addr)?;
         while let Some(c) = conns.pop() {
-            if !c.conn.sender.is_closed() && c.since.elapsed() < self.idle_timeout {
+            if c.usable(self.idle_timeout) {
                 return Some(c.conn);
             }
         }
@@ -213,7 +220,7 @@ impl Http1Pool {
     fn sweep(&self, kept: impl Fn(&SocketAddr) -> bool) {
         let mut idle = self.lock();
         idle.retain_mut(|(addr, conns)| {
-            conns.retain(|c| !c.conn.sender.is_closed() && c.since.elapsed() < self.idle_timeout);
+            conns.retain(|c| c.usable(self.idle_timeout));
             kept(addr) && !conns.is_empty()
         });
     }
