@@ -11,7 +11,30 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
 /// The body of every response the proxy sends: the backend's, or a short one of its own.
-pub type ProxyBody = UnsyncBoxBody<Bytes, hyper::Error>;
+pub type ProxyBody = UnsyncBoxBody<Bytes, BodyError>;
+
+/// Why a response body failed part-way: the instance's connection broke, or it sent a body
+/// that does not match its framing. The client's response is cut off, never completed.
+#[derive(Debug)]
+pub struct BodyError(Box<dyn std::error::Error + Send + Sync>);
+
+impl BodyError {
+    pub(crate) fn new(e: impl std::error::Error + Send + Sync + 'static) -> BodyError {
+        BodyError(Box::new(e))
+    }
+}
+
+impl std::fmt::Display for BodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for BodyError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
 
 /// The client's request body, parked in a shared slot until the upstream connection first
 /// reads it.

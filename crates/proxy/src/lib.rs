@@ -38,6 +38,7 @@
 mod body;
 mod conn;
 mod error;
+mod h1;
 mod headers;
 mod linger;
 mod proxy;
@@ -46,7 +47,7 @@ mod tls;
 mod upstream;
 mod ws;
 
-pub use body::ProxyBody;
+pub use body::{BodyError, ProxyBody};
 pub use error::ProxyError;
 pub use proxy::{default_workers, Proxy, ProxyConfig, Serving, ShutdownOutcome};
 pub use table::{Backend, Pool, RouteTable};

@@ -1,24 +1,23 @@
 //! Keep-alive HTTP/1.1 connections to instances: one pool per proxy worker.
 //!
-//! A worker's pool and the tasks driving its connections live on that worker's single-threaded
-//! event loop, so a request, its client connection and its upstream connection are all served
-//! by one thread: no lock is contended and no wakeup crosses threads (hyper-util's pooled
-//! client, shared by every thread, spent more on that than cutover spends routing; see
-//! BENCHMARKS.md).
+//! A worker's pool lives on that worker's single-threaded event loop, and a connection is
+//! driven by the request using it (`h1`), so a request, its client connection and its upstream
+//! connection are all served by one task on one thread: no lock is contended and no wakeup
+//! crosses tasks or threads (hyper-util's pooled client, shared by every thread, spent more on
+//! that than cutover spends routing; see BENCHMARKS.md).
 //!
 //! A connection goes back to its pool only once its response body was read to the end, and it
 //! never goes back to an instance that left the route table: [`Http1Pool::retain`] closes the
 //! idle connections of instances that left, so a draining instance sees no idle keep-alive
 //! connection from the proxy (only those still carrying a request, until they finish).
 
-use crate::body::Resendable;
+use crate::body::{BodyError, Resendable};
+use crate::h1::{Conn, Decoder, Failed, Head};
 use crate::table::{Backend, BackendRef};
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -27,7 +26,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-use tracing::debug;
 
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -60,18 +58,8 @@ struct Idle {
 impl Idle {
     /// Still open, and idle for less than `idle_timeout`.
     fn usable(&self, idle_timeout: Duration) -> bool {
-        !self.conn.sender.is_closed() && self.since.elapsed() < idle_timeout
+        !self.conn.is_closed() && self.since.elapsed() < idle_timeout
     }
-}
-
-/// A keep-alive connection, with the timer that bounds the wait for each response head on it.
-///
-/// The timer lives as long as the connection: moving a registered timer's deadline later is
-/// a compare-and-swap (tokio re-files it only when the old deadline comes), where a timer per
-/// request would be filed in and out of the worker's timer wheel each time.
-struct Conn {
-    sender: SendRequest<Resendable>,
-    timer: Pin<Box<tokio::time::Sleep>>,
 }
 
 impl Http1Pool {
@@ -95,8 +83,8 @@ impl Http1Pool {
     /// Sends `req` to `backend` over an idle connection, or a new one when none is left, and
     /// waits for the response head until `deadline`.
     ///
-    /// An idle connection the instance closed meanwhile hands the request back unsent (hyper
-    /// gives it back), and the next one is tried: only [`SendError::Connect`] (nothing was
+    /// An idle connection the instance closed meanwhile hands the request back unsent (see
+    /// [`Failed::Unsent`]), and the next one is tried: only [`SendError::Connect`] (nothing was
     /// sent), [`SendError::Forward`] (something may have been) and [`SendError::TimedOut`]
     /// reach the caller.
     pub(crate) async fn send(
@@ -106,25 +94,23 @@ impl Http1Pool {
         deadline: Instant,
     ) -> Result<Response<UpstreamBody>, SendError> {
         while let Some(mut conn) = self.checkout(backend.addr) {
-            // Ready at once unless the connection is still finishing its previous exchange.
-            if conn.sender.ready().await.is_err() {
-                continue;
-            }
-            match conn.send(req, deadline).await {
-                Ok(resp) => return Ok(self.wrap(resp, conn, backend)),
+            match conn.send(req, deadline, true).await {
+                Ok(head) => return Ok(self.wrap(head, conn, backend)),
                 Err(Failed::Unsent(unsent, _)) => req = *unsent,
-                Err(Failed::Sent(e)) => return Err(e),
+                Err(Failed::Sent(e)) => return Err(SendError::Forward(Box::new(e))),
+                Err(Failed::TimedOut) => return Err(SendError::TimedOut),
             }
         }
         let mut conn = match self.connect(backend.addr, deadline).await {
             Ok(c) => c,
             Err(e) => return Err(SendError::Connect(e, Some(Box::new(req)))),
         };
-        match conn.send(req, deadline).await {
-            Ok(resp) => Ok(self.wrap(resp, conn, backend)),
+        match conn.send(req, deadline, false).await {
+            Ok(head) => Ok(self.wrap(head, conn, backend)),
             // Closed before a byte of the request was written: as good as refused.
-            Err(Failed::Unsent(unsent, e)) => Err(SendError::Connect(e, Some(unsent))),
-            Err(Failed::Sent(e)) => Err(e),
+            Err(Failed::Unsent(unsent, e)) => Err(SendError::Connect(Box::new(e), Some(unsent))),
+            Err(Failed::Sent(e)) => Err(SendError::Forward(Box::new(e))),
+            Err(Failed::TimedOut) => Err(SendError::TimedOut),
         }
     }
 
@@ -143,7 +129,7 @@ impl Http1Pool {
     /// Takes a connection back after its response was read to the end, unless its instance
     /// left the route table, the connection closed, or the pool is full.
     fn checkin(&self, backend: &Backend, conn: Conn) {
-        if !backend.in_rotation() || conn.sender.is_closed() {
+        if !backend.in_rotation() || !conn.reusable() {
             return;
         }
         let mut idle = self.lock();
@@ -172,36 +158,25 @@ impl Http1Pool {
                 )
             })??;
         stream.set_nodelay(true)?;
-        let (sender, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await?;
-        // Driven on this worker's event loop; it ends when the instance or the pool closes it.
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                debug!(%addr, error = %e, "upstream connection closed with an error");
-            }
-        });
-        Ok(Conn {
-            sender,
-            timer: Box::pin(tokio::time::sleep_until(deadline)),
-        })
+        Ok(Conn::new(stream, deadline))
     }
 
     fn wrap(
         self: &Arc<Self>,
-        resp: Response<Incoming>,
+        head: Head,
         conn: Conn,
         backend: &BackendRef,
     ) -> Response<UpstreamBody> {
-        resp.map(|inner| UpstreamBody {
-            inner,
-            done: false,
-            reuse: Some(Reuse {
+        Response::from_parts(
+            head.parts,
+            UpstreamBody::Pooled(Pooled {
+                conn: Some(conn),
+                decoder: head.body,
+                keep_alive: head.keep_alive,
                 pool: Arc::downgrade(self),
                 backend: backend.clone(),
-                conn,
             }),
-        })
+        )
     }
 
     /// Closes the idle connections to instances not in `addrs` (they left rotation), and those
@@ -232,96 +207,76 @@ impl Http1Pool {
     }
 }
 
-/// How sending a request on a connection failed.
-enum Failed {
-    /// Not a byte was written (the connection was closed): the request comes back.
-    Unsent(Box<Request<Resendable>>, BoxError),
-    /// The instance may have seen the request.
-    Sent(SendError),
+/// A response body from an instance.
+pub(crate) enum UpstreamBody {
+    /// From the worker's pool, read off its connection here.
+    Pooled(Pooled),
+    /// From hyper's clients (HTTP/2, upgrades).
+    Hyper(Incoming),
 }
 
-impl Conn {
-    /// Sends `req` and waits for the response head until `deadline`.
-    async fn send(
-        &mut self,
-        req: Request<Resendable>,
-        deadline: Instant,
-    ) -> Result<Response<Incoming>, Failed> {
-        self.timer.as_mut().reset(deadline);
-        let sent = self.sender.try_send_request(req);
-        tokio::select! {
-            biased;
-            sent = sent => sent.map_err(|mut e| match e.take_message() {
-                Some(unsent) => Failed::Unsent(Box::new(unsent), Box::new(e.into_error())),
-                None => Failed::Sent(SendError::Forward(Box::new(e.into_error()))),
-            }),
-            () = self.timer.as_mut() => Err(Failed::Sent(SendError::TimedOut)),
-        }
-    }
-}
-
-/// Who to give a connection back to once its response body is read.
-struct Reuse {
+/// A response body read off a pooled connection. Read to the end, it returns its connection
+/// to the pool when dropped; dropped earlier (the client went away), the connection is closed,
+/// since the rest of the response would still be on it.
+pub(crate) struct Pooled {
+    conn: Option<Conn>,
+    decoder: Decoder,
+    keep_alive: bool,
     pool: Weak<Http1Pool>,
     backend: BackendRef,
-    conn: Conn,
-}
-
-/// A response body from an instance. Read to the end, it returns its connection to the pool
-/// when dropped; dropped earlier (the client went away), the connection is closed, since the
-/// rest of the response would still be on it.
-pub(crate) struct UpstreamBody {
-    inner: Incoming,
-    /// Whether the body was read to the end (`Incoming` only knows for a known length).
-    done: bool,
-    reuse: Option<Reuse>,
 }
 
 impl UpstreamBody {
     /// A body from a connection the pool does not own (HTTP/2, upgrades).
     pub(crate) fn unpooled(inner: Incoming) -> UpstreamBody {
-        UpstreamBody {
-            inner,
-            done: false,
-            reuse: None,
-        }
+        UpstreamBody::Hyper(inner)
     }
 }
 
-impl Drop for UpstreamBody {
+impl Drop for Pooled {
     fn drop(&mut self) {
-        if !(self.done || self.inner.is_end_stream()) {
+        if !(self.keep_alive && self.decoder.is_done()) {
             return;
         }
-        if let Some(r) = self.reuse.take() {
-            if let Some(pool) = r.pool.upgrade() {
-                pool.checkin(&r.backend, r.conn);
-            }
+        if let (Some(conn), Some(pool)) = (self.conn.take(), self.pool.upgrade()) {
+            pool.checkin(&self.backend, conn);
         }
     }
 }
 
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(None) = polled {
-            self.done = true;
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match &mut *self {
+            UpstreamBody::Pooled(p) => match p.conn.as_mut() {
+                Some(conn) => conn
+                    .poll_body(cx, &mut p.decoder)
+                    .map(|f| f.map(|r| r.map_err(BodyError::new))),
+                None => Poll::Ready(None),
+            },
+            UpstreamBody::Hyper(inner) => Pin::new(inner)
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(BodyError::new))),
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.done || self.inner.is_end_stream()
+        match self {
+            UpstreamBody::Pooled(p) => p.decoder.is_done(),
+            UpstreamBody::Hyper(inner) => inner.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match self {
+            UpstreamBody::Pooled(p) => p.decoder.size_hint(),
+            UpstreamBody::Hyper(inner) => inner.size_hint(),
+        }
     }
 }
 
@@ -330,6 +285,7 @@ mod tests {
     use super::*;
     use crate::body::Resendable;
     use http_body_util::BodyExt;
+    use hyper_util::rt::TokioIo;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     /// An HTTP/1.1 app on 127.0.0.1 answering `ok`; counts the connections still open.

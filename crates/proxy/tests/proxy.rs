@@ -479,6 +479,39 @@ async fn pooled_connections_the_instance_closed_cost_no_request() {
     assert_eq!(px.recorder.track("v1").totals().errors, 0);
 }
 
+/// What an instance sends is checked like what a client sends: a response framed two ways
+/// (`Content-Length` and `Transfer-Encoding`, the response-smuggling shape) is a 502 counted
+/// against its version, nothing of it reaches the client, and its connection, which may hold
+/// a second response behind the first, is dropped rather than reused.
+#[tokio::test]
+async fn an_instance_s_malformed_response_is_a_502_and_its_connection_is_dropped() {
+    let (addr, accepted) = scripted_upstream(
+        b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\nsmuggled",
+    )
+    .await;
+    let px = Running::with_config(cutover_proxy::ProxyConfig {
+        workers: 1,
+        ..Default::default()
+    })
+    .await;
+    let client = client();
+    let app = Arc::new(cutover_proxy::Backend::new("app", addr));
+    px.proxy.set_table(table(Some(pool("v1", &[app])), None));
+    let bad = get(&client, px.addr, "/", None).await;
+    assert_eq!(bad.status, StatusCode::BAD_GATEWAY);
+    assert!(!bad.body.contains("smuggled"), "{}", bad.body);
+    assert_eq!(px.recorder.track("v1").totals().errors, 1);
+    for _ in 0..3 {
+        let ok = get(&client, px.addr, "/", None).await;
+        assert_eq!((ok.status, ok.body.as_str()), (StatusCode::OK, "ok"));
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        2,
+        "one new connection after the bad one, then reused"
+    );
+}
+
 /// A response the client stopped reading leaves its connection mid-body: it must be closed,
 /// never reused, or the next request would read the rest of that body as its answer. The
 /// body never ends, so it cannot have been read to the end behind the client's back.

@@ -1,0 +1,1110 @@
+//! HTTP/1.1 to instances, spoken by the request that uses the connection.
+//!
+//! hyper's client drives each connection as a task of its own: a request is handed to that
+//! task over a channel, and the response head and every piece of its body come back over two
+//! more, each hop a wakeup between tasks. Here the request's own task writes the request and
+//! reads the response head, and the response body is read off the socket as the client
+//! connection writes it out: no task, no channel, no wakeup between the two sides of a proxied
+//! request. That was the largest share of cutover's per-request work (see BENCHMARKS.md).
+//!
+//! What is read from an instance is checked as strictly as what a client sends: a response
+//! head that does not parse, is over [`MAX_HEAD`] bytes or [`MAX_HEADERS`] fields, frames its
+//! body two ways (`Content-Length` and `Transfer-Encoding`, the response-smuggling shape) or
+//! with an invalid length is a 502, never passed on half-parsed; a body that ends early or
+//! with a bad chunk fails the client's response rather than being completed with garbage, and
+//! its connection is never reused.
+
+use crate::body::Resendable;
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::TRANSFER_ENCODING;
+use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH};
+use http::{Method, Request, StatusCode, Version};
+use http_body::{Body, Frame, SizeHint};
+use std::future::Future;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use tokio::io::AsyncWrite;
+use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
+
+/// The longest response head taken from an instance.
+pub(crate) const MAX_HEAD: usize = 64 * 1024;
+/// The most header fields in a response head (hyper's client default).
+pub(crate) const MAX_HEADERS: usize = 100;
+/// The longest chunk-size line (with its extensions).
+const MAX_CHUNK_LINE: usize = 4096;
+/// Room made in the read buffer before each read.
+const READ_CHUNK: usize = 8 * 1024;
+/// Request body bytes gathered before they are written out.
+const MAX_BUFFERED: usize = 64 * 1024;
+
+/// Why an exchange with an instance failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum H1Error {
+    #[error("the instance closed the connection before a complete response head")]
+    Closed {
+        /// Whether any byte of a response had arrived.
+        partial: bool,
+    },
+    #[error("the instance sent an invalid response head: {0}")]
+    Head(httparse::Error),
+    #[error("the instance sent a response head over {MAX_HEAD} bytes")]
+    HeadTooLarge,
+    #[error("the instance switched protocols on a request that did not ask to")]
+    UnexpectedSwitch,
+    #[error("the instance framed its response body badly: {0}")]
+    Framing(&'static str),
+    #[error("the instance closed the connection {0} bytes before the end of the body")]
+    Truncated(u64),
+    #[error("the instance closed the connection in the middle of a chunked body")]
+    TruncatedChunked,
+    #[error("the instance sent an invalid chunk: {0}")]
+    Chunk(&'static str),
+    #[error("the request body could not be read: {0}")]
+    RequestBody(#[source] hyper::Error),
+    #[error("the request body did not match its length: {0}")]
+    RequestLength(&'static str),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// A keep-alive connection to an instance, with the timer that bounds the wait for each
+/// response head on it.
+///
+/// The timer lives as long as the connection: moving a registered timer's deadline later is
+/// a compare-and-swap (tokio re-files it only when the old deadline comes), where a timer per
+/// request would be filed in and out of the worker's timer wheel each time.
+pub(crate) struct Conn {
+    io: TcpStream,
+    /// Bytes read from the instance and not yet handed on.
+    buf: BytesMut,
+    /// The request being written: its head, then its body's framing; reused.
+    out: Vec<u8>,
+    timer: Pin<Box<Sleep>>,
+}
+
+/// A response head, and how its body is read.
+pub(crate) struct Head {
+    pub(crate) parts: http::response::Parts,
+    pub(crate) body: Decoder,
+    /// Whether the connection can carry another request once the body is read.
+    pub(crate) keep_alive: bool,
+}
+
+/// How much of a response body is left, and how it is framed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Decoder {
+    /// `Content-Length`: bytes left.
+    Length(u64),
+    Chunked(Chunk),
+    /// Neither: the body ends when the instance closes the connection.
+    UntilClose,
+    Done,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Chunk {
+    /// Expecting a chunk-size line.
+    Size,
+    /// Bytes left of the current chunk.
+    Data(u64),
+    /// Expecting the CRLF after a chunk's data.
+    End,
+    /// After the last chunk: trailer fields up to an empty line.
+    Trailers,
+}
+
+impl Decoder {
+    /// Whether the body was read to its end.
+    pub(crate) fn is_done(self) -> bool {
+        matches!(self, Decoder::Done | Decoder::Length(0))
+    }
+
+    pub(crate) fn size_hint(self) -> SizeHint {
+        match self {
+            Decoder::Length(n) => SizeHint::with_exact(n),
+            Decoder::Done => SizeHint::with_exact(0),
+            Decoder::Chunked(_) | Decoder::UntilClose => SizeHint::default(),
+        }
+    }
+}
+
+/// How the request body is framed on the wire, and where writing it stands.
+struct Writer {
+    framing: Framing,
+    /// Bytes of `out` already written.
+    pos: usize,
+    body_done: bool,
+    /// Whether the body was ever polled (a body never polled can be sent again).
+    body_touched: bool,
+    /// Whether any byte reached the socket.
+    wrote: bool,
+}
+
+#[derive(Clone, Copy)]
+enum Framing {
+    /// Bytes the body has left to send.
+    Length(u64),
+    Chunked,
+}
+
+impl Writer {
+    fn finished(&self, out: &[u8]) -> bool {
+        self.body_done && self.pos == out.len()
+    }
+
+    fn data(&mut self, out: &mut Vec<u8>, data: &[u8]) -> Result<(), H1Error> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        match &mut self.framing {
+            Framing::Length(left) => {
+                let n = data.len() as u64;
+                if n > *left {
+                    return Err(H1Error::RequestLength("longer than its Content-Length"));
+                }
+                *left -= n;
+                out.extend_from_slice(data);
+            }
+            Framing::Chunked => {
+                use std::io::Write;
+                // Writing into a Vec cannot fail.
+                let _ = write!(out, "{:x}\r\n", data.len());
+                out.extend_from_slice(data);
+                out.extend_from_slice(b"\r\n");
+            }
+        }
+        Ok(())
+    }
+
+    fn end(&mut self, out: &mut Vec<u8>, trailers: Option<&HeaderMap>) -> Result<(), H1Error> {
+        self.body_done = true;
+        match self.framing {
+            Framing::Length(0) => Ok(()),
+            Framing::Length(_) => Err(H1Error::RequestLength("shorter than its Content-Length")),
+            Framing::Chunked => {
+                out.extend_from_slice(b"0\r\n");
+                for (name, value) in trailers.into_iter().flatten() {
+                    put_field(out, name, value);
+                }
+                out.extend_from_slice(b"\r\n");
+                Ok(())
+            }
+        }
+    }
+}
+
+fn put_field(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
+    out.extend_from_slice(name.as_str().as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value.as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+/// How sending a request on a connection failed.
+pub(crate) enum Failed {
+    /// The instance cannot have acted on the request (not a byte of it was written, or a
+    /// reused connection the instance had already closed dropped an idempotent request with
+    /// no body): the request comes back, to go on another connection.
+    Unsent(Box<Request<Resendable>>, H1Error),
+    /// The instance may have seen the request.
+    Sent(H1Error),
+    /// No response head before the deadline.
+    TimedOut,
+}
+
+impl Conn {
+    /// A connection; `deadline` is the first request's.
+    pub(crate) fn new(io: TcpStream, deadline: Instant) -> Conn {
+        Conn {
+            io,
+            buf: BytesMut::with_capacity(READ_CHUNK),
+            out: Vec::with_capacity(1024),
+            timer: Box::pin(tokio::time::sleep_until(deadline)),
+        }
+    }
+
+    /// Whether the instance closed the connection (or sent bytes nobody asked for). It reads
+    /// only when the event loop saw the socket become readable, so an idle connection costs
+    /// no system call.
+    pub(crate) fn is_closed(&self) -> bool {
+        let mut probe = [0u8; 1];
+        !matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+
+    /// Whether the connection can carry another request now: nothing left unread on it, and
+    /// still open.
+    pub(crate) fn reusable(&self) -> bool {
+        self.buf.is_empty() && !self.is_closed()
+    }
+
+    /// Writes `req` (its body as it comes) and waits until `deadline` for the response head.
+    /// `reused`: the connection carried a request before, so the instance may have closed it
+    /// meanwhile.
+    pub(crate) async fn send(
+        &mut self,
+        mut req: Request<Resendable>,
+        deadline: Instant,
+        reused: bool,
+    ) -> Result<Head, Failed> {
+        self.timer.as_mut().reset(deadline);
+        let head_only = req.method() == Method::HEAD;
+        let mut w = self.start(&req);
+        let exchanged = std::future::poll_fn(|cx| {
+            if let Poll::Ready(r) = self.poll_exchange(cx, req.body_mut(), &mut w, head_only) {
+                return Poll::Ready(Some(r));
+            }
+            if self.timer.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(None);
+            }
+            Poll::Pending
+        })
+        .await;
+        match exchanged {
+            Some(Ok(mut head)) => {
+                // Answered before the whole request was written (an early error): the rest
+                // of the request is not sent, so the connection cannot carry another.
+                head.keep_alive &= w.finished(&self.out);
+                Ok(head)
+            }
+            Some(Err(e)) => {
+                // Only a body never polled can go again: one polled may have lost frames to
+                // this attempt's buffer.
+                let nothing_sent = !w.wrote && !w.body_touched && matches!(e, H1Error::Io(_));
+                let closed_while_idle = reused
+                    && !w.body_touched
+                    && req.method().is_idempotent()
+                    && match &e {
+                        H1Error::Closed { partial } => !partial,
+                        H1Error::Io(io) => matches!(
+                            io.kind(),
+                            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+                        ),
+                        _ => false,
+                    };
+                if nothing_sent || closed_while_idle {
+                    Err(Failed::Unsent(Box::new(req), e))
+                } else {
+                    Err(Failed::Sent(e))
+                }
+            }
+            None => Err(Failed::TimedOut),
+        }
+    }
+
+    /// Encodes the request head into `out`; the body's framing follows from its size hint,
+    /// as the client's did (hyper checked the client's framing).
+    fn start(&mut self, req: &Request<Resendable>) -> Writer {
+        let out = &mut self.out;
+        out.clear();
+        out.extend_from_slice(req.method().as_str().as_bytes());
+        out.push(b' ');
+        let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        out.extend_from_slice(target.as_bytes());
+        out.extend_from_slice(b" HTTP/1.1\r\n");
+        for (name, value) in req.headers() {
+            // The framing is written from the body, whatever the fields said.
+            if name != CONTENT_LENGTH && name != TRANSFER_ENCODING {
+                put_field(out, name, value);
+            }
+        }
+        let hint = req.body().size_hint();
+        let framing = match hint.exact() {
+            Some(0) => {
+                // A client that said `Content-Length: 0` (or a method that carries a body)
+                // gets it said for it; a GET without a body has none.
+                if req.headers().contains_key(CONTENT_LENGTH)
+                    || matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH)
+                {
+                    out.extend_from_slice(b"content-length: 0\r\n");
+                }
+                Framing::Length(0)
+            }
+            Some(n) => {
+                use std::io::Write;
+                let _ = write!(out, "content-length: {n}\r\n");
+                Framing::Length(n)
+            }
+            None => {
+                out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+                Framing::Chunked
+            }
+        };
+        out.extend_from_slice(b"\r\n");
+        Writer {
+            framing,
+            pos: 0,
+            body_done: hint.exact() == Some(0),
+            body_touched: false,
+            wrote: false,
+        }
+    }
+
+    fn poll_exchange(
+        &mut self,
+        cx: &mut Context<'_>,
+        body: &mut Resendable,
+        w: &mut Writer,
+        head_only: bool,
+    ) -> Poll<Result<Head, H1Error>> {
+        if !w.finished(&self.out) {
+            self.write_some(cx, body, w)?;
+        }
+        loop {
+            if let Some(head) = self.parse_head(head_only)? {
+                return Poll::Ready(Ok(head));
+            }
+            if self.buf.len() > MAX_HEAD {
+                return Poll::Ready(Err(H1Error::HeadTooLarge));
+            }
+            if ready!(self.poll_fill(cx))? == 0 {
+                return Poll::Ready(Err(H1Error::Closed {
+                    partial: !self.buf.is_empty(),
+                }));
+            }
+        }
+    }
+
+    /// Writes as much of the request as can go without waiting (registering for the rest).
+    fn write_some(
+        &mut self,
+        cx: &mut Context<'_>,
+        body: &mut Resendable,
+        w: &mut Writer,
+    ) -> Result<(), H1Error> {
+        loop {
+            while !w.body_done && self.out.len() - w.pos < MAX_BUFFERED {
+                w.body_touched = true;
+                match Pin::new(&mut *body).poll_frame(cx) {
+                    Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                        Ok(data) => w.data(&mut self.out, &data)?,
+                        Err(frame) => {
+                            if let Ok(trailers) = frame.into_trailers() {
+                                // The last frame: only a chunked body can carry trailers.
+                                w.end(&mut self.out, Some(&trailers))?;
+                            }
+                        }
+                    },
+                    Poll::Ready(Some(Err(e))) => return Err(H1Error::RequestBody(e)),
+                    Poll::Ready(None) => w.end(&mut self.out, None)?,
+                    Poll::Pending => break,
+                }
+            }
+            if w.pos == self.out.len() {
+                return Ok(());
+            }
+            match Pin::new(&mut self.io).poll_write(cx, &self.out[w.pos..]) {
+                Poll::Ready(Ok(0)) => {
+                    return Err(std::io::Error::from(std::io::ErrorKind::WriteZero).into())
+                }
+                Poll::Ready(Ok(n)) => {
+                    w.pos += n;
+                    w.wrote = true;
+                    if w.pos == self.out.len() {
+                        self.out.clear();
+                        w.pos = 0;
+                    }
+                }
+                Poll::Ready(Err(e)) => return Err(e.into()),
+                Poll::Pending => return Ok(()),
+            }
+        }
+    }
+
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
+            self.buf.reserve(READ_CHUNK);
+        }
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
+    }
+
+    /// The final response head, once it is all in `buf` (interim 1xx heads are skipped).
+    fn parse_head(&mut self, head_only: bool) -> Result<Option<Head>, H1Error> {
+        loop {
+            if self.buf.is_empty() {
+                return Ok(None);
+            }
+            // Where each field's name and value sit in the head, kept so the values can
+            // share the head's bytes once it is split off the buffer.
+            let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
+            let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+            let mut parsed = httparse::Response::new(&mut []);
+            let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+                &mut parsed,
+                &self.buf,
+                &mut slots,
+            ) {
+                Ok(httparse::Status::Complete(len)) => len,
+                Ok(httparse::Status::Partial) => return Ok(None),
+                Err(e) => return Err(H1Error::Head(e)),
+            };
+            if len > MAX_HEAD {
+                return Err(H1Error::HeadTooLarge);
+            }
+            let code = parsed.code.unwrap_or(0);
+            if (100..200).contains(&code) {
+                if code == 101 {
+                    return Err(H1Error::UnexpectedSwitch);
+                }
+                // 100 Continue, 103 Early Hints: the final answer is still to come.
+                self.buf.advance(len);
+                continue;
+            }
+            let status =
+                StatusCode::from_u16(code).map_err(|_| H1Error::Head(httparse::Error::Status))?;
+            let http10 = parsed.version == Some(0);
+            let base = self.buf.as_ptr() as usize;
+            let at = |p: *const u8| (p as usize - base) as u32;
+            let count = parsed.headers.len();
+            for (span, h) in spans.iter_mut().zip(parsed.headers.iter()) {
+                *span = (
+                    at(h.name.as_ptr()),
+                    h.name.len() as u32,
+                    at(h.value.as_ptr()),
+                    h.value.len() as u32,
+                );
+            }
+            let head = self.buf.split_to(len).freeze();
+            let mut headers = HeaderMap::with_capacity(count);
+            for &(n, nl, v, vl) in &spans[..count] {
+                let (n, nl, v, vl) = (n as usize, nl as usize, v as usize, vl as usize);
+                let name = HeaderName::from_bytes(&head[n..n + nl])
+                    .map_err(|_| H1Error::Head(httparse::Error::HeaderName))?;
+                let value = HeaderValue::from_maybe_shared(head.slice(v..v + vl))
+                    .map_err(|_| H1Error::Head(httparse::Error::HeaderValue))?;
+                headers.append(name, value);
+            }
+            let (body, keep_alive) = framing(&headers, status, http10, head_only)?;
+            let (mut parts, ()) = http::Response::new(()).into_parts();
+            parts.status = status;
+            parts.version = if http10 {
+                Version::HTTP_10
+            } else {
+                Version::HTTP_11
+            };
+            parts.headers = headers;
+            return Ok(Some(Head {
+                parts,
+                body,
+                keep_alive,
+            }));
+        }
+    }
+
+    /// The next piece of a response body framed by `dec`.
+    pub(crate) fn poll_body(
+        &mut self,
+        cx: &mut Context<'_>,
+        dec: &mut Decoder,
+    ) -> Poll<Option<Result<Frame<Bytes>, H1Error>>> {
+        loop {
+            match dec {
+                Decoder::Done => return Poll::Ready(None),
+                Decoder::Length(0) => {
+                    *dec = Decoder::Done;
+                    return Poll::Ready(None);
+                }
+                Decoder::Length(left) => {
+                    if !self.buf.is_empty() {
+                        let n = self
+                            .buf
+                            .len()
+                            .min(usize::try_from(*left).unwrap_or(usize::MAX));
+                        *left -= n as u64;
+                        return Poll::Ready(Some(Ok(Frame::data(self.buf.split_to(n).freeze()))));
+                    }
+                }
+                Decoder::UntilClose => {
+                    if !self.buf.is_empty() {
+                        return Poll::Ready(Some(Ok(Frame::data(self.buf.split().freeze()))));
+                    }
+                }
+                Decoder::Chunked(chunk) => match self.decode_chunked(chunk)? {
+                    Step::Frame(frame) => return Poll::Ready(Some(Ok(frame))),
+                    Step::End(trailers) => {
+                        *dec = Decoder::Done;
+                        return Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t))));
+                    }
+                    Step::More => {}
+                },
+            }
+            if ready!(self.poll_fill(cx))? == 0 {
+                return Poll::Ready(match *dec {
+                    Decoder::UntilClose => {
+                        *dec = Decoder::Done;
+                        None
+                    }
+                    Decoder::Length(left) => Some(Err(H1Error::Truncated(left))),
+                    _ => Some(Err(H1Error::TruncatedChunked)),
+                });
+            }
+        }
+    }
+
+    /// Decodes what `buf` holds of a chunked body, from `chunk` on.
+    fn decode_chunked(&mut self, chunk: &mut Chunk) -> Result<Step, H1Error> {
+        loop {
+            match chunk {
+                Chunk::Size => match httparse::parse_chunk_size(&self.buf) {
+                    Ok(httparse::Status::Complete((used, size))) => {
+                        self.buf.advance(used);
+                        *chunk = if size == 0 {
+                            Chunk::Trailers
+                        } else {
+                            Chunk::Data(size)
+                        };
+                    }
+                    Ok(httparse::Status::Partial) if self.buf.len() > MAX_CHUNK_LINE => {
+                        return Err(H1Error::Chunk("a chunk-size line over 4096 bytes"));
+                    }
+                    Ok(httparse::Status::Partial) => return Ok(Step::More),
+                    Err(_) => return Err(H1Error::Chunk("an invalid chunk size")),
+                },
+                Chunk::Data(left) => {
+                    if self.buf.is_empty() {
+                        return Ok(Step::More);
+                    }
+                    let n = self
+                        .buf
+                        .len()
+                        .min(usize::try_from(*left).unwrap_or(usize::MAX));
+                    *left -= n as u64;
+                    if *left == 0 {
+                        *chunk = Chunk::End;
+                    }
+                    return Ok(Step::Frame(Frame::data(self.buf.split_to(n).freeze())));
+                }
+                Chunk::End => {
+                    if self.buf.len() < 2 {
+                        return Ok(Step::More);
+                    }
+                    if self.buf[..2] != *b"\r\n" {
+                        return Err(H1Error::Chunk("chunk data not followed by CRLF"));
+                    }
+                    self.buf.advance(2);
+                    *chunk = Chunk::Size;
+                }
+                Chunk::Trailers => {
+                    let mut fields = [httparse::EMPTY_HEADER; 32];
+                    let (used, trailers) = match httparse::parse_headers(&self.buf, &mut fields) {
+                        Ok(httparse::Status::Complete((used, fields))) => {
+                            let mut trailers = HeaderMap::new();
+                            for f in fields {
+                                let name = HeaderName::from_bytes(f.name.as_bytes())
+                                    .map_err(|_| H1Error::Chunk("an invalid trailer name"))?;
+                                let value = HeaderValue::from_bytes(f.value)
+                                    .map_err(|_| H1Error::Chunk("an invalid trailer value"))?;
+                                trailers.append(name, value);
+                            }
+                            (used, trailers)
+                        }
+                        Ok(httparse::Status::Partial) if self.buf.len() > MAX_HEAD => {
+                            return Err(H1Error::Chunk("trailers over 64 KiB"));
+                        }
+                        Ok(httparse::Status::Partial) => return Ok(Step::More),
+                        Err(_) => return Err(H1Error::Chunk("invalid trailer fields")),
+                    };
+                    self.buf.advance(used);
+                    return Ok(Step::End((!trailers.is_empty()).then_some(trailers)));
+                }
+            }
+        }
+    }
+}
+
+/// What decoding a chunked body's buffered bytes gave.
+enum Step {
+    Frame(Frame<Bytes>),
+    /// The body ended, with its trailers if it had any.
+    End(Option<HeaderMap>),
+    More,
+}
+
+/// How the body after a response head is framed (RFC 9112 §6.3), and whether the connection
+/// can carry another request after it.
+fn framing(
+    headers: &HeaderMap,
+    status: StatusCode,
+    http10: bool,
+    head_only: bool,
+) -> Result<(Decoder, bool), H1Error> {
+    let keep_alive = if http10 {
+        connection_has(headers, "keep-alive")
+    } else {
+        !connection_has(headers, "close")
+    };
+    if head_only || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+        // No body, whatever the fields say (a HEAD's `Content-Length` is the GET's).
+        return Ok((Decoder::Done, keep_alive));
+    }
+    if headers.contains_key(TRANSFER_ENCODING) {
+        // Either could be the one a cache or the client believes: the smuggling shape.
+        if headers.contains_key(CONTENT_LENGTH) {
+            return Err(H1Error::Framing(
+                "both Content-Length and Transfer-Encoding",
+            ));
+        }
+        if http10 {
+            return Err(H1Error::Framing(
+                "Transfer-Encoding in an HTTP/1.0 response",
+            ));
+        }
+        let last = headers
+            .get_all(TRANSFER_ENCODING)
+            .iter()
+            .next_back()
+            .and_then(|v| v.as_bytes().rsplit(|&b| b == b',').next())
+            .map(<[u8]>::trim_ascii);
+        return Ok(match last {
+            Some(c) if c.eq_ignore_ascii_case(b"chunked") => {
+                (Decoder::Chunked(Chunk::Size), keep_alive)
+            }
+            // Another coding last: the body runs until the instance closes.
+            _ => (Decoder::UntilClose, false),
+        });
+    }
+    Ok(match content_length(headers)? {
+        Some(n) => (Decoder::Length(n), keep_alive),
+        None => (Decoder::UntilClose, false),
+    })
+}
+
+/// Whether `Connection` lists `token`.
+fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get_all(CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+}
+
+/// The body length `Content-Length` gives: every value (and list item) the same number.
+fn content_length(headers: &HeaderMap) -> Result<Option<u64>, H1Error> {
+    let mut length = None;
+    for item in headers
+        .get_all(CONTENT_LENGTH)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+    {
+        let digits = item.trim_ascii();
+        let n = std::str::from_utf8(digits)
+            .ok()
+            .filter(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|d| d.parse::<u64>().ok())
+            .ok_or(H1Error::Framing("an invalid Content-Length"))?;
+        if length.is_some_and(|l| l != n) {
+            return Err(H1Error::Framing("conflicting Content-Length values"));
+        }
+        length = Some(n);
+    }
+    Ok(length)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use hyper::body::Incoming;
+    use hyper_util::rt::TokioIo;
+    use std::net::SocketAddr;
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// The request `raw` (as a client would send it) with hyper's parsed body, as the proxy
+    /// has it. hyper's `Incoming` cannot be built by hand, so it comes from a real server;
+    /// the client side of that connection is returned, to send more of the body later.
+    pub(crate) async fn request_from(raw: &[u8]) -> (Request<Resendable>, tokio::net::TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let tx = Mutex::new(Some(tx));
+            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                if let Some(tx) = tx.lock().unwrap().take() {
+                    let _ = tx.send(req);
+                }
+                async {
+                    Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Empty::<
+                        Bytes,
+                    >::new(
+                    )))
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        client.write_all(raw).await.unwrap();
+        let (parts, body) = rx.await.unwrap().into_parts();
+        (Request::from_parts(parts, Resendable::new(body).0), client)
+    }
+
+    /// An instance on 127.0.0.1 taking one connection: for each step, it reads until the
+    /// step's first bytes have arrived, then writes the second; then it closes. Returns
+    /// everything it received.
+    async fn instance(steps: Vec<(&'static [u8], Vec<u8>)>) -> (SocketAddr, Arc<Mutex<Vec<u8>>>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let got = received.clone();
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 4096];
+            let mut seen = 0;
+            for (until, answer) in steps {
+                loop {
+                    let at = got.lock().unwrap()[seen..]
+                        .windows(until.len())
+                        .position(|w| w == until);
+                    if let Some(at) = at {
+                        seen += at + until.len();
+                        break;
+                    }
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.lock().unwrap().extend_from_slice(&buf[..n]),
+                    }
+                }
+                if stream.write_all(&answer).await.is_err() {
+                    return;
+                }
+            }
+        });
+        (addr, received)
+    }
+
+    async fn conn_to(addr: SocketAddr) -> Conn {
+        Conn::new(TcpStream::connect(addr).await.unwrap(), far())
+    }
+
+    fn far() -> Instant {
+        Instant::now() + Duration::from_secs(10)
+    }
+
+    const GET: &[u8] = b"GET /x HTTP/1.1\r\nhost: shop\r\n\r\n";
+
+    /// The whole body, or the error that ended it.
+    async fn read_body(
+        conn: &mut Conn,
+        mut dec: Decoder,
+    ) -> (Result<Vec<u8>, H1Error>, Option<HeaderMap>) {
+        let mut body = Vec::new();
+        let mut trailers = None;
+        loop {
+            match std::future::poll_fn(|cx| conn.poll_body(cx, &mut dec)).await {
+                None => return (Ok(body), trailers),
+                Some(Err(e)) => return (Err(e), trailers),
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => body.extend_from_slice(&data),
+                    Err(frame) => trailers = frame.into_trailers().ok(),
+                },
+            }
+        }
+    }
+
+    /// Sends `request` to an instance answering `answer`: the head, the body (or its error),
+    /// the trailers, and what the instance received.
+    async fn exchange(
+        request: &[u8],
+        answer: &[u8],
+    ) -> Result<(Head, Result<Vec<u8>, H1Error>, Option<HeaderMap>, Vec<u8>), H1Error> {
+        exchange_after(request, b"\r\n\r\n", answer).await
+    }
+
+    /// [`exchange`], the instance answering once `until` arrived.
+    async fn exchange_after(
+        request: &[u8],
+        until: &'static [u8],
+        answer: &[u8],
+    ) -> Result<(Head, Result<Vec<u8>, H1Error>, Option<HeaderMap>, Vec<u8>), H1Error> {
+        let (addr, received) = instance(vec![(until, answer.to_vec())]).await;
+        let mut conn = conn_to(addr).await;
+        let (req, _client) = request_from(request).await;
+        let head = match conn.send(req, far(), false).await {
+            Ok(head) => head,
+            Err(Failed::Sent(e) | Failed::Unsent(_, e)) => return Err(e),
+            Err(Failed::TimedOut) => panic!("the instance answers"),
+        };
+        let (body, trailers) = read_body(&mut conn, head.body).await;
+        let received = received.lock().unwrap().clone();
+        Ok((head, body, trailers, received))
+    }
+
+    #[tokio::test]
+    async fn bodies_are_framed_by_length_chunks_or_close() {
+        let (head, body, _, received) = exchange(
+            GET,
+            b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nx-app: a\r\n\r\nhello",
+        )
+        .await
+        .unwrap();
+        assert_eq!(received, GET, "forwarded as it came");
+        assert_eq!(head.parts.status, StatusCode::OK);
+        assert_eq!(head.parts.headers["x-app"], "a");
+        assert_eq!(body.unwrap(), b"hello");
+        assert!(head.keep_alive);
+
+        let (head, body, trailers, _) = exchange(
+            GET,
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n\
+              5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nx-sum: 42\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        assert_eq!(body.unwrap(), b"hello world");
+        assert_eq!(trailers.unwrap()["x-sum"], "42");
+        assert!(head.keep_alive);
+
+        // Neither length nor chunks: the body ends with the connection, which cannot be reused.
+        let (head, body, _, _) = exchange(GET, b"HTTP/1.1 200 OK\r\n\r\nuntil the end")
+            .await
+            .unwrap();
+        assert_eq!(body.unwrap(), b"until the end");
+        assert!(!head.keep_alive);
+
+        // An interim 100 is skipped; `Connection: close` is honoured.
+        let (head, body, _, _) = exchange(
+            GET,
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok",
+        )
+        .await
+        .unwrap();
+        assert_eq!(head.parts.status, StatusCode::CREATED);
+        assert_eq!(body.unwrap(), b"ok");
+        assert!(!head.keep_alive);
+
+        // HTTP/1.0 keeps the connection only when it says so.
+        let (head, _, _, _) = exchange(GET, b"HTTP/1.0 200 OK\r\ncontent-length: 0\r\n\r\n")
+            .await
+            .unwrap();
+        assert!(!head.keep_alive);
+        assert_eq!(head.parts.version, Version::HTTP_10);
+
+        // No body after a HEAD, a 204 or a 304, whatever `Content-Length` says.
+        let (head, body, _, _) = exchange(
+            b"HEAD /x HTTP/1.1\r\nhost: shop\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ncontent-length: 1234\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        assert_eq!(body.unwrap(), b"");
+        assert_eq!(head.parts.headers["content-length"], "1234");
+        assert!(head.keep_alive);
+        let (_, body, _, _) = exchange(
+            GET,
+            b"HTTP/1.1 304 Not Modified\r\ncontent-length: 9\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        assert_eq!(body.unwrap(), b"");
+    }
+
+    #[tokio::test]
+    async fn malformed_response_heads_are_refused() {
+        let big = {
+            let mut h = b"HTTP/1.1 200 OK\r\n".to_vec();
+            while h.len() <= MAX_HEAD {
+                h.extend_from_slice(b"x-filler: ");
+                h.extend_from_slice(&[b'f'; 1000]);
+                h.extend_from_slice(b"\r\n");
+            }
+            h.extend_from_slice(b"\r\n");
+            h
+        };
+        let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+            (
+                "smuggling shape",
+                b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n".to_vec(),
+                "both Content-Length and Transfer-Encoding",
+            ),
+            (
+                "conflicting lengths",
+                b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\nabcd".to_vec(),
+                "conflicting Content-Length",
+            ),
+            (
+                "signed length",
+                b"HTTP/1.1 200 OK\r\ncontent-length: +3\r\n\r\nabc".to_vec(),
+                "invalid Content-Length",
+            ),
+            ("bad status", b"HTTP/1.1 2000 OK\r\n\r\n".to_vec(), "invalid response head"),
+            ("not HTTP", b"SSH-2.0-OpenSSH\r\n\r\n".to_vec(), "invalid response head"),
+            (
+                "unasked switch",
+                b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n\r\n".to_vec(),
+                "switched protocols",
+            ),
+            (
+                "chunked HTTP/1.0",
+                b"HTTP/1.0 200 OK\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n".to_vec(),
+                "HTTP/1.0",
+            ),
+            ("oversized head", big, "over 65536 bytes"),
+            ("closed early", b"HTTP/1.1 200 O".to_vec(), "before a complete response head"),
+        ];
+        for (what, answer, says) in cases {
+            match exchange(GET, &answer).await {
+                Err(e) => assert!(e.to_string().contains(says), "{what}: {e}"),
+                Ok((head, ..)) => panic!("{what}: accepted as {}", head.parts.status),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn broken_bodies_end_in_an_error() {
+        let cases: Vec<(&str, &[u8], &str)> = vec![
+            (
+                "short",
+                b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhello",
+                "5 bytes before the end",
+            ),
+            (
+                "bad chunk size",
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+                "invalid chunk size",
+            ),
+            (
+                "chunk overrun",
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nhello\r\n0\r\n\r\n",
+                "not followed by CRLF",
+            ),
+            (
+                "chunked, cut",
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhel",
+                "middle of a chunked body",
+            ),
+        ];
+        for (what, answer, says) in cases {
+            let (_, body, _, _) = exchange(GET, answer).await.unwrap();
+            match body {
+                Err(e) => assert!(e.to_string().contains(says), "{what}: {e}"),
+                Ok(b) => panic!("{what}: read as {:?}", String::from_utf8_lossy(&b)),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn request_bodies_are_framed_as_the_client_framed_them() {
+        let (_, _, _, received) = exchange_after(
+            b"POST /o HTTP/1.1\r\nhost: shop\r\ncontent-length: 5\r\n\r\nhello",
+            b"hello",
+            b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&received),
+            "POST /o HTTP/1.1\r\nhost: shop\r\ncontent-length: 5\r\n\r\nhello"
+        );
+        let (_, _, _, received) = exchange_after(
+            b"POST /o HTTP/1.1\r\nhost: shop\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+            b"0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let received = String::from_utf8_lossy(&received);
+        assert!(
+            received.starts_with(
+                "POST /o HTTP/1.1\r\nhost: shop\r\ntransfer-encoding: chunked\r\n\r\n"
+            ),
+            "{received}"
+        );
+        assert!(received.ends_with("hello\r\n0\r\n\r\n"), "{received}");
+        // An empty POST still says so.
+        let (_, _, _, received) = exchange(
+            b"POST /o HTTP/1.1\r\nhost: shop\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        assert!(String::from_utf8_lossy(&received).ends_with("content-length: 0\r\n\r\n"));
+    }
+
+    /// An instance may answer before it has the whole request (a 413 for an upload it will
+    /// not take): the answer is passed on, and the connection, with half a request on it, is
+    /// not reused.
+    #[tokio::test]
+    async fn an_early_answer_is_passed_on_and_ends_the_connection() {
+        let (addr, _) = instance(vec![(
+            b"\r\n\r\n",
+            b"HTTP/1.1 413 Content Too Large\r\ncontent-length: 0\r\n\r\n".to_vec(),
+        )])
+        .await;
+        let mut conn = conn_to(addr).await;
+        // The client has sent 5 of its 1,000,000 bytes and keeps the rest.
+        let (req, _client) = request_from(
+            b"POST /upload HTTP/1.1\r\nhost: shop\r\ncontent-length: 1000000\r\n\r\nhello",
+        )
+        .await;
+        let sent = tokio::time::timeout(Duration::from_secs(5), conn.send(req, far(), false));
+        match sent.await.expect("answered without the rest of the body") {
+            Ok(head) => {
+                assert_eq!(head.parts.status, StatusCode::PAYLOAD_TOO_LARGE);
+                assert!(
+                    !head.keep_alive,
+                    "half a request is still on the connection"
+                );
+            }
+            Err(_) => panic!("the early answer is the response"),
+        }
+    }
+
+    /// An instance that closed a kept-alive connection before the next request reached it
+    /// has seen nothing: a request without a body that may be repeated comes back to be sent
+    /// on another connection, and any other request fails (it is never sent twice).
+    #[tokio::test]
+    async fn a_reused_connection_the_instance_closed_gives_back_only_repeatable_requests() {
+        for (request, repeatable) in [
+            (GET, true),
+            (
+                &b"POST /o HTTP/1.1\r\nhost: shop\r\ncontent-length: 5\r\n\r\nhello"[..],
+                false,
+            ),
+        ] {
+            let (addr, _) = instance(vec![(
+                b"\r\n\r\n",
+                b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_vec(),
+            )])
+            .await;
+            let mut conn = conn_to(addr).await;
+            let (req, _c1) = request_from(GET).await;
+            let head = conn.send(req, far(), false).await.ok().expect("answered");
+            let (body, _) = read_body(&mut conn, head.body).await;
+            assert_eq!(body.unwrap(), b"ok");
+            // The instance has closed after its one answer (its task ended).
+            let (req, _c2) = request_from(request).await;
+            match conn.send(req, far(), true).await {
+                Err(Failed::Unsent(back, _)) => {
+                    assert!(repeatable, "a POST was offered for a second send");
+                    assert_eq!(back.uri().path(), "/x");
+                }
+                Err(Failed::Sent(_)) => assert!(!repeatable, "a repeatable GET failed"),
+                Err(Failed::TimedOut) => panic!("the connection is closed, not slow"),
+                Ok(_) => panic!("nobody answers on a closed connection"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_closed_idle_connection_is_seen_as_closed() {
+        let (addr, _) = instance(vec![(
+            b"\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_vec(),
+        )])
+        .await;
+        let mut conn = conn_to(addr).await;
+        let (req, _client) = request_from(GET).await;
+        let head = conn.send(req, far(), false).await.ok().expect("answered");
+        read_body(&mut conn, head.body).await.0.unwrap();
+        let seen = tokio::time::timeout(Duration::from_secs(5), async {
+            while conn.reusable() {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        });
+        assert!(seen.await.is_ok(), "the instance's close went unnoticed");
+    }
+}
