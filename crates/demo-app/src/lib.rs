@@ -449,20 +449,32 @@ async fn ws_session(state: Arc<AppState>, mut socket: WebSocket) {
     }
 }
 
-/// Resolves on the first SIGTERM or SIGINT.
-async fn shutdown_signal() {
+/// Installs the SIGTERM and SIGINT handlers now and returns a future that resolves on the
+/// first of those signals (including one that arrives before the future is first polled).
+///
+/// Installing them here rather than in the future matters: axum first polls its shutdown
+/// future on a task of its own, which a busy machine may not run before requests are being
+/// served, and until a handler is installed SIGTERM's default action kills the process with
+/// its in-flight requests.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()> + Send + 'static> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    })
 }
 
 /// Binds, prints `demo-app <version> listening on <addr>`, serves until SIGTERM/SIGINT, then
 /// drains in-flight requests and returns.
+///
+/// The SIGTERM/SIGINT handlers are installed before the startup line is printed, so a
+/// supervisor may signal the process as soon as it has read that line.
 pub async fn run(cfg: Config) -> std::io::Result<()> {
+    let signal = shutdown_signal()?;
     let listener = tokio::net::TcpListener::bind((cfg.host.as_str(), cfg.port)).await?;
     let addr: SocketAddr = listener.local_addr()?;
     if let Some(after) = cfg.fail_after {
@@ -483,7 +495,7 @@ pub async fn run(cfg: Config) -> std::io::Result<()> {
     let st = state.clone();
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
-            shutdown_signal().await;
+            signal.await;
             eprintln!("demo-app {}: shutting down, draining", st.cfg.version);
             st.begin_shutdown();
         })
