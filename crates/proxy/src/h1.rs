@@ -90,6 +90,18 @@ pub(crate) struct Head {
     pub(crate) body: Decoder,
     /// Whether the connection can carry another request once the body is read.
     pub(crate) keep_alive: bool,
+    /// What is left to send of the request, if the instance answered before it had it all.
+    pub(crate) upload: Option<Upload>,
+}
+
+/// The rest of a request body, sent while the response is read: an instance may answer first
+/// and read as it answers (a streaming echo), or refuse an upload early. Either way the body
+/// keeps going rather than leaving the instance waiting for it.
+pub(crate) struct Upload {
+    body: Resendable,
+    writer: Writer,
+    /// Sending failed; the connection cannot carry another request.
+    failed: bool,
 }
 
 /// How much of a response body is left, and how it is framed.
@@ -263,9 +275,13 @@ impl Conn {
         .await;
         match exchanged {
             Some(Ok(mut head)) => {
-                // Answered before the whole request was written (an early error): the rest
-                // of the request is not sent, so the connection cannot carry another.
-                head.keep_alive &= w.finished(&self.out);
+                if !w.finished(&self.out) {
+                    head.upload = Some(Upload {
+                        body: req.into_body(),
+                        writer: w,
+                        failed: false,
+                    });
+                }
                 Ok(head)
             }
             Some(Err(e)) => {
@@ -488,16 +504,35 @@ impl Conn {
                 parts,
                 body,
                 keep_alive,
+                upload: None,
             }));
         }
     }
 
-    /// The next piece of a response body framed by `dec`.
+    /// The next piece of a response body framed by `dec`, sending more of `upload` first.
+    /// Once the request is all sent, `upload` is `None`.
     pub(crate) fn poll_body(
         &mut self,
         cx: &mut Context<'_>,
         dec: &mut Decoder,
+        upload: &mut Option<Upload>,
     ) -> Poll<Option<Result<Frame<Bytes>, H1Error>>> {
+        let mut sent = false;
+        if let Some(up) = upload {
+            if !up.failed {
+                match self.write_some(cx, &mut up.body, &mut up.writer) {
+                    Ok(()) => sent = up.writer.finished(&self.out),
+                    // The response may still be whole (an early 413 that closed for reading).
+                    Err(e) => {
+                        tracing::debug!(error = %e, "the rest of the request could not be sent");
+                        up.failed = true;
+                    }
+                }
+            }
+        }
+        if sent {
+            *upload = None;
+        }
         loop {
             match dec {
                 Decoder::Done => return Poll::Ready(None),
@@ -789,12 +824,17 @@ pub(crate) mod tests {
     /// The whole body, or the error that ended it.
     async fn read_body(
         conn: &mut Conn,
-        mut dec: Decoder,
+        head: Head,
     ) -> (Result<Vec<u8>, H1Error>, Option<HeaderMap>) {
+        let Head {
+            body: mut dec,
+            mut upload,
+            ..
+        } = head;
         let mut body = Vec::new();
         let mut trailers = None;
         loop {
-            match std::future::poll_fn(|cx| conn.poll_body(cx, &mut dec)).await {
+            match std::future::poll_fn(|cx| conn.poll_body(cx, &mut dec, &mut upload)).await {
                 None => return (Ok(body), trailers),
                 Some(Err(e)) => return (Err(e), trailers),
                 Some(Ok(frame)) => match frame.into_data() {
@@ -805,12 +845,26 @@ pub(crate) mod tests {
         }
     }
 
+    /// What a response head said.
+    struct Answered {
+        parts: http::response::Parts,
+        keep_alive: bool,
+    }
+
     /// Sends `request` to an instance answering `answer`: the head, the body (or its error),
     /// the trailers, and what the instance received.
     async fn exchange(
         request: &[u8],
         answer: &[u8],
-    ) -> Result<(Head, Result<Vec<u8>, H1Error>, Option<HeaderMap>, Vec<u8>), H1Error> {
+    ) -> Result<
+        (
+            Answered,
+            Result<Vec<u8>, H1Error>,
+            Option<HeaderMap>,
+            Vec<u8>,
+        ),
+        H1Error,
+    > {
         exchange_after(request, b"\r\n\r\n", answer).await
     }
 
@@ -819,7 +873,15 @@ pub(crate) mod tests {
         request: &[u8],
         until: &'static [u8],
         answer: &[u8],
-    ) -> Result<(Head, Result<Vec<u8>, H1Error>, Option<HeaderMap>, Vec<u8>), H1Error> {
+    ) -> Result<
+        (
+            Answered,
+            Result<Vec<u8>, H1Error>,
+            Option<HeaderMap>,
+            Vec<u8>,
+        ),
+        H1Error,
+    > {
         let (addr, received) = instance(vec![(until, answer.to_vec())]).await;
         let mut conn = conn_to(addr).await;
         let (req, _client) = request_from(request).await;
@@ -828,9 +890,13 @@ pub(crate) mod tests {
             Err(Failed::Sent(e) | Failed::Unsent(_, e)) => return Err(e),
             Err(Failed::TimedOut) => panic!("the instance answers"),
         };
-        let (body, trailers) = read_body(&mut conn, head.body).await;
+        let answered = Answered {
+            parts: head.parts.clone(),
+            keep_alive: head.keep_alive,
+        };
+        let (body, trailers) = read_body(&mut conn, head).await;
         let received = received.lock().unwrap().clone();
-        Ok((head, body, trailers, received))
+        Ok((answered, body, trailers, received))
     }
 
     #[tokio::test]
@@ -1025,8 +1091,8 @@ pub(crate) mod tests {
     }
 
     /// An instance may answer before it has the whole request (a 413 for an upload it will
-    /// not take): the answer is passed on, and the connection, with half a request on it, is
-    /// not reused.
+    /// not take): the answer is passed on at once, and the connection, with half a request on
+    /// it, is not reused.
     #[tokio::test]
     async fn an_early_answer_is_passed_on_and_ends_the_connection() {
         let (addr, _) = instance(vec![(
@@ -1041,16 +1107,43 @@ pub(crate) mod tests {
         )
         .await;
         let sent = tokio::time::timeout(Duration::from_secs(5), conn.send(req, far(), false));
-        match sent.await.expect("answered without the rest of the body") {
-            Ok(head) => {
-                assert_eq!(head.parts.status, StatusCode::PAYLOAD_TOO_LARGE);
-                assert!(
-                    !head.keep_alive,
-                    "half a request is still on the connection"
-                );
-            }
-            Err(_) => panic!("the early answer is the response"),
-        }
+        let Ok(head) = sent.await.expect("answered without the rest of the body") else {
+            panic!("the early answer is the response");
+        };
+        assert_eq!(head.parts.status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(
+            head.upload.is_some(),
+            "the rest of the request is still to go"
+        );
+        let read = tokio::time::timeout(Duration::from_secs(5), read_body(&mut conn, head));
+        assert_eq!(read.await.expect("the response ends").0.unwrap(), b"");
+    }
+
+    /// An instance that answers as it reads (a streaming echo) gets the rest of the request
+    /// while its response is read: the two directions go on together.
+    #[tokio::test]
+    async fn a_request_body_keeps_going_while_the_response_streams() {
+        let (addr, _) = instance(vec![
+            (
+                b"\r\n\r\n",
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n".to_vec(),
+            ),
+            (b"helloworld", b"5\r\nworld\r\n0\r\n\r\n".to_vec()),
+        ])
+        .await;
+        let mut conn = conn_to(addr).await;
+        let (req, mut client) =
+            request_from(b"POST /echo HTTP/1.1\r\nhost: shop\r\ncontent-length: 10\r\n\r\nhello")
+                .await;
+        let Ok(head) = conn.send(req, far(), false).await else {
+            panic!("the instance answers at once");
+        };
+        assert!(head.upload.is_some());
+        // Only now does the client send the rest, to go out while the response is read.
+        client.write_all(b"world").await.unwrap();
+        let read = tokio::time::timeout(Duration::from_secs(5), read_body(&mut conn, head));
+        let (body, _) = read.await.expect("the echo completes");
+        assert_eq!(body.unwrap(), b"helloworld");
     }
 
     /// An instance that closed a kept-alive connection before the next request reached it
@@ -1073,7 +1166,7 @@ pub(crate) mod tests {
             let mut conn = conn_to(addr).await;
             let (req, _c1) = request_from(GET).await;
             let head = conn.send(req, far(), false).await.ok().expect("answered");
-            let (body, _) = read_body(&mut conn, head.body).await;
+            let (body, _) = read_body(&mut conn, head).await;
             assert_eq!(body.unwrap(), b"ok");
             // The instance has closed after its one answer (its task ended).
             let (req, _c2) = request_from(request).await;
@@ -1099,7 +1192,7 @@ pub(crate) mod tests {
         let mut conn = conn_to(addr).await;
         let (req, _client) = request_from(GET).await;
         let head = conn.send(req, far(), false).await.ok().expect("answered");
-        read_body(&mut conn, head.body).await.0.unwrap();
+        read_body(&mut conn, head).await.0.unwrap();
         let seen = tokio::time::timeout(Duration::from_secs(5), async {
             while conn.reusable() {
                 tokio::time::sleep(Duration::from_millis(2)).await;

@@ -9,7 +9,9 @@
 //! loop with its own pool of upstream connections (`upstream`), so a request never crosses
 //! threads; connections are spread evenly over the workers. Each worker also keeps its own view
 //! of the table (`table::Routes`: the pools' recorder handles, its shard of the in-flight
-//! counts), so that a request writes nothing another worker writes. Each client connection is driven
+//! counts), so that a request writes nothing another worker writes. HTTP/1.1 to instances is
+//! spoken by the request's own task (`h1`), not by a connection task behind a channel, and what
+//! an instance sends is checked as strictly as what a client sends. Each client connection is driven
 //! by `conn`, which also closes idle HTTP/2 connections (hyper has no timer for them), and
 //! ends with a lingering close (`linger`: FIN first, then reading until the client closes, so
 //! that no reset destroys the last response).
@@ -28,11 +30,14 @@
 //! the canary decision is a threshold on a fixed hash; (4) drain — in-flight requests and
 //! tunnels are counted per backend, shutdown lets in-flight requests finish, and
 //! [`Proxy::drain_websockets`] closes a backend's WebSockets with 1012 after a quiet period; (5) only a
-//! request that never reached an app (connect failure) is retried, once.
+//! request that never reached an app (connect failure) is retried on another backend, once; and
+//! on a kept-alive connection the instance closed just as the request went out, only an
+//! idempotent request without a body is sent again, on another connection (RFC 9112 §9.3.1).
 //!
 //! It must never decide anything about the rollout (weights, health, promotion come from the
-//! host via [`Proxy::set_table`]), never add headers of its own to responses, never retry a
-//! request an app may have seen, and never panic on what a client or backend sends.
+//! host via [`Proxy::set_table`]), never add headers of its own to responses, never send a
+//! request with a body or a non-idempotent method twice, and never panic on what a client or
+//! backend sends.
 #![forbid(unsafe_code)]
 
 mod body;

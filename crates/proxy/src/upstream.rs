@@ -12,7 +12,7 @@
 //! connection from the proxy (only those still carrying a request, until they finish).
 
 use crate::body::{BodyError, Resendable};
-use crate::h1::{Conn, Decoder, Failed, Head};
+use crate::h1::{Conn, Decoder, Failed, Head, Upload};
 use crate::table::{Backend, BackendRef};
 use bytes::Bytes;
 use http::{Request, Response};
@@ -173,6 +173,7 @@ impl Http1Pool {
                 conn: Some(conn),
                 decoder: head.body,
                 keep_alive: head.keep_alive,
+                upload: head.upload,
                 pool: Arc::downgrade(self),
                 backend: backend.clone(),
             }),
@@ -208,6 +209,9 @@ impl Http1Pool {
 }
 
 /// A response body from an instance.
+// The pooled variant is the one nearly every response has; boxing it would cost an allocation
+// per request to save a few words on the rarer ones.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum UpstreamBody {
     /// From the worker's pool, read off its connection here.
     Pooled(Pooled),
@@ -222,6 +226,8 @@ pub(crate) struct Pooled {
     conn: Option<Conn>,
     decoder: Decoder,
     keep_alive: bool,
+    /// The rest of the request, while it is still being sent.
+    upload: Option<Upload>,
     pool: Weak<Http1Pool>,
     backend: BackendRef,
 }
@@ -235,7 +241,7 @@ impl UpstreamBody {
 
 impl Drop for Pooled {
     fn drop(&mut self) {
-        if !(self.keep_alive && self.decoder.is_done()) {
+        if !(self.keep_alive && self.decoder.is_done() && self.upload.is_none()) {
             return;
         }
         if let (Some(conn), Some(pool)) = (self.conn.take(), self.pool.upgrade()) {
@@ -255,7 +261,7 @@ impl Body for UpstreamBody {
         match &mut *self {
             UpstreamBody::Pooled(p) => match p.conn.as_mut() {
                 Some(conn) => conn
-                    .poll_body(cx, &mut p.decoder)
+                    .poll_body(cx, &mut p.decoder, &mut p.upload)
                     .map(|f| f.map(|r| r.map_err(BodyError::new))),
                 None => Poll::Ready(None),
             },
