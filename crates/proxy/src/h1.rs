@@ -15,6 +15,7 @@
 //! its connection is never reused.
 
 use crate::body::Resendable;
+use crate::headers::Forwarded;
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::TRANSFER_ENCODING;
 use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH};
@@ -36,6 +37,9 @@ pub(crate) const MAX_HEADERS: usize = 100;
 const MAX_CHUNK_LINE: usize = 4096;
 /// Room made in the read buffer before each read.
 const READ_CHUNK: usize = 8 * 1024;
+/// The most room made for the rest of a body of known length (one read, one frame, one write
+/// to the client where the socket has it all).
+const MAX_READ: usize = 64 * 1024;
 /// Request body bytes gathered before they are written out.
 const MAX_BUFFERED: usize = 64 * 1024;
 
@@ -251,18 +255,20 @@ impl Conn {
         self.buf.is_empty() && !self.is_closed()
     }
 
-    /// Writes `req` (its body as it comes) and waits until `deadline` for the response head.
+    /// Writes `req` (its body as it comes) with the `forwarded` fields, and waits until
+    /// `deadline` for the response head.
     /// `reused`: the connection carried a request before, so the instance may have closed it
     /// meanwhile.
     pub(crate) async fn send(
         &mut self,
         mut req: Request<Resendable>,
+        forwarded: Option<&Forwarded<'_>>,
         deadline: Instant,
         reused: bool,
     ) -> Result<Head, Failed> {
         self.timer.as_mut().reset(deadline);
         let head_only = req.method() == Method::HEAD;
-        let mut w = self.start(&req);
+        let mut w = self.start(&req, forwarded);
         let exchanged = std::future::poll_fn(|cx| {
             if let Poll::Ready(r) = self.poll_exchange(cx, req.body_mut(), &mut w, head_only) {
                 return Poll::Ready(Some(r));
@@ -310,8 +316,9 @@ impl Conn {
     }
 
     /// Encodes the request head into `out`; the body's framing follows from its size hint,
-    /// as the client's did (hyper checked the client's framing).
-    fn start(&mut self, req: &Request<Resendable>) -> Writer {
+    /// as the client's did (hyper checked the client's framing). The `forwarded` fields are
+    /// written here rather than put into the request's map first: one pass, no lookups.
+    fn start(&mut self, req: &Request<Resendable>, forwarded: Option<&Forwarded<'_>>) -> Writer {
         let out = &mut self.out;
         out.clear();
         out.extend_from_slice(req.method().as_str().as_bytes());
@@ -319,10 +326,27 @@ impl Conn {
         let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
         out.extend_from_slice(target.as_bytes());
         out.extend_from_slice(b" HTTP/1.1\r\n");
+        let mut sent = (false, false);
         for (name, value) in req.headers() {
+            if forwarded.is_some() {
+                let (chain, host) = Forwarded::sent(name);
+                sent = (sent.0 || chain, sent.1 || host);
+            }
             // The framing is written from the body, whatever the fields said.
-            if name != CONTENT_LENGTH && name != TRANSFER_ENCODING {
+            let replaced = name == CONTENT_LENGTH
+                || name == TRANSFER_ENCODING
+                || (forwarded.is_some() && Forwarded::replaces(name));
+            if !replaced {
                 put_field(out, name, value);
+            }
+        }
+        for (name, value) in forwarded
+            .map(|f| f.fields(req.headers(), sent))
+            .into_iter()
+            .flatten()
+        {
+            if let Some(value) = value {
+                put_field(out, name, &value);
             }
         }
         let hint = req.body().size_hint();
@@ -374,7 +398,7 @@ impl Conn {
             if self.buf.len() > MAX_HEAD {
                 return Poll::Ready(Err(H1Error::HeadTooLarge));
             }
-            if ready!(self.poll_fill(cx))? == 0 {
+            if ready!(self.poll_fill(cx, 0))? == 0 {
                 return Poll::Ready(Err(H1Error::Closed {
                     partial: !self.buf.is_empty(),
                 }));
@@ -390,7 +414,13 @@ impl Conn {
         w: &mut Writer,
     ) -> Result<(), H1Error> {
         loop {
-            while !w.body_done && self.out.len() - w.pos < MAX_BUFFERED {
+            if w.pos > 0 {
+                // A partial write: drop what went out, so that a long upload to a slow
+                // instance keeps at most `MAX_BUFFERED` (and one frame) in memory.
+                self.out.drain(..w.pos);
+                w.pos = 0;
+            }
+            while !w.body_done && self.out.len() < MAX_BUFFERED {
                 w.body_touched = true;
                 match Pin::new(&mut *body).poll_frame(cx) {
                     Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
@@ -417,10 +447,6 @@ impl Conn {
                 Poll::Ready(Ok(n)) => {
                     w.pos += n;
                     w.wrote = true;
-                    if w.pos == self.out.len() {
-                        self.out.clear();
-                        w.pos = 0;
-                    }
                 }
                 Poll::Ready(Err(e)) => return Err(e.into()),
                 Poll::Pending => return Ok(()),
@@ -428,9 +454,14 @@ impl Conn {
         }
     }
 
-    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
-        if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
-            self.buf.reserve(READ_CHUNK);
+    /// Reads into `buf`, making room for `want` bytes (within [`READ_CHUNK`]..[`MAX_READ`]).
+    fn poll_fill(&mut self, cx: &mut Context<'_>, want: u64) -> Poll<std::io::Result<usize>> {
+        let want = usize::try_from(want)
+            .unwrap_or(MAX_READ)
+            .clamp(READ_CHUNK, MAX_READ);
+        let spare = self.buf.capacity() - self.buf.len();
+        if spare < READ_CHUNK / 4 || spare < want {
+            self.buf.reserve(want);
         }
         tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
     }
@@ -564,7 +595,11 @@ impl Conn {
                     Step::More => {}
                 },
             }
-            if ready!(self.poll_fill(cx))? == 0 {
+            let want = match *dec {
+                Decoder::Length(left) | Decoder::Chunked(Chunk::Data(left)) => left,
+                _ => 0,
+            };
+            if ready!(self.poll_fill(cx, want))? == 0 {
                 return Poll::Ready(match *dec {
                     Decoder::UntilClose => {
                         *dec = Decoder::Done;
@@ -885,7 +920,7 @@ pub(crate) mod tests {
         let (addr, received) = instance(vec![(until, answer.to_vec())]).await;
         let mut conn = conn_to(addr).await;
         let (req, _client) = request_from(request).await;
-        let head = match conn.send(req, far(), false).await {
+        let head = match conn.send(req, None, far(), false).await {
             Ok(head) => head,
             Err(Failed::Sent(e) | Failed::Unsent(_, e)) => return Err(e),
             Err(Failed::TimedOut) => panic!("the instance answers"),
@@ -966,6 +1001,46 @@ pub(crate) mod tests {
         .await
         .unwrap();
         assert_eq!(body.unwrap(), b"");
+    }
+
+    /// The `X-Forwarded-*` fields go out once each: the client's chain extended, its
+    /// `X-Forwarded-Proto` replaced, its `X-Forwarded-Host` kept.
+    #[tokio::test]
+    async fn forwarded_fields_are_written_once_each() {
+        let (addr, received) = instance(vec![(
+            b"\r\n\r\n",
+            b"HTTP/1.1 204 No Content\r\n\r\n".to_vec(),
+        )])
+        .await;
+        let mut conn = conn_to(addr).await;
+        let (req, _client) = request_from(
+            b"GET /x HTTP/1.1\r\nhost: shop\r\nx-forwarded-for: 1.1.1.1\r\n\
+              x-forwarded-proto: https\r\nx-forwarded-host: orig.example\r\n\r\n",
+        )
+        .await;
+        let client = HeaderValue::from_static("10.0.0.7");
+        let host = HeaderValue::from_static("shop");
+        let forwarded = Forwarded {
+            client: &client,
+            host: Some(&host),
+        };
+        let sent = conn.send(req, Some(&forwarded), far(), false).await;
+        assert!(sent.is_ok(), "answered");
+        let received = String::from_utf8(received.lock().unwrap().clone()).unwrap();
+        let mut fields: Vec<&str> = received
+            .lines()
+            .filter(|l| l.starts_with("x-forwarded-"))
+            .collect();
+        fields.sort_unstable();
+        assert_eq!(
+            fields,
+            [
+                "x-forwarded-for: 1.1.1.1, 10.0.0.7",
+                "x-forwarded-host: orig.example",
+                "x-forwarded-proto: http",
+            ],
+            "{received}"
+        );
     }
 
     #[tokio::test]
@@ -1106,7 +1181,7 @@ pub(crate) mod tests {
             b"POST /upload HTTP/1.1\r\nhost: shop\r\ncontent-length: 1000000\r\n\r\nhello",
         )
         .await;
-        let sent = tokio::time::timeout(Duration::from_secs(5), conn.send(req, far(), false));
+        let sent = tokio::time::timeout(Duration::from_secs(5), conn.send(req, None, far(), false));
         let Ok(head) = sent.await.expect("answered without the rest of the body") else {
             panic!("the early answer is the response");
         };
@@ -1135,7 +1210,7 @@ pub(crate) mod tests {
         let (req, mut client) =
             request_from(b"POST /echo HTTP/1.1\r\nhost: shop\r\ncontent-length: 10\r\n\r\nhello")
                 .await;
-        let Ok(head) = conn.send(req, far(), false).await else {
+        let Ok(head) = conn.send(req, None, far(), false).await else {
             panic!("the instance answers at once");
         };
         assert!(head.upload.is_some());
@@ -1165,12 +1240,16 @@ pub(crate) mod tests {
             .await;
             let mut conn = conn_to(addr).await;
             let (req, _c1) = request_from(GET).await;
-            let head = conn.send(req, far(), false).await.ok().expect("answered");
+            let head = conn
+                .send(req, None, far(), false)
+                .await
+                .ok()
+                .expect("answered");
             let (body, _) = read_body(&mut conn, head).await;
             assert_eq!(body.unwrap(), b"ok");
             // The instance has closed after its one answer (its task ended).
             let (req, _c2) = request_from(request).await;
-            match conn.send(req, far(), true).await {
+            match conn.send(req, None, far(), true).await {
                 Err(Failed::Unsent(back, _)) => {
                     assert!(repeatable, "a POST was offered for a second send");
                     assert_eq!(back.uri().path(), "/x");
@@ -1191,7 +1270,11 @@ pub(crate) mod tests {
         .await;
         let mut conn = conn_to(addr).await;
         let (req, _client) = request_from(GET).await;
-        let head = conn.send(req, far(), false).await.ok().expect("answered");
+        let head = conn
+            .send(req, None, far(), false)
+            .await
+            .ok()
+            .expect("answered");
         read_body(&mut conn, head).await.0.unwrap();
         let seen = tokio::time::timeout(Duration::from_secs(5), async {
             while conn.reusable() {

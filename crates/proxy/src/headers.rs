@@ -5,7 +5,7 @@
 //! `Content-Length`) for each side itself.
 
 use cutover_core::spec::{StickyFallback, StickySpec};
-use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use std::net::SocketAddr;
 
 /// Always hop-by-hop, whatever `Connection` says.
@@ -85,24 +85,37 @@ pub(crate) fn forwarded_for(peer: SocketAddr) -> HeaderValue {
         .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
-/// Appends the client (`client`, from [`forwarded_for`]) to `X-Forwarded-For`, sets
-/// `X-Forwarded-Proto: http` and, when absent, `X-Forwarded-Host` from the host the client
-/// asked for.
-pub(crate) fn add_forwarded(
-    headers: &mut HeaderMap,
-    client: &HeaderValue,
-    host: Option<&HeaderValue>,
-) {
-    // Room for the three at once, rather than growing the map for each; and one lookup per
-    // name (an entry), not a lookup and then an insert.
-    headers.reserve(3);
-    match headers.entry(&X_FORWARDED_FOR) {
-        Entry::Vacant(e) => {
-            e.insert(client.clone());
-        }
-        Entry::Occupied(mut e) => {
+/// The `X-Forwarded-*` fields a request leaves with: the client appended to `X-Forwarded-For`,
+/// `X-Forwarded-Proto: http`, and, unless the client already sent one, `X-Forwarded-Host` from
+/// the host it asked for.
+pub(crate) struct Forwarded<'a> {
+    /// The client, from [`forwarded_for`].
+    pub(crate) client: &'a HeaderValue,
+    pub(crate) host: Option<&'a HeaderValue>,
+}
+
+impl Forwarded<'_> {
+    /// Whether the client's own field `name` gives way to one of [`Forwarded::fields`].
+    pub(crate) fn replaces(name: &HeaderName) -> bool {
+        name == X_FORWARDED_FOR || name == X_FORWARDED_PROTO
+    }
+
+    /// Which of the fields the client sent itself: `X-Forwarded-For`, `X-Forwarded-Host`.
+    pub(crate) fn sent(name: &HeaderName) -> (bool, bool) {
+        (name == X_FORWARDED_FOR, name == X_FORWARDED_HOST)
+    }
+
+    /// The fields to send along with the client's `headers` (less those it
+    /// [replaces](Forwarded::replaces)); `sent` is [`Forwarded::sent`] over all of them.
+    pub(crate) fn fields(
+        &self,
+        headers: &HeaderMap,
+        (sent_chain, sent_host): (bool, bool),
+    ) -> [(&'static HeaderName, Option<HeaderValue>); 3] {
+        let chain = if sent_chain {
             let mut joined = String::new();
-            for v in e
+            for v in headers
+                .get_all(&X_FORWARDED_FOR)
                 .iter()
                 .filter_map(|v| v.to_str().ok())
                 .map(str::trim)
@@ -111,15 +124,36 @@ pub(crate) fn add_forwarded(
                 joined.push_str(v);
                 joined.push_str(", ");
             }
-            joined.push_str(client.to_str().unwrap_or("unknown"));
+            joined.push_str(self.client.to_str().unwrap_or("unknown"));
             // Values that were valid, commas and an IP: always valid; kept total all the same.
-            // `insert` replaces every prior value with the joined one.
-            e.insert(HeaderValue::from_str(&joined).unwrap_or_else(|_| client.clone()));
-        }
+            HeaderValue::from_str(&joined).unwrap_or_else(|_| self.client.clone())
+        } else {
+            self.client.clone()
+        };
+        let host = if sent_host { None } else { self.host.cloned() };
+        [
+            (&X_FORWARDED_FOR, Some(chain)),
+            (&X_FORWARDED_PROTO, Some(HeaderValue::from_static("http"))),
+            (&X_FORWARDED_HOST, host),
+        ]
     }
-    headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
-    if let (Some(v), Entry::Vacant(e)) = (host, headers.entry(&X_FORWARDED_HOST)) {
-        e.insert(v.clone());
+}
+
+/// Puts the [`Forwarded`] fields into `headers`, for a request hyper's clients send (HTTP/2,
+/// upgrades); the worker's HTTP/1.1 connections write them out directly instead (`h1`).
+pub(crate) fn add_forwarded(headers: &mut HeaderMap, forwarded: &Forwarded<'_>) {
+    let sent = (
+        headers.contains_key(&X_FORWARDED_FOR),
+        headers.contains_key(&X_FORWARDED_HOST),
+    );
+    let fields = forwarded.fields(headers, sent);
+    // Room for the three at once, rather than growing the map for each.
+    headers.reserve(fields.len());
+    for (name, value) in fields {
+        if let Some(value) = value {
+            // Replaces every prior value of the name.
+            headers.insert(name, value);
+        }
     }
 }
 
@@ -268,7 +302,13 @@ mod tests {
             ("x-forwarded-for", "2.2.2.2"),
         ]);
         let host = HeaderValue::from_static("shop.example");
-        add_forwarded(&mut h, &forwarded_for(peer), Some(&host));
+        add_forwarded(
+            &mut h,
+            &Forwarded {
+                client: &forwarded_for(peer),
+                host: Some(&host),
+            },
+        );
         assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 10.0.0.7");
         assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
         assert_eq!(h["x-forwarded-proto"], "http");
@@ -276,13 +316,25 @@ mod tests {
 
         let mut h = map(&[("x-forwarded-host", "orig.example")]);
         let v6: SocketAddr = "[::ffff:10.0.0.8]:1".parse().unwrap();
-        add_forwarded(&mut h, &forwarded_for(v6), Some(&host));
+        add_forwarded(
+            &mut h,
+            &Forwarded {
+                client: &forwarded_for(v6),
+                host: Some(&host),
+            },
+        );
         assert_eq!(h["x-forwarded-for"], "10.0.0.8");
         assert_eq!(h["x-forwarded-host"], "orig.example");
 
         // Blank prior entries add nothing, not a leading comma.
         let mut h = map(&[("x-forwarded-for", " "), ("x-forwarded-proto", "https")]);
-        add_forwarded(&mut h, &forwarded_for(peer), None);
+        add_forwarded(
+            &mut h,
+            &Forwarded {
+                client: &forwarded_for(peer),
+                host: None,
+            },
+        );
         assert_eq!(h["x-forwarded-for"], "10.0.0.7");
         assert_eq!(h.get_all("x-forwarded-proto").iter().count(), 1);
         assert_eq!(h["x-forwarded-proto"], "http");

@@ -577,7 +577,6 @@ impl Proxy {
                 parts.headers.insert(HOST, v.clone());
             }
         }
-        headers::add_forwarded(&mut parts.headers, &client.forwarded_for, host.as_ref());
         let path = parts
             .uri
             .path_and_query()
@@ -594,6 +593,14 @@ impl Proxy {
         } else {
             Via::Http1
         };
+        let forwarded = headers::Forwarded {
+            client: &client.forwarded_for,
+            host: host.as_ref(),
+        };
+        // The worker's HTTP/1.1 connections write these out with the head.
+        if via != Via::Http1 {
+            headers::add_forwarded(&mut parts.headers, &forwarded);
+        }
         // A client that gives up before the instance answers must still count: otherwise a
         // hung canary would show no samples, stay "inconclusive" and never be aborted.
         let mut abandoned = Abandoned::arm(routes.recorder(track), started);
@@ -614,7 +621,10 @@ impl Proxy {
                 // failure here is still the proxy's, not the app's.
                 break Err((guard, None));
             };
-            match worker.send(via, &backend, upstream, deadline).await {
+            match worker
+                .send(via, &backend, upstream, &forwarded, deadline)
+                .await
+            {
                 Ok(resp) => break Ok((guard, resp)),
                 Err(SendError::TimedOut) => {
                     warn!(backend = %backend.id, track = track.as_str(), timeout = ?self.inner.config.upstream_timeout, "upstream timed out");
@@ -901,16 +911,24 @@ impl Worker {
         Arc::clone(&routes)
     }
 
-    /// Sends `req` to `backend` and waits for the response head until `deadline`.
+    /// Sends `req` with the `forwarded` fields to `backend` and waits for the response head
+    /// until `deadline`. (hyper's clients, for HTTP/2 and upgrades, find the fields in the
+    /// request's map already; the worker's HTTP/1.1 connections write them out.)
     async fn send(
         &self,
         via: Via,
         backend: &BackendRef,
         req: Request<Resendable>,
+        forwarded: &headers::Forwarded<'_>,
         deadline: Instant,
     ) -> Result<Response<UpstreamBody>, SendError> {
         let client = match via {
-            Via::Http1 => return self.http1.send(backend, req, deadline).await,
+            Via::Http1 => {
+                return self
+                    .http1
+                    .send(backend, req, Some(forwarded), deadline)
+                    .await
+            }
             Via::Http2 => &self.http2,
             Via::Upgrade => &self.upgrades,
         };

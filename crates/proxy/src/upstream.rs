@@ -13,6 +13,7 @@
 
 use crate::body::{BodyError, Resendable};
 use crate::h1::{Conn, Decoder, Failed, Head, Upload};
+use crate::headers::Forwarded;
 use crate::table::{Backend, BackendRef};
 use bytes::Bytes;
 use http::{Request, Response};
@@ -91,10 +92,11 @@ impl Http1Pool {
         self: &Arc<Self>,
         backend: &BackendRef,
         mut req: Request<Resendable>,
+        forwarded: Option<&Forwarded<'_>>,
         deadline: Instant,
     ) -> Result<Response<UpstreamBody>, SendError> {
         while let Some(mut conn) = self.checkout(backend.addr) {
-            match conn.send(req, deadline, true).await {
+            match conn.send(req, forwarded, deadline, true).await {
                 Ok(head) => return Ok(self.wrap(head, conn, backend)),
                 Err(Failed::Unsent(unsent, _)) => req = *unsent,
                 Err(Failed::Sent(e)) => return Err(SendError::Forward(Box::new(e))),
@@ -105,7 +107,7 @@ impl Http1Pool {
             Ok(c) => c,
             Err(e) => return Err(SendError::Connect(e, Some(Box::new(req)))),
         };
-        match conn.send(req, deadline, false).await {
+        match conn.send(req, forwarded, deadline, false).await {
             Ok(head) => Ok(self.wrap(head, conn, backend)),
             // Closed before a byte of the request was written: as good as refused.
             Err(Failed::Unsent(unsent, e)) => Err(SendError::Connect(Box::new(e), Some(unsent))),
@@ -376,7 +378,7 @@ mod tests {
 
     /// A request through `pool` that must be answered.
     async fn answered(pool: &Arc<Http1Pool>, backend: &BackendRef) -> Response<UpstreamBody> {
-        match pool.send(backend, request().await, far()).await {
+        match pool.send(backend, request().await, None, far()).await {
             Ok(resp) => resp,
             Err(_) => panic!("the app answers"),
         }
@@ -404,7 +406,7 @@ mod tests {
         drop(closed);
         let pool = pool_of(Duration::from_secs(30), 4);
         let backend = BackendRef::alone(Arc::new(Backend::new("gone", addr)));
-        match pool.send(&backend, request().await, far()).await {
+        match pool.send(&backend, request().await, None, far()).await {
             Err(SendError::Connect(_, Some(req))) => assert_eq!(req.uri().path(), "/x"),
             Err(SendError::Connect(_, None)) => panic!("the request was not given back"),
             Err(SendError::Forward(e)) => {
@@ -473,7 +475,7 @@ mod tests {
         let deadline = started + Duration::from_millis(100);
         let sent = tokio::time::timeout(
             Duration::from_secs(5),
-            pool.send(&backend, request().await, deadline),
+            pool.send(&backend, request().await, None, deadline),
         );
         match sent
             .await
