@@ -35,10 +35,11 @@ pub(crate) const MAX_HEAD: usize = 64 * 1024;
 pub(crate) const MAX_HEADERS: usize = 100;
 /// The longest chunk-size line (with its extensions).
 const MAX_CHUNK_LINE: usize = 4096;
-/// Room made in the read buffer before each read.
+/// Room made in the read buffer before a read, at first.
 const READ_CHUNK: usize = 8 * 1024;
-/// The most room made for the rest of a body of known length (one read, one frame, one write
-/// to the client where the socket has it all).
+/// The most room made before a read. A connection whose reads fill the room doubles it (up
+/// to this), so that a response comes in one read and goes out as one frame, and a read that
+/// fills the buffer is not followed by one that finds nothing (`EAGAIN`).
 const MAX_READ: usize = 64 * 1024;
 /// Request body bytes gathered before they are written out.
 const MAX_BUFFERED: usize = 64 * 1024;
@@ -86,6 +87,8 @@ pub(crate) struct Conn {
     /// The request being written: its head, then its body's framing; reused.
     out: Vec<u8>,
     timer: Pin<Box<Sleep>>,
+    /// The room to make before a read: [`READ_CHUNK`], doubled by each read that fills it.
+    read_size: usize,
 }
 
 /// A response head, and how its body is read.
@@ -238,6 +241,7 @@ impl Conn {
             buf: BytesMut::with_capacity(READ_CHUNK),
             out: Vec::with_capacity(1024),
             timer: Box::pin(tokio::time::sleep_until(deadline)),
+            read_size: READ_CHUNK,
         }
     }
 
@@ -454,16 +458,24 @@ impl Conn {
         }
     }
 
-    /// Reads into `buf`, making room for `want` bytes (within [`READ_CHUNK`]..[`MAX_READ`]).
+    /// Reads into `buf`, making room for the rest of a body of `want` known bytes (0: not
+    /// known) within [`MAX_READ`], and for at least a quarter of `read_size`.
     fn poll_fill(&mut self, cx: &mut Context<'_>, want: u64) -> Poll<std::io::Result<usize>> {
-        let want = usize::try_from(want)
-            .unwrap_or(MAX_READ)
-            .clamp(READ_CHUNK, MAX_READ);
+        let want = usize::try_from(want).unwrap_or(MAX_READ).min(MAX_READ);
         let spare = self.buf.capacity() - self.buf.len();
-        if spare < READ_CHUNK / 4 || spare < want {
-            self.buf.reserve(want);
+        if spare < self.read_size / 4 || spare < want {
+            self.buf.reserve(self.read_size.max(want));
         }
-        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
+        let room = self.buf.capacity() - self.buf.len();
+        let n = ready!(tokio_util::io::poll_read_buf(
+            Pin::new(&mut self.io),
+            cx,
+            &mut self.buf
+        ))?;
+        if n == room {
+            self.read_size = (self.read_size * 2).min(MAX_READ);
+        }
+        Poll::Ready(Ok(n))
     }
 
     /// The final response head, once it is all in `buf` (interim 1xx heads are skipped).
