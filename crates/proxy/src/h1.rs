@@ -898,12 +898,9 @@ pub(crate) mod tests {
         keep_alive: bool,
     }
 
-    /// Sends `request` to an instance answering `answer`: the head, the body (or its error),
-    /// the trailers, and what the instance received.
-    async fn exchange(
-        request: &[u8],
-        answer: &[u8],
-    ) -> Result<
+    /// A response head, its body (or the error that ended it), its trailers, and what the
+    /// instance received; or the error that ended the exchange before a head.
+    type Exchanged = Result<
         (
             Answered,
             Result<Vec<u8>, H1Error>,
@@ -911,24 +908,16 @@ pub(crate) mod tests {
             Vec<u8>,
         ),
         H1Error,
-    > {
+    >;
+
+    /// Sends `request` to an instance answering `answer`: the head, the body (or its error),
+    /// the trailers, and what the instance received.
+    async fn exchange(request: &[u8], answer: &[u8]) -> Exchanged {
         exchange_after(request, b"\r\n\r\n", answer).await
     }
 
     /// [`exchange`], the instance answering once `until` arrived.
-    async fn exchange_after(
-        request: &[u8],
-        until: &'static [u8],
-        answer: &[u8],
-    ) -> Result<
-        (
-            Answered,
-            Result<Vec<u8>, H1Error>,
-            Option<HeaderMap>,
-            Vec<u8>,
-        ),
-        H1Error,
-    > {
+    async fn exchange_after(request: &[u8], until: &'static [u8], answer: &[u8]) -> Exchanged {
         let (addr, received) = instance(vec![(until, answer.to_vec())]).await;
         let mut conn = conn_to(addr).await;
         let (req, _client) = request_from(request).await;
@@ -1245,22 +1234,9 @@ pub(crate) mod tests {
                 false,
             ),
         ] {
-            let (addr, _) = instance(vec![(
-                b"\r\n\r\n",
-                b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_vec(),
-            )])
-            .await;
-            let mut conn = conn_to(addr).await;
-            let (req, _c1) = request_from(GET).await;
-            let head = conn
-                .send(req, None, far(), false)
-                .await
-                .ok()
-                .expect("answered");
-            let (body, _) = read_body(&mut conn, head).await;
-            assert_eq!(body.unwrap(), b"ok");
+            let mut conn = answered_once().await;
             // The instance has closed after its one answer (its task ended).
-            let (req, _c2) = request_from(request).await;
+            let (req, _client) = request_from(request).await;
             match conn.send(req, None, far(), true).await {
                 Err(Failed::Unsent(back, _)) => {
                     assert!(repeatable, "a POST was offered for a second send");
@@ -1273,8 +1249,8 @@ pub(crate) mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_closed_idle_connection_is_seen_as_closed() {
+    /// A connection that carried one `GET` to an instance that then closed it.
+    async fn answered_once() -> Conn {
         let (addr, _) = instance(vec![(
             b"\r\n\r\n",
             b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_vec(),
@@ -1287,7 +1263,13 @@ pub(crate) mod tests {
             .await
             .ok()
             .expect("answered");
-        read_body(&mut conn, head).await.0.unwrap();
+        assert_eq!(read_body(&mut conn, head).await.0.unwrap(), b"ok");
+        conn
+    }
+
+    #[tokio::test]
+    async fn a_closed_idle_connection_is_seen_as_closed() {
+        let conn = answered_once().await;
         let seen = tokio::time::timeout(Duration::from_secs(5), async {
             while conn.reusable() {
                 tokio::time::sleep(Duration::from_millis(2)).await;

@@ -121,7 +121,7 @@ async fn answer(
 /// (no `Connection: close`), as a keep-alive timeout firing on an idle connection looks to a
 /// pool. Counts the connections it accepted.
 pub async fn one_shot_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let accepted = Arc::new(AtomicUsize::new(0));
@@ -130,13 +130,8 @@ pub async fn one_shot_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
         while let Ok((mut stream, _)) = listener.accept().await {
             acc.fetch_add(1, Ordering::SeqCst);
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
+                if !read_head(&mut stream).await {
+                    return;
                 }
                 let _ = stream
                     .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\none-shot")
@@ -148,11 +143,26 @@ pub async fn one_shot_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
     (addr, accepted)
 }
 
+/// Reads a request head without a body (through its empty line); `false` if the connection
+/// ended first. Reads a byte at a time, so nothing of a following request is taken.
+async fn read_head(stream: &mut tokio::net::TcpStream) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte).await {
+            Ok(0) | Err(_) => return false,
+            Ok(_) => head.push(byte[0]),
+        }
+    }
+    true
+}
+
 /// A keep-alive app on a raw listener that answers its very first request with `first`
 /// (whatever bytes it is) and every later one, on any connection, with `ok`. Returns the
 /// connections accepted.
 pub async fn scripted_upstream(first: &'static [u8]) -> (SocketAddr, Arc<AtomicUsize>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let accepted = Arc::new(AtomicUsize::new(0));
@@ -161,16 +171,10 @@ pub async fn scripted_upstream(first: &'static [u8]) -> (SocketAddr, Arc<AtomicU
         while let Ok((mut stream, _)) = listener.accept().await {
             let nth = acc.fetch_add(1, Ordering::SeqCst);
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 1024];
                 for answered in 0.. {
-                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match stream.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => head.extend_from_slice(&buf[..n]),
-                        }
+                    if !read_head(&mut stream).await {
+                        return;
                     }
-                    head.clear();
                     let answer: &[u8] = if nth == 0 && answered == 0 {
                         first
                     } else {
