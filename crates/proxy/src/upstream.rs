@@ -335,36 +335,11 @@ mod tests {
         (addr, open)
     }
 
-    /// A request with an empty body (hyper's `Incoming` cannot be built by hand, so the body
-    /// comes from a real request to a throwaway server).
+    /// A `GET /x` with an empty body, as the proxy has it.
     async fn request() -> Request<Resendable> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        tokio::spawn(async move {
-            let (stream, _) = listener.accept().await.unwrap();
-            let tx = std::sync::Mutex::new(Some(tx));
-            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                if let Some(tx) = tx.lock().unwrap().take() {
-                    let _ = tx.send(req);
-                }
-                async {
-                    Ok::<_, std::convert::Infallible>(Response::new(
-                        http_body_util::Empty::<Bytes>::new(),
-                    ))
-                }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
-        });
-        let mut s = TcpStream::connect(addr).await.unwrap();
-        tokio::io::AsyncWriteExt::write_all(&mut s, b"GET /x HTTP/1.1\r\nhost: shop\r\n\r\n")
+        crate::h1::tests::request_from(b"GET /x HTTP/1.1\r\nhost: shop\r\n\r\n")
             .await
-            .unwrap();
-        let req = rx.await.unwrap();
-        let (parts, body) = req.into_parts();
-        Request::from_parts(parts, Resendable::new(body).0)
+            .0
     }
 
     /// A pool with a 2 s connect timeout.
