@@ -2,14 +2,20 @@
 # cutover vs nginx vs HAProxy vs direct, and vs a bare hyper proxy of cutover's shape (the floor,
 # bench/hyper-floor): throughput/latency with wrk, and RSS while holding 10,000 idle WebSockets. Results: bench/results/<UTC date-time>.json. See BENCHMARKS.md.
 #
-# Knobs (env): DURATION=15s WARMUP=3s CONNS=64 THREADS=2 WS_N=10000 BODIES="100 16384"
+# Every server of a body size runs at once, and the cases take turns: ROUNDS rounds of DURATION
+# each, in an order that rotates every round, so that a neighbour's burst on this shared machine
+# slows a round of every case instead of all of one case. A case's figures are the medians of
+# its rounds.
+#
+# Knobs (env): ROUNDS=3 DURATION=5s WARMUP=3s CONNS=64 THREADS=2 WS_N=10000 BODIES="100 16384"
 #              CASES="direct cutover hyper nginx1 nginx haproxy" SKIP_BUILD=1 SKIP_WS=1
 #              PIN=1 (wrk on CPU 0, upstream + proxy on CPU 1; default: no pinning)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BENCH="$ROOT/bench"
-DURATION=${DURATION:-15s}
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-5s}
 WARMUP=${WARMUP:-3s}
 CONNS=${CONNS:-64}
 THREADS=${THREADS:-2}
@@ -17,7 +23,7 @@ BODIES=${BODIES:-"100 16384"}
 CASES=${CASES:-"direct cutover hyper nginx1 nginx haproxy"}
 PIN=${PIN:-0}
 
-APP_PORT=18080 NGINX_PORT=18081 HAPROXY_PORT=18082 CUTOVER_PORT=18083 FLOOR_PORT=18084 ADMIN_PORT=18093
+APP_PORT=18080 NGINX_PORT=18081 NGINX1_PORT=18085 HAPROXY_PORT=18082 CUTOVER_PORT=18083 FLOOR_PORT=18084 ADMIN_PORT=18093
 
 log() { printf '[bench %s] %s\n' "$(date +%T)" "$*" >&2; }
 
@@ -70,7 +76,7 @@ if [ -z "${WS_N:-}" ]; then WS_N=10000; [ $((2 * WS_N + 400)) -le "$FD_LIMIT" ] 
 HAPROXY_MAXCONN=$(( (FD_LIMIT - 100) / 2 ))
 export BENCH_FD_LIMIT=$FD_LIMIT
 
-for port in $APP_PORT $NGINX_PORT $HAPROXY_PORT $CUTOVER_PORT $FLOOR_PORT $ADMIN_PORT; do
+for port in $APP_PORT $NGINX_PORT $NGINX1_PORT $HAPROXY_PORT $CUTOVER_PORT $FLOOR_PORT $ADMIN_PORT; do
   if ss -Htln "sport = :$port" | grep -q .; then echo "port $port is in use (a leftover server?)" >&2; exit 1; fi
 done
 
@@ -148,24 +154,25 @@ start_app() { # start_app body_size
 }
 
 NGINX_PIDS=()
-start_nginx() { # start_nginx workers ("1" or "auto")
-  mkdir -p "$TMP/nginx"
-  cat >"$TMP/nginx/nginx.conf" <<NGX
+start_nginx() { # start_nginx workers ("1" or "auto") port: sets NGINX_PIDS (master first)
+  local n="$TMP/nginx-$1-$2"
+  mkdir -p "$n"
+  cat >"$n/nginx.conf" <<NGX
 worker_processes $1;
 worker_rlimit_nofile $FD_LIMIT;
 daemon off;
-pid $TMP/nginx/nginx.pid;
-error_log $TMP/nginx/error.log warn;
+pid $n/nginx.pid;
+error_log $n/error.log warn;
 events { worker_connections $FD_LIMIT; }
 http {
   access_log off;
   keepalive_requests 1000000;      # the default (1000) would reconnect wrk's connections
   keepalive_timeout 75s;
-  client_body_temp_path $TMP/nginx/body;
-  proxy_temp_path $TMP/nginx/proxy;
-  fastcgi_temp_path $TMP/nginx/fastcgi;
-  uwsgi_temp_path $TMP/nginx/uwsgi;
-  scgi_temp_path $TMP/nginx/scgi;
+  client_body_temp_path $n/body;
+  proxy_temp_path $n/proxy;
+  fastcgi_temp_path $n/fastcgi;
+  uwsgi_temp_path $n/uwsgi;
+  scgi_temp_path $n/scgi;
   upstream app {
     server 127.0.0.1:$APP_PORT;
     keepalive 64;
@@ -174,7 +181,7 @@ http {
   }
   map \$http_upgrade \$connection_upgrade { default upgrade; '' ''; }
   server {
-    listen 127.0.0.1:$NGINX_PORT;
+    listen 127.0.0.1:$2;
     location / {
       proxy_pass http://app;
       proxy_http_version 1.1;
@@ -189,9 +196,9 @@ http {
   }
 }
 NGX
-  pin 1 nginx -c "$TMP/nginx/nginx.conf" -e "$TMP/nginx/error.log" >"$TMP/nginx/out.log" 2>&1 &
+  pin 1 nginx -c "$n/nginx.conf" -e "$n/error.log" >"$n/out.log" 2>&1 &
   NGINX_PIDS=($!); PIDS+=("$!")
-  wait_http "http://127.0.0.1:$NGINX_PORT/"
+  wait_http "http://127.0.0.1:$2/"
   local w; for w in $(pgrep -P "${NGINX_PIDS[0]}"); do NGINX_PIDS+=("$w"); done
 }
 
@@ -261,29 +268,31 @@ TOML
 }
 
 # --- one wrk case ----------------------------------------------------------------------------
-run_wrk() { # run_wrk name body port "proxy pids" "upstream pids"
-  local name=$1 body=$2 port=$3 ppids=$4 upids=$5
-  local url="http://127.0.0.1:$port/"
-  log "$name body=$body: warm-up $WARMUP"
-  pin_fg 0 wrk -t"$THREADS" -c"$CONNS" -d"$WARMUP" "$url" >/dev/null
+run_wrk() { # run_wrk name body port "proxy pids" "upstream pids" round: $OUT/rounds/<name>-<body>-<round>.json
+  local name=$1 body=$2 port=$3 ppids=$4 upids=$5 round=$6
+  local url="http://127.0.0.1:$port/" file="$OUT/rounds/$1-$2-$6"
+  mkdir -p "$OUT/rounds"
+  if [ "$round" = 1 ]; then
+    log "$name body=$body: warm-up $WARMUP"
+    pin_fg 0 wrk -t"$THREADS" -c"$CONNS" -d"$WARMUP" "$url" >/dev/null
+  fi
   local load0 p0 u0 c0 t0 load1 p1 u1 c1 t1 json
   load0=$(cut -d' ' -f1-3 /proc/loadavg)
   # shellcheck disable=SC2086
   p0=$(ticks $ppids); u0=$(ticks $upids); c0=$(csw $ppids); t0=$(date +%s.%N)
-  log "$name body=$body: wrk -t$THREADS -c$CONNS -d$DURATION --latency"
-  pin_fg 0 wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency -s "$BENCH/report.lua" "$url" >"$OUT/$name-$body.txt"
+  pin_fg 0 wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency -s "$BENCH/report.lua" "$url" >"$file.txt"
   # shellcheck disable=SC2086
   p1=$(ticks $ppids); u1=$(ticks $upids); c1=$(csw $ppids); t1=$(date +%s.%N)
   load1=$(cut -d' ' -f1-3 /proc/loadavg)
-  json=$(sed -n 's/^JSON //p' "$OUT/$name-$body.txt")
+  json=$(sed -n 's/^JSON //p' "$file.txt")
   python3 - "$name" "$body" "$json" "$load0" "$load1" "$((p1 - p0))" "$((u1 - u0))" "$HZ" "$t0" "$t1" \
-    "$(rss_kb VmRSS $ppids)" "$((c1 - c0))" >"$OUT/$name-$body.json" <<'PY'
+    "$(rss_kb VmRSS $ppids)" "$((c1 - c0))" "$round" >"$file.json" <<'PY'
 import json, sys
-name, body, js, l0, l1, pt, ut, hz, t0, t1, rss, cs = sys.argv[1:]
+name, body, js, l0, l1, pt, ut, hz, t0, t1, rss, cs, rnd = sys.argv[1:]
 r = json.loads(js)
 wall = float(t1) - float(t0)
 pcpu = int(pt) / int(hz); ucpu = int(ut) / int(hz)
-r.update(case=name, body_bytes=int(body), loadavg_before=l0, loadavg_after=l1,
+r.update(case=name, body_bytes=int(body), round=int(rnd), loadavg_before=l0, loadavg_after=l1,
          proxy_cpu_pct=round(100 * pcpu / wall, 1), upstream_cpu_pct=round(100 * ucpu / wall, 1),
          proxy_cpu_us_per_req=round(1e6 * pcpu / r["requests"], 2) if name != "direct" else None,
          upstream_cpu_us_per_req=round(1e6 * ucpu / r["requests"], 2),
@@ -291,24 +300,72 @@ r.update(case=name, body_bytes=int(body), loadavg_before=l0, loadavg_after=l1,
          proxy_ctx_switches_per_req=round(int(cs) / r["requests"], 3) if name != "direct" else None)
 print(json.dumps(r))
 PY
-  log "$name body=$body: $(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); l=r["lat_us"]; print("%.0f req/s p50 %sus p99 %sus p99.9 %sus proxy cpu %s%% (%s us/req, %s csw/req) upstream cpu %s%% errors %s load %s" % (r["rps"], l["p50"], l["p99"], l["p999"], r["proxy_cpu_pct"], r["proxy_cpu_us_per_req"], r["proxy_ctx_switches_per_req"], r["upstream_cpu_pct"], r["errors"], r["loadavg_before"]))' "$OUT/$name-$body.json")"
+  log "$name body=$body round $round/$ROUNDS: $(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); l=r["lat_us"]; print("%.0f req/s p50 %sus p99 %sus p99.9 %sus proxy cpu %s%% (%s us/req, %s csw/req) upstream cpu %s%% errors %s load %s" % (r["rps"], l["p50"], l["p99"], l["p999"], r["proxy_cpu_pct"], r["proxy_cpu_us_per_req"], r["proxy_ctx_switches_per_req"], r["upstream_cpu_pct"], r["errors"], r["loadavg_before"]))' "$file.json")"
 }
 
 has() { [[ " $CASES " == *" $1 "* ]]; }
 
+# Every server of a body size is up while the cases take turns (an idle one costs nothing).
+declare -A PORT PPIDS UPIDS
 for body in $BODIES; do
   start_app "$body"
-  has direct && run_wrk direct "$body" "$APP_PORT" "" "$APP_PID"
-  if has nginx1; then start_nginx 1; run_wrk nginx1 "$body" "$NGINX_PORT" "${NGINX_PIDS[*]}" "$APP_PID"; stop_pid "${NGINX_PIDS[0]}"; fi
-  if has nginx; then start_nginx auto; run_wrk nginx "$body" "$NGINX_PORT" "${NGINX_PIDS[*]}" "$APP_PID"; stop_pid "${NGINX_PIDS[0]}"; fi
-  if has haproxy; then start_haproxy; run_wrk haproxy "$body" "$HAPROXY_PORT" "$HAPROXY_PID" "$APP_PID"; stop_pid "$HAPROXY_PID"; fi
-  if has hyper; then start_floor; run_wrk hyper "$body" "$FLOOR_PORT" "$FLOOR_PID" "$APP_PID"; stop_pid "$FLOOR_PID"; fi
-  stop_pid "$APP_PID"
-  if has cutover; then
-    start_cutover "$body"
-    run_wrk cutover "$body" "$CUTOVER_PORT" "$CUTOVER_PID" "$CUTOVER_APP_PID"
-    stop_pid "$CUTOVER_PID"
+  active=()
+  if has direct; then active+=(direct); PORT[direct]=$APP_PORT; PPIDS[direct]=""; UPIDS[direct]=$APP_PID; fi
+  if has nginx1; then
+    start_nginx 1 "$NGINX1_PORT"; active+=(nginx1)
+    PORT[nginx1]=$NGINX1_PORT; PPIDS[nginx1]="${NGINX_PIDS[*]}"; UPIDS[nginx1]=$APP_PID
   fi
+  if has nginx; then
+    start_nginx auto "$NGINX_PORT"; active+=(nginx)
+    PORT[nginx]=$NGINX_PORT; PPIDS[nginx]="${NGINX_PIDS[*]}"; UPIDS[nginx]=$APP_PID
+  fi
+  if has haproxy; then
+    start_haproxy; active+=(haproxy)
+    PORT[haproxy]=$HAPROXY_PORT; PPIDS[haproxy]=$HAPROXY_PID; UPIDS[haproxy]=$APP_PID
+  fi
+  if has hyper; then
+    start_floor; active+=(hyper)
+    PORT[hyper]=$FLOOR_PORT; PPIDS[hyper]=$FLOOR_PID; UPIDS[hyper]=$APP_PID
+  fi
+  if has cutover; then
+    start_cutover "$body"; active+=(cutover)
+    PORT[cutover]=$CUTOVER_PORT; PPIDS[cutover]=$CUTOVER_PID; UPIDS[cutover]=$CUTOVER_APP_PID
+  fi
+  n=${#active[@]}
+  for round in $(seq "$ROUNDS"); do
+    for k in $(seq 0 $((n - 1))); do
+      c=${active[$(((k + round - 1) % n))]}
+      run_wrk "$c" "$body" "${PORT[$c]}" "${PPIDS[$c]}" "${UPIDS[$c]}" "$round"
+    done
+  done
+  for c in "${active[@]}"; do
+    [ "$c" = direct ] || stop_pid "${PPIDS[$c]%% *}"
+  done
+  stop_pid "$APP_PID"
+  # A case's figures: the median of its rounds, with the rounds themselves kept.
+  python3 - "$OUT" "$body" "${active[@]}" <<'PY'
+import glob, json, statistics as st, sys
+out, body, names = sys.argv[1], sys.argv[2], sys.argv[3:]
+for name in names:
+    rounds = [json.load(open(f)) for f in sorted(glob.glob(f"{out}/rounds/{name}-{body}-*.json"))]
+    med = lambda f: None if any(f(r) is None for r in rounds) else round(st.median(f(r) for r in rounds), 2)
+    first = rounds[0]
+    c = dict(first)
+    c.update(
+        requests=sum(r["requests"] for r in rounds), duration_s=round(sum(r["duration_s"] for r in rounds), 3),
+        errors=sum(r["errors"] for r in rounds), non2xx=sum(r["non2xx"] for r in rounds),
+        bytes=sum(r["bytes"] for r in rounds), rps=med(lambda r: r["rps"]),
+        lat_us={**{k: med(lambda r: r["lat_us"][k]) for k in first["lat_us"]},
+                "max": max(r["lat_us"]["max"] for r in rounds)},
+        proxy_cpu_pct=med(lambda r: r["proxy_cpu_pct"]), upstream_cpu_pct=med(lambda r: r["upstream_cpu_pct"]),
+        proxy_cpu_us_per_req=med(lambda r: r["proxy_cpu_us_per_req"]),
+        upstream_cpu_us_per_req=med(lambda r: r["upstream_cpu_us_per_req"]),
+        proxy_rss_kb_after=rounds[-1]["proxy_rss_kb_after"],
+        proxy_ctx_switches_per_req=med(lambda r: r["proxy_ctx_switches_per_req"]),
+        loadavg_after=rounds[-1]["loadavg_after"], rounds=rounds)
+    del c["round"]
+    json.dump(c, open(f"{out}/{name}-{body}.json", "w"))
+PY
 done
 
 # --- 10k idle WebSockets: peak RSS of each proxy, fresh process each --------------------------
@@ -331,7 +388,7 @@ ws_case() { # ws_case name port "proxy pids" upstream_pid
 if [ "${SKIP_WS:-0}" != 1 ]; then
   start_app 100
   ws_case direct "$APP_PORT" "$APP_PID" "$APP_PID"; stop_pid "$APP_PID"; start_app 100
-  start_nginx auto; ws_case nginx "$NGINX_PORT" "${NGINX_PIDS[*]}" "$APP_PID"; stop_pid "${NGINX_PIDS[0]}"
+  start_nginx auto "$NGINX_PORT"; ws_case nginx "$NGINX_PORT" "${NGINX_PIDS[*]}" "$APP_PID"; stop_pid "${NGINX_PIDS[0]}"
   stop_pid "$APP_PID"; start_app 100
   start_haproxy; ws_case haproxy "$HAPROXY_PORT" "$HAPROXY_PID" "$APP_PID"; stop_pid "$HAPROXY_PID"
   stop_pid "$APP_PID"
@@ -341,9 +398,9 @@ fi
 # --- results ---------------------------------------------------------------------------------
 mkdir -p "$BENCH/results"
 RESULT="$BENCH/results/$(date -u +%Y-%m-%dT%H%M%SZ).json"
-python3 - "$OUT" "$RESULT" "$DURATION" "$CONNS" "$THREADS" "$PIN" <<'PY'
+python3 - "$OUT" "$RESULT" "$DURATION" "$CONNS" "$THREADS" "$PIN" "$ROUNDS" <<'PY'
 import glob, json, os, platform, re, subprocess, sys
-out, result, duration, conns, threads, pin = sys.argv[1:]
+out, result, duration, conns, threads, pin, rounds = sys.argv[1:]
 def sh(c):
     r = subprocess.run(c + " 2>&1", shell=True, capture_output=True, text=True)
     return r.stdout.strip()
@@ -371,6 +428,8 @@ doc = {
     "revision": os.environ.get("BENCH_REV"),
     "fd_limit": int(os.environ.get("BENCH_FD_LIMIT", "0")),
     "params": {"wrk": f"-t{threads} -c{conns} -d{duration} --latency", "pinned": pin == "1",
+               "rounds": int(rounds),
+               "figures": "per case, the median of its rounds; the cases take turns in rotating order",
                "nginx1": "worker_processes 1", "nginx": "worker_processes auto",
                "haproxy": "nbthread 2", "hyper": "bench/hyper-floor, 1 worker per core",
                "cutover": "1 worker (event loop) per core"},
