@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Instructions per proxied request, counted by callgrind: cutover against the bare hyper floor
-# (bench/hyper-floor), under the same light load (wrk -t1 -c8, 100 B responses, one worker
-# each since valgrind runs one thread at a time).
+# (bench/hyper-floor) and nginx (Debian's, configured as bench/run.sh does), under the same
+# light load (wrk -t1 -c8, 100 B responses, one worker each since valgrind runs one thread at
+# a time). They count user space only: the kernel's share of a request (about three quarters
+# of nginx's CPU time here) is not in them.
 #
 # Unlike requests/s on a shared 2-core machine, an instruction count barely moves from run
 # to run, so it shows a change of a few percent in cutover's own per-request work that
@@ -15,11 +17,12 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 T=${BENCH_TARGET:-/tmp/cutover-bench-target}
 DURATION=${DURATION:-15s}
-APP_PORT=18180 CUTOVER_PORT=18183 FLOOR_PORT=18184 ADMIN_PORT=18193
+APP_PORT=18180 NGINX_PORT=18181 CUTOVER_PORT=18183 FLOOR_PORT=18184 ADMIN_PORT=18193
 
 need=()
 command -v valgrind >/dev/null || need+=(valgrind)
 command -v wrk >/dev/null || need+=(wrk)
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx)
 if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
@@ -89,13 +92,49 @@ path = ""
 level = "warn"
 TOML
 
+# As bench/run.sh's nginx, with one worker and no master process, in the foreground.
+mkdir -p "$D/nginx"
+cat >"$D/nginx/nginx.conf" <<NGX
+worker_processes 1;
+master_process off;
+daemon off;
+pid $D/nginx/nginx.pid;
+error_log $D/nginx/error.log warn;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  client_body_temp_path $D/nginx/body;
+  proxy_temp_path $D/nginx/proxy;
+  fastcgi_temp_path $D/nginx/fastcgi;
+  uwsgi_temp_path $D/nginx/uwsgi;
+  scgi_temp_path $D/nginx/scgi;
+  upstream app { server 127.0.0.1:$APP_PORT; keepalive 64; keepalive_requests 1000000; }
+  map \$http_upgrade \$connection_upgrade { default upgrade; '' ''; }
+  server {
+    listen 127.0.0.1:$NGINX_PORT;
+    location / {
+      proxy_pass http://app;
+      proxy_http_version 1.1;
+      proxy_set_header Connection \$connection_upgrade;
+      proxy_set_header Upgrade \$http_upgrade;
+      proxy_set_header Host \$host;
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto \$scheme;
+    }
+  }
+}
+NGX
+
 rev=$(cat "$T/.bench-revision" 2>/dev/null || echo unknown)
 cut=$(measure cutover $CUTOVER_PORT "$T/release/cutover" run -c "$D/cutover.toml")
 floor=$(measure floor $FLOOR_PORT "$T/hyper-floor/release/hyper-floor" \
   127.0.0.1:$FLOOR_PORT 127.0.0.1:$APP_PORT 1)
-echo "| revision | cutover instructions/request | floor | cutover / floor |"
-echo "|---|---:|---:|---:|"
-echo "| \`${rev:0:7}\` | $cut | $floor | $(python3 -c "print(f'{$cut/$floor:.2f}')") |"
+nginx=$(measure nginx $NGINX_PORT "$(command -v nginx || echo /usr/sbin/nginx)" \
+  -c "$D/nginx/nginx.conf" -e "$D/nginx/error.log")
+echo "| revision | cutover instructions/request | floor | nginx | cutover / floor | cutover / nginx |"
+echo "|---|---:|---:|---:|---:|---:|"
+echo "| \`${rev:0:7}\` | $cut | $floor | $nginx | $(python3 -c "print(f'{$cut/$floor:.2f} | {$cut/$nginx:.2f}')") |"
 echo
 echo "cutover's heaviest functions (inclusive instructions per request):"
 reqs=$(awk '/requests in/ {print $1}' "$D/cutover.wrk")
