@@ -347,7 +347,8 @@ for body in $BODIES; do
 import glob, json, statistics as st, sys
 out, body, names = sys.argv[1], sys.argv[2], sys.argv[3:]
 for name in names:
-    rounds = [json.load(open(f)) for f in sorted(glob.glob(f"{out}/rounds/{name}-{body}-*.json"))]
+    rounds = sorted((json.load(open(f)) for f in glob.glob(f"{out}/rounds/{name}-{body}-*.json")),
+                    key=lambda r: r["round"])
     med = lambda f: None if any(f(r) is None for r in rounds) else round(st.median(f(r) for r in rounds), 2)
     first = rounds[0]
     c = dict(first)
