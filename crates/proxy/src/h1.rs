@@ -1249,6 +1249,60 @@ pub(crate) mod tests {
         }
     }
 
+    /// A body of unknown length is read in reads that double while they come back full, as
+    /// hyper's adaptive buffer does, instead of 8 KiB at a time.
+    #[tokio::test]
+    async fn reads_grow_while_a_body_of_unknown_length_fills_them() {
+        const BODY: usize = 48 * 1024;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (written, all_written) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut request = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !request.ends_with(b"\r\n\r\n") {
+                let n = stream.read(&mut buf).await.unwrap();
+                assert!(n > 0, "the request arrives");
+                request.extend_from_slice(&buf[..n]);
+            }
+            // Neither length nor chunks: the client cannot size its reads from the head.
+            let mut answer = b"HTTP/1.1 200 OK\r\n\r\n".to_vec();
+            answer.resize(answer.len() + BODY, b'x');
+            stream.write_all(&answer).await.unwrap();
+            let _ = written.send(());
+            // Closing ends the body.
+        });
+        let mut conn = conn_to(addr).await;
+        let (req, _client) = request_from(GET).await;
+        let Head {
+            body: mut dec,
+            mut upload,
+            ..
+        } = conn
+            .send(req, None, far(), false)
+            .await
+            .ok()
+            .expect("answered");
+        // Everything is in the socket before the body is read, so each read can fill its room.
+        all_written.await.unwrap();
+        let (mut frames, mut len) = (0, 0);
+        while let Some(frame) =
+            std::future::poll_fn(|cx| conn.poll_body(cx, &mut dec, &mut upload)).await
+        {
+            frames += 1;
+            len += frame.unwrap().into_data().unwrap().len();
+        }
+        assert_eq!(len, BODY);
+        assert!(
+            conn.read_size > READ_CHUNK,
+            "reads grew: {}",
+            conn.read_size
+        );
+        // 8 KiB at a time took seven.
+        assert!(frames <= 4, "{frames} reads for {BODY} bytes");
+    }
+
     /// A connection that carried one `GET` to an instance that then closed it.
     async fn answered_once() -> Conn {
         let (addr, _) = instance(vec![(
