@@ -93,38 +93,9 @@ level = "warn"
 TOML
 
 # As bench/run.sh's nginx, with one worker and no master process, in the foreground.
-mkdir -p "$D/nginx"
-cat >"$D/nginx/nginx.conf" <<NGX
-worker_processes 1;
-master_process off;
-daemon off;
-pid $D/nginx/nginx.pid;
-error_log $D/nginx/error.log warn;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  client_body_temp_path $D/nginx/body;
-  proxy_temp_path $D/nginx/proxy;
-  fastcgi_temp_path $D/nginx/fastcgi;
-  uwsgi_temp_path $D/nginx/uwsgi;
-  scgi_temp_path $D/nginx/scgi;
-  upstream app { server 127.0.0.1:$APP_PORT; keepalive 64; keepalive_requests 1000000; }
-  map \$http_upgrade \$connection_upgrade { default upgrade; '' ''; }
-  server {
-    listen 127.0.0.1:$NGINX_PORT;
-    location / {
-      proxy_pass http://app;
-      proxy_http_version 1.1;
-      proxy_set_header Connection \$connection_upgrade;
-      proxy_set_header Upgrade \$http_upgrade;
-      proxy_set_header Host \$host;
-      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-      proxy_set_header X-Forwarded-Proto \$scheme;
-    }
-  }
-}
-NGX
+# shellcheck source=bench/nginx_conf.sh
+. "$ROOT/bench/nginx_conf.sh"
+nginx_conf "$D/nginx" 1 $NGINX_PORT $APP_PORT 1024 off
 
 rev=$(cat "$T/.bench-revision" 2>/dev/null || echo unknown)
 cut=$(measure cutover $CUTOVER_PORT "$T/release/cutover" run -c "$D/cutover.toml")

@@ -26,6 +26,8 @@ PIN=${PIN:-0}
 APP_PORT=18080 NGINX_PORT=18081 NGINX1_PORT=18085 HAPROXY_PORT=18082 CUTOVER_PORT=18083 FLOOR_PORT=18084 ADMIN_PORT=18093
 
 log() { printf '[bench %s] %s\n' "$(date +%T)" "$*" >&2; }
+# shellcheck source=bench/nginx_conf.sh
+. "$BENCH/nginx_conf.sh"
 
 # --- prerequisites -------------------------------------------------------------------------
 need=()
@@ -156,46 +158,7 @@ start_app() { # start_app body_size
 NGINX_PIDS=()
 start_nginx() { # start_nginx workers ("1" or "auto") port: sets NGINX_PIDS (master first)
   local n="$TMP/nginx-$1-$2"
-  mkdir -p "$n"
-  cat >"$n/nginx.conf" <<NGX
-worker_processes $1;
-worker_rlimit_nofile $FD_LIMIT;
-daemon off;
-pid $n/nginx.pid;
-error_log $n/error.log warn;
-events { worker_connections $FD_LIMIT; }
-http {
-  access_log off;
-  keepalive_requests 1000000;      # the default (1000) would reconnect wrk's connections
-  keepalive_timeout 75s;
-  client_body_temp_path $n/body;
-  proxy_temp_path $n/proxy;
-  fastcgi_temp_path $n/fastcgi;
-  uwsgi_temp_path $n/uwsgi;
-  scgi_temp_path $n/scgi;
-  upstream app {
-    server 127.0.0.1:$APP_PORT;
-    keepalive 64;
-    keepalive_requests 1000000;
-    keepalive_timeout 60s;
-  }
-  map \$http_upgrade \$connection_upgrade { default upgrade; '' ''; }
-  server {
-    listen 127.0.0.1:$2;
-    location / {
-      proxy_pass http://app;
-      proxy_http_version 1.1;
-      proxy_set_header Connection \$connection_upgrade;   # "" unless a WebSocket upgrade
-      proxy_set_header Upgrade \$http_upgrade;
-      proxy_set_header Host \$host;
-      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-      proxy_set_header X-Forwarded-Proto \$scheme;
-      proxy_read_timeout 3600s;
-      proxy_send_timeout 3600s;
-    }
-  }
-}
-NGX
+  nginx_conf "$n" "$1" "$2" "$APP_PORT" "$FD_LIMIT"
   pin 1 nginx -c "$n/nginx.conf" -e "$n/error.log" >"$n/out.log" 2>&1 &
   NGINX_PIDS=($!); PIDS+=("$!")
   wait_http "http://127.0.0.1:$2/"
