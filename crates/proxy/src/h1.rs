@@ -828,11 +828,20 @@ pub(crate) mod tests {
     /// step's first bytes have arrived, then writes the second; then it closes. Returns
     /// everything it received.
     async fn instance(steps: Vec<(&'static [u8], Vec<u8>)>) -> (SocketAddr, Arc<Mutex<Vec<u8>>>) {
+        let (addr, received, _) = instance_task(steps).await;
+        (addr, received)
+    }
+
+    /// [`instance`], with its task, which ends once everything was written and the
+    /// connection closed.
+    async fn instance_task(
+        steps: Vec<(&'static [u8], Vec<u8>)>,
+    ) -> (SocketAddr, Arc<Mutex<Vec<u8>>>, tokio::task::JoinHandle<()>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let received = Arc::new(Mutex::new(Vec::new()));
         let got = received.clone();
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let (mut stream, _) = listener.accept().await.unwrap();
             let mut buf = [0u8; 4096];
             let mut seen = 0;
@@ -855,7 +864,7 @@ pub(crate) mod tests {
                 }
             }
         });
-        (addr, received)
+        (addr, received, task)
     }
 
     async fn conn_to(addr: SocketAddr) -> Conn {
@@ -1254,25 +1263,10 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn reads_grow_while_a_body_of_unknown_length_fills_them() {
         const BODY: usize = 48 * 1024;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (written, all_written) = tokio::sync::oneshot::channel();
-        tokio::spawn(async move {
-            let (mut stream, _) = listener.accept().await.unwrap();
-            let mut request = Vec::new();
-            let mut buf = [0u8; 1024];
-            while !request.ends_with(b"\r\n\r\n") {
-                let n = stream.read(&mut buf).await.unwrap();
-                assert!(n > 0, "the request arrives");
-                request.extend_from_slice(&buf[..n]);
-            }
-            // Neither length nor chunks: the client cannot size its reads from the head.
-            let mut answer = b"HTTP/1.1 200 OK\r\n\r\n".to_vec();
-            answer.resize(answer.len() + BODY, b'x');
-            stream.write_all(&answer).await.unwrap();
-            let _ = written.send(());
-            // Closing ends the body.
-        });
+        // Neither length nor chunks: the client cannot size its reads from the head.
+        let mut answer = b"HTTP/1.1 200 OK\r\n\r\n".to_vec();
+        answer.resize(answer.len() + BODY, b'x');
+        let (addr, _, written) = instance_task(vec![(b"\r\n\r\n", answer)]).await;
         let mut conn = conn_to(addr).await;
         let (req, _client) = request_from(GET).await;
         let Head {
@@ -1284,8 +1278,9 @@ pub(crate) mod tests {
             .await
             .ok()
             .expect("answered");
-        // Everything is in the socket before the body is read, so each read can fill its room.
-        all_written.await.unwrap();
+        // Everything is in the socket (and the connection closed, which ends the body) before
+        // the body is read, so each read can fill its room.
+        written.await.unwrap();
         let (mut frames, mut len) = (0, 0);
         while let Some(frame) =
             std::future::poll_fn(|cx| conn.poll_body(cx, &mut dec, &mut upload)).await

@@ -122,22 +122,33 @@ async fn answer(
 /// pool. Counts the connections it accepted.
 pub async fn one_shot_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
     use tokio::io::AsyncWriteExt;
+    raw_upstream(|mut stream, _| async move {
+        if !read_head(&mut stream).await {
+            return;
+        }
+        let _ = stream
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\none-shot")
+            .await;
+        let _ = stream.shutdown().await;
+    })
+    .await
+}
+
+/// A raw listener on 127.0.0.1 that hands each accepted connection, with its number (from
+/// 0), to `serve` on a task of its own. Returns the connections accepted.
+async fn raw_upstream<F, Fut>(serve: F) -> (SocketAddr, Arc<AtomicUsize>)
+where
+    F: Fn(tokio::net::TcpStream, usize) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let accepted = Arc::new(AtomicUsize::new(0));
     let acc = accepted.clone();
     tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            acc.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                if !read_head(&mut stream).await {
-                    return;
-                }
-                let _ = stream
-                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\none-shot")
-                    .await;
-                let _ = stream.shutdown().await;
-            });
+        while let Ok((stream, _)) = listener.accept().await {
+            let nth = acc.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(serve(stream, nth));
         }
     });
     (addr, accepted)
@@ -163,31 +174,22 @@ async fn read_head(stream: &mut tokio::net::TcpStream) -> bool {
 /// connections accepted.
 pub async fn scripted_upstream(first: &'static [u8]) -> (SocketAddr, Arc<AtomicUsize>) {
     use tokio::io::AsyncWriteExt;
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let acc = accepted.clone();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            let nth = acc.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                for answered in 0.. {
-                    if !read_head(&mut stream).await {
-                        return;
-                    }
-                    let answer: &[u8] = if nth == 0 && answered == 0 {
-                        first
-                    } else {
-                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
-                    };
-                    if stream.write_all(answer).await.is_err() {
-                        return;
-                    }
-                }
-            });
+    raw_upstream(move |mut stream, nth| async move {
+        for answered in 0.. {
+            if !read_head(&mut stream).await {
+                return;
+            }
+            let answer: &[u8] = if nth == 0 && answered == 0 {
+                first
+            } else {
+                b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+            };
+            if stream.write_all(answer).await.is_err() {
+                return;
+            }
         }
-    });
-    (addr, accepted)
+    })
+    .await
 }
 
 /// A keep-alive app on a raw listener: `/endless` answers with a chunked body that never
