@@ -21,7 +21,8 @@
 //! weights only grow during a rollout, so sticky clients only move stable → canary.
 
 use crate::judge::{self, External, Outcome as RuleOutcome, Verdict};
-use crate::spec::{PauseSpec, RolloutSpec, ScheduleKind};
+use crate::lookback::{self, Wider};
+use crate::spec::{AbortSpec, GateSpec, PauseSpec, RolloutSpec, ScheduleKind};
 use crate::stats::{TrackStats, WindowStats};
 use crate::time::{Dur, Timestamp};
 use crate::weight::Weight;
@@ -234,9 +235,13 @@ pub enum Event {
     /// An instance of the release is crash-looping.
     CrashLoop { digest: String, detail: String },
     /// One evaluation interval elapsed; stats cover the last `window` for stable and canary,
-    /// and `external` holds the results of the rules the shell evaluates (PromQL), by rule name.
+    /// `wider` the longer look-backs [`Engine::lookback_windows`] asked for (ascending; the
+    /// shell may stop measuring once one holds `min_samples` of both versions), and
+    /// `external` holds the results of the rules the shell evaluates (PromQL), by rule name.
     Tick {
         stats: WindowStats,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        wider: Vec<Wider>,
         external: BTreeMap<String, External>,
     },
     /// A firing alert matched this service's `[alerts]` selector (the shell matched it).
@@ -456,6 +461,59 @@ impl Engine {
         Some(t)
     }
 
+    /// The look-backs longer than `window` the next `Tick` should carry (see
+    /// [`crate::lookback`]), ascending: the ladder up to `max_lookback`, no further back than
+    /// the canary's first traffic (abort rules) and, ending exactly there, the start of the
+    /// current step (gates). Empty when nothing is being judged.
+    pub fn lookback_windows(&self, now: Timestamp) -> Vec<Dur> {
+        let Some(r) = self.judged() else {
+            return Vec::new();
+        };
+        let (w, max) = (self.spec.window, self.spec.max_lookback);
+        let mut all = lookback::ladder(w, max, now.since(r.traffic_since.unwrap_or(r.started)));
+        if r.phase == Phase::Progressing {
+            all.extend(lookback::ladder(w, max, now.since(r.step_started)));
+        }
+        all.sort();
+        all.dedup();
+        all
+    }
+
+    /// The rollout whose canary is being judged: progressing or paused.
+    fn judged(&self) -> Option<&Rollout> {
+        self.state
+            .rollout
+            .as_ref()
+            .filter(|r| matches!(r.phase, Phase::Progressing | Phase::Paused { .. }))
+    }
+
+    /// `judge` on the window, then — while it is inconclusive and the rule is a built-in one —
+    /// on each longer look-back that reaches no further back than `reach`. The first
+    /// conclusive verdict wins; otherwise the one over the longest look-back, which says how
+    /// few samples even that had. Invariant 11: low traffic leads to a verdict by looking
+    /// further back, never by guessing.
+    fn judge_wide(
+        base: &WindowStats,
+        wider: &[Wider],
+        reach: std::time::Duration,
+        builtin: bool,
+        judge: impl Fn(&WindowStats) -> Verdict,
+    ) -> Verdict {
+        let mut v = judge(base);
+        if !builtin {
+            return v;
+        }
+        for w in wider.iter().filter(|w| w.window.get() <= reach) {
+            if v.outcome != RuleOutcome::Inconclusive {
+                break;
+            }
+            v = judge(&w.stats);
+            v.window = Some(w.window);
+            v.detail = format!("{} (over the last {})", v.detail, w.window);
+        }
+        v
+    }
+
     /// Handles one event at `now`. On `Err`, the state is unchanged.
     pub fn handle(&mut self, now: Timestamp, event: Event) -> Result<Outcome, EngineError> {
         let mut out = Outcome::default();
@@ -477,7 +535,11 @@ impl Engine {
                 }
             }
             Event::CrashLoop { digest, detail } => self.crash_loop(now, &digest, detail, &mut out),
-            Event::Tick { stats, external } => self.tick(now, &stats, &external, &mut out),
+            Event::Tick {
+                stats,
+                wider,
+                external,
+            } => self.tick(now, &stats, &wider, &external, &mut out),
             Event::Alert { name, labels } => {
                 if self.active().is_some() {
                     let shown: Vec<String> =
@@ -715,6 +777,7 @@ impl Engine {
         &mut self,
         now: Timestamp,
         stats: &WindowStats,
+        wider: &[Wider],
         external: &BTreeMap<String, External>,
         out: &mut Outcome,
     ) {
@@ -736,11 +799,18 @@ impl Engine {
             return;
         }
         let min = self.spec.min_samples;
+        // Abort rules may use every request of the canary since it first took traffic.
+        let reach = now.since(r.traffic_since.unwrap_or(r.started));
         let aborts: Vec<Verdict> = self
             .spec
             .aborts
             .iter()
-            .map(|a| judge::judge_abort(a, stats, min, external))
+            .map(|a| {
+                let builtin = !matches!(a, AbortSpec::Promql { .. });
+                Self::judge_wide(stats, wider, reach, builtin, |s| {
+                    judge::judge_abort(a, s, min, external)
+                })
+            })
             .collect();
         let evaluation = Evaluation {
             at: now,
@@ -754,7 +824,10 @@ impl Engine {
             aborts: aborts.clone(),
         };
 
-        // Abort rules: breached continuously for their `for`.
+        // Abort rules: breached continuously for their `for`. Only evidence moves a breach
+        // (invariant 11): a failing verdict starts it, a passing one clears it, and an
+        // inconclusive one does neither — it neither aborts on noise nor forgets a breach
+        // because the canary's traffic thinned out.
         let mut breaches = r.breaches.clone();
         let mut abort_now: Option<(String, Verdict)> = None;
         for (rule, v) in self.spec.aborts.iter().zip(&aborts) {
@@ -777,7 +850,7 @@ impl Engine {
                 if now.since(since) >= rule.for_().get() && abort_now.is_none() {
                     abort_now = Some((name, v.clone()));
                 }
-            } else if breaches.remove(&name).is_some() {
+            } else if v.outcome == RuleOutcome::Pass && breaches.remove(&name).is_some() {
                 self.decide(
                     out,
                     now,
@@ -818,7 +891,9 @@ impl Engine {
             .find(|v| v.outcome == RuleOutcome::Inconclusive)
             .map(|v| format!("{}: {}", v.rule, v.detail));
         // A blind abort rule is named first: it is why the rollout cannot be judged at all.
-        if let Some(gates_unsure) = self.check_gates(now, stats, external, unsure.clone(), out) {
+        if let Some(gates_unsure) =
+            self.check_gates(now, stats, wider, external, unsure.clone(), out)
+        {
             unsure = unsure.or(Some(gates_unsure));
         }
         self.watch_inconclusive(now, unsure, out);
@@ -831,6 +906,7 @@ impl Engine {
         &mut self,
         now: Timestamp,
         stats: &WindowStats,
+        wider: &[Wider],
         external: &BTreeMap<String, External>,
         blind: Option<String>,
         out: &mut Outcome,
@@ -847,11 +923,19 @@ impl Engine {
         if now < r.step_started.plus(d.get()) {
             return None;
         }
+        // Gates judge the weight they would raise on traffic at that weight: they look back at
+        // most to the start of the step (a held step keeps collecting).
+        let reach = now.since(r.step_started);
         let gates: Vec<Verdict> = self
             .spec
             .gates
             .iter()
-            .map(|g| judge::judge_gate(g, stats, min, external))
+            .map(|g| {
+                let builtin = !matches!(g, GateSpec::Promql { .. });
+                Self::judge_wide(stats, wider, reach, builtin, |s| {
+                    judge::judge_gate(g, s, min, external)
+                })
+            })
             .collect();
         if let Some(e) = self
             .state
@@ -943,14 +1027,17 @@ impl Engine {
             return;
         };
         let since = *r.inconclusive_since.get_or_insert(now);
-        if let Some(limit) = limit {
-            if now.since(since) > limit.get() {
-                let why = format!(
-                    "inconclusive for {} > max_inconclusive {limit}: {detail}",
-                    Dur(now.since(since))
-                );
-                self.abort(now, why, true, serde_json::Value::Null, out);
-            }
+        if now.since(since) > limit.get() {
+            let why = format!(
+                "inconclusive for {} > max_inconclusive {limit}: {detail}",
+                Dur(now.since(since))
+            );
+            let numbers = serde_json::json!({
+                "max_inconclusive": limit,
+                "inconclusive_since": since,
+                "detail": detail,
+            });
+            self.abort(now, why, true, numbers, out);
         }
     }
 

@@ -51,6 +51,10 @@ pub struct Verdict {
     /// For a statistical test: its p-value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub p_value: Option<f64>,
+    /// The look-back the numbers cover when it is longer than `rollout.window` (too few
+    /// samples in the window; see `lookback`). Absent: the window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<crate::time::Dur>,
 }
 
 /// The result of a rule the shell evaluates (a PromQL query, embedded or on Prometheus), in
@@ -89,6 +93,7 @@ pub fn judge_external(rule: &str, result: Option<&External>, stats: &WindowStats
         stable_samples: stats.stable.requests,
         detail,
         p_value: None,
+        window: None,
     }
 }
 
@@ -128,6 +133,7 @@ fn inconclusive(
         stable_samples: s,
         detail,
         p_value: None,
+        window: None,
     })
 }
 
@@ -164,6 +170,7 @@ fn verdict(
             fmt_value(threshold, unit)
         ),
         p_value: None,
+        window: None,
     }
 }
 
@@ -234,6 +241,7 @@ pub fn judge_gate(
                 stable_samples: stats.stable.requests,
                 detail,
                 p_value: Some(m.p_value),
+                window: None,
             }
         }
         GateSpec::Latency {

@@ -13,6 +13,7 @@
 pub mod engine;
 pub mod histogram;
 pub mod judge;
+pub mod lookback;
 pub mod mannwhitney;
 pub mod simulate;
 pub mod spec;

@@ -129,6 +129,7 @@ mod tests {
                 at: Timestamp(t0.0 + i * 5000),
                 event: Event::Tick {
                     stats,
+                    wider: Vec::new(),
                     external: Default::default(),
                 },
             });

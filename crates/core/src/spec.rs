@@ -408,10 +408,17 @@ pub struct RolloutSpec {
     /// A gate failing for longer than this aborts the rollout.
     #[serde(default = "default_max_hold")]
     pub max_hold: Dur,
-    /// Rules inconclusive (too few samples, no data, Prometheus unreachable) for longer than
-    /// this abort the rollout; unset, an inconclusive rollout holds until an operator acts.
-    #[serde(default)]
-    pub max_inconclusive: Option<Dur>,
+    /// How far back an evaluation may look when `window` holds fewer than `min_samples`
+    /// requests: the window is doubled (up to this) until it does. Abort rules look back at
+    /// most to the canary's first traffic in the rollout, gates to the start of the current
+    /// step. Applies to the built-in rules (proxy measurements), not to PromQL rules.
+    #[serde(default = "default_max_lookback")]
+    pub max_lookback: Dur,
+    /// Rules inconclusive (too few samples even over `max_lookback`, no data, Prometheus
+    /// unreachable) for longer than this abort the rollout, recorded as such: a rollout never
+    /// holds in limbo forever.
+    #[serde(default = "default_max_inconclusive")]
+    pub max_inconclusive: Dur,
     /// After promotion the previous version keeps running without traffic this long, so a
     /// rollback is one atomic switch.
     #[serde(default = "default_hold_previous")]
@@ -435,7 +442,8 @@ impl Default for RolloutSpec {
             window: default_window(),
             min_samples: default_min_samples(),
             max_hold: default_max_hold(),
-            max_inconclusive: None,
+            max_lookback: default_max_lookback(),
+            max_inconclusive: default_max_inconclusive(),
             hold_previous: default_hold_previous(),
             gates: GateSpec::defaults(),
             aborts: AbortSpec::defaults(),
@@ -815,6 +823,17 @@ fn default_min_samples() -> u64 {
     50
 }
 fn default_max_hold() -> Dur {
+    Dur::from_secs(600)
+}
+/// Ten default windows: at the default 2 % it lowers the traffic needed for a verdict from
+/// 83.4 to 8.4 req/s, and bounds the recorder's look-back memory.
+fn default_max_lookback() -> Dur {
+    Dur::from_secs(300)
+}
+/// Twice `max_lookback`: long enough for the look-back to reach its bound and for a held gate
+/// to collect it at the current weight, short enough that a canary nobody can judge (no
+/// traffic, metrics provider down) is not left holding for long.
+fn default_max_inconclusive() -> Dur {
     Dur::from_secs(600)
 }
 fn default_hold_previous() -> Dur {
@@ -1262,8 +1281,16 @@ impl Config {
                 );
             }
         }
-        if let Some(d) = r.max_inconclusive {
-            v.positive("rollout.max_inconclusive", d);
+        v.positive("rollout.max_inconclusive", r.max_inconclusive);
+        if r.max_lookback < r.window {
+            v.err(
+                "rollout.max_lookback",
+                format!(
+                    "{} is shorter than rollout.window ({})",
+                    r.max_lookback, r.window
+                ),
+                "make it at least the window (equal turns the look-back off)",
+            );
         }
         let m = &self.metrics;
         if !m.path.is_empty() && !m.path.starts_with('/') {

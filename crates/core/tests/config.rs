@@ -46,6 +46,9 @@ fn defaults_are_the_blueprints() {
     assert_eq!(r.interval, Dur::from_secs(5));
     assert_eq!(r.window, Dur::from_secs(30));
     assert_eq!(r.hold_previous, Dur::from_secs(3600));
+    assert_eq!(r.min_samples, 50);
+    assert_eq!(r.max_lookback, Dur::from_secs(300));
+    assert_eq!(r.max_inconclusive, Dur::from_secs(600));
     assert!(
         matches!(&r.gates[0], GateSpec::Latency { quantile, max_increase_percent: Some(p), .. } if *quantile == 0.99 && *p == 5.0)
     );
@@ -193,4 +196,21 @@ fn proxy_workers_are_one_to_1024_or_one_per_cpu() {
     }
     let e = errors(&with("-1")).join("\n");
     assert!(e.contains("workers"), "{e}");
+}
+
+#[test]
+fn max_lookback_shorter_than_the_window_is_refused() {
+    let e = errors(&format!(
+        "{MINIMAL}\n[rollout]\nwindow = \"30s\"\nmax_lookback = \"10s\"\nmax_inconclusive = \"0s\"\n"
+    ));
+    let joined = e.join("\n");
+    assert!(
+        joined.contains("rollout.max_lookback") && joined.contains("shorter than rollout.window"),
+        "{joined}"
+    );
+    assert!(joined.contains("rollout.max_inconclusive"), "{joined}");
+    let ok = Config::from_toml_str(&format!(
+        "{MINIMAL}\n[rollout]\nwindow = \"30s\"\nmax_lookback = \"30s\"\n"
+    ));
+    assert!(ok.is_ok(), "{ok:?}");
 }

@@ -100,6 +100,7 @@ impl Sim {
         self.at(secs);
         self.ok(Event::Tick {
             stats,
+            wider: Vec::new(),
             external: Default::default(),
         })
     }
@@ -819,6 +820,7 @@ mod analysis {
             self.at(secs);
             self.ok(Event::Tick {
                 stats: healthy(),
+                wider: Vec::new(),
                 external,
             })
         }
@@ -888,7 +890,7 @@ mod analysis {
     #[test]
     fn max_inconclusive_aborts_a_rollout_that_cannot_be_judged() {
         let mut s = Sim::with_stable(RolloutSpec {
-            max_inconclusive: Some(Dur::from_secs(60)),
+            max_inconclusive: Dur::from_secs(60),
             ..promql_spec()
         });
         s.deploy_v2();
@@ -902,12 +904,25 @@ mod analysis {
             panic!("{:?}", s.phase())
         };
         assert!(reason.contains("max_inconclusive"), "{reason}");
-        // Without the limit it holds as long as it takes.
+        // The default is 10 minutes: a rollout never holds in limbo forever.
         let mut s = Sim::with_stable(promql_spec());
         s.deploy_v2();
-        for _ in 0..500 {
+        for _ in 0..=120 {
             assert!(s.tick_ext(5, ext(nodata(), nodata())).actions.is_empty());
         }
+        let out = s.tick_ext(5, ext(nodata(), nodata()));
+        let aborted = out
+            .decisions
+            .iter()
+            .find(|d| d.kind == DecisionKind::Aborted)
+            .expect("aborted after the default max_inconclusive");
+        assert!(
+            aborted.reason.contains("max_inconclusive 10m"),
+            "{}",
+            aborted.reason
+        );
+        assert_eq!(aborted.numbers["max_inconclusive"], "10m");
+        assert_eq!(aborted.numbers["automatic"], true);
     }
 
     #[test]
@@ -976,6 +991,7 @@ mod analysis {
                 stable: spread(20, 400),
                 canary: spread(30, 200),
             },
+            wider: Vec::new(),
             external: Default::default(),
         });
         assert!(out.actions.is_empty());
@@ -1033,6 +1049,7 @@ fn a_blind_abort_rule_holds_the_rollout() {
     s.at(90);
     let out = s.ok(Event::Tick {
         stats: healthy(),
+        wider: Vec::new(),
         external: down.clone(),
     });
     assert!(out.actions.is_empty());
@@ -1060,6 +1077,7 @@ fn a_blind_abort_rule_holds_the_rollout() {
     s.at(5);
     let out = s.ok(Event::Tick {
         stats: healthy(),
+        wider: Vec::new(),
         external: up,
     });
     assert_eq!(route_weights(&out), vec![Weight::from_bp(400).unwrap()]);
