@@ -14,6 +14,7 @@
 use crate::spec::RolloutSpec;
 use crate::stats::WindowStats;
 use crate::time::Dur;
+use crate::weight::Weight;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -98,7 +99,12 @@ fn fmt_percent(p: f64) -> String {
 /// it collects `min_samples` in `t` seconds at a total rate of `min_samples / (t × weight)`;
 /// stable (the larger share) is never the constraint.
 pub fn traffic_need(spec: &RolloutSpec) -> TrafficNeed {
-    let weight_percent = spec.initial().percent();
+    traffic_need_at(spec, spec.initial())
+}
+
+/// [`traffic_need`] at the canary weight `weight` (what `status` shows for a running rollout).
+pub fn traffic_need_at(spec: &RolloutSpec, weight: Weight) -> TrafficNeed {
+    let weight_percent = weight.percent();
     let share = (weight_percent / 100.0).max(1e-9);
     let min = spec.min_samples as f64;
     let reach = spec

@@ -54,7 +54,7 @@ pub fn validate(path: &Path) -> Result<String, CommandError> {
     let c = &l.config;
     let plan: Vec<String> = c.schedule().iter().map(|s| s.weight.to_string()).collect();
     Ok(format!(
-        "{} is valid: service {} on {}, admin on {}, {} instance(s) per version\nschedule: {} → 100% ({} steps, {} each); evaluation every {} over {}; {} gate(s), {} abort rule(s)",
+        "{} is valid: service {} on {}, admin on {}, {} instance(s) per version\nschedule: {} → 100% ({} steps, {} each); evaluation every {} over {}; {} gate(s), {} abort rule(s)\ntraffic: {}",
         l.path.display(),
         c.service.name,
         c.service.listen,
@@ -66,7 +66,8 @@ pub fn validate(path: &Path) -> Result<String, CommandError> {
         c.rollout.interval,
         c.rollout.window,
         c.rollout.gates.len(),
-        c.rollout.aborts.len()
+        c.rollout.aborts.len(),
+        cutover_core::lookback::traffic_need(&c.rollout).sentence()
     ))
 }
 

@@ -219,6 +219,13 @@ pub fn status(s: &StatusView) -> String {
         "\nevaluation every {} over {} (min {} samples); steps {}; max_hold {}; hold_previous {}; drain {} (WebSockets: quiet period {}, then 1012) then grace {}",
         st.interval, st.window, st.min_samples, st.step_interval, st.max_hold, st.hold_previous, st.drain_timeout, st.quiet_period, st.grace
     );
+    if !st.traffic_need.is_empty() {
+        let _ = writeln!(
+            o,
+            "low traffic: looks back up to {}; inconclusive longer than {} aborts; {}",
+            st.max_lookback, st.max_inconclusive, st.traffic_need
+        );
+    }
     o
 }
 

@@ -21,13 +21,14 @@ use cutover_core::engine::{
     Action, Decision, Engine, EngineError, Event, Phase, Release, State, Verb,
 };
 use cutover_core::judge::External;
+use cutover_core::lookback::{self, Wider};
 use cutover_core::{Timestamp, WindowStats};
 use cutover_notify::{Notice, Notifier};
 use cutover_promql::{EvalOptions, Labels, MemStore};
 use cutover_proxy::{CertReloader, Proxy, ProxyConfig, TlsError};
 use cutover_store::{Commit, DecisionRecord, EventRecord, ReleaseRecord, RolloutRecord, Store};
 use cutover_supervisor::{Fleet, InFlight, Release as SupRelease, Supervisor};
-use cutover_telemetry::Recorder;
+use cutover_telemetry::{History, Recorder};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
@@ -330,6 +331,7 @@ pub async fn start(loaded: Loaded) -> Result<Running, StartError> {
         fleet_rx,
         proxy,
         recorder,
+        history: History::new(c.rollout.max_lookback.get()),
         router: Router::default(),
         releases: HashMap::new(),
         start_deadlines: HashMap::new(),
@@ -471,6 +473,8 @@ struct Driver {
     fleet_rx: watch::Receiver<Fleet>,
     proxy: Proxy,
     recorder: Recorder,
+    /// The recorder's slots folded per interval, for look-backs beyond its window.
+    history: History,
     router: Router,
     /// Resolved releases by digest: what `Action::Start` runs.
     releases: HashMap<String, SupRelease>,
@@ -960,19 +964,57 @@ impl Driver {
             let _ = self.apply(Event::StartFailed { digest, reason }, None);
         }
         let window = self.loaded.config.rollout.window.get();
-        let stats = match self.engine.active().filter(|r| r.phase != Phase::Starting) {
-            Some(r) => WindowStats {
-                stable: r
-                    .from
-                    .as_ref()
-                    .map(|f| self.recorder.window(&f.version, window))
-                    .unwrap_or_default(),
-                canary: self.recorder.window(&r.to.version, window),
-            },
+        let min_samples = self.loaded.config.rollout.min_samples;
+        self.history.collect(&self.recorder);
+        let measured = self.engine.active().filter(|r| r.phase != Phase::Starting);
+        let versions = measured.map(|r| {
+            (
+                r.from.as_ref().map(|f| f.version.clone()),
+                r.to.version.clone(),
+            )
+        });
+        let measure = |d: Duration, wide: bool| match &versions {
+            Some((stable, canary)) => {
+                let read = |v: &str| {
+                    if wide {
+                        self.history.window(&self.recorder, v, d)
+                    } else {
+                        self.recorder.window(v, d)
+                    }
+                };
+                WindowStats {
+                    stable: stable.as_deref().map(read).unwrap_or_default(),
+                    canary: read(canary),
+                }
+            }
             None => WindowStats::default(),
         };
+        let stats = measure(window, false);
+        // The longer look-backs the engine asks for, shortest first, until one holds enough
+        // of both versions for every rule (the engine decides which it may use).
+        let mut wider = Vec::new();
+        let mut enough =
+            stats.canary.requests >= min_samples && stats.stable.requests >= min_samples;
+        for d in self.engine.lookback_windows(now()) {
+            if enough {
+                break;
+            }
+            let s = measure(d.get(), true);
+            enough = s.canary.requests >= min_samples && s.stable.requests >= min_samples;
+            wider.push(Wider {
+                window: d,
+                stats: s,
+            });
+        }
         let external = self.evaluate_rules();
-        let _ = self.apply(Event::Tick { stats, external }, None);
+        let _ = self.apply(
+            Event::Tick {
+                stats,
+                wider,
+                external,
+            },
+            None,
+        );
     }
 
     /// Records cutover's own exposition into the series store, then evaluates the PromQL
@@ -1153,6 +1195,17 @@ impl Driver {
                     c.app.readiness.failure_threshold,
                 ),
                 liveness_failure_threshold: c.app.liveness.failure_threshold,
+                max_lookback: c.rollout.max_lookback,
+                max_inconclusive: c.rollout.max_inconclusive,
+                traffic_need: {
+                    let weight = self
+                        .engine
+                        .active()
+                        .map(|r| r.weight)
+                        .filter(|w| *w > cutover_core::Weight::ZERO)
+                        .unwrap_or_else(|| c.rollout.initial());
+                    lookback::traffic_need_at(&c.rollout, weight).sentence()
+                },
             },
         }
     }

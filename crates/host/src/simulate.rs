@@ -352,7 +352,12 @@ pub async fn from_prometheus(
         }
         events.push(Recorded {
             at: Timestamp(t as u64),
-            event: Event::Tick { stats, external },
+            event: Event::Tick {
+                stats,
+                // Prometheus ranges are the window's; see docs/rollout.md (look-back).
+                wider: Vec::new(),
+                external,
+            },
         });
         t += step;
     }

@@ -54,4 +54,12 @@ pub struct Settings {
     pub grace: Dur,
     pub readiness_thresholds: (u32, u32),
     pub liveness_failure_threshold: u32,
+    #[serde(default)]
+    pub max_lookback: Dur,
+    #[serde(default)]
+    pub max_inconclusive: Dur,
+    /// The traffic a verdict needs at the canary's current (else first) weight:
+    /// `needs ≥ 83.4 req/s at 2 % …` (`cutover_core::lookback::traffic_need`).
+    #[serde(default)]
+    pub traffic_need: String,
 }

@@ -19,7 +19,7 @@
 use cutover_core::histogram::{bucket_index, BUCKETS};
 use cutover_core::{Histogram, TrackStats};
 use std::cell::Cell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
@@ -571,13 +571,18 @@ impl VersionRecorder {
     /// The requests recorded in the slots that overlap the last `window` (clamped to the
     /// retention), i.e. at least `window` and less than `window` + one slot of history.
     pub fn window(&self, window: Duration) -> TrackStats {
-        let inner = &*self.inner;
-        let layout = inner.layout;
+        let layout = self.inner.layout;
         let window = window.min(layout.retention);
         let elapsed = Instant::now().saturating_duration_since(layout.origin);
         let current = layout.epoch_of_elapsed(elapsed);
         let first = layout.epoch_of_elapsed(elapsed.saturating_sub(window));
+        self.epochs(first, current)
+    }
 
+    /// The requests recorded in the slots of epochs `first..=last` still in the ring.
+    fn epochs(&self, first: u64, last: u64) -> TrackStats {
+        let inner = &*self.inner;
+        let current = last;
         let mut requests = 0u64;
         let mut errors = 0u64;
         let mut sum_micros = 0u64;
@@ -648,6 +653,123 @@ impl VersionRecorder {
             errors: self.sum(|s| &s.total_errors),
             by_code,
         }
+    }
+}
+
+/// At most about this many chunks per version in a [`History`]: collected more often than
+/// `reach / MAX_CHUNKS`, the last chunk grows instead (the look-back's edge is then that
+/// coarse).
+pub const MAX_CHUNKS: u64 = 64;
+
+/// Longer look-backs than the recorder's ring holds, kept off the request path.
+///
+/// The ring holds one window at full resolution; keeping `max_lookback` (ten windows by
+/// default) at that resolution would cost ten times the memory per version and shard. Instead
+/// the driver calls [`History::collect`] once per evaluation interval: it folds each version's
+/// slots that finished since the last call into one histogram (a *chunk*), and drops chunks
+/// older than `reach`. A look-back is then the chunks that start inside it plus the slots not
+/// yet folded, read from the ring. Memory: at most `reach / interval` and about
+/// [`MAX_CHUNKS`] chunks of one histogram (12 KiB) each per version; the request path does
+/// exactly what it did before.
+///
+/// A look-back starts on a chunk boundary, so it covers between `d - interval` and `d` (plus
+/// the slot being filled); it never reaches further back than asked. If `collect` is not
+/// called for longer than the ring's retention, the slots in between are lost to the
+/// look-back (it then holds fewer requests, never wrong ones).
+#[derive(Debug)]
+pub struct History {
+    reach: Duration,
+    versions: HashMap<String, VecDeque<Chunk>>,
+}
+
+#[derive(Debug)]
+struct Chunk {
+    /// Epochs `first..end` of the recorder's layout.
+    first: u64,
+    end: u64,
+    stats: TrackStats,
+}
+
+impl History {
+    /// A history that keeps look-backs up to `reach`.
+    pub fn new(reach: Duration) -> History {
+        History {
+            reach,
+            versions: HashMap::new(),
+        }
+    }
+
+    /// Folds every version's slots that finished since the last call into one chunk, and
+    /// forgets chunks older than `reach` and versions the recorder forgot.
+    pub fn collect(&mut self, rec: &Recorder) {
+        let layout = rec.inner.layout;
+        let elapsed = Instant::now().saturating_duration_since(layout.origin);
+        let current = layout.epoch_of_elapsed(elapsed);
+        let oldest = layout.epoch_of_elapsed(elapsed.saturating_sub(self.reach));
+        let ring_start = current.saturating_sub(layout.ring as u64 - 1);
+        let grain = (layout.epoch_of_elapsed(self.reach) / MAX_CHUNKS).max(1);
+        let versions: Vec<(String, VersionRecorder)> = {
+            let map = rec
+                .inner
+                .versions
+                .read()
+                .unwrap_or_else(PoisonError::into_inner);
+            map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+        };
+        self.versions
+            .retain(|name, _| versions.iter().any(|(n, _)| n == name));
+        for (name, v) in versions {
+            let chunks = self.versions.entry(name).or_default();
+            let first = chunks.back().map_or(ring_start, |c| c.end).max(ring_start);
+            if first < current {
+                let stats = v.epochs(first, current - 1);
+                match chunks.back_mut() {
+                    // Collected more often than `reach / MAX_CHUNKS`: grow the last chunk, so
+                    // that a millisecond interval cannot make the history grow unbounded.
+                    Some(last) if last.end == first && last.end - last.first < grain => {
+                        last.stats.merge(&stats);
+                        last.end = current;
+                    }
+                    _ => chunks.push_back(Chunk {
+                        first,
+                        end: current,
+                        stats,
+                    }),
+                }
+            }
+            while chunks.front().is_some_and(|c| c.first < oldest) {
+                chunks.pop_front();
+            }
+        }
+    }
+
+    /// `version`'s traffic over the last `d` (at most `reach`): the chunks that start inside
+    /// it and the slots since the last [`History::collect`].
+    pub fn window(&self, rec: &Recorder, version: &str, d: Duration) -> TrackStats {
+        let layout = rec.inner.layout;
+        let elapsed = Instant::now().saturating_duration_since(layout.origin);
+        let current = layout.epoch_of_elapsed(elapsed);
+        let first = layout.epoch_of_elapsed(elapsed.saturating_sub(d.min(self.reach)));
+        let v = {
+            let map = rec
+                .inner
+                .versions
+                .read()
+                .unwrap_or_else(PoisonError::into_inner);
+            match map.get(version) {
+                Some(v) => v.clone(),
+                None => return TrackStats::default(),
+            }
+        };
+        let chunks = self.versions.get(version);
+        let mut out = TrackStats::default();
+        let mut recent = first;
+        for c in chunks.into_iter().flatten().filter(|c| c.first >= first) {
+            out.merge(&c.stats);
+            recent = recent.max(c.end);
+        }
+        out.merge(&v.epochs(recent, current));
+        out
     }
 }
 
@@ -1047,5 +1169,64 @@ mod tests {
                 "{out}"
             );
         });
+    }
+
+    /// A look-back ten times the ring's retention: one request per second for 300 s, with the
+    /// driver collecting every 5 s, reads back exactly the requests of the span asked for
+    /// (look-backs aligned to the collection, as the driver's are), and never more than it.
+    #[tokio::test(start_paused = true)]
+    async fn history_reaches_past_the_ring_and_no_further_than_asked() {
+        let rec = Recorder::with_shards(ms(500), Duration::from_secs(30), 2);
+        let mut history = History::new(Duration::from_secs(120));
+        let v = rec.track("v2");
+        for i in 1..=300u64 {
+            advance(SEC).await;
+            v.record(200, ms(if i > 240 { 900 } else { 10 }), i % 100 == 0);
+            if i % 5 == 0 {
+                history.collect(&rec);
+            }
+        }
+        // The ring alone holds the last 30 s.
+        assert_eq!(rec.window("v2", Duration::from_secs(60)).requests, 31);
+        let h = |secs| history.window(&rec, "v2", Duration::from_secs(secs));
+        // Requests at 1 s, 2 s … 300 s, now is 300 s: the last `secs` holds `secs + 1`.
+        for secs in [30, 60, 115] {
+            assert_eq!(h(secs).requests, secs + 1, "{secs}s");
+        }
+        // Bounded by `reach`: asking for more returns 120 s.
+        let all = h(600);
+        assert_eq!(all.requests, 121);
+        assert_eq!(
+            all.errors, 2,
+            "requests 200 and 300 are in the last 120 s, 100 is not"
+        );
+        assert!(all.latency_quantile_secs(0.99).unwrap() > 0.85);
+        assert!(all.latency_quantile_secs(0.25).unwrap() < 0.02);
+        // Versions the recorder forgot are forgotten.
+        rec.forget("v2");
+        history.collect(&rec);
+        assert_eq!(
+            history.window(&rec, "v2", Duration::from_secs(60)).requests,
+            0
+        );
+        assert!(history.versions.is_empty());
+    }
+
+    /// Collecting at every slot (a millisecond evaluation interval) keeps the history bounded.
+    #[tokio::test(start_paused = true)]
+    async fn history_memory_is_bounded_however_often_it_collects() {
+        let rec = Recorder::with_shards(ms(10), ms(300), 1);
+        let mut history = History::new(Duration::from_secs(60));
+        let v = rec.track("v2");
+        for _ in 0..12_000 {
+            advance(ms(10)).await;
+            v.record(200, ms(1), false);
+            history.collect(&rec);
+        }
+        let chunks = history.versions["v2"].len() as u64;
+        assert!(chunks <= MAX_CHUNKS + 2, "{chunks} chunks");
+        // Still every request of the last minute, to within one chunk (~0.94 s).
+        let n = history.window(&rec, "v2", Duration::from_secs(60)).requests;
+        assert!((5_900..=6_001).contains(&n), "{n}");
     }
 }
