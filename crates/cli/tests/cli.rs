@@ -26,6 +26,11 @@ fn validate_accepts_the_example_and_summarises_it() {
         out.contains("2% → 4% → 8% → 16% → 32% → 64% → 100%"),
         "{out}"
     );
+    // The traffic a verdict needs, from the defaults the example spells out.
+    assert!(
+        out.contains("traffic: needs ≥ 83.4 req/s at 2 % to decide on one 30s window (min_samples 50), ≥ 8.4 req/s with the look-back (5m)"),
+        "{out}"
+    );
 }
 
 #[test]
