@@ -401,8 +401,9 @@ pub struct RolloutSpec {
     /// The sliding window every evaluation looks at.
     #[serde(default = "default_window")]
     pub window: Dur,
-    /// Fewer requests than this for a version in the window is inconclusive: hold, never
-    /// advance and never abort on noise.
+    /// Fewer requests than this for a version in the window: the rule looks further back
+    /// (`max_lookback`); still fewer is inconclusive: hold, never advance, never abort on
+    /// noise, and neither start nor clear a breach (DESIGN.md invariant 11).
     #[serde(default = "default_min_samples")]
     pub min_samples: u64,
     /// A gate failing for longer than this aborts the rollout.

@@ -246,7 +246,9 @@ pub fn parse_time(s: &str, now_ms: i64) -> Result<i64, CommandError> {
 /// Builds a recording from a Prometheus that scraped cutover: the canary's rollout is taken to
 /// start at `from`; every `rollout.interval` the window statistics of both versions come from
 /// `http_request_duration_seconds_bucket` and `http_requests_total`, and the PromQL rules are
-/// evaluated on Prometheus. Latency is as precise as the exposed buckets (a quantile is
+/// evaluated on Prometheus; when a window holds fewer than `min_samples`, the look-backs of
+/// `rollout.max_lookback` are queried as the live driver measures them (gates' look-backs
+/// end on the ladder's rungs rather than exactly at their step's start). Latency is as precise as the exposed buckets (a quantile is
 /// reported at its bucket's upper bound), so a replay from Prometheus approximates the live
 /// decisions where one from an export reproduces them.
 pub async fn from_prometheus(
@@ -305,12 +307,13 @@ pub async fn from_prometheus(
         },
     ];
     let window = c.rollout.window.get().as_millis();
+    let min_samples = c.rollout.min_samples;
     let vars = crate::rules::vars(&service, &canary, Some(&stable));
     let rules = crate::rules::rules(c);
     let step = c.rollout.interval.get().as_millis().max(1) as i64;
     let mut t = src.from_ms + step;
     while t <= src.to_ms {
-        let track = |version: &str| {
+        let track = |version: &str, window: u128| {
             let client = client.clone();
             let service = service.clone();
             let version = version.to_string();
@@ -333,9 +336,33 @@ pub async fn from_prometheus(
             }
         };
         let stats = WindowStats {
-            stable: track(&src.stable).await?,
-            canary: track(&src.canary).await?,
+            stable: track(&src.stable, window).await?,
+            canary: track(&src.canary, window).await?,
         };
+        // The look-backs the live driver would measure (the canary took traffic at `from`),
+        // shortest first until one holds enough of both versions.
+        let enough =
+            |s: &WindowStats| s.canary.requests >= min_samples && s.stable.requests >= min_samples;
+        let mut wider = Vec::new();
+        let since = std::time::Duration::from_millis((t - src.from_ms).max(0) as u64);
+        if !enough(&stats) {
+            for d in cutover_core::lookback::ladder(c.rollout.window, c.rollout.max_lookback, since)
+            {
+                let ms = d.get().as_millis();
+                let s = WindowStats {
+                    stable: track(&src.stable, ms).await?,
+                    canary: track(&src.canary, ms).await?,
+                };
+                let done = enough(&s);
+                wider.push(cutover_core::lookback::Wider {
+                    window: d,
+                    stats: s,
+                });
+                if done {
+                    break;
+                }
+            }
+        }
         let mut external = std::collections::BTreeMap::new();
         for r in &rules {
             let ext = match cutover_promql::expand(&r.template, &vars)
@@ -354,8 +381,7 @@ pub async fn from_prometheus(
             at: Timestamp(t as u64),
             event: Event::Tick {
                 stats,
-                // Prometheus ranges are the window's; see docs/rollout.md (look-back).
-                wider: Vec::new(),
+                wider,
                 external,
             },
         });
