@@ -26,6 +26,12 @@ pub struct Wider {
     pub stats: WindowStats,
 }
 
+/// Whether `stats` holds `min_samples` of both versions: every built-in rule can be judged on
+/// it, so the shell measures no longer look-back than the first that does.
+pub fn enough(stats: &WindowStats, min_samples: u64) -> bool {
+    stats.canary.requests >= min_samples && stats.stable.requests >= min_samples
+}
+
 /// The windows longer than `window` worth measuring when `available` of evidence exists:
 /// `window` doubled until the cap, then the cap itself, where the cap is the smaller of
 /// `max_lookback` and `available`. Ascending; empty when the cap is not beyond `window`.

@@ -993,14 +993,13 @@ impl Driver {
         // The longer look-backs the engine asks for, shortest first, until one holds enough
         // of both versions for every rule (the engine decides which it may use).
         let mut wider = Vec::new();
-        let mut enough =
-            stats.canary.requests >= min_samples && stats.stable.requests >= min_samples;
+        let mut enough = lookback::enough(&stats, min_samples);
         for d in self.engine.lookback_windows(now()) {
             if enough {
                 break;
             }
             let s = measure(d.get(), true);
-            enough = s.canary.requests >= min_samples && s.stable.requests >= min_samples;
+            enough = lookback::enough(&s, min_samples);
             wider.push(Wider {
                 window: d,
                 stats: s,

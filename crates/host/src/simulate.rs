@@ -341,8 +341,7 @@ pub async fn from_prometheus(
         };
         // The look-backs the live driver would measure (the canary took traffic at `from`),
         // shortest first until one holds enough of both versions.
-        let enough =
-            |s: &WindowStats| s.canary.requests >= min_samples && s.stable.requests >= min_samples;
+        let enough = |s: &WindowStats| cutover_core::lookback::enough(s, min_samples);
         let mut wider = Vec::new();
         let since = std::time::Duration::from_millis((t - src.from_ms).max(0) as u64);
         if !enough(&stats) {
