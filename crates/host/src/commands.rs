@@ -23,19 +23,30 @@ pub enum CommandError {
     /// The admin API answered with an error.
     #[error(transparent)]
     Client(#[from] ClientError),
+    /// The rollout asked for does not exist (exit 66, sysexits' EX_NOINPUT), whichever verb
+    /// asked: `history --rollout N` and `export --rollout N` alike.
+    #[error("{0}")]
+    NotFound(String),
     /// `deploy --wait` followed a rollout that did not promote (exit 2).
     #[error("{0}")]
     RolloutFailed(String),
+    /// `deploy --wait` stopped following (Ctrl-C); the rollout itself goes on (exit 130, as
+    /// for any command a SIGINT ended).
+    #[error("{0}")]
+    Interrupted(String),
     /// Anything else (exit 1).
     #[error(transparent)]
     Other(#[from] anyhow::Error),
 }
 
 impl CommandError {
-    /// sysexits-style codes: 64 usage/config, 69 unavailable, 2 rollout failed, 1 refused.
+    /// sysexits-style codes: 64 usage/config, 66 no such rollout, 69 unavailable, 2 rollout
+    /// failed, 130 `deploy --wait` interrupted, 1 refused.
     pub fn exit_code(&self) -> i32 {
         match self {
             CommandError::Usage(_) | CommandError::Config(_) => 64,
+            CommandError::NotFound(_) => 66,
+            CommandError::Client(ClientError::Api { status: 404, .. }) => 66,
             CommandError::Client(ClientError::Connect { .. } | ClientError::Timeout { .. }) => 69,
             CommandError::Client(ClientError::Api { status, .. })
                 if *status == 400 || *status == 422 =>
@@ -43,6 +54,7 @@ impl CommandError {
                 64
             }
             CommandError::RolloutFailed(_) => 2,
+            CommandError::Interrupted(_) => 130,
             _ => 1,
         }
     }

@@ -18,7 +18,7 @@ use cutover_admin::{
 };
 use cutover_core::engine::DecisionKind;
 use cutover_core::engine::{
-    Action, Decision, Engine, EngineError, Event, Phase, Release, State, Verb,
+    Action, Decision, Engine, EngineError, Event, Phase, Release, Rollout, State, Verb,
 };
 use cutover_core::judge::External;
 use cutover_core::{Timestamp, WindowStats};
@@ -452,6 +452,29 @@ fn history(store: &Mutex<Store>, q: HistoryQuery) -> Result<Value, ApiError> {
     Ok(doc)
 }
 
+/// The `(id, ended_at, outcome)` to record when this event ended the rollout: its outcome is
+/// how it ended, so a promotion is recorded when it happens (not an hour later, when the held
+/// previous release is let go: `promoted` → `done` keeps `promoted`), and a rollback after a
+/// promotion replaces it.
+fn ended_record(
+    before: Option<&Rollout>,
+    after: Option<&Rollout>,
+    at: Option<Timestamp>,
+) -> Option<(i64, i64, String)> {
+    let a = after?;
+    let was = before.filter(|b| b.id == a.id).map(|b| &b.phase);
+    let ended = match (was, &a.phase) {
+        (_, p) if p.is_active() => false,
+        (Some(Phase::Promoted { .. }), Phase::Done) => false,
+        (Some(b), p) if !b.is_active() => {
+            matches!(p, Phase::RolledBack { .. }) && !matches!(b, Phase::RolledBack { .. })
+        }
+        _ => true,
+    };
+    let when = a.ended.or(at)?;
+    ended.then(|| (a.id as i64, when.millis() as i64, a.phase.name().to_string()))
+}
+
 struct Driver {
     /// Scraped series (cutover's own and the instances'), read by embedded PromQL rules.
     series: MemStore,
@@ -762,18 +785,9 @@ impl Driver {
                 });
             }
         }
-        // Rollouts that reached an end state with this event (the previous one may have ended
-        // because this event started a new one).
-        let (b, a) = (before.rollout.as_ref(), after.rollout.as_ref());
-        if let Some(a) = a {
-            let was_open = b.is_none_or(|b| b.id != a.id || b.ended.is_none());
-            if let (Some(ended), true) = (a.ended, was_open) {
-                commit.rollouts_ended.push((
-                    a.id as i64,
-                    ended.millis() as i64,
-                    a.phase.name().to_string(),
-                ));
-            }
+        let at = decisions.first().map(|d| d.at);
+        if let Some(ended) = ended_record(before.rollout.as_ref(), after.rollout.as_ref(), at) {
+            commit.rollouts_ended.push(ended);
         }
         for (digest, f) in &after.failed {
             if !before.failed.contains_key(digest) {
@@ -1161,6 +1175,39 @@ impl Driver {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A rollout's outcome is recorded when it ends: at promotion (not when the held previous
+    /// release is let go, which `history` would show as "in progress" until then), replaced by a
+    /// rollback after it, and an abort's too.
+    #[test]
+    fn outcomes_are_recorded_when_the_rollout_ends() {
+        let spec = cutover_core::spec::RolloutSpec::default();
+        let mut e = Engine::new("shop", spec);
+        let t = |s: u64| Timestamp(1_000_000 + s * 1000);
+        let step = |e: &mut Engine, at: Timestamp, ev: Event| {
+            let before = e.state().rollout.clone();
+            e.handle(at, ev).unwrap();
+            ended_record(before.as_ref(), e.state().rollout.as_ref(), Some(at))
+        };
+        let deploy = |v: &str, d: &str| Event::Deploy {
+            release: Release::new(v, d),
+            force: false,
+        };
+        assert_eq!(step(&mut e, t(0), deploy("v1", "a")), None);
+        let first = step(&mut e, t(1), Event::Ready { digest: "a".into() });
+        assert_eq!(first, Some((1, t(1).millis() as i64, "done".into())));
+        assert_eq!(step(&mut e, t(2), deploy("v2", "b")), None);
+        assert_eq!(step(&mut e, t(3), Event::Ready { digest: "b".into() }), None);
+        let promoted = step(&mut e, t(4), Event::Command(Verb::Promote));
+        assert_eq!(promoted, Some((2, t(4).millis() as i64, "promoted".into())));
+        let rolled_back = step(&mut e, t(5), Event::Command(Verb::Rollback));
+        assert_eq!(
+            rolled_back,
+            Some((2, t(5).millis() as i64, "rolled_back".into()))
+        );
+        assert_eq!(step(&mut e, t(6), deploy("v3", "c")), None);
+        assert_eq!(step(&mut e, t(7), Event::Command(Verb::Abort)).map(|r| r.2), Some("aborted".into()));
+    }
 
     #[test]
     fn prunes_only_old_log_files() {
