@@ -5,7 +5,9 @@ use crate::status::StatusView;
 use cutover_core::engine::{Phase, Rollout, StepHold};
 use cutover_core::judge::{Outcome, Verdict};
 use cutover_core::Timestamp;
+use serde_json::Value;
 use std::fmt::Write;
+use std::time::{Duration, UNIX_EPOCH};
 
 /// A `[#####.....]` bar for a weight in percent.
 pub fn bar(percent: f64, width: usize) -> String {
@@ -155,7 +157,9 @@ pub fn status(s: &StatusView) -> String {
                 );
             }
         }
-        if let Some(h) = &r.hold {
+        // A hold or a breach only means something while the rollout runs: an aborted
+        // rollout's last breach is in its phase line and its history, not a live alarm.
+        if let Some(h) = r.hold.as_ref().filter(|_| r.phase.is_active()) {
             let _ = writeln!(
                 o,
                 "  HOLD   {} (since {} ago)",
@@ -163,33 +167,58 @@ pub fn status(s: &StatusView) -> String {
                 span(h.since, now)
             );
         }
-        for (rule, since) in &r.breaches {
-            let _ = writeln!(o, "  BREACH {rule} for {}", span(*since, now));
+        if r.phase.is_active() {
+            for (rule, since) in &r.breaches {
+                let _ = writeln!(o, "  BREACH {rule} for {}", span(*since, now));
+            }
         }
         if let Some(e) = &r.last_evaluation {
             let ms = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{:.1}ms", v * 1e3));
             let pct = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{:.2}%", v * 100.0));
+            let window = s.settings.window.get().as_secs_f64();
+            let rate = |n: u64| {
+                if window > 0.0 {
+                    format!("{:.1}/s", n as f64 / window)
+                } else {
+                    "-".to_string()
+                }
+            };
+            // Rows name the versions: after a promotion "stable" is the new version, but this
+            // window measured the old one as stable and the new one as canary.
+            let label = |version: Option<&str>, track: &str| match version {
+                Some(v) => format!("{v} ({track})"),
+                None => track.to_string(),
+            };
+            let rows = [
+                (
+                    label(r.from.as_ref().map(|f| f.version.as_str()), "stable"),
+                    &e.stable,
+                ),
+                (label(Some(r.to.version.as_str()), "canary"), &e.canary),
+            ];
+            let width = rows.iter().map(|(l, _)| l.chars().count()).max().unwrap_or(6);
             let _ = writeln!(
                 o,
-                "\n  window ({} ago)      requests   errors      p50       p99",
+                "\n  window of {} measured {} ago",
+                s.settings.window,
                 span(e.at, now)
             );
             let _ = writeln!(
                 o,
-                "    stable  {:>20} {:>8} {:>8} {:>9}",
-                e.stable.requests,
-                pct(e.stable.error_ratio),
-                ms(e.stable.p50_seconds),
-                ms(e.stable.p99_seconds)
+                "    {:<width$} {:>9} {:>9} {:>8} {:>9} {:>9}",
+                "", "requests", "rate", "errors", "p50", "p99"
             );
-            let _ = writeln!(
-                o,
-                "    canary  {:>20} {:>8} {:>8} {:>9}",
-                e.canary.requests,
-                pct(e.canary.error_ratio),
-                ms(e.canary.p50_seconds),
-                ms(e.canary.p99_seconds)
-            );
+            for (name, t) in rows {
+                let _ = writeln!(
+                    o,
+                    "    {name:<width$} {:>9} {:>9} {:>8} {:>9} {:>9}",
+                    t.requests,
+                    rate(t.requests),
+                    pct(t.error_ratio),
+                    ms(t.p50_seconds),
+                    ms(t.p99_seconds)
+                );
+            }
             if !e.gates.is_empty() {
                 let _ = writeln!(o, "  gates (last step boundary)");
                 for v in &e.gates {
@@ -222,8 +251,164 @@ pub fn status(s: &StatusView) -> String {
     o
 }
 
+/// `2026-12-04T12:00:01.250Z`: how the CLI prints an instant, in text and in JSON.
+pub fn rfc3339(t: Timestamp) -> String {
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(t.millis())).to_string()
+}
+
+/// `12:00:01.250Z`: the time of day of [`rfc3339`], for spans within one rollout.
+pub fn time_of_day(t: Timestamp) -> String {
+    let full = rfc3339(t);
+    full.split_once('T').map_or(full.clone(), |(_, tod)| tod.to_string())
+}
+
+/// A time in a history document: an RFC 3339 string, or Unix milliseconds (as a cutover before
+/// RFC 3339 history answered).
+pub fn parse_time(v: &Value) -> Option<Timestamp> {
+    match v {
+        Value::Number(n) => n.as_u64().map(Timestamp),
+        Value::String(s) => humantime::parse_rfc3339_weak(s)
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map(|d| Timestamp(d.as_millis() as u64)),
+        _ => None,
+    }
+}
+
+/// Replaces the Unix-milliseconds fields `keys` of a JSON object by RFC 3339 strings.
+pub fn rfc3339_fields(v: &mut Value, keys: &[&str]) {
+    for k in keys {
+        if let Some(ms) = v.get(*k).and_then(Value::as_i64) {
+            v[*k] = Value::String(rfc3339(Timestamp(ms.max(0) as u64)));
+        }
+    }
+}
+
+/// One decision in a printed timeline.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Row<'a> {
+    pub at: Timestamp,
+    pub kind: &'a str,
+    pub reason: &'a str,
+}
+
+/// A line of a printed timeline: one decision, or a run of consecutive holds with the same
+/// cause (a canary short of samples for a minute is one line, not two hundred).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Line<'a> {
+    One(Row<'a>),
+    Holds {
+        count: usize,
+        first: Timestamp,
+        last: Timestamp,
+        /// The last hold's reason: the freshest numbers.
+        reason: &'a str,
+    },
+}
+
+/// What makes two holds "the same": the weight and the cause, without the numbers —
+/// `holding at 2%: inconclusive` of `holding at 2%: inconclusive: canary has 12 requests ...`,
+/// `holding at 2%: gate p99-vs-stable failed` of `...: canary p99 1.2s > 13.7ms (stable 8.3ms)`.
+pub fn hold_cause(reason: &str) -> &str {
+    match reason.match_indices(": ").nth(1) {
+        Some((i, _)) => &reason[..i],
+        None => reason,
+    }
+}
+
+/// Collapses consecutive `hold` rows with the same [`hold_cause`] into one [`Line::Holds`].
+pub fn collapse<'a>(rows: &[Row<'a>]) -> Vec<Line<'a>> {
+    let mut out: Vec<Line<'a>> = Vec::new();
+    for r in rows {
+        if r.kind == "hold" {
+            let cause = hold_cause(r.reason);
+            match out.last_mut() {
+                Some(Line::Holds {
+                    count,
+                    last,
+                    reason,
+                    ..
+                }) if hold_cause(reason) == cause => {
+                    *count += 1;
+                    *last = r.at;
+                    *reason = r.reason;
+                    continue;
+                }
+                Some(Line::One(prev)) if prev.kind == "hold" && hold_cause(prev.reason) == cause => {
+                    let first = prev.at;
+                    *out.last_mut().unwrap_or_else(|| unreachable!()) = Line::Holds {
+                        count: 2,
+                        first,
+                        last: r.at,
+                        reason: r.reason,
+                    };
+                    continue;
+                }
+                _ => {}
+            }
+        }
+        out.push(Line::One(*r));
+    }
+    out
+}
+
+/// The printed timeline of decisions: `<RFC 3339 time> +<since start> <kind> <reason>`, one
+/// line per decision except runs of the same hold, which read
+/// `hold ×37 over 18.2s (12:00:01.250Z–12:00:19.450Z): <last reason>`.
+pub fn timeline(rows: &[Row<'_>], start: Timestamp) -> String {
+    let mut o = String::new();
+    for line in collapse(rows) {
+        match line {
+            Line::One(r) => {
+                let _ = writeln!(
+                    o,
+                    "  {}  +{:<9} {:<17} {}",
+                    rfc3339(r.at),
+                    span(start, r.at),
+                    r.kind,
+                    r.reason
+                );
+            }
+            Line::Holds {
+                count,
+                first,
+                last,
+                reason,
+            } => {
+                let _ = writeln!(
+                    o,
+                    "  {}  +{:<9} {:<17} over {} ({}–{}): {reason}",
+                    rfc3339(first),
+                    span(start, first),
+                    format!("hold ×{count}"),
+                    span(first, last),
+                    time_of_day(first),
+                    time_of_day(last)
+                );
+            }
+        }
+    }
+    o
+}
+
+/// How a rollout of the history ended, from its recorded outcome; a store written before
+/// outcomes were recorded at promotion has none for a promoted rollout, so its decisions say.
+fn ended_how(outcome: Option<&str>, decisions: &[Row<'_>]) -> Option<(String, Option<Timestamp>)> {
+    let from_decisions = || {
+        decisions
+            .iter()
+            .rev()
+            .find(|d| matches!(d.kind, "promoted" | "aborted" | "rolled_back"))
+            .map(|d| (d.kind.to_string(), Some(d.at)))
+    };
+    match outcome {
+        Some(o) if !o.is_empty() => Some((o.to_string(), None)),
+        _ => from_decisions(),
+    }
+}
+
 /// The `cutover history` view of the JSON the admin API returns.
-pub fn history(doc: &serde_json::Value) -> String {
+pub fn history(doc: &Value) -> String {
     let mut o = String::new();
     if let Some(v) = doc.get("verify") {
         let ok = v.get("ok").and_then(|x| x.as_bool()).unwrap_or(false);
@@ -249,43 +434,60 @@ pub fn history(doc: &serde_json::Value) -> String {
     if rollouts.is_empty() {
         let _ = writeln!(o, "no rollouts yet");
     }
-    for r in rollouts {
+    for (i, r) in rollouts.iter().enumerate() {
         let s = |k: &str| r.get(k).and_then(|v| v.as_str()).unwrap_or("").to_string();
         let from = if s("from_version").is_empty() {
             "(none)".to_string()
         } else {
             s("from_version")
         };
-        let outcome = if s("outcome").is_empty() {
-            "in progress".to_string()
-        } else {
-            s("outcome")
-        };
-        let _ = writeln!(
-            o,
-            "rollout {}: {from} → {}  [{outcome}]",
-            r.get("id").cloned().unwrap_or_default(),
-            s("to_version")
-        );
-        let started = r.get("started_at").and_then(|v| v.as_i64()).unwrap_or(0);
-        for d in r
+        let time = |k: &str| r.get(k).and_then(parse_time);
+        let started = time("started_at").unwrap_or(Timestamp(0));
+        let decisions: Vec<Row<'_>> = r
             .get("decisions")
             .and_then(|d| d.as_array())
             .unwrap_or(&empty)
-        {
-            let at = d.get("at").and_then(|v| v.as_i64()).unwrap_or(0);
-            let kind = d.get("kind").and_then(|v| v.as_str()).unwrap_or("");
-            let reason = d.get("reason").and_then(|v| v.as_str()).unwrap_or("");
-            let _ = writeln!(
-                o,
-                "  +{:<9} {:<17} {reason}",
-                span(
-                    Timestamp(started.max(0) as u64),
-                    Timestamp(at.max(0) as u64)
-                ),
-                kind
-            );
+            .iter()
+            .map(|d| Row {
+                at: d.get("at").and_then(parse_time).unwrap_or(started),
+                kind: d.get("kind").and_then(|v| v.as_str()).unwrap_or(""),
+                reason: d.get("reason").and_then(|v| v.as_str()).unwrap_or(""),
+            })
+            .collect();
+        let outcome = r.get("outcome").and_then(|v| v.as_str());
+        let how = match ended_how(outcome, &decisions) {
+            Some((how, at)) => {
+                let ended = time("ended_at").or(at);
+                let how = match how.as_str() {
+                    "done" if r.get("from_version").is_none_or(Value::is_null) => {
+                        "first release, live".to_string()
+                    }
+                    "done" => "promoted, previous release let go".to_string(),
+                    "rolled_back" => "rolled back".to_string(),
+                    _ => how,
+                };
+                match ended {
+                    Some(e) => format!(
+                        "{how} at {} after {}",
+                        rfc3339(e),
+                        span(started, e)
+                    ),
+                    None => how,
+                }
+            }
+            None => "in progress".to_string(),
+        };
+        if i > 0 {
+            let _ = writeln!(o);
         }
+        let _ = writeln!(
+            o,
+            "rollout {}: {from} → {}  started {}; {how}",
+            r.get("id").cloned().unwrap_or_default(),
+            s("to_version"),
+            rfc3339(started)
+        );
+        o.push_str(&timeline(&decisions, started));
     }
     o
 }

@@ -426,22 +426,24 @@ fn history(store: &Mutex<Store>, q: HistoryQuery) -> Result<Value, ApiError> {
     let store = store.lock().unwrap_or_else(|e| e.into_inner());
     let internal = |e: cutover_store::StoreError| ApiError::internal(e.to_string());
     let limit = q.limit.unwrap_or(20).clamp(1, 1000);
-    let mut rollouts = store
-        .rollouts(if q.rollout.is_some() { 100_000 } else { limit })
-        .map_err(internal)?;
-    if let Some(id) = q.rollout {
-        rollouts.retain(|r| r.id == id);
-        if rollouts.is_empty() {
-            return Err(ApiError::not_found(format!(
-                "no rollout {id}; `cutover history` lists them"
-            )));
-        }
-    }
+    let rollouts = match q.rollout {
+        Some(id) => vec![store.rollout(id).map_err(internal)?.ok_or_else(|| {
+            ApiError::not_found(format!("no rollout {id}; `cutover history` lists them"))
+        })?],
+        None => store.rollouts(limit).map_err(internal)?,
+    };
+    // Times are RFC 3339 strings (UTC, milliseconds): what a reader of the JSON wants, and
+    // what `cutover history` parses back.
     let mut out = Vec::new();
     for r in rollouts {
         let decisions = store.decisions(Some(r.id), 10_000).map_err(internal)?;
         let mut v = serde_json::to_value(&r).unwrap_or_default();
-        v["decisions"] = serde_json::to_value(decisions).unwrap_or_default();
+        crate::render::rfc3339_fields(&mut v, &["started_at", "ended_at"]);
+        let mut ds = serde_json::to_value(decisions).unwrap_or_default();
+        for d in ds.as_array_mut().into_iter().flatten() {
+            crate::render::rfc3339_fields(d, &["at"]);
+        }
+        v["decisions"] = ds;
         out.push(v);
     }
     let mut doc = json!({ "rollouts": out });
