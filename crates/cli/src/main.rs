@@ -338,6 +338,8 @@ mod tests {
         );
         // The walk does see the arguments (a walk of nothing would pass vacuously).
         let history = cmd.find_subcommand("history").unwrap();
-        assert!(history.get_arguments().any(|a| a.get_long() == Some("json")));
+        assert!(history
+            .get_arguments()
+            .any(|a| a.get_long() == Some("json")));
     }
 }

@@ -196,7 +196,11 @@ pub fn status(s: &StatusView) -> String {
                 ),
                 (label(Some(r.to.version.as_str()), "canary"), &e.canary),
             ];
-            let width = rows.iter().map(|(l, _)| l.chars().count()).max().unwrap_or(6);
+            let width = rows
+                .iter()
+                .map(|(l, _)| l.chars().count())
+                .max()
+                .unwrap_or(6);
             let _ = writeln!(
                 o,
                 "\n  window of {} measured {} ago",
@@ -259,7 +263,8 @@ pub fn rfc3339(t: Timestamp) -> String {
 /// `12:00:01.250Z`: the time of day of [`rfc3339`], for spans within one rollout.
 pub fn time_of_day(t: Timestamp) -> String {
     let full = rfc3339(t);
-    full.split_once('T').map_or(full.clone(), |(_, tod)| tod.to_string())
+    full.split_once('T')
+        .map_or(full.clone(), |(_, tod)| tod.to_string())
 }
 
 /// A time in a history document: an RFC 3339 string, or Unix milliseconds (as a cutover before
@@ -334,7 +339,9 @@ pub fn collapse<'a>(rows: &[Row<'a>]) -> Vec<Line<'a>> {
                     *reason = r.reason;
                     continue;
                 }
-                Some(Line::One(prev)) if prev.kind == "hold" && hold_cause(prev.reason) == cause => {
+                Some(Line::One(prev))
+                    if prev.kind == "hold" && hold_cause(prev.reason) == cause =>
+                {
                     let first = prev.at;
                     *out.last_mut().unwrap_or_else(|| unreachable!()) = Line::Holds {
                         count: 2,
@@ -467,11 +474,7 @@ pub fn history(doc: &Value) -> String {
                     _ => how,
                 };
                 match ended {
-                    Some(e) => format!(
-                        "{how} at {} after {}",
-                        rfc3339(e),
-                        span(started, e)
-                    ),
+                    Some(e) => format!("{how} at {} after {}", rfc3339(e), span(started, e)),
                     None => how,
                 }
             }
@@ -506,5 +509,198 @@ mod tests {
         assert_eq!(span(Timestamp(0), Timestamp(90_000)), "1m 30s");
         assert_eq!(span(Timestamp(0), Timestamp(3_720_000)), "1h 02m");
         assert_eq!(span(Timestamp(10), Timestamp(0)), "0ms");
+    }
+
+    /// 2026-11-24T12:00:00Z in Unix milliseconds.
+    const NOON: u64 = 1_795_521_600_000;
+
+    #[test]
+    fn times_are_rfc3339_and_read_back_from_either_form() {
+        assert_eq!(rfc3339(Timestamp(NOON + 1250)), "2026-11-24T12:00:01.250Z");
+        assert_eq!(time_of_day(Timestamp(NOON + 1250)), "12:00:01.250Z");
+        let t = Some(Timestamp(NOON + 1250));
+        assert_eq!(parse_time(&Value::from("2026-11-24T12:00:01.250Z")), t);
+        assert_eq!(parse_time(&Value::from(NOON + 1250)), t);
+        assert_eq!(parse_time(&Value::from("yesterday")), None);
+        let mut v = serde_json::json!({"at": NOON, "ended_at": null, "kind": "hold"});
+        rfc3339_fields(&mut v, &["at", "ended_at"]);
+        assert_eq!(
+            v,
+            serde_json::json!({"at": "2026-11-24T12:00:00.000Z", "ended_at": null, "kind": "hold"})
+        );
+    }
+
+    fn row(at_ms: u64, kind: &'static str, reason: &'static str) -> Row<'static> {
+        Row {
+            at: Timestamp(NOON + at_ms),
+            kind,
+            reason,
+        }
+    }
+
+    #[test]
+    fn consecutive_holds_with_the_same_cause_collapse_into_one_line() {
+        let short = |n: u64| -> &'static str {
+            Box::leak(
+                format!("holding at 2%: inconclusive: canary has {n} requests in the window")
+                    .into_boxed_str(),
+            )
+        };
+        let mut rows = vec![
+            row(0, "deploy", "rollout 2: v1 → v2"),
+            row(100, "ready", "ready"),
+        ];
+        for i in 0..37u64 {
+            rows.push(row(1250 + i * 500, "hold", short(i)));
+        }
+        // Another cause, then the first one again: three runs, not one.
+        rows.push(row(
+            20_000,
+            "hold",
+            "holding at 2%: gate p99 failed: canary p99 1.2s > 13ms",
+        ));
+        rows.push(row(
+            20_250,
+            "hold",
+            "holding at 2%: gate p99 failed: canary p99 1.3s > 14ms",
+        ));
+        rows.push(row(20_500, "hold", short(40)));
+        rows.push(row(21_000, "advance", "gates passed: step 2 at 4%"));
+        let lines = collapse(&rows);
+        assert_eq!(lines.len(), 6, "{lines:?}");
+        assert_eq!(
+            lines[2],
+            Line::Holds {
+                count: 37,
+                first: Timestamp(NOON + 1250),
+                last: Timestamp(NOON + 1250 + 36 * 500),
+                reason: short(36),
+            }
+        );
+        assert!(matches!(lines[3], Line::Holds { count: 2, .. }));
+        assert_eq!(lines[4], Line::One(rows[41]));
+        let text = timeline(&rows, Timestamp(NOON));
+        assert_eq!(text.lines().count(), 6, "{text}");
+        assert!(
+            text.contains("2026-11-24T12:00:01.250Z  +1.2s      hold ×37          over 18.0s (12:00:01.250Z–12:00:19.250Z): holding at 2%: inconclusive: canary has 36 requests"),
+            "{text}"
+        );
+        assert!(
+            text.contains("  2026-11-24T12:00:00.000Z  +0ms       deploy "),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn history_says_how_every_rollout_ended() {
+        let doc = serde_json::json!({"rollouts": [
+            // Running: no outcome, no terminal decision.
+            {"id": 4, "from_version": "v2", "to_version": "v3", "started_at": "2026-11-24T12:10:00.000Z",
+             "ended_at": null, "outcome": null, "decisions": [
+                {"at": "2026-11-24T12:10:00.000Z", "kind": "deploy", "reason": "rollout 4"}]},
+            // Promoted, recorded by a cutover that did not write the outcome until `done`.
+            {"id": 3, "from_version": "v1", "to_version": "v2", "started_at": NOON,
+             "ended_at": null, "outcome": null, "decisions": [
+                {"at": NOON, "kind": "deploy", "reason": "rollout 3"},
+                {"at": NOON + 38_000, "kind": "promoted", "reason": "v2 promoted"}]},
+            {"id": 2, "from_version": "v1", "to_version": "bad", "started_at": "2026-11-24T11:00:00.000Z",
+             "ended_at": "2026-11-24T11:00:34.700Z", "outcome": "aborted", "decisions": []},
+            {"id": 1, "from_version": null, "to_version": "v1", "started_at": "2026-11-24T10:00:00.000Z",
+             "ended_at": "2026-11-24T10:00:01.000Z", "outcome": "done", "decisions": []}
+        ]});
+        let text = history(&doc);
+        let heads: Vec<&str> = text.lines().filter(|l| l.starts_with("rollout")).collect();
+        assert_eq!(
+            heads,
+            [
+                "rollout 4: v2 → v3  started 2026-11-24T12:10:00.000Z; in progress",
+                "rollout 3: v1 → v2  started 2026-11-24T12:00:00.000Z; promoted at 2026-11-24T12:00:38.000Z after 38.0s",
+                "rollout 2: v1 → bad  started 2026-11-24T11:00:00.000Z; aborted at 2026-11-24T11:00:34.700Z after 34.7s",
+                "rollout 1: (none) → v1  started 2026-11-24T10:00:00.000Z; first release, live at 2026-11-24T10:00:01.000Z after 1.0s",
+            ],
+            "{text}"
+        );
+    }
+
+    /// After an abort the rollout's last breach is history, not a live alarm; the window's rows
+    /// name the versions (after a promotion "stable" would be ambiguous) and give their rates.
+    #[test]
+    fn status_names_versions_gives_rates_and_drops_a_stale_breach() {
+        use cutover_core::engine::{Engine, Event, Release, Verb};
+        use cutover_core::stats::{TrackStats, WindowStats};
+        use cutover_core::Dur;
+        let spec = cutover_core::spec::RolloutSpec::default();
+        let mut e = Engine::new("shop", spec.clone());
+        let t = |s: u64| Timestamp(NOON + s * 1000);
+        let deploy = |v: &str, d: &str| Event::Deploy {
+            release: Release::new(v, d),
+            force: false,
+        };
+        e.handle(t(0), deploy("v1", "a")).unwrap();
+        e.handle(t(0), Event::Ready { digest: "a".into() }).unwrap();
+        e.handle(t(1), deploy("v2", "b")).unwrap();
+        e.handle(t(1), Event::Ready { digest: "b".into() }).unwrap();
+        let tick = Event::Tick {
+            stats: WindowStats {
+                stable: TrackStats::uniform(1500, 0, 20),
+                canary: TrackStats::uniform(60, 0, 900),
+            },
+            external: Default::default(),
+        };
+        e.handle(t(6), tick).unwrap();
+        let view = |e: &Engine, now: Timestamp| StatusView {
+            service: "shop".into(),
+            now,
+            proxy: "127.0.0.1:8080".into(),
+            stable: e.state().stable.clone(),
+            previous: e.state().previous.clone(),
+            rollout: e.state().rollout.clone(),
+            eta: None,
+            instances: Vec::new(),
+            failed: Default::default(),
+            settings: crate::status::Settings {
+                interval: spec.interval,
+                window: spec.window,
+                step_interval: spec.step_interval,
+                min_samples: spec.min_samples,
+                max_hold: spec.max_hold,
+                hold_previous: spec.hold_previous,
+                drain_timeout: Dur::from_secs(30),
+                quiet_period: Dur::from_secs(5),
+                grace: Dur::from_secs(10),
+                readiness_thresholds: (1, 3),
+                liveness_failure_threshold: 3,
+            },
+        };
+        let running = status(&view(&e, t(7)));
+        assert!(
+            running.contains("  BREACH p99-over-800ms for 1.0s"),
+            "{running}"
+        );
+        assert!(
+            running.contains("window of 30s measured 1.0s ago"),
+            "{running}"
+        );
+        let rows: Vec<&str> = running
+            .lines()
+            .filter(|l| l.contains("(stable)") || l.contains("(canary)"))
+            .collect();
+        assert_eq!(rows.len(), 2, "{running}");
+        assert!(
+            rows[0].trim_start().starts_with("v1 (stable)") && rows[0].contains("50.0/s"),
+            "{running}"
+        );
+        assert!(
+            rows[1].trim_start().starts_with("v2 (canary)") && rows[1].contains("2.0/s"),
+            "{running}"
+        );
+
+        e.handle(t(8), Event::Command(Verb::Abort)).unwrap();
+        let aborted = status(&view(&e, t(9)));
+        assert!(aborted.contains("ABORTED (manual)"), "{aborted}");
+        assert!(
+            !aborted.contains("BREACH") && !aborted.contains("HOLD "),
+            "{aborted}"
+        );
     }
 }

@@ -474,7 +474,13 @@ fn ended_record(
         _ => true,
     };
     let when = a.ended.or(at)?;
-    ended.then(|| (a.id as i64, when.millis() as i64, a.phase.name().to_string()))
+    ended.then(|| {
+        (
+            a.id as i64,
+            when.millis() as i64,
+            a.phase.name().to_string(),
+        )
+    })
 }
 
 struct Driver {
@@ -1199,7 +1205,10 @@ mod tests {
         let first = step(&mut e, t(1), Event::Ready { digest: "a".into() });
         assert_eq!(first, Some((1, t(1).millis() as i64, "done".into())));
         assert_eq!(step(&mut e, t(2), deploy("v2", "b")), None);
-        assert_eq!(step(&mut e, t(3), Event::Ready { digest: "b".into() }), None);
+        assert_eq!(
+            step(&mut e, t(3), Event::Ready { digest: "b".into() }),
+            None
+        );
         let promoted = step(&mut e, t(4), Event::Command(Verb::Promote));
         assert_eq!(promoted, Some((2, t(4).millis() as i64, "promoted".into())));
         let rolled_back = step(&mut e, t(5), Event::Command(Verb::Rollback));
@@ -1208,7 +1217,10 @@ mod tests {
             Some((2, t(5).millis() as i64, "rolled_back".into()))
         );
         assert_eq!(step(&mut e, t(6), deploy("v3", "c")), None);
-        assert_eq!(step(&mut e, t(7), Event::Command(Verb::Abort)).map(|r| r.2), Some("aborted".into()));
+        assert_eq!(
+            step(&mut e, t(7), Event::Command(Verb::Abort)).map(|r| r.2),
+            Some("aborted".into())
+        );
     }
 
     #[test]

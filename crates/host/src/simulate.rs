@@ -30,9 +30,7 @@ pub fn recording(config_path: &Path, rollout: Option<i64>) -> Result<Recording, 
                 .rollout(id)
                 .map_err(|e| CommandError::Other(e.into()))?
                 .ok_or_else(|| {
-                    CommandError::NotFound(format!(
-                        "no rollout {id}; `cutover history` lists them"
-                    ))
+                    CommandError::NotFound(format!("no rollout {id}; `cutover history` lists them"))
                 })?
                 .id
         }
@@ -559,4 +557,154 @@ pub async fn simulate_prometheus(
         &simulate::replay(&rec, &loaded.config.rollout),
         config_path,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cutover_core::engine::{Engine, Release};
+    use cutover_core::spec::RolloutSpec;
+    use cutover_core::stats::{TrackStats, WindowStats};
+
+    /// A live rollout of v2 (canary latency `canary_ms`) recorded as `cutover export` would,
+    /// plus the decision that lets v1 go long after the recording ends.
+    fn live(canary_ms: u64) -> (Recording, RolloutSpec) {
+        let spec = RolloutSpec {
+            step_interval: cutover_core::Dur::from_secs(10),
+            ..RolloutSpec::default()
+        };
+        let mut e = Engine::new("shop", spec.clone());
+        let t0 = Timestamp(1_795_521_600_000);
+        let first = |digest: &str| Event::Deploy {
+            release: Release::new("v1", digest),
+            force: false,
+        };
+        e.handle(t0, first("a")).unwrap();
+        e.handle(t0, Event::Ready { digest: "a".into() }).unwrap();
+        let initial_state = e.state().clone();
+        let mut events = vec![
+            Recorded {
+                at: t0,
+                event: Event::Deploy {
+                    release: Release::new("v2", "b"),
+                    force: false,
+                },
+            },
+            Recorded {
+                at: t0,
+                event: Event::Ready { digest: "b".into() },
+            },
+        ];
+        for i in 1..=30 {
+            events.push(Recorded {
+                at: t0.plus(std::time::Duration::from_secs(5 * i)),
+                event: Event::Tick {
+                    stats: WindowStats {
+                        stable: TrackStats::uniform(500, 0, 20),
+                        canary: TrackStats::uniform(100, 0, canary_ms),
+                    },
+                    external: Default::default(),
+                },
+            });
+        }
+        let mut decisions = Vec::new();
+        let mut recorded = Vec::new();
+        for r in events {
+            if e.state()
+                .rollout
+                .as_ref()
+                .is_some_and(|r| r.id == 2 && !r.phase.is_active())
+            {
+                break;
+            }
+            decisions.extend(e.handle(r.at, r.event.clone()).unwrap().decisions);
+            recorded.push(r);
+        }
+        let end = recorded.last().unwrap().at;
+        decisions.push(Decision {
+            at: end.plus(std::time::Duration::from_secs(3600)),
+            rollout: Some(2),
+            kind: cutover_core::engine::DecisionKind::PreviousReleased,
+            reason: "hold_previous expired".into(),
+            numbers: serde_json::Value::Null,
+        });
+        let rec = Recording {
+            format: simulate::FORMAT.into(),
+            service: "shop".into(),
+            rollout: 2,
+            initial_state,
+            events: recorded,
+            decisions,
+        };
+        (rec, spec)
+    }
+
+    #[test]
+    fn the_same_policy_gives_the_same_decisions_inside_the_recording() {
+        let (rec, spec) = live(20);
+        let replay = simulate::replay(&rec, &spec);
+        let n = rec.decisions.len() - 1;
+        assert_eq!(
+            compare(&rec, &replay),
+            Comparison::Same {
+                compared: n,
+                after_the_recording: 1
+            }
+        );
+        let text = timeline(&rec, &replay, Path::new("cutover.toml"));
+        assert!(
+            text.contains(&format!("same decisions: the simulated decisions are the live ones ({n} compared; 1 live decision after the recording's end is not compared)")),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn another_policy_shows_the_first_divergence_with_both_sides() {
+        let (rec, spec) = live(900);
+        let mut lenient = spec.clone();
+        lenient.aborts.clear();
+        lenient.gates.clear();
+        let replay = simulate::replay(&rec, &lenient);
+        let Comparison::Differ {
+            index,
+            live,
+            simulated,
+            ..
+        } = compare(&rec, &replay)
+        else {
+            panic!("the lenient policy should decide otherwise");
+        };
+        // deploy and ready are the same; the first evaluation differs.
+        assert_eq!(index, 2);
+        let (live, simulated) = (live.unwrap(), simulated.unwrap());
+        assert_ne!(live.kind, simulated.kind);
+        let text = timeline(&rec, &replay, Path::new("cutover.toml"));
+        assert!(
+            text.contains("differ from the live ones, first at decision 3")
+                && text.contains(&format!("  live:      {}", render::rfc3339(live.at)))
+                && text.contains(&live.reason)
+                && text.contains(&simulated.reason),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn an_export_is_compact_and_reads_back_whole() {
+        let (rec, _) = live(900);
+        let json = to_json(&rec).unwrap();
+        assert_eq!(serde_json::from_str::<Recording>(&json).unwrap(), rec);
+        // One event or decision per line, nothing pretty-printed inside them.
+        assert_eq!(
+            json.lines().count(),
+            6 + rec.events.len() + rec.decisions.len(),
+            "{json}"
+        );
+        let pretty = serde_json::to_string_pretty(&rec).unwrap();
+        assert!(
+            json.len() * 2 < pretty.len(),
+            "{} vs {}",
+            json.len(),
+            pretty.len()
+        );
+    }
 }
