@@ -1,7 +1,8 @@
 //! `cutover`: ship a new version of a live service with zero downtime.
 //!
 //! This binary only parses arguments, calls `cutover_host`, prints, and maps errors to exit
-//! codes (64 bad usage or config, 69 cutover unreachable, 2 a followed rollout failed, 1 refused).
+//! codes (64 bad usage or config, 66 no such rollout, 69 cutover unreachable, 2 a followed
+//! rollout failed, 130 `deploy --wait` interrupted, 1 refused).
 #![forbid(unsafe_code)]
 
 use clap::{Parser, Subcommand};
@@ -49,7 +50,8 @@ enum Command {
         /// Deploy even if this exact release failed before.
         #[arg(long)]
         force: bool,
-        /// Follow the rollout until it is promoted (exit 0) or aborted (exit 2).
+        /// Follow the rollout until it is promoted (exit 0) or aborted (exit 2); Ctrl-C stops
+        /// following (exit 130), not the rollout.
         #[arg(long)]
         wait: bool,
     },
@@ -169,6 +171,11 @@ fn main() {
     };
     let code = match run(cli) {
         Ok(()) => 0,
+        // Not an error: the user stopped following, and the message says what goes on.
+        Err(e @ CommandError::Interrupted(_)) => {
+            eprintln!("{e}");
+            e.exit_code()
+        }
         Err(e) => {
             eprintln!("error: {e}");
             e.exit_code()

@@ -129,20 +129,41 @@ pub async fn deploy(
 ) -> Result<(), CommandError> {
     let body = json!({ "version": version, "env": env, "args": args, "force": force });
     let res = client.post("/v1/deploy", &body).await?;
+    // Ctrl-C while following must not look like it stopped the rollout: catch it (before the
+    // first line is printed, so that no interrupt goes unseen) and say what goes on.
+    let mut interrupt = if wait {
+        Some(
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+                .map_err(|e| anyhow::anyhow!("cannot watch for Ctrl-C: {e}"))?,
+        )
+    } else {
+        None
+    };
     println!(
         "{}",
         res.get("message")
             .and_then(Value::as_str)
             .unwrap_or("deployed")
     );
-    if !wait {
+    let Some(interrupt) = interrupt.as_mut() else {
         return Ok(());
-    }
+    };
     let id = res.get("rollout").and_then(Value::as_u64);
+    let interrupted = || {
+        let which = id.map_or(String::new(), |id| format!(" {id}"));
+        CommandError::Interrupted(format!(
+            "stopped following; rollout{which} of {version} goes on in `cutover run`: \
+             `cutover status --watch` follows it, `cutover abort` stops it"
+        ))
+    };
     let mut last = String::new();
     loop {
-        let s: StatusView = serde_json::from_value(client.get("/v1/status").await?)
-            .map_err(|e| anyhow::anyhow!("bad status document: {e}"))?;
+        let doc = tokio::select! {
+            doc = client.get("/v1/status") => doc?,
+            _ = interrupt.recv() => return Err(interrupted()),
+        };
+        let s: StatusView =
+            serde_json::from_value(doc).map_err(|e| anyhow::anyhow!("bad status document: {e}"))?;
         let Some(r) = s
             .rollout
             .as_ref()
@@ -180,7 +201,10 @@ pub async fn deploy(
             }
             _ => {}
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            _ = interrupt.recv() => return Err(interrupted()),
+        }
     }
 }
 
