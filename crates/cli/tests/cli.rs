@@ -233,3 +233,101 @@ async fn a_missing_rollout_exits_66_in_every_verb_and_history_reads_well() {
     }
     h.shutdown().await;
 }
+
+/// `cutover run` logging to a file (as under systemd or `2> run.log`) writes plain text: no
+/// ANSI colour codes, and no Rust `Debug` renderings (`Some(..)`, `Report { .. }`) of what it
+/// reports — through a first release, a canary aborted and stopped, and a shutdown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_logs_to_a_file_in_plain_text() {
+    let _g = common::serial().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("cutover.toml");
+    let text = common::config_text().replace("[log]\nlevel = \"warn\"", "[log]\nlevel = \"info\"");
+    std::fs::write(&cfg, text).unwrap();
+    let log_path = dir.path().join("run.log");
+    let mut run = Command::new(env!("CARGO_BIN_EXE_cutover"))
+        .arg("-c")
+        .arg(&cfg)
+        .arg("run")
+        .env_remove("NO_COLOR")
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let wait_log = |what: &str| {
+        let t = std::time::Instant::now();
+        loop {
+            let l = log();
+            if l.contains(what) {
+                return l;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "no {what:?} in the log:\n{l}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let running = tokio::task::block_in_place(|| wait_log("cutover is running"));
+    let addr: std::net::SocketAddr = running
+        .split("admin_addr=")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no admin_addr in {running}"));
+    let token = std::fs::read_to_string(dir.path().join("state/admin.token")).unwrap();
+    let client = cutover_admin::AdminClient::new(addr, token.trim().to_string());
+    let deploy = |v: &'static str| {
+        let client = client.clone();
+        async move {
+            client
+                .post("/v1/deploy", &serde_json::json!({ "version": v }))
+                .await
+                .unwrap()
+        }
+    };
+    deploy("v1").await;
+    tokio::task::block_in_place(|| wait_log("kind=\"promoted\""));
+    let t = std::time::Instant::now();
+    while client.get("/v1/status").await.unwrap()["rollout"]["phase"]["phase"] != "done" {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "v1 never became stable"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    deploy("v2").await;
+    tokio::task::block_in_place(|| wait_log("canary v2"));
+    client
+        .post("/v1/abort", &serde_json::json!({ "reason": "log test" }))
+        .await
+        .unwrap();
+    tokio::task::block_in_place(|| wait_log("stopped: "));
+    let term = Command::new("kill")
+        .args(["-TERM", &run.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let status = tokio::task::spawn_blocking(move || run.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    let l = log();
+    assert!(l.contains("proxy stopped"), "{l}");
+    assert!(!l.contains('\x1b'), "ANSI escape codes in a log file:\n{l}");
+    for debug in [
+        "Some(",
+        "None",
+        "Report {",
+        " { id:",
+        "Drained {",
+        "TimedOut",
+    ] {
+        assert!(
+            !l.contains(debug),
+            "a Debug rendering ({debug:?}) in the log:\n{l}"
+        );
+    }
+}

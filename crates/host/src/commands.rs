@@ -7,7 +7,7 @@ use crate::status::StatusView;
 use cutover_admin::{AdminClient, ClientError};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::Path;
 use std::time::Duration;
 
@@ -218,9 +218,12 @@ pub async fn status(client: &AdminClient, watch: bool, as_json: bool) -> Result<
             let s: StatusView = serde_json::from_value(doc)
                 .map_err(|e| anyhow::anyhow!("bad status document: {e}"))?;
             let text = render::status(&s);
-            if watch {
+            if watch && std::io::stdout().is_terminal() {
                 // Clear the screen and home the cursor, as `watch(1)` does.
                 print!("\x1b[2J\x1b[H{text}");
+            } else if watch {
+                // Into a file or a pipe: no escape codes, one view after the other.
+                println!("{text}");
             } else {
                 print!("{text}");
             }

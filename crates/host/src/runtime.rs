@@ -250,7 +250,7 @@ pub async fn start(loaded: Loaded) -> Result<Running, StartError> {
         }
         tasks.push(tokio::spawn(async move {
             let outcome = serving.until(stop).await;
-            info!(?outcome, "proxy stopped");
+            info!(outcome = proxy_stopped(outcome), "proxy stopped");
         }));
     }
     {
@@ -454,6 +454,51 @@ fn history(store: &Mutex<Store>, q: HistoryQuery) -> Result<Value, ApiError> {
     Ok(doc)
 }
 
+/// How the proxy's shutdown ended, for the log (not `Debug`: operators read these lines).
+fn proxy_stopped(outcome: cutover_proxy::ShutdownOutcome) -> &'static str {
+    match outcome {
+        cutover_proxy::ShutdownOutcome::Drained => "drained: every connection finished",
+        cutover_proxy::ShutdownOutcome::TimedOut => {
+            "timed out: connections still open were abandoned"
+        }
+    }
+}
+
+/// `3 sessions: 1 closed by the app, 0 by clients, 2 by cutover (1012), 0 lost`.
+fn ws_drained(r: &cutover_proxy::WsDrainReport) -> String {
+    format!(
+        "{} session(s): {} closed by the app, {} by clients, {} by cutover (1012), {} lost",
+        r.sessions, r.closed_by_app, r.closed_by_client, r.closed_by_cutover, r.lost
+    )
+}
+
+/// `v2-0 (127.0.0.1:4100): drained after 12ms, exited (exit status: 0); ...`.
+fn stopped(r: &cutover_supervisor::StopReport) -> String {
+    use cutover_supervisor::{DrainOutcome, StopExit};
+    if r.instances.is_empty() {
+        return "nothing was running".to_string();
+    }
+    let one = |i: &cutover_supervisor::InstanceStopReport| {
+        let drain = match &i.drain {
+            DrainOutcome::Drained { waited } => format!(
+                "drained after {}",
+                crate::render::span(Timestamp(0), Timestamp(waited.get().as_millis() as u64))
+            ),
+            DrainOutcome::TimedOut { in_flight } => {
+                format!("drain timed out with {in_flight} request(s) in flight")
+            }
+        };
+        let exit = match &i.exit {
+            StopExit::Exited { status } => format!("exited ({status})"),
+            StopExit::Killed { status } => format!("killed after the grace period ({status})"),
+            StopExit::NotRunning { last_exit: Some(e) } => format!("was not running (last: {e})"),
+            StopExit::NotRunning { last_exit: None } => "was not running".to_string(),
+        };
+        format!("{} ({}): {drain}, {exit}", i.id, i.addr)
+    };
+    r.instances.iter().map(one).collect::<Vec<_>>().join("; ")
+}
+
 /// The `(id, ended_at, outcome)` to record when this event ended the rollout: its outcome is
 /// how it ended, so a promotion is recorded when it happens (not an hour later, when the held
 /// previous release is let go: `promoted` → `done` keeps `promoted`), and a rollback after a
@@ -580,7 +625,7 @@ impl Driver {
             )));
         }
         for d in &outcome.decisions {
-            info!(rollout = ?d.rollout, kind = d.kind.as_str(), numbers = %d.numbers, "{}", d.reason);
+            info!(rollout = d.rollout, kind = d.kind.as_str(), numbers = %d.numbers, "{}", d.reason);
             *self.decision_counts.entry(d.kind.as_str()).or_default() += 1;
             self.notify(d);
         }
@@ -700,11 +745,11 @@ impl Driver {
             match res {
                 Ok(text) => {
                     if let Err(e) = self.series.append_exposition(&text, s.t_ms, &labels) {
-                        tracing::warn!(instance = ?labels.get("instance"), error = %e, "bad metrics exposition");
+                        tracing::warn!(instance = labels.get("instance").map(String::as_str), error = %e, "bad metrics exposition");
                     }
                 }
                 Err(e) => {
-                    tracing::debug!(instance = ?labels.get("instance"), error = %e, "scrape failed")
+                    tracing::debug!(instance = labels.get("instance").map(String::as_str), error = %e, "scrape failed")
                 }
             }
         }
@@ -847,7 +892,7 @@ impl Driver {
                     let drained = proxy.drain_websockets(addr, quiet);
                     Box::pin(async move {
                         let report = drained.await;
-                        info!(%addr, ?report, "websockets drained");
+                        info!(%addr, "websockets drained: {}", ws_drained(&report));
                     })
                 });
                 let stop = self
@@ -855,7 +900,7 @@ impl Driver {
                     .stop_with(&release.version, in_flight, Some(closer));
                 tokio::spawn(async move {
                     let report = stop.await;
-                    info!(report = ?report, "stopped");
+                    info!(version = %report.version, "stopped: {}", stopped(&report));
                 });
             }
         }
