@@ -171,6 +171,8 @@ fn main() {
     };
     let code = match run(cli) {
         Ok(()) => 0,
+        // The reader went away (`| head`): nothing to say, and nobody to say it to.
+        Err(e @ CommandError::OutputClosed) => e.exit_code(),
         // Not an error: the user stopped following, and the message says what goes on.
         Err(e @ CommandError::Interrupted(_)) => {
             eprintln!("{e}");
@@ -187,7 +189,7 @@ fn main() {
 fn run(cli: Cli) -> Result<(), CommandError> {
     match &cli.command {
         Command::Validate => {
-            println!("{}", commands::validate(&cli.config)?);
+            commands::emitln(&commands::validate(&cli.config)?)?;
             return Ok(());
         }
         Command::Export { rollout, output } => {
@@ -198,11 +200,7 @@ fn run(cli: Cli) -> Result<(), CommandError> {
             prometheus: None,
             ..
         } => {
-            print!(
-                "{}",
-                cutover_host::simulate::simulate(&cli.config, recording)?
-            );
-            return Ok(());
+            return commands::emit(&cutover_host::simulate::simulate(&cli.config, recording)?);
         }
         _ => {}
     }
@@ -289,11 +287,9 @@ fn run(cli: Cli) -> Result<(), CommandError> {
                         None => now,
                     },
                 };
-                print!(
-                    "{}",
-                    cutover_host::simulate::simulate_prometheus(&cli.config, &src).await?
-                );
-                Ok(())
+                commands::emit(
+                    &cutover_host::simulate::simulate_prometheus(&cli.config, &src).await?,
+                )
             }
             Command::Validate | Command::Export { .. } | Command::Simulate { .. } => {
                 handled_before_the_runtime()

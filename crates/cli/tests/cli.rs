@@ -331,3 +331,21 @@ async fn run_logs_to_a_file_in_plain_text() {
         );
     }
 }
+
+/// `cutover ... | head`: a reader that went away ends the command quietly (141, as a shell
+/// reports SIGPIPE), not with a panic and its backtrace.
+#[test]
+fn a_closed_stdout_is_not_a_panic() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/cutover.toml");
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(env!("CARGO_BIN_EXE_cutover"))
+        .args(["validate", "-c", example])
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(141), "{err}");
+    assert!(err.is_empty(), "{err}");
+}

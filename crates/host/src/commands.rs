@@ -34,6 +34,10 @@ pub enum CommandError {
     /// for any command a SIGINT ended).
     #[error("{0}")]
     Interrupted(String),
+    /// Whoever read the output stopped reading (`cutover history | head`): exit quietly with
+    /// 141, what a shell reports for a command ended by SIGPIPE.
+    #[error("standard output was closed")]
+    OutputClosed,
     /// Anything else (exit 1).
     #[error(transparent)]
     Other(#[from] anyhow::Error),
@@ -55,9 +59,26 @@ impl CommandError {
             }
             CommandError::RolloutFailed(_) => 2,
             CommandError::Interrupted(_) => 130,
+            CommandError::OutputClosed => 141,
             _ => 1,
         }
     }
+}
+
+/// Writes `text` to standard output. `print!` panics when the reader has gone (a pipe into
+/// `head`); this says so as [`CommandError::OutputClosed`] instead.
+pub fn emit(text: &str) -> Result<(), CommandError> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(CommandError::OutputClosed),
+        Err(e) => Err(anyhow::anyhow!("cannot write to standard output: {e}").into()),
+    }
+}
+
+/// [`emit`] with a newline.
+pub fn emitln(text: &str) -> Result<(), CommandError> {
+    emit(&format!("{text}\n"))
 }
 
 /// `cutover validate`: the config's summary, or every problem in it.
@@ -139,12 +160,11 @@ pub async fn deploy(
     } else {
         None
     };
-    println!(
-        "{}",
+    emitln(
         res.get("message")
             .and_then(Value::as_str)
-            .unwrap_or("deployed")
-    );
+            .unwrap_or("deployed"),
+    )?;
     let Some(interrupt) = interrupt.as_mut() else {
         return Ok(());
     };
@@ -178,13 +198,13 @@ pub async fn deploy(
             r.phase.name()
         );
         if line != last {
-            println!("{line}");
+            emitln(&line)?;
             last = line;
         }
         use cutover_core::engine::Phase;
         match &r.phase {
             Phase::Promoted { .. } | Phase::Done => {
-                println!("{} is live at 100%", r.to.label());
+                emitln(&format!("{} is live at 100%", r.to.label()))?;
                 return Ok(());
             }
             Phase::Aborted { reason, .. } => {
@@ -213,21 +233,20 @@ pub async fn status(client: &AdminClient, watch: bool, as_json: bool) -> Result<
     loop {
         let doc = client.get("/v1/status").await?;
         if as_json {
-            println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+            emitln(&serde_json::to_string_pretty(&doc).unwrap_or_default())?;
         } else {
             let s: StatusView = serde_json::from_value(doc)
                 .map_err(|e| anyhow::anyhow!("bad status document: {e}"))?;
             let text = render::status(&s);
             if watch && std::io::stdout().is_terminal() {
                 // Clear the screen and home the cursor, as `watch(1)` does.
-                print!("\x1b[2J\x1b[H{text}");
+                emit(&format!("\x1b[2J\x1b[H{text}"))?;
             } else if watch {
                 // Into a file or a pipe: no escape codes, one view after the other.
-                println!("{text}");
+                emitln(&text)?;
             } else {
-                print!("{text}");
+                emit(&text)?;
             }
-            let _ = std::io::stdout().flush();
         }
         if !watch {
             return Ok(());
@@ -247,10 +266,7 @@ pub async fn verb(
         None => json!({}),
     };
     let res = client.post(&format!("/v1/{verb}"), &body).await?;
-    println!(
-        "{}",
-        res.get("message").and_then(Value::as_str).unwrap_or("ok")
-    );
+    emitln(res.get("message").and_then(Value::as_str).unwrap_or("ok"))?;
     Ok(())
 }
 
@@ -268,9 +284,9 @@ pub async fn history(
     }
     let doc = client.get(&q).await?;
     if as_json {
-        println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+        emitln(&serde_json::to_string_pretty(&doc).unwrap_or_default())?;
     } else {
-        print!("{}", render::history(&doc));
+        emit(&render::history(&doc))?;
     }
     if verify && doc.pointer("/verify/ok").and_then(Value::as_bool) == Some(false) {
         return Err(anyhow::anyhow!(

@@ -121,13 +121,15 @@ pub fn status(s: &StatusView) -> String {
             .from
             .as_ref()
             .map_or("(none)".to_string(), |f| f.version.clone());
-        let _ = writeln!(
-            o,
-            "\nrollout {}: {from} → {}  ({} ago)",
-            r.id,
-            r.to.label(),
-            span(r.started, r.ended.unwrap_or(now))
-        );
+        let when = match r.ended {
+            Some(ended) => format!(
+                "ended {} ago, after {}",
+                span(ended, now),
+                span(r.started, ended)
+            ),
+            None => format!("started {} ago", span(r.started, now)),
+        };
+        let _ = writeln!(o, "\nrollout {}: {from} → {}  ({when})", r.id, r.to.label());
         let _ = writeln!(o, "  {}", phase_line(r, now));
         if r.phase.is_active() && r.phase != Phase::Starting {
             let _ = writeln!(
@@ -698,6 +700,14 @@ mod tests {
         e.handle(t(8), Event::Command(Verb::Abort)).unwrap();
         let aborted = status(&view(&e, t(9)));
         assert!(aborted.contains("ABORTED (manual)"), "{aborted}");
+        assert!(
+            aborted.contains("rollout 2: v1 → v2 (b)  (ended 1.0s ago, after 7.0s)"),
+            "{aborted}"
+        );
+        assert!(
+            running.contains("rollout 2: v1 → v2 (b)  (started 6.0s ago)"),
+            "{running}"
+        );
         assert!(
             !aborted.contains("BREACH") && !aborted.contains("HOLD "),
             "{aborted}"

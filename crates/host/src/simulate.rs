@@ -120,7 +120,7 @@ pub fn export(
                 p.display()
             );
         }
-        None => print!("{json}"),
+        None => crate::commands::emit(&json)?,
     }
     Ok(())
 }
