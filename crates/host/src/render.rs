@@ -400,20 +400,41 @@ pub fn timeline(rows: &[Row<'_>], start: Timestamp) -> String {
     o
 }
 
-/// How a rollout of the history ended, from its recorded outcome; a store written before
-/// outcomes were recorded at promotion has none for a promoted rollout, so its decisions say.
-fn ended_how(outcome: Option<&str>, decisions: &[Row<'_>]) -> Option<(String, Option<Timestamp>)> {
-    let from_decisions = || {
+/// How a rollout of the history ended and when, or `None` while it runs. The recorded outcome
+/// says how; a store written before outcomes were recorded at promotion has none for a
+/// promoted rollout (or `done`, at the time the held release was let go), so its decisions say.
+fn ended_how(
+    outcome: Option<&str>,
+    first_release: bool,
+    ended_at: Option<Timestamp>,
+    decisions: &[Row<'_>],
+) -> Option<(&'static str, Option<Timestamp>)> {
+    let last = |kinds: &[&str]| {
         decisions
             .iter()
             .rev()
-            .find(|d| matches!(d.kind, "promoted" | "aborted" | "rolled_back"))
-            .map(|d| (d.kind.to_string(), Some(d.at)))
+            .find(|d| kinds.contains(&d.kind))
+            .map(|d| (d.kind, d.at))
     };
-    match outcome {
-        Some(o) if !o.is_empty() => Some((o.to_string(), None)),
-        _ => from_decisions(),
-    }
+    let (kind, at) = match outcome.filter(|o| !o.is_empty()) {
+        Some("done") if !first_release => (
+            "promoted",
+            last(&["promoted"]).map(|(_, at)| at).or(ended_at),
+        ),
+        Some(o) => (o, ended_at),
+        None => {
+            let (kind, at) = last(&["promoted", "aborted", "rolled_back"])?;
+            (kind, Some(at))
+        }
+    };
+    let how = match kind {
+        "done" | "promoted" if first_release => "first release, live",
+        "promoted" | "done" => "promoted",
+        "aborted" => "aborted",
+        "rolled_back" => "rolled back",
+        _ => "ended",
+    };
+    Some((how, at))
 }
 
 /// The `cutover history` view of the JSON the admin API returns.
@@ -464,22 +485,10 @@ pub fn history(doc: &Value) -> String {
             })
             .collect();
         let outcome = r.get("outcome").and_then(|v| v.as_str());
-        let how = match ended_how(outcome, &decisions) {
-            Some((how, at)) => {
-                let ended = time("ended_at").or(at);
-                let how = match how.as_str() {
-                    "done" if r.get("from_version").is_none_or(Value::is_null) => {
-                        "first release, live".to_string()
-                    }
-                    "done" => "promoted, previous release let go".to_string(),
-                    "rolled_back" => "rolled back".to_string(),
-                    _ => how,
-                };
-                match ended {
-                    Some(e) => format!("{how} at {} after {}", rfc3339(e), span(started, e)),
-                    None => how,
-                }
-            }
+        let first_release = r.get("from_version").is_none_or(Value::is_null);
+        let how = match ended_how(outcome, first_release, time("ended_at"), &decisions) {
+            Some((how, Some(e))) => format!("{how} at {} after {}", rfc3339(e), span(started, e)),
+            Some((how, None)) => how.to_string(),
             None => "in progress".to_string(),
         };
         if i > 0 {
@@ -605,6 +614,11 @@ mod tests {
              "ended_at": null, "outcome": null, "decisions": [
                 {"at": NOON, "kind": "deploy", "reason": "rollout 3"},
                 {"at": NOON + 38_000, "kind": "promoted", "reason": "v2 promoted"}]},
+            // `done` by an older cutover: ended when the held v0 was let go, promoted before.
+            {"id": 5, "from_version": "v0", "to_version": "v1", "started_at": "2026-11-24T09:00:00.000Z",
+             "ended_at": "2026-11-24T10:00:10.000Z", "outcome": "done", "decisions": [
+                {"at": "2026-11-24T09:00:10.000Z", "kind": "promoted", "reason": "v1 promoted"},
+                {"at": "2026-11-24T10:00:10.000Z", "kind": "previous_released", "reason": "v0 let go"}]},
             {"id": 2, "from_version": "v1", "to_version": "bad", "started_at": "2026-11-24T11:00:00.000Z",
              "ended_at": "2026-11-24T11:00:34.700Z", "outcome": "aborted", "decisions": []},
             {"id": 1, "from_version": null, "to_version": "v1", "started_at": "2026-11-24T10:00:00.000Z",
@@ -617,6 +631,7 @@ mod tests {
             [
                 "rollout 4: v2 → v3  started 2026-11-24T12:10:00.000Z; in progress",
                 "rollout 3: v1 → v2  started 2026-11-24T12:00:00.000Z; promoted at 2026-11-24T12:00:38.000Z after 38.0s",
+                "rollout 5: v0 → v1  started 2026-11-24T09:00:00.000Z; promoted at 2026-11-24T09:00:10.000Z after 10.0s",
                 "rollout 2: v1 → bad  started 2026-11-24T11:00:00.000Z; aborted at 2026-11-24T11:00:34.700Z after 34.7s",
                 "rollout 1: (none) → v1  started 2026-11-24T10:00:00.000Z; first release, live at 2026-11-24T10:00:01.000Z after 1.0s",
             ],
