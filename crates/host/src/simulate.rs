@@ -165,12 +165,12 @@ pub fn simulate(config_path: &Path, file: &Path) -> Result<String, CommandError>
             file.display()
         ))
     })?;
-    if rec.format != simulate::FORMAT {
+    if !simulate::READS.contains(&rec.format.as_str()) {
         return Err(CommandError::Usage(format!(
-            "{} has format {:?}; this cutover reads {:?}",
+            "{} has format {:?}; this cutover reads {}",
             file.display(),
             rec.format,
-            simulate::FORMAT
+            simulate::READS.join(", ")
         )));
     }
     Ok(timeline(
