@@ -94,12 +94,12 @@ enum Command {
         #[arg(long)]
         reason: Option<String>,
     },
-    /// Every rollout and every decision, with the numbers behind it.
+    /// Every rollout, how it ended, and every decision with its reason (--json: and numbers).
     History {
         /// Show at most this many rollouts, newest first.
         #[arg(long, default_value_t = 20)]
         limit: u32,
-        /// Only this rollout.
+        /// Only this rollout, by the id `history` shows (exit 66 if there is none).
         #[arg(long)]
         rollout: Option<i64>,
         /// Check the audit log's hash chain.
@@ -113,7 +113,7 @@ enum Command {
     Validate,
     /// Write a rollout's recording (its measurements and events) as JSON, for `simulate`.
     Export {
-        /// The rollout (default: the latest).
+        /// The rollout, by the id `history` shows (default: the latest; exit 66 if there is none).
         #[arg(long)]
         rollout: Option<i64>,
         /// Write here instead of stdout.
