@@ -1,7 +1,8 @@
 //! `cutover`: ship a new version of a live service with zero downtime.
 //!
 //! This binary only parses arguments, calls `cutover_host`, prints, and maps errors to exit
-//! codes (64 bad usage or config, 69 cutover unreachable, 2 a followed rollout failed, 1 refused).
+//! codes (64 bad usage or config, 66 no such rollout, 69 cutover unreachable, 2 a followed
+//! rollout failed, 130 `deploy --wait` interrupted, 1 refused).
 #![forbid(unsafe_code)]
 
 use clap::{Parser, Subcommand};
@@ -38,6 +39,7 @@ enum Command {
     },
     /// Start a progressive rollout of VERSION (returns at once unless --wait).
     Deploy {
+        /// The version to roll out: substituted for {version} in app.command (1-64 of A-Z a-z 0-9 . _ -).
         version: String,
         /// Extra environment for this version's instances, KEY=VALUE (repeatable).
         #[arg(long = "env", value_name = "KEY=VALUE")]
@@ -48,7 +50,8 @@ enum Command {
         /// Deploy even if this exact release failed before.
         #[arg(long)]
         force: bool,
-        /// Follow the rollout until it is promoted (exit 0) or aborted (exit 2).
+        /// Follow the rollout until it is promoted (exit 0) or aborted (exit 2); Ctrl-C stops
+        /// following (exit 130), not the rollout.
         #[arg(long)]
         wait: bool,
     },
@@ -63,39 +66,46 @@ enum Command {
     },
     /// Stop advancing (abort rules keep watching).
     Pause {
+        /// Why you pause it; recorded with the decision in the audit log.
         #[arg(long)]
         reason: Option<String>,
     },
     /// Continue a paused rollout.
     Resume {
+        /// Why you resume it; recorded with the decision in the audit log.
         #[arg(long)]
         reason: Option<String>,
     },
     /// Skip the remaining steps: 100 % to the new version now.
     Promote {
+        /// Why you promote it; recorded with the decision in the audit log.
         #[arg(long)]
         reason: Option<String>,
     },
     /// Send all traffic back to stable and stop the canary.
     Abort {
+        /// Why you abort it; recorded with the decision in the audit log.
         #[arg(long)]
         reason: Option<String>,
     },
     /// After a promotion, switch back to the previous version (instant while it is held).
     Rollback {
+        /// Why you roll back; recorded with the decision in the audit log.
         #[arg(long)]
         reason: Option<String>,
     },
-    /// Every rollout and every decision, with the numbers behind it.
+    /// Every rollout, how it ended, and every decision with its reason (--json: and numbers).
     History {
+        /// Show at most this many rollouts, newest first.
         #[arg(long, default_value_t = 20)]
         limit: u32,
-        /// Only this rollout.
+        /// Only this rollout, by the id `history` shows (exit 66 if there is none).
         #[arg(long)]
         rollout: Option<i64>,
         /// Check the audit log's hash chain.
         #[arg(long)]
         verify: bool,
+        /// Print the JSON document (times as RFC 3339, every decision) instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -103,7 +113,7 @@ enum Command {
     Validate,
     /// Write a rollout's recording (its measurements and events) as JSON, for `simulate`.
     Export {
-        /// The rollout (default: the latest).
+        /// The rollout, by the id `history` shows (default: the latest; exit 66 if there is none).
         #[arg(long)]
         rollout: Option<i64>,
         /// Write here instead of stdout.
@@ -161,6 +171,13 @@ fn main() {
     };
     let code = match run(cli) {
         Ok(()) => 0,
+        // The reader went away (`| head`): nothing to say, and nobody to say it to.
+        Err(e @ CommandError::OutputClosed) => e.exit_code(),
+        // Not an error: the user stopped following, and the message says what goes on.
+        Err(e @ CommandError::Interrupted(_)) => {
+            eprintln!("{e}");
+            e.exit_code()
+        }
         Err(e) => {
             eprintln!("error: {e}");
             e.exit_code()
@@ -172,7 +189,7 @@ fn main() {
 fn run(cli: Cli) -> Result<(), CommandError> {
     match &cli.command {
         Command::Validate => {
-            println!("{}", commands::validate(&cli.config)?);
+            commands::emitln(&commands::validate(&cli.config)?)?;
             return Ok(());
         }
         Command::Export { rollout, output } => {
@@ -183,11 +200,7 @@ fn run(cli: Cli) -> Result<(), CommandError> {
             prometheus: None,
             ..
         } => {
-            print!(
-                "{}",
-                cutover_host::simulate::simulate(&cli.config, recording)?
-            );
-            return Ok(());
+            return commands::emit(&cutover_host::simulate::simulate(&cli.config, recording)?);
         }
         _ => {}
     }
@@ -274,11 +287,9 @@ fn run(cli: Cli) -> Result<(), CommandError> {
                         None => now,
                     },
                 };
-                print!(
-                    "{}",
-                    cutover_host::simulate::simulate_prometheus(&cli.config, &src).await?
-                );
-                Ok(())
+                commands::emit(
+                    &cutover_host::simulate::simulate_prometheus(&cli.config, &src).await?,
+                )
             }
             Command::Validate | Command::Export { .. } | Command::Simulate { .. } => {
                 handled_before_the_runtime()
@@ -291,4 +302,47 @@ fn handled_before_the_runtime() -> Result<(), CommandError> {
     Err(CommandError::Usage(
         "validate, export and simulate run without the runtime".into(),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Every argument and subcommand below `cmd` without help text, as `cutover verb --arg`.
+    fn undocumented(cmd: &clap::Command, path: &str, out: &mut Vec<String>) {
+        for a in cmd.get_arguments() {
+            if a.get_help().is_none() && a.get_long_help().is_none() {
+                let name = a
+                    .get_long()
+                    .map_or_else(|| a.get_id().to_string(), |l| format!("--{l}"));
+                out.push(format!("{path} {name}"));
+            }
+        }
+        for sub in cmd.get_subcommands() {
+            let p = format!("{path} {}", sub.get_name());
+            if sub.get_about().is_none() && sub.get_long_about().is_none() {
+                out.push(p.clone());
+            }
+            undocumented(sub, &p, out);
+        }
+    }
+
+    #[test]
+    fn every_argument_and_subcommand_has_help_text() {
+        let mut cmd = Cli::command();
+        cmd.build();
+        cmd.clone().debug_assert();
+        let mut missing = Vec::new();
+        undocumented(&cmd, "cutover", &mut missing);
+        assert!(
+            missing.is_empty(),
+            "`--help` shows these without a description; give each a doc comment: {missing:?}"
+        );
+        // The walk does see the arguments (a walk of nothing would pass vacuously).
+        let history = cmd.find_subcommand("history").unwrap();
+        assert!(history
+            .get_arguments()
+            .any(|a| a.get_long() == Some("json")));
+    }
 }

@@ -103,6 +103,10 @@ async fn blueprint_rule_leaves_a_healthy_canary_alone() {
         .map(|d| d["kind"].as_str().unwrap())
         .collect();
     assert!(!kinds.contains(&"breach_started"), "{kinds:?}");
+    // Promoted is how it ended, recorded when it happened: not "in progress" for the hour the
+    // previous release is held.
+    assert_eq!(hist["rollouts"][0]["outcome"], "promoted", "{hist}");
+    assert!(hist["rollouts"][0]["ended_at"].is_string(), "{hist}");
     evaluated |= s.rollout.is_some();
     assert!(evaluated);
     assert_eq!(load.stop().await.failed, 0);

@@ -3,6 +3,7 @@
 mod common;
 
 use std::process::Command;
+use std::time::Duration;
 
 fn cutover(args: &[&str], dir: &std::path::Path) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_cutover"))
@@ -107,4 +108,249 @@ fn unsupported_promql_is_refused_at_load_naming_the_field() {
         err.contains("rollout.aborts[3].query") && err.contains("trak"),
         "{err}"
     );
+}
+
+/// A config for the `cutover` CLI next to the harness's: same state directory (and so the same
+/// admin token), with the admin address the harness's cutover actually listens on.
+fn cli_config(h: &common::Harness) -> std::path::PathBuf {
+    let text = h.text.replacen(
+        "[admin]\nlisten = \"127.0.0.1:0\"",
+        &format!("[admin]\nlisten = \"{}\"", h.client.addr()),
+        1,
+    );
+    assert_ne!(text, h.text, "the harness config's [admin] section moved");
+    let path = h.dir.path().join("cli.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// `cutover -c <cli config> args...` on a blocking thread, so the runtime keeps serving it.
+async fn cli(cfg: &std::path::Path, args: &[&str]) -> (i32, String, String) {
+    let mut all = vec!["-c".to_string(), cfg.display().to_string()];
+    all.extend(args.iter().map(|a| a.to_string()));
+    let dir = cfg.parent().unwrap().to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = all.iter().map(String::as_str).collect();
+        cutover(&args, &dir)
+    })
+    .await
+    .unwrap()
+}
+
+/// Ctrl-C (a real SIGINT to the real process) during `deploy --wait` stops the following, not
+/// the rollout: the CLI says so and how to follow or abort it, exits 130, and the rollout is
+/// still running afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_wait_interrupted_says_the_rollout_goes_on() {
+    use std::io::BufRead;
+    let _g = common::serial().await;
+    let h = common::Harness::start().await;
+    h.first_release("v1").await;
+    let cfg = cli_config(&h);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cutover"))
+        .arg("-c")
+        .arg(&cfg)
+        .args(["deploy", "v2", "--wait"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    // Its first line is the deploy's answer, printed once Ctrl-C is being watched for.
+    let (first, stdout) = tokio::task::spawn_blocking(move || {
+        let mut r = std::io::BufReader::new(stdout);
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        (line, r)
+    })
+    .await
+    .unwrap();
+    assert!(first.contains("v2"), "{first}");
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let out = tokio::time::timeout(
+        Duration::from_secs(20),
+        tokio::task::spawn_blocking(move || {
+            drop(stdout);
+            child.wait_with_output().unwrap()
+        }),
+    )
+    .await
+    .expect("deploy --wait did not end after Ctrl-C")
+    .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(
+        err.contains("rollout 2 of v2 goes on")
+            && err.contains("cutover status --watch")
+            && err.contains("cutover abort")
+            && !err.contains("error"),
+        "{err}"
+    );
+    let s = h.status().await;
+    let r = s.rollout.as_ref().unwrap();
+    assert_eq!(r.id, 2);
+    assert!(r.phase.is_active(), "{:?}", r.phase);
+    h.shutdown().await;
+}
+
+/// The same missing rollout gives the same exit code (66) whichever verb asks for it; and the
+/// history's times are RFC 3339 in its text and its JSON.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_rollout_exits_66_in_every_verb_and_history_reads_well() {
+    let _g = common::serial().await;
+    let h = common::Harness::start().await;
+    let cfg = cli_config(&h);
+    // Nothing deployed yet: no rollout to export at all.
+    let (code, _, err) = cli(&cfg, &["export"]).await;
+    assert_eq!(code, 66, "{err}");
+    h.first_release("v1").await;
+    for args in [
+        &["history", "--rollout", "9"][..],
+        &["history", "--rollout", "9", "--json"],
+        &["export", "--rollout", "9"],
+    ] {
+        let (code, _, err) = cli(&cfg, args).await;
+        assert_eq!(code, 66, "{args:?}: {err}");
+        assert!(err.contains("no rollout 9"), "{args:?}: {err}");
+    }
+    let (code, text, err) = cli(&cfg, &["history"]).await;
+    assert_eq!(code, 0, "{err}");
+    let head = text.lines().next().unwrap();
+    assert!(
+        head.starts_with("rollout 1: (none) → v1  started 20")
+            && head.contains("Z; first release, live at 20"),
+        "{text}"
+    );
+    let (code, json, err) = cli(&cfg, &["history", "--json"]).await;
+    assert_eq!(code, 0, "{err}");
+    let doc: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let r = &doc["rollouts"][0];
+    for t in [&r["started_at"], &r["ended_at"], &r["decisions"][0]["at"]] {
+        let t = t.as_str().unwrap_or_default();
+        assert!(
+            t.len() == 24 && t.ends_with('Z') && t.as_bytes()[10] == b'T',
+            "not RFC 3339 with milliseconds: {t:?} in {json}"
+        );
+    }
+    h.shutdown().await;
+}
+
+/// `cutover run` logging to a file (as under systemd or `2> run.log`) writes plain text: no
+/// ANSI colour codes, and no Rust `Debug` renderings (`Some(..)`, `Report { .. }`) of what it
+/// reports — through a first release, a canary aborted and stopped, and a shutdown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_logs_to_a_file_in_plain_text() {
+    let _g = common::serial().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("cutover.toml");
+    let text = common::config_text().replace("[log]\nlevel = \"warn\"", "[log]\nlevel = \"info\"");
+    std::fs::write(&cfg, text).unwrap();
+    let log_path = dir.path().join("run.log");
+    let mut run = Command::new(env!("CARGO_BIN_EXE_cutover"))
+        .arg("-c")
+        .arg(&cfg)
+        .arg("run")
+        .env_remove("NO_COLOR")
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let wait_log = |what: &str| {
+        let t = std::time::Instant::now();
+        loop {
+            let l = log();
+            if l.contains(what) {
+                return l;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "no {what:?} in the log:\n{l}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let running = tokio::task::block_in_place(|| wait_log("cutover is running"));
+    let addr: std::net::SocketAddr = running
+        .split("admin_addr=")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no admin_addr in {running}"));
+    let token = std::fs::read_to_string(dir.path().join("state/admin.token")).unwrap();
+    let client = cutover_admin::AdminClient::new(addr, token.trim().to_string());
+    let deploy = |v: &'static str| {
+        let client = client.clone();
+        async move {
+            client
+                .post("/v1/deploy", &serde_json::json!({ "version": v }))
+                .await
+                .unwrap()
+        }
+    };
+    deploy("v1").await;
+    tokio::task::block_in_place(|| wait_log("kind=\"promoted\""));
+    let t = std::time::Instant::now();
+    while client.get("/v1/status").await.unwrap()["rollout"]["phase"]["phase"] != "done" {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "v1 never became stable"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    deploy("v2").await;
+    tokio::task::block_in_place(|| wait_log("canary v2"));
+    client
+        .post("/v1/abort", &serde_json::json!({ "reason": "log test" }))
+        .await
+        .unwrap();
+    tokio::task::block_in_place(|| wait_log("stopped: "));
+    let term = Command::new("kill")
+        .args(["-TERM", &run.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let status = tokio::task::spawn_blocking(move || run.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    let l = log();
+    assert!(l.contains("proxy stopped"), "{l}");
+    assert!(!l.contains('\x1b'), "ANSI escape codes in a log file:\n{l}");
+    for debug in [
+        "Some(",
+        "None",
+        "Report {",
+        " { id:",
+        "Drained {",
+        "TimedOut",
+    ] {
+        assert!(
+            !l.contains(debug),
+            "a Debug rendering ({debug:?}) in the log:\n{l}"
+        );
+    }
+}
+
+/// `cutover ... | head`: a reader that went away ends the command quietly (141, as a shell
+/// reports SIGPIPE), not with a panic and its backtrace.
+#[test]
+fn a_closed_stdout_is_not_a_panic() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/cutover.toml");
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(env!("CARGO_BIN_EXE_cutover"))
+        .args(["validate", "-c", example])
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(141), "{err}");
+    assert!(err.is_empty(), "{err}");
 }

@@ -45,8 +45,12 @@ pub fn bucket_bounds(index: usize) -> (u64, u64) {
 
 /// A plain (non-concurrent) latency histogram.
 ///
-/// Serialized sparsely (`{"buckets": [[index, count], ...], "sum_micros": n}`): a window's
-/// histogram touches a few dozen of its buckets, and every evaluation's input is recorded.
+/// Serialized sparsely and delta-encoded, `{"runs": [i0, c0, d1, c1, d2, c2, ...],
+/// "sum_micros": n}`: the first non-empty bucket's index and count, then for each next one its
+/// distance from the previous index and its count. A window's histogram touches a few dozen
+/// adjacent buckets and every evaluation's input is recorded, so this is about two thirds the
+/// size of `[index, count]` pairs — which it still reads (`{"buckets": [[index, count], ...]}`,
+/// as state stores and recordings were written before).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(into = "Sparse", try_from = "Sparse")]
 pub struct Histogram {
@@ -57,21 +61,26 @@ pub struct Histogram {
 
 #[derive(Serialize, Deserialize)]
 struct Sparse {
+    /// The earlier form, read only.
+    #[serde(default, skip_serializing)]
     buckets: Vec<(usize, u64)>,
+    #[serde(default)]
+    runs: Vec<u64>,
     sum_micros: u64,
 }
 
 impl From<Histogram> for Sparse {
     fn from(h: Histogram) -> Sparse {
-        let buckets = h
-            .counts
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| **c > 0)
-            .map(|(i, c)| (i, *c))
-            .collect();
+        let mut runs = Vec::new();
+        let mut prev = 0;
+        for (i, c) in h.counts.iter().enumerate().filter(|(_, c)| **c > 0) {
+            runs.push((i - prev) as u64);
+            runs.push(*c);
+            prev = i;
+        }
         Sparse {
-            buckets,
+            buckets: Vec::new(),
+            runs,
             sum_micros: h.sum_micros,
         }
     }
@@ -80,8 +89,20 @@ impl From<Histogram> for Sparse {
 impl TryFrom<Sparse> for Histogram {
     type Error = String;
     fn try_from(s: Sparse) -> Result<Histogram, String> {
+        if !s.runs.len().is_multiple_of(2) {
+            return Err(format!(
+                "histogram runs has {} numbers: it must be (distance, count) pairs",
+                s.runs.len()
+            ));
+        }
+        let mut pairs = s.buckets;
+        let mut at: u64 = 0;
+        for run in s.runs.chunks_exact(2) {
+            at = at.saturating_add(run[0]);
+            pairs.push((usize::try_from(at).unwrap_or(usize::MAX), run[1]));
+        }
         let mut counts = vec![0; BUCKETS];
-        for (i, c) in s.buckets {
+        for (i, c) in pairs {
             *counts
                 .get_mut(i)
                 .ok_or_else(|| format!("histogram bucket {i} is out of range (0..{BUCKETS})"))? +=
@@ -196,6 +217,29 @@ mod tests {
     }
 
     #[test]
+    fn runs_are_distances_and_counts() {
+        let mut h = Histogram::new();
+        h.record_n(10, 2);
+        h.record_n(11, 5);
+        h.record(20);
+        let json = serde_json::to_value(&h).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"runs": [10, 2, 1, 5, 9, 1], "sum_micros": 95})
+        );
+        let bad = serde_json::json!({"runs": [10, 2, 1], "sum_micros": 0});
+        let err = serde_json::from_value::<Histogram>(bad)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("pairs"), "{err}");
+        let far = serde_json::json!({"runs": [u64::MAX, 1, 5, 1], "sum_micros": 0});
+        let err = serde_json::from_value::<Histogram>(far)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("out of range"), "{err}");
+    }
+
+    #[test]
     fn empty_has_no_quantile() {
         assert_eq!(Histogram::new().quantile(0.99), None);
     }
@@ -230,6 +274,15 @@ mod tests {
             let json = serde_json::to_string(&h).unwrap();
             prop_assert!(json.len() < 40 + xs.len() * 16);
             prop_assert_eq!(serde_json::from_str::<Histogram>(&json).unwrap(), h);
+        }
+
+        #[test]
+        fn the_earlier_pairs_form_reads_the_same(xs in proptest::collection::vec(0u64..10_000_000, 0..200)) {
+            let mut h = Histogram::new();
+            for x in &xs { h.record(*x); }
+            let pairs: Vec<(usize, u64)> = h.counts().iter().enumerate().filter(|(_, c)| **c > 0).map(|(i, c)| (i, *c)).collect();
+            let old = serde_json::json!({"buckets": pairs, "sum_micros": h.sum_micros()});
+            prop_assert_eq!(serde_json::from_value::<Histogram>(old).unwrap(), h);
         }
 
         #[test]

@@ -13,8 +13,12 @@ use crate::spec::RolloutSpec;
 use crate::time::Timestamp;
 use serde::{Deserialize, Serialize};
 
-/// The format tag of a recording file.
-pub const FORMAT: &str = "cutover-recording/1";
+/// The format tag of a recording file this cutover writes: `/2` writes latency histograms as
+/// delta-encoded runs (see [`crate::histogram::Histogram`]).
+pub const FORMAT: &str = "cutover-recording/2";
+
+/// The format tags this cutover reads: `/1` (histograms as `[index, count]` pairs) and `/2`.
+pub const READS: &[&str] = &["cutover-recording/1", FORMAT];
 
 /// One recorded rollout.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -7,7 +7,7 @@ use crate::status::StatusView;
 use cutover_admin::{AdminClient, ClientError};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::Path;
 use std::time::Duration;
 
@@ -23,19 +23,34 @@ pub enum CommandError {
     /// The admin API answered with an error.
     #[error(transparent)]
     Client(#[from] ClientError),
+    /// The rollout asked for does not exist (exit 66, sysexits' EX_NOINPUT), whichever verb
+    /// asked: `history --rollout N` and `export --rollout N` alike.
+    #[error("{0}")]
+    NotFound(String),
     /// `deploy --wait` followed a rollout that did not promote (exit 2).
     #[error("{0}")]
     RolloutFailed(String),
+    /// `deploy --wait` stopped following (Ctrl-C); the rollout itself goes on (exit 130, as
+    /// for any command a SIGINT ended).
+    #[error("{0}")]
+    Interrupted(String),
+    /// Whoever read the output stopped reading (`cutover history | head`): exit quietly with
+    /// 141, what a shell reports for a command ended by SIGPIPE.
+    #[error("standard output was closed")]
+    OutputClosed,
     /// Anything else (exit 1).
     #[error(transparent)]
     Other(#[from] anyhow::Error),
 }
 
 impl CommandError {
-    /// sysexits-style codes: 64 usage/config, 69 unavailable, 2 rollout failed, 1 refused.
+    /// sysexits-style codes: 64 usage/config, 66 no such rollout, 69 unavailable, 2 rollout
+    /// failed, 130 `deploy --wait` interrupted, 1 refused.
     pub fn exit_code(&self) -> i32 {
         match self {
             CommandError::Usage(_) | CommandError::Config(_) => 64,
+            CommandError::NotFound(_) => 66,
+            CommandError::Client(ClientError::Api { status: 404, .. }) => 66,
             CommandError::Client(ClientError::Connect { .. } | ClientError::Timeout { .. }) => 69,
             CommandError::Client(ClientError::Api { status, .. })
                 if *status == 400 || *status == 422 =>
@@ -43,9 +58,27 @@ impl CommandError {
                 64
             }
             CommandError::RolloutFailed(_) => 2,
+            CommandError::Interrupted(_) => 130,
+            CommandError::OutputClosed => 141,
             _ => 1,
         }
     }
+}
+
+/// Writes `text` to standard output. `print!` panics when the reader has gone (a pipe into
+/// `head`); this says so as [`CommandError::OutputClosed`] instead.
+pub fn emit(text: &str) -> Result<(), CommandError> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(CommandError::OutputClosed),
+        Err(e) => Err(anyhow::anyhow!("cannot write to standard output: {e}").into()),
+    }
+}
+
+/// [`emit`] with a newline.
+pub fn emitln(text: &str) -> Result<(), CommandError> {
+    emit(&format!("{text}\n"))
 }
 
 /// `cutover validate`: the config's summary, or every problem in it.
@@ -118,20 +151,40 @@ pub async fn deploy(
 ) -> Result<(), CommandError> {
     let body = json!({ "version": version, "env": env, "args": args, "force": force });
     let res = client.post("/v1/deploy", &body).await?;
-    println!(
-        "{}",
+    // Ctrl-C while following must not look like it stopped the rollout: catch it (before the
+    // first line is printed, so that no interrupt goes unseen) and say what goes on.
+    let mut interrupt = if wait {
+        Some(
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+                .map_err(|e| anyhow::anyhow!("cannot watch for Ctrl-C: {e}"))?,
+        )
+    } else {
+        None
+    };
+    emitln(
         res.get("message")
             .and_then(Value::as_str)
-            .unwrap_or("deployed")
-    );
-    if !wait {
+            .unwrap_or("deployed"),
+    )?;
+    let Some(interrupt) = interrupt.as_mut() else {
         return Ok(());
-    }
+    };
     let id = res.get("rollout").and_then(Value::as_u64);
+    let interrupted = || {
+        let which = id.map_or(String::new(), |id| format!(" {id}"));
+        CommandError::Interrupted(format!(
+            "stopped following; rollout{which} of {version} goes on in `cutover run`: \
+             `cutover status --watch` follows it, `cutover abort` stops it"
+        ))
+    };
     let mut last = String::new();
     loop {
-        let s: StatusView = serde_json::from_value(client.get("/v1/status").await?)
-            .map_err(|e| anyhow::anyhow!("bad status document: {e}"))?;
+        let doc = tokio::select! {
+            doc = client.get("/v1/status") => doc?,
+            _ = interrupt.recv() => return Err(interrupted()),
+        };
+        let s: StatusView =
+            serde_json::from_value(doc).map_err(|e| anyhow::anyhow!("bad status document: {e}"))?;
         let Some(r) = s
             .rollout
             .as_ref()
@@ -146,13 +199,13 @@ pub async fn deploy(
             r.phase.name()
         );
         if line != last {
-            println!("{line}");
+            emitln(&line)?;
             last = line;
         }
         use cutover_core::engine::Phase;
         match &r.phase {
             Phase::Promoted { .. } | Phase::Done => {
-                println!("{} is live at 100%", r.to.label());
+                emitln(&format!("{} is live at 100%", r.to.label()))?;
                 return Ok(());
             }
             Phase::Aborted { reason, .. } => {
@@ -169,7 +222,10 @@ pub async fn deploy(
             }
             _ => {}
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            _ = interrupt.recv() => return Err(interrupted()),
+        }
     }
 }
 
@@ -178,18 +234,20 @@ pub async fn status(client: &AdminClient, watch: bool, as_json: bool) -> Result<
     loop {
         let doc = client.get("/v1/status").await?;
         if as_json {
-            println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+            emitln(&serde_json::to_string_pretty(&doc).unwrap_or_default())?;
         } else {
             let s: StatusView = serde_json::from_value(doc)
                 .map_err(|e| anyhow::anyhow!("bad status document: {e}"))?;
             let text = render::status(&s);
-            if watch {
+            if watch && std::io::stdout().is_terminal() {
                 // Clear the screen and home the cursor, as `watch(1)` does.
-                print!("\x1b[2J\x1b[H{text}");
+                emit(&format!("\x1b[2J\x1b[H{text}"))?;
+            } else if watch {
+                // Into a file or a pipe: no escape codes, one view after the other.
+                emitln(&text)?;
             } else {
-                print!("{text}");
+                emit(&text)?;
             }
-            let _ = std::io::stdout().flush();
         }
         if !watch {
             return Ok(());
@@ -209,10 +267,7 @@ pub async fn verb(
         None => json!({}),
     };
     let res = client.post(&format!("/v1/{verb}"), &body).await?;
-    println!(
-        "{}",
-        res.get("message").and_then(Value::as_str).unwrap_or("ok")
-    );
+    emitln(res.get("message").and_then(Value::as_str).unwrap_or("ok"))?;
     Ok(())
 }
 
@@ -230,9 +285,9 @@ pub async fn history(
     }
     let doc = client.get(&q).await?;
     if as_json {
-        println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+        emitln(&serde_json::to_string_pretty(&doc).unwrap_or_default())?;
     } else {
-        print!("{}", render::history(&doc));
+        emit(&render::history(&doc))?;
     }
     if verify && doc.pointer("/verify/ok").and_then(Value::as_bool) == Some(false) {
         return Err(anyhow::anyhow!(

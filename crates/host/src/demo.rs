@@ -145,15 +145,19 @@ async fn follow(
                 format!("canary p99 {p99}, {} req in window", c.requests)
             })
             .unwrap_or_default();
+        // Once the rollout has ended its last hold and breach are history, not news.
+        let active = r.phase.is_active();
         let hold = r
             .hold
             .as_ref()
+            .filter(|_| active)
             .map(|h| format!("  HOLD: {}", h.reason))
             .unwrap_or_default();
         let breach = r
             .breaches
             .keys()
             .next()
+            .filter(|_| active)
             .map(|k| format!("  BREACH: {k}"))
             .unwrap_or_default();
         // A new line when something an operator cares about changes, not every number.
@@ -399,7 +403,10 @@ fn summary(
             );
         }
         _ => {
-            println!("  v3: NOT rolled back ({:?})", r3.map(|r| r.phase.name()));
+            println!(
+                "  v3: NOT rolled back (phase {})",
+                r3.map_or("unknown", |r| r.phase.name())
+            );
             ok = false;
         }
     }

@@ -30,12 +30,26 @@ use std::path::Path;
 
 pub use runtime::{start, Running, StartError};
 
-/// Installs the tracing subscriber: human-readable by default, JSON lines on request.
+/// Whether to write ANSI colour: only to a terminal, and never when `NO_COLOR` is set to
+/// anything but the empty string (no-color.org). A log redirected to a file or collected by
+/// journald/docker gets plain text.
+pub fn colour(is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    is_terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
+/// Installs the tracing subscriber: human-readable by default, JSON lines on request; colour
+/// only on a terminal (see [`colour`]).
 pub fn init_logging(level: &str, json: bool) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let ansi = colour(
+        std::io::stderr().is_terminal(),
+        std::env::var_os("NO_COLOR").as_deref(),
+    );
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     let _ = if json {
         builder.json().try_init()
@@ -63,4 +77,17 @@ pub async fn run(config_path: &Path, log_json: bool) -> Result<(), CommandError>
     tracing::info!("shutting down: draining the proxy, then stopping instances");
     running.shutdown().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsStr;
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(super::colour(true, None));
+        assert!(super::colour(true, Some(OsStr::new(""))));
+        assert!(!super::colour(true, Some(OsStr::new("1"))));
+        assert!(!super::colour(false, None));
+    }
 }

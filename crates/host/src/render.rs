@@ -5,7 +5,9 @@ use crate::status::StatusView;
 use cutover_core::engine::{Phase, Rollout, StepHold};
 use cutover_core::judge::{Outcome, Verdict};
 use cutover_core::Timestamp;
+use serde_json::Value;
 use std::fmt::Write;
+use std::time::{Duration, UNIX_EPOCH};
 
 /// A `[#####.....]` bar for a weight in percent.
 pub fn bar(percent: f64, width: usize) -> String {
@@ -119,13 +121,15 @@ pub fn status(s: &StatusView) -> String {
             .from
             .as_ref()
             .map_or("(none)".to_string(), |f| f.version.clone());
-        let _ = writeln!(
-            o,
-            "\nrollout {}: {from} → {}  ({} ago)",
-            r.id,
-            r.to.label(),
-            span(r.started, r.ended.unwrap_or(now))
-        );
+        let when = match r.ended {
+            Some(ended) => format!(
+                "ended {} ago, after {}",
+                span(ended, now),
+                span(r.started, ended)
+            ),
+            None => format!("started {} ago", span(r.started, now)),
+        };
+        let _ = writeln!(o, "\nrollout {}: {from} → {}  ({when})", r.id, r.to.label());
         let _ = writeln!(o, "  {}", phase_line(r, now));
         if r.phase.is_active() && r.phase != Phase::Starting {
             let _ = writeln!(
@@ -155,7 +159,9 @@ pub fn status(s: &StatusView) -> String {
                 );
             }
         }
-        if let Some(h) = &r.hold {
+        // A hold or a breach only means something while the rollout runs: an aborted
+        // rollout's last breach is in its phase line and its history, not a live alarm.
+        if let Some(h) = r.hold.as_ref().filter(|_| r.phase.is_active()) {
             let _ = writeln!(
                 o,
                 "  HOLD   {} (since {} ago)",
@@ -163,33 +169,62 @@ pub fn status(s: &StatusView) -> String {
                 span(h.since, now)
             );
         }
-        for (rule, since) in &r.breaches {
-            let _ = writeln!(o, "  BREACH {rule} for {}", span(*since, now));
+        if r.phase.is_active() {
+            for (rule, since) in &r.breaches {
+                let _ = writeln!(o, "  BREACH {rule} for {}", span(*since, now));
+            }
         }
         if let Some(e) = &r.last_evaluation {
             let ms = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{:.1}ms", v * 1e3));
             let pct = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{:.2}%", v * 100.0));
+            let window = s.settings.window.get().as_secs_f64();
+            let rate = |n: u64| {
+                if window > 0.0 {
+                    format!("{:.1}/s", n as f64 / window)
+                } else {
+                    "-".to_string()
+                }
+            };
+            // Rows name the versions: after a promotion "stable" is the new version, but this
+            // window measured the old one as stable and the new one as canary.
+            let label = |version: Option<&str>, track: &str| match version {
+                Some(v) => format!("{v} ({track})"),
+                None => track.to_string(),
+            };
+            let rows = [
+                (
+                    label(r.from.as_ref().map(|f| f.version.as_str()), "stable"),
+                    &e.stable,
+                ),
+                (label(Some(r.to.version.as_str()), "canary"), &e.canary),
+            ];
+            let width = rows
+                .iter()
+                .map(|(l, _)| l.chars().count())
+                .max()
+                .unwrap_or(6);
             let _ = writeln!(
                 o,
-                "\n  window ({} ago)      requests   errors      p50       p99",
+                "\n  window of {} measured {} ago",
+                s.settings.window,
                 span(e.at, now)
             );
             let _ = writeln!(
                 o,
-                "    stable  {:>20} {:>8} {:>8} {:>9}",
-                e.stable.requests,
-                pct(e.stable.error_ratio),
-                ms(e.stable.p50_seconds),
-                ms(e.stable.p99_seconds)
+                "    {:<width$} {:>9} {:>9} {:>8} {:>9} {:>9}",
+                "", "requests", "rate", "errors", "p50", "p99"
             );
-            let _ = writeln!(
-                o,
-                "    canary  {:>20} {:>8} {:>8} {:>9}",
-                e.canary.requests,
-                pct(e.canary.error_ratio),
-                ms(e.canary.p50_seconds),
-                ms(e.canary.p99_seconds)
-            );
+            for (name, t) in rows {
+                let _ = writeln!(
+                    o,
+                    "    {name:<width$} {:>9} {:>9} {:>8} {:>9} {:>9}",
+                    t.requests,
+                    rate(t.requests),
+                    pct(t.error_ratio),
+                    ms(t.p50_seconds),
+                    ms(t.p99_seconds)
+                );
+            }
             if !e.gates.is_empty() {
                 let _ = writeln!(o, "  gates (last step boundary)");
                 for v in &e.gates {
@@ -229,8 +264,188 @@ pub fn status(s: &StatusView) -> String {
     o
 }
 
+/// `2026-12-04T12:00:01.250Z`: how the CLI prints an instant, in text and in JSON.
+pub fn rfc3339(t: Timestamp) -> String {
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(t.millis())).to_string()
+}
+
+/// `12:00:01.250Z`: the time of day of [`rfc3339`], for spans within one rollout.
+pub fn time_of_day(t: Timestamp) -> String {
+    let full = rfc3339(t);
+    full.split_once('T')
+        .map_or(full.clone(), |(_, tod)| tod.to_string())
+}
+
+/// A time in a history document: an RFC 3339 string, or Unix milliseconds (as a cutover before
+/// RFC 3339 history answered).
+pub fn parse_time(v: &Value) -> Option<Timestamp> {
+    match v {
+        Value::Number(n) => n.as_u64().map(Timestamp),
+        Value::String(s) => humantime::parse_rfc3339_weak(s)
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map(|d| Timestamp(d.as_millis() as u64)),
+        _ => None,
+    }
+}
+
+/// Replaces the Unix-milliseconds fields `keys` of a JSON object by RFC 3339 strings.
+pub fn rfc3339_fields(v: &mut Value, keys: &[&str]) {
+    for k in keys {
+        if let Some(ms) = v.get(*k).and_then(Value::as_i64) {
+            v[*k] = Value::String(rfc3339(Timestamp(ms.max(0) as u64)));
+        }
+    }
+}
+
+/// One decision in a printed timeline.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Row<'a> {
+    pub at: Timestamp,
+    pub kind: &'a str,
+    pub reason: &'a str,
+}
+
+/// A line of a printed timeline: one decision, or a run of consecutive holds with the same
+/// cause (a canary short of samples for a minute is one line, not two hundred).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Line<'a> {
+    One(Row<'a>),
+    Holds {
+        count: usize,
+        first: Timestamp,
+        last: Timestamp,
+        /// The last hold's reason: the freshest numbers.
+        reason: &'a str,
+    },
+}
+
+/// What makes two holds "the same": the weight and the cause, without the numbers —
+/// `holding at 2%: inconclusive` of `holding at 2%: inconclusive: canary has 12 requests ...`,
+/// `holding at 2%: gate p99-vs-stable failed` of `...: canary p99 1.2s > 13.7ms (stable 8.3ms)`.
+pub fn hold_cause(reason: &str) -> &str {
+    match reason.match_indices(": ").nth(1) {
+        Some((i, _)) => &reason[..i],
+        None => reason,
+    }
+}
+
+/// Collapses consecutive `hold` rows with the same [`hold_cause`] into one [`Line::Holds`].
+pub fn collapse<'a>(rows: &[Row<'a>]) -> Vec<Line<'a>> {
+    let mut out: Vec<Line<'a>> = Vec::new();
+    for r in rows {
+        if r.kind == "hold" {
+            let cause = hold_cause(r.reason);
+            match out.last_mut() {
+                Some(Line::Holds {
+                    count,
+                    last,
+                    reason,
+                    ..
+                }) if hold_cause(reason) == cause => {
+                    *count += 1;
+                    *last = r.at;
+                    *reason = r.reason;
+                    continue;
+                }
+                Some(Line::One(prev))
+                    if prev.kind == "hold" && hold_cause(prev.reason) == cause =>
+                {
+                    let first = prev.at;
+                    *out.last_mut().unwrap_or_else(|| unreachable!()) = Line::Holds {
+                        count: 2,
+                        first,
+                        last: r.at,
+                        reason: r.reason,
+                    };
+                    continue;
+                }
+                _ => {}
+            }
+        }
+        out.push(Line::One(*r));
+    }
+    out
+}
+
+/// The printed timeline of decisions: `<RFC 3339 time> +<since start> <kind> <reason>`, one
+/// line per decision except runs of the same hold, which read
+/// `hold ×37 over 18.2s (12:00:01.250Z–12:00:19.450Z): <last reason>`.
+pub fn timeline(rows: &[Row<'_>], start: Timestamp) -> String {
+    let mut o = String::new();
+    for line in collapse(rows) {
+        match line {
+            Line::One(r) => {
+                let _ = writeln!(
+                    o,
+                    "  {}  +{:<9} {:<17} {}",
+                    rfc3339(r.at),
+                    span(start, r.at),
+                    r.kind,
+                    r.reason
+                );
+            }
+            Line::Holds {
+                count,
+                first,
+                last,
+                reason,
+            } => {
+                let _ = writeln!(
+                    o,
+                    "  {}  +{:<9} {:<17} over {} ({}–{}): {reason}",
+                    rfc3339(first),
+                    span(start, first),
+                    format!("hold ×{count}"),
+                    span(first, last),
+                    time_of_day(first),
+                    time_of_day(last)
+                );
+            }
+        }
+    }
+    o
+}
+
+/// How a rollout of the history ended and when, or `None` while it runs. The recorded outcome
+/// says how; a store written before outcomes were recorded at promotion has none for a
+/// promoted rollout (or `done`, at the time the held release was let go), so its decisions say.
+fn ended_how(
+    outcome: Option<&str>,
+    first_release: bool,
+    ended_at: Option<Timestamp>,
+    decisions: &[Row<'_>],
+) -> Option<(&'static str, Option<Timestamp>)> {
+    let last = |kinds: &[&str]| {
+        decisions
+            .iter()
+            .rev()
+            .find(|d| kinds.contains(&d.kind))
+            .map(|d| (d.kind, d.at))
+    };
+    let (kind, at) = match outcome.filter(|o| !o.is_empty()) {
+        Some("done") if !first_release => (
+            "promoted",
+            last(&["promoted"]).map(|(_, at)| at).or(ended_at),
+        ),
+        Some(o) => (o, ended_at),
+        None => {
+            let (kind, at) = last(&["promoted", "aborted", "rolled_back"])?;
+            (kind, Some(at))
+        }
+    };
+    let how = match kind {
+        "done" | "promoted" if first_release => "first release, live",
+        "promoted" | "done" => "promoted",
+        "aborted" => "aborted",
+        "rolled_back" => "rolled back",
+        _ => "ended",
+    };
+    Some((how, at))
+}
+
 /// The `cutover history` view of the JSON the admin API returns.
-pub fn history(doc: &serde_json::Value) -> String {
+pub fn history(doc: &Value) -> String {
     let mut o = String::new();
     if let Some(v) = doc.get("verify") {
         let ok = v.get("ok").and_then(|x| x.as_bool()).unwrap_or(false);
@@ -256,43 +471,44 @@ pub fn history(doc: &serde_json::Value) -> String {
     if rollouts.is_empty() {
         let _ = writeln!(o, "no rollouts yet");
     }
-    for r in rollouts {
+    for (i, r) in rollouts.iter().enumerate() {
         let s = |k: &str| r.get(k).and_then(|v| v.as_str()).unwrap_or("").to_string();
         let from = if s("from_version").is_empty() {
             "(none)".to_string()
         } else {
             s("from_version")
         };
-        let outcome = if s("outcome").is_empty() {
-            "in progress".to_string()
-        } else {
-            s("outcome")
-        };
-        let _ = writeln!(
-            o,
-            "rollout {}: {from} → {}  [{outcome}]",
-            r.get("id").cloned().unwrap_or_default(),
-            s("to_version")
-        );
-        let started = r.get("started_at").and_then(|v| v.as_i64()).unwrap_or(0);
-        for d in r
+        let time = |k: &str| r.get(k).and_then(parse_time);
+        let started = time("started_at").unwrap_or(Timestamp(0));
+        let decisions: Vec<Row<'_>> = r
             .get("decisions")
             .and_then(|d| d.as_array())
             .unwrap_or(&empty)
-        {
-            let at = d.get("at").and_then(|v| v.as_i64()).unwrap_or(0);
-            let kind = d.get("kind").and_then(|v| v.as_str()).unwrap_or("");
-            let reason = d.get("reason").and_then(|v| v.as_str()).unwrap_or("");
-            let _ = writeln!(
-                o,
-                "  +{:<9} {:<17} {reason}",
-                span(
-                    Timestamp(started.max(0) as u64),
-                    Timestamp(at.max(0) as u64)
-                ),
-                kind
-            );
+            .iter()
+            .map(|d| Row {
+                at: d.get("at").and_then(parse_time).unwrap_or(started),
+                kind: d.get("kind").and_then(|v| v.as_str()).unwrap_or(""),
+                reason: d.get("reason").and_then(|v| v.as_str()).unwrap_or(""),
+            })
+            .collect();
+        let outcome = r.get("outcome").and_then(|v| v.as_str());
+        let first_release = r.get("from_version").is_none_or(Value::is_null);
+        let how = match ended_how(outcome, first_release, time("ended_at"), &decisions) {
+            Some((how, Some(e))) => format!("{how} at {} after {}", rfc3339(e), span(started, e)),
+            Some((how, None)) => how.to_string(),
+            None => "in progress".to_string(),
+        };
+        if i > 0 {
+            let _ = writeln!(o);
         }
+        let _ = writeln!(
+            o,
+            "rollout {}: {from} → {}  started {}; {how}",
+            r.get("id").cloned().unwrap_or_default(),
+            s("to_version"),
+            rfc3339(started)
+        );
+        o.push_str(&timeline(&decisions, started));
     }
     o
 }
@@ -311,5 +527,212 @@ mod tests {
         assert_eq!(span(Timestamp(0), Timestamp(90_000)), "1m 30s");
         assert_eq!(span(Timestamp(0), Timestamp(3_720_000)), "1h 02m");
         assert_eq!(span(Timestamp(10), Timestamp(0)), "0ms");
+    }
+
+    /// 2026-11-24T12:00:00Z in Unix milliseconds.
+    const NOON: u64 = 1_795_521_600_000;
+
+    #[test]
+    fn times_are_rfc3339_and_read_back_from_either_form() {
+        assert_eq!(rfc3339(Timestamp(NOON + 1250)), "2026-11-24T12:00:01.250Z");
+        assert_eq!(time_of_day(Timestamp(NOON + 1250)), "12:00:01.250Z");
+        let t = Some(Timestamp(NOON + 1250));
+        assert_eq!(parse_time(&Value::from("2026-11-24T12:00:01.250Z")), t);
+        assert_eq!(parse_time(&Value::from(NOON + 1250)), t);
+        assert_eq!(parse_time(&Value::from("yesterday")), None);
+        let mut v = serde_json::json!({"at": NOON, "ended_at": null, "kind": "hold"});
+        rfc3339_fields(&mut v, &["at", "ended_at"]);
+        assert_eq!(
+            v,
+            serde_json::json!({"at": "2026-11-24T12:00:00.000Z", "ended_at": null, "kind": "hold"})
+        );
+    }
+
+    fn row(at_ms: u64, kind: &'static str, reason: &'static str) -> Row<'static> {
+        Row {
+            at: Timestamp(NOON + at_ms),
+            kind,
+            reason,
+        }
+    }
+
+    #[test]
+    fn consecutive_holds_with_the_same_cause_collapse_into_one_line() {
+        let short = |n: u64| -> &'static str {
+            Box::leak(
+                format!("holding at 2%: inconclusive: canary has {n} requests in the window")
+                    .into_boxed_str(),
+            )
+        };
+        let mut rows = vec![
+            row(0, "deploy", "rollout 2: v1 → v2"),
+            row(100, "ready", "ready"),
+        ];
+        for i in 0..37u64 {
+            rows.push(row(1250 + i * 500, "hold", short(i)));
+        }
+        // Another cause, then the first one again: three runs, not one.
+        rows.push(row(
+            20_000,
+            "hold",
+            "holding at 2%: gate p99 failed: canary p99 1.2s > 13ms",
+        ));
+        rows.push(row(
+            20_250,
+            "hold",
+            "holding at 2%: gate p99 failed: canary p99 1.3s > 14ms",
+        ));
+        rows.push(row(20_500, "hold", short(40)));
+        rows.push(row(21_000, "advance", "gates passed: step 2 at 4%"));
+        let lines = collapse(&rows);
+        assert_eq!(lines.len(), 6, "{lines:?}");
+        assert_eq!(
+            lines[2],
+            Line::Holds {
+                count: 37,
+                first: Timestamp(NOON + 1250),
+                last: Timestamp(NOON + 1250 + 36 * 500),
+                reason: short(36),
+            }
+        );
+        assert!(matches!(lines[3], Line::Holds { count: 2, .. }));
+        assert_eq!(lines[4], Line::One(rows[41]));
+        let text = timeline(&rows, Timestamp(NOON));
+        assert_eq!(text.lines().count(), 6, "{text}");
+        assert!(
+            text.contains("2026-11-24T12:00:01.250Z  +1.2s      hold ×37          over 18.0s (12:00:01.250Z–12:00:19.250Z): holding at 2%: inconclusive: canary has 36 requests"),
+            "{text}"
+        );
+        assert!(
+            text.contains("  2026-11-24T12:00:00.000Z  +0ms       deploy "),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn history_says_how_every_rollout_ended() {
+        let doc = serde_json::json!({"rollouts": [
+            // Running: no outcome, no terminal decision.
+            {"id": 4, "from_version": "v2", "to_version": "v3", "started_at": "2026-11-24T12:10:00.000Z",
+             "ended_at": null, "outcome": null, "decisions": [
+                {"at": "2026-11-24T12:10:00.000Z", "kind": "deploy", "reason": "rollout 4"}]},
+            // Promoted, recorded by a cutover that did not write the outcome until `done`.
+            {"id": 3, "from_version": "v1", "to_version": "v2", "started_at": NOON,
+             "ended_at": null, "outcome": null, "decisions": [
+                {"at": NOON, "kind": "deploy", "reason": "rollout 3"},
+                {"at": NOON + 38_000, "kind": "promoted", "reason": "v2 promoted"}]},
+            // `done` by an older cutover: ended when the held v0 was let go, promoted before.
+            {"id": 5, "from_version": "v0", "to_version": "v1", "started_at": "2026-11-24T09:00:00.000Z",
+             "ended_at": "2026-11-24T10:00:10.000Z", "outcome": "done", "decisions": [
+                {"at": "2026-11-24T09:00:10.000Z", "kind": "promoted", "reason": "v1 promoted"},
+                {"at": "2026-11-24T10:00:10.000Z", "kind": "previous_released", "reason": "v0 let go"}]},
+            {"id": 2, "from_version": "v1", "to_version": "bad", "started_at": "2026-11-24T11:00:00.000Z",
+             "ended_at": "2026-11-24T11:00:34.700Z", "outcome": "aborted", "decisions": []},
+            {"id": 1, "from_version": null, "to_version": "v1", "started_at": "2026-11-24T10:00:00.000Z",
+             "ended_at": "2026-11-24T10:00:01.000Z", "outcome": "done", "decisions": []}
+        ]});
+        let text = history(&doc);
+        let heads: Vec<&str> = text.lines().filter(|l| l.starts_with("rollout")).collect();
+        assert_eq!(
+            heads,
+            [
+                "rollout 4: v2 → v3  started 2026-11-24T12:10:00.000Z; in progress",
+                "rollout 3: v1 → v2  started 2026-11-24T12:00:00.000Z; promoted at 2026-11-24T12:00:38.000Z after 38.0s",
+                "rollout 5: v0 → v1  started 2026-11-24T09:00:00.000Z; promoted at 2026-11-24T09:00:10.000Z after 10.0s",
+                "rollout 2: v1 → bad  started 2026-11-24T11:00:00.000Z; aborted at 2026-11-24T11:00:34.700Z after 34.7s",
+                "rollout 1: (none) → v1  started 2026-11-24T10:00:00.000Z; first release, live at 2026-11-24T10:00:01.000Z after 1.0s",
+            ],
+            "{text}"
+        );
+    }
+
+    /// After an abort the rollout's last breach is history, not a live alarm; the window's rows
+    /// name the versions (after a promotion "stable" would be ambiguous) and give their rates.
+    #[test]
+    fn status_names_versions_gives_rates_and_drops_a_stale_breach() {
+        use cutover_core::engine::{Engine, Event, Release, Verb};
+        use cutover_core::stats::{TrackStats, WindowStats};
+        use cutover_core::Dur;
+        let spec = cutover_core::spec::RolloutSpec::default();
+        let mut e = Engine::new("shop", spec.clone());
+        let t = |s: u64| Timestamp(NOON + s * 1000);
+        let deploy = |v: &str, d: &str| Event::Deploy {
+            release: Release::new(v, d),
+            force: false,
+        };
+        e.handle(t(0), deploy("v1", "a")).unwrap();
+        e.handle(t(0), Event::Ready { digest: "a".into() }).unwrap();
+        e.handle(t(1), deploy("v2", "b")).unwrap();
+        e.handle(t(1), Event::Ready { digest: "b".into() }).unwrap();
+        let tick = Event::Tick {
+            stats: WindowStats {
+                stable: TrackStats::uniform(1500, 0, 20),
+                canary: TrackStats::uniform(60, 0, 900),
+            },
+            external: Default::default(),
+        };
+        e.handle(t(6), tick).unwrap();
+        let view = |e: &Engine, now: Timestamp| StatusView {
+            service: "shop".into(),
+            now,
+            proxy: "127.0.0.1:8080".into(),
+            stable: e.state().stable.clone(),
+            previous: e.state().previous.clone(),
+            rollout: e.state().rollout.clone(),
+            eta: None,
+            instances: Vec::new(),
+            failed: Default::default(),
+            settings: crate::status::Settings {
+                interval: spec.interval,
+                window: spec.window,
+                step_interval: spec.step_interval,
+                min_samples: spec.min_samples,
+                max_hold: spec.max_hold,
+                hold_previous: spec.hold_previous,
+                drain_timeout: Dur::from_secs(30),
+                quiet_period: Dur::from_secs(5),
+                grace: Dur::from_secs(10),
+                readiness_thresholds: (1, 3),
+                liveness_failure_threshold: 3,
+            },
+        };
+        let running = status(&view(&e, t(7)));
+        assert!(
+            running.contains("  BREACH p99-over-800ms for 1.0s"),
+            "{running}"
+        );
+        assert!(
+            running.contains("window of 30s measured 1.0s ago"),
+            "{running}"
+        );
+        let rows: Vec<&str> = running
+            .lines()
+            .filter(|l| l.contains("(stable)") || l.contains("(canary)"))
+            .collect();
+        assert_eq!(rows.len(), 2, "{running}");
+        assert!(
+            rows[0].trim_start().starts_with("v1 (stable)") && rows[0].contains("50.0/s"),
+            "{running}"
+        );
+        assert!(
+            rows[1].trim_start().starts_with("v2 (canary)") && rows[1].contains("2.0/s"),
+            "{running}"
+        );
+
+        e.handle(t(8), Event::Command(Verb::Abort)).unwrap();
+        let aborted = status(&view(&e, t(9)));
+        assert!(aborted.contains("ABORTED (manual)"), "{aborted}");
+        assert!(
+            aborted.contains("rollout 2: v1 → v2 (b)  (ended 1.0s ago, after 7.0s)"),
+            "{aborted}"
+        );
+        assert!(
+            running.contains("rollout 2: v1 → v2 (b)  (started 6.0s ago)"),
+            "{running}"
+        );
+        assert!(
+            !aborted.contains("BREACH") && !aborted.contains("HOLD "),
+            "{aborted}"
+        );
     }
 }

@@ -18,7 +18,7 @@ use cutover_admin::{
 };
 use cutover_core::engine::DecisionKind;
 use cutover_core::engine::{
-    Action, Decision, Engine, EngineError, Event, Phase, Release, State, Verb,
+    Action, Decision, Engine, EngineError, Event, Phase, Release, Rollout, State, Verb,
 };
 use cutover_core::judge::External;
 use cutover_core::lookback::{self, Wider};
@@ -251,7 +251,7 @@ pub async fn start(loaded: Loaded) -> Result<Running, StartError> {
         }
         tasks.push(tokio::spawn(async move {
             let outcome = serving.until(stop).await;
-            info!(?outcome, "proxy stopped");
+            info!(outcome = proxy_stopped(outcome), "proxy stopped");
         }));
     }
     {
@@ -428,22 +428,24 @@ fn history(store: &Mutex<Store>, q: HistoryQuery) -> Result<Value, ApiError> {
     let store = store.lock().unwrap_or_else(|e| e.into_inner());
     let internal = |e: cutover_store::StoreError| ApiError::internal(e.to_string());
     let limit = q.limit.unwrap_or(20).clamp(1, 1000);
-    let mut rollouts = store
-        .rollouts(if q.rollout.is_some() { 100_000 } else { limit })
-        .map_err(internal)?;
-    if let Some(id) = q.rollout {
-        rollouts.retain(|r| r.id == id);
-        if rollouts.is_empty() {
-            return Err(ApiError::not_found(format!(
-                "no rollout {id}; `cutover history` lists them"
-            )));
-        }
-    }
+    let rollouts = match q.rollout {
+        Some(id) => vec![store.rollout(id).map_err(internal)?.ok_or_else(|| {
+            ApiError::not_found(format!("no rollout {id}; `cutover history` lists them"))
+        })?],
+        None => store.rollouts(limit).map_err(internal)?,
+    };
+    // Times are RFC 3339 strings (UTC, milliseconds): what a reader of the JSON wants, and
+    // what `cutover history` parses back.
     let mut out = Vec::new();
     for r in rollouts {
         let decisions = store.decisions(Some(r.id), 10_000).map_err(internal)?;
         let mut v = serde_json::to_value(&r).unwrap_or_default();
-        v["decisions"] = serde_json::to_value(decisions).unwrap_or_default();
+        crate::render::rfc3339_fields(&mut v, &["started_at", "ended_at"]);
+        let mut ds = serde_json::to_value(decisions).unwrap_or_default();
+        for d in ds.as_array_mut().into_iter().flatten() {
+            crate::render::rfc3339_fields(d, &["at"]);
+        }
+        v["decisions"] = ds;
         out.push(v);
     }
     let mut doc = json!({ "rollouts": out });
@@ -452,6 +454,80 @@ fn history(store: &Mutex<Store>, q: HistoryQuery) -> Result<Value, ApiError> {
         doc["verify"] = serde_json::to_value(report).unwrap_or_default();
     }
     Ok(doc)
+}
+
+/// How the proxy's shutdown ended, for the log (not `Debug`: operators read these lines).
+fn proxy_stopped(outcome: cutover_proxy::ShutdownOutcome) -> &'static str {
+    match outcome {
+        cutover_proxy::ShutdownOutcome::Drained => "drained: every connection finished",
+        cutover_proxy::ShutdownOutcome::TimedOut => {
+            "timed out: connections still open were abandoned"
+        }
+    }
+}
+
+/// `3 sessions: 1 closed by the app, 0 by clients, 2 by cutover (1012), 0 lost`.
+fn ws_drained(r: &cutover_proxy::WsDrainReport) -> String {
+    format!(
+        "{} session(s): {} closed by the app, {} by clients, {} by cutover (1012), {} lost",
+        r.sessions, r.closed_by_app, r.closed_by_client, r.closed_by_cutover, r.lost
+    )
+}
+
+/// `v2-0 (127.0.0.1:4100): drained after 12ms, exited (exit status: 0); ...`.
+fn stopped(r: &cutover_supervisor::StopReport) -> String {
+    use cutover_supervisor::{DrainOutcome, StopExit};
+    if r.instances.is_empty() {
+        return "nothing was running".to_string();
+    }
+    let one = |i: &cutover_supervisor::InstanceStopReport| {
+        let drain = match &i.drain {
+            DrainOutcome::Drained { waited } => format!(
+                "drained after {}",
+                crate::render::span(Timestamp(0), Timestamp(waited.get().as_millis() as u64))
+            ),
+            DrainOutcome::TimedOut { in_flight } => {
+                format!("drain timed out with {in_flight} request(s) in flight")
+            }
+        };
+        let exit = match &i.exit {
+            StopExit::Exited { status } => format!("exited ({status})"),
+            StopExit::Killed { status } => format!("killed after the grace period ({status})"),
+            StopExit::NotRunning { last_exit: Some(e) } => format!("was not running (last: {e})"),
+            StopExit::NotRunning { last_exit: None } => "was not running".to_string(),
+        };
+        format!("{} ({}): {drain}, {exit}", i.id, i.addr)
+    };
+    r.instances.iter().map(one).collect::<Vec<_>>().join("; ")
+}
+
+/// The `(id, ended_at, outcome)` to record when this event ended the rollout: its outcome is
+/// how it ended, so a promotion is recorded when it happens (not an hour later, when the held
+/// previous release is let go: `promoted` → `done` keeps `promoted`), and a rollback after a
+/// promotion replaces it.
+fn ended_record(
+    before: Option<&Rollout>,
+    after: Option<&Rollout>,
+    at: Option<Timestamp>,
+) -> Option<(i64, i64, String)> {
+    let a = after?;
+    let was = before.filter(|b| b.id == a.id).map(|b| &b.phase);
+    let ended = match (was, &a.phase) {
+        (_, p) if p.is_active() => false,
+        (Some(Phase::Promoted { .. }), Phase::Done) => false,
+        (Some(b), p) if !b.is_active() => {
+            matches!(p, Phase::RolledBack { .. }) && !matches!(b, Phase::RolledBack { .. })
+        }
+        _ => true,
+    };
+    let when = a.ended.or(at)?;
+    ended.then(|| {
+        (
+            a.id as i64,
+            when.millis() as i64,
+            a.phase.name().to_string(),
+        )
+    })
 }
 
 struct Driver {
@@ -553,7 +629,7 @@ impl Driver {
             )));
         }
         for d in &outcome.decisions {
-            info!(rollout = ?d.rollout, kind = d.kind.as_str(), numbers = %d.numbers, "{}", d.reason);
+            info!(rollout = d.rollout, kind = d.kind.as_str(), numbers = %d.numbers, "{}", d.reason);
             *self.decision_counts.entry(d.kind.as_str()).or_default() += 1;
             self.notify(d);
         }
@@ -673,11 +749,11 @@ impl Driver {
             match res {
                 Ok(text) => {
                     if let Err(e) = self.series.append_exposition(&text, s.t_ms, &labels) {
-                        tracing::warn!(instance = ?labels.get("instance"), error = %e, "bad metrics exposition");
+                        tracing::warn!(instance = labels.get("instance").map(String::as_str), error = %e, "bad metrics exposition");
                     }
                 }
                 Err(e) => {
-                    tracing::debug!(instance = ?labels.get("instance"), error = %e, "scrape failed")
+                    tracing::debug!(instance = labels.get("instance").map(String::as_str), error = %e, "scrape failed")
                 }
             }
         }
@@ -766,18 +842,9 @@ impl Driver {
                 });
             }
         }
-        // Rollouts that reached an end state with this event (the previous one may have ended
-        // because this event started a new one).
-        let (b, a) = (before.rollout.as_ref(), after.rollout.as_ref());
-        if let Some(a) = a {
-            let was_open = b.is_none_or(|b| b.id != a.id || b.ended.is_none());
-            if let (Some(ended), true) = (a.ended, was_open) {
-                commit.rollouts_ended.push((
-                    a.id as i64,
-                    ended.millis() as i64,
-                    a.phase.name().to_string(),
-                ));
-            }
+        let at = decisions.first().map(|d| d.at);
+        if let Some(ended) = ended_record(before.rollout.as_ref(), after.rollout.as_ref(), at) {
+            commit.rollouts_ended.push(ended);
         }
         for (digest, f) in &after.failed {
             if !before.failed.contains_key(digest) {
@@ -829,7 +896,7 @@ impl Driver {
                     let drained = proxy.drain_websockets(addr, quiet);
                     Box::pin(async move {
                         let report = drained.await;
-                        info!(%addr, ?report, "websockets drained");
+                        info!(%addr, "websockets drained: {}", ws_drained(&report));
                     })
                 });
                 let stop = self
@@ -837,7 +904,7 @@ impl Driver {
                     .stop_with(&release.version, in_flight, Some(closer));
                 tokio::spawn(async move {
                     let report = stop.await;
-                    info!(report = ?report, "stopped");
+                    info!(version = %report.version, "stopped: {}", stopped(&report));
                 });
             }
         }
@@ -1213,6 +1280,45 @@ impl Driver {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A rollout's outcome is recorded when it ends: at promotion (not when the held previous
+    /// release is let go, which `history` would show as "in progress" until then), replaced by a
+    /// rollback after it, and an abort's too.
+    #[test]
+    fn outcomes_are_recorded_when_the_rollout_ends() {
+        let spec = cutover_core::spec::RolloutSpec::default();
+        let mut e = Engine::new("shop", spec);
+        let t = |s: u64| Timestamp(1_000_000 + s * 1000);
+        let step = |e: &mut Engine, at: Timestamp, ev: Event| {
+            let before = e.state().rollout.clone();
+            e.handle(at, ev).unwrap();
+            ended_record(before.as_ref(), e.state().rollout.as_ref(), Some(at))
+        };
+        let deploy = |v: &str, d: &str| Event::Deploy {
+            release: Release::new(v, d),
+            force: false,
+        };
+        assert_eq!(step(&mut e, t(0), deploy("v1", "a")), None);
+        let first = step(&mut e, t(1), Event::Ready { digest: "a".into() });
+        assert_eq!(first, Some((1, t(1).millis() as i64, "done".into())));
+        assert_eq!(step(&mut e, t(2), deploy("v2", "b")), None);
+        assert_eq!(
+            step(&mut e, t(3), Event::Ready { digest: "b".into() }),
+            None
+        );
+        let promoted = step(&mut e, t(4), Event::Command(Verb::Promote));
+        assert_eq!(promoted, Some((2, t(4).millis() as i64, "promoted".into())));
+        let rolled_back = step(&mut e, t(5), Event::Command(Verb::Rollback));
+        assert_eq!(
+            rolled_back,
+            Some((2, t(5).millis() as i64, "rolled_back".into()))
+        );
+        assert_eq!(step(&mut e, t(6), deploy("v3", "c")), None);
+        assert_eq!(
+            step(&mut e, t(7), Event::Command(Verb::Abort)).map(|r| r.2),
+            Some("aborted".into())
+        );
+    }
 
     #[test]
     fn prunes_only_old_log_files() {

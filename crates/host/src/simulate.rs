@@ -25,20 +25,29 @@ pub fn recording(config_path: &Path, rollout: Option<i64>) -> Result<Recording, 
     }
     let store = Store::open(&db).map_err(|e| CommandError::Other(e.into()))?;
     let id = match rollout {
-        Some(id) => id,
+        Some(id) => {
+            store
+                .rollout(id)
+                .map_err(|e| CommandError::Other(e.into()))?
+                .ok_or_else(|| {
+                    CommandError::NotFound(format!("no rollout {id}; `cutover history` lists them"))
+                })?
+                .id
+        }
         None => store
             .rollouts(1)
             .map_err(|e| CommandError::Other(e.into()))?
             .first()
             .map(|r| r.id)
-            .ok_or_else(|| CommandError::Usage("there are no rollouts to export yet".into()))?,
+            .ok_or_else(|| CommandError::NotFound("there are no rollouts to export yet".into()))?,
     };
     let events = store
         .events(id)
         .map_err(|e| CommandError::Other(e.into()))?;
     let Some(first) = events.first() else {
-        return Err(CommandError::Usage(format!(
-            "rollout {id} has no recorded events (it is not in this store, or predates recording)"
+        return Err(CommandError::NotFound(format!(
+            "rollout {id} has no recorded events (it ran before this state store recorded \
+             them), so there is nothing to export"
         )));
     };
     let initial_state: State = first
@@ -61,6 +70,9 @@ pub fn recording(config_path: &Path, rollout: Option<i64>) -> Result<Recording, 
             event,
         });
     }
+    // The live decisions are in the recording to be compared with a replay's, which looks at
+    // their time, kind and reason; their numbers (a window summary each, the bulk of a long
+    // rollout's export) stay in `cutover history --json`.
     let mut decisions = Vec::new();
     for d in store
         .decisions(Some(id), 100_000)
@@ -75,7 +87,7 @@ pub fn recording(config_path: &Path, rollout: Option<i64>) -> Result<Recording, 
             rollout: d.rollout_id.map(|r| r as u64),
             kind,
             reason: d.reason,
-            numbers: d.numbers,
+            numbers: serde_json::Value::Null,
         });
     }
     Ok(Recording {
@@ -95,7 +107,7 @@ pub fn export(
     out: Option<&Path>,
 ) -> Result<(), CommandError> {
     let rec = recording(config_path, rollout)?;
-    let json = serde_json::to_string_pretty(&rec).map_err(|e| CommandError::Other(e.into()))?;
+    let json = to_json(&rec).map_err(|e| CommandError::Other(e.into()))?;
     match out {
         Some(p) => {
             std::fs::write(p, json)
@@ -108,9 +120,37 @@ pub fn export(
                 p.display()
             );
         }
-        None => println!("{json}"),
+        None => crate::commands::emit(&json)?,
     }
     Ok(())
+}
+
+/// A recording as `cutover export` writes it: compact JSON, one event or decision per line, so
+/// a long rollout stays small (pretty-printing put each histogram bucket on lines of its own)
+/// and a diff of two exports or a `grep` still reads line by line.
+pub fn to_json(rec: &Recording) -> serde_json::Result<String> {
+    use serde_json::to_string;
+    fn list<T: serde::Serialize>(o: &mut String, items: &[T]) -> serde_json::Result<()> {
+        o.push('[');
+        for (i, item) in items.iter().enumerate() {
+            o.push_str(if i == 0 { "\n" } else { ",\n" });
+            o.push_str(&to_string(item)?);
+        }
+        o.push_str("\n]");
+        Ok(())
+    }
+    let mut o = format!(
+        "{{\"format\":{},\"service\":{},\"rollout\":{},\n\"initial_state\":{},\n\"events\":",
+        to_string(&rec.format)?,
+        to_string(&rec.service)?,
+        rec.rollout,
+        to_string(&rec.initial_state)?
+    );
+    list(&mut o, &rec.events)?;
+    o.push_str(",\n\"decisions\":");
+    list(&mut o, &rec.decisions)?;
+    o.push_str("}\n");
+    Ok(o)
 }
 
 /// `cutover simulate`: replays a recording with the config's policy and prints the timeline.
@@ -125,12 +165,12 @@ pub fn simulate(config_path: &Path, file: &Path) -> Result<String, CommandError>
             file.display()
         ))
     })?;
-    if rec.format != simulate::FORMAT {
+    if !simulate::READS.contains(&rec.format.as_str()) {
         return Err(CommandError::Usage(format!(
-            "{} has format {:?}; this cutover reads {:?}",
+            "{} has format {:?}; this cutover reads {}",
             file.display(),
             rec.format,
-            simulate::FORMAT
+            simulate::READS.join(", ")
         )));
     }
     Ok(timeline(
@@ -147,6 +187,73 @@ fn outcome(decisions: &[Decision]) -> Option<&Decision> {
         .find(|d| matches!(d.kind, Promoted | Aborted | RolledBack))
 }
 
+/// Whether a simulated decision is the live one: same time, same kind, and the same reason
+/// (the live one may carry the operator's `--reason` after it).
+fn same_decision(simulated: &Decision, live: &Decision) -> bool {
+    simulated.kind == live.kind
+        && simulated.at == live.at
+        && live.reason.starts_with(&simulated.reason)
+}
+
+/// How the simulated decisions compare with the live ones *inside the recording* (a live
+/// decision after its last event, such as the previous release let go an hour after the
+/// promotion, had no measurements to be replayed on).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Comparison<'a> {
+    /// No live decisions to compare with (a replay from Prometheus).
+    NoLive,
+    Same {
+        compared: usize,
+        after_the_recording: usize,
+    },
+    /// The first decision that differs, by position; `None` on the side that has no decision
+    /// there.
+    Differ {
+        index: usize,
+        live: Option<&'a Decision>,
+        simulated: Option<&'a Decision>,
+        after_the_recording: usize,
+    },
+}
+
+/// Compares `replay`'s decisions with the live decisions of `rec` that fall inside it.
+pub fn compare<'a>(rec: &'a Recording, replay: &'a simulate::Replay) -> Comparison<'a> {
+    if rec.decisions.is_empty() {
+        return Comparison::NoLive;
+    }
+    let start = rec.events.first().map_or(Timestamp(0), |e| e.at);
+    let end = rec.events.last().map_or(start, |e| e.at);
+    let live: Vec<&Decision> = rec
+        .decisions
+        .iter()
+        .filter(|d| d.at >= start && d.at <= end)
+        .collect();
+    let after_the_recording = rec.decisions.len() - live.len();
+    // The export holds the recorded rollout's decisions; a replayed deploy also lets go of
+    // the release the previous rollout held, a decision of that rollout.
+    let simulated: Vec<&Decision> = replay
+        .decisions
+        .iter()
+        .filter(|d| d.rollout.is_none_or(|r| r == rec.rollout))
+        .collect();
+    let n = live.len().max(simulated.len());
+    match (0..n).find(|&i| match (simulated.get(i), live.get(i)) {
+        (Some(s), Some(l)) => !same_decision(s, l),
+        _ => true,
+    }) {
+        None => Comparison::Same {
+            compared: live.len(),
+            after_the_recording,
+        },
+        Some(index) => Comparison::Differ {
+            index,
+            live: live.get(index).copied(),
+            simulated: simulated.get(index).copied(),
+            after_the_recording,
+        },
+    }
+}
+
 /// The printed timeline: the simulated decisions, then how they compare with the live ones.
 pub fn timeline(rec: &Recording, replay: &simulate::Replay, config_path: &Path) -> String {
     let mut o = String::new();
@@ -154,66 +261,94 @@ pub fn timeline(rec: &Recording, replay: &simulate::Replay, config_path: &Path) 
     let end = rec.events.last().map_or(start, |e| e.at);
     let _ = writeln!(
         o,
-        "simulating rollout {} of {} ({} events over {}) with the policy in {}\n",
+        "simulating rollout {} of {} ({} events over {}, {} to {}) with the policy in {}\n",
         rec.rollout,
         rec.service,
         rec.events.len(),
         render::span(start, end),
+        render::rfc3339(start),
+        render::rfc3339(end),
         config_path.display()
     );
-    for d in &replay.decisions {
-        let _ = writeln!(
-            o,
-            "  +{:<9} {:<17} {}",
-            render::span(start, d.at),
-            d.kind.as_str(),
-            d.reason
-        );
-    }
-    for (at, why) in &replay.refused {
-        let _ = writeln!(
-            o,
-            "  +{:<9} {:<17} {}",
-            render::span(start, *at),
-            "(refused)",
-            why
-        );
-    }
+    let mut rows: Vec<render::Row<'_>> = replay
+        .decisions
+        .iter()
+        .map(|d| render::Row {
+            at: d.at,
+            kind: d.kind.as_str(),
+            reason: &d.reason,
+        })
+        .chain(replay.refused.iter().map(|(at, why)| render::Row {
+            at: *at,
+            kind: "(refused)",
+            reason: why,
+        }))
+        .collect();
+    rows.sort_by_key(|r| r.at);
+    o.push_str(&render::timeline(&rows, start));
     let show = |d: Option<&Decision>| {
         d.map_or(
             "still in progress when the recording ends".to_string(),
             |d| format!("{} at +{}", d.kind.as_str(), render::span(start, d.at)),
         )
     };
-    let live = outcome(&rec.decisions);
     let sim = outcome(&replay.decisions);
-    if rec.decisions.is_empty() {
-        let _ = writeln!(
-            o,
-            "\nsimulated: {} (phase {})",
-            show(sim),
-            replay.final_phase
-        );
-        let _ = writeln!(o, "replayed from Prometheus: no live decisions to compare");
-        return o;
-    }
-    let _ = writeln!(o, "\nlive:      {}", show(live));
-    let _ = writeln!(o, "simulated: {} (phase {})", show(sim), replay.final_phase);
-    let same = replay.decisions.len() == rec.decisions.len()
-        && replay
-            .decisions
-            .iter()
-            .zip(&rec.decisions)
-            .all(|(a, b)| a.kind == b.kind && a.at == b.at && b.reason.starts_with(&a.reason));
-    let _ = writeln!(
-        o,
-        "{}",
-        if same {
-            "the simulated decisions are the live ones"
-        } else {
-            "the simulated decisions differ from the live ones"
+    let line = |d: Option<&Decision>| {
+        d.map_or("(no decision)".to_string(), |d| {
+            format!(
+                "{} +{} {} {}",
+                render::rfc3339(d.at),
+                render::span(start, d.at),
+                d.kind.as_str(),
+                d.reason
+            )
+        })
+    };
+    let not_compared = |n: usize| match n {
+        0 => String::new(),
+        1 => "; 1 live decision after the recording's end is not compared".to_string(),
+        n => format!("; {n} live decisions after the recording's end are not compared"),
+    };
+    match compare(rec, replay) {
+        Comparison::NoLive => {
+            let _ = writeln!(
+                o,
+                "\nsimulated: {} (phase {})",
+                show(sim),
+                replay.final_phase
+            );
+            let _ = writeln!(o, "replayed from Prometheus: no live decisions to compare");
         }
-    );
+        Comparison::Same {
+            compared,
+            after_the_recording,
+        } => {
+            let _ = writeln!(o, "\nlive:      {}", show(outcome(&rec.decisions)));
+            let _ = writeln!(o, "simulated: {} (phase {})", show(sim), replay.final_phase);
+            let _ = writeln!(
+                o,
+                "same decisions: the simulated decisions are the live ones ({compared} compared{})",
+                not_compared(after_the_recording)
+            );
+        }
+        Comparison::Differ {
+            index,
+            live,
+            simulated,
+            after_the_recording,
+        } => {
+            let _ = writeln!(o, "\nlive:      {}", show(outcome(&rec.decisions)));
+            let _ = writeln!(o, "simulated: {} (phase {})", show(sim), replay.final_phase);
+            let _ = writeln!(
+                o,
+                "the simulated decisions differ from the live ones, first at decision {}{}:",
+                index + 1,
+                not_compared(after_the_recording)
+            );
+            let _ = writeln!(o, "  live:      {}", line(live));
+            let _ = writeln!(o, "  simulated: {}", line(simulated));
+        }
+    }
     o
 }
 
@@ -452,4 +587,154 @@ pub async fn simulate_prometheus(
         &simulate::replay(&rec, &loaded.config.rollout),
         config_path,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cutover_core::engine::{Engine, Release};
+    use cutover_core::spec::RolloutSpec;
+    use cutover_core::stats::{TrackStats, WindowStats};
+
+    /// A live rollout of v2 (canary latency `canary_ms`) recorded as `cutover export` would,
+    /// plus the decision that lets v1 go long after the recording ends.
+    fn live(canary_ms: u64) -> (Recording, RolloutSpec) {
+        let spec = RolloutSpec {
+            step_interval: cutover_core::Dur::from_secs(10),
+            ..RolloutSpec::default()
+        };
+        let mut e = Engine::new("shop", spec.clone());
+        let t0 = Timestamp(1_795_521_600_000);
+        let first = |digest: &str| Event::Deploy {
+            release: Release::new("v1", digest),
+            force: false,
+        };
+        e.handle(t0, first("a")).unwrap();
+        e.handle(t0, Event::Ready { digest: "a".into() }).unwrap();
+        let initial_state = e.state().clone();
+        let mut events = vec![
+            Recorded {
+                at: t0,
+                event: Event::Deploy {
+                    release: Release::new("v2", "b"),
+                    force: false,
+                },
+            },
+            Recorded {
+                at: t0,
+                event: Event::Ready { digest: "b".into() },
+            },
+        ];
+        for i in 1..=30 {
+            events.push(Recorded {
+                at: t0.plus(std::time::Duration::from_secs(5 * i)),
+                event: Event::Tick {
+                    stats: WindowStats {
+                        stable: TrackStats::uniform(500, 0, 20),
+                        canary: TrackStats::uniform(100, 0, canary_ms),
+                    },
+                    external: Default::default(),
+                },
+            });
+        }
+        let mut decisions = Vec::new();
+        let mut recorded = Vec::new();
+        for r in events {
+            if e.state()
+                .rollout
+                .as_ref()
+                .is_some_and(|r| r.id == 2 && !r.phase.is_active())
+            {
+                break;
+            }
+            decisions.extend(e.handle(r.at, r.event.clone()).unwrap().decisions);
+            recorded.push(r);
+        }
+        let end = recorded.last().unwrap().at;
+        decisions.push(Decision {
+            at: end.plus(std::time::Duration::from_secs(3600)),
+            rollout: Some(2),
+            kind: cutover_core::engine::DecisionKind::PreviousReleased,
+            reason: "hold_previous expired".into(),
+            numbers: serde_json::Value::Null,
+        });
+        let rec = Recording {
+            format: simulate::FORMAT.into(),
+            service: "shop".into(),
+            rollout: 2,
+            initial_state,
+            events: recorded,
+            decisions,
+        };
+        (rec, spec)
+    }
+
+    #[test]
+    fn the_same_policy_gives_the_same_decisions_inside_the_recording() {
+        let (rec, spec) = live(20);
+        let replay = simulate::replay(&rec, &spec);
+        let n = rec.decisions.len() - 1;
+        assert_eq!(
+            compare(&rec, &replay),
+            Comparison::Same {
+                compared: n,
+                after_the_recording: 1
+            }
+        );
+        let text = timeline(&rec, &replay, Path::new("cutover.toml"));
+        assert!(
+            text.contains(&format!("same decisions: the simulated decisions are the live ones ({n} compared; 1 live decision after the recording's end is not compared)")),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn another_policy_shows_the_first_divergence_with_both_sides() {
+        let (rec, spec) = live(900);
+        let mut lenient = spec.clone();
+        lenient.aborts.clear();
+        lenient.gates.clear();
+        let replay = simulate::replay(&rec, &lenient);
+        let Comparison::Differ {
+            index,
+            live,
+            simulated,
+            ..
+        } = compare(&rec, &replay)
+        else {
+            panic!("the lenient policy should decide otherwise");
+        };
+        // deploy and ready are the same; the first evaluation differs.
+        assert_eq!(index, 2);
+        let (live, simulated) = (live.unwrap(), simulated.unwrap());
+        assert_ne!(live.kind, simulated.kind);
+        let text = timeline(&rec, &replay, Path::new("cutover.toml"));
+        assert!(
+            text.contains("differ from the live ones, first at decision 3")
+                && text.contains(&format!("  live:      {}", render::rfc3339(live.at)))
+                && text.contains(&live.reason)
+                && text.contains(&simulated.reason),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn an_export_is_compact_and_reads_back_whole() {
+        let (rec, _) = live(900);
+        let json = to_json(&rec).unwrap();
+        assert_eq!(serde_json::from_str::<Recording>(&json).unwrap(), rec);
+        // One event or decision per line, nothing pretty-printed inside them.
+        assert_eq!(
+            json.lines().count(),
+            6 + rec.events.len() + rec.decisions.len(),
+            "{json}"
+        );
+        let pretty = serde_json::to_string_pretty(&rec).unwrap();
+        assert!(
+            json.len() * 2 < pretty.len(),
+            "{} vs {}",
+            json.len(),
+            pretty.len()
+        );
+    }
 }

@@ -268,25 +268,16 @@ impl Store {
 
     /// The `limit` most recent rollouts, newest first.
     pub fn rollouts(&self, limit: u32) -> Result<Vec<RolloutRecord>, StoreError> {
-        let mut stmt = self.conn.prepare(
-            "SELECT id, service, from_version, from_digest, to_version, to_digest, started_at,
-                    ended_at, outcome
-             FROM rollouts ORDER BY started_at DESC, id DESC LIMIT ?1",
-        )?;
-        let rows = stmt.query_map([limit], |r| {
-            Ok(RolloutRecord {
-                id: r.get(0)?,
-                service: r.get(1)?,
-                from_version: r.get(2)?,
-                from_digest: r.get(3)?,
-                to_version: r.get(4)?,
-                to_digest: r.get(5)?,
-                started_at: r.get(6)?,
-                ended_at: r.get(7)?,
-                outcome: r.get(8)?,
-            })
-        })?;
+        let sql = format!("{ROLLOUT_SELECT} ORDER BY started_at DESC, id DESC LIMIT ?1");
+        let mut stmt = self.conn.prepare(&sql)?;
+        let rows = stmt.query_map([limit], rollout_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// One rollout by id, if this store knows it.
+    pub fn rollout(&self, id: i64) -> Result<Option<RolloutRecord>, StoreError> {
+        let sql = format!("{ROLLOUT_SELECT} WHERE id = ?1");
+        Ok(self.conn.query_row(&sql, [id], rollout_row).optional()?)
     }
 
     /// The highest rollout id used so far, so the host can allocate the next one.
@@ -421,6 +412,23 @@ fn apply(tx: &Transaction<'_>, b: &Commit) -> Result<(), StoreError> {
         )?;
     }
     Ok(())
+}
+
+const ROLLOUT_SELECT: &str = "SELECT id, service, from_version, from_digest, to_version,
+                                     to_digest, started_at, ended_at, outcome FROM rollouts";
+
+fn rollout_row(r: &Row<'_>) -> rusqlite::Result<RolloutRecord> {
+    Ok(RolloutRecord {
+        id: r.get(0)?,
+        service: r.get(1)?,
+        from_version: r.get(2)?,
+        from_digest: r.get(3)?,
+        to_version: r.get(4)?,
+        to_digest: r.get(5)?,
+        started_at: r.get(6)?,
+        ended_at: r.get(7)?,
+        outcome: r.get(8)?,
+    })
 }
 
 const RELEASE_SELECT: &str = "SELECT digest, name, exe_sha256, spec_json, created_at, failed_at,

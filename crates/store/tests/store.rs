@@ -173,6 +173,8 @@ fn rollouts_are_newest_first() {
         .unwrap();
     let ids: Vec<_> = store.rollouts(2).unwrap().iter().map(|r| r.id).collect();
     assert_eq!(ids, [3, 2]);
+    assert_eq!(store.rollout(2).unwrap().map(|r| r.started_at), Some(200));
+    assert_eq!(store.rollout(9).unwrap(), None);
 }
 
 #[test]

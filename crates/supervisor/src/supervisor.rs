@@ -202,7 +202,7 @@ impl Supervisor {
 
         let mut handles = Vec::with_capacity(count);
         for (index, addr, log, child) in spawned {
-            tracing::info!(version = %name, index, %addr, pid = ?child.id(), digest = %release.digest, "instance started");
+            tracing::info!(version = %name, index, %addr, pid = child.id(), digest = %release.digest, "instance started");
             let (ctl, ctl_rx) = watch::channel(Ctl::Run);
             let instance = Instance {
                 inner: self.inner.clone(),
@@ -355,7 +355,7 @@ impl Inner {
                 instances: Vec::new(),
             };
         }
-        tracing::info!(%version, "stopping: drain, then {:?}", self.app.stop.signal);
+        tracing::info!(%version, "stopping: drain, then {}", signal_of(self.app.stop.signal).as_str());
         let tasks: Vec<_> = handles
             .into_iter()
             .map(|h| {
@@ -389,7 +389,8 @@ impl Inner {
         self.fleet.send_modify(|f| {
             f.remove(&version);
         });
-        tracing::info!(%version, ?instances, "stopped");
+        // Each instance's drain and exit are the caller's to report (the host logs them as text).
+        tracing::info!(%version, instances = instances.len(), "stopped");
         StopReport { version, instances }
     }
 }
@@ -407,7 +408,7 @@ async fn stop_instance(h: InstanceHandle, in_flight: InFlight, d: Drain) -> Inst
     // Ask the app to drain: it knows its protocol (it can finish an order and close its socket
     // with 1012 itself), cutover only knows frames.
     if let (Some(sig), Some(pid)) = (d.spec.drain_signal, d.pid) {
-        tracing::info!(instance = %h.id, signal = ?sig, "asking the instance to drain");
+        tracing::info!(instance = %h.id, signal = signal_of(sig).as_str(), "asking the instance to drain");
         signal_group(pid, signal_of(sig));
     }
     if let Some(path) = &d.spec.drain_path {
@@ -566,7 +567,7 @@ impl Instance {
                 }
             };
             let pid = child.id();
-            tracing::info!(instance = %self.id(), ?pid, "instance restarted");
+            tracing::info!(instance = %self.id(), pid, "instance restarted");
             self.update(|st, _| {
                 st.state = InstanceState::Starting;
                 st.pid = pid;
