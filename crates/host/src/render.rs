@@ -669,6 +669,7 @@ mod tests {
                 stable: TrackStats::uniform(1500, 0, 20),
                 canary: TrackStats::uniform(60, 0, 900),
             },
+            wider: Vec::new(),
             external: Default::default(),
         };
         e.handle(t(6), tick).unwrap();
@@ -694,6 +695,9 @@ mod tests {
                 grace: Dur::from_secs(10),
                 readiness_thresholds: (1, 3),
                 liveness_failure_threshold: 3,
+                max_lookback: spec.max_lookback,
+                max_inconclusive: spec.max_inconclusive,
+                traffic_need: String::new(),
             },
         };
         let running = status(&view(&e, t(7)));

@@ -633,6 +633,7 @@ mod tests {
                         stable: TrackStats::uniform(500, 0, 20),
                         canary: TrackStats::uniform(100, 0, canary_ms),
                     },
+                    wider: Vec::new(),
                     external: Default::default(),
                 },
             });
