@@ -16,6 +16,7 @@ pub mod judge;
 pub mod mannwhitney;
 pub mod simulate;
 pub mod spec;
+mod spec_errors;
 pub mod stats;
 pub mod sticky;
 pub mod time;

@@ -79,7 +79,133 @@ fn type_errors_name_the_path_and_line() {
     assert!(e[0].contains("\"90s\""), "{}", e[0]);
     assert!(e[0].contains("line"), "{}", e[0]);
     let e = errors("[service]\nname = \"x\"\n");
-    assert!(e[0].contains("missing field `app`"), "{}", e[0]);
+    assert!(e[0].starts_with("app: is required but missing"), "{}", e[0]);
+}
+
+/// Issue 10 item 7: type errors no longer stop at the first; each names its path, its line,
+/// what was given and how to write it.
+#[test]
+fn every_type_error_is_reported_at_once_with_its_line_and_fix() {
+    let text = r#"[service]
+name = "shop"
+listen = "localhost:99999"
+workers = 70000
+[admin]
+listen = "localhost:9180"
+[app]
+command = ["./app", "--port", "{port}", 7]
+[rollout]
+min_samples = "ten"
+step_intervall = "5s"
+interval = "five seconds"
+schedule = "doubel"
+[[rollout.gates]]
+name = "p99"
+metric = "latency"
+quantile = "high"
+max_increase_percent = 5
+[sticky]
+fallback = "peer"
+"#;
+    let e = errors(text);
+    let expected = [
+        "service.listen: \"localhost:99999\" is not a socket address: port 99999 is out of range (0–65535) (line 3) (fix: write it as \"127.0.0.1:8080\"",
+        "service.workers: expected a whole number from 0 to 65535, got the number 70000 (line 4)",
+        "admin.listen: \"localhost:9180\" is not a socket address: \"localhost\" is a host name, not an IP address (line 6) (fix: write an IP address, e.g. \"127.0.0.1:9180\"",
+        "app.command[3]: expected a string, got the number 7 (line 8) (fix: put the value in double quotes)",
+        "rollout.min_samples: expected a whole number of 0 or more, got the string \"ten\" (line 10) (fix: write the number without quotes, e.g. min_samples = 50)",
+        "rollout.step_intervall: unknown field `step_intervall` (line 11) (fix: did you mean `step_interval`?)",
+        "rollout.interval: \"five seconds\" is not a duration",
+        "rollout.schedule: \"doubel\" is not one of \"double\", \"steps\" (line 13) (fix: did you mean \"double\"?)",
+        "rollout.gates[0].quantile: expected a number, got the string \"high\" (line 17) (fix: write the number without quotes, e.g. quantile = 0.99)",
+        "sticky.fallback: \"peer\" is not one of \"peer_ip\", \"random\" (line 20)",
+    ];
+    assert_eq!(e.len(), expected.len(), "{e:#?}");
+    for (got, want) in e.iter().zip(expected) {
+        assert!(got.starts_with(want), "\n got: {got}\nwant: {want}…");
+    }
+}
+
+#[test]
+fn type_errors_and_semantic_errors_come_in_one_list() {
+    let e = errors(&format!(
+        "{MINIMAL}\n[rollout]\nmin_samples = \"ten\"\ninitial_weight = 150\n"
+    ));
+    let joined = e.join("\n");
+    assert_eq!(e.len(), 2, "{joined}");
+    assert!(e[0].starts_with("rollout.min_samples:"), "{joined}");
+    assert!(e[1].starts_with("rollout.initial_weight:"), "{joined}");
+}
+
+/// A key taken out for its type error gets its default for the rest of the checks; what the
+/// validation then says about that key (or with it) would be about the default, not the file.
+#[test]
+fn a_bad_key_is_reported_once_not_again_through_its_default() {
+    let e = errors(&format!(
+        "{MINIMAL}\n[rollout]\nwindow = \"soon\"\ninterval = \"60s\"\n"
+    ));
+    assert_eq!(e.len(), 1, "{e:#?}");
+    assert!(
+        e[0].starts_with("rollout.window: \"soon\" is not a duration"),
+        "{e:#?}"
+    );
+}
+
+#[test]
+fn missing_required_keys_are_all_reported() {
+    let e = errors(
+        "[service]\n[app]\ncommand = [\"x\", \"{port}\"]\n[[notify]]\nname = \"a\"\n[[rollout.aborts]]\nname = \"x\"\nmetric = \"error_ratio\"\n",
+    );
+    let joined = e.join("\n");
+    for want in [
+        "service.name: is required but missing (line 1)",
+        "notify[0].url: is required but missing (line 4)",
+        "rollout.aborts[0].above: is required but missing (line 6)",
+    ] {
+        assert!(joined.contains(want), "missing {want:?} in\n{joined}");
+    }
+    assert_eq!(e.len(), 3, "{joined}");
+}
+
+#[test]
+fn toml_syntax_errors_give_line_and_column() {
+    let e = errors("[service]\nname = shop\n");
+    assert_eq!(e.len(), 1, "{e:#?}");
+    assert!(e[0].starts_with("(syntax): "), "{}", e[0]);
+    assert!(e[0].contains("(line 2, column 8)"), "{}", e[0]);
+    assert!(e[0].contains("fix: "), "{}", e[0]);
+}
+
+#[test]
+fn every_bad_duration_names_the_one_grammar() {
+    for bad in ["five", "1.5s", "5 seconds", "30s1m", "10", "2min"] {
+        let e = errors(&format!("{MINIMAL}\n[rollout]\nwindow = \"{bad}\"\n"));
+        assert_eq!(e.len(), 1, "{bad}: {e:#?}");
+        assert!(
+            e[0].starts_with(&format!("rollout.window: \"{bad}\" is not a duration")),
+            "{}",
+            e[0]
+        );
+        assert!(
+            e[0].contains(cutover_core::time::DURATION_GRAMMAR),
+            "{}",
+            e[0]
+        );
+    }
+    let e = errors(&format!("{MINIMAL}\n[rollout]\nschedule = \"steps\"\nsteps = [{{ weight = 5, pause = \"2 minutes\" }}]\n"));
+    assert!(
+        e[0].starts_with("rollout.steps[0].pause:")
+            && e[0].contains(cutover_core::time::DURATION_GRAMMAR),
+        "{}",
+        e[0]
+    );
+    let ok = Config::from_toml_str(&format!(
+        "{MINIMAL}\n[rollout]\nwindow = \"1m30s\"\ninterval = \"250ms\"\nmax_hold = \"1h 30m\"\n"
+    ))
+    .unwrap();
+    assert_eq!(ok.rollout.window, Dur::from_secs(90));
+    assert_eq!(ok.rollout.interval, Dur::from_millis(250));
+    assert_eq!(ok.rollout.max_hold, Dur::from_secs(5400));
 }
 
 #[test]
