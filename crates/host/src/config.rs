@@ -118,7 +118,8 @@ pub fn check_files(config: &Config, dir: &Path) -> Vec<FieldError> {
             Some((before, _)) => {
                 let parent = before.rfind('/').map(|i| &before[..i]);
                 if let Some(parent) = parent.filter(|p| !p.is_empty()) {
-                    let d = resolve(dir, parent);
+                    // `components()` drops the `.` of "./releases" from the message.
+                    let d: PathBuf = resolve(dir, parent).components().collect();
                     if !d.is_dir() {
                         errors.push(FieldError {
                             path: "app.command[0]".into(),
