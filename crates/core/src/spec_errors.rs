@@ -214,7 +214,19 @@ pub(crate) fn parse(text: &str) -> (Option<Config>, Vec<FieldError>) {
         }
 
         // A value of the wrong type, out of range, or not in the field's own grammar.
-        let (message, fix, want) = describe(&raw, get(&value, &segs));
+        let (mut message, mut fix, want) = describe(&raw, get(&value, &segs));
+        if raw.contains("variant") && !raw.contains("unknown variant") {
+            // An enum given something other than a string: serde says "expected string only".
+            if let Some(names) = variants(&value, &segs) {
+                let got = got_phrase(raw.split(", expected").next().unwrap_or(""));
+                let got = value_phrase(get(&value, &segs)).unwrap_or(got);
+                message = format!("expected one of {}, got {got}", list(&names, "\""));
+                fix = format!(
+                    "write one of them in double quotes, e.g. {}",
+                    list(&names[..1], "\"")
+                );
+            }
+        }
         let path = path_string(&segs);
         if problems.iter().any(|p| p.error.path == path) {
             // Taking the key out did not make the error go: stop rather than repeat it.
@@ -304,19 +316,34 @@ fn culprit(root: &Value, segs: &[Seg], table: &toml::Table, raw: &str) -> Option
     if quoted.len() == 1 {
         return Some(quoted[0].clone());
     }
+    // Several keys hold what the message quotes: the culprit is one that, alone among them,
+    // still gets the same error.
     quoted
-        .into_iter()
+        .iter()
         .find(|k| {
             let mut probe = root.clone();
-            let mut p = segs.to_vec();
-            p.push(Seg::Key((*k).clone()));
-            remove(&mut probe, &p)
-                && match serde_path_to_error::deserialize::<_, Config>(probe) {
-                    Ok(_) => true,
-                    Err(e) => segs_of(e.path()) != segs || e.inner().message() != raw,
-                }
+            quoted.iter().filter(|o| o != k).all(|o| {
+                let mut p = segs.to_vec();
+                p.push(Seg::Key((*o).clone()));
+                remove(&mut probe, &p)
+            }) && serde_path_to_error::deserialize::<_, Config>(probe)
+                .err()
+                .is_some_and(|e| segs_of(e.path()) == segs && e.inner().message() == raw)
         })
-        .cloned()
+        .map(|k| (*k).clone())
+}
+
+/// The names a field of an enum takes, asked of serde by giving it one it cannot know.
+fn variants(root: &Value, segs: &[Seg]) -> Option<Vec<String>> {
+    let mut probe = root.clone();
+    if !set(&mut probe, segs, Value::String("\u{1}".into())) {
+        return None;
+    }
+    let e = serde_path_to_error::deserialize::<_, Config>(probe).err()?;
+    let msg = e.inner().message();
+    let names: Vec<String> = backticked(msg).into_iter().skip(1).collect();
+    (segs_of(e.path()) == segs && msg.starts_with("unknown variant") && !names.is_empty())
+        .then_some(names)
 }
 
 /// What is wrong with a value and how to write it, from serde's message and the value itself.
@@ -395,6 +422,7 @@ fn expectation(expected: &str) -> (String, Want) {
             Want::Other,
         ),
         e if e.starts_with("struct ") => ("a table".into(), Want::Other),
+        e if e.starts_with("a duration") => (e.to_string(), Want::Text),
         e if e.starts_with("internally tagged enum") => (
             "a table with its `metric` and the fields of that kind".into(),
             Want::Other,
@@ -419,6 +447,19 @@ fn got_phrase(got: &str) -> String {
     } else {
         got.to_string()
     }
+}
+
+/// A value as a user wrote it, for "got ...".
+fn value_phrase(v: Option<&Value>) -> Option<String> {
+    Some(match v? {
+        Value::String(s) => format!("the string {s:?}"),
+        Value::Integer(i) => format!("the number {i}"),
+        Value::Float(f) => format!("the number {f}"),
+        Value::Boolean(b) => b.to_string(),
+        Value::Array(_) => "a list".into(),
+        Value::Table(_) => "a table".into(),
+        Value::Datetime(d) => format!("the date {d}"),
+    })
 }
 
 /// Why a string is not an `IP:port`, and how to write it. Host names are refused rather than

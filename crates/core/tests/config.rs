@@ -320,3 +320,60 @@ fn proxy_workers_are_one_to_1024_or_one_per_cpu() {
     let e = errors(&with("-1")).join("\n");
     assert!(e.contains("workers"), "{e}");
 }
+
+/// All at once, for every key the example sets: each replaced by `true` (no field of the spec
+/// is a boolean) is one error naming that key, and nothing else is reported.
+#[test]
+fn every_key_of_the_example_set_wrong_at_once_is_one_error_each() {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/cutover.toml"
+    ))
+    .unwrap();
+    let mut doc: toml::Value = toml::from_str(&text).unwrap();
+    fn spoil(v: &mut toml::Value, path: String, out: &mut Vec<String>) {
+        match v {
+            toml::Value::Table(t) => {
+                for (k, v) in t.iter_mut() {
+                    let p = if path.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{path}.{k}")
+                    };
+                    // `metric` picks a gate's kind; the kind's own keys are what is checked.
+                    if matches!(v, toml::Value::Table(_) | toml::Value::Array(_)) || k == "metric" {
+                        if k != "metric" {
+                            spoil(v, p, out);
+                        }
+                    } else {
+                        *v = toml::Value::Boolean(true);
+                        out.push(p);
+                    }
+                }
+            }
+            toml::Value::Array(a) if a.iter().all(toml::Value::is_table) => {
+                for (i, v) in a.iter_mut().enumerate() {
+                    spoil(v, format!("{path}[{i}]"), out);
+                }
+            }
+            other => {
+                *other = toml::Value::Boolean(true);
+                out.push(path);
+            }
+        }
+    }
+    let mut spoiled = Vec::new();
+    spoil(&mut doc, String::new(), &mut spoiled);
+    assert!(spoiled.len() > 50, "{spoiled:?}");
+    let e = Config::from_toml_str(&toml::to_string(&doc).unwrap())
+        .expect_err("every key is wrong")
+        .errors;
+    let mut paths: Vec<String> = e.iter().map(|e| e.path.clone()).collect();
+    paths.sort();
+    spoiled.sort();
+    assert_eq!(paths, spoiled, "{e:#?}");
+    for err in &e {
+        assert!(err.message.contains("got true"), "{err}");
+        assert!(!err.fix.is_empty(), "{err}");
+    }
+}
