@@ -294,6 +294,14 @@ pub(crate) fn parse(text: &str) -> (Option<Config>, Vec<FieldError>) {
             }));
         }
     }
+    if config.is_none() && errors.is_empty() {
+        // Not reached by any document we know of; an empty list must never mean "invalid".
+        errors.push(FieldError {
+            path: "(top level)".into(),
+            message: "could not be read as a cutover config".into(),
+            fix: "compare it with examples/cutover.toml".into(),
+        });
+    }
     (config, errors)
 }
 

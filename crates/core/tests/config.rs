@@ -377,3 +377,75 @@ fn every_key_of_the_example_set_wrong_at_once_is_one_error_each() {
         assert!(!err.fix.is_empty(), "{err}");
     }
 }
+
+mod mangled {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn leaves(v: &toml::Value, path: Vec<String>, out: &mut Vec<Vec<String>>) {
+        match v {
+            toml::Value::Table(t) => {
+                for (k, v) in t {
+                    let mut p = path.clone();
+                    p.push(k.clone());
+                    leaves(v, p, out);
+                }
+            }
+            _ => out.push(path),
+        }
+    }
+
+    fn set(v: &mut toml::Value, path: &[String], new: toml::Value) {
+        match (v, path) {
+            (toml::Value::Table(t), [k]) => {
+                t.insert(k.clone(), new);
+            }
+            (toml::Value::Table(t), [k, rest @ ..]) => {
+                if let Some(v) = t.get_mut(k) {
+                    set(v, rest, new);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn any_value() -> impl Strategy<Value = toml::Value> {
+        prop_oneof![
+            "[a-z0-9:. {}]{0,12}".prop_map(toml::Value::String),
+            any::<i64>().prop_map(toml::Value::Integer),
+            (-1e6f64..1e6).prop_map(toml::Value::Float),
+            any::<bool>().prop_map(toml::Value::Boolean),
+            Just(toml::Value::Array(vec![toml::Value::Integer(1)])),
+            Just(toml::Value::Table(toml::Table::new())),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// Whatever values the example's keys are given, reading ends (no panic, no loop) with
+        /// either a config or at least one error, each with a path and a fix.
+        #[test]
+        fn any_values_give_a_config_or_errors_with_fixes(
+            picks in proptest::collection::vec((any::<prop::sample::Index>(), any_value()), 1..8)
+        ) {
+            let text = std::fs::read_to_string(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../examples/cutover.toml"
+            ))
+            .unwrap();
+            let mut doc: toml::Value = toml::from_str(&text).unwrap();
+            let mut all = Vec::new();
+            leaves(&doc, Vec::new(), &mut all);
+            for (i, v) in picks {
+                let path = i.get(&all).clone();
+                set(&mut doc, &path, v);
+            }
+            if let Err(e) = Config::from_toml_str(&toml::to_string(&doc).unwrap()) {
+                prop_assert!(!e.errors.is_empty());
+                for err in &e.errors {
+                    prop_assert!(!err.path.is_empty() && !err.fix.is_empty(), "{}", err);
+                }
+            }
+        }
+    }
+}
