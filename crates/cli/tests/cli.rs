@@ -20,8 +20,22 @@ fn cutover(args: &[&str], dir: &std::path::Path) -> (i32, String, String) {
 
 #[test]
 fn validate_accepts_the_example_and_summarises_it() {
-    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/cutover.toml");
-    let (code, out, err) = cutover(&["validate", "-c", example], std::path::Path::new("."));
+    // The example runs the release build of demo-app; validate checks that the program exists,
+    // so this copy points at the demo-app this test run built.
+    let example = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/cutover.toml"
+    ))
+    .unwrap();
+    let exe = common::demo_app().display().to_string();
+    assert!(example.contains("\"../target/release/demo-app\""));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("cutover.toml"),
+        example.replace("../target/release/demo-app", &exe),
+    )
+    .unwrap();
+    let (code, out, err) = cutover(&["validate"], dir.path());
     assert_eq!(code, 0, "{err}");
     assert!(
         out.contains("2% → 4% → 8% → 16% → 32% → 64% → 100%"),
@@ -60,6 +74,87 @@ fn invalid_config_exits_64_naming_every_field_and_changes_nothing() {
         !dir.path().join("state").exists(),
         "a refused config must not create state"
     );
+}
+
+/// Issue 10 item 7: `validate` checks that `app.command[0]` can run, in the same list as every
+/// other problem.
+#[test]
+fn validate_checks_the_program_and_workdir_with_every_other_problem() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let exe = common::demo_app().display().to_string();
+    let write = |program: &str, extra: &str| {
+        let text = common::config_text()
+            .replace(&format!("{exe:?}"), &format!("{program:?}"))
+            .replace("[app]", &format!("[app]\n{extra}"));
+        assert!(text.contains(&format!("command = [{program:?}")), "{text}");
+        std::fs::write(dir.path().join("cutover.toml"), text).unwrap();
+    };
+
+    write("./bin/app", "workdir = \"run\"");
+    let path = dir.path().join("cutover.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains("instances = 1"));
+    std::fs::write(&path, text.replace("instances = 1", "instances = \"two\"")).unwrap();
+    let (code, _, err) = cutover(&["validate"], dir.path());
+    assert_eq!(code, 64, "{err}");
+    assert!(
+        err.contains("app.command[0]: \"./bin/app\" resolved to")
+            && err.contains("which does not exist")
+            && err.contains("fix: build or install the program"),
+        "{err}"
+    );
+    assert!(err.contains("app.workdir: \"run\" resolved to"), "{err}");
+    assert!(
+        err.contains("app.instances: expected a whole number"),
+        "{err}"
+    );
+    assert!(err.contains("(3 problems)"), "{err}");
+
+    std::fs::create_dir_all(dir.path().join("bin")).unwrap();
+    std::fs::create_dir_all(dir.path().join("run")).unwrap();
+    std::fs::write(dir.path().join("bin/app"), "#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(
+        dir.path().join("bin/app"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    write("./bin/app", "workdir = \"run\"");
+    let (code, _, err) = cutover(&["validate"], dir.path());
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("is not executable (chmod +x it)"), "{err}");
+
+    std::fs::set_permissions(
+        dir.path().join("bin/app"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    let (code, out, err) = cutover(&["validate"], dir.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("is valid"), "{out}");
+
+    write("cutover-no-such-program", "");
+    let (code, _, err) = cutover(&["validate"], dir.path());
+    assert_eq!(code, 64, "{err}");
+    assert!(
+        err.contains("\"cutover-no-such-program\" in PATH, which was not found"),
+        "{err}"
+    );
+    write("sh", "");
+    let (code, _, err) = cutover(&["validate"], dir.path());
+    assert_eq!(code, 0, "a program found in PATH: {err}");
+
+    // With {version}, the program depends on the release: the directory before it is checked.
+    write("./releases/{version}/app", "");
+    let (code, _, err) = cutover(&["validate"], dir.path());
+    assert_eq!(code, 64, "{err}");
+    assert!(
+        err.contains("(the part before {version}) is not a directory"),
+        "{err}"
+    );
+    std::fs::create_dir_all(dir.path().join("releases")).unwrap();
+    let (code, _, err) = cutover(&["validate"], dir.path());
+    assert_eq!(code, 0, "{err}");
 }
 
 #[test]

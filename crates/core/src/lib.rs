@@ -17,6 +17,7 @@ pub mod lookback;
 pub mod mannwhitney;
 pub mod simulate;
 pub mod spec;
+mod spec_errors;
 pub mod stats;
 pub mod sticky;
 pub mod time;

@@ -505,11 +505,12 @@ impl<'de> Deserialize<'de> for PauseSpec {
         if s.trim() == "until_promoted" {
             return Ok(PauseSpec::UntilPromoted);
         }
-        humantime::parse_duration(s.trim())
+        crate::time::parse_duration(&s)
             .map(|d| PauseSpec::For(Dur(d)))
-            .map_err(|_| {
+            .map_err(|e| {
                 serde::de::Error::custom(format!(
-                    "invalid pause {s:?}; write a duration like \"2m\" or \"until_promoted\""
+                    "{s:?} is neither a duration ({e}) nor \"until_promoted\"; {}, or \"until_promoted\"",
+                    crate::time::DURATION_GRAMMAR
                 ))
             })
     }
@@ -893,49 +894,23 @@ impl fmt::Display for ConfigError {
     }
 }
 
-impl ConfigError {
-    fn one(path: impl Into<String>, message: impl Into<String>, fix: impl Into<String>) -> Self {
-        ConfigError {
-            errors: vec![FieldError {
-                path: path.into(),
-                message: message.into(),
-                fix: fix.into(),
-            }],
+impl Config {
+    /// Parses and validates a `cutover.toml`: every problem at once, each with its path, its
+    /// line and a fix (type errors, unknown keys with a "did you mean", missing keys, then
+    /// every semantic problem of [`Config::validate`]).
+    pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
+        match Config::check_toml_str(text) {
+            (Some(config), errors) if errors.is_empty() => Ok(config),
+            (_, errors) => Err(ConfigError { errors }),
         }
     }
-}
 
-impl Config {
-    /// Parses and validates a `cutover.toml`.
-    pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
-        let de = toml::Deserializer::new(text);
-        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
-            let path = e.path().to_string();
-            let inner = e.into_inner();
-            let message = inner.message().to_string();
-            let at = inner
-                .span()
-                .map(|s| {
-                    let line = text[..s.start.min(text.len())].matches('\n').count() + 1;
-                    format!(" (line {line})")
-                })
-                .unwrap_or_default();
-            let fix = if message.contains("unknown field") {
-                "remove it or correct its spelling; see docs/config.md for the fields".to_string()
-            } else if message.contains("missing field") {
-                "add it; see docs/config.md".to_string()
-            } else {
-                String::new()
-            };
-            let path = if path == "." || path.is_empty() {
-                "(top level)".to_string()
-            } else {
-                path
-            };
-            ConfigError::one(path, format!("{message}{at}"), fix)
-        })?;
-        config.validate()?;
-        Ok(config)
+    /// Like [`Config::from_toml_str`], but also hands back the config when it has problems, with
+    /// defaults where keys were wrong (`None` when even that could not be built, e.g. a TOML
+    /// syntax error), so a shell can add the problems only it can find (files, PromQL) to the
+    /// same list.
+    pub fn check_toml_str(text: &str) -> (Option<Config>, Vec<FieldError>) {
+        crate::spec_errors::parse(text)
     }
 
     /// Checks every value that the types alone cannot.

@@ -99,14 +99,15 @@ pub struct Config {
     pub order_delay_jitter: Duration,
 }
 
-/// Parses a humantime duration (`250ms`, `1s`, `2m`); a bare `0` is zero.
+/// Parses a duration in cutover's one grammar (`250ms`, `1s`, `1m30s`; a bare `0` is zero), so
+/// what works in `cutover.toml` works in `DEMO_LATENCY` too.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    if s == "0" {
-        return Ok(Duration::ZERO);
-    }
-    humantime::parse_duration(s)
-        .map_err(|e| format!("invalid duration {s:?}: {e} (e.g. 200ms, 1s)"))
+    cutover_core::time::parse_duration(s).map_err(|e| {
+        format!(
+            "{s:?} is not a duration: {e}; {}",
+            cutover_core::time::DURATION_GRAMMAR
+        )
+    })
 }
 
 fn parse_rate(s: &str) -> Result<f64, String> {

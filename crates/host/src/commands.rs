@@ -83,7 +83,7 @@ pub fn emitln(text: &str) -> Result<(), CommandError> {
 
 /// `cutover validate`: the config's summary, or every problem in it.
 pub fn validate(path: &Path) -> Result<String, CommandError> {
-    let l = config::load(path)?;
+    let l = config::load_checked(path)?;
     let c = &l.config;
     let plan: Vec<String> = c.schedule().iter().map(|s| s.weight.to_string()).collect();
     Ok(format!(

@@ -95,7 +95,7 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
             errors.push(FieldError {
                 path,
                 message,
-                fix: "use the supported PromQL subset (docs/promql.md) and the variables {{track}}, {{version}}, {{stable_version}}, {{service}}".into(),
+                fix: "use the supported PromQL subset (docs/analysis.md, \"The supported PromQL subset\") and the variables {{track}}, {{version}}, {{stable_version}}, {{service}}".into(),
             });
         }
     }

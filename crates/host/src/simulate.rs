@@ -372,10 +372,10 @@ pub fn parse_time(s: &str, now_ms: i64) -> Result<i64, CommandError> {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64));
     }
-    if let Ok(d) = humantime::parse_duration(s.trim_start_matches('-')) {
+    if let Ok(d) = cutover_core::time::parse_duration(s.trim_start_matches('-')) {
         return Ok(now_ms - d.as_millis() as i64);
     }
-    Err(CommandError::Usage(format!("{s:?} is not a time (fix: Unix seconds, RFC 3339 like 2026-11-24T12:00:00Z, or a duration ago like 15m)")))
+    Err(CommandError::Usage(format!("{s:?} is not a time (fix: Unix seconds, RFC 3339 like 2026-11-24T12:00:00Z, or a duration ago like 15m or 1h30m: {})", cutover_core::time::DURATION_GRAMMAR)))
 }
 
 /// Builds a recording from a Prometheus that scraped cutover: the canary's rollout is taken to

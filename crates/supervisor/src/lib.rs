@@ -30,7 +30,7 @@ mod supervisor;
 
 pub use error::SupervisorError;
 pub use fleet::{CrashLoop, Fleet, InstanceState, InstanceStatus, VersionFleet};
-pub use release::Release;
+pub use release::{locate_program, Release};
 pub use supervisor::{
     Closer, DrainOutcome, InFlight, InstanceStopReport, StopExit, StopReport, Supervisor,
 };

@@ -132,6 +132,25 @@ fn check_executable(path: &Path) -> Result<(), String> {
     }
 }
 
+/// Where `program` (an `app.command[0]` with `{version}` already substituted) would run from,
+/// by the rules of [`Release::resolve`]: with a `/`, relative to `config_dir`; otherwise the
+/// first executable file of that name in `PATH`. `cutover validate` calls it before any deploy.
+/// The error is what was tried and what is wrong with it.
+pub fn locate_program(program: &str, config_dir: &Path) -> Result<PathBuf, (String, String)> {
+    if program.contains('/') {
+        let path = config_dir.join(program);
+        check_executable(&path).map_err(|problem| (path.display().to_string(), problem))?;
+        Ok(path)
+    } else {
+        find_in_path(program).ok_or_else(|| {
+            (
+                format!("{program:?} in PATH"),
+                "was not found as an executable file in any PATH directory".into(),
+            )
+        })
+    }
+}
+
 fn find_in_path(program: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
