@@ -883,6 +883,7 @@ impl Driver {
                     Event::StartFailed {
                         digest: release.digest.clone(),
                         reason,
+                        facts: Vec::new(),
                     },
                     None,
                 );
@@ -933,6 +934,7 @@ impl Driver {
                         Event::CrashLoop {
                             digest: vf.digest.clone(),
                             detail,
+                            facts: Vec::new(),
                         },
                         None,
                     );
@@ -957,7 +959,14 @@ impl Driver {
                 "not ready within app.start_timeout ({})",
                 self.loaded.config.app.start_timeout
             );
-            let _ = self.apply(Event::StartFailed { digest, reason }, None);
+            let _ = self.apply(
+                Event::StartFailed {
+                    digest,
+                    reason,
+                    facts: Vec::new(),
+                },
+                None,
+            );
         }
         let window = self.loaded.config.rollout.window.get();
         let stats = match self.engine.active().filter(|r| r.phase != Phase::Starting) {
