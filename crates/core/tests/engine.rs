@@ -1119,7 +1119,10 @@ fn a_forced_release_that_is_promoted_is_no_longer_failed() {
         .expect("a promotion decision");
     assert!(d.reason.contains("now cleared"), "{}", d.reason);
     assert!(d.reason.contains(&failed_at.rfc3339()), "{}", d.reason);
-    assert_eq!(d.numbers["cleared_failure"]["reason"], "canary is crash-looping: flaky");
+    assert_eq!(
+        d.numbers["cleared_failure"]["reason"],
+        "canary is crash-looping: flaky"
+    );
     // Deploying it again is now an ordinary conflict (it is stable), not a failed-release refusal.
     let e = s.err(Event::Deploy {
         release: v2(),
@@ -1149,7 +1152,11 @@ fn a_forced_first_release_that_becomes_ready_is_no_longer_failed() {
         digest: "sha-v1".into(),
     });
     assert!(s.engine.state().failed.is_empty());
-    assert!(out.decisions[0].reason.contains("now cleared"), "{:?}", out.decisions);
+    assert!(
+        out.decisions[0].reason.contains("now cleared"),
+        "{:?}",
+        out.decisions
+    );
 }
 
 #[test]
@@ -1181,14 +1188,21 @@ fn start_failures_carry_the_facts_and_only_claim_a_stable_when_there_is_one() {
         "log: /var/lib/cutover/logs/v1-0.log",
         "there is no stable release yet",
     ] {
-        assert!(d.reason.contains(part), "{part:?} missing from {}", d.reason);
+        assert!(
+            d.reason.contains(part),
+            "{part:?} missing from {}",
+            d.reason
+        );
     }
     assert!(!d.reason.contains("back on stable"), "{}", d.reason);
     assert_eq!(d.numbers["facts"][0]["instance"], "v1-0");
     let Phase::Aborted { reason, .. } = s.phase() else {
         panic!("{:?}", s.phase())
     };
-    assert!(reason.contains("log: /var/lib/cutover/logs/v1-0.log"), "{reason}");
+    assert!(
+        reason.contains("log: /var/lib/cutover/logs/v1-0.log"),
+        "{reason}"
+    );
 
     // A canary that never took traffic: stable kept it all.
     let mut s = Sim::with_stable(spec());
@@ -1206,7 +1220,10 @@ fn start_failures_carry_the_facts_and_only_claim_a_stable_when_there_is_one() {
         }],
     });
     let reason = &out.decisions[0].reason;
-    assert!(reason.contains("v2-0: last exit: exited with status 3"), "{reason}");
+    assert!(
+        reason.contains("v2-0: last exit: exited with status 3"),
+        "{reason}"
+    );
     assert!(reason.contains("stable v1"), "{reason}");
     assert!(!reason.contains("back on stable"), "{reason}");
 
@@ -1218,5 +1235,7 @@ fn start_failures_carry_the_facts_and_only_claim_a_stable_when_there_is_one() {
         detail: "x".into(),
         facts: vec![],
     });
-    assert!(out.decisions[0].reason.contains("all traffic is back on stable"));
+    assert!(out.decisions[0]
+        .reason
+        .contains("all traffic is back on stable"));
 }
