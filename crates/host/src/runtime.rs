@@ -18,7 +18,7 @@ use cutover_admin::{
 };
 use cutover_core::engine::DecisionKind;
 use cutover_core::engine::{
-    Action, Decision, Engine, EngineError, Event, Phase, Release, State, Verb,
+    Action, Decision, Engine, EngineError, Event, InstanceFacts, Phase, Release, State, Verb,
 };
 use cutover_core::judge::External;
 use cutover_core::{Timestamp, WindowStats};
@@ -26,7 +26,7 @@ use cutover_notify::{Notice, Notifier};
 use cutover_promql::{EvalOptions, Labels, MemStore};
 use cutover_proxy::{CertReloader, Proxy, ProxyConfig, TlsError};
 use cutover_store::{Commit, DecisionRecord, EventRecord, ReleaseRecord, RolloutRecord, Store};
-use cutover_supervisor::{Fleet, InFlight, Release as SupRelease, Supervisor};
+use cutover_supervisor::{Fleet, InFlight, InstanceState, Release as SupRelease, Supervisor};
 use cutover_telemetry::Recorder;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -72,6 +72,9 @@ pub enum StartError {
         source: TlsError,
     },
 }
+
+/// Lines of an instance's log quoted in a start failure or crash loop.
+const FAILURE_TAIL_LINES: usize = 5;
 
 /// Instance logs of releases that stopped longer ago than this are deleted (DESIGN.md: anything
 /// older than 72 h is pruned). A running instance appends to its log, which keeps it fresh.
@@ -930,11 +933,20 @@ impl Driver {
                             .map(|e| format!(", last exit: {e}"))
                             .unwrap_or_default()
                     );
+                    // The detail already says how it last exited.
+                    let facts = self
+                        .facts(vf, |i| i.id == cl.instance)
+                        .into_iter()
+                        .map(|f| InstanceFacts {
+                            last_exit: None,
+                            ..f
+                        })
+                        .collect();
                     let _ = self.apply(
                         Event::CrashLoop {
                             digest: vf.digest.clone(),
                             detail,
-                            facts: Vec::new(),
+                            facts,
                         },
                         None,
                     );
@@ -943,6 +955,31 @@ impl Driver {
                 self.crash_reported.remove(&vf.digest);
             }
         }
+    }
+
+    /// What the engine needs to explain a failure of these instances: the last readiness
+    /// probe, how the last process ended, the last lines of its log, and the log's path.
+    fn facts(
+        &self,
+        vf: &cutover_supervisor::VersionFleet,
+        which: impl Fn(&cutover_supervisor::InstanceStatus) -> bool,
+    ) -> Vec<InstanceFacts> {
+        vf.instances
+            .iter()
+            .filter(|i| which(i))
+            .map(|i| {
+                let log = self.supervisor.log_path(&i.id);
+                let output_tail = cutover_supervisor::logs::tail(&log, FAILURE_TAIL_LINES)
+                    .unwrap_or_else(|e| vec![format!("(could not read the log: {e})")]);
+                InstanceFacts {
+                    instance: i.id.clone(),
+                    last_probe: i.last_probe.clone(),
+                    last_exit: i.last_exit.clone(),
+                    output_tail,
+                    log: Some(log.display().to_string()),
+                }
+            })
+            .collect()
     }
 
     fn on_tick(&mut self) {
@@ -959,11 +996,17 @@ impl Driver {
                 "not ready within app.start_timeout ({})",
                 self.loaded.config.app.start_timeout
             );
+            let fleet = self.fleet_rx.borrow().clone();
+            let facts = fleet
+                .values()
+                .find(|vf| vf.digest == digest)
+                .map(|vf| self.facts(vf, |i| i.state != InstanceState::Ready))
+                .unwrap_or_default();
             let _ = self.apply(
                 Event::StartFailed {
                     digest,
                     reason,
-                    facts: Vec::new(),
+                    facts,
                 },
                 None,
             );
@@ -1134,6 +1177,9 @@ impl Driver {
                     restarts: i.restarts,
                     starts: i.starts,
                     in_flight: self.proxy.in_flight(i.addr),
+                    last_probe: i.last_probe.clone(),
+                    last_exit: i.last_exit.clone(),
+                    log: self.supervisor.log_path(&i.id).display().to_string(),
                 })
             })
             .collect();

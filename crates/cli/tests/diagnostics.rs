@@ -1,0 +1,92 @@
+//! Failures that explain themselves (issue 10 item 5), end to end: a real cutover runtime and
+//! real demo-app processes that never get ready, crash at start or serve garbage metrics.
+
+mod common;
+
+use common::{is_aborted, phase, serial, Harness};
+use cutover_core::engine::Phase;
+use serde_json::json;
+use std::time::Duration;
+
+const LONG: Duration = Duration::from_secs(60);
+
+trait HistoryExt {
+    /// The reason of the last rollout's `aborted` decision, as `cutover history` shows it.
+    async fn aborted_decision(&self) -> String;
+}
+
+impl HistoryExt for Harness {
+    async fn aborted_decision(&self) -> String {
+        let hist = self.client.get("/v1/history?limit=1").await.unwrap();
+        let decisions = hist["rollouts"][0]["decisions"].as_array().unwrap();
+        let d = decisions.iter().find(|d| d["kind"] == "aborted").unwrap();
+        d["reason"].as_str().unwrap().to_string()
+    }
+}
+
+fn aborted_reason(s: &cutover_host::status::StatusView) -> String {
+    match phase(s) {
+        Some(Phase::Aborted { reason, .. }) => reason.clone(),
+        other => panic!("not aborted: {other:?}"),
+    }
+}
+
+/// A first release that never gets ready: the abort says why (the probe's answer), what the
+/// app wrote, where its log is, and does not claim a stable that does not exist.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_that_never_gets_ready_explains_itself() {
+    let _g = serial().await;
+    let text = common::config_text().replace("start_timeout = \"20s\"", "start_timeout = \"1s\"");
+    let h = Harness::start_with(text).await;
+    h.deploy(
+        "v1",
+        json!({ "DEMO_READY_DELAY": "1h", "DEMO_STDERR_LINE": "loading model.bin: no such file" }),
+    )
+    .await
+    .unwrap();
+    let s = h.wait_for("v1 aborted", LONG, is_aborted).await;
+    let reason = aborted_reason(&s);
+    let log = h.dir.path().join("state/logs/v1-0.log");
+    for part in [
+        "first release v1 could not start: not ready within app.start_timeout (1s)",
+        "v1-0: last readiness probe GET /ready → answered 503 Service Unavailable",
+        "«loading model.bin: no such file»",
+        &format!("log: {}", log.display()),
+    ] {
+        assert!(reason.contains(part), "{part:?} missing from: {reason}");
+    }
+
+    // history carries the same text, and where the traffic is.
+    let text = h.aborted_decision().await;
+    assert!(text.contains(&reason), "{text}");
+    assert!(text.contains("there is no stable release yet"), "{text}");
+    assert!(!text.contains("back on stable"), "{text}");
+    h.shutdown().await;
+}
+
+/// A canary that crashes right after it starts: the abort names the exit, quotes its last
+/// words and the log, and says stable kept the traffic (it never had any).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_looping_canary_explains_itself() {
+    let _g = serial().await;
+    let h = Harness::start().await;
+    h.first_release("v1").await;
+    h.deploy("v2", json!({ "DEMO_FAIL_AFTER": "1ms" }))
+        .await
+        .unwrap();
+    let s = h.wait_for("v2 aborted", LONG, is_aborted).await;
+    let reason = aborted_reason(&s);
+    let log = h.dir.path().join("state/logs/v2-0.log");
+    for part in [
+        "canary is crash-looping: instance v2-0 restarted",
+        "last exit: exited with code 1",
+        "--fail-after 1ms elapsed, exiting with code 1»",
+        &format!("log: {}", log.display()),
+    ] {
+        assert!(reason.contains(part), "{part:?} missing from: {reason}");
+    }
+    let text = h.aborted_decision().await;
+    assert!(text.contains(&reason), "{text}");
+    assert!(text.contains("it never took traffic; stable v1"), "{text}");
+    h.shutdown().await;
+}
