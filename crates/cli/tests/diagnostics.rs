@@ -6,7 +6,8 @@ mod common;
 use common::{is_aborted, phase, serial, Harness};
 use cutover_core::engine::Phase;
 use serde_json::json;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 const LONG: Duration = Duration::from_secs(60);
 
@@ -71,9 +72,13 @@ async fn a_crash_looping_canary_explains_itself() {
     let _g = serial().await;
     let h = Harness::start().await;
     h.first_release("v1").await;
-    h.deploy("v2", json!({ "DEMO_FAIL_AFTER": "1ms" }))
-        .await
-        .unwrap();
+    // Never ready (so it never takes traffic) and dead within a millisecond of each start.
+    h.deploy(
+        "v2",
+        json!({ "DEMO_FAIL_AFTER": "1ms", "DEMO_READY_DELAY": "1h" }),
+    )
+    .await
+    .unwrap();
     let s = h.wait_for("v2 aborted", LONG, is_aborted).await;
     let reason = aborted_reason(&s);
     let log = h.dir.path().join("state/logs/v2-0.log");
@@ -88,5 +93,79 @@ async fn a_crash_looping_canary_explains_itself() {
     let text = h.aborted_decision().await;
     assert!(text.contains(&reason), "{text}");
     assert!(text.contains("it never took traffic; stable v1"), "{text}");
+    h.shutdown().await;
+}
+
+/// What cutover logged at WARN and above while this test binary ran (one global subscriber).
+fn captured_logs() -> Arc<Mutex<Vec<u8>>> {
+    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let sink = buf.clone();
+        tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::WARN)
+            .with_ansi(false)
+            .with_writer(move || Sink(sink.clone()))
+            .init();
+        buf
+    })
+    .clone()
+}
+
+struct Sink(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Sink {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// An app serving a `/metrics` that does not parse is warned about once, not every interval:
+/// then it is counted on cutover's own /metrics and shown in status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_metrics_exposition_is_warned_about_once() {
+    let _g = serial().await;
+    let logs = captured_logs();
+    let h = Harness::start().await;
+    h.deploy("v1", json!({ "DEMO_BAD_METRICS": "true" }))
+        .await
+        .unwrap();
+    h.wait_for("v1 stable", LONG, |s| s.stable.is_some()).await;
+    let addr = h.status().await.instances[0].addr.clone();
+    // Scrapes every 50 ms: wait for 20 rejected expositions, i.e. 20 intervals.
+    let rejected = |text: &str| -> u64 {
+        text.lines()
+            .find(|l| l.starts_with("cutover_scrape_rejected_total{") && l.contains(&addr))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    let t = Instant::now();
+    loop {
+        let text = h.client.get_text("/metrics").await.unwrap();
+        if rejected(&text) >= 20 {
+            assert!(text.contains("version=\"v1\""), "{text}");
+            break;
+        }
+        assert!(t.elapsed() < LONG, "never 20 rejections:\n{text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let text = String::from_utf8(logs.lock().unwrap().clone()).unwrap();
+    let warnings: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("bad metrics exposition") && l.contains(&addr))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    assert!(warnings[0].contains("WARN"), "{}", warnings[0]);
+
+    let s = h.status().await;
+    let problem = s.instances[0].metrics_problem.clone();
+    assert!(problem.is_some(), "{:?}", s.instances[0]);
+    let shown = cutover_host::render::status(&s);
+    assert!(shown.contains("/metrics rejected"), "{shown}");
     h.shutdown().await;
 }

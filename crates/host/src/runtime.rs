@@ -337,6 +337,7 @@ pub async fn start(loaded: Loaded) -> Result<Running, StartError> {
         releases: HashMap::new(),
         start_deadlines: HashMap::new(),
         crash_reported: HashSet::new(),
+        exposition: scrape::ExpositionHealth::default(),
         proxy_addr,
     };
     tasks.push(tokio::spawn(driver.run(req_rx, shutdown_rx)));
@@ -481,6 +482,8 @@ struct Driver {
     start_deadlines: HashMap<String, tokio::time::Instant>,
     /// Crash loops already reported to the engine, by digest.
     crash_reported: HashSet<String>,
+    /// Which instances serve an exposition that does not parse (warned once each).
+    exposition: scrape::ExpositionHealth,
     proxy_addr: SocketAddr,
 }
 
@@ -668,11 +671,32 @@ impl Driver {
     }
 
     fn on_scraped(&mut self, s: Scraped) {
+        // Each round covers every current target: forget instances no longer scraped.
+        self.exposition.retain(|instance| {
+            s.results
+                .iter()
+                .any(|(l, _)| l.get("instance").is_some_and(|i| i == instance))
+        });
         for (labels, res) in s.results {
             match res {
                 Ok(text) => {
-                    if let Err(e) = self.series.append_exposition(&text, s.t_ms, &labels) {
-                        tracing::warn!(instance = ?labels.get("instance"), error = %e, "bad metrics exposition");
+                    let parsed = self
+                        .series
+                        .append_exposition(&text, s.t_ms, &labels)
+                        .map(|_| ())
+                        .map_err(|e| e.to_string());
+                    let label = |k: &str| labels.get(k).cloned().unwrap_or_default();
+                    let (version, instance) = (label("version"), label("instance"));
+                    let error = parsed.as_ref().err().cloned().unwrap_or_default();
+                    match self.exposition.observe(&version, &instance, parsed) {
+                        scrape::Change::Broke => tracing::warn!(
+                            %version, %instance, %error,
+                            "bad metrics exposition; its samples are dropped (warned once: counted in cutover_scrape_rejected_total and shown in status until it parses again)"
+                        ),
+                        scrape::Change::Recovered => {
+                            info!(%version, %instance, "metrics exposition parses again")
+                        }
+                        scrape::Change::Same => {}
                     }
                 }
                 Err(e) => {
@@ -1096,6 +1120,7 @@ impl Driver {
                     &self.recorder,
                     self.router.intent(),
                     &self.decision_counts,
+                    self.exposition.rejected(),
                 ));
             }
             Request::Alerts(payload, tx) => {
@@ -1180,6 +1205,10 @@ impl Driver {
                     last_probe: i.last_probe.clone(),
                     last_exit: i.last_exit.clone(),
                     log: self.supervisor.log_path(&i.id).display().to_string(),
+                    metrics_problem: self
+                        .exposition
+                        .problem(&i.addr.to_string())
+                        .map(str::to_string),
                 })
             })
             .collect();

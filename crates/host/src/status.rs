@@ -43,6 +43,9 @@ pub struct InstanceView {
     /// The instance's log file (`cutover logs VERSION --instance N` prints it).
     #[serde(default)]
     pub log: String,
+    /// Why its last `/metrics` exposition was rejected, while it is.
+    #[serde(default)]
+    pub metrics_problem: Option<String>,
 }
 
 /// The evaluation and stop settings in force, so an operator reading `status` knows the
