@@ -169,3 +169,111 @@ async fn a_bad_metrics_exposition_is_warned_about_once() {
     assert!(shown.contains("/metrics rejected"), "{shown}");
     h.shutdown().await;
 }
+
+/// A config for the `cutover` binary that points at this harness's admin API (the harness
+/// binds port 0; the binary reads the address from the config).
+fn cli_config(h: &Harness) -> std::path::PathBuf {
+    let addr = h.running().admin_addr;
+    let text = h.text.replace(
+        "[admin]\nlisten = \"127.0.0.1:0\"",
+        &format!("[admin]\nlisten = \"{addr}\""),
+    );
+    assert_ne!(text, h.text);
+    let path = h.dir.path().join("cli.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Reads the follower's lines until one contains `want`, within the deadline.
+async fn read_until(
+    lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    seen: &mut Vec<String>,
+    want: &str,
+) {
+    let found = tokio::time::timeout(LONG, async {
+        while let Some(l) = lines.next_line().await.unwrap() {
+            let hit = l.contains(want);
+            seen.push(l);
+            if hit {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert!(found == Ok(true), "{want:?} never followed: {seen:#?}");
+}
+
+fn cutover(cfg: &std::path::Path, args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cutover"))
+        .arg("-c")
+        .arg(cfg)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `cutover logs VERSION [--instance N] [--follow]` with the real binary: prints what the
+/// instance wrote, refuses unknown versions and instances saying what exists, and `--follow`
+/// prints new lines until the instance is stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cutover_logs_prints_and_follows_an_instance_log() {
+    use tokio::io::AsyncBufReadExt;
+    let _g = serial().await;
+    let h = Harness::start().await;
+    h.deploy(
+        "v1",
+        json!({ "DEMO_STDERR_LINE": "v1 says hello on stderr" }),
+    )
+    .await
+    .unwrap();
+    h.wait_for("v1 stable", LONG, |s| s.stable.is_some()).await;
+    let cfg = cli_config(&h);
+
+    let (code, out, err) = cutover(&cfg, &["logs", "v1"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("v1 says hello on stderr"), "{out}");
+    assert!(out.contains("demo-app v1 listening on"), "{out}");
+
+    let (code, _, err) = cutover(&cfg, &["logs", "v9"]);
+    assert_eq!(code, 1, "a missing thing, as for other verbs: {err}");
+    assert!(err.contains("no instance of version v9"), "{err}");
+    let (code, _, err) = cutover(&cfg, &["logs", "v1", "--instance", "4"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("pass --instance 0"), "{err}");
+    let (code, _, err) = cutover(&cfg, &["logs", "../state/admin.token"]);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("not a valid version"), "{err}");
+
+    // --follow on a canary, which is then aborted: its shutdown line arrives, then the
+    // follower ends by itself.
+    h.deploy("v2", json!({})).await.unwrap();
+    h.wait_for("v2 takes traffic", LONG, |s| {
+        matches!(phase(s), Some(Phase::Progressing | Phase::Paused { .. }))
+    })
+    .await;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_cutover"))
+        .arg("-c")
+        .arg(&cfg)
+        .args(["logs", "v2", "--follow"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    read_until(&mut lines, &mut seen, "demo-app v2 listening on").await;
+    h.verb("abort").await.unwrap();
+    read_until(&mut lines, &mut seen, "demo-app v2: shutting down").await;
+    let status = tokio::time::timeout(LONG, child.wait())
+        .await
+        .expect("the follower ends once the instance is stopped")
+        .unwrap();
+    assert!(status.success(), "{status}");
+    h.shutdown().await;
+}

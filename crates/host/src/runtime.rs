@@ -14,7 +14,8 @@ use crate::rules::{self, Rule};
 use crate::scrape::{self, Scraped, Target};
 use crate::status::{InstanceView, Settings, StatusView};
 use cutover_admin::{
-    AlertmanagerPayload, ApiError, BoxFuture, DeployRequest, Handler, HistoryQuery, Verb as ApiVerb,
+    AlertmanagerPayload, ApiError, BoxFuture, DeployRequest, Handler, HistoryQuery, LogsQuery,
+    Verb as ApiVerb,
 };
 use cutover_core::engine::DecisionKind;
 use cutover_core::engine::{
@@ -260,6 +261,8 @@ pub async fn start(loaded: Loaded) -> Result<Running, StartError> {
         let handler: Arc<dyn Handler> = Arc::new(AdminHandler {
             tx: req_tx,
             store: store.clone(),
+            supervisor: supervisor.clone(),
+            log_dir: state_dir.join("logs"),
         });
         let mut rx = shutdown_rx.clone();
         let token = token.clone();
@@ -372,6 +375,9 @@ enum Request {
 struct AdminHandler {
     tx: mpsc::Sender<Request>,
     store: Arc<Mutex<Store>>,
+    /// Read-only here: which instances still run (`logs` answers `running`).
+    supervisor: Supervisor,
+    log_dir: PathBuf,
 }
 
 impl AdminHandler {
@@ -420,6 +426,22 @@ impl Handler for AdminHandler {
     }
     fn metrics(&self) -> BoxFuture<'_, Result<String, ApiError>> {
         Box::pin(async move { self.ask(Request::Metrics).await })
+    }
+    fn logs(&self, version: String, q: LogsQuery) -> BoxFuture<'_, Result<Value, ApiError>> {
+        Box::pin(async move {
+            let running = self.supervisor.fleet().get(&version).is_some_and(|vf| {
+                vf.instances
+                    .get(q.instance as usize)
+                    .is_some_and(|i| i.state != InstanceState::Stopped)
+            });
+            let dir = self.log_dir.clone();
+            let chunk = tokio::task::spawn_blocking(move || {
+                crate::logs::read_chunk(&dir, &version, &q, running)
+            })
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))??;
+            Ok(serde_json::to_value(chunk).unwrap_or_default())
+        })
     }
     fn alerts(&self, payload: AlertmanagerPayload) -> BoxFuture<'_, Result<Value, ApiError>> {
         Box::pin(async move { self.ask(|tx| Request::Alerts(payload, tx)).await? })
