@@ -277,3 +277,69 @@ async fn cutover_logs_prints_and_follows_an_instance_log() {
     assert!(status.success(), "{status}");
     h.shutdown().await;
 }
+
+/// A Python app: `BROKEN = True` makes it exit at start with a line on stderr.
+const PY_APP: &str = r#"import sys
+from http.server import ThreadingHTTPServer, BaseHTTPRequestHandler
+BROKEN = True
+port = int(sys.argv[sys.argv.index("--port") + 1])
+if BROKEN:
+    print("app.py: BROKEN is set, giving up", file=sys.stderr, flush=True)
+    sys.exit(2)
+class H(BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+    def log_message(self, *a):
+        pass
+ThreadingHTTPServer(("127.0.0.1", port), H).serve_forever()
+"#;
+
+/// Issue 10 item 4 end to end: for `python3 app.py` the release is the script, not the
+/// interpreter. A failed script is refused (with a readable time); the edited script is a new
+/// release and deploys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edited_script_is_a_new_release() {
+    let _g = serial().await;
+    let text: String = common::config_text()
+        .lines()
+        .map(|l| {
+            if l.starts_with("command = ") {
+                "command = [\"python3\", \"app.py\", \"--port\", \"{port}\"]".to_string()
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("app.py"), PY_APP).unwrap();
+    let h = Harness::start_in(dir, text).await;
+
+    let broken = h.deploy("v1", json!({})).await.unwrap();
+    let s = h.wait_for("v1 aborted", LONG, is_aborted).await;
+    let reason = aborted_reason(&s);
+    assert!(reason.contains("BROKEN is set, giving up"), "{reason}");
+    h.wait_for("v1 stopped", LONG, |s| s.instances.is_empty())
+        .await;
+
+    let err = h.deploy("v1", json!({})).await.unwrap_err().to_string();
+    assert!(err.contains("--force"), "{err}");
+    let at = s.failed[broken["digest"].as_str().unwrap()].at.rfc3339();
+    assert!(err.contains(&format!("failed at {at}")), "{err}");
+
+    std::fs::write(
+        h.dir.path().join("app.py"),
+        PY_APP.replace("BROKEN = True", "BROKEN = False"),
+    )
+    .unwrap();
+    let fixed = h.deploy("v1", json!({})).await.unwrap();
+    assert_ne!(fixed["digest"], broken["digest"]);
+    h.wait_for("the fixed v1 stable", LONG, |s| {
+        s.stable.as_ref().is_some_and(|r| r.version == "v1")
+    })
+    .await;
+    h.shutdown().await;
+}
