@@ -321,6 +321,10 @@ async fn an_edited_script_is_a_new_release() {
     let broken = h.deploy("v1", json!({})).await.unwrap();
     let s = h.wait_for("v1 aborted", LONG, is_aborted).await;
     let reason = aborted_reason(&s);
+    assert!(
+        reason.contains("first release is crash-looping"),
+        "{reason}"
+    );
     assert!(reason.contains("BROKEN is set, giving up"), "{reason}");
     h.wait_for("v1 stopped", LONG, |s| s.instances.is_empty())
         .await;

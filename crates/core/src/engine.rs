@@ -211,7 +211,7 @@ pub struct InstanceFacts {
     /// Connection refused`; `None` when no probe has completed yet.
     #[serde(default)]
     pub last_probe: Option<String>,
-    /// How its last process ended, e.g. `exited with status 3`.
+    /// How its last process ended, e.g. `exited with code 3`.
     #[serde(default)]
     pub last_exit: Option<String>,
     /// The last lines its current (or last) process wrote; stdout and stderr share the log.
@@ -222,7 +222,7 @@ pub struct InstanceFacts {
     pub log: Option<String>,
 }
 
-/// `; v3-0: last readiness probe GET /ready → …; last exit: …; last output: «a» «b»; log: …`
+/// `; v3-0: last readiness probe GET /ready → …; last exit: …; last output lines: «a» «b»; log: …`
 /// for each instance, or `""` when there are no facts.
 pub fn explain(facts: &[InstanceFacts]) -> String {
     let mut out = String::new();
@@ -780,10 +780,15 @@ impl Engine {
     }
 
     fn crash_loop(&mut self, now: Timestamp, digest: &str, detail: String, out: &mut Outcome) {
-        if self.active().is_some_and(|r| r.to.digest == digest) {
+        if let Some(r) = self.active().filter(|r| r.to.digest == digest) {
+            let what = if r.from.is_some() {
+                "canary"
+            } else {
+                "first release"
+            };
             self.abort(
                 now,
-                format!("canary is crash-looping: {detail}"),
+                format!("{what} is crash-looping: {detail}"),
                 true,
                 serde_json::json!({ "detail": detail }),
                 out,
