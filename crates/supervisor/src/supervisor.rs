@@ -481,6 +481,9 @@ fn summarize(v: &VersionFleet) -> String {
             if let Some(e) = &i.last_exit {
                 s.push_str(&format!(", last exit: {e}"));
             }
+            if let Some(p) = &i.last_probe {
+                s.push_str(&format!(", last readiness probe: {p}"));
+            }
             s.push(')');
             s
         })
