@@ -86,15 +86,7 @@ pub struct DeployRequest {
 impl DeployRequest {
     /// Checks every field; the error names the first bad one and what is allowed.
     pub fn validate(&self) -> Result<(), ApiError> {
-        let v = &self.version;
-        let charset_ok = v
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-        if v.is_empty() || v.len() > 64 || !charset_ok {
-            return Err(ApiError::invalid(format!(
-                "version: {v:?} is not a valid version: use 1 to 64 characters of A-Z a-z 0-9 . _ -"
-            )));
-        }
+        check_version(&self.version)?;
         for (key, value) in &self.env {
             let mut bytes = key.bytes();
             let first_ok = bytes
@@ -120,6 +112,52 @@ impl DeployRequest {
         }
         Ok(())
     }
+}
+
+/// A version name as the API accepts it (it also names files: no `/`, no leading `.`).
+pub fn check_version(v: &str) -> Result<(), ApiError> {
+    let charset_ok = v
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if v.is_empty() || v.len() > 64 || !charset_ok || v.starts_with('.') {
+        return Err(ApiError::invalid(format!(
+            "version: {v:?} is not a valid version: use 1 to 64 characters of A-Z a-z 0-9 . _ -, not starting with ."
+        )));
+    }
+    Ok(())
+}
+
+/// `GET /v1/logs/{version}?instance=&offset=`: a slice of an instance's log file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogsQuery {
+    /// The instance index (`0` for `v2-0`); default 0.
+    #[serde(default)]
+    pub instance: u32,
+    /// Return the bytes from here on (the `offset` of the previous answer, to follow the log);
+    /// without it, the end of the file (at most [`LOGS_CHUNK`] bytes).
+    pub offset: Option<u64>,
+}
+
+/// At most this many bytes of log per answer; a follower asks again from the new offset.
+pub const LOGS_CHUNK: u64 = 256 * 1024;
+
+/// The answer to `GET /v1/logs/{version}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogsChunk {
+    /// `v2-0`.
+    pub instance: String,
+    /// The log file on cutover's host.
+    pub path: String,
+    /// Where `text` starts in the file.
+    pub from: u64,
+    /// Where it ends: the `offset` to ask for next.
+    pub offset: u64,
+    /// The bytes `from..offset`, as UTF-8 (invalid sequences replaced).
+    pub text: String,
+    /// Whether the instance still runs (so more may come); a follower stops once it does
+    /// not and it has read everything.
+    pub running: bool,
 }
 
 /// The manual verbs of DESIGN.md's rollout semantics.

@@ -22,7 +22,10 @@ mod server;
 mod token;
 
 pub use alerts::{Alert, AlertStatus, AlertmanagerPayload};
-pub use api::{ApiError, DeployRequest, HistoryQuery, Verb, VerbRequest};
+pub use api::{
+    check_version, ApiError, DeployRequest, HistoryQuery, LogsChunk, LogsQuery, Verb, VerbRequest,
+    LOGS_CHUNK,
+};
 pub use client::{AdminClient, ClientError};
 pub use server::{router, serve, BoxFuture, Handler, BODY_LIMIT};
 pub use token::{ensure_token, AdminError, TOKEN_FILE};

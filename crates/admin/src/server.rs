@@ -2,10 +2,12 @@
 //! axum's own extractor rejections) to the one JSON error format.
 
 use crate::alerts::AlertmanagerPayload;
-use crate::api::{ApiError, DeployRequest, HistoryQuery, Verb, VerbRequest};
+use crate::api::{
+    check_version, ApiError, DeployRequest, HistoryQuery, LogsQuery, Verb, VerbRequest,
+};
 use crate::token::TOKEN_FILE;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, Path as UrlPath, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -37,6 +39,12 @@ pub trait Handler: Send + Sync + 'static {
     fn history(&self, query: HistoryQuery) -> BoxFuture<'_, Result<Value, ApiError>>;
     /// `GET /metrics`: Prometheus text exposition.
     fn metrics(&self) -> BoxFuture<'_, Result<String, ApiError>>;
+    /// `GET /v1/logs/{version}`: a slice of one instance's log file (a [`crate::LogsChunk`]).
+    /// The default refuses with 404, for hosts without instance logs.
+    fn logs(&self, version: String, query: LogsQuery) -> BoxFuture<'_, Result<Value, ApiError>> {
+        let _ = (version, query);
+        Box::pin(async { Err(ApiError::not_found("instance logs are not available here")) })
+    }
     /// `POST /v1/alerts`: an Alertmanager webhook notification (payload version 4). The default
     /// refuses with 404, so a host that does not act on alerts needs no code and Alertmanager's
     /// logs say plainly that the receiver is not enabled.
@@ -84,6 +92,7 @@ pub fn router(token: String, handler: Arc<dyn Handler>, token_path: Option<&Path
         .route("/v1/deploy", post(deploy))
         .route("/v1/history", get(history))
         .route("/v1/alerts", post(alerts))
+        .route("/v1/logs/{version}", get(logs))
         .route("/metrics", get(metrics));
     for verb in Verb::ALL {
         authed = authed.route(
@@ -225,6 +234,23 @@ async fn history(
         Ok(Query(q)) => reply(s.handler.history(q).await),
         Err(r) => ApiError::bad_request(r.body_text()).into_response(),
     }
+}
+
+async fn logs(
+    State(s): State<AppState>,
+    UrlPath(version): UrlPath<String>,
+    query: Result<Query<LogsQuery>, QueryRejection>,
+) -> Response {
+    let q = match query {
+        Ok(Query(q)) => q,
+        Err(r) => return ApiError::bad_request(r.body_text()).into_response(),
+    };
+    // The version names a file: refuse anything that is not a version name before the host
+    // sees it (no `..`, no `/`).
+    if let Err(e) = check_version(&version) {
+        return e.into_response();
+    }
+    reply(s.handler.logs(version, q).await)
 }
 
 async fn metrics(State(s): State<AppState>) -> Response {

@@ -1,6 +1,6 @@
 use cutover_admin::{
     ensure_token, serve, AdminClient, AdminError, AlertStatus, AlertmanagerPayload, ApiError,
-    BoxFuture, ClientError, DeployRequest, Handler, HistoryQuery, Verb,
+    BoxFuture, ClientError, DeployRequest, Handler, HistoryQuery, LogsQuery, Verb,
 };
 use serde_json::{json, Value};
 use std::net::SocketAddr;
@@ -51,6 +51,12 @@ impl Handler for Fake {
     }
     fn metrics(&self) -> BoxFuture<'_, Result<String, ApiError>> {
         Box::pin(async { Ok("cutover_up 1\n".to_owned()) })
+    }
+    fn logs(&self, version: String, q: LogsQuery) -> BoxFuture<'_, Result<Value, ApiError>> {
+        Box::pin(async move {
+            self.record(format!("logs {version} {} {:?}", q.instance, q.offset));
+            Ok(json!({"version": version}))
+        })
     }
     fn alerts(&self, payload: AlertmanagerPayload) -> BoxFuture<'_, Result<Value, ApiError>> {
         Box::pin(async move {
@@ -584,4 +590,39 @@ async fn alert_webhooks_are_refused_when_the_host_does_not_handle_them() {
         .await;
     assert_eq!(status, 404, "{body}");
     assert_eq!(message(&body), "alert webhooks are not enabled");
+}
+
+/// `GET /v1/logs/{version}`: the version names a file on cutover's host, so anything that is
+/// not a version name is refused before the handler sees it; bad query fields are 400.
+#[tokio::test]
+async fn logs_requests_are_checked_before_the_handler() {
+    let srv = TestServer::start().await;
+    let client = srv.client();
+    let v = client
+        .get("/v1/logs/v2?instance=1&offset=10")
+        .await
+        .unwrap();
+    assert_eq!(v["version"], "v2");
+    assert_eq!(srv.fake.calls(), ["logs v2 1 Some(10)"]);
+    for bad in ["..", ".hidden", "a%2F..%2F..%2Fetc"] {
+        match client.get(&format!("/v1/logs/{bad}")).await {
+            Err(ClientError::Api {
+                status: 422,
+                message,
+                ..
+            }) => assert!(message.starts_with("version"), "{bad}: {message}"),
+            other => panic!("{bad}: expected 422, got {other:?}"),
+        }
+    }
+    let (status, body) = srv.authed("GET", "/v1/logs/v2?instance=-1", None, "").await;
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = srv.authed("GET", "/v1/logs/v2?follow=1", None, "").await;
+    assert_eq!(status, 400, "{body}");
+    let (status, _) = srv.raw("GET", "/v1/logs/v2", &[], "").await;
+    assert_eq!(status, 401);
+    assert_eq!(
+        srv.fake.calls().len(),
+        1,
+        "refused requests never reach the handler"
+    );
 }

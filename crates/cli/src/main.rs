@@ -109,6 +109,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print an instance's log (its stdout and stderr), e.g. why a version would not start.
+    Logs {
+        version: String,
+        /// Which instance of the version (0 for `v2-0`).
+        #[arg(long, default_value_t = 0)]
+        instance: u32,
+        /// Keep printing new lines until the instance is stopped (or Ctrl-C).
+        #[arg(short, long)]
+        follow: bool,
+    },
     /// Check a config without running it.
     Validate,
     /// Write a rollout's recording (its measurements and events) as JSON, for `simulate`.
@@ -262,6 +272,15 @@ fn run(cli: Cli) -> Result<(), CommandError> {
                     json,
                 )
                 .await
+            }
+            Command::Logs {
+                version,
+                instance,
+                follow,
+            } => {
+                let client = commands::client(&cli.config)?;
+                let mut out = std::io::stdout();
+                commands::logs(&client, &version, instance, follow, &mut out).await
             }
             Command::Simulate {
                 prometheus: Some(url),

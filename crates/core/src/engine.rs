@@ -201,6 +201,67 @@ pub struct Failure {
     pub reason: String,
 }
 
+/// What the shell saw of one instance of a release that could not start or crash-looped: the
+/// facts behind the failure message. The shell gathers them; [`explain`] formats them, so the
+/// text in `deploy --wait`, `status` and `history` is decided here, in one place.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceFacts {
+    /// The instance id, e.g. `v3-0`.
+    pub instance: String,
+    /// The last readiness probe's result, e.g. `GET /ready → connect 127.0.0.1:41234:
+    /// Connection refused`; `None` when no probe has completed yet.
+    #[serde(default)]
+    pub last_probe: Option<String>,
+    /// How its last process ended, e.g. `exited with code 3`.
+    #[serde(default)]
+    pub last_exit: Option<String>,
+    /// The last lines its current (or last) process wrote; stdout and stderr share the log.
+    #[serde(default)]
+    pub output_tail: Vec<String>,
+    /// The instance's log file.
+    #[serde(default)]
+    pub log: Option<String>,
+}
+
+/// `; v3-0: last readiness probe GET /ready → …; last exit: …; last output lines: «a» «b»; log: …`
+/// for each instance, or `""` when there are no facts.
+pub fn explain(facts: &[InstanceFacts]) -> String {
+    let mut out = String::new();
+    for f in facts {
+        let mut parts = Vec::new();
+        if let Some(p) = &f.last_probe {
+            parts.push(format!("last readiness probe {p}"));
+        }
+        if let Some(e) = &f.last_exit {
+            parts.push(format!("last exit: {e}"));
+        }
+        if !f.output_tail.is_empty() {
+            let lines: Vec<String> = f.output_tail.iter().map(|l| format!("«{l}»")).collect();
+            parts.push(format!("last output lines: {}", lines.join(" ")));
+        }
+        if let Some(l) = &f.log {
+            parts.push(format!("log: {l}"));
+        }
+        if !parts.is_empty() {
+            out.push_str(&format!("; {}: {}", f.instance, parts.join("; ")));
+        }
+    }
+    out
+}
+
+/// `numbers` of a promotion decision with the cleared failure added.
+fn with_cleared(numbers: serde_json::Value, f: &Failure) -> serde_json::Value {
+    let cleared = serde_json::json!({ "failed_at": f.at, "reason": f.reason });
+    match numbers {
+        serde_json::Value::Object(mut m) => {
+            m.insert("cleared_failure".into(), cleared);
+            serde_json::Value::Object(m)
+        }
+        serde_json::Value::Null => serde_json::json!({ "cleared_failure": cleared }),
+        other => serde_json::json!({ "detail": other, "cleared_failure": cleared }),
+    }
+}
+
 /// The previous release, kept running without traffic after a promotion.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Held {
@@ -231,9 +292,20 @@ pub enum Event {
     /// Every instance of the release with this digest passed its readiness probe.
     Ready { digest: String },
     /// The release could not be started (spawn error, not ready within its start timeout).
-    StartFailed { digest: String, reason: String },
+    /// `facts`: what the shell saw of the instances (probe results, output, log files).
+    StartFailed {
+        digest: String,
+        reason: String,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        facts: Vec<InstanceFacts>,
+    },
     /// An instance of the release is crash-looping.
-    CrashLoop { digest: String, detail: String },
+    CrashLoop {
+        digest: String,
+        detail: String,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        facts: Vec<InstanceFacts>,
+    },
     /// One evaluation interval elapsed; stats cover the last `window` for stable and canary,
     /// `wider` the longer look-backs [`Engine::lookback_windows`] asked for (ascending; the
     /// shell may stop measuring once one holds `min_samples` of both versions), and
@@ -520,21 +592,37 @@ impl Engine {
         match event {
             Event::Deploy { release, force } => self.deploy(now, release, force, &mut out)?,
             Event::Ready { digest } => self.ready(now, &digest, &mut out),
-            Event::StartFailed { digest, reason } => {
-                if self
+            Event::StartFailed {
+                digest,
+                reason,
+                facts,
+            } => {
+                if let Some(r) = self
                     .active()
-                    .is_some_and(|r| r.to.digest == digest && r.phase == Phase::Starting)
+                    .filter(|r| r.to.digest == digest && r.phase == Phase::Starting)
                 {
-                    self.abort(
-                        now,
-                        format!("canary could not start: {reason}"),
-                        true,
-                        serde_json::Value::Null,
-                        &mut out,
+                    let what = if r.from.is_some() {
+                        "canary"
+                    } else {
+                        "first release"
+                    };
+                    let why = format!(
+                        "{what} {} could not start: {reason}{}",
+                        r.to.version,
+                        explain(&facts)
                     );
+                    let numbers = serde_json::json!({ "facts": facts });
+                    self.abort(now, why, true, numbers, &mut out);
                 }
             }
-            Event::CrashLoop { digest, detail } => self.crash_loop(now, &digest, detail, &mut out),
+            Event::CrashLoop {
+                digest,
+                detail,
+                facts,
+            } => {
+                let detail = format!("{detail}{}", explain(&facts));
+                self.crash_loop(now, &digest, detail, &mut out)
+            }
             Event::Tick {
                 stats,
                 wider,
@@ -604,9 +692,9 @@ impl Engine {
         if let Some(f) = self.state.failed.get(&release.digest) {
             if !force {
                 return Err(EngineError::FailedRelease(format!(
-                    "release {} failed at {} ms since epoch: {}; fix the release (a new build or different settings gives a new digest) or pass --force to deploy it anyway",
+                    "release {} failed at {}: {}; fix the release (a changed program, script, app.digest_paths file or setting gives a new digest) or pass --force to deploy it anyway",
                     release.label(),
-                    f.at.millis(),
+                    f.at.rfc3339(),
                     f.reason
                 )));
             }
@@ -693,15 +781,19 @@ impl Engine {
                     weight: Weight::ZERO,
                     salt,
                 });
+                let (cleared, numbers) = match self.clear_failure(&to) {
+                    Some((text, f)) => (text, with_cleared(serde_json::Value::Null, &f)),
+                    None => (String::new(), serde_json::Value::Null),
+                };
                 self.decide(
                     out,
                     now,
                     DecisionKind::Promoted,
                     format!(
-                        "{} is ready and serves 100 % as the first release",
+                        "{} is ready and serves 100 % as the first release{cleared}",
                         to.label()
                     ),
-                    serde_json::Value::Null,
+                    numbers,
                 );
             }
             Some(from) => {
@@ -750,10 +842,15 @@ impl Engine {
     }
 
     fn crash_loop(&mut self, now: Timestamp, digest: &str, detail: String, out: &mut Outcome) {
-        if self.active().is_some_and(|r| r.to.digest == digest) {
+        if let Some(r) = self.active().filter(|r| r.to.digest == digest) {
+            let what = if r.from.is_some() {
+                "canary"
+            } else {
+                "first release"
+            };
             self.abort(
                 now,
-                format!("canary is crash-looping: {detail}"),
+                format!("{what} is crash-looping: {detail}"),
                 true,
                 serde_json::json!({ "detail": detail }),
                 out,
@@ -1041,6 +1138,19 @@ impl Engine {
         }
     }
 
+    /// A release that serves 100 % has proven itself: an earlier failure mark on its digest
+    /// (it was deployed with `--force`) no longer holds. Returns the sentence for the
+    /// promotion decision, so the clearing is on record.
+    fn clear_failure(&mut self, to: &Release) -> Option<(String, Failure)> {
+        let f = self.state.failed.remove(&to.digest)?;
+        let text = format!(
+            "; it was deployed over a failure recorded at {} ({}), which is now cleared",
+            f.at.rfc3339(),
+            f.reason
+        );
+        Some((text, f))
+    }
+
     /// Stops the release held after the last promotion; that rollout is then done.
     fn release_previous(
         &mut self,
@@ -1160,6 +1270,12 @@ impl Engine {
             r.ended = Some(now);
         }
         self.state.stable = Some(to.clone());
+        let cleared = self.clear_failure(&to);
+        let mut numbers = numbers;
+        if let Some((_, f)) = &cleared {
+            numbers = with_cleared(numbers, f);
+        }
+        let cleared = cleared.map(|(text, _)| text).unwrap_or_default();
         let keep = match &from {
             Some(f) if !hold.is_zero() => format!(
                 "; {} keeps running without traffic for {hold} so a rollback is instant",
@@ -1171,7 +1287,7 @@ impl Engine {
             out,
             now,
             DecisionKind::Promoted,
-            format!("{} promoted to 100 % ({why}){keep}", to.label()),
+            format!("{} promoted to 100 % ({why}){keep}{cleared}", to.label()),
             numbers,
         );
     }
@@ -1190,6 +1306,17 @@ impl Engine {
         };
         let to = r.to.clone();
         let had_traffic = r.phase != Phase::Starting;
+        // Say where the traffic is only when that is true: a first release has no stable.
+        let traffic = match (&r.from, had_traffic) {
+            (Some(_), true) => "all traffic is back on stable".to_string(),
+            (Some(from), false) => format!(
+                "it never took traffic; stable {} keeps serving all of it",
+                from.label()
+            ),
+            (None, _) => {
+                "there is no stable release yet, so nothing serves traffic until a release becomes ready".to_string()
+            }
+        };
         r.phase = Phase::Aborted {
             reason: reason.clone(),
             automatic,
@@ -1235,10 +1362,7 @@ impl Engine {
             out,
             now,
             DecisionKind::Aborted,
-            format!(
-                "{} aborted {who}: {reason}; all traffic is back on stable",
-                to.label()
-            ),
+            format!("{} aborted {who}: {reason}; {traffic}", to.label()),
             numbers,
         );
     }

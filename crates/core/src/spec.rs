@@ -236,6 +236,13 @@ pub struct AppSpec {
     /// Working directory for instances; relative to the config file.
     #[serde(default)]
     pub workdir: Option<String>,
+    /// More files that make up a release, for its digest: files, directories (every regular
+    /// file below, recursively) or globs (`src/**/*.py`), relative to the config file;
+    /// `{version}` is substituted. The digest always covers the program and every argv
+    /// element that names an existing file; list here what the program loads by itself
+    /// (modules, templates, config). Default: none.
+    #[serde(default)]
+    pub digest_paths: Vec<String>,
     /// Instances per version, balanced by least outstanding requests.
     #[serde(default = "one")]
     pub instances: u32,
@@ -995,6 +1002,26 @@ impl Config {
                     format!("app.command[{i}]"),
                     format!("unknown placeholder {bad}"),
                     "use {port}, {version} or {instance}",
+                );
+            }
+        }
+        for (i, p) in a.digest_paths.iter().enumerate() {
+            if p.trim().is_empty() {
+                v.err(
+                    format!("app.digest_paths[{i}]"),
+                    "is empty",
+                    "give a file, directory or glob relative to the config file, or remove the entry",
+                );
+            } else if let Some(bad) = unknown_placeholder(p).or_else(|| {
+                ["{port}", "{instance}"]
+                    .into_iter()
+                    .find(|x| p.contains(x))
+                    .map(str::to_string)
+            }) {
+                v.err(
+                    format!("app.digest_paths[{i}]"),
+                    format!("placeholder {bad} cannot be used here (the digest is per release, not per instance)"),
+                    "use only {version}",
                 );
             }
         }

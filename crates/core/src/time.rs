@@ -30,6 +30,12 @@ impl Timestamp {
     pub fn since(self, earlier: Timestamp) -> Duration {
         Duration::from_millis(self.0.saturating_sub(earlier.0))
     }
+    /// `2026-12-04T15:54:22.123Z`: the form people read in messages (UTC, milliseconds).
+    /// Pure arithmetic on the value; no clock is read.
+    pub fn rfc3339(self) -> String {
+        let t = std::time::UNIX_EPOCH + Duration::from_millis(self.0);
+        humantime::format_rfc3339_millis(t).to_string()
+    }
 }
 
 /// A duration written the human way in config and JSON (`"90s"`, `"500ms"`, `"1m30s"`), in the

@@ -325,6 +325,44 @@ fn proxy_workers_are_one_to_1024_or_one_per_cpu() {
 }
 
 #[test]
+fn digest_paths_default_to_none_and_reject_per_instance_placeholders() {
+    assert!(Config::from_toml_str(MINIMAL)
+        .unwrap()
+        .app
+        .digest_paths
+        .is_empty());
+    let ok = MINIMAL.replace(
+        "[app]\n",
+        "[app]\ndigest_paths = [\"lib\", \"templates/*.html\", \"conf-{version}.toml\"]\n",
+    );
+    assert_eq!(
+        Config::from_toml_str(&ok).unwrap().app.digest_paths.len(),
+        3
+    );
+    let bad = MINIMAL.replace(
+        "[app]\n",
+        "[app]\ndigest_paths = [\"lib\", \" \", \"log-{instance}\", \"{nope}\"]\n",
+    );
+    let e = errors(&bad);
+    assert_eq!(e.len(), 3, "{e:?}");
+    assert!(
+        e[0].starts_with("app.digest_paths[1]") && e[0].contains("empty"),
+        "{}",
+        e[0]
+    );
+    assert!(
+        e[1].starts_with("app.digest_paths[2]") && e[1].contains("{instance}"),
+        "{}",
+        e[1]
+    );
+    assert!(
+        e[2].starts_with("app.digest_paths[3]") && e[2].contains("{nope}"),
+        "{}",
+        e[2]
+    );
+}
+
+#[test]
 fn max_lookback_shorter_than_the_window_is_refused() {
     let e = errors(&format!(
         "{MINIMAL}\n[rollout]\nwindow = \"30s\"\nmax_lookback = \"10s\"\nmax_inconclusive = \"0s\"\n"

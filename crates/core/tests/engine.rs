@@ -2,7 +2,8 @@
 //! gate, abort rule, inconclusive window and manual verb.
 
 use cutover_core::engine::{
-    Action, DecisionKind, Engine, EngineError, Event, Outcome, Phase, Release, Step, StepHold, Verb,
+    Action, DecisionKind, Engine, EngineError, Event, InstanceFacts, Outcome, Phase, Release, Step,
+    StepHold, Verb,
 };
 use cutover_core::spec::{AbortSpec, GateSpec, PauseSpec, RolloutSpec, ScheduleKind, StepSpec};
 use cutover_core::{Dur, Timestamp, TrackStats, Weight, WindowStats};
@@ -436,12 +437,14 @@ fn crash_loop_aborts_a_canary_but_only_records_a_stable_one() {
     let out = s.ok(Event::CrashLoop {
         digest: "sha-v1".into(),
         detail: "3 restarts in 60s".into(),
+        facts: vec![],
     });
     assert!(out.actions.is_empty());
     assert_eq!(out.decisions[0].kind, DecisionKind::CrashLoop);
     let out = s.ok(Event::CrashLoop {
         digest: "sha-v2".into(),
         detail: "3 restarts in 60s".into(),
+        facts: vec![],
     });
     // Still starting: it never had traffic, so no route change is needed, only the stop.
     assert!(matches!(&out.actions[..], [Action::Stop { release, .. }] if *release == v2()));
@@ -464,6 +467,7 @@ fn start_failure_aborts() {
     s.ok(Event::StartFailed {
         digest: "sha-v2".into(),
         reason: "not ready within 60s".into(),
+        facts: vec![],
     });
     let Phase::Aborted { reason, .. } = s.phase() else {
         panic!()
@@ -478,6 +482,7 @@ fn failed_digest_is_refused_without_force() {
     s.ok(Event::CrashLoop {
         digest: "sha-v2".into(),
         detail: "x".into(),
+        facts: vec![],
     });
     let e = s.err(Event::Deploy {
         release: v2(),
@@ -1081,4 +1086,174 @@ fn a_blind_abort_rule_holds_the_rollout() {
         external: up,
     });
     assert_eq!(route_weights(&out), vec![Weight::from_bp(400).unwrap()]);
+}
+
+#[test]
+fn refusal_of_a_failed_release_shows_a_readable_time() {
+    let mut s = Sim::with_stable(spec());
+    s.deploy_v2();
+    s.ok(Event::CrashLoop {
+        digest: "sha-v2".into(),
+        detail: "3 restarts in 60s".into(),
+        facts: vec![],
+    });
+    let e = s.err(Event::Deploy {
+        release: v2(),
+        force: false,
+    });
+    let text = e.to_string();
+    let at = s.engine.state().failed["sha-v2"].at.rfc3339();
+    assert!(text.contains(&format!("failed at {at}:")), "{text}");
+    assert!(at.ends_with('Z') && at.contains('T'), "{at}");
+    assert!(!text.contains("since epoch"), "{text}");
+    assert!(text.contains("app.digest_paths"), "{text}");
+}
+
+#[test]
+fn a_forced_release_that_is_promoted_is_no_longer_failed() {
+    let mut s = Sim::with_stable(spec());
+    s.deploy_v2();
+    s.ok(Event::CrashLoop {
+        digest: "sha-v2".into(),
+        detail: "flaky".into(),
+        facts: vec![],
+    });
+    let failed_at = s.engine.state().failed["sha-v2"].at;
+    s.ok(Event::Deploy {
+        release: v2(),
+        force: true,
+    });
+    // Still failed while the forced rollout runs: an abort now must not lose the mark.
+    assert!(s.engine.state().failed.contains_key("sha-v2"));
+    s.ok(Event::Ready {
+        digest: "sha-v2".into(),
+    });
+    let out = s.ok(Event::Command(Verb::Promote));
+    assert!(!s.engine.state().failed.contains_key("sha-v2"));
+    let d = out
+        .decisions
+        .iter()
+        .find(|d| d.kind == DecisionKind::Promoted)
+        .expect("a promotion decision");
+    assert!(d.reason.contains("now cleared"), "{}", d.reason);
+    assert!(d.reason.contains(&failed_at.rfc3339()), "{}", d.reason);
+    assert_eq!(
+        d.numbers["cleared_failure"]["reason"],
+        "canary is crash-looping: flaky"
+    );
+    // Deploying it again is now an ordinary conflict (it is stable), not a failed-release refusal.
+    let e = s.err(Event::Deploy {
+        release: v2(),
+        force: false,
+    });
+    assert!(matches!(e, EngineError::Conflict(_)), "{e}");
+}
+
+#[test]
+fn a_forced_first_release_that_becomes_ready_is_no_longer_failed() {
+    let mut s = Sim::new(spec());
+    s.ok(Event::Deploy {
+        release: v1(),
+        force: false,
+    });
+    s.ok(Event::StartFailed {
+        digest: "sha-v1".into(),
+        reason: "not ready".into(),
+        facts: vec![],
+    });
+    assert!(s.engine.state().failed.contains_key("sha-v1"));
+    s.ok(Event::Deploy {
+        release: v1(),
+        force: true,
+    });
+    let out = s.ok(Event::Ready {
+        digest: "sha-v1".into(),
+    });
+    assert!(s.engine.state().failed.is_empty());
+    assert!(
+        out.decisions[0].reason.contains("now cleared"),
+        "{:?}",
+        out.decisions
+    );
+}
+
+#[test]
+fn start_failures_carry_the_facts_and_only_claim_a_stable_when_there_is_one() {
+    let facts = vec![InstanceFacts {
+        instance: "v1-0".into(),
+        last_probe: Some("GET /ready → connect 127.0.0.1:41234: Connection refused".into()),
+        last_exit: None,
+        output_tail: vec!["loading model".into(), "panic: no such file".into()],
+        log: Some("/var/lib/cutover/logs/v1-0.log".into()),
+    }];
+    // The first release: no stable to fall back to.
+    let mut s = Sim::new(spec());
+    s.ok(Event::Deploy {
+        release: v1(),
+        force: false,
+    });
+    let out = s.ok(Event::StartFailed {
+        digest: "sha-v1".into(),
+        reason: "not ready within app.start_timeout (30s)".into(),
+        facts: facts.clone(),
+    });
+    let d = &out.decisions[0];
+    assert_eq!(d.kind, DecisionKind::Aborted);
+    for part in [
+        "first release v1 could not start: not ready within app.start_timeout (30s)",
+        "v1-0: last readiness probe GET /ready → connect 127.0.0.1:41234: Connection refused",
+        "last output lines: «loading model» «panic: no such file»",
+        "log: /var/lib/cutover/logs/v1-0.log",
+        "there is no stable release yet",
+    ] {
+        assert!(
+            d.reason.contains(part),
+            "{part:?} missing from {}",
+            d.reason
+        );
+    }
+    assert!(!d.reason.contains("back on stable"), "{}", d.reason);
+    assert_eq!(d.numbers["facts"][0]["instance"], "v1-0");
+    let Phase::Aborted { reason, .. } = s.phase() else {
+        panic!("{:?}", s.phase())
+    };
+    assert!(
+        reason.contains("log: /var/lib/cutover/logs/v1-0.log"),
+        "{reason}"
+    );
+
+    // A canary that never took traffic: stable kept it all.
+    let mut s = Sim::with_stable(spec());
+    s.ok(Event::Deploy {
+        release: v2(),
+        force: false,
+    });
+    let out = s.ok(Event::CrashLoop {
+        digest: "sha-v2".into(),
+        detail: "instance v2-0 restarted 3 times within 10s".into(),
+        facts: vec![InstanceFacts {
+            instance: "v2-0".into(),
+            last_exit: Some("exited with status 3".into()),
+            ..InstanceFacts::default()
+        }],
+    });
+    let reason = &out.decisions[0].reason;
+    assert!(
+        reason.contains("v2-0: last exit: exited with status 3"),
+        "{reason}"
+    );
+    assert!(reason.contains("stable v1"), "{reason}");
+    assert!(!reason.contains("back on stable"), "{reason}");
+
+    // A canary with traffic: now it is true that traffic went back.
+    let mut s = Sim::with_stable(spec());
+    s.deploy_v2();
+    let out = s.ok(Event::CrashLoop {
+        digest: "sha-v2".into(),
+        detail: "x".into(),
+        facts: vec![],
+    });
+    assert!(out.decisions[0]
+        .reason
+        .contains("all traffic is back on stable"));
 }

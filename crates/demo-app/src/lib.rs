@@ -10,7 +10,9 @@
 //! - `GET /ready`: 200 `ready`, or 503 during `--ready-delay` and once shutting down.
 //! - `GET /live`: 200.
 //! - `GET /metrics`: Prometheus text exposition (`demo_requests_total{version,code}`,
-//!   `demo_in_flight`).
+//!   `demo_in_flight`); with `--bad-metrics`, a body that does not parse.
+//!
+//! `--stderr-line TEXT` writes TEXT to stderr at startup.
 //! - `GET /ws`: WebSocket echo; the first message is `{"version":"..."}`; on shutdown the
 //!   socket is closed with code 1012 (service restart).
 //! - `POST /echo`: echoes the request body.
@@ -97,6 +99,12 @@ pub struct Config {
     /// Uniform extra execution time in `0..=jitter` on top of `--order-delay`.
     #[arg(long, env = "DEMO_ORDER_DELAY_JITTER", default_value = "0", value_parser = parse_duration)]
     pub order_delay_jitter: Duration,
+    /// A line written to stderr at startup (to test what a supervisor shows of an app's output).
+    #[arg(long, env = "DEMO_STDERR_LINE")]
+    pub stderr_line: Option<String>,
+    /// Serve a `/metrics` body that is not a valid Prometheus exposition.
+    #[arg(long, env = "DEMO_BAD_METRICS", default_value_t = false)]
+    pub bad_metrics: bool,
 }
 
 /// Parses a duration in cutover's one grammar (`250ms`, `1s`, `1m30s`; a bare `0` is zero), so
@@ -380,6 +388,13 @@ async fn live() -> &'static str {
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    if state.cfg.bad_metrics {
+        return (
+            [(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"))],
+            "this is { not an exposition\n",
+        )
+            .into_response();
+    }
     (
         [(
             header::CONTENT_TYPE,
@@ -485,6 +500,9 @@ pub async fn run(cfg: Config) -> std::io::Result<()> {
             eprintln!("demo-app {version}: --fail-after {after:?} elapsed, exiting with code 1");
             std::process::exit(1);
         });
+    }
+    if let Some(line) = &cfg.stderr_line {
+        eprintln!("{line}");
     }
     let (state, mut ws_done) = AppState::new(cfg)?;
     {

@@ -271,6 +271,47 @@ pub async fn verb(
     Ok(())
 }
 
+/// How often `cutover logs --follow` asks for new lines.
+const FOLLOW_EVERY: Duration = Duration::from_millis(250);
+
+/// `cutover logs VERSION [--instance N] [--follow]`: prints the end of an instance's log (its
+/// processes' stdout and stderr); with `follow`, keeps printing what is appended until the
+/// instance is stopped (or Ctrl-C). An unknown version or instance is a 404 (exit 1) that
+/// says which exist.
+pub async fn logs(
+    client: &AdminClient,
+    version: &str,
+    instance: u32,
+    follow: bool,
+    out: &mut (dyn Write + Send),
+) -> Result<(), CommandError> {
+    cutover_admin::check_version(version).map_err(|e| CommandError::Usage(e.message))?;
+    let base = format!("/v1/logs/{version}?instance={instance}");
+    let mut offset: Option<u64> = None;
+    loop {
+        let q = match offset {
+            Some(o) => format!("{base}&offset={o}"),
+            None => base.clone(),
+        };
+        let chunk: cutover_admin::LogsChunk = serde_json::from_value(client.get(&q).await?)
+            .map_err(|e| anyhow::anyhow!("unexpected answer from cutover: {e}"))?;
+        let write = |out: &mut (dyn Write + Send)| -> std::io::Result<()> {
+            out.write_all(chunk.text.as_bytes())?;
+            out.flush()
+        };
+        write(out).map_err(|e| CommandError::Other(e.into()))?;
+        // Nothing new: caught up with the file.
+        let caught_up = chunk.text.is_empty();
+        offset = Some(chunk.offset);
+        if !follow || (!chunk.running && caught_up) {
+            return Ok(());
+        }
+        if caught_up {
+            tokio::time::sleep(FOLLOW_EVERY).await;
+        }
+    }
+}
+
 /// `cutover history`.
 pub async fn history(
     client: &AdminClient,

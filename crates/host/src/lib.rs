@@ -14,6 +14,7 @@
 pub mod commands;
 pub mod config;
 pub mod demo;
+pub mod logs;
 pub mod metrics;
 pub mod remote;
 pub mod render;

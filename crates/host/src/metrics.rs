@@ -35,6 +35,7 @@ pub fn render(
     recorder: &Recorder,
     intent: Option<&Intent>,
     decisions: &BTreeMap<&'static str, u64>,
+    rejected: &BTreeMap<(String, String), u64>,
 ) -> String {
     let raw_service = engine.state().service.clone();
     let service = escape(&raw_service);
@@ -103,6 +104,19 @@ pub fn render(
         let _ = writeln!(
             o,
             "cutover_decisions_total{{service=\"{service}\",kind=\"{kind}\"}} {n}"
+        );
+    }
+    let _ = writeln!(
+        o,
+        "# HELP cutover_scrape_rejected_total Instance /metrics expositions that did not parse (their samples are dropped), by version and instance."
+    );
+    let _ = writeln!(o, "# TYPE cutover_scrape_rejected_total counter");
+    for ((version, instance), n) in rejected {
+        let _ = writeln!(
+            o,
+            "cutover_scrape_rejected_total{{service=\"{service}\",version=\"{}\",instance=\"{}\"}} {n}",
+            escape(version),
+            escape(instance)
         );
     }
     let _ = writeln!(

@@ -246,6 +246,9 @@ pub fn status(s: &StatusView) -> String {
                 "  {:<14} {:<10} {:<21} pid {:<8} in-flight {:<4} restarts {}",
                 i.id, i.state, i.addr, pid, i.in_flight, i.restarts
             );
+            if let Some(p) = &i.metrics_problem {
+                let _ = writeln!(o, "    /metrics rejected (samples dropped): {p}");
+            }
         }
     }
     let st = &s.settings;

@@ -14,11 +14,13 @@ use crate::rules::{self, Rule};
 use crate::scrape::{self, Scraped, Target};
 use crate::status::{InstanceView, Settings, StatusView};
 use cutover_admin::{
-    AlertmanagerPayload, ApiError, BoxFuture, DeployRequest, Handler, HistoryQuery, Verb as ApiVerb,
+    AlertmanagerPayload, ApiError, BoxFuture, DeployRequest, Handler, HistoryQuery, LogsQuery,
+    Verb as ApiVerb,
 };
 use cutover_core::engine::DecisionKind;
 use cutover_core::engine::{
-    Action, Decision, Engine, EngineError, Event, Phase, Release, Rollout, State, Verb,
+    Action, Decision, Engine, EngineError, Event, InstanceFacts, Phase, Release, Rollout, State,
+    Verb,
 };
 use cutover_core::judge::External;
 use cutover_core::lookback::{self, Wider};
@@ -27,7 +29,7 @@ use cutover_notify::{Notice, Notifier};
 use cutover_promql::{EvalOptions, Labels, MemStore};
 use cutover_proxy::{CertReloader, Proxy, ProxyConfig, TlsError};
 use cutover_store::{Commit, DecisionRecord, EventRecord, ReleaseRecord, RolloutRecord, Store};
-use cutover_supervisor::{Fleet, InFlight, Release as SupRelease, Supervisor};
+use cutover_supervisor::{Fleet, InFlight, InstanceState, Release as SupRelease, Supervisor};
 use cutover_telemetry::{History, Recorder};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -73,6 +75,9 @@ pub enum StartError {
         source: TlsError,
     },
 }
+
+/// Lines of an instance's log quoted in a start failure or crash loop.
+const FAILURE_TAIL_LINES: usize = 5;
 
 /// Instance logs of releases that stopped longer ago than this are deleted (DESIGN.md: anything
 /// older than 72 h is pruned). A running instance appends to its log, which keeps it fresh.
@@ -258,6 +263,8 @@ pub async fn start(loaded: Loaded) -> Result<Running, StartError> {
         let handler: Arc<dyn Handler> = Arc::new(AdminHandler {
             tx: req_tx,
             store: store.clone(),
+            supervisor: supervisor.clone(),
+            log_dir: state_dir.join("logs"),
         });
         let mut rx = shutdown_rx.clone();
         let token = token.clone();
@@ -336,6 +343,7 @@ pub async fn start(loaded: Loaded) -> Result<Running, StartError> {
         releases: HashMap::new(),
         start_deadlines: HashMap::new(),
         crash_reported: HashSet::new(),
+        exposition: scrape::ExpositionHealth::default(),
         proxy_addr,
     };
     tasks.push(tokio::spawn(driver.run(req_rx, shutdown_rx)));
@@ -370,6 +378,9 @@ enum Request {
 struct AdminHandler {
     tx: mpsc::Sender<Request>,
     store: Arc<Mutex<Store>>,
+    /// Read-only here: which instances still run (`logs` answers `running`).
+    supervisor: Supervisor,
+    log_dir: PathBuf,
 }
 
 impl AdminHandler {
@@ -418,6 +429,22 @@ impl Handler for AdminHandler {
     }
     fn metrics(&self) -> BoxFuture<'_, Result<String, ApiError>> {
         Box::pin(async move { self.ask(Request::Metrics).await })
+    }
+    fn logs(&self, version: String, q: LogsQuery) -> BoxFuture<'_, Result<Value, ApiError>> {
+        Box::pin(async move {
+            let running = self.supervisor.fleet().get(&version).is_some_and(|vf| {
+                vf.instances
+                    .get(q.instance as usize)
+                    .is_some_and(|i| i.state != InstanceState::Stopped)
+            });
+            let dir = self.log_dir.clone();
+            let chunk = tokio::task::spawn_blocking(move || {
+                crate::logs::read_chunk(&dir, &version, &q, running)
+            })
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))??;
+            Ok(serde_json::to_value(chunk).unwrap_or_default())
+        })
     }
     fn alerts(&self, payload: AlertmanagerPayload) -> BoxFuture<'_, Result<Value, ApiError>> {
         Box::pin(async move { self.ask(|tx| Request::Alerts(payload, tx)).await? })
@@ -558,6 +585,8 @@ struct Driver {
     start_deadlines: HashMap<String, tokio::time::Instant>,
     /// Crash loops already reported to the engine, by digest.
     crash_reported: HashSet<String>,
+    /// Which instances serve an exposition that does not parse (warned once each).
+    exposition: scrape::ExpositionHealth,
     proxy_addr: SocketAddr,
 }
 
@@ -745,11 +774,32 @@ impl Driver {
     }
 
     fn on_scraped(&mut self, s: Scraped) {
+        // Each round covers every current target: forget instances no longer scraped.
+        self.exposition.retain(|instance| {
+            s.results
+                .iter()
+                .any(|(l, _)| l.get("instance").is_some_and(|i| i == instance))
+        });
         for (labels, res) in s.results {
             match res {
                 Ok(text) => {
-                    if let Err(e) = self.series.append_exposition(&text, s.t_ms, &labels) {
-                        tracing::warn!(instance = labels.get("instance").map(String::as_str), error = %e, "bad metrics exposition");
+                    let parsed = self
+                        .series
+                        .append_exposition(&text, s.t_ms, &labels)
+                        .map(|_| ())
+                        .map_err(|e| e.to_string());
+                    let label = |k: &str| labels.get(k).cloned().unwrap_or_default();
+                    let (version, instance) = (label("version"), label("instance"));
+                    let error = parsed.as_ref().err().cloned().unwrap_or_default();
+                    match self.exposition.observe(&version, &instance, parsed) {
+                        scrape::Change::Broke => tracing::warn!(
+                            %version, %instance, %error,
+                            "bad metrics exposition; its samples are dropped (warned once: counted in cutover_scrape_rejected_total and shown in status until it parses again)"
+                        ),
+                        scrape::Change::Recovered => {
+                            info!(%version, %instance, "metrics exposition parses again")
+                        }
+                        scrape::Change::Same => {}
                     }
                 }
                 Err(e) => {
@@ -954,6 +1004,7 @@ impl Driver {
                     Event::StartFailed {
                         digest: release.digest.clone(),
                         reason,
+                        facts: Vec::new(),
                     },
                     None,
                 );
@@ -1000,10 +1051,20 @@ impl Driver {
                             .map(|e| format!(", last exit: {e}"))
                             .unwrap_or_default()
                     );
+                    // The detail already says how it last exited.
+                    let facts = self
+                        .facts(vf, |i| i.id == cl.instance)
+                        .into_iter()
+                        .map(|f| InstanceFacts {
+                            last_exit: None,
+                            ..f
+                        })
+                        .collect();
                     let _ = self.apply(
                         Event::CrashLoop {
                             digest: vf.digest.clone(),
                             detail,
+                            facts,
                         },
                         None,
                     );
@@ -1012,6 +1073,31 @@ impl Driver {
                 self.crash_reported.remove(&vf.digest);
             }
         }
+    }
+
+    /// What the engine needs to explain a failure of these instances: the last readiness
+    /// probe, how the last process ended, the last lines of its log, and the log's path.
+    fn facts(
+        &self,
+        vf: &cutover_supervisor::VersionFleet,
+        which: impl Fn(&cutover_supervisor::InstanceStatus) -> bool,
+    ) -> Vec<InstanceFacts> {
+        vf.instances
+            .iter()
+            .filter(|i| which(i))
+            .map(|i| {
+                let log = self.supervisor.log_path(&i.id);
+                let output_tail = cutover_supervisor::logs::tail(&log, FAILURE_TAIL_LINES)
+                    .unwrap_or_else(|e| vec![format!("(could not read the log: {e})")]);
+                InstanceFacts {
+                    instance: i.id.clone(),
+                    last_probe: i.last_probe.clone(),
+                    last_exit: i.last_exit.clone(),
+                    output_tail,
+                    log: Some(log.display().to_string()),
+                }
+            })
+            .collect()
     }
 
     fn on_tick(&mut self) {
@@ -1028,7 +1114,20 @@ impl Driver {
                 "not ready within app.start_timeout ({})",
                 self.loaded.config.app.start_timeout
             );
-            let _ = self.apply(Event::StartFailed { digest, reason }, None);
+            let fleet = self.fleet_rx.borrow().clone();
+            let facts = fleet
+                .values()
+                .find(|vf| vf.digest == digest)
+                .map(|vf| self.facts(vf, |i| i.state != InstanceState::Ready))
+                .unwrap_or_default();
+            let _ = self.apply(
+                Event::StartFailed {
+                    digest,
+                    reason,
+                    facts,
+                },
+                None,
+            );
         }
         let window = self.loaded.config.rollout.window.get();
         let min_samples = self.loaded.config.rollout.min_samples;
@@ -1152,6 +1251,7 @@ impl Driver {
                     &self.recorder,
                     self.router.intent(),
                     &self.decision_counts,
+                    self.exposition.rejected(),
                 ));
             }
             Request::Alerts(payload, tx) => {
@@ -1233,6 +1333,13 @@ impl Driver {
                     restarts: i.restarts,
                     starts: i.starts,
                     in_flight: self.proxy.in_flight(i.addr),
+                    last_probe: i.last_probe.clone(),
+                    last_exit: i.last_exit.clone(),
+                    log: self.supervisor.log_path(&i.id).display().to_string(),
+                    metrics_problem: self
+                        .exposition
+                        .problem(&i.addr.to_string())
+                        .map(str::to_string),
                 })
             })
             .collect();

@@ -8,6 +8,7 @@ use cutover_promql::Labels;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, watch};
@@ -82,5 +83,90 @@ pub async fn run(
         if out.send(Scraped { t_ms, results }).await.is_err() {
             return;
         }
+    }
+}
+
+/// What changed for an instance when its latest exposition was parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// It did not parse, and the previous one did (or it is the first): worth one warning.
+    Broke,
+    /// It parses again after being broken: worth one info line.
+    Recovered,
+    /// As before (still fine, or still broken: counted, not logged again).
+    Same,
+}
+
+/// Per-instance health of scraped expositions: the hysteresis behind "warn once". An app
+/// that serves a bad `/metrics` is warned about once (and again only if it recovers and breaks
+/// again); every rejected exposition is counted for cutover's own `/metrics`, and the current
+/// problem is shown in `status`.
+#[derive(Debug, Default)]
+pub struct ExpositionHealth {
+    /// Instances (by their `instance` label) whose last exposition did not parse: the error.
+    broken: BTreeMap<String, String>,
+    /// Rejected expositions since this cutover started, by `(version, instance)`.
+    rejected: BTreeMap<(String, String), u64>,
+}
+
+impl ExpositionHealth {
+    pub fn observe(&mut self, version: &str, instance: &str, parsed: Result<(), String>) -> Change {
+        match parsed {
+            Ok(()) => match self.broken.remove(instance) {
+                Some(_) => Change::Recovered,
+                None => Change::Same,
+            },
+            Err(e) => {
+                *self
+                    .rejected
+                    .entry((version.to_string(), instance.to_string()))
+                    .or_default() += 1;
+                match self.broken.insert(instance.to_string(), e) {
+                    None => Change::Broke,
+                    Some(_) => Change::Same,
+                }
+            }
+        }
+    }
+
+    /// Why the instance's last exposition was rejected, if it was.
+    pub fn problem(&self, instance: &str) -> Option<&str> {
+        self.broken.get(instance).map(String::as_str)
+    }
+
+    /// Rejected expositions by `(version, instance)`.
+    pub fn rejected(&self) -> &BTreeMap<(String, String), u64> {
+        &self.rejected
+    }
+
+    /// Forgets the state of instances no longer scraped (a new one on the same address starts
+    /// fresh); the counters stay, they are monotonic.
+    pub fn retain(&mut self, scraped: impl Fn(&str) -> bool) {
+        self.broken.retain(|instance, _| scraped(instance));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn warns_once_per_breakage_and_counts_every_rejection() {
+        let mut h = ExpositionHealth::default();
+        let bad = || Err("line 1: unexpected '{'".to_string());
+        assert_eq!(h.observe("v1", "a", Ok(())), Change::Same);
+        assert_eq!(h.observe("v1", "a", bad()), Change::Broke);
+        for _ in 0..50 {
+            assert_eq!(h.observe("v1", "a", bad()), Change::Same);
+        }
+        assert_eq!(h.problem("a"), Some("line 1: unexpected '{'"));
+        assert_eq!(h.observe("v1", "a", Ok(())), Change::Recovered);
+        assert_eq!(h.problem("a"), None);
+        assert_eq!(h.observe("v1", "a", bad()), Change::Broke, "broke again");
+        assert_eq!(h.observe("v2", "b", bad()), Change::Broke, "per instance");
+        assert_eq!(h.rejected()[&("v1".to_string(), "a".to_string())], 52);
+        h.retain(|i| i == "b");
+        assert_eq!(h.problem("a"), None);
+        assert_eq!(h.rejected().len(), 2, "counters survive");
     }
 }

@@ -34,6 +34,18 @@ pub struct InstanceView {
     pub restarts: u32,
     pub starts: u64,
     pub in_flight: usize,
+    /// The last readiness probe's result (`GET /ready → passed`, or why it failed).
+    #[serde(default)]
+    pub last_probe: Option<String>,
+    /// How its last process ended, if one did.
+    #[serde(default)]
+    pub last_exit: Option<String>,
+    /// The instance's log file (`cutover logs VERSION --instance N` prints it).
+    #[serde(default)]
+    pub log: String,
+    /// Why its last `/metrics` exposition was rejected, while it is.
+    #[serde(default)]
+    pub metrics_problem: Option<String>,
 }
 
 /// The evaluation and stop settings in force, so an operator reading `status` knows the

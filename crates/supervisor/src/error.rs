@@ -26,6 +26,15 @@ pub enum SupervisorError {
     #[error("app.workdir ({template:?}) resolved to {}, which is not a directory; create it or fix app.workdir", path.display())]
     Workdir { template: String, path: PathBuf },
 
+    /// An `app.digest_paths` entry names nothing usable.
+    #[error("{field} ({template:?}) resolved to {}, which {problem}; fix or remove the entry in {field} (paths are relative to the config file)", path.display())]
+    DigestPath {
+        field: String,
+        template: String,
+        path: PathBuf,
+        problem: String,
+    },
+
     /// Reading the executable (to hash it) or preparing the log directory failed.
     #[error("{what} {}: {source}", path.display())]
     Io {

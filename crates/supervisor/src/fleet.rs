@@ -64,6 +64,11 @@ pub struct InstanceStatus {
     pub starts: u64,
     /// How the previous process ended, in words.
     pub last_exit: Option<String>,
+    /// The last readiness probe's result for the current process, e.g. `GET /ready → passed`
+    /// or `GET /ready → connect 127.0.0.1:41234: Connection refused (os error 111)`; `None`
+    /// until one completed. What a failure message quotes when the instance never got ready.
+    #[serde(default)]
+    pub last_probe: Option<String>,
 }
 
 /// Where an instance is in its life. Only `Ready` may receive traffic.

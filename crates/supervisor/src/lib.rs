@@ -23,6 +23,7 @@
 
 mod error;
 mod fleet;
+pub mod logs;
 mod probe;
 mod process;
 mod release;

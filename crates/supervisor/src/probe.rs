@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 pub(crate) async fn probe(addr: SocketAddr, path: &str, timeout: Duration) -> Result<(), String> {
     match tokio::time::timeout(timeout, get(addr, path)).await {
         Ok(r) => r,
-        Err(_) => Err(format!("GET {path} timed out after {timeout:?}")),
+        Err(_) => Err(format!("GET {path} → timed out after {timeout:?}")),
     }
 }
 
@@ -22,7 +22,7 @@ pub(crate) async fn probe(addr: SocketAddr, path: &str, timeout: Duration) -> Re
 pub(crate) async fn post(addr: SocketAddr, path: &str, timeout: Duration) -> Result<(), String> {
     match tokio::time::timeout(timeout, request(http::Method::POST, addr, path)).await {
         Ok(r) => r,
-        Err(_) => Err(format!("POST {path} timed out after {timeout:?}")),
+        Err(_) => Err(format!("POST {path} → timed out after {timeout:?}")),
     }
 }
 
@@ -33,10 +33,10 @@ async fn get(addr: SocketAddr, path: &str) -> Result<(), String> {
 async fn request(method: http::Method, addr: SocketAddr, path: &str) -> Result<(), String> {
     let stream = TcpStream::connect(addr)
         .await
-        .map_err(|e| format!("connect {addr}: {e}"))?;
+        .map_err(|e| format!("{method} {path} → connect {addr}: {e}"))?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
-        .map_err(|e| format!("handshake {addr}: {e}"))?;
+        .map_err(|e| format!("{method} {path} → handshake {addr}: {e}"))?;
     let req = http::Request::builder()
         .method(method.clone())
         .uri(path)
@@ -57,14 +57,14 @@ async fn request(method: http::Method, addr: SocketAddr, path: &str) -> Result<(
         // response over: the response is then already waiting, so collect it.
         r = &mut conn => match r {
             Ok(()) => send.await,
-            Err(e) => return Err(format!("{method} {path}: {e}")),
+            Err(e) => return Err(format!("{method} {path} → {e}")),
         },
     }
-    .map_err(|e| format!("{method} {path}: {e}"))?;
+    .map_err(|e| format!("{method} {path} → {e}"))?;
     let status = resp.status();
     if status.is_success() {
         Ok(())
     } else {
-        Err(format!("{method} {path} answered {status}"))
+        Err(format!("{method} {path} → answered {status}"))
     }
 }

@@ -47,7 +47,7 @@ pub(crate) fn spawn(
         .open(log)
         .map_err(|e| io("could not open the log file", e))?;
     // A marker line so that an operator reading the log can tell the processes apart.
-    let _ = writeln!(out, "--- cutover: starting {id} on {addr} ---");
+    let _ = writeln!(out, "{}{id} on {addr} ---", crate::logs::MARKER);
     let err = out
         .try_clone()
         .map_err(|e| io("could not open the log file", e))?;

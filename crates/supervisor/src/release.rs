@@ -20,8 +20,9 @@ pub struct Release {
     /// The version name (`v2`, `2024-06-01.3`, ...).
     pub name: String,
     /// Hex SHA-256 over the executable's content, the name, the argv template, the extra
-    /// arguments and the environment: a rebuilt binary or other overrides under the same
-    /// version name is a different release (and a digest marked failed stays failed).
+    /// arguments, the environment, and the content and path of every file in
+    /// [`Release::files`]: a rebuilt binary, an edited script or other overrides under the
+    /// same version name is a different release (and a digest marked failed stays failed).
     pub digest: String,
     /// The resolved, executable program.
     pub exe: PathBuf,
@@ -33,8 +34,13 @@ pub struct Release {
     pub env: BTreeMap<String, String>,
     /// Appended to argv (placeholders substituted too).
     pub extra_args: Vec<String>,
-    /// The instances' working directory, if `app.workdir` is set.
+    /// The instances' working directory: `app.workdir`, or the config file's directory.
     pub workdir: Option<PathBuf>,
+    /// The files besides the executable that the digest covers, as `path → hex SHA-256`:
+    /// every argv element (and `--flag=value` value) that names an existing regular file,
+    /// relative to the working directory, and every file `app.digest_paths` names.
+    #[serde(default)]
+    pub files: BTreeMap<String, String>,
 }
 
 impl Release {
@@ -66,10 +72,11 @@ impl Release {
                 problem: "was not found as an executable file in any PATH directory".into(),
             })?
         };
-        let exe_sha256 = sha256_file(&exe)?;
+        let exe_sha256 = sha256_file(&exe, "could not read the executable")?;
 
+        // Instances run where docs/config.md says: app.workdir, else the config file's directory.
         let workdir = match &app.workdir {
-            None => None,
+            None => config_dir.to_path_buf(),
             Some(w) => {
                 let path = config_dir.join(w.replace("{version}", name));
                 if !path.is_dir() {
@@ -78,13 +85,35 @@ impl Release {
                         path,
                     });
                 }
-                Some(path)
+                path
             }
         };
 
+        let mut files = BTreeMap::new();
+        for arg in app.command.iter().skip(1).chain(&extra_args) {
+            let arg = arg.replace("{version}", name);
+            let value = match arg.split_once('=') {
+                Some((flag, value)) if flag.starts_with('-') => value.to_string(),
+                _ => arg,
+            };
+            if value.is_empty() || value.contains('{') {
+                continue;
+            }
+            let path = workdir.join(&value);
+            if fs::metadata(&path).is_ok_and(|m| m.is_file()) {
+                files.insert(
+                    value,
+                    sha256_file(&path, "could not read a file app.command names")?,
+                );
+            }
+        }
+        for (i, template) in app.digest_paths.iter().enumerate() {
+            collect_digest_path(i, template, name, config_dir, &mut files)?;
+        }
+
         let mut env = app.env.clone();
         env.extend(env_overrides);
-        let digest = digest(&exe_sha256, name, &app.command, &extra_args, &env);
+        let digest = digest(&exe_sha256, name, &app.command, &extra_args, &env, &files);
         Ok(Release {
             name: name.to_string(),
             digest,
@@ -93,7 +122,8 @@ impl Release {
             argv: app.command.clone(),
             env,
             extra_args,
-            workdir,
+            workdir: Some(workdir),
+            files,
         })
     }
 }
@@ -158,9 +188,82 @@ fn find_in_path(program: &str) -> Option<PathBuf> {
         .find(|p| check_executable(p).is_ok())
 }
 
-fn sha256_file(path: &Path) -> Result<String, SupervisorError> {
+/// Adds the files one `app.digest_paths` entry names: a file, a directory (every regular file
+/// below it, recursively, in sorted order; symlinked directories are not followed) or a glob.
+/// Keys are paths relative to `config_dir` when they are below it, so moving the whole
+/// deployment elsewhere keeps the digest while a rename inside it changes it.
+fn collect_digest_path(
+    i: usize,
+    template: &str,
+    name: &str,
+    config_dir: &Path,
+    files: &mut BTreeMap<String, String>,
+) -> Result<(), SupervisorError> {
+    let field = format!("app.digest_paths[{i}]");
+    let entry = template.replace("{version}", name);
+    let bad = |path: &Path, problem: String| SupervisorError::DigestPath {
+        field: field.clone(),
+        template: template.to_string(),
+        path: path.to_path_buf(),
+        problem,
+    };
+    let full = config_dir.join(&entry);
+    let mut found = Vec::new();
+    if entry.contains(['*', '?', '[']) {
+        let pattern = full.to_string_lossy().into_owned();
+        let paths =
+            glob::glob(&pattern).map_err(|e| bad(&full, format!("is not a valid glob ({e})")))?;
+        for p in paths {
+            let p = p.map_err(|e| bad(e.path(), format!("cannot be read ({})", e.error())))?;
+            walk(&p, &mut found).map_err(|e| bad(&p, format!("cannot be read ({e})")))?;
+        }
+        if found.is_empty() {
+            return Err(bad(&full, "matches no file".into()));
+        }
+    } else {
+        match fs::metadata(&full) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(bad(&full, "does not exist".into()))
+            }
+            Err(e) => return Err(bad(&full, format!("cannot be read ({e})"))),
+            Ok(_) => {
+                walk(&full, &mut found).map_err(|e| bad(&full, format!("cannot be read ({e})")))?
+            }
+        }
+    }
+    for p in found {
+        let key = p
+            .strip_prefix(config_dir)
+            .unwrap_or(&p)
+            .to_string_lossy()
+            .into_owned();
+        let sum = sha256_file(&p, "could not read a file app.digest_paths names")?;
+        files.insert(key, sum);
+    }
+    Ok(())
+}
+
+/// Regular files at or below `path`, sorted; symlinks to files count, symlinked directories
+/// are skipped (no cycles).
+fn walk(path: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    let meta = fs::symlink_metadata(path)?;
+    if meta.is_dir() {
+        let mut entries = fs::read_dir(path)?
+            .map(|e| e.map(|e| e.path()))
+            .collect::<std::io::Result<Vec<_>>>()?;
+        entries.sort();
+        for e in entries {
+            walk(&e, out)?;
+        }
+    } else if meta.is_file() || (meta.is_symlink() && fs::metadata(path)?.is_file()) {
+        out.push(path.to_path_buf());
+    }
+    Ok(())
+}
+
+fn sha256_file(path: &Path, what: &'static str) -> Result<String, SupervisorError> {
     let io = |source| SupervisorError::Io {
-        what: "could not read the executable",
+        what,
         path: path.to_path_buf(),
         source,
     };
@@ -178,6 +281,7 @@ fn digest(
     argv: &[String],
     extra_args: &[String],
     env: &BTreeMap<String, String>,
+    files: &BTreeMap<String, String>,
 ) -> String {
     let mut h = Sha256::new();
     let mut put = |tag: &[u8], s: &str| {
@@ -198,6 +302,11 @@ fn digest(
         put(b"envk", k);
         put(b"envv", v);
     }
+    // The path too: a renamed module is a different release even with the same bytes.
+    for (path, sum) in files {
+        put(b"filep", path);
+        put(b"filec", sum);
+    }
     hex::encode(h.finalize())
 }
 
@@ -216,9 +325,10 @@ mod tests {
     #[test]
     fn digest_is_unambiguous() {
         let e = BTreeMap::new();
-        let a = digest("x", "v1", &["ab".into(), "c".into()], &[], &e);
-        let b = digest("x", "v1", &["a".into(), "bc".into()], &[], &e);
-        let c = digest("x", "v1", &["ab".into()], &["c".into()], &e);
+        let f = BTreeMap::new();
+        let a = digest("x", "v1", &["ab".into(), "c".into()], &[], &e, &f);
+        let b = digest("x", "v1", &["a".into(), "bc".into()], &[], &e, &f);
+        let c = digest("x", "v1", &["ab".into()], &["c".into()], &e, &f);
         assert_ne!(a, b);
         assert_ne!(a, c);
     }

@@ -133,6 +133,12 @@ impl Supervisor {
         )
     }
 
+    /// The log file of instance `id` (`<version>-<n>`): its processes' stdout and stderr,
+    /// kept after it stopped (pruned after 72 h by the host).
+    pub fn log_path(&self, id: &str) -> PathBuf {
+        self.inner.log_dir.join(format!("{id}.log"))
+    }
+
     /// Another receiver of fleet changes.
     pub fn subscribe(&self) -> watch::Receiver<Fleet> {
         self.inner.fleet.subscribe()
@@ -187,6 +193,7 @@ impl Supervisor {
                 restarts: 0,
                 starts: 1,
                 last_exit: None,
+                last_probe: None,
             })
             .collect();
         inner.fleet.send_modify(|fleet| {
@@ -475,6 +482,9 @@ fn summarize(v: &VersionFleet) -> String {
             if let Some(e) = &i.last_exit {
                 s.push_str(&format!(", last exit: {e}"));
             }
+            if let Some(p) = &i.last_probe {
+                s.push_str(&format!(", last readiness probe: {p}"));
+            }
             s.push(')');
             s
         })
@@ -602,13 +612,23 @@ impl Instance {
                 status = child.wait() => return Why::Exited(describe(status)),
                 r = ctl.changed() => if r.is_err() { return Why::Stop },
                 Some((kind, result)) = rx.recv() => match (kind, result) {
+                    (ProbeKind::Readiness, r) if !ready && r.is_err() => {
+                        // Still starting: remember why, for the failure message.
+                        let e = r.err().unwrap_or_default();
+                        ok_run = 0;
+                        self.update(|st, _| st.last_probe = Some(e));
+                    }
                     (ProbeKind::Readiness, Ok(())) => {
                         ok_run += 1;
                         fail_run = 0;
                         if !ready && ok_run >= rise {
                             ready = true;
                             tracing::info!(instance = %self.id(), "ready");
-                            self.update(|st, _| st.state = InstanceState::Ready);
+                            let passed = format!("GET {} → passed", app.readiness.path);
+                            self.update(|st, _| {
+                                st.state = InstanceState::Ready;
+                                st.last_probe = Some(passed);
+                            });
                             if liveness.is_none() {
                                 liveness = Some(AbortOnDrop(tokio::spawn(probe_loop(
                                     ProbeKind::Liveness,
@@ -625,7 +645,10 @@ impl Instance {
                         if ready && fail_run >= fall {
                             ready = false;
                             tracing::warn!(instance = %self.id(), error = %e, "not ready");
-                            self.update(|st, _| st.state = InstanceState::NotReady);
+                            self.update(|st, _| {
+                                st.state = InstanceState::NotReady;
+                                st.last_probe = Some(e);
+                            });
                         }
                     }
                     (ProbeKind::Liveness, Ok(())) => live_fails = 0,

@@ -308,3 +308,58 @@ async fn the_closer_runs_when_the_drain_window_ends_with_connections_open() {
     assert!(matches!(r.exit, StopExit::Exited { .. }), "{r:?}");
     kit.finish(&sup).await;
 }
+
+/// The facts a failure message quotes: each instance's last readiness probe result (the
+/// status it answered while not ready, then `passed`), the log path and its tail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_readiness_probe_and_the_log_tail_are_kept() {
+    let kit = Kit::new();
+    let ready = kit.path("ready");
+    let app = kit.app(&["--ready-file", ready.to_str().unwrap()]);
+    let (sup, mut rx) = kit.start(app);
+    // Before the app listens the probe cannot connect; then it answers 503 (no ready file).
+    let v = wait_v1(&mut rx, "a failed readiness probe", |v| {
+        v.instances[0].last_probe.is_some()
+    })
+    .await;
+    let first = v.instances[0].last_probe.clone().unwrap();
+    let refused = format!(
+        "GET /ready → connect {}: Connection refused",
+        v.instances[0].addr
+    );
+    assert!(
+        first.starts_with(&refused) || first == "GET /ready → answered 503 Service Unavailable",
+        "{first}"
+    );
+    wait_v1(&mut rx, "a 503 from /ready", |v| {
+        v.instances[0].last_probe.as_deref()
+            == Some("GET /ready → answered 503 Service Unavailable")
+    })
+    .await;
+    let err = sup
+        .wait_ready("v1", std::time::Duration::from_millis(100))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("last readiness probe: GET /ready → answered 503"),
+        "{err}"
+    );
+    let log = sup.log_path("v1-0");
+    assert_eq!(log, kit.logs().join("v1-0.log"));
+    // stdout and stderr both land in the log; the tail is its last lines (the app prints
+    // "ready 503" on each refused probe).
+    poll_until("the app's output in its log", || {
+        let all = cutover_supervisor::logs::tail(&log, 10_000).unwrap();
+        all.iter().any(|l| l == "hello on stderr")
+            && cutover_supervisor::logs::tail(&log, 2).unwrap() == ["ready 503", "ready 503"]
+    })
+    .await;
+    touch(&ready);
+    let v = wait_v1(&mut rx, "ready", |v| state(v) == InstanceState::Ready).await;
+    assert_eq!(
+        v.instances[0].last_probe.as_deref(),
+        Some("GET /ready → passed")
+    );
+    kit.finish(&sup).await;
+}

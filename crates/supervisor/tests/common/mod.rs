@@ -118,6 +118,7 @@ impl Kit {
             command,
             env: BTreeMap::new(),
             workdir: None,
+            digest_paths: Vec::new(),
             instances: 1,
             start_timeout: Dur::from_secs(10),
             readiness: probe("/ready"),
