@@ -12,6 +12,7 @@ use crate::ws::{self, WsDrainReport};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use cutover_core::spec::{StickySpec, UpstreamProtocol};
+use cutover_core::Cidr;
 use cutover_telemetry::{Recorder, VersionRecorder};
 use http::header::{HeaderName, HOST};
 use http::uri::PathAndQuery;
@@ -70,6 +71,9 @@ pub struct ProxyConfig {
     /// own event loop and keeps its own upstream connections, so a request is served start to
     /// finish on one thread, with no hand-off between threads. Defaults to one per CPU.
     pub workers: usize,
+    /// Peers whose forwarding headers are believed (`service.trusted_proxies`); see
+    /// [`crate::headers`]'s `Forwarded`. Checked once per connection.
+    pub trusted_proxies: Vec<Cidr>,
 }
 
 impl Default for ProxyConfig {
@@ -88,6 +92,7 @@ impl Default for ProxyConfig {
             upstream_timeout: Duration::from_secs(60),
             upstream_protocol: UpstreamProtocol::Http1,
             workers: default_workers(),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -487,7 +492,7 @@ impl Proxy {
                                 return;
                             };
                             let stream = TokioIo::new(Linger::new(stream, linger_timeout));
-                            return serve_connection(worker, &builder, stream, peer, protocol, &stop).await;
+                            return serve_connection(worker, &builder, stream, peer, protocol, false, &stop).await;
                         };
                         let handshake = tokio::select! {
                             biased;
@@ -513,7 +518,7 @@ impl Proxy {
                             Protocol::Http1
                         };
                         let stream = TokioIo::new(Linger::new(stream, linger_timeout));
-                        serve_connection(worker, &builder, stream, peer, protocol, &stop).await;
+                        serve_connection(worker, &builder, stream, peer, protocol, true, &stop).await;
                     });
                 }
             }
@@ -534,6 +539,23 @@ impl Proxy {
         mut req: Request<Incoming>,
     ) -> Response<ProxyBody> {
         let peer = client.peer;
+        // Before anything else: a request refused here reached no version and counts for none.
+        let host = match headers::request_host(req.version(), req.uri(), req.headers()) {
+            Ok(host) => host,
+            Err(e) => {
+                debug!(%peer, reason = e.reason(), "request refused: 400");
+                let mut resp = local(StatusCode::BAD_REQUEST, e.message());
+                // HTTP/1.1: the connection ends with it (HTTP/2 has no `Connection`; only the
+                // stream is answered).
+                if req.version() < Version::HTTP_2 {
+                    resp.headers_mut().insert(
+                        http::header::CONNECTION,
+                        http::HeaderValue::from_static("close"),
+                    );
+                }
+                return resp;
+            }
+        };
         let started = Instant::now();
         // The one load of the table for this request (invariant 1).
         let routes = worker.routes();
@@ -563,16 +585,15 @@ impl Proxy {
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
         // Taken before the hop-by-hop headers go, so that even a `Connection: host` keeps it.
-        let host = parts.headers.get(HOST).cloned().or_else(|| {
-            parts
-                .uri
-                .authority()
-                .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok())
-        });
+        let (host, from_target) = match host {
+            Some((v, from_target)) => (Some(v), from_target),
+            None => (None, false),
+        };
         headers::strip_hop_by_hop(&mut parts.headers, upgrade);
-        // HTTP/2 clients name the host in `:authority`; HTTP/1.1 apps expect it in `Host`,
-        // not the backend's address the upstream client would fill in.
-        if !parts.headers.contains_key(HOST) {
+        // HTTP/2 clients name the host in `:authority`, an absolute-form target in the target
+        // (which overrides `Host`, RFC 9112 §3.2.2); HTTP/1.1 apps expect it in `Host`, not
+        // the backend's address the upstream client would fill in.
+        if from_target || !parts.headers.contains_key(HOST) {
             if let Some(v) = &host {
                 parts.headers.insert(HOST, v.clone());
             }
@@ -596,6 +617,8 @@ impl Proxy {
         let forwarded = headers::Forwarded {
             client: &client.forwarded_for,
             host: host.as_ref(),
+            proto: &client.proto,
+            trusted: client.trusted,
         };
         // The worker's HTTP/1.1 connections write these out with the head.
         if via != Via::Http1 {
@@ -839,6 +862,10 @@ struct Client {
     peer: SocketAddr,
     /// `peer` as an `X-Forwarded-For` entry.
     forwarded_for: http::HeaderValue,
+    /// `http` or `https`, for `X-Forwarded-Proto`.
+    proto: http::HeaderValue,
+    /// Whether `peer` is one of `trusted_proxies`, whose forwarding headers are kept.
+    trusted: bool,
 }
 
 /// What one worker thread owns: its upstream connections and its tunnels.
@@ -963,13 +990,23 @@ async fn serve_connection<I>(
     io: I,
     peer: SocketAddr,
     protocol: Protocol,
+    tls: bool,
     stop: &tokio_util::sync::CancellationToken,
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
+    let trusted = worker
+        .proxy
+        .inner
+        .config
+        .trusted_proxies
+        .iter()
+        .any(|net| net.contains(peer.ip()));
     let client = Client {
         peer,
         forwarded_for: headers::forwarded_for(peer),
+        proto: http::HeaderValue::from_static(if tls { "https" } else { "http" }),
+        trusted,
     };
     // hyper closes an idle HTTP/1.1 connection itself; HTTP/2 is watched here.
     let streams = (protocol == Protocol::Http2).then(|| Arc::new(Streams::default()));
