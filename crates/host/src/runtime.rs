@@ -1045,6 +1045,7 @@ impl Driver {
                     &self.recorder,
                     self.router.intent(),
                     &self.decision_counts,
+                    &self.proxy.refused_requests(),
                 ));
             }
             Request::Alerts(payload, tx) => {

@@ -214,6 +214,29 @@ pub(crate) enum HostError {
 }
 
 impl HostError {
+    /// Every reason, in the order of [`HostError::index`].
+    pub(crate) const ALL: [HostError; 4] = [
+        HostError::Missing,
+        HostError::Several,
+        HostError::Invalid,
+        HostError::Conflict,
+    ];
+
+    /// Its place in [`HostError::ALL`] (and in the proxy's counters).
+    pub(crate) fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Its `reason` label on `/metrics`.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            HostError::Missing => "no_host",
+            HostError::Several => "several_hosts",
+            HostError::Invalid => "invalid_host",
+            HostError::Conflict => "host_authority_conflict",
+        }
+    }
+
     /// What the client is told.
     pub(crate) fn message(self) -> &'static str {
         match self {

@@ -141,6 +141,9 @@ struct Inner {
     recorder: Recorder,
     /// Open WebSocket sessions by backend address (what [`Proxy::drain_websockets`] closes).
     ws: Arc<ws::Sessions>,
+    /// Requests refused for their host, by [`headers::HostError::index`]. Shared by the
+    /// workers, but written only on that rare path.
+    refused: [std::sync::atomic::AtomicU64; headers::HostError::ALL.len()],
 }
 
 impl Proxy {
@@ -166,6 +169,7 @@ impl Proxy {
                 balance: Mutex::new(Weak::new()),
                 recorder,
                 ws: Arc::default(),
+                refused: Default::default(),
             }),
         }
     }
@@ -280,6 +284,20 @@ impl Proxy {
         quiet: Duration,
     ) -> impl Future<Output = WsDrainReport> + Send + 'static {
         self.inner.ws.drain(addr, quiet)
+    }
+
+    /// Requests the proxy answered 400 itself for their host (RFC 9112 §3.2), since it
+    /// started, by reason (`no_host`, `several_hosts`, `invalid_host`,
+    /// `host_authority_conflict`; every reason, zero or not). They reached no version and are
+    /// in no version's numbers.
+    pub fn refused_requests(&self) -> Vec<(&'static str, u64)> {
+        headers::HostError::ALL
+            .iter()
+            .map(|e| {
+                let n = self.inner.refused[e.index()].load(std::sync::atomic::Ordering::Relaxed);
+                (e.label(), n)
+            })
+            .collect()
     }
 
     /// The telemetry the proxy records into.
@@ -544,6 +562,7 @@ impl Proxy {
             Ok(host) => host,
             Err(e) => {
                 debug!(%peer, reason = e.reason(), "request refused: 400");
+                self.inner.refused[e.index()].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let mut resp = local(StatusCode::BAD_REQUEST, e.message());
                 // HTTP/1.1: the connection ends with it (HTTP/2 has no `Connection`; only the
                 // stream is answered).

@@ -97,6 +97,16 @@ async fn a_request_without_exactly_one_valid_host_is_400_and_closes() {
         (0, 0),
         "a refused request counted for the version"
     );
+    // Counted as what they are instead (cutover_proxy_refused_requests_total).
+    assert_eq!(
+        px.proxy.refused_requests(),
+        [
+            ("no_host", 3),
+            ("several_hosts", 3),
+            ("invalid_host", 3),
+            ("host_authority_conflict", 0)
+        ]
+    );
 
     // On a kept-alive connection: the good request is served, the bad one ends it.
     let (raw, end) = raw_exchange(
@@ -191,6 +201,10 @@ async fn http2_authority_is_the_host_and_a_conflicting_host_is_400() {
     let (status, body) = h2_send(&mut sender, get("/conflict", Some("evil.example"))).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(body.contains(":authority"), "{body}");
+    assert!(px
+        .proxy
+        .refused_requests()
+        .contains(&("host_authority_conflict", 1)));
     // Only the stream was refused.
     assert_eq!(
         h2_send(&mut sender, get("/after", None)).await,
