@@ -363,8 +363,25 @@ async fn a_trusted_proxys_forwarding_headers_are_kept_and_extended() {
             "x-forwarded-proto: http",
         ]
     );
+}
 
-    // The same over IPv6 loopback, trusted by a single address.
+/// The same over IPv6 loopback (this test needs `::1`), trusted by a single address; and an
+/// IPv6 peer outside the ranges is not.
+#[tokio::test]
+async fn an_ipv6_peer_is_matched_against_ipv6_ranges() {
+    assert!(
+        std::net::TcpListener::bind("[::1]:0").is_ok(),
+        "this test needs the IPv6 loopback address ::1"
+    );
+    let (px, _up) = proxy_for(&["10.0.0.0/8", "fd00::/8"], "[::1]:0").await;
+    assert_eq!(
+        forwarding_seen(px.addr, &FROM_A_BALANCER[..1]).await,
+        [
+            "x-forwarded-for: ::1",
+            "x-forwarded-host: shop.example",
+            "x-forwarded-proto: http",
+        ]
+    );
     let (px, _up) = proxy_for(&["10.0.0.0/8", "::1"], "[::1]:0").await;
     assert_eq!(
         forwarding_seen(px.addr, &FROM_A_BALANCER[..1]).await,
