@@ -317,8 +317,10 @@ pub(crate) fn request_host(
 }
 
 /// Whether `b` is `uri-host [ ":" port ]` (RFC 9110 §7.2): a registered name (unreserved,
-/// percent-encoded and sub-delimiter characters; empty allowed), an IPv4 address, or an IPv6
-/// address in brackets; the port digits only. No userinfo (`user@host`), no whitespace.
+/// percent-encoded and sub-delimiter characters), an IPv4 address, or an IPv6 address in
+/// brackets; the port digits only. No userinfo (`user@host`), no whitespace. Not empty: the
+/// grammar allows an empty name, but an `http` URI with an empty host is invalid (RFC 9110
+/// §4.2.1), and that is the only kind of resource cutover serves.
 fn valid_host(b: &[u8]) -> bool {
     let port = if let Some(rest) = b.strip_prefix(b"[") {
         let Some(end) = rest.iter().position(|&c| c == b']') else {
@@ -335,6 +337,9 @@ fn valid_host(b: &[u8]) -> bool {
     } else {
         let end = b.iter().position(|&c| c == b':').unwrap_or(b.len());
         let (name, port) = b.split_at(end);
+        if name.is_empty() {
+            return false;
+        }
         let mut i = 0;
         while i < name.len() {
             match name[i] {
@@ -668,7 +673,6 @@ mod tests {
             "xn--bcher-kva.example",
             "a%41b",
             "shop:",
-            "",
         ] {
             assert!(valid_host(good.as_bytes()), "{good:?} refused");
         }
@@ -685,6 +689,9 @@ mod tests {
             "a%4",
             "a%zz",
             "ünï",
+            "",
+            ":80",
+            "[]",
         ] {
             assert!(!valid_host(bad.as_bytes()), "{bad:?} accepted");
         }

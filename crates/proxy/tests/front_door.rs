@@ -73,6 +73,11 @@ async fn a_request_without_exactly_one_valid_host_is_400_and_closes() {
             "not a valid",
         ),
         (
+            "an empty Host",
+            b"GET /bad HTTP/1.1\r\nHost: \r\n\r\n",
+            "not a valid",
+        ),
+        (
             "absolute form without Host",
             b"GET http://app/abs HTTP/1.1\r\n\r\n",
             "no Host",
@@ -103,7 +108,7 @@ async fn a_request_without_exactly_one_valid_host_is_400_and_closes() {
         [
             ("no_host", 3),
             ("several_hosts", 3),
-            ("invalid_host", 3),
+            ("invalid_host", 4),
             ("host_authority_conflict", 0)
         ]
     );
