@@ -10,6 +10,9 @@
 //! with a JSON error naming the field before the handler sees it (invariant 9: it never
 //! half-applies).
 //!
+//! Every route is in [`ROUTES`], from which the router is built; `docs/admin-api.yaml` is the
+//! OpenAPI reference, tested to list exactly those routes.
+//!
 //! It also receives Prometheus Alertmanager's webhook (`POST /v1/alerts`, [`AlertmanagerPayload`])
 //! under the same token, so an external alert can stop a rollout; what an alert means is the
 //! host's decision, not this crate's.
@@ -27,5 +30,5 @@ pub use api::{
     LOGS_CHUNK,
 };
 pub use client::{AdminClient, ClientError};
-pub use server::{router, serve, BoxFuture, Handler, BODY_LIMIT};
+pub use server::{router, serve, BoxFuture, Endpoint, Handler, Method, Route, BODY_LIMIT, ROUTES};
 pub use token::{ensure_token, AdminError, TOKEN_FILE};

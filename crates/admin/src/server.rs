@@ -11,7 +11,7 @@ use axum::extract::{DefaultBodyLimit, Path as UrlPath, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{on, MethodFilter, MethodRouter};
 use axum::{Json, Router};
 use serde_json::Value;
 use std::future::Future;
@@ -54,6 +54,112 @@ pub trait Handler: Send + Sync + 'static {
     }
 }
 
+/// An HTTP method the admin API serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Method {
+    Get,
+    Post,
+}
+
+impl Method {
+    /// As on the wire: `GET`, `POST`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Get => "GET",
+            Method::Post => "POST",
+        }
+    }
+
+    fn filter(self) -> MethodFilter {
+        match self {
+            Method::Get => MethodFilter::GET,
+            Method::Post => MethodFilter::POST,
+        }
+    }
+}
+
+/// Which [`Handler`] call a route leads to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Endpoint {
+    /// Liveness of the admin API itself; no handler call.
+    Healthz,
+    Status,
+    Deploy,
+    Verb(Verb),
+    History,
+    /// An instance's log, in chunks from an offset (`cutover logs`).
+    Logs,
+    Alerts,
+    Metrics,
+}
+
+/// One route of the admin API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Route {
+    pub method: Method,
+    pub path: &'static str,
+    /// Whether the bearer token is required.
+    pub auth: bool,
+    pub endpoint: Endpoint,
+}
+
+impl Route {
+    const fn authed(method: Method, path: &'static str, endpoint: Endpoint) -> Route {
+        Route {
+            method,
+            path,
+            auth: true,
+            endpoint,
+        }
+    }
+}
+
+/// Every route the admin API serves: [`router`] is built from this table and nothing else, and
+/// `docs/admin-api.yaml` (the OpenAPI reference) is tested against it in both directions
+/// (`crates/admin/tests/openapi.rs`), so neither can gain a route the other lacks.
+pub const ROUTES: &[Route] = &[
+    Route {
+        method: Method::Get,
+        path: "/healthz",
+        auth: false,
+        endpoint: Endpoint::Healthz,
+    },
+    Route::authed(Method::Get, "/v1/status", Endpoint::Status),
+    Route::authed(Method::Post, "/v1/deploy", Endpoint::Deploy),
+    Route::authed(Method::Post, "/v1/pause", Endpoint::Verb(Verb::Pause)),
+    Route::authed(Method::Post, "/v1/resume", Endpoint::Verb(Verb::Resume)),
+    Route::authed(Method::Post, "/v1/promote", Endpoint::Verb(Verb::Promote)),
+    Route::authed(Method::Post, "/v1/abort", Endpoint::Verb(Verb::Abort)),
+    Route::authed(Method::Post, "/v1/rollback", Endpoint::Verb(Verb::Rollback)),
+    Route::authed(Method::Get, "/v1/history", Endpoint::History),
+    Route::authed(Method::Get, "/v1/logs/{version}", Endpoint::Logs),
+    Route::authed(Method::Post, "/v1/alerts", Endpoint::Alerts),
+    // Prometheus scrapes this one: it needs the token too (`authorization` in the scrape
+    // config), since it names versions and rollout decisions.
+    Route::authed(Method::Get, "/metrics", Endpoint::Metrics),
+];
+
+/// The handler serving `endpoint` on `method`.
+fn method_router(method: Method, endpoint: Endpoint) -> MethodRouter<AppState> {
+    let m = method.filter();
+    match endpoint {
+        Endpoint::Healthz => on(m, || async { Json(serde_json::json!({"ok": true})) }),
+        Endpoint::Status => on(m, status),
+        Endpoint::Deploy => on(m, deploy),
+        Endpoint::Verb(verb) => on(
+            m,
+            move |state: State<AppState>,
+                  body: Result<Option<Json<VerbRequest>>, JsonRejection>| {
+                verb_route(state, verb, body)
+            },
+        ),
+        Endpoint::History => on(m, history),
+        Endpoint::Logs => on(m, logs),
+        Endpoint::Alerts => on(m, alerts),
+        Endpoint::Metrics => on(m, metrics),
+    }
+}
+
 #[derive(Clone)]
 struct AppState {
     handler: Arc<dyn Handler>,
@@ -87,32 +193,19 @@ pub fn router(token: String, handler: Arc<dyn Handler>, token_path: Option<&Path
         token: token.into(),
         token_hint: token_hint.into(),
     };
-    let mut authed = Router::new()
-        .route("/v1/status", get(status))
-        .route("/v1/deploy", post(deploy))
-        .route("/v1/history", get(history))
-        .route("/v1/alerts", post(alerts))
-        .route("/v1/logs/{version}", get(logs))
-        .route("/metrics", get(metrics));
-    for verb in Verb::ALL {
-        authed = authed.route(
-            &format!("/v1/{verb}"),
-            post(
-                move |state: State<AppState>,
-                      body: Result<Option<Json<VerbRequest>>, JsonRejection>| {
-                    verb_route(state, verb, body)
-                },
-            ),
-        );
+    let (mut public, mut authed) = (Router::new(), Router::new());
+    for r in ROUTES {
+        let served = method_router(r.method, r.endpoint);
+        if r.auth {
+            authed = authed.route(r.path, served);
+        } else {
+            public = public.route(r.path, served);
+        }
     }
     // route_layer: auth runs only for matched routes, so an unknown path is a plain 404 rather
     // than a 401 that would suggest the path exists.
     let authed = authed.route_layer(middleware::from_fn_with_state(state.clone(), require_token));
-    Router::new()
-        .route(
-            "/healthz",
-            get(|| async { Json(serde_json::json!({"ok": true})) }),
-        )
+    public
         .merge(authed)
         .fallback(|| async { ApiError::not_found("no such route: the API lives under /v1") })
         .method_not_allowed_fallback(|| async {
@@ -269,7 +362,28 @@ async fn metrics(State(s): State<AppState>) -> Response {
 
 #[cfg(test)]
 mod tests {
-    use super::constant_time_eq;
+    use super::{constant_time_eq, Endpoint, Method, ROUTES};
+    use crate::api::Verb;
+
+    /// Every verb has its `POST /v1/{verb}`, and every route is listed once.
+    #[test]
+    fn the_route_table_has_every_verb_and_no_duplicate() {
+        for verb in Verb::ALL {
+            let path = format!("/v1/{verb}");
+            let found: Vec<_> = ROUTES.iter().filter(|r| r.path == path).collect();
+            assert_eq!(found.len(), 1, "{path}");
+            assert_eq!(found[0].method, Method::Post);
+            assert_eq!(found[0].endpoint, Endpoint::Verb(verb));
+            assert!(found[0].auth);
+        }
+        let mut seen = std::collections::HashSet::new();
+        for r in ROUTES {
+            assert!(seen.insert((r.method, r.path)), "{r:?} listed twice");
+        }
+        // Only the admin API's own liveness is open.
+        let open: Vec<&str> = ROUTES.iter().filter(|r| !r.auth).map(|r| r.path).collect();
+        assert_eq!(open, ["/healthz"]);
+    }
 
     #[test]
     fn constant_time_eq_compares() {

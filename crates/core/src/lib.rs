@@ -10,6 +10,7 @@
 //! rollout replays in a unit test in microseconds.
 #![forbid(unsafe_code)]
 
+pub mod cidr;
 pub mod engine;
 pub mod histogram;
 pub mod judge;
@@ -23,6 +24,7 @@ pub mod sticky;
 pub mod time;
 pub mod weight;
 
+pub use cidr::Cidr;
 pub use histogram::Histogram;
 pub use spec::Config;
 pub use stats::{Track, TrackStats, WindowStats};

@@ -5,6 +5,7 @@
 //! a user fixes a config in one pass rather than one error at a time. Nothing here does IO: the
 //! shell reads the file and hands over the text.
 
+use crate::cidr::Cidr;
 use crate::time::Dur;
 use crate::weight::Weight;
 use serde::{Deserialize, Serialize};
@@ -171,6 +172,13 @@ pub struct ServiceSpec {
     /// serving plaintext.
     #[serde(default)]
     pub tls: Option<TlsSpec>,
+    /// Peers whose `X-Forwarded-For`, `X-Forwarded-Host`, `X-Forwarded-Proto` and `Forwarded`
+    /// are believed (a load balancer in front of cutover): CIDR ranges or single addresses,
+    /// IPv4 or IPv6. From such a peer cutover appends it to `X-Forwarded-For` and keeps the
+    /// others; from any other peer it replaces all three and drops `Forwarded`, so a client
+    /// cannot make an app believe a made-up address, host or scheme. Default: none.
+    #[serde(default)]
+    pub trusted_proxies: Vec<Cidr>,
 }
 
 /// `[service.tls]`: the certificate the public listener presents.

@@ -324,6 +324,46 @@ fn proxy_workers_are_one_to_1024_or_one_per_cpu() {
     assert!(e.contains("workers"), "{e}");
 }
 
+/// `service.trusted_proxies`: none by default; CIDRs and single addresses of both families;
+/// a bad entry is refused naming its index and what to write.
+#[test]
+fn trusted_proxies_are_cidrs_and_none_by_default() {
+    assert!(Config::from_toml_str(MINIMAL)
+        .unwrap()
+        .service
+        .trusted_proxies
+        .is_empty());
+    let with = |list: &str| {
+        MINIMAL.replace(
+            "name = \"shop\"",
+            &format!("name = \"shop\"\ntrusted_proxies = {list}"),
+        )
+    };
+    let c = Config::from_toml_str(&with(r#"["10.0.0.0/8", "192.0.2.7", "fd00::/8"]"#)).unwrap();
+    let listed: Vec<String> = c
+        .service
+        .trusted_proxies
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(listed, ["10.0.0.0/8", "192.0.2.7/32", "fd00::/8"]);
+    for (bad, says) in [
+        (
+            r#"["10.0.0.0/8", "10.0.0.1/8"]"#,
+            "write the network as \"10.0.0.0/8\"",
+        ),
+        (r#"["lb.internal"]"#, "is not an IP address range"),
+        (r#"["::/200"]"#, "over 128"),
+        ("\"10.0.0.0/8\"", "sequence"),
+    ] {
+        let e = errors(&with(bad)).join("\n");
+        assert!(
+            e.contains("service.trusted_proxies") && e.contains(says),
+            "{bad}: {e}"
+        );
+    }
+}
+
 #[test]
 fn digest_paths_default_to_none_and_reject_per_instance_placeholders() {
     assert!(Config::from_toml_str(MINIMAL)

@@ -1,7 +1,8 @@
 //! The admin listener's `/metrics`, in the Prometheus text format: the proxy's per-version
 //! request metrics under their conventional names (`http_request_duration_seconds`,
 //! `http_requests_total`, labelled `service`, `version`, `track`), the rollout's state (canary
-//! weight, phase, step) and the decisions made since start.
+//! weight, phase, step), the decisions made since start, and the requests the proxy refused
+//! for their host.
 
 use crate::router::Intent;
 use cutover_core::engine::Engine;
@@ -36,6 +37,7 @@ pub fn render(
     intent: Option<&Intent>,
     decisions: &BTreeMap<&'static str, u64>,
     rejected: &BTreeMap<(String, String), u64>,
+    refused: &[(&'static str, u64)],
 ) -> String {
     let raw_service = engine.state().service.clone();
     let service = escape(&raw_service);
@@ -117,6 +119,19 @@ pub fn render(
             "cutover_scrape_rejected_total{{service=\"{service}\",version=\"{}\",instance=\"{}\"}} {n}",
             escape(version),
             escape(instance)
+        );
+    }
+    let _ = writeln!(
+        o,
+        "# HELP cutover_proxy_refused_requests_total Requests the proxy answered 400 itself for \
+         their Host (missing, repeated, invalid, or contradicting :authority), by reason; they \
+         count for no version."
+    );
+    let _ = writeln!(o, "# TYPE cutover_proxy_refused_requests_total counter");
+    for (reason, n) in refused {
+        let _ = writeln!(
+            o,
+            "cutover_proxy_refused_requests_total{{service=\"{service}\",reason=\"{reason}\"}} {n}"
         );
     }
     let _ = writeln!(

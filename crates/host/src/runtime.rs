@@ -156,6 +156,7 @@ fn proxy_config(c: &cutover_core::spec::Config) -> ProxyConfig {
             .service
             .workers
             .map_or_else(cutover_proxy::default_workers, usize::from),
+        trusted_proxies: c.service.trusted_proxies.clone(),
         ..ProxyConfig::default()
     }
 }
@@ -1252,6 +1253,7 @@ impl Driver {
                     self.router.intent(),
                     &self.decision_counts,
                     self.exposition.rejected(),
+                    &self.proxy.refused_requests(),
                 ));
             }
             Request::Alerts(payload, tx) => {
@@ -1455,6 +1457,7 @@ mod tests {
     fn the_proxy_gets_its_settings_from_the_config() {
         let c = cutover_core::spec::Config::from_toml_str(
             "[service]\nname = \"shop\"\nupstream_timeout = \"250ms\"\nworkers = 3\n\
+             trusted_proxies = [\"10.0.0.0/8\"]\n\
              [app]\ncommand = [\"./app\", \"{port}\"]\nupstream_protocol = \"http2\"\n\
              [app.stop]\ndrain_timeout = \"7s\"\n",
         )
@@ -1462,6 +1465,10 @@ mod tests {
         let p = proxy_config(&c);
         assert_eq!(p.upstream_timeout, Duration::from_millis(250));
         assert_eq!(p.workers, 3);
+        assert_eq!(
+            p.trusted_proxies,
+            ["10.0.0.0/8".parse::<cutover_core::Cidr>().unwrap()]
+        );
         assert_eq!(p.shutdown_timeout, Duration::from_secs(7));
         assert_eq!(
             p.upstream_protocol,
@@ -1475,5 +1482,6 @@ mod tests {
         );
         assert_eq!(defaults.upstream_timeout, Duration::from_secs(60));
         assert_eq!(defaults.workers, cutover_proxy::default_workers());
+        assert!(defaults.trusted_proxies.is_empty());
     }
 }

@@ -15,7 +15,7 @@
 //! its connection is never reused.
 
 use crate::body::Resendable;
-use crate::headers::Forwarded;
+use crate::headers::{Forwarded, Sent};
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::TRANSFER_ENCODING;
 use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH};
@@ -330,16 +330,15 @@ impl Conn {
         let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
         out.extend_from_slice(target.as_bytes());
         out.extend_from_slice(b" HTTP/1.1\r\n");
-        let mut sent = (false, false);
+        let mut sent = Sent::default();
         for (name, value) in req.headers() {
             if forwarded.is_some() {
-                let (chain, host) = Forwarded::sent(name);
-                sent = (sent.0 || chain, sent.1 || host);
+                sent.note(name);
             }
             // The framing is written from the body, whatever the fields said.
             let replaced = name == CONTENT_LENGTH
                 || name == TRANSFER_ENCODING
-                || (forwarded.is_some() && Forwarded::replaces(name));
+                || forwarded.is_some_and(|f| f.replaces(name));
             if !replaced {
                 put_field(out, name, value);
             }
@@ -1013,8 +1012,8 @@ pub(crate) mod tests {
         assert_eq!(body.unwrap(), b"");
     }
 
-    /// The `X-Forwarded-*` fields go out once each: the client's chain extended, its
-    /// `X-Forwarded-Proto` replaced, its `X-Forwarded-Host` kept.
+    /// The `X-Forwarded-*` fields go out once each: a trusted peer's chain extended, its
+    /// `X-Forwarded-Proto` and `X-Forwarded-Host` kept.
     #[tokio::test]
     async fn forwarded_fields_are_written_once_each() {
         let (addr, received) = instance(vec![(
@@ -1033,6 +1032,9 @@ pub(crate) mod tests {
         let forwarded = Forwarded {
             client: &client,
             host: Some(&host),
+            proto: &HeaderValue::from_static("http"),
+            // A load balancer in front: its fields are kept, its chain extended.
+            trusted: true,
         };
         let sent = conn.send(req, Some(&forwarded), far(), false).await;
         assert!(sent.is_ok(), "answered");
@@ -1047,7 +1049,7 @@ pub(crate) mod tests {
             [
                 "x-forwarded-for: 1.1.1.1, 10.0.0.7",
                 "x-forwarded-host: orig.example",
-                "x-forwarded-proto: http",
+                "x-forwarded-proto: https",
             ],
             "{received}"
         );

@@ -77,6 +77,8 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+/// RFC 7239's `Forwarded`.
+static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 
 /// The client's address as an `X-Forwarded-For` entry; computed once per connection.
 pub(crate) fn forwarded_for(peer: SocketAddr) -> HeaderValue {
@@ -85,34 +87,68 @@ pub(crate) fn forwarded_for(peer: SocketAddr) -> HeaderValue {
         .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
-/// The `X-Forwarded-*` fields a request leaves with: the client appended to `X-Forwarded-For`,
-/// `X-Forwarded-Proto: http`, and, unless the client already sent one, `X-Forwarded-Host` from
-/// the host it asked for.
+/// Which of the forwarding fields a request came with.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Sent {
+    chain: bool,
+    host: bool,
+    proto: bool,
+}
+
+impl Sent {
+    /// Notes `name` if it is one of the forwarding fields.
+    pub(crate) fn note(&mut self, name: &HeaderName) {
+        self.chain |= name == X_FORWARDED_FOR;
+        self.host |= name == X_FORWARDED_HOST;
+        self.proto |= name == X_FORWARDED_PROTO;
+    }
+
+    fn of(headers: &HeaderMap) -> Sent {
+        Sent {
+            chain: headers.contains_key(&X_FORWARDED_FOR),
+            host: headers.contains_key(&X_FORWARDED_HOST),
+            proto: headers.contains_key(&X_FORWARDED_PROTO),
+        }
+    }
+}
+
+/// The `X-Forwarded-*` fields a request leaves with.
+///
+/// From a peer in `service.trusted_proxies` (a load balancer in front of cutover) what it
+/// says is kept: the peer is appended to its `X-Forwarded-For`, its `X-Forwarded-Host`,
+/// `X-Forwarded-Proto` and `Forwarded` pass unchanged (and are filled in from this hop when
+/// absent). From any other peer they are not to be believed: `X-Forwarded-For` is the peer,
+/// `X-Forwarded-Host` the host it asked for, `X-Forwarded-Proto` the scheme it used, whatever
+/// it sent, and its `Forwarded` is dropped (cutover does not write one: an app that reads it
+/// would otherwise take the client's word for it).
 pub(crate) struct Forwarded<'a> {
     /// The client, from [`forwarded_for`].
     pub(crate) client: &'a HeaderValue,
     pub(crate) host: Option<&'a HeaderValue>,
+    /// The scheme the client connected with: `http` or `https`.
+    pub(crate) proto: &'a HeaderValue,
+    /// Whether the peer is a trusted proxy; decided once per connection.
+    pub(crate) trusted: bool,
 }
 
 impl Forwarded<'_> {
-    /// Whether the client's own field `name` gives way to one of [`Forwarded::fields`].
-    pub(crate) fn replaces(name: &HeaderName) -> bool {
-        name == X_FORWARDED_FOR || name == X_FORWARDED_PROTO
-    }
-
-    /// Which of the fields the client sent itself: `X-Forwarded-For`, `X-Forwarded-Host`.
-    pub(crate) fn sent(name: &HeaderName) -> (bool, bool) {
-        (name == X_FORWARDED_FOR, name == X_FORWARDED_HOST)
+    /// Whether the client's own field `name` gives way to one of [`Forwarded::fields`] (or,
+    /// for an untrusted peer's `Forwarded`, is dropped).
+    pub(crate) fn replaces(&self, name: &HeaderName) -> bool {
+        name == X_FORWARDED_FOR
+            || (!self.trusted
+                && (name == X_FORWARDED_PROTO || name == X_FORWARDED_HOST || name == FORWARDED))
     }
 
     /// The fields to send along with the client's `headers` (less those it
-    /// [replaces](Forwarded::replaces)); `sent` is [`Forwarded::sent`] over all of them.
+    /// [replaces](Forwarded::replaces)); `sent` is [`Sent::note`] over all of them.
     pub(crate) fn fields(
         &self,
         headers: &HeaderMap,
-        (sent_chain, sent_host): (bool, bool),
+        sent: Sent,
     ) -> [(&'static HeaderName, Option<HeaderValue>); 3] {
-        let chain = if sent_chain {
+        // Only a trusted peer's chain is extended: the untrusted default allocates nothing.
+        let chain = if self.trusted && sent.chain {
             let mut joined = String::new();
             for v in headers
                 .get_all(&X_FORWARDED_FOR)
@@ -130,10 +166,16 @@ impl Forwarded<'_> {
         } else {
             self.client.clone()
         };
-        let host = if sent_host { None } else { self.host.cloned() };
+        let keep = |sent: bool| self.trusted && sent;
+        let host = if keep(sent.host) {
+            None
+        } else {
+            self.host.cloned()
+        };
+        let proto = (!keep(sent.proto)).then(|| self.proto.clone());
         [
             (&X_FORWARDED_FOR, Some(chain)),
-            (&X_FORWARDED_PROTO, Some(HeaderValue::from_static("http"))),
+            (&X_FORWARDED_PROTO, proto),
             (&X_FORWARDED_HOST, host),
         ]
     }
@@ -142,11 +184,12 @@ impl Forwarded<'_> {
 /// Puts the [`Forwarded`] fields into `headers`, for a request hyper's clients send (HTTP/2,
 /// upgrades); the worker's HTTP/1.1 connections write them out directly instead (`h1`).
 pub(crate) fn add_forwarded(headers: &mut HeaderMap, forwarded: &Forwarded<'_>) {
-    let sent = (
-        headers.contains_key(&X_FORWARDED_FOR),
-        headers.contains_key(&X_FORWARDED_HOST),
-    );
-    let fields = forwarded.fields(headers, sent);
+    let fields = forwarded.fields(headers, Sent::of(headers));
+    if !forwarded.trusted {
+        for name in [&X_FORWARDED_HOST, &X_FORWARDED_PROTO, &FORWARDED] {
+            headers.remove(name);
+        }
+    }
     // Room for the three at once, rather than growing the map for each.
     headers.reserve(fields.len());
     for (name, value) in fields {
@@ -154,6 +197,171 @@ pub(crate) fn add_forwarded(headers: &mut HeaderMap, forwarded: &Forwarded<'_>) 
             // Replaces every prior value of the name.
             headers.insert(name, value);
         }
+    }
+}
+
+/// Why a request's host is refused with 400 (RFC 9112 §3.2, RFC 9113 §8.3.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HostError {
+    /// An HTTP/1.1 request without `Host`, or an HTTP/2 one without `:authority` or `Host`.
+    Missing,
+    /// More than one `Host` field line.
+    Several,
+    /// A `Host` (or a target's authority) that is not `host[:port]`.
+    Invalid,
+    /// HTTP/2: `Host` and `:authority` name different hosts.
+    Conflict,
+}
+
+impl HostError {
+    /// Every reason, in the order of [`HostError::index`].
+    pub(crate) const ALL: [HostError; 4] = [
+        HostError::Missing,
+        HostError::Several,
+        HostError::Invalid,
+        HostError::Conflict,
+    ];
+
+    /// Its place in [`HostError::ALL`] (and in the proxy's counters).
+    pub(crate) fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Its `reason` label on `/metrics`.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            HostError::Missing => "no_host",
+            HostError::Several => "several_hosts",
+            HostError::Invalid => "invalid_host",
+            HostError::Conflict => "host_authority_conflict",
+        }
+    }
+
+    /// What the client is told.
+    pub(crate) fn message(self) -> &'static str {
+        match self {
+            HostError::Missing => "bad request: the request has no Host header\n",
+            HostError::Several => "bad request: the request has more than one Host header\n",
+            HostError::Invalid => "bad request: the Host header is not a valid host[:port]\n",
+            HostError::Conflict => {
+                "bad request: the Host header and :authority name different hosts\n"
+            }
+        }
+    }
+
+    /// For the log.
+    pub(crate) fn reason(self) -> &'static str {
+        match self {
+            HostError::Missing => "no Host",
+            HostError::Several => "several Host fields",
+            HostError::Invalid => "invalid Host",
+            HostError::Conflict => "Host differs from :authority",
+        }
+    }
+}
+
+/// The host a request is for, checked as RFC 9112 §3.2 and RFC 9113 §8.3.1 ask:
+///
+/// - more than one `Host` field line, or one that is not `host[:port]`: refused, whatever the
+///   version;
+/// - a target with an authority (HTTP/1.1's absolute form, HTTP/2's `:authority`): that
+///   authority, which replaces `Host` (§3.2.2); on HTTP/2 a `Host` that names another host is
+///   refused (§8.3.1 calls such a request malformed);
+/// - otherwise `Host`; an HTTP/1.1 request without one is refused, and so is an HTTP/2 request
+///   with neither `Host` nor `:authority` (there is no host to route or forward it to); an
+///   HTTP/1.0 request may name none (`Ok(None)`).
+///
+/// `Ok((host, from_target))`: `from_target` when the host came from the request target, so the
+/// request's `Host` must be set to it.
+pub(crate) fn request_host(
+    version: http::Version,
+    uri: &http::Uri,
+    headers: &HeaderMap,
+) -> Result<Option<(HeaderValue, bool)>, HostError> {
+    let mut fields = headers.get_all(header::HOST).iter();
+    let field = fields.next();
+    if fields.next().is_some() {
+        return Err(HostError::Several);
+    }
+    if let Some(v) = field {
+        if !valid_host(v.as_bytes()) {
+            return Err(HostError::Invalid);
+        }
+    }
+    if let Some(authority) = uri.authority() {
+        let a = authority.as_str();
+        if !valid_host(a.as_bytes()) {
+            return Err(HostError::Invalid);
+        }
+        if version == http::Version::HTTP_11 && field.is_none() {
+            // §3.2: "A client MUST send a Host header field in all HTTP/1.1 request messages",
+            // absolute form or not.
+            return Err(HostError::Missing);
+        }
+        if version >= http::Version::HTTP_2 {
+            if let Some(v) = field {
+                if !v.as_bytes().eq_ignore_ascii_case(a.as_bytes()) {
+                    return Err(HostError::Conflict);
+                }
+                return Ok(Some((v.clone(), false)));
+            }
+        }
+        let value = HeaderValue::from_str(a).map_err(|_| HostError::Invalid)?;
+        return Ok(Some((value, true)));
+    }
+    match field {
+        Some(v) => Ok(Some((v.clone(), false))),
+        None if version <= http::Version::HTTP_10 => Ok(None),
+        None => Err(HostError::Missing),
+    }
+}
+
+/// Whether `b` is `uri-host [ ":" port ]` (RFC 9110 §7.2): a registered name (unreserved,
+/// percent-encoded and sub-delimiter characters), an IPv4 address, or an IPv6 address in
+/// brackets; the port digits only. No userinfo (`user@host`), no whitespace. Not empty: the
+/// grammar allows an empty name, but an `http` URI with an empty host is invalid (RFC 9110
+/// §4.2.1), and that is the only kind of resource cutover serves.
+fn valid_host(b: &[u8]) -> bool {
+    let port = if let Some(rest) = b.strip_prefix(b"[") {
+        let Some(end) = rest.iter().position(|&c| c == b']') else {
+            return false;
+        };
+        let literal = std::str::from_utf8(&rest[..end]).ok();
+        if literal
+            .and_then(|l| l.parse::<std::net::Ipv6Addr>().ok())
+            .is_none()
+        {
+            return false;
+        }
+        &rest[end + 1..]
+    } else {
+        let end = b.iter().position(|&c| c == b':').unwrap_or(b.len());
+        let (name, port) = b.split_at(end);
+        if name.is_empty() {
+            return false;
+        }
+        let mut i = 0;
+        while i < name.len() {
+            match name[i] {
+                b'%' => {
+                    let hex = |j: usize| name.get(j).is_some_and(u8::is_ascii_hexdigit);
+                    if !(hex(i + 1) && hex(i + 2)) {
+                        return false;
+                    }
+                    i += 3;
+                    continue;
+                }
+                c if c.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=".contains(&c) => {}
+                _ => return false,
+            }
+            i += 1;
+        }
+        port
+    };
+    match port.split_first() {
+        None => true,
+        Some((b':', digits)) => digits.iter().all(u8::is_ascii_digit),
+        Some(_) => false,
     }
 }
 
@@ -294,51 +502,199 @@ mod tests {
         );
     }
 
+    fn forwarded<'a>(
+        client: &'a HeaderValue,
+        host: Option<&'a HeaderValue>,
+        trusted: bool,
+    ) -> Forwarded<'a> {
+        static HTTP: HeaderValue = HeaderValue::from_static("http");
+        Forwarded {
+            client,
+            host,
+            proto: &HTTP,
+            trusted,
+        }
+    }
+
     #[test]
-    fn forwarded_headers_append_and_respect_existing_host() {
+    fn a_trusted_proxys_forwarded_headers_are_extended_and_kept() {
         let peer: SocketAddr = "10.0.0.7:5000".parse().unwrap();
         let mut h = map(&[
             ("x-forwarded-for", "1.1.1.1"),
             ("x-forwarded-for", "2.2.2.2"),
+            ("forwarded", "for=1.1.1.1;proto=https"),
         ]);
         let host = HeaderValue::from_static("shop.example");
-        add_forwarded(
-            &mut h,
-            &Forwarded {
-                client: &forwarded_for(peer),
-                host: Some(&host),
-            },
-        );
+        let client = forwarded_for(peer);
+        add_forwarded(&mut h, &forwarded(&client, Some(&host), true));
         assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 10.0.0.7");
         assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "shop.example");
+        assert_eq!(h["forwarded"], "for=1.1.1.1;proto=https");
 
-        let mut h = map(&[("x-forwarded-host", "orig.example")]);
+        let mut h = map(&[
+            ("x-forwarded-host", "orig.example"),
+            ("x-forwarded-proto", "https"),
+        ]);
         let v6: SocketAddr = "[::ffff:10.0.0.8]:1".parse().unwrap();
-        add_forwarded(
-            &mut h,
-            &Forwarded {
-                client: &forwarded_for(v6),
-                host: Some(&host),
-            },
-        );
+        let client = forwarded_for(v6);
+        add_forwarded(&mut h, &forwarded(&client, Some(&host), true));
         assert_eq!(h["x-forwarded-for"], "10.0.0.8");
         assert_eq!(h["x-forwarded-host"], "orig.example");
+        assert_eq!(h["x-forwarded-proto"], "https");
 
         // Blank prior entries add nothing, not a leading comma.
-        let mut h = map(&[("x-forwarded-for", " "), ("x-forwarded-proto", "https")]);
-        add_forwarded(
-            &mut h,
-            &Forwarded {
-                client: &forwarded_for(peer),
-                host: None,
-            },
-        );
+        let mut h = map(&[("x-forwarded-for", " ")]);
+        let client = forwarded_for(peer);
+        add_forwarded(&mut h, &forwarded(&client, None, true));
         assert_eq!(h["x-forwarded-for"], "10.0.0.7");
-        assert_eq!(h.get_all("x-forwarded-proto").iter().count(), 1);
-        assert_eq!(h["x-forwarded-proto"], "http");
         assert!(!h.contains_key("x-forwarded-host"));
+    }
+
+    #[test]
+    fn an_untrusted_clients_forwarded_headers_are_replaced_or_dropped() {
+        let peer: SocketAddr = "203.0.113.9:5000".parse().unwrap();
+        let client = forwarded_for(peer);
+        let host = HeaderValue::from_static("shop.example");
+        let sent = [
+            ("x-forwarded-for", "1.1.1.1"),
+            ("x-forwarded-for", "2.2.2.2"),
+            ("x-forwarded-host", "evil.example"),
+            ("x-forwarded-proto", "https"),
+            ("forwarded", "for=1.1.1.1;proto=https"),
+            ("x-app", "kept"),
+        ];
+        let mut h = map(&sent);
+        add_forwarded(&mut h, &forwarded(&client, Some(&host), false));
+        assert_eq!(
+            h,
+            map(&[
+                ("x-app", "kept"),
+                ("x-forwarded-for", "203.0.113.9"),
+                ("x-forwarded-proto", "http"),
+                ("x-forwarded-host", "shop.example"),
+            ])
+        );
+        // No host to name (HTTP/1.0 without `Host`): the client's is dropped all the same.
+        let mut h = map(&sent);
+        add_forwarded(&mut h, &forwarded(&client, None, false));
+        assert!(!h.contains_key("x-forwarded-host"), "{h:?}");
+        assert!(!h.contains_key("forwarded"), "{h:?}");
+        // What the HTTP/1.1 writer skips and writes instead: the same.
+        let f = forwarded(&client, Some(&host), false);
+        let h = map(&sent);
+        let mut noted = Sent::default();
+        h.keys().for_each(|k| noted.note(k));
+        let kept: Vec<&str> = h
+            .keys()
+            .filter(|k| !f.replaces(k))
+            .map(HeaderName::as_str)
+            .collect();
+        assert_eq!(kept, ["x-app"]);
+        let written: Vec<(&str, Option<HeaderValue>)> = f
+            .fields(&h, noted)
+            .into_iter()
+            .map(|(n, v)| (n.as_str(), v))
+            .collect();
+        assert_eq!(
+            written,
+            [
+                ("x-forwarded-for", Some(client.clone())),
+                ("x-forwarded-proto", Some(HeaderValue::from_static("http"))),
+                ("x-forwarded-host", Some(host.clone())),
+            ]
+        );
+    }
+
+    #[test]
+    fn the_host_rule_of_rfc_9112_and_9113() {
+        use http::Version;
+        let uri = |s: &str| s.parse::<http::Uri>().unwrap();
+        let host = |version, target: &str, fields: &[(&str, &str)]| {
+            request_host(version, &uri(target), &map(fields))
+                .map(|h| h.map(|(v, from_target)| (v.to_str().unwrap().to_owned(), from_target)))
+        };
+        let ok = |v: &str, from_target| Ok(Some((v.to_owned(), from_target)));
+        let v11 = Version::HTTP_11;
+        assert_eq!(host(v11, "/", &[("host", "shop")]), ok("shop", false));
+        assert_eq!(host(v11, "/", &[]), Err(HostError::Missing));
+        assert_eq!(
+            host(v11, "/", &[("host", "a"), ("host", "a")]),
+            Err(HostError::Several)
+        );
+        // HTTP/1.0 may name no host; more than one is refused there too.
+        assert_eq!(host(Version::HTTP_10, "/", &[]), Ok(None));
+        assert_eq!(
+            host(Version::HTTP_10, "/", &[("host", "a"), ("host", "b")]),
+            Err(HostError::Several)
+        );
+        // Absolute form: the target's authority wins, but HTTP/1.1 must still send `Host`.
+        assert_eq!(
+            host(v11, "http://shop.example:8080/x", &[("host", "other")]),
+            ok("shop.example:8080", true)
+        );
+        assert_eq!(
+            host(v11, "http://shop.example/x", &[]),
+            Err(HostError::Missing)
+        );
+        assert_eq!(
+            host(Version::HTTP_10, "http://shop.example/x", &[]),
+            ok("shop.example", true)
+        );
+        assert_eq!(
+            host(
+                v11,
+                "http://user@shop.example/x",
+                &[("host", "shop.example")]
+            ),
+            Err(HostError::Invalid)
+        );
+        // HTTP/2: `:authority` is the host; a `Host` must agree with it.
+        let v2 = Version::HTTP_2;
+        assert_eq!(host(v2, "http://shop/x", &[]), ok("shop", true));
+        assert_eq!(
+            host(v2, "http://shop/x", &[("host", "SHOP")]),
+            ok("SHOP", false)
+        );
+        assert_eq!(
+            host(v2, "http://shop/x", &[("host", "evil")]),
+            Err(HostError::Conflict)
+        );
+        assert_eq!(host(v2, "/x", &[("host", "shop")]), ok("shop", false));
+        assert_eq!(host(v2, "/x", &[]), Err(HostError::Missing));
+        // The grammar: host[:port], nothing else.
+        for good in [
+            "shop",
+            "shop.example:8080",
+            "10.0.0.1:80",
+            "[::1]:8080",
+            "[2001:db8::1]",
+            "xn--bcher-kva.example",
+            "a%41b",
+            "shop:",
+        ] {
+            assert!(valid_host(good.as_bytes()), "{good:?} refused");
+        }
+        for bad in [
+            "user@shop",
+            "shop example",
+            "shop:80x",
+            "shop:80:90",
+            "[::1",
+            "[zz]",
+            "[::1]x",
+            "sh/op",
+            "shop\\",
+            "a%4",
+            "a%zz",
+            "ünï",
+            "",
+            ":80",
+            "[]",
+        ] {
+            assert!(!valid_host(bad.as_bytes()), "{bad:?} accepted");
+        }
     }
 
     #[test]

@@ -15,6 +15,9 @@
 //! by `conn`, which also closes idle HTTP/2 connections (hyper has no timer for them), and
 //! ends with a lingering close (`linger`: FIN first, then reading until the client closes, so
 //! that no reset destroys the last response).
+//! A request must name exactly one valid host (`Host`, an absolute-form target, HTTP/2's
+//! `:authority`) or it is answered 400 before it is routed; `X-Forwarded-*` are believed only
+//! from [`ProxyConfig::trusted_proxies`] and replaced for anyone else (`headers`).
 //! WebSockets are relayed frame by frame (so a drain can end them with close code 1012 without
 //! losing acks or executing orders twice, see `ws`); any other HTTP/1.1 `Upgrade` is passed
 //! through as a byte tunnel.

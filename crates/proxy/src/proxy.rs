@@ -12,6 +12,7 @@ use crate::ws::{self, WsDrainReport};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use cutover_core::spec::{StickySpec, UpstreamProtocol};
+use cutover_core::Cidr;
 use cutover_telemetry::{Recorder, VersionRecorder};
 use http::header::{HeaderName, HOST};
 use http::uri::PathAndQuery;
@@ -70,6 +71,9 @@ pub struct ProxyConfig {
     /// own event loop and keeps its own upstream connections, so a request is served start to
     /// finish on one thread, with no hand-off between threads. Defaults to one per CPU.
     pub workers: usize,
+    /// Peers whose forwarding headers are believed (`service.trusted_proxies`); see
+    /// [`crate::headers`]'s `Forwarded`. Checked once per connection.
+    pub trusted_proxies: Vec<Cidr>,
 }
 
 impl Default for ProxyConfig {
@@ -88,6 +92,7 @@ impl Default for ProxyConfig {
             upstream_timeout: Duration::from_secs(60),
             upstream_protocol: UpstreamProtocol::Http1,
             workers: default_workers(),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -136,6 +141,9 @@ struct Inner {
     recorder: Recorder,
     /// Open WebSocket sessions by backend address (what [`Proxy::drain_websockets`] closes).
     ws: Arc<ws::Sessions>,
+    /// Requests refused for their host, by [`headers::HostError::index`]. Shared by the
+    /// workers, but written only on that rare path.
+    refused: [std::sync::atomic::AtomicU64; headers::HostError::ALL.len()],
 }
 
 impl Proxy {
@@ -161,6 +169,7 @@ impl Proxy {
                 balance: Mutex::new(Weak::new()),
                 recorder,
                 ws: Arc::default(),
+                refused: Default::default(),
             }),
         }
     }
@@ -275,6 +284,20 @@ impl Proxy {
         quiet: Duration,
     ) -> impl Future<Output = WsDrainReport> + Send + 'static {
         self.inner.ws.drain(addr, quiet)
+    }
+
+    /// Requests the proxy answered 400 itself for their host (RFC 9112 §3.2), since it
+    /// started, by reason (`no_host`, `several_hosts`, `invalid_host`,
+    /// `host_authority_conflict`; every reason, zero or not). They reached no version and are
+    /// in no version's numbers.
+    pub fn refused_requests(&self) -> Vec<(&'static str, u64)> {
+        headers::HostError::ALL
+            .iter()
+            .map(|e| {
+                let n = self.inner.refused[e.index()].load(std::sync::atomic::Ordering::Relaxed);
+                (e.label(), n)
+            })
+            .collect()
     }
 
     /// The telemetry the proxy records into.
@@ -487,7 +510,7 @@ impl Proxy {
                                 return;
                             };
                             let stream = TokioIo::new(Linger::new(stream, linger_timeout));
-                            return serve_connection(worker, &builder, stream, peer, protocol, &stop).await;
+                            return serve_connection(worker, &builder, stream, peer, protocol, false, &stop).await;
                         };
                         let handshake = tokio::select! {
                             biased;
@@ -513,7 +536,7 @@ impl Proxy {
                             Protocol::Http1
                         };
                         let stream = TokioIo::new(Linger::new(stream, linger_timeout));
-                        serve_connection(worker, &builder, stream, peer, protocol, &stop).await;
+                        serve_connection(worker, &builder, stream, peer, protocol, true, &stop).await;
                     });
                 }
             }
@@ -534,6 +557,24 @@ impl Proxy {
         mut req: Request<Incoming>,
     ) -> Response<ProxyBody> {
         let peer = client.peer;
+        // Before anything else: a request refused here reached no version and counts for none.
+        let host = match headers::request_host(req.version(), req.uri(), req.headers()) {
+            Ok(host) => host,
+            Err(e) => {
+                debug!(%peer, reason = e.reason(), "request refused: 400");
+                self.inner.refused[e.index()].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let mut resp = local(StatusCode::BAD_REQUEST, e.message());
+                // HTTP/1.1: the connection ends with it (HTTP/2 has no `Connection`; only the
+                // stream is answered).
+                if req.version() < Version::HTTP_2 {
+                    resp.headers_mut().insert(
+                        http::header::CONNECTION,
+                        http::HeaderValue::from_static("close"),
+                    );
+                }
+                return resp;
+            }
+        };
         let started = Instant::now();
         // The one load of the table for this request (invariant 1).
         let routes = worker.routes();
@@ -563,16 +604,15 @@ impl Proxy {
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
         // Taken before the hop-by-hop headers go, so that even a `Connection: host` keeps it.
-        let host = parts.headers.get(HOST).cloned().or_else(|| {
-            parts
-                .uri
-                .authority()
-                .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok())
-        });
+        let (host, from_target) = match host {
+            Some((v, from_target)) => (Some(v), from_target),
+            None => (None, false),
+        };
         headers::strip_hop_by_hop(&mut parts.headers, upgrade);
-        // HTTP/2 clients name the host in `:authority`; HTTP/1.1 apps expect it in `Host`,
-        // not the backend's address the upstream client would fill in.
-        if !parts.headers.contains_key(HOST) {
+        // HTTP/2 clients name the host in `:authority`, an absolute-form target in the target
+        // (which overrides `Host`, RFC 9112 §3.2.2); HTTP/1.1 apps expect it in `Host`, not
+        // the backend's address the upstream client would fill in.
+        if from_target || !parts.headers.contains_key(HOST) {
             if let Some(v) = &host {
                 parts.headers.insert(HOST, v.clone());
             }
@@ -596,6 +636,8 @@ impl Proxy {
         let forwarded = headers::Forwarded {
             client: &client.forwarded_for,
             host: host.as_ref(),
+            proto: &client.proto,
+            trusted: client.trusted,
         };
         // The worker's HTTP/1.1 connections write these out with the head.
         if via != Via::Http1 {
@@ -839,6 +881,10 @@ struct Client {
     peer: SocketAddr,
     /// `peer` as an `X-Forwarded-For` entry.
     forwarded_for: http::HeaderValue,
+    /// `http` or `https`, for `X-Forwarded-Proto`.
+    proto: http::HeaderValue,
+    /// Whether `peer` is one of `trusted_proxies`, whose forwarding headers are kept.
+    trusted: bool,
 }
 
 /// What one worker thread owns: its upstream connections and its tunnels.
@@ -963,13 +1009,23 @@ async fn serve_connection<I>(
     io: I,
     peer: SocketAddr,
     protocol: Protocol,
+    tls: bool,
     stop: &tokio_util::sync::CancellationToken,
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
+    let trusted = worker
+        .proxy
+        .inner
+        .config
+        .trusted_proxies
+        .iter()
+        .any(|net| net.contains(peer.ip()));
     let client = Client {
         peer,
         forwarded_for: headers::forwarded_for(peer),
+        proto: http::HeaderValue::from_static(if tls { "https" } else { "http" }),
+        trusted,
     };
     // hyper closes an idle HTTP/1.1 connection itself; HTTP/2 is watched here.
     let streams = (protocol == Protocol::Http2).then(|| Arc::new(Streams::default()));

@@ -212,6 +212,20 @@ async fn alpn_http1_is_negotiated_and_served() {
         let body = resp.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(&body[..], b"v1");
     }
+    // The app hears that the client used TLS, whatever the (untrusted) client claimed.
+    let req = Request::get("/headers")
+        .header("host", "localhost")
+        .header("x-forwarded-proto", "http")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let seen = String::from_utf8_lossy(&body);
+    let protos: Vec<&str> = seen
+        .lines()
+        .filter(|l| l.starts_with("x-forwarded-proto:"))
+        .collect();
+    assert_eq!(protos, ["x-forwarded-proto: https"], "{seen}");
 }
 
 /// A renewed certificate is served to new connections after the reload interval, while a

@@ -307,9 +307,14 @@ impl Running {
     }
 
     pub async fn with_config(config: ProxyConfig) -> Running {
+        Running::listening(config, "127.0.0.1:0".parse().unwrap()).await
+    }
+
+    /// A proxy on `listen` (e.g. `[::1]:0`, for clients with an IPv6 address).
+    pub async fn listening(config: ProxyConfig, listen: SocketAddr) -> Running {
         let recorder = Recorder::new(Duration::from_secs(1), Duration::from_secs(60));
         let proxy = Proxy::new(config, recorder.clone());
-        let listener = Proxy::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let listener = Proxy::bind(listen).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
         let p = proxy.clone();
