@@ -354,7 +354,7 @@ fn trusted_proxies_are_cidrs_and_none_by_default() {
         ),
         (r#"["lb.internal"]"#, "is not an IP address range"),
         (r#"["::/200"]"#, "over 128"),
-        ("\"10.0.0.0/8\"", "sequence"),
+        ("\"10.0.0.0/8\"", "expected a list"),
     ] {
         let e = errors(&with(bad)).join("\n");
         assert!(
