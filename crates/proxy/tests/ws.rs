@@ -459,3 +459,189 @@ async fn an_instance_that_vanishes_gets_its_clients_a_1012_not_a_reset() {
     })
     .await;
 }
+
+/// The order service of `tests/apps/ws_orders.py` (Python's `websockets`: it negotiates
+/// permessage-deflate and the `orders.v1` subprotocol) on a port of its own; killed on drop.
+struct PythonApp {
+    addr: SocketAddr,
+    child: std::process::Child,
+    state: tempfile::TempDir,
+}
+
+impl PythonApp {
+    fn start() -> PythonApp {
+        use std::io::BufRead;
+        let state = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new("python3")
+            .arg(apps().join("ws_orders.py"))
+            .args(["--port", "0", "--version", "v1", "--state-dir"])
+            .arg(state.path())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 runs (scripts/test installs it and `websockets`)");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port: u16 = line
+            .trim()
+            .strip_prefix("listening ")
+            .unwrap_or_else(|| panic!("ws_orders.py said {line:?} (is `websockets` installed?)"))
+            .parse()
+            .unwrap();
+        PythonApp {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            child,
+            state,
+        }
+    }
+
+    fn lines(&self, name: &str) -> Vec<String> {
+        std::fs::read_to_string(self.state.path().join(name))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl Drop for PythonApp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn apps() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/apps")
+}
+
+/// What `tests/apps/ws_orders_client.py` printed, once it finished.
+struct PythonClientRun {
+    lines: Vec<String>,
+}
+
+impl PythonClientRun {
+    fn count(&self, prefix: &str) -> usize {
+        self.lines.iter().filter(|l| l.starts_with(prefix)).count()
+    }
+}
+
+/// Runs the Python `websockets` order client (its defaults: it offers permessage-deflate)
+/// against `url`; it stops placing orders once `stop` resolves, and finishes when every order
+/// was acked.
+async fn python_client(
+    url: String,
+    stop: impl std::future::Future<Output = ()>,
+) -> PythonClientRun {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let mut child = tokio::process::Command::new("python3")
+        .arg(apps().join("ws_orders_client.py"))
+        .arg(url)
+        .arg("py")
+        .args(["--rate", "100"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut out = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut lines = Vec::new();
+    tokio::pin!(stop);
+    let mut stopped = false;
+    let read = async {
+        loop {
+            tokio::select! {
+                () = &mut stop, if !stopped => {
+                    stopped = true;
+                    stdin.write_all(b"stop\n").await.unwrap();
+                }
+                line = out.next_line() => match line.unwrap() {
+                    Some(l) => lines.push(l),
+                    None => break,
+                },
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), read)
+        .await
+        .unwrap_or_else(|_| panic!("the Python client did not finish"));
+    let _ = child.wait().await;
+    PythonClientRun { lines }
+}
+
+/// Invariant 12: a client and an app that both speak permessage-deflate (Python's
+/// `websockets` with its defaults) keep it through cutover, with their subprotocol; a drain of
+/// compressed sessions still ends them with 1012, and every order is acked exactly once and
+/// executed exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compressed_sessions_relay_and_drain_with_pythons_websockets() {
+    let app = PythonApp::start();
+    let px = Running::start().await;
+    let backend = Arc::new(cutover_proxy::Backend::new("v1#0", app.addr));
+    px.proxy.set_table(table(
+        Some(pool("v1", std::slice::from_ref(&backend))),
+        None,
+    ));
+    let proxy = px.proxy.clone();
+    let executed = || app.lines("executed.log").len();
+    let stop = async {
+        eventually("orders executed", || executed() > 30).await;
+        // Drained twice while orders flow: the client reconnects (to the same instance, still
+        // in the table) and resends what was not acked.
+        for _ in 0..2 {
+            let report = tokio::time::timeout(
+                DEADLINE,
+                proxy.drain_websockets(app.addr, Duration::from_millis(100)),
+            )
+            .await
+            .unwrap();
+            assert_eq!(report.closed_by_cutover, 1, "{report:?}");
+            let before = executed();
+            eventually("orders after the drain", || executed() > before + 30).await;
+        }
+    };
+    let run = python_client(format!("ws://{}/orders", px.addr), stop).await;
+    let done = run.lines.last().expect("output");
+    assert!(done.starts_with("done "), "{:?}", run.lines);
+    assert!(done.ends_with("\"unacked\": []}"), "{done}");
+    let opens: Vec<_> = run
+        .lines
+        .iter()
+        .filter(|l| l.starts_with("open "))
+        .collect();
+    assert_eq!(opens.len(), 3, "{:?}", run.lines);
+    for open in &opens {
+        assert!(
+            open.starts_with("open permessage-deflate") && open.ends_with("| orders.v1"),
+            "{open}"
+        );
+    }
+    for s in app.lines("sessions.log") {
+        assert!(
+            s.starts_with("permessage-deflate") && s.ends_with("| orders.v1"),
+            "{s}"
+        );
+    }
+    assert_eq!(run.count("close 1012"), 2, "{:?}", run.lines);
+    assert_eq!(run.count("close "), 3, "{:?}", run.lines);
+    assert_eq!(run.count("dup "), 0);
+    let acked: HashSet<String> = run
+        .lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("ack "))
+        .map(|l| l.split(' ').next().unwrap().to_owned())
+        .collect();
+    let executed: Vec<String> = app
+        .lines("executed.log")
+        .iter()
+        .map(|l| l.split(' ').next().unwrap().to_owned())
+        .collect();
+    assert_eq!(executed.len(), acked.len(), "each order executed once");
+    assert_eq!(executed.into_iter().collect::<HashSet<_>>(), acked);
+    eventually("sessions ended", || {
+        px.proxy.websocket_sessions(app.addr) == 0
+    })
+    .await;
+}
