@@ -1,5 +1,7 @@
 //! WebSocket relay and drain, end to end: real sockets on 127.0.0.1, a WebSocket app written
-//! here with tokio-tungstenite, a tokio-tungstenite client.
+//! here with tokio-tungstenite, a tokio-tungstenite client; an order service and a client
+//! written with Python's `websockets` (`tests/apps`), which negotiate permessage-deflate; and
+//! raw sockets where the exact bytes on the wire are the point.
 
 mod support;
 
@@ -644,4 +646,208 @@ async fn compressed_sessions_relay_and_drain_with_pythons_websockets() {
         px.proxy.websocket_sessions(app.addr) == 0
     })
     .await;
+}
+
+/// A raw WebSocket app: reads one upgrade request, answers `101` with `extensions` (when
+/// given) and the subprotocol `orders.v1`, sends `to_client` as it is, then records the bytes
+/// it receives until it has `expect` of them or the connection ends. Hands back the request
+/// head and those bytes.
+async fn raw_app(
+    extensions: Option<&'static str>,
+    to_client: Vec<u8>,
+    expect: usize,
+) -> (SocketAddr, tokio::task::JoinHandle<(String, Vec<u8>)>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut buf = Vec::new();
+        let head_end = loop {
+            let mut chunk = [0u8; 4096];
+            let n = s.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "the request head ended early");
+            buf.extend_from_slice(&chunk[..n]);
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+        let mut received = buf[head_end..].to_vec();
+        let ext = extensions
+            .map(|e| format!("Sec-WebSocket-Extensions: {e}\r\n"))
+            .unwrap_or_default();
+        // Any accept value: the raw client below does not check it.
+        let answer = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\nSec-WebSocket-Protocol: orders.v1\r\n{ext}\r\n"
+        );
+        s.write_all(answer.as_bytes()).await.unwrap();
+        s.write_all(&to_client).await.unwrap();
+        while received.len() < expect {
+            let mut chunk = [0u8; 4096];
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => received.extend_from_slice(&chunk[..n]),
+            }
+        }
+        (head, received)
+    });
+    (addr, task)
+}
+
+const UPGRADE_REQUEST: &str = "GET /orders HTTP/1.1\r\nHost: orders\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: orders.v1, orders.v0\r\nSec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n";
+
+/// Reads a response head off `s` (and whatever came after it in the same reads).
+async fn read_head(s: &mut TcpStream) -> (String, Vec<u8>) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    loop {
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(DEADLINE, s.read(&mut chunk))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "connection ended before a response: {buf:?}");
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let rest = buf.split_off(i + 4);
+            return (String::from_utf8_lossy(&buf).into_owned(), rest);
+        }
+    }
+}
+
+/// A frame as a client would write it (masked) or an app (unmasked).
+fn wire_frame(b0: u8, mask: Option<[u8; 4]>, payload: &[u8]) -> Vec<u8> {
+    assert!(payload.len() < 126);
+    let mut out = vec![
+        b0,
+        payload.len() as u8 | if mask.is_some() { 0x80 } else { 0 },
+    ];
+    match mask {
+        Some(m) => {
+            out.extend_from_slice(&m);
+            out.extend(payload.iter().enumerate().map(|(i, b)| b ^ m[i % 4]));
+        }
+        None => out.extend_from_slice(payload),
+    }
+    out
+}
+
+/// Invariant 12, byte for byte: the offer of permessage-deflate and the subprotocols reach the
+/// instance untouched, its `101` reaches the client with both, and compressed frames (RSV1
+/// set, fragmented, a ping between the fragments) arrive exactly as they were sent, in each
+/// direction, masks included.
+#[tokio::test]
+async fn compressed_frames_pass_byte_for_byte_with_extensions_and_subprotocol() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // "Hello" compressed (RFC 7692 §7.2.3.1), as the app sends it: RSV1 + text, unmasked; then
+    // the same message in two fragments (RSV1 only on the first) with a ping between them.
+    let deflated: &[u8] = &[0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00];
+    let app_frames = [
+        wire_frame(0xc1, None, deflated),
+        wire_frame(0x41, None, &deflated[..3]),
+        wire_frame(0x89, None, b"app-ping"),
+        wire_frame(0x80, None, &deflated[3..]),
+    ]
+    .concat();
+    let client_frames = [
+        wire_frame(0xc1, Some([1, 2, 3, 4]), deflated),
+        wire_frame(0x42, Some([5, 6, 7, 8]), &deflated[..2]),
+        wire_frame(0x8a, Some([9, 9, 9, 9]), b"app-ping"),
+        wire_frame(0x80, Some([0xa, 0xb, 0xc, 0xd]), &deflated[2..]),
+        wire_frame(0x88, Some([1, 1, 1, 1]), &[0x03, 0xe8, b'o', b'k']),
+    ]
+    .concat();
+    let (addr, app) = raw_app(
+        Some("permessage-deflate; server_no_context_takeover"),
+        app_frames.clone(),
+        client_frames.len(),
+    )
+    .await;
+    let px = Running::start().await;
+    px.proxy.set_table(table(
+        Some(pool(
+            "v1",
+            &[Arc::new(cutover_proxy::Backend::new("v1", addr))],
+        )),
+        None,
+    ));
+
+    let mut s = TcpStream::connect(px.addr).await.unwrap();
+    s.write_all(UPGRADE_REQUEST.as_bytes()).await.unwrap();
+    let (head, mut from_app) = read_head(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let lower = head.to_ascii_lowercase();
+    assert!(
+        lower.contains("sec-websocket-extensions: permessage-deflate; server_no_context_takeover"),
+        "{head}"
+    );
+    assert!(
+        lower.contains("sec-websocket-protocol: orders.v1"),
+        "{head}"
+    );
+
+    while from_app.len() < app_frames.len() {
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(DEADLINE, s.read(&mut chunk))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0);
+        from_app.extend_from_slice(&chunk[..n]);
+    }
+    assert_eq!(from_app, app_frames, "the app's frames, unchanged");
+
+    s.write_all(&client_frames).await.unwrap();
+    let (request, received) = tokio::time::timeout(DEADLINE, app).await.unwrap().unwrap();
+    let request = request.to_ascii_lowercase();
+    assert!(
+        request.contains("sec-websocket-extensions: permessage-deflate; client_max_window_bits"),
+        "{request}"
+    );
+    assert!(
+        request.contains("sec-websocket-protocol: orders.v1, orders.v0"),
+        "{request}"
+    );
+    assert_eq!(received, client_frames, "the client's frames, unchanged");
+    // The app went without answering the close: the session still ends.
+    eventually("session ended", || px.proxy.websocket_sessions(addr) == 0).await;
+}
+
+/// What cutover cannot relay it refuses before the `101` (invariant 12): an instance that
+/// accepts an extension other than permessage-deflate gets its client a 502 naming the
+/// problem, never a session that breaks after the switch.
+#[tokio::test]
+async fn an_extension_cutover_cannot_relay_is_refused_before_the_101() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (addr, _app) = raw_app(Some("x-webkit-deflate-frame"), Vec::new(), 0).await;
+    let px = Running::start().await;
+    px.proxy.set_table(table(
+        Some(pool(
+            "v1",
+            &[Arc::new(cutover_proxy::Backend::new("v1", addr))],
+        )),
+        None,
+    ));
+    let mut s = TcpStream::connect(px.addr).await.unwrap();
+    s.write_all(UPGRADE_REQUEST.as_bytes()).await.unwrap();
+    let (head, mut body) = read_head(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 502"), "{head}");
+    // The connection stays open for the next request: read the body, up to its newline.
+    while !body.ends_with(b"\n") {
+        let mut chunk = [0u8; 1024];
+        let n = tokio::time::timeout(DEADLINE, s.read(&mut chunk))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "connection ended mid-body");
+        body.extend_from_slice(&chunk[..n]);
+    }
+    let body = String::from_utf8_lossy(&body);
+    assert!(
+        body.contains("WebSocket extension cutover cannot relay"),
+        "{body}"
+    );
+    assert_eq!(px.proxy.websocket_sessions(addr), 0);
+    eventually("nothing in flight", || px.proxy.in_flight(addr) == 0).await;
 }
