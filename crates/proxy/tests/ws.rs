@@ -657,9 +657,26 @@ async fn raw_app(
     to_client: Vec<u8>,
     expect: usize,
 ) -> (SocketAddr, tokio::task::JoinHandle<(String, Vec<u8>)>) {
+    let (addr, _, task) = raw_app_live(extensions, to_client, expect).await;
+    (addr, task)
+}
+
+/// [`raw_app`], also showing the bytes received so far while it runs; it ends its connection
+/// once it has `expect` bytes.
+async fn raw_app_live(
+    extensions: Option<&'static str>,
+    to_client: Vec<u8>,
+    expect: usize,
+) -> (
+    SocketAddr,
+    Arc<Mutex<Vec<u8>>>,
+    tokio::task::JoinHandle<(String, Vec<u8>)>,
+) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let live = Arc::new(Mutex::new(Vec::new()));
+    let seen = live.clone();
     let task = tokio::spawn(async move {
         let (mut s, _) = listener.accept().await.unwrap();
         let mut buf = Vec::new();
@@ -674,6 +691,7 @@ async fn raw_app(
         };
         let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
         let mut received = buf[head_end..].to_vec();
+        seen.lock().unwrap().clone_from(&received);
         let ext = extensions
             .map(|e| format!("Sec-WebSocket-Extensions: {e}\r\n"))
             .unwrap_or_default();
@@ -687,12 +705,15 @@ async fn raw_app(
             let mut chunk = [0u8; 4096];
             match s.read(&mut chunk).await {
                 Ok(0) | Err(_) => break,
-                Ok(n) => received.extend_from_slice(&chunk[..n]),
+                Ok(n) => {
+                    received.extend_from_slice(&chunk[..n]);
+                    seen.lock().unwrap().extend_from_slice(&chunk[..n]);
+                }
             }
         }
         (head, received)
     });
-    (addr, task)
+    (addr, live, task)
 }
 
 const UPGRADE_REQUEST: &str = "GET /orders HTTP/1.1\r\nHost: orders\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: orders.v1, orders.v0\r\nSec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n";
@@ -850,4 +871,92 @@ async fn an_extension_cutover_cannot_relay_is_refused_before_the_101() {
     );
     assert_eq!(px.proxy.websocket_sessions(addr), 0);
     eventually("nothing in flight", || px.proxy.in_flight(addr) == 0).await;
+}
+
+/// A drain that begins in the middle of a fragmented (compressed) message completes that
+/// message, so the instance never holds half of one, and forwards nothing the client sends
+/// after it: not the next message, not a ping. Then the usual 1001 to the instance and 1012 to
+/// the client.
+#[tokio::test]
+async fn a_drain_stops_client_frames_at_a_message_boundary() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let deflated: &[u8] = &[0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00];
+    let first = wire_frame(0x41, Some([1, 2, 3, 4]), &deflated[..3]);
+    let rest = wire_frame(0x80, Some([5, 6, 7, 8]), &deflated[3..]);
+    let next_message = wire_frame(0xc1, Some([9, 9, 9, 9]), deflated);
+    let ping = wire_frame(0x89, Some([7, 7, 7, 7]), b"ping");
+    // cutover's close to the instance: 2 + 4 header and mask bytes, the code, the reason.
+    let close_len = 6 + 2 + "cutover: instance draining".len();
+    let (addr, live, app) = raw_app_live(
+        Some("permessage-deflate"),
+        Vec::new(),
+        first.len() + rest.len() + close_len,
+    )
+    .await;
+    let px = Running::start().await;
+    px.proxy.set_table(table(
+        Some(pool(
+            "v1",
+            &[Arc::new(cutover_proxy::Backend::new("v1", addr))],
+        )),
+        None,
+    ));
+    let mut s = TcpStream::connect(px.addr).await.unwrap();
+    s.write_all(UPGRADE_REQUEST.as_bytes()).await.unwrap();
+    let (head, _) = read_head(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+
+    s.write_all(&first).await.unwrap();
+    eventually("the first fragment reached the app", || {
+        live.lock().unwrap().len() == first.len()
+    })
+    .await;
+    // The drain flag is set when the drain is asked for, before the rest is sent.
+    let drain = tokio::spawn(px.proxy.drain_websockets(addr, Duration::from_millis(100)));
+    s.write_all(&[rest.clone(), next_message, ping].concat())
+        .await
+        .unwrap();
+
+    // The client gets 1012 (the app never answers the close: it ends its connection).
+    let mut got = Vec::new();
+    let code = loop {
+        let mut chunk = [0u8; 256];
+        let n = tokio::time::timeout(DEADLINE, s.read(&mut chunk))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "ended without a close frame: {got:?}");
+        got.extend_from_slice(&chunk[..n]);
+        if got.len() >= 4 {
+            assert_eq!(got[0], 0x88, "a close frame, unmasked: {got:?}");
+            break u16::from_be_bytes([got[2], got[3]]);
+        }
+    };
+    assert_eq!(code, 1012);
+    s.write_all(&wire_frame(
+        0x88,
+        Some([3, 3, 3, 3]),
+        &1012u16.to_be_bytes(),
+    ))
+    .await
+    .unwrap();
+    let (_, received) = tokio::time::timeout(DEADLINE, app).await.unwrap().unwrap();
+    let message = [first, rest].concat();
+    assert_eq!(
+        &received[..message.len()],
+        &message[..],
+        "the begun message, whole"
+    );
+    let close = &received[message.len()..];
+    assert_eq!(close.len(), close_len, "then only the close: {received:?}");
+    assert_eq!(close[0], 0x88);
+    assert_eq!(close[1] & 0x80, 0x80, "masked, as a client's frames are");
+    let mask = [close[2], close[3], close[4], close[5]];
+    let code = u16::from_be_bytes([close[6] ^ mask[0], close[7] ^ mask[1]]);
+    assert_eq!(code, 1001);
+    let report = tokio::time::timeout(DEADLINE, drain)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(report.sessions, 1);
 }
