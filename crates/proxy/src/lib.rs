@@ -16,7 +16,9 @@
 //! ends with a lingering close (`linger`: FIN first, then reading until the client closes, so
 //! that no reset destroys the last response).
 //! WebSockets are relayed frame by frame (so a drain can end them with close code 1012 without
-//! losing acks or executing orders twice, see `ws`); any other HTTP/1.1 `Upgrade` is passed
+//! losing acks or executing orders twice, see `ws`), each frame byte for byte, so that
+//! permessage-deflate and subprotocols pass as browsers negotiate them (an instance accepting
+//! any other extension is refused before the `101`); any other HTTP/1.1 `Upgrade` is passed
 //! through as a byte tunnel.
 //!
 //! The public listener serves plaintext ([`Proxy::serve`]: HTTP/1.1, and HTTP/2 with prior

@@ -254,6 +254,9 @@ pub(crate) async fn relay(
     session.finish(end);
 }
 
+/// How much a relay reads at once, at least (most frames are smaller).
+const READ_CHUNK: usize = 8 * 1024;
+
 /// Reads whole frames off one side. Cancel-safe: bytes read stay in `buf` when a read is
 /// abandoned, so a relay that stops reading mid-frame loses nothing.
 struct Reader {
@@ -274,7 +277,7 @@ impl Reader {
     fn new(io: ReadHalf<Io>) -> Reader {
         Reader {
             io,
-            buf: BytesMut::with_capacity(8 * 1024),
+            buf: BytesMut::with_capacity(READ_CHUNK),
         }
     }
 
@@ -284,6 +287,11 @@ impl Reader {
                 Ok(Some(f)) => return Ok(f),
                 Ok(None) => {}
                 Err(e) => return Err(ReadEnd::Failed(e.to_string())),
+            }
+            // Room for a good read: `read_buf` alone would grow a full buffer 64 bytes at a
+            // time.
+            if self.buf.capacity() - self.buf.len() < READ_CHUNK / 2 {
+                self.buf.reserve(READ_CHUNK);
             }
             match self.io.read_buf(&mut self.buf).await {
                 Ok(0) if self.buf.is_empty() => return Err(ReadEnd::Eof),
@@ -301,6 +309,9 @@ impl Reader {
 struct Writer {
     io: WriteHalf<Io>,
     queue: VecDeque<Bytes>,
+    /// A write failed: the peer is gone, and what is sent to it from now on is discarded
+    /// rather than piled up.
+    broken: bool,
 }
 
 impl Writer {
@@ -308,15 +319,28 @@ impl Writer {
         Writer {
             io,
             queue: VecDeque::new(),
+            broken: false,
         }
     }
 
     async fn send(&mut self, frame: Bytes) -> std::io::Result<()> {
+        if self.broken {
+            return Err(std::io::ErrorKind::BrokenPipe.into());
+        }
         self.queue.push_back(frame);
         self.flush().await
     }
 
     async fn flush(&mut self) -> std::io::Result<()> {
+        let written = self.write_queue().await;
+        if written.is_err() {
+            self.broken = true;
+            self.queue.clear();
+        }
+        written
+    }
+
+    async fn write_queue(&mut self) -> std::io::Result<()> {
         while let Some(front) = self.queue.front_mut() {
             if front.is_empty() {
                 self.queue.pop_front();
