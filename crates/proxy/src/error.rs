@@ -41,4 +41,7 @@ pub(crate) enum UpstreamError {
     /// The backend switched protocols without being asked to.
     #[error("backend {addr} answered 101 to a request that asked for no upgrade")]
     UnexpectedUpgrade { addr: SocketAddr },
+    /// The backend accepted a WebSocket extension that the relay cannot pass on faithfully.
+    #[error("backend {addr} accepted the WebSocket extension `{extension}`, which cutover cannot relay (only permessage-deflate); refused before the 101 reached the client — have the app decline it")]
+    UnrelayableExtension { addr: SocketAddr, extension: String },
 }

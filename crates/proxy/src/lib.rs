@@ -19,7 +19,9 @@
 //! `:authority`) or it is answered 400 before it is routed; `X-Forwarded-*` are believed only
 //! from [`ProxyConfig::trusted_proxies`] and replaced for anyone else (`headers`).
 //! WebSockets are relayed frame by frame (so a drain can end them with close code 1012 without
-//! losing acks or executing orders twice, see `ws`); any other HTTP/1.1 `Upgrade` is passed
+//! losing acks or executing orders twice, see `ws`), each frame byte for byte, so that
+//! permessage-deflate and subprotocols pass as browsers negotiate them (an instance accepting
+//! any other extension is refused before the `101`); any other HTTP/1.1 `Upgrade` is passed
 //! through as a byte tunnel.
 //!
 //! The public listener serves plaintext ([`Proxy::serve`]: HTTP/1.1, and HTTP/2 with prior

@@ -756,6 +756,23 @@ impl Proxy {
                     "bad gateway: unexpected protocol switch\n",
                 );
             };
+            // Refused here, before the client sees a 101, rather than broken after it
+            // (DESIGN.md invariant 12): the instance's connection is dropped unused.
+            if let Some(extension) = websocket
+                .then(|| ws::unrelayable_extension(resp.headers()))
+                .flatten()
+            {
+                let err = UpstreamError::UnrelayableExtension {
+                    addr: backend.addr,
+                    extension,
+                };
+                warn!(backend = %backend.id, error = %err, "websocket refused");
+                abandoned.finish(502, true);
+                return local(
+                    StatusCode::BAD_GATEWAY,
+                    "bad gateway: the instance accepted a WebSocket extension cutover cannot relay\n",
+                );
+            }
             abandoned.finish(101, false);
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
             if websocket && headers::is_websocket(resp.headers()) {

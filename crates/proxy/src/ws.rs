@@ -7,8 +7,9 @@
 //! reached the instance — and a client that resends it may place it twice. Relaying frames
 //! instead lets a drain act at frame boundaries:
 //!
-//! 1. client → instance frames stop at once (dropped, never half-written): a frame that never
-//!    reached the instance cannot have been executed, so the client may safely resend it after
+//! 1. client → instance frames stop at once (dropped, never half-written; a fragmented message
+//!    the instance already began to receive is completed): a message that never reached the
+//!    instance cannot have been executed, so the client may safely resend it after
 //!    reconnecting to another instance;
 //! 2. instance → client frames keep flowing for the quiet period, so acks of orders the
 //!    instance already took reach the client;
@@ -17,25 +18,34 @@
 //!    reset, never a 1006 made by cutover.
 //!
 //! A session the app (or the client) closes during the quiet period ends by that close, passed
-//! through with its code and reason. Pings are answered by tungstenite on each hop; pongs only
-//! answer that hop's pings, so neither is forwarded.
+//! through with its code and reason.
+//!
+//! Upholds invariant 12 (what a standard client sends is relayed faithfully): frames are cut
+//! out of the byte stream by the sans-IO codec in `frame` and forwarded exactly as they came —
+//! RSV bits, the compressed payloads of permessage-deflate (RFC 7692), the client's masking
+//! key — so compression is kept end to end and the relay never inflates anything. Pings and
+//! pongs pass end to end like data. Only close frames are cutover's to write (1012/1001 at a
+//! drain, when a side vanished): control frames, never compressed, written between whole
+//! frames. An extension other than permessage-deflate is refused at the handshake
+//! ([`unrelayable_extension`]), before the client gets its `101`.
+
+mod frame;
 
 use crate::table::InFlight;
-use futures_util::{Sink, SinkExt, Stream, StreamExt};
+
+use bytes::{Buf, Bytes, BytesMut};
+use frame::{opcode, Frame, Messages};
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
-use tokio_tungstenite::WebSocketStream;
 use tracing::debug;
 
 /// The reason sent with the close frames that end a drained session.
@@ -206,9 +216,9 @@ impl Drop for Session {
     }
 }
 
-type Ws = WebSocketStream<TokioIo<Upgraded>>;
+type Io = TokioIo<Upgraded>;
 
-/// Relays WebSocket messages between the client and the backend once both sides switched
+/// Relays WebSocket frames between the client and the backend once both sides switched
 /// protocols; the backend stays counted in flight until the session ends.
 pub(crate) async fn relay(
     client: OnUpgrade,
@@ -225,14 +235,166 @@ pub(crate) async fn relay(
             return;
         }
     };
-    let client = WebSocketStream::from_raw_socket(TokioIo::new(client), Role::Server, None).await;
-    let upstream =
-        WebSocketStream::from_raw_socket(TokioIo::new(upstream), Role::Client, None).await;
+    let (c_rd, c_wr) = tokio::io::split(TokioIo::new(client));
+    let (u_rd, u_wr) = tokio::io::split(TokioIo::new(upstream));
+    let client = Hop {
+        rd: Reader::new(c_rd),
+        wr: Writer::new(c_wr),
+        to_instance: false,
+    };
+    let upstream = Hop {
+        rd: Reader::new(u_rd),
+        wr: Writer::new(u_wr),
+        to_instance: true,
+    };
     let end = run(client, upstream, session.drain.clone()).await;
     debug!(backend = %session.addr, end = ?end, "websocket session ended");
     // Uncounted before the drain report can see the end: a drained backend reads 0 after.
     drop(in_flight);
     session.finish(end);
+}
+
+/// How much a relay reads at once, at least (most frames are smaller).
+const READ_CHUNK: usize = 8 * 1024;
+
+/// Reads whole frames off one side. Cancel-safe: bytes read stay in `buf` when a read is
+/// abandoned, so a relay that stops reading mid-frame loses nothing.
+struct Reader {
+    io: ReadHalf<Io>,
+    buf: BytesMut,
+}
+
+/// Why a side's frames stopped.
+#[derive(Debug)]
+enum ReadEnd {
+    /// The connection ended (FIN) at a frame boundary.
+    Eof,
+    /// It ended mid-frame, failed, or sent what no peer may send.
+    Failed(String),
+}
+
+impl Reader {
+    fn new(io: ReadHalf<Io>) -> Reader {
+        Reader {
+            io,
+            buf: BytesMut::with_capacity(READ_CHUNK),
+        }
+    }
+
+    async fn next(&mut self) -> Result<Frame, ReadEnd> {
+        loop {
+            match frame::decode(&mut self.buf, frame::MAX_FRAME) {
+                Ok(Some(f)) => return Ok(f),
+                Ok(None) => {}
+                Err(e) => return Err(ReadEnd::Failed(e.to_string())),
+            }
+            // Room for a good read: `read_buf` alone would grow a full buffer 64 bytes at a
+            // time.
+            if self.buf.capacity() - self.buf.len() < READ_CHUNK / 2 {
+                self.buf.reserve(READ_CHUNK);
+            }
+            match self.io.read_buf(&mut self.buf).await {
+                Ok(0) if self.buf.is_empty() => return Err(ReadEnd::Eof),
+                Ok(0) => return Err(ReadEnd::Failed("connection ended mid-frame".into())),
+                Ok(_) => {}
+                Err(e) => return Err(ReadEnd::Failed(e.to_string())),
+            }
+        }
+    }
+}
+
+/// Writes whole frames to one side. Cancel-safe: what is queued stays queued when a flush is
+/// abandoned, and the next flush writes the rest first, so a frame is never cut in half —
+/// cutover's own close frame goes out after the frame being written, never inside it.
+struct Writer {
+    io: WriteHalf<Io>,
+    queue: VecDeque<Bytes>,
+    /// A write failed: the peer is gone, and what is sent to it from now on is discarded
+    /// rather than piled up.
+    broken: bool,
+}
+
+impl Writer {
+    fn new(io: WriteHalf<Io>) -> Writer {
+        Writer {
+            io,
+            queue: VecDeque::new(),
+            broken: false,
+        }
+    }
+
+    async fn send(&mut self, frame: Bytes) -> std::io::Result<()> {
+        if self.broken {
+            return Err(std::io::ErrorKind::BrokenPipe.into());
+        }
+        self.queue.push_back(frame);
+        self.flush().await
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        let written = self.write_queue().await;
+        if written.is_err() {
+            self.broken = true;
+            self.queue.clear();
+        }
+        written
+    }
+
+    async fn write_queue(&mut self) -> std::io::Result<()> {
+        while let Some(front) = self.queue.front_mut() {
+            if front.is_empty() {
+                self.queue.pop_front();
+                continue;
+            }
+            let n = self.io.write(front).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            front.advance(n);
+        }
+        self.io.flush().await
+    }
+}
+
+/// One side of the session: its frames in, frames to it out.
+struct Hop {
+    rd: Reader,
+    wr: Writer,
+    /// Frames cutover writes to an instance are masked (cutover is its client, RFC 6455
+    /// §5.3); to a client they are not.
+    to_instance: bool,
+}
+
+impl Hop {
+    /// Sends a close frame of cutover's own: a control frame, never compressed.
+    async fn send_close(&mut self, code: u16, reason: &str) {
+        let mask = self.to_instance.then(rand::random::<[u8; 4]>);
+        if let Err(e) = self.wr.send(frame::close_frame(code, reason, mask)).await {
+            debug!(error = %e, "close frame not sent");
+        }
+    }
+
+    /// Reads (discarding) until this side's close frame or the end of its connection.
+    async fn until_close(&mut self) {
+        while let Ok(f) = self.rd.next().await {
+            if f.header.opcode == opcode::CLOSE {
+                break;
+            }
+        }
+    }
+
+    /// Writes out what is still queued; the connection then ends when the relay drops it. A
+    /// FIN, not a reset: the peer sent its close frame, after which it sends nothing more, so
+    /// nothing is left unread. (Not a `shutdown`: on a client connection that is a lingering
+    /// close, which would hold the session open for as long as the client keeps its end.)
+    async fn finish(&mut self) {
+        if tokio::time::timeout(CLOSE_TIMEOUT, self.wr.flush())
+            .await
+            .is_err()
+        {
+            debug!("the last frames could not be written in time");
+        }
+    }
 }
 
 /// How the relay loop stopped.
@@ -245,19 +407,27 @@ enum Step {
     Cutover,
 }
 
-async fn run(client: Ws, upstream: Ws, mut drain: watch::Receiver<Option<Duration>>) -> End {
-    let (mut c_tx, mut c_rx) = client.split();
-    let (mut u_tx, mut u_rx) = upstream.split();
+async fn run(
+    mut client: Hop,
+    mut upstream: Hop,
+    mut drain: watch::Receiver<Option<Duration>>,
+) -> End {
     let (first_close, mut closing) = watch::channel(None::<Side>);
     let step = {
         let c2u = forward(
-            &mut c_rx,
-            &mut u_tx,
+            &mut client.rd,
+            &mut upstream.wr,
             Side::Client,
             &first_close,
             Some(drain.clone()),
         );
-        let u2c = forward(&mut u_rx, &mut c_tx, Side::App, &first_close, None);
+        let u2c = forward(
+            &mut upstream.rd,
+            &mut client.wr,
+            Side::App,
+            &first_close,
+            None,
+        );
         tokio::pin!(c2u, u2c);
         let (mut c_done, mut u_done) = (false, false);
         let mut drain_open = true;
@@ -294,29 +464,24 @@ async fn run(client: Ws, upstream: Ws, mut drain: watch::Receiver<Option<Duratio
     };
     let closed_by = *first_close.borrow();
     match step {
-        Step::Closed => match closed_by {
-            Some(Side::App) => End::App,
-            Some(Side::Client) => End::Client,
-            None => End::Lost,
-        },
+        Step::Closed => {
+            tokio::join!(client.finish(), upstream.finish());
+            match closed_by {
+                Some(Side::App) => End::App,
+                Some(Side::Client) => End::Client,
+                None => End::Lost,
+            }
+        }
         // One side went away without a close frame — an instance that exited, or whose reset
         // discarded the close frame it had sent. The other side still gets a proper close, so
         // a client never sees a 1006 from cutover: 1012 (service restart) tells it to reconnect,
         // and its next session goes wherever the route table says.
         Step::Lost { app: true } => {
-            let to_client = CloseFrame {
-                code: CloseCode::Restart,
-                reason: LOST_REASON.into(),
-            };
-            close(&mut c_tx, &mut c_rx, to_client).await;
+            close(&mut client, RESTART, LOST_REASON).await;
             End::Lost
         }
         Step::Lost { app: false } => {
-            let to_app = CloseFrame {
-                code: CloseCode::Away,
-                reason: "cutover: the client went away".into(),
-            };
-            close(&mut u_tx, &mut u_rx, to_app).await;
+            close(&mut upstream, GOING_AWAY, "cutover: the client went away").await;
             End::Lost
         }
         Step::Cutover => {
@@ -325,28 +490,19 @@ async fn run(client: Ws, upstream: Ws, mut drain: watch::Receiver<Option<Duratio
             // ack of an executed order reaches the client — an order still running when the
             // close arrives is the app's to cancel. Only then does the client get its 1012.
             // Closing both at once would lose an ack produced in between: a ghost order,
-            // executed here and resent elsewhere.
-            let to_app = CloseFrame {
-                code: CloseCode::Away,
-                reason: DRAIN_REASON.into(),
-            };
-            let to_client = CloseFrame {
-                code: CloseCode::Restart,
-                reason: DRAIN_REASON.into(),
-            };
+            // executed here and resent elsewhere. Every data frame of the instance reaches the
+            // client in order, so a compressed stream (permessage-deflate with context
+            // takeover) stays decodable to its last frame.
             let last_acks = async {
-                if let Err(e) = u_tx.send(Message::Close(Some(to_app))).await {
-                    debug!(error = %e, "close frame not sent to the instance");
-                }
-                while let Some(Ok(msg)) = u_rx.next().await {
-                    match msg {
-                        Message::Close(_)
-                        | Message::Ping(_)
-                        | Message::Pong(_)
-                        | Message::Frame(_) => {}
-                        data => {
-                            let _ = c_tx.send(data).await;
+                upstream.send_close(GOING_AWAY, DRAIN_REASON).await;
+                loop {
+                    match upstream.rd.next().await {
+                        Ok(f) if f.header.opcode == opcode::CLOSE => break,
+                        Ok(f) if f.header.is_control() => {}
+                        Ok(f) => {
+                            let _ = client.wr.send(f.raw).await;
                         }
+                        Err(_) => break,
                     }
                 }
             };
@@ -356,69 +512,86 @@ async fn run(client: Ws, upstream: Ws, mut drain: watch::Receiver<Option<Duratio
             {
                 debug!("the instance did not answer its close in time");
             }
-            close(&mut c_tx, &mut c_rx, to_client).await;
+            tokio::join!(close(&mut client, RESTART, DRAIN_REASON), upstream.finish());
             End::Cutover
         }
     }
 }
 
-/// Forwards messages from one side to the other until `from` ends.
+/// Close code 1001: the endpoint is going away (RFC 6455 §7.4.1).
+const GOING_AWAY: u16 = 1001;
+/// Close code 1012: service restart, reconnect (IANA WebSocket close code registry).
+const RESTART: u16 = 1012;
+
+/// Forwards frames from one side to the other, byte for byte, until `from` sends its close
+/// frame (which is forwarded too, so each side answers the other's close itself) or its
+/// connection ends. Pings and pongs pass end to end, so a client's ping is answered by the
+/// instance itself.
 ///
-/// With `drain` (client → instance only), data frames read once a drain began are dropped:
-/// such a frame never reached the instance, so it cannot have been executed, and the client
-/// will resend it after reconnecting (to an instance that is not going away). The flag is
-/// checked after each frame is read, so no frame the client sent after the drain began can be
-/// forwarded. A frame already being written when the drain began was read before it, and is
-/// completed: a frame is never cut in half.
-async fn forward<R, W>(
-    from: &mut R,
-    to: &mut W,
+/// With `drain` (client → instance only), frames read once a drain began are dropped: such a
+/// frame never reached the instance, so it cannot have been executed, and the client will
+/// resend it after reconnecting (to an instance that is not going away). The flag is checked
+/// after each frame is read, at message boundaries: the rest of a fragmented message the
+/// instance already began to receive is still forwarded, so that it never gets half a message,
+/// and nothing after it. A frame already being written when the drain began was read before
+/// it, and is completed: a frame is never cut in half.
+async fn forward(
+    from: &mut Reader,
+    to: &mut Writer,
     side: Side,
     first_close: &watch::Sender<Option<Side>>,
     drain: Option<watch::Receiver<Option<Duration>>>,
-) where
-    R: Stream<Item = Result<Message, WsError>> + Unpin,
-    W: Sink<Message, Error = WsError> + Unpin,
-{
-    // Reads go on after a failed write: reading is what completes a close handshake and keeps
-    // unread bytes from turning the final close into a reset.
-    while let Some(Ok(msg)) = from.next().await {
-        match msg {
-            Message::Close(frame) => {
-                first_close.send_if_modified(|c| {
-                    let first = c.is_none();
-                    if first {
-                        *c = Some(side);
-                    }
-                    first
-                });
-                // Passed through with its code and reason. When the other side closed first,
-                // tungstenite already answered it and this is a no-op.
-                let _ = to.send(Message::Close(frame)).await;
+) {
+    let mut messages = Messages::default();
+    let mut stopped = false;
+    loop {
+        let f = match from.next().await {
+            Ok(f) => f,
+            Err(ReadEnd::Eof) => return,
+            Err(ReadEnd::Failed(e)) => {
+                debug!(from = ?side, error = %e, "websocket frames stopped");
+                return;
             }
-            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
-            data => {
-                if drain.as_ref().is_some_and(|d| d.borrow().is_some()) {
-                    continue;
+        };
+        let at_boundary = messages.at_boundary();
+        if let Err(e) = messages.observe(&f.header) {
+            debug!(from = ?side, error = %e, "websocket protocol error");
+            return;
+        }
+        if f.header.opcode == opcode::CLOSE {
+            first_close.send_if_modified(|c| {
+                let first = c.is_none();
+                if first {
+                    *c = Some(side);
                 }
-                let _ = to.send(data).await;
+                first
+            });
+            debug!(from = ?side, code = ?f.close_code(), "websocket close");
+            // Passed through with its code and reason.
+            let _ = to.send(f.raw).await;
+            return;
+        }
+        if drain.as_ref().is_some_and(|d| d.borrow().is_some()) {
+            // After the drain began only the rest of a message already begun passes.
+            if at_boundary && !f.header.is_control() {
+                stopped = true;
+            }
+            if stopped || f.header.is_control() {
+                continue;
             }
         }
+        // Reads go on after a failed write: reading is what completes a close handshake and
+        // keeps unread bytes from turning the final close into a reset.
+        let _ = to.send(f.raw).await;
     }
 }
 
-/// Sends `frame` and completes the close handshake (reads, discarding, until the peer's close
-/// and the end of its stream), for at most [`CLOSE_TIMEOUT`].
-async fn close<R, W>(to: &mut W, from: &mut R, frame: CloseFrame<'static>)
-where
-    R: Stream<Item = Result<Message, WsError>> + Unpin,
-    W: Sink<Message, Error = WsError> + Unpin,
-{
+/// Sends a close frame of cutover's own to `hop` and completes the close handshake: reads
+/// (discarding) until the peer's close, then ends the connection; at most [`CLOSE_TIMEOUT`].
+async fn close(hop: &mut Hop, code: u16, reason: &str) {
     let handshake = async {
-        if let Err(e) = to.send(Message::Close(Some(frame))).await {
-            debug!(error = %e, "close frame not sent");
-        }
-        while let Some(Ok(_)) = from.next().await {}
+        hop.send_close(code, reason).await;
+        hop.until_close().await;
     };
     if tokio::time::timeout(CLOSE_TIMEOUT, handshake)
         .await
@@ -426,10 +599,33 @@ where
     {
         debug!("close handshake timed out");
     }
+    hop.finish().await;
 }
 
 /// The reason of the 1012 a client gets when its instance went away without closing.
 const LOST_REASON: &str = "cutover: the instance went away";
+
+/// The one extension cutover relays (RFC 7692). Its frames need nothing of the relay but to be
+/// passed on whole and in order with their RSV1 bit, and cutover's own frames (closes) are
+/// control frames, which it never compresses.
+pub(crate) const PERMESSAGE_DEFLATE: &str = "permessage-deflate";
+
+/// The first extension in an instance's `Sec-WebSocket-Extensions` answer that cutover cannot
+/// relay (any but permessage-deflate), or `None`. An extension cutover does not know may give
+/// RSV2/RSV3 or reserved opcodes a meaning, or forbid a close frame written between its frames;
+/// such a session is refused at the handshake rather than broken after its `101`.
+pub(crate) fn unrelayable_extension(headers: &http::HeaderMap) -> Option<String> {
+    headers
+        .get_all(http::header::SEC_WEBSOCKET_EXTENSIONS)
+        .iter()
+        .flat_map(|v| {
+            v.to_str()
+                .map(|s| s.split(',').map(str::to_owned).collect())
+                .unwrap_or_else(|_| vec!["<not ASCII>".to_owned()])
+        })
+        .map(|ext| ext.split(';').next().unwrap_or_default().trim().to_owned())
+        .find(|name| !name.is_empty() && !name.eq_ignore_ascii_case(PERMESSAGE_DEFLATE))
+}
 
 async fn until(deadline: Option<Instant>) {
     match deadline {

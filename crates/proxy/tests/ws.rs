@@ -1,5 +1,7 @@
 //! WebSocket relay and drain, end to end: real sockets on 127.0.0.1, a WebSocket app written
-//! here with tokio-tungstenite, a tokio-tungstenite client.
+//! here with tokio-tungstenite, a tokio-tungstenite client; an order service and a client
+//! written with Python's `websockets` (`tests/apps`), which negotiate permessage-deflate; and
+//! raw sockets where the exact bytes on the wire are the point.
 
 mod support;
 
@@ -458,4 +460,503 @@ async fn an_instance_that_vanishes_gets_its_clients_a_1012_not_a_reset() {
         px.proxy.websocket_sessions(addr) == 0 && px.proxy.in_flight(addr) == 0
     })
     .await;
+}
+
+/// The order service of `tests/apps/ws_orders.py` (Python's `websockets`: it negotiates
+/// permessage-deflate and the `orders.v1` subprotocol) on a port of its own; killed on drop.
+struct PythonApp {
+    addr: SocketAddr,
+    child: std::process::Child,
+    state: tempfile::TempDir,
+}
+
+impl PythonApp {
+    fn start() -> PythonApp {
+        use std::io::BufRead;
+        let state = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new("python3")
+            .arg(apps().join("ws_orders.py"))
+            .args(["--port", "0", "--version", "v1", "--state-dir"])
+            .arg(state.path())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 runs (scripts/test installs it and `websockets`)");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port: u16 = line
+            .trim()
+            .strip_prefix("listening ")
+            .unwrap_or_else(|| panic!("ws_orders.py said {line:?} (is `websockets` installed?)"))
+            .parse()
+            .unwrap();
+        PythonApp {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            child,
+            state,
+        }
+    }
+
+    fn lines(&self, name: &str) -> Vec<String> {
+        std::fs::read_to_string(self.state.path().join(name))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl Drop for PythonApp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn apps() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/apps")
+}
+
+/// What `tests/apps/ws_orders_client.py` printed, once it finished.
+struct PythonClientRun {
+    lines: Vec<String>,
+}
+
+impl PythonClientRun {
+    fn count(&self, prefix: &str) -> usize {
+        self.lines.iter().filter(|l| l.starts_with(prefix)).count()
+    }
+}
+
+/// Runs the Python `websockets` order client (its defaults: it offers permessage-deflate)
+/// against `url`; it stops placing orders once `stop` resolves, and finishes when every order
+/// was acked.
+async fn python_client(
+    url: String,
+    stop: impl std::future::Future<Output = ()>,
+) -> PythonClientRun {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let mut child = tokio::process::Command::new("python3")
+        .arg(apps().join("ws_orders_client.py"))
+        .arg(url)
+        .arg("py")
+        .args(["--rate", "100"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut out = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut lines = Vec::new();
+    tokio::pin!(stop);
+    let mut stopped = false;
+    let read = async {
+        loop {
+            tokio::select! {
+                () = &mut stop, if !stopped => {
+                    stopped = true;
+                    stdin.write_all(b"stop\n").await.unwrap();
+                }
+                line = out.next_line() => match line.unwrap() {
+                    Some(l) => lines.push(l),
+                    None => break,
+                },
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), read)
+        .await
+        .unwrap_or_else(|_| panic!("the Python client did not finish"));
+    let _ = child.wait().await;
+    PythonClientRun { lines }
+}
+
+/// Invariant 12: a client and an app that both speak permessage-deflate (Python's
+/// `websockets` with its defaults) keep it through cutover, with their subprotocol; a drain of
+/// compressed sessions still ends them with 1012, and every order is acked exactly once and
+/// executed exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compressed_sessions_relay_and_drain_with_pythons_websockets() {
+    let app = PythonApp::start();
+    let px = Running::start().await;
+    let backend = Arc::new(cutover_proxy::Backend::new("v1#0", app.addr));
+    px.proxy.set_table(table(
+        Some(pool("v1", std::slice::from_ref(&backend))),
+        None,
+    ));
+    let proxy = px.proxy.clone();
+    let executed = || app.lines("executed.log").len();
+    let stop = async {
+        eventually("orders executed", || executed() > 30).await;
+        // Drained twice while orders flow: the client reconnects (to the same instance, still
+        // in the table) and resends what was not acked.
+        for _ in 0..2 {
+            let report = tokio::time::timeout(
+                DEADLINE,
+                proxy.drain_websockets(app.addr, Duration::from_millis(100)),
+            )
+            .await
+            .unwrap();
+            assert_eq!(report.closed_by_cutover, 1, "{report:?}");
+            let before = executed();
+            eventually("orders after the drain", || executed() > before + 30).await;
+        }
+    };
+    let run = python_client(format!("ws://{}/orders", px.addr), stop).await;
+    let done = run.lines.last().expect("output");
+    assert!(done.starts_with("done "), "{:?}", run.lines);
+    assert!(done.ends_with("\"unacked\": []}"), "{done}");
+    let opens: Vec<_> = run
+        .lines
+        .iter()
+        .filter(|l| l.starts_with("open "))
+        .collect();
+    assert_eq!(opens.len(), 3, "{:?}", run.lines);
+    for open in &opens {
+        assert!(
+            open.starts_with("open permessage-deflate") && open.ends_with("| orders.v1"),
+            "{open}"
+        );
+    }
+    for s in app.lines("sessions.log") {
+        assert!(
+            s.starts_with("permessage-deflate") && s.ends_with("| orders.v1"),
+            "{s}"
+        );
+    }
+    assert_eq!(run.count("close 1012"), 2, "{:?}", run.lines);
+    assert_eq!(run.count("close "), 3, "{:?}", run.lines);
+    assert_eq!(run.count("dup "), 0);
+    let acked: HashSet<String> = run
+        .lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("ack "))
+        .map(|l| l.split(' ').next().unwrap().to_owned())
+        .collect();
+    let executed: Vec<String> = app
+        .lines("executed.log")
+        .iter()
+        .map(|l| l.split(' ').next().unwrap().to_owned())
+        .collect();
+    assert_eq!(executed.len(), acked.len(), "each order executed once");
+    assert_eq!(executed.into_iter().collect::<HashSet<_>>(), acked);
+    eventually("sessions ended", || {
+        px.proxy.websocket_sessions(app.addr) == 0
+    })
+    .await;
+}
+
+/// A raw WebSocket app: reads one upgrade request, answers `101` with `extensions` (when
+/// given) and the subprotocol `orders.v1`, sends `to_client` as it is, then records the bytes
+/// it receives until it has `expect` of them or the connection ends. Hands back the request
+/// head and those bytes.
+async fn raw_app(
+    extensions: Option<&'static str>,
+    to_client: Vec<u8>,
+    expect: usize,
+) -> (SocketAddr, tokio::task::JoinHandle<(String, Vec<u8>)>) {
+    let (addr, _, task) = raw_app_live(extensions, to_client, expect).await;
+    (addr, task)
+}
+
+/// [`raw_app`], also showing the bytes received so far while it runs; it ends its connection
+/// once it has `expect` bytes.
+async fn raw_app_live(
+    extensions: Option<&'static str>,
+    to_client: Vec<u8>,
+    expect: usize,
+) -> (
+    SocketAddr,
+    Arc<Mutex<Vec<u8>>>,
+    tokio::task::JoinHandle<(String, Vec<u8>)>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let live = Arc::new(Mutex::new(Vec::new()));
+    let seen = live.clone();
+    let task = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut buf = Vec::new();
+        let head_end = loop {
+            let mut chunk = [0u8; 4096];
+            let n = s.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "the request head ended early");
+            buf.extend_from_slice(&chunk[..n]);
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+        let mut received = buf[head_end..].to_vec();
+        seen.lock().unwrap().clone_from(&received);
+        let ext = extensions
+            .map(|e| format!("Sec-WebSocket-Extensions: {e}\r\n"))
+            .unwrap_or_default();
+        // Any accept value: the raw client below does not check it.
+        let answer = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\nSec-WebSocket-Protocol: orders.v1\r\n{ext}\r\n"
+        );
+        s.write_all(answer.as_bytes()).await.unwrap();
+        s.write_all(&to_client).await.unwrap();
+        while received.len() < expect {
+            let mut chunk = [0u8; 4096];
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    received.extend_from_slice(&chunk[..n]);
+                    seen.lock().unwrap().extend_from_slice(&chunk[..n]);
+                }
+            }
+        }
+        (head, received)
+    });
+    (addr, live, task)
+}
+
+const UPGRADE_REQUEST: &str = "GET /orders HTTP/1.1\r\nHost: orders\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: orders.v1, orders.v0\r\nSec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n";
+
+/// Reads a response head off `s` (and whatever came after it in the same reads).
+async fn read_head(s: &mut TcpStream) -> (String, Vec<u8>) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    loop {
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(DEADLINE, s.read(&mut chunk))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "connection ended before a response: {buf:?}");
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let rest = buf.split_off(i + 4);
+            return (String::from_utf8_lossy(&buf).into_owned(), rest);
+        }
+    }
+}
+
+/// A frame as a client would write it (masked) or an app (unmasked).
+fn wire_frame(b0: u8, mask: Option<[u8; 4]>, payload: &[u8]) -> Vec<u8> {
+    assert!(payload.len() < 126);
+    let mut out = vec![
+        b0,
+        payload.len() as u8 | if mask.is_some() { 0x80 } else { 0 },
+    ];
+    match mask {
+        Some(m) => {
+            out.extend_from_slice(&m);
+            out.extend(payload.iter().enumerate().map(|(i, b)| b ^ m[i % 4]));
+        }
+        None => out.extend_from_slice(payload),
+    }
+    out
+}
+
+/// Invariant 12, byte for byte: the offer of permessage-deflate and the subprotocols reach the
+/// instance untouched, its `101` reaches the client with both, and compressed frames (RSV1
+/// set, fragmented, a ping between the fragments) arrive exactly as they were sent, in each
+/// direction, masks included.
+#[tokio::test]
+async fn compressed_frames_pass_byte_for_byte_with_extensions_and_subprotocol() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // "Hello" compressed (RFC 7692 §7.2.3.1), as the app sends it: RSV1 + text, unmasked; then
+    // the same message in two fragments (RSV1 only on the first) with a ping between them.
+    let deflated: &[u8] = &[0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00];
+    let app_frames = [
+        wire_frame(0xc1, None, deflated),
+        wire_frame(0x41, None, &deflated[..3]),
+        wire_frame(0x89, None, b"app-ping"),
+        wire_frame(0x80, None, &deflated[3..]),
+    ]
+    .concat();
+    let client_frames = [
+        wire_frame(0xc1, Some([1, 2, 3, 4]), deflated),
+        wire_frame(0x42, Some([5, 6, 7, 8]), &deflated[..2]),
+        wire_frame(0x8a, Some([9, 9, 9, 9]), b"app-ping"),
+        wire_frame(0x80, Some([0xa, 0xb, 0xc, 0xd]), &deflated[2..]),
+        wire_frame(0x88, Some([1, 1, 1, 1]), &[0x03, 0xe8, b'o', b'k']),
+    ]
+    .concat();
+    let (addr, app) = raw_app(
+        Some("permessage-deflate; server_no_context_takeover"),
+        app_frames.clone(),
+        client_frames.len(),
+    )
+    .await;
+    let px = Running::start().await;
+    px.proxy.set_table(table(
+        Some(pool(
+            "v1",
+            &[Arc::new(cutover_proxy::Backend::new("v1", addr))],
+        )),
+        None,
+    ));
+
+    let mut s = TcpStream::connect(px.addr).await.unwrap();
+    s.write_all(UPGRADE_REQUEST.as_bytes()).await.unwrap();
+    let (head, mut from_app) = read_head(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let lower = head.to_ascii_lowercase();
+    assert!(
+        lower.contains("sec-websocket-extensions: permessage-deflate; server_no_context_takeover"),
+        "{head}"
+    );
+    assert!(
+        lower.contains("sec-websocket-protocol: orders.v1"),
+        "{head}"
+    );
+
+    while from_app.len() < app_frames.len() {
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(DEADLINE, s.read(&mut chunk))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0);
+        from_app.extend_from_slice(&chunk[..n]);
+    }
+    assert_eq!(from_app, app_frames, "the app's frames, unchanged");
+
+    s.write_all(&client_frames).await.unwrap();
+    let (request, received) = tokio::time::timeout(DEADLINE, app).await.unwrap().unwrap();
+    let request = request.to_ascii_lowercase();
+    assert!(
+        request.contains("sec-websocket-extensions: permessage-deflate; client_max_window_bits"),
+        "{request}"
+    );
+    assert!(
+        request.contains("sec-websocket-protocol: orders.v1, orders.v0"),
+        "{request}"
+    );
+    assert_eq!(received, client_frames, "the client's frames, unchanged");
+    // The app went without answering the close: the session still ends.
+    eventually("session ended", || px.proxy.websocket_sessions(addr) == 0).await;
+}
+
+/// What cutover cannot relay it refuses before the `101` (invariant 12): an instance that
+/// accepts an extension other than permessage-deflate gets its client a 502 naming the
+/// problem, never a session that breaks after the switch.
+#[tokio::test]
+async fn an_extension_cutover_cannot_relay_is_refused_before_the_101() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (addr, _app) = raw_app(Some("x-webkit-deflate-frame"), Vec::new(), 0).await;
+    let px = Running::start().await;
+    px.proxy.set_table(table(
+        Some(pool(
+            "v1",
+            &[Arc::new(cutover_proxy::Backend::new("v1", addr))],
+        )),
+        None,
+    ));
+    let mut s = TcpStream::connect(px.addr).await.unwrap();
+    s.write_all(UPGRADE_REQUEST.as_bytes()).await.unwrap();
+    let (head, mut body) = read_head(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 502"), "{head}");
+    // The connection stays open for the next request: read the body, up to its newline.
+    while !body.ends_with(b"\n") {
+        let mut chunk = [0u8; 1024];
+        let n = tokio::time::timeout(DEADLINE, s.read(&mut chunk))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "connection ended mid-body");
+        body.extend_from_slice(&chunk[..n]);
+    }
+    let body = String::from_utf8_lossy(&body);
+    assert!(
+        body.contains("WebSocket extension cutover cannot relay"),
+        "{body}"
+    );
+    assert_eq!(px.proxy.websocket_sessions(addr), 0);
+    eventually("nothing in flight", || px.proxy.in_flight(addr) == 0).await;
+}
+
+/// A drain that begins in the middle of a fragmented (compressed) message completes that
+/// message, so the instance never holds half of one, and forwards nothing the client sends
+/// after it: not the next message, not a ping. Then the usual 1001 to the instance and 1012 to
+/// the client.
+#[tokio::test]
+async fn a_drain_stops_client_frames_at_a_message_boundary() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let deflated: &[u8] = &[0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00];
+    let first = wire_frame(0x41, Some([1, 2, 3, 4]), &deflated[..3]);
+    let rest = wire_frame(0x80, Some([5, 6, 7, 8]), &deflated[3..]);
+    let next_message = wire_frame(0xc1, Some([9, 9, 9, 9]), deflated);
+    let ping = wire_frame(0x89, Some([7, 7, 7, 7]), b"ping");
+    // cutover's close to the instance: 2 + 4 header and mask bytes, the code, the reason.
+    let close_len = 6 + 2 + "cutover: instance draining".len();
+    let (addr, live, app) = raw_app_live(
+        Some("permessage-deflate"),
+        Vec::new(),
+        first.len() + rest.len() + close_len,
+    )
+    .await;
+    let px = Running::start().await;
+    px.proxy.set_table(table(
+        Some(pool(
+            "v1",
+            &[Arc::new(cutover_proxy::Backend::new("v1", addr))],
+        )),
+        None,
+    ));
+    let mut s = TcpStream::connect(px.addr).await.unwrap();
+    s.write_all(UPGRADE_REQUEST.as_bytes()).await.unwrap();
+    let (head, _) = read_head(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+
+    s.write_all(&first).await.unwrap();
+    eventually("the first fragment reached the app", || {
+        live.lock().unwrap().len() == first.len()
+    })
+    .await;
+    // The drain flag is set when the drain is asked for, before the rest is sent.
+    let drain = tokio::spawn(px.proxy.drain_websockets(addr, Duration::from_millis(100)));
+    s.write_all(&[rest.clone(), next_message, ping].concat())
+        .await
+        .unwrap();
+
+    // The client gets 1012 (the app never answers the close: it ends its connection).
+    let mut got = Vec::new();
+    let code = loop {
+        let mut chunk = [0u8; 256];
+        let n = tokio::time::timeout(DEADLINE, s.read(&mut chunk))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "ended without a close frame: {got:?}");
+        got.extend_from_slice(&chunk[..n]);
+        if got.len() >= 4 {
+            assert_eq!(got[0], 0x88, "a close frame, unmasked: {got:?}");
+            break u16::from_be_bytes([got[2], got[3]]);
+        }
+    };
+    assert_eq!(code, 1012);
+    s.write_all(&wire_frame(
+        0x88,
+        Some([3, 3, 3, 3]),
+        &1012u16.to_be_bytes(),
+    ))
+    .await
+    .unwrap();
+    let (_, received) = tokio::time::timeout(DEADLINE, app).await.unwrap().unwrap();
+    let message = [first, rest].concat();
+    assert_eq!(
+        &received[..message.len()],
+        &message[..],
+        "the begun message, whole"
+    );
+    let close = &received[message.len()..];
+    assert_eq!(close.len(), close_len, "then only the close: {received:?}");
+    assert_eq!(close[0], 0x88);
+    assert_eq!(close[1] & 0x80, 0x80, "masked, as a client's frames are");
+    let mask = [close[2], close[3], close[4], close[5]];
+    let code = u16::from_be_bytes([close[6] ^ mask[0], close[7] ^ mask[1]]);
+    assert_eq!(code, 1001);
+    let report = tokio::time::timeout(DEADLINE, drain)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(report.sessions, 1);
 }
