@@ -111,6 +111,7 @@ enum Command {
     },
     /// Print an instance's log (its stdout and stderr), e.g. why a version would not start.
     Logs {
+        /// The version whose instance to read, as `deploy` named it (e.g. v2).
         version: String,
         /// Which instance of the version (0 for `v2-0`).
         #[arg(long, default_value_t = 0)]

@@ -241,10 +241,10 @@ async fn cutover_logs_prints_and_follows_an_instance_log() {
     assert!(out.contains("demo-app v1 listening on"), "{out}");
 
     let (code, _, err) = cutover(&cfg, &["logs", "v9"]);
-    assert_eq!(code, 1, "a missing thing, as for other verbs: {err}");
+    assert_eq!(code, 66, "a missing thing, as for a missing rollout: {err}");
     assert!(err.contains("no instance of version v9"), "{err}");
     let (code, _, err) = cutover(&cfg, &["logs", "v1", "--instance", "4"]);
-    assert_eq!(code, 1, "{err}");
+    assert_eq!(code, 66, "{err}");
     assert!(err.contains("pass --instance 0"), "{err}");
     let (code, _, err) = cutover(&cfg, &["logs", "../state/admin.token"]);
     assert_eq!(code, 64, "{err}");
