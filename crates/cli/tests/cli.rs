@@ -18,10 +18,10 @@ fn cutover(args: &[&str], dir: &std::path::Path) -> (i32, String, String) {
     )
 }
 
-#[test]
-fn validate_accepts_the_example_and_summarises_it() {
-    // The example runs the release build of demo-app; validate checks that the program exists,
-    // so this copy points at the demo-app this test run built.
+/// A copy of the example in a directory of its own. The example runs the release build of
+/// demo-app, and validate checks that the program exists, so the copy points at the demo-app
+/// this test run built.
+fn example_copy() -> tempfile::TempDir {
     let example = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../../examples/cutover.toml"
@@ -35,6 +35,12 @@ fn validate_accepts_the_example_and_summarises_it() {
         example.replace("../target/release/demo-app", &exe),
     )
     .unwrap();
+    dir
+}
+
+#[test]
+fn validate_accepts_the_example_and_summarises_it() {
+    let dir = example_copy();
     let (code, out, err) = cutover(&["validate"], dir.path());
     assert_eq!(code, 0, "{err}");
     assert!(
@@ -436,11 +442,13 @@ async fn run_logs_to_a_file_in_plain_text() {
 /// reports SIGPIPE), not with a panic and its backtrace.
 #[test]
 fn a_closed_stdout_is_not_a_panic() {
-    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/cutover.toml");
+    let dir = example_copy();
     let (reader, writer) = std::io::pipe().unwrap();
     drop(reader);
     let out = Command::new(env!("CARGO_BIN_EXE_cutover"))
-        .args(["validate", "-c", example])
+        .arg("validate")
+        .arg("-c")
+        .arg(dir.path().join("cutover.toml"))
         .stdout(writer)
         .stderr(std::process::Stdio::piped())
         .output()

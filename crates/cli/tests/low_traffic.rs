@@ -35,7 +35,9 @@ fn first<'a>(ds: &'a [Value], kind: &str) -> Option<&'a Value> {
 }
 
 fn at(d: &Value) -> u64 {
-    d["at"].as_u64().expect("decision time")
+    cutover_host::render::parse_time(&d["at"])
+        .expect("decision time")
+        .0
 }
 
 /// A canary answering every request in 1.2 s, at 20 req/s in total, is aborted by

@@ -20,7 +20,7 @@ fn files(dir: &Path, ext: &str, out: &mut Vec<PathBuf>) {
         let p = e.path();
         let name = e.file_name().to_string_lossy().into_owned();
         if p.is_dir() {
-            if name != "target" && !name.starts_with('.') {
+            if name != "target" && name != "node_modules" && !name.starts_with('.') {
                 files(&p, ext, out);
             }
         } else if name.ends_with(ext) {
