@@ -275,8 +275,17 @@ async fn deploy_wait_interrupted_says_the_rollout_goes_on() {
     let out = tokio::time::timeout(
         Duration::from_secs(20),
         tokio::task::spawn_blocking(move || {
-            drop(stdout);
-            child.wait_with_output().unwrap()
+            // Keep reading what it prints until it exits: a reader that went away would turn
+            // a last progress line into EPIPE (exit 141) rather than the interruption.
+            let rest = std::thread::spawn(move || {
+                let mut stdout = stdout;
+                let mut rest = String::new();
+                let _ = std::io::Read::read_to_string(&mut stdout, &mut rest);
+                rest
+            });
+            let out = child.wait_with_output().unwrap();
+            let _ = rest.join();
+            out
         }),
     )
     .await
