@@ -30,6 +30,10 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
 
+/// `max_hold` and `max_inconclusive` abort once *exceeded*: their timers fire one millisecond
+/// (the resolution of [`Timestamp`]) after they run out.
+const MILLI: std::time::Duration = std::time::Duration::from_millis(1);
+
 /// A release as the engine knows it: a version name and the digest that identifies its build
 /// and settings (a rebuilt binary under the same name is a different release).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -306,11 +310,15 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         facts: Vec<InstanceFacts>,
     },
-    /// One evaluation interval elapsed; stats cover the last `window` for stable and canary,
-    /// `wider` the longer look-backs [`Engine::lookback_windows`] asked for (ascending; the
-    /// shell may stop measuring once one holds `min_samples` of both versions), and
-    /// `external` holds the results of the rules the shell evaluates (PromQL), by rule name.
-    Tick {
+    /// A measurement, taken every evaluation interval: stats cover the last `window` for
+    /// stable and canary, `wider` the longer look-backs [`Engine::lookback_windows`] asked for
+    /// (ascending; the shell may stop measuring once one holds `min_samples` of both
+    /// versions), and `external` holds the results of the rules the shell evaluates (PromQL),
+    /// by rule name. The abort rules are judged on it; the engine keeps it as the evidence its
+    /// timers ([`Event::Timeout`]) decide on until the next one arrives, and runs the timers
+    /// that are due. Recordings made before this event had its name call it `tick`.
+    #[serde(alias = "tick")]
+    Measured {
         stats: WindowStats,
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         wider: Vec<Wider>,
@@ -325,6 +333,11 @@ pub enum Event {
     Command(Verb),
     /// cutover (re)started: re-issue what rebuilds the world from the persisted state.
     Recover,
+    /// The instant [`Engine::poll_timeout`] asked for has come (or passed): step ends,
+    /// `hold_previous` expiry, abort rules' `for` windows, `max_hold`, `max_inconclusive`. The
+    /// timers decide on the last [`Event::Measured`]; a timeout that finds nothing due changes
+    /// nothing.
+    Timeout,
 }
 
 /// The manual verbs.
@@ -469,11 +482,24 @@ pub struct Outcome {
     pub decisions: Vec<Decision>,
 }
 
+/// The evidence the timers decide on: the last [`Event::Measured`] of a rollout.
+#[derive(Debug, Clone, PartialEq)]
+struct Measurement {
+    rollout: u64,
+    at: Timestamp,
+    stats: WindowStats,
+    wider: Vec<Wider>,
+    external: BTreeMap<String, External>,
+}
+
 /// One service's rollout engine.
 #[derive(Debug, Clone)]
 pub struct Engine {
     spec: RolloutSpec,
     state: State,
+    /// Not persisted: after a restart the timers wait for the first measurement, as a
+    /// rollout is never judged on evidence from before the restart.
+    measured: Option<Measurement>,
 }
 
 impl Engine {
@@ -485,13 +511,18 @@ impl Engine {
                 service: service.into(),
                 ..State::default()
             },
+            measured: None,
         }
     }
 
     /// An engine resumed from persisted state (the spec may have changed; a running rollout
     /// keeps its plan).
     pub fn restore(spec: RolloutSpec, state: State) -> Self {
-        Engine { spec, state }
+        Engine {
+            spec,
+            state,
+            measured: None,
+        }
     }
 
     pub fn state(&self) -> &State {
@@ -533,7 +564,7 @@ impl Engine {
         Some(t)
     }
 
-    /// The look-backs longer than `window` the next `Tick` should carry (see
+    /// The look-backs longer than `window` the next `Measured` should carry (see
     /// [`crate::lookback`]), ascending: the ladder up to `max_lookback`, no further back than
     /// the canary's first traffic (abort rules) and, ending exactly there, the start of the
     /// current step (gates). Empty when nothing is being judged.
@@ -623,11 +654,19 @@ impl Engine {
                 let detail = format!("{detail}{}", explain(&facts));
                 self.crash_loop(now, &digest, detail, &mut out)
             }
-            Event::Tick {
+            Event::Measured {
                 stats,
                 wider,
                 external,
-            } => self.tick(now, &stats, &wider, &external, &mut out),
+            } => {
+                self.expire_previous(now, &mut out);
+                self.measure(now, stats, wider, external, &mut out);
+                self.due(now, &mut out);
+            }
+            Event::Timeout => {
+                self.expire_previous(now, &mut out);
+                self.due(now, &mut out);
+            }
             Event::Alert { name, labels } => {
                 if self.active().is_some() {
                     let shown: Vec<String> =
@@ -870,15 +909,8 @@ impl Engine {
         }
     }
 
-    fn tick(
-        &mut self,
-        now: Timestamp,
-        stats: &WindowStats,
-        wider: &[Wider],
-        external: &BTreeMap<String, External>,
-        out: &mut Outcome,
-    ) {
-        // The previous release's hold ends on its own clock, whatever else is going on.
+    /// The previous release's hold ends on its own clock, whatever else is going on.
+    fn expire_previous(&mut self, now: Timestamp, out: &mut Outcome) {
         if let Some(held) = self.state.previous.clone() {
             if now >= held.until {
                 let why = format!(
@@ -889,12 +921,23 @@ impl Engine {
                 self.release_previous(now, "hold_previous expired", why, out);
             }
         }
-        let Some(r) = self.state.rollout.as_ref() else {
+    }
+
+    /// Judges the abort rules on a new measurement and keeps it as the timers' evidence.
+    /// Only evidence moves a breach (invariant 11): a failing verdict starts it, a passing one
+    /// clears it, and an inconclusive one does neither — it neither aborts on noise nor
+    /// forgets a breach because the canary's traffic thinned out.
+    fn measure(
+        &mut self,
+        now: Timestamp,
+        stats: WindowStats,
+        wider: Vec<Wider>,
+        external: BTreeMap<String, External>,
+        out: &mut Outcome,
+    ) {
+        let Some(r) = self.judged() else {
             return;
         };
-        if !matches!(r.phase, Phase::Progressing | Phase::Paused { .. }) {
-            return;
-        }
         let min = self.spec.min_samples;
         // Abort rules may use every request of the canary since it first took traffic.
         let reach = now.since(r.traffic_since.unwrap_or(r.started));
@@ -904,8 +947,8 @@ impl Engine {
             .iter()
             .map(|a| {
                 let builtin = !matches!(a, AbortSpec::Promql { .. });
-                Self::judge_wide(stats, wider, reach, builtin, |s| {
-                    judge::judge_abort(a, s, min, external)
+                Self::judge_wide(&stats, &wider, reach, builtin, |s| {
+                    judge::judge_abort(a, s, min, &external)
                 })
             })
             .collect();
@@ -920,13 +963,8 @@ impl Engine {
                 .unwrap_or_default(),
             aborts: aborts.clone(),
         };
-
-        // Abort rules: breached continuously for their `for`. Only evidence moves a breach
-        // (invariant 11): a failing verdict starts it, a passing one clears it, and an
-        // inconclusive one does neither — it neither aborts on noise nor forgets a breach
-        // because the canary's traffic thinned out.
+        let id = r.id;
         let mut breaches = r.breaches.clone();
-        let mut abort_now: Option<(String, Verdict)> = None;
         for (rule, v) in self.spec.aborts.iter().zip(&aborts) {
             let name = rule.name().to_string();
             if v.outcome == RuleOutcome::Fail {
@@ -944,9 +982,6 @@ impl Engine {
                         serde_json::to_value(v).unwrap_or_default(),
                     );
                 }
-                if now.since(since) >= rule.for_().get() && abort_now.is_none() {
-                    abort_now = Some((name, v.clone()));
-                }
             } else if v.outcome == RuleOutcome::Pass && breaches.remove(&name).is_some() {
                 self.decide(
                     out,
@@ -961,7 +996,60 @@ impl Engine {
             r.breaches = breaches;
             r.last_evaluation = Some(evaluation);
         }
-        if let Some((name, v)) = abort_now {
+        self.measured = Some(Measurement {
+            rollout: id,
+            at: now,
+            stats,
+            wider,
+            external,
+        });
+    }
+
+    /// The abort rules' verdicts of the last measurement, in the spec's order, when they
+    /// belong to the rollout being judged.
+    fn last_aborts(&self) -> Option<&[Verdict]> {
+        let r = self.judged()?;
+        self.measured.as_ref().filter(|m| m.rollout == r.id)?;
+        r.last_evaluation.as_ref().map(|e| e.aborts.as_slice())
+    }
+
+    /// The abort rule whose breach has lasted its `for` (the first in the spec's order), with
+    /// the verdict that keeps it breached and when its `for` ends.
+    fn abort_window(&self) -> Vec<(String, Verdict, Timestamp)> {
+        let (Some(r), Some(aborts)) = (self.judged(), self.last_aborts()) else {
+            return Vec::new();
+        };
+        self.spec
+            .aborts
+            .iter()
+            .filter_map(|rule| {
+                let v = aborts
+                    .iter()
+                    .find(|v| v.rule == rule.name() && v.outcome == RuleOutcome::Fail)?;
+                let since = *r.breaches.get(rule.name())?;
+                Some((
+                    rule.name().to_string(),
+                    v.clone(),
+                    since.plus(rule.for_().get()),
+                ))
+            })
+            .collect()
+    }
+
+    /// The timers, decided on the last measurement: an abort rule breached for its `for`, the
+    /// advance gates at a step's end (and while held), `max_inconclusive`.
+    fn due(&mut self, now: Timestamp, out: &mut Outcome) {
+        let Some(m) = self.measured.clone() else {
+            return;
+        };
+        let Some(aborts) = self.last_aborts().map(<[Verdict]>::to_vec) else {
+            return;
+        };
+        if let Some((name, v, _)) = self
+            .abort_window()
+            .into_iter()
+            .find(|(_, _, end)| *end <= now)
+        {
             let since = self
                 .state
                 .rollout
@@ -988,12 +1076,60 @@ impl Engine {
             .find(|v| v.outcome == RuleOutcome::Inconclusive)
             .map(|v| format!("{}: {}", v.rule, v.detail));
         // A blind abort rule is named first: it is why the rollout cannot be judged at all.
-        if let Some(gates_unsure) =
-            self.check_gates(now, stats, wider, external, unsure.clone(), out)
-        {
+        if let Some(gates_unsure) = self.check_gates(now, &m, unsure.clone(), out) {
             unsure = unsure.or(Some(gates_unsure));
         }
         self.watch_inconclusive(now, unsure, out);
+    }
+
+    /// The next instant the engine wants to be woken with [`Event::Timeout`], if any: the
+    /// previous release's `hold_previous` expiry, the current step's end, an abort rule's `for`
+    /// running out on a breach the last measurement upheld, `max_hold` on failing gates, and
+    /// `max_inconclusive`. The timers of a judged rollout wait for its first measurement.
+    /// Handling the timeout at (or after) this instant always moves it past that instant, so
+    /// a shell that sleeps until it never spins.
+    pub fn poll_timeout(&self) -> Option<Timestamp> {
+        let mut next: Option<Timestamp> = None;
+        let mut at = |t: Timestamp| next = Some(next.map_or(t, |n| n.min(t)));
+        if let Some(held) = &self.state.previous {
+            at(held.until);
+        }
+        if self.last_aborts().is_some() {
+            for (_, _, end) in self.abort_window() {
+                at(end);
+            }
+            if let Some(r) = self.judged() {
+                if let Some(since) = r.inconclusive_since {
+                    at(since.plus(self.spec.max_inconclusive.get() + MILLI));
+                }
+                let step_end = match (&r.phase, r.plan.get(r.step).map(|s| s.hold)) {
+                    (Phase::Progressing, Some(StepHold::For(d))) => {
+                        Some(r.step_started.plus(d.get()))
+                    }
+                    _ => None,
+                };
+                let gates_failing = r
+                    .last_evaluation
+                    .as_ref()
+                    .is_some_and(|e| e.gates.iter().any(|v| v.outcome == RuleOutcome::Fail));
+                match (step_end, &r.hold) {
+                    (Some(end), None) => at(end),
+                    // Failing gates are re-judged when max_hold runs out (on a step that
+                    // has ended: a resumed pause moves the step's end).
+                    (
+                        Some(end),
+                        Some(Hold {
+                            failing_since: Some(since),
+                            ..
+                        }),
+                    ) if gates_failing => {
+                        at(end.max(since.plus(self.spec.max_hold.get() + MILLI)));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        next
     }
 
     /// At a step boundary (and at every interval while held): the advance gates. Returns why,
@@ -1002,12 +1138,11 @@ impl Engine {
     fn check_gates(
         &mut self,
         now: Timestamp,
-        stats: &WindowStats,
-        wider: &[Wider],
-        external: &BTreeMap<String, External>,
+        m: &Measurement,
         blind: Option<String>,
         out: &mut Outcome,
     ) -> Option<String> {
+        let (stats, wider, external) = (&m.stats, &m.wider, &m.external);
         let min = self.spec.min_samples;
         let r = self.state.rollout.as_ref()?;
         if r.phase != Phase::Progressing {
@@ -1021,8 +1156,9 @@ impl Engine {
             return None;
         }
         // Gates judge the weight they would raise on traffic at that weight: they look back at
-        // most to the start of the step (a held step keeps collecting).
-        let reach = now.since(r.step_started);
+        // most to the start of the step (a held step keeps collecting), from when the
+        // measurement was taken.
+        let reach = m.at.since(r.step_started);
         let gates: Vec<Verdict> = self
             .spec
             .gates

@@ -131,7 +131,7 @@ mod tests {
             };
             events.push(Recorded {
                 at: Timestamp(t0.0 + i * 5000),
-                event: Event::Tick {
+                event: Event::Measured {
                     stats,
                     wider: Vec::new(),
                     external: Default::default(),

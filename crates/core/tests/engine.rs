@@ -99,7 +99,7 @@ impl Sim {
     }
     fn tick(&mut self, secs: u64, stats: WindowStats) -> Outcome {
         self.at(secs);
-        self.ok(Event::Tick {
+        self.ok(Event::Measured {
             stats,
             wider: Vec::new(),
             external: Default::default(),
@@ -823,7 +823,7 @@ mod analysis {
     impl Sim {
         fn tick_ext(&mut self, secs: u64, external: BTreeMap<String, External>) -> Outcome {
             self.at(secs);
-            self.ok(Event::Tick {
+            self.ok(Event::Measured {
                 stats: healthy(),
                 wider: Vec::new(),
                 external,
@@ -991,7 +991,7 @@ mod analysis {
         let mut s = Sim::with_stable(mw.clone());
         s.deploy_v2();
         s.at(90);
-        let out = s.ok(Event::Tick {
+        let out = s.ok(Event::Measured {
             stats: WindowStats {
                 stable: spread(20, 400),
                 canary: spread(30, 200),
@@ -1052,7 +1052,7 @@ fn a_blind_abort_rule_holds_the_rollout() {
         },
     )]);
     s.at(90);
-    let out = s.ok(Event::Tick {
+    let out = s.ok(Event::Measured {
         stats: healthy(),
         wider: Vec::new(),
         external: down.clone(),
@@ -1080,7 +1080,7 @@ fn a_blind_abort_rule_holds_the_rollout() {
         },
     )]);
     s.at(5);
-    let out = s.ok(Event::Tick {
+    let out = s.ok(Event::Measured {
         stats: healthy(),
         wider: Vec::new(),
         external: up,

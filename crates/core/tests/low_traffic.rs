@@ -76,7 +76,7 @@ impl Sim {
     }
     fn tick_at(&mut self, millis: u64, stats: WindowStats, wider: Vec<Wider>) {
         self.now = Timestamp::from_millis(millis);
-        self.ok(Event::Tick {
+        self.ok(Event::Measured {
             stats,
             wider,
             external: Default::default(),

@@ -513,7 +513,7 @@ pub async fn from_prometheus(
         }
         events.push(Recorded {
             at: Timestamp(t as u64),
-            event: Event::Tick {
+            event: Event::Measured {
                 stats,
                 wider,
                 external,
@@ -628,7 +628,7 @@ mod tests {
         for i in 1..=30 {
             events.push(Recorded {
                 at: t0.plus(std::time::Duration::from_secs(5 * i)),
-                event: Event::Tick {
+                event: Event::Measured {
                     stats: WindowStats {
                         stable: TrackStats::uniform(500, 0, 20),
                         canary: TrackStats::uniform(100, 0, canary_ms),
