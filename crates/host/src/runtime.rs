@@ -137,6 +137,14 @@ impl Running {
     }
 }
 
+/// Sleeps until `wake`, or forever when there is nothing to wake for.
+async fn sleep_until_some(wake: Option<tokio::time::Instant>) {
+    match wake {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 fn now() -> Timestamp {
     Timestamp(
         SystemTime::now()
@@ -605,8 +613,15 @@ impl Driver {
         gc.tick().await; // the first tick is immediate; start() already pruned
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            // The engine's next timer (a step's end, hold_previous, an abort rule's `for`),
+            // as an instant on tokio's clock; measurements keep their own interval.
+            let wake = self.engine.poll_timeout().map(|t| {
+                let ms = t.millis().saturating_sub(now().millis());
+                tokio::time::Instant::now() + Duration::from_millis(ms)
+            });
             tokio::select! {
                 _ = shutdown.wait_for(|s| *s) => break,
+                _ = sleep_until_some(wake) => self.on_timeout(),
                 Some(req) = requests.recv() => self.request(req),
                 changed = self.fleet_rx.changed() => {
                     if changed.is_err() { break; }
@@ -1101,6 +1116,11 @@ impl Driver {
             .collect()
     }
 
+    /// The instant the engine asked for has come: its timers decide on the last measurement.
+    fn on_timeout(&mut self) {
+        let _ = self.apply(Event::Timeout, None);
+    }
+
     fn on_tick(&mut self) {
         let now_i = tokio::time::Instant::now();
         let expired: Vec<String> = self
@@ -1174,7 +1194,7 @@ impl Driver {
         }
         let external = self.evaluate_rules();
         let _ = self.apply(
-            Event::Tick {
+            Event::Measured {
                 stats,
                 wider,
                 external,
