@@ -464,15 +464,57 @@ pub struct Evaluation {
     pub aborts: Vec<Verdict>,
 }
 
-/// A command the engine refused; nothing changed.
+/// A command the engine refused; nothing changed. Each refusal conflicts with the current
+/// state (the admin API answers 409 with the message), and the message says what to do.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EngineError {
-    /// The request conflicts with the current state (HTTP 409).
-    #[error("{0}")]
-    Conflict(String),
-    /// The release failed before and `--force` was not given (HTTP 409).
-    #[error("{0}")]
-    FailedRelease(String),
+    /// A deploy while another rollout is starting, progressing or paused.
+    #[error(
+        "rollout {id} of {release} is {phase}; wait for it to finish, or `cutover abort` it first"
+    )]
+    RolloutInProgress {
+        id: u64,
+        /// [`Release::label`] of the rollout's new release.
+        release: String,
+        phase: &'static str,
+    },
+    /// A deploy of the release that is already stable.
+    #[error("{release} is already the stable release; nothing to deploy")]
+    AlreadyStable { release: String },
+    /// The release failed before and `--force` was not given.
+    #[error("release {release} failed at {at}: {reason}; fix the release (a changed program, script, app.digest_paths file or setting gives a new digest) or pass --force to deploy it anyway")]
+    FailedRelease {
+        release: String,
+        /// RFC 3339.
+        at: String,
+        reason: String,
+    },
+    /// A verb with no rollout at all.
+    #[error("no rollout is in progress; nothing to {verb}")]
+    NoRollout { verb: Verb },
+    /// A verb after the last rollout ended (`phase`: the phase it ended in).
+    #[error(
+        "the last rollout is {phase}; no rollout is in progress, so there is nothing to {verb}"
+    )]
+    Finished { phase: &'static str, verb: Verb },
+    /// `pause` while paused.
+    #[error("the rollout is already paused; `cutover resume` continues it")]
+    AlreadyPaused,
+    /// `pause` while the canary starts.
+    #[error("the canary is still starting and takes no traffic yet; pause once it does, or `cutover abort`")]
+    PauseWhileStarting,
+    /// `resume` while progressing.
+    #[error("the rollout is not paused; nothing to resume")]
+    NotPaused,
+    /// `promote` while the canary starts.
+    #[error("the canary is still starting; it can be promoted once it is ready and takes traffic")]
+    PromoteWhileStarting,
+    /// `abort` after a promotion (inside `hold_previous`).
+    #[error("the rollout was already promoted; use `cutover rollback` to return to the previous release")]
+    AlreadyPromoted,
+    /// `rollback` after `hold_previous` stopped the previous release.
+    #[error("the previous release {previous} is no longer running (hold_previous {hold} has passed); deploy it again with `cutover deploy {previous}`")]
+    PreviousGone { previous: String, hold: Dur },
 }
 
 /// The engine's answer to one event.
@@ -713,29 +755,26 @@ impl Engine {
         out: &mut Outcome,
     ) -> Result<(), EngineError> {
         if let Some(r) = self.active() {
-            return Err(EngineError::Conflict(format!(
-                "rollout {} of {} is {}; wait for it to finish, or `cutover abort` it first",
-                r.id,
-                r.to.label(),
-                r.phase.name()
-            )));
+            return Err(EngineError::RolloutInProgress {
+                id: r.id,
+                release: r.to.label(),
+                phase: r.phase.name(),
+            });
         }
         if let Some(stable) = &self.state.stable {
             if stable.digest == release.digest {
-                return Err(EngineError::Conflict(format!(
-                    "{} is already the stable release; nothing to deploy",
-                    release.label()
-                )));
+                return Err(EngineError::AlreadyStable {
+                    release: release.label(),
+                });
             }
         }
         if let Some(f) = self.state.failed.get(&release.digest) {
             if !force {
-                return Err(EngineError::FailedRelease(format!(
-                    "release {} failed at {}: {}; fix the release (a changed program, script, app.digest_paths file or setting gives a new digest) or pass --force to deploy it anyway",
-                    release.label(),
-                    f.at.rfc3339(),
-                    f.reason
-                )));
+                return Err(EngineError::FailedRelease {
+                    release: release.label(),
+                    at: f.at.rfc3339(),
+                    reason: f.reason.clone(),
+                });
             }
         }
         // A new rollout ends the hold of the previous release: only one fallback is kept.
@@ -1510,74 +1549,141 @@ impl Engine {
         out: &mut Outcome,
     ) -> Result<(), EngineError> {
         let phase = self.state.rollout.as_ref().map(|r| r.phase.clone());
-        let none =
-            || EngineError::Conflict(format!("no rollout is in progress; nothing to {verb}"));
+        let none = || EngineError::NoRollout { verb };
         match (verb, phase) {
             (Verb::Pause, Some(Phase::Progressing)) => {
                 let r = self.state.rollout.as_mut().ok_or_else(none)?;
-                r.phase = Phase::Paused { manual: true, since: now };
+                r.phase = Phase::Paused {
+                    manual: true,
+                    since: now,
+                };
                 let w = r.weight;
-                self.decide(out, now, DecisionKind::Paused, format!("paused by the operator at {w}; abort rules still watch the canary"), serde_json::Value::Null);
+                self.decide(
+                    out,
+                    now,
+                    DecisionKind::Paused,
+                    format!("paused by the operator at {w}; abort rules still watch the canary"),
+                    serde_json::Value::Null,
+                );
             }
-            (Verb::Pause, Some(Phase::Paused { .. })) => return Err(EngineError::Conflict("the rollout is already paused; `cutover resume` continues it".into())),
-            (Verb::Pause, Some(Phase::Starting)) => {
-                return Err(EngineError::Conflict("the canary is still starting and takes no traffic yet; pause once it does, or `cutover abort`".into()))
-            }
+            (Verb::Pause, Some(Phase::Paused { .. })) => return Err(EngineError::AlreadyPaused),
+            (Verb::Pause, Some(Phase::Starting)) => return Err(EngineError::PauseWhileStarting),
             (Verb::Resume, Some(Phase::Paused { manual, since })) => {
                 let r = self.state.rollout.as_mut().ok_or_else(none)?;
                 r.phase = Phase::Progressing;
                 if manual {
                     // The time spent paused does not count towards the step.
                     r.step_started = r.step_started.plus(now.since(since));
-                    self.decide(out, now, DecisionKind::Resumed, "resumed by the operator".into(), serde_json::Value::Null);
+                    self.decide(
+                        out,
+                        now,
+                        DecisionKind::Resumed,
+                        "resumed by the operator".into(),
+                        serde_json::Value::Null,
+                    );
                 } else {
-                    self.decide(out, now, DecisionKind::Resumed, "resumed by the operator past a pause-until-promoted step".into(), serde_json::Value::Null);
+                    self.decide(
+                        out,
+                        now,
+                        DecisionKind::Resumed,
+                        "resumed by the operator past a pause-until-promoted step".into(),
+                        serde_json::Value::Null,
+                    );
                     self.advance(now, serde_json::Value::Null, out);
                 }
             }
-            (Verb::Resume, Some(Phase::Progressing)) => return Err(EngineError::Conflict("the rollout is not paused; nothing to resume".into())),
+            (Verb::Resume, Some(Phase::Progressing)) => return Err(EngineError::NotPaused),
             (Verb::Promote, Some(Phase::Progressing | Phase::Paused { .. })) => {
-                self.promote(now, "promoted by the operator, skipping the remaining steps".into(), serde_json::Value::Null, out);
+                self.promote(
+                    now,
+                    "promoted by the operator, skipping the remaining steps".into(),
+                    serde_json::Value::Null,
+                    out,
+                );
             }
             (Verb::Promote, Some(Phase::Starting)) => {
-                return Err(EngineError::Conflict("the canary is still starting; it can be promoted once it is ready and takes traffic".into()))
+                return Err(EngineError::PromoteWhileStarting)
             }
-            (Verb::Abort | Verb::Rollback, Some(Phase::Starting | Phase::Progressing | Phase::Paused { .. })) => {
-                self.abort(now, format!("{verb} requested by the operator"), false, serde_json::Value::Null, out);
+            (
+                Verb::Abort | Verb::Rollback,
+                Some(Phase::Starting | Phase::Progressing | Phase::Paused { .. }),
+            ) => {
+                self.abort(
+                    now,
+                    format!("{verb} requested by the operator"),
+                    false,
+                    serde_json::Value::Null,
+                    out,
+                );
             }
             (Verb::Rollback, Some(Phase::Promoted { .. })) => {
                 let held = self.state.previous.take().ok_or_else(none)?;
                 let r = self.state.rollout.as_mut().ok_or_else(none)?;
                 let to = r.to.clone();
                 let reason = "rolled back by the operator inside hold_previous".to_string();
-                r.phase = Phase::RolledBack { reason: reason.clone() };
+                r.phase = Phase::RolledBack {
+                    reason: reason.clone(),
+                };
                 r.weight = Weight::ZERO;
                 r.ended = Some(now);
-                out.actions.push(Action::Route { stable: held.release.clone(), canary: None, weight: Weight::ZERO, salt: r.salt });
-                out.actions.push(Action::Stop { release: to.clone(), reason: "rolled back".into() });
+                out.actions.push(Action::Route {
+                    stable: held.release.clone(),
+                    canary: None,
+                    weight: Weight::ZERO,
+                    salt: r.salt,
+                });
+                out.actions.push(Action::Stop {
+                    release: to.clone(),
+                    reason: "rolled back".into(),
+                });
                 self.state.stable = Some(held.release.clone());
-                self.state.failed.insert(to.digest.clone(), Failure { version: to.version.clone(), at: now, reason: reason.clone() });
+                self.state.failed.insert(
+                    to.digest.clone(),
+                    Failure {
+                        version: to.version.clone(),
+                        at: now,
+                        reason: reason.clone(),
+                    },
+                );
                 self.decide(
                     out,
                     now,
                     DecisionKind::RolledBack,
-                    format!("{}: all traffic back on {} with no process start; {} stopped", reason, held.release.label(), to.label()),
+                    format!(
+                        "{}: all traffic back on {} with no process start; {} stopped",
+                        reason,
+                        held.release.label(),
+                        to.label()
+                    ),
                     serde_json::Value::Null,
                 );
             }
-            (Verb::Rollback, Some(Phase::Done)) if self.state.rollout.as_ref().is_some_and(|r| r.from.is_some()) => {
+            (Verb::Rollback, Some(Phase::Done))
+                if self
+                    .state
+                    .rollout
+                    .as_ref()
+                    .is_some_and(|r| r.from.is_some()) =>
+            {
                 let r = self.state.rollout.as_ref().ok_or_else(none)?;
-                let prev = r.from.as_ref().map(|f| f.version.clone()).unwrap_or_default();
-                return Err(EngineError::Conflict(format!(
-                    "the previous release {prev} is no longer running (hold_previous {} has passed); deploy it again with `cutover deploy {prev}`",
-                    self.spec.hold_previous
-                )));
+                let prev = r
+                    .from
+                    .as_ref()
+                    .map(|f| f.version.clone())
+                    .unwrap_or_default();
+                return Err(EngineError::PreviousGone {
+                    previous: prev,
+                    hold: self.spec.hold_previous,
+                });
             }
             (Verb::Abort, Some(Phase::Promoted { .. })) => {
-                return Err(EngineError::Conflict("the rollout was already promoted; use `cutover rollback` to return to the previous release".into()))
+                return Err(EngineError::AlreadyPromoted)
             }
             (_, Some(p)) => {
-                return Err(EngineError::Conflict(format!("the last rollout is {}; no rollout is in progress, so there is nothing to {verb}", p.name())))
+                return Err(EngineError::Finished {
+                    phase: p.name(),
+                    verb,
+                })
             }
             (_, None) => return Err(none()),
         }

@@ -645,10 +645,11 @@ impl Driver {
         let before = self.engine.clone();
         let at = now();
         let recorded = event.clone();
-        let mut outcome = self.engine.handle(at, event).map_err(|e| match e {
-            EngineError::Conflict(m) => ApiError::conflict(m),
-            EngineError::FailedRelease(m) => ApiError::conflict(m),
-        })?;
+        // Every refusal conflicts with the current state; its message says what to do.
+        let mut outcome = self
+            .engine
+            .handle(at, event)
+            .map_err(|e: EngineError| ApiError::conflict(e.to_string()))?;
         if let Some(r) = operator_reason.filter(|r| !r.trim().is_empty()) {
             for d in &mut outcome.decisions {
                 d.reason = format!("{} (operator: {r})", d.reason);
