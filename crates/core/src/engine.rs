@@ -195,6 +195,13 @@ pub struct Rollout {
     /// Since when the rules could not be judged (no data, too few samples); see `max_inconclusive`.
     #[serde(default)]
     pub inconclusive_since: Option<Timestamp>,
+    /// `app.start_timeout` as given with the deploy (`None`: no deadline).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_timeout: Option<Dur>,
+    /// While starting: when the release must be ready, or the rollout aborts. A restarted
+    /// cutover gives the instances it re-adopts the whole `start_timeout` again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_deadline: Option<Timestamp>,
 }
 
 /// A release that failed, refused on redeploy without `--force`.
@@ -292,11 +299,20 @@ pub struct State {
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
     /// `cutover deploy`: start a rollout of `release`. `force` deploys a failed digest again.
-    Deploy { release: Release, force: bool },
+    /// `start_timeout` (`app.start_timeout`): how long its instances may take to become ready
+    /// before the engine aborts the rollout; `None` in recordings made before the engine kept
+    /// this deadline (their `start_failed` events say when it passed).
+    Deploy {
+        release: Release,
+        force: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        start_timeout: Option<Dur>,
+    },
     /// Every instance of the release with this digest passed its readiness probe.
     Ready { digest: String },
-    /// The release could not be started (spawn error, not ready within its start timeout).
-    /// `facts`: what the shell saw of the instances (probe results, output, log files).
+    /// The release could not be started (a spawn error; in older recordings also the start
+    /// timeout, which the engine now keeps itself). `facts`: what the shell saw of the
+    /// instances (probe results, output, log files).
     StartFailed {
         digest: String,
         reason: String,
@@ -333,11 +349,15 @@ pub enum Event {
     Command(Verb),
     /// cutover (re)started: re-issue what rebuilds the world from the persisted state.
     Recover,
-    /// The instant [`Engine::poll_timeout`] asked for has come (or passed): step ends,
-    /// `hold_previous` expiry, abort rules' `for` windows, `max_hold`, `max_inconclusive`. The
-    /// timers decide on the last [`Event::Measured`]; a timeout that finds nothing due changes
-    /// nothing.
-    Timeout,
+    /// The instant [`Engine::poll_timeout`] asked for has come (or passed): the start
+    /// deadline, step ends, `hold_previous` expiry, abort rules' `for` windows, `max_hold`,
+    /// `max_inconclusive`. The timers decide on the last [`Event::Measured`]; a timeout that
+    /// finds nothing due changes nothing. `facts`: while a release is starting, what the shell
+    /// sees of its instances that are not ready, so a start that times out is explained.
+    Timeout {
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        facts: Vec<InstanceFacts>,
+    },
 }
 
 /// The manual verbs.
@@ -663,29 +683,22 @@ impl Engine {
     pub fn handle(&mut self, now: Timestamp, event: Event) -> Result<Outcome, EngineError> {
         let mut out = Outcome::default();
         match event {
-            Event::Deploy { release, force } => self.deploy(now, release, force, &mut out)?,
+            Event::Deploy {
+                release,
+                force,
+                start_timeout,
+            } => self.deploy(now, release, force, start_timeout, &mut out)?,
             Event::Ready { digest } => self.ready(now, &digest, &mut out),
             Event::StartFailed {
                 digest,
                 reason,
                 facts,
             } => {
-                if let Some(r) = self
+                if self
                     .active()
-                    .filter(|r| r.to.digest == digest && r.phase == Phase::Starting)
+                    .is_some_and(|r| r.to.digest == digest && r.phase == Phase::Starting)
                 {
-                    let what = if r.from.is_some() {
-                        "canary"
-                    } else {
-                        "first release"
-                    };
-                    let why = format!(
-                        "{what} {} could not start: {reason}{}",
-                        r.to.version,
-                        explain(&facts)
-                    );
-                    let numbers = serde_json::json!({ "facts": facts });
-                    self.abort(now, why, true, numbers, &mut out);
+                    self.start_failed(now, &reason, facts, &mut out);
                 }
             }
             Event::CrashLoop {
@@ -705,7 +718,16 @@ impl Engine {
                 self.measure(now, stats, wider, external, &mut out);
                 self.due(now, &mut out);
             }
-            Event::Timeout => {
+            Event::Timeout { facts } => {
+                let timed_out = self
+                    .active()
+                    .filter(|r| r.phase == Phase::Starting)
+                    .and_then(|r| Some((r.start_deadline?, r.start_timeout?)))
+                    .filter(|(deadline, _)| *deadline <= now);
+                if let Some((_, timeout)) = timed_out {
+                    let reason = format!("not ready within app.start_timeout ({timeout})");
+                    self.start_failed(now, &reason, facts, &mut out);
+                }
                 self.expire_previous(now, &mut out);
                 self.due(now, &mut out);
             }
@@ -747,11 +769,38 @@ impl Engine {
         });
     }
 
+    /// The starting release could not start (`reason`): the rollout aborts, explained by
+    /// what the shell saw of its instances.
+    fn start_failed(
+        &mut self,
+        now: Timestamp,
+        reason: &str,
+        facts: Vec<InstanceFacts>,
+        out: &mut Outcome,
+    ) {
+        let Some(r) = self.active() else {
+            return;
+        };
+        let what = if r.from.is_some() {
+            "canary"
+        } else {
+            "first release"
+        };
+        let why = format!(
+            "{what} {} could not start: {reason}{}",
+            r.to.version,
+            explain(&facts)
+        );
+        let numbers = serde_json::json!({ "facts": facts });
+        self.abort(now, why, true, numbers, out);
+    }
+
     fn deploy(
         &mut self,
         now: Timestamp,
         release: Release,
         force: bool,
+        start_timeout: Option<Dur>,
         out: &mut Outcome,
     ) -> Result<(), EngineError> {
         if let Some(r) = self.active() {
@@ -807,6 +856,8 @@ impl Engine {
             last_evaluation: None,
             inconclusive_since: None,
             plan: plan.clone(),
+            start_timeout,
+            start_deadline: start_timeout.map(|d| now.plus(d.get())),
         });
         out.actions.push(Action::Start {
             release: release.clone(),
@@ -845,6 +896,7 @@ impl Engine {
         if r.phase != Phase::Starting || r.to.digest != digest {
             return;
         }
+        r.start_deadline = None;
         let to = r.to.clone();
         match r.from.clone() {
             None => {
@@ -1121,8 +1173,8 @@ impl Engine {
         self.watch_inconclusive(now, unsure, out);
     }
 
-    /// The next instant the engine wants to be woken with [`Event::Timeout`], if any: the
-    /// previous release's `hold_previous` expiry, the current step's end, an abort rule's `for`
+    /// The next instant the engine wants to be woken with [`Event::Timeout`], if any: a
+    /// starting release's start deadline, the previous release's `hold_previous` expiry, the current step's end, an abort rule's `for`
     /// running out on a breach the last measurement upheld, `max_hold` on failing gates, and
     /// `max_inconclusive`. The timers of a judged rollout wait for its first measurement.
     /// Handling the timeout at (or after) this instant always moves it past that instant, so
@@ -1132,6 +1184,13 @@ impl Engine {
         let mut at = |t: Timestamp| next = Some(next.map_or(t, |n| n.min(t)));
         if let Some(held) = &self.state.previous {
             at(held.until);
+        }
+        if let Some(deadline) = self
+            .active()
+            .filter(|r| r.phase == Phase::Starting)
+            .and_then(|r| r.start_deadline)
+        {
+            at(deadline);
         }
         if self.last_aborts().is_some() {
             for (_, _, end) in self.abort_window() {
@@ -1499,6 +1558,7 @@ impl Engine {
         r.weight = Weight::ZERO;
         r.ended = Some(now);
         r.hold = None;
+        r.start_deadline = None;
         let salt = r.salt;
         if let (Some(from), true) = (r.from.clone(), had_traffic) {
             out.actions.push(Action::Route {
@@ -1701,6 +1761,13 @@ impl Engine {
                 release: h.release.clone(),
             });
             started.push(h.release.label());
+        }
+        if let Some(r) = self.state.rollout.as_mut() {
+            if r.phase == Phase::Starting {
+                // The instances it re-adopts get the whole start_timeout again, as they did
+                // when the shell kept this deadline.
+                r.start_deadline = r.start_timeout.map(|d| now.plus(d.get()));
+            }
         }
         if let Some(r) = self.state.rollout.clone() {
             if r.phase.is_active() {

@@ -62,6 +62,7 @@ impl Sim {
             s.ok(Event::Deploy {
                 release: Release::new(release, digest),
                 force: false,
+                start_timeout: None,
             });
             s.ok(Event::Ready {
                 digest: digest.into(),

@@ -1,7 +1,7 @@
 //! The engine owns its time: a rollout driven by `poll_timeout` and `Event::Timeout` alone,
 //! with one measurement as evidence, and no timer that fires without moving on.
 
-use cutover_core::engine::{DecisionKind, Engine, Event, Outcome, Phase, Release};
+use cutover_core::engine::{DecisionKind, Engine, Event, InstanceFacts, Outcome, Phase, Release};
 use cutover_core::simulate::{replay, Recorded, Recording};
 use cutover_core::spec::RolloutSpec;
 use cutover_core::{Dur, Timestamp, TrackStats, WindowStats};
@@ -32,6 +32,7 @@ fn canary(measured: WindowStats) -> (Engine, Vec<Outcome>) {
         let deploy = Event::Deploy {
             release: Release::new(v, d),
             force: false,
+            start_timeout: None,
         };
         log.push(e.handle(T0, deploy).unwrap());
         log.push(e.handle(T0, Event::Ready { digest: d.into() }).unwrap());
@@ -51,7 +52,7 @@ fn run_timers(e: &mut Engine, limit: usize) -> Vec<(Timestamp, Outcome)> {
     let mut woken = Vec::new();
     while let Some(t) = e.poll_timeout() {
         assert!(woken.len() < limit, "more than {limit} timeouts");
-        let out = e.handle(t, Event::Timeout).unwrap();
+        let out = e.handle(t, Event::Timeout { facts: Vec::new() }).unwrap();
         if let Some(next) = e.poll_timeout() {
             assert!(
                 next > t,
@@ -112,14 +113,17 @@ fn a_breach_aborts_exactly_when_its_for_runs_out() {
     let end = T0.plus(Dur::from_secs(45).get());
     assert_eq!(e.poll_timeout(), Some(end));
     let early = e
-        .handle(Timestamp::from_millis(end.millis() - 1), Event::Timeout)
+        .handle(
+            Timestamp::from_millis(end.millis() - 1),
+            Event::Timeout { facts: Vec::new() },
+        )
         .unwrap();
     assert_eq!(
         early,
         Outcome::default(),
         "nothing is due a millisecond early"
     );
-    let out = e.handle(end, Event::Timeout).unwrap();
+    let out = e.handle(end, Event::Timeout { facts: Vec::new() }).unwrap();
     assert_eq!(
         out.decisions.iter().map(|d| d.kind).collect::<Vec<_>>(),
         vec![DecisionKind::Aborted]
@@ -155,13 +159,18 @@ fn timers_wait_for_the_first_measurement_of_the_rollout() {
         let deploy = Event::Deploy {
             release: Release::new(v, d),
             force: false,
+            start_timeout: None,
         };
         e.handle(T0, deploy).unwrap();
         e.handle(T0, Event::Ready { digest: d.into() }).unwrap();
     }
     assert_eq!(e.poll_timeout(), None, "nothing to judge a step on yet");
     let late = T0.plus(Dur::from_secs(300).get());
-    assert_eq!(e.handle(late, Event::Timeout).unwrap(), Outcome::default());
+    assert_eq!(
+        e.handle(late, Event::Timeout { facts: Vec::new() })
+            .unwrap(),
+        Outcome::default()
+    );
     assert!(matches!(phase(&e), Phase::Progressing));
 }
 
@@ -182,6 +191,7 @@ fn an_old_recording_replays_to_the_same_decisions() {
     let v1 = Event::Deploy {
         release: Release::new("v1", "sha-v1"),
         force: false,
+        start_timeout: None,
     };
     live.handle(T0, v1).unwrap();
     live.handle(
@@ -198,6 +208,7 @@ fn an_old_recording_replays_to_the_same_decisions() {
             event: Event::Deploy {
                 release: Release::new("v2", "sha-v2"),
                 force: false,
+                start_timeout: None,
             },
         },
         Recorded {
@@ -237,4 +248,105 @@ fn an_old_recording_replays_to_the_same_decisions() {
     let replayed = replay(&read, &spec());
     assert_eq!(replayed.decisions, rec.decisions);
     assert_eq!(replayed.final_phase, "aborted");
+}
+
+/// v1 stable; v2 deployed at `T0` with a 20 s start timeout, not ready yet.
+fn starting() -> Engine {
+    let mut e = Engine::new("shop", spec());
+    let v1 = Event::Deploy {
+        release: Release::new("v1", "sha-v1"),
+        force: false,
+        start_timeout: Some(Dur::from_secs(20)),
+    };
+    e.handle(T0, v1).unwrap();
+    e.handle(
+        T0,
+        Event::Ready {
+            digest: "sha-v1".into(),
+        },
+    )
+    .unwrap();
+    let v2 = Event::Deploy {
+        release: Release::new("v2", "sha-v2"),
+        force: false,
+        start_timeout: Some(Dur::from_secs(20)),
+    };
+    e.handle(T0, v2).unwrap();
+    e
+}
+
+#[test]
+fn a_canary_not_ready_within_start_timeout_is_aborted_with_the_facts() {
+    let mut e = starting();
+    let deadline = T0.plus(Dur::from_secs(20).get());
+    assert_eq!(e.poll_timeout(), Some(deadline));
+    let facts = vec![InstanceFacts {
+        instance: "v2-0".into(),
+        last_probe: Some("GET /ready → 503".into()),
+        log: Some("/state/logs/v2-0.log".into()),
+        ..InstanceFacts::default()
+    }];
+    let early = Timestamp::from_millis(deadline.millis() - 1);
+    let out = e
+        .handle(
+            early,
+            Event::Timeout {
+                facts: facts.clone(),
+            },
+        )
+        .unwrap();
+    assert_eq!(
+        out,
+        Outcome::default(),
+        "nothing is due a millisecond early"
+    );
+    let out = e.handle(deadline, Event::Timeout { facts }).unwrap();
+    assert_eq!(out.decisions.len(), 1, "{out:?}");
+    let d = &out.decisions[0];
+    assert_eq!(d.kind, DecisionKind::Aborted);
+    assert!(
+        d.reason.starts_with(
+            "v2 (sha-v2) aborted automatically: canary v2 could not start: not ready within app.start_timeout (20s); v2-0: last readiness probe GET /ready → 503; log: /state/logs/v2-0.log"
+        ),
+        "{}",
+        d.reason
+    );
+    assert_eq!(d.numbers["facts"][0]["instance"], "v2-0");
+    assert!(e.state().failed.contains_key("sha-v2"));
+    assert_eq!(e.poll_timeout(), None);
+}
+
+#[test]
+fn a_ready_canary_has_no_start_deadline() {
+    let mut e = starting();
+    e.handle(
+        T0,
+        Event::Ready {
+            digest: "sha-v2".into(),
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        e.poll_timeout(),
+        None,
+        "no measurement yet, no start deadline"
+    );
+    let late = T0.plus(Dur::from_secs(60).get());
+    let out = e
+        .handle(late, Event::Timeout { facts: Vec::new() })
+        .unwrap();
+    assert_eq!(out, Outcome::default());
+    assert_eq!(phase(&e), Phase::Progressing);
+}
+
+#[test]
+fn a_restarted_cutover_gives_a_starting_canary_the_whole_start_timeout_again() {
+    let e = starting();
+    let mut e = Engine::restore(e.spec().clone(), e.state().clone());
+    let restarted = T0.plus(Dur::from_secs(15).get());
+    e.handle(restarted, Event::Recover).unwrap();
+    assert_eq!(
+        e.poll_timeout(),
+        Some(restarted.plus(Dur::from_secs(20).get()))
+    );
 }

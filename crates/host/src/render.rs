@@ -662,6 +662,7 @@ mod tests {
         let deploy = |v: &str, d: &str| Event::Deploy {
             release: Release::new(v, d),
             force: false,
+            start_timeout: None,
         };
         e.handle(t(0), deploy("v1", "a")).unwrap();
         e.handle(t(0), Event::Ready { digest: "a".into() }).unwrap();

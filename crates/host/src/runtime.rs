@@ -350,7 +350,6 @@ pub async fn start(loaded: Loaded) -> Result<Running, StartError> {
         history: History::new(c.rollout.max_lookback.get()),
         router: Router::default(),
         releases: HashMap::new(),
-        start_deadlines: HashMap::new(),
         crash_reported: HashSet::new(),
         exposition: scrape::ExpositionHealth::default(),
         proxy_addr,
@@ -590,8 +589,6 @@ struct Driver {
     router: Router,
     /// Resolved releases by digest: what `Action::Start` runs.
     releases: HashMap<String, SupRelease>,
-    /// Canary start deadlines by digest (app.start_timeout).
-    start_deadlines: HashMap<String, tokio::time::Instant>,
     /// Crash loops already reported to the engine, by digest.
     crash_reported: HashSet<String>,
     /// Which instances serve an exposition that does not parse (warned once each).
@@ -949,7 +946,6 @@ impl Driver {
             }
             Action::Stop { release, reason } => {
                 info!(version = %release.version, %reason, "stopping");
-                self.start_deadlines.remove(&release.digest);
                 let proxy = self.proxy.clone();
                 let in_flight: InFlight = Arc::new(move |addr| proxy.in_flight(addr));
                 // What is still open when the drain window ends (WebSockets): cutover stops
@@ -1008,12 +1004,6 @@ impl Driver {
                 Err(e) => Some(e.to_string()),
             },
         };
-        if canary {
-            self.start_deadlines.insert(
-                release.digest.clone(),
-                tokio::time::Instant::now() + self.loaded.config.app.start_timeout.get(),
-            );
-        }
         if let Some(reason) = failure {
             error!(version = %release.version, %reason, "could not start");
             if canary {
@@ -1046,7 +1036,6 @@ impl Driver {
                 .get(&to.version)
                 .is_some_and(|vf| vf.digest == to.digest && vf.all_ready())
             {
-                self.start_deadlines.remove(&to.digest);
                 let _ = self.apply(
                     Event::Ready {
                         digest: to.digest.clone(),
@@ -1118,39 +1107,29 @@ impl Driver {
     }
 
     /// The instant the engine asked for has come: its timers decide on the last measurement.
+    /// While a release starts, the timeout carries what its instances that are not ready show
+    /// (the engine explains a start timeout with them).
     fn on_timeout(&mut self) {
-        let _ = self.apply(Event::Timeout, None);
+        let starting = self
+            .engine
+            .active()
+            .filter(|r| r.phase == Phase::Starting)
+            .map(|r| r.to.digest.clone());
+        let facts = match starting {
+            Some(digest) => {
+                let fleet = self.fleet_rx.borrow().clone();
+                fleet
+                    .values()
+                    .find(|vf| vf.digest == digest)
+                    .map(|vf| self.facts(vf, |i| i.state != InstanceState::Ready))
+                    .unwrap_or_default()
+            }
+            None => Vec::new(),
+        };
+        let _ = self.apply(Event::Timeout { facts }, None);
     }
 
     fn on_tick(&mut self) {
-        let now_i = tokio::time::Instant::now();
-        let expired: Vec<String> = self
-            .start_deadlines
-            .iter()
-            .filter(|(_, d)| **d <= now_i)
-            .map(|(k, _)| k.clone())
-            .collect();
-        for digest in expired {
-            self.start_deadlines.remove(&digest);
-            let reason = format!(
-                "not ready within app.start_timeout ({})",
-                self.loaded.config.app.start_timeout
-            );
-            let fleet = self.fleet_rx.borrow().clone();
-            let facts = fleet
-                .values()
-                .find(|vf| vf.digest == digest)
-                .map(|vf| self.facts(vf, |i| i.state != InstanceState::Ready))
-                .unwrap_or_default();
-            let _ = self.apply(
-                Event::StartFailed {
-                    digest,
-                    reason,
-                    facts,
-                },
-                None,
-            );
-        }
         let window = self.loaded.config.rollout.window.get();
         let min_samples = self.loaded.config.rollout.min_samples;
         self.history.collect(&self.recorder);
@@ -1324,6 +1303,7 @@ impl Driver {
             Event::Deploy {
                 release: release.clone(),
                 force: req.force,
+                start_timeout: Some(c.app.start_timeout),
             },
             req.reason.as_deref(),
         )?;
@@ -1427,6 +1407,7 @@ mod tests {
         let deploy = |v: &str, d: &str| Event::Deploy {
             release: Release::new(v, d),
             force: false,
+            start_timeout: None,
         };
         assert_eq!(step(&mut e, t(0), deploy("v1", "a")), None);
         let first = step(&mut e, t(1), Event::Ready { digest: "a".into() });

@@ -414,6 +414,7 @@ pub async fn from_prometheus(
             Event::Deploy {
                 release: stable.clone(),
                 force: false,
+                start_timeout: None,
             },
         )
         .map_err(|e| CommandError::Other(e.into()))?;
@@ -432,6 +433,7 @@ pub async fn from_prometheus(
             event: Event::Deploy {
                 release: canary.clone(),
                 force: true,
+                start_timeout: None,
             },
         },
         Recorded {
@@ -608,6 +610,7 @@ mod tests {
         let first = |digest: &str| Event::Deploy {
             release: Release::new("v1", digest),
             force: false,
+            start_timeout: None,
         };
         e.handle(t0, first("a")).unwrap();
         e.handle(t0, Event::Ready { digest: "a".into() }).unwrap();
@@ -618,6 +621,7 @@ mod tests {
                 event: Event::Deploy {
                     release: Release::new("v2", "b"),
                     force: false,
+                    start_timeout: None,
                 },
             },
             Recorded {
