@@ -24,6 +24,7 @@ use cutover_core::engine::{
 };
 use cutover_core::judge::External;
 use cutover_core::lookback::{self, Wider};
+use cutover_core::spec::AlertsSpec;
 use cutover_core::{Timestamp, WindowStats};
 use cutover_notify::{Notice, Notifier};
 use cutover_promql::{EvalOptions, Labels, MemStore};
@@ -753,21 +754,11 @@ impl Driver {
             ));
         };
         let service = self.engine.state().service.clone();
-        let wanted: BTreeMap<String, String> = spec
-            .matchers
-            .iter()
-            .map(|(k, v)| (k.clone(), v.replace("{{service}}", &service)))
-            .collect();
         let (mut matched, mut ignored) = (Vec::new(), Vec::new());
         for alert in payload.alerts {
-            let name = alert
-                .labels
-                .get("alertname")
-                .cloned()
-                .unwrap_or_else(|| "(unnamed)".into());
-            let matches = alert.status == cutover_admin::AlertStatus::Firing
-                && wanted.iter().all(|(k, v)| alert.labels.get(k) == Some(v));
-            if !matches {
+            let name = AlertsSpec::name(&alert.labels);
+            let firing = alert.status == cutover_admin::AlertStatus::Firing;
+            if !spec.matches(&service, firing, &alert.labels) {
                 ignored.push(name);
                 continue;
             }
