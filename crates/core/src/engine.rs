@@ -532,6 +532,9 @@ pub enum EngineError {
     /// `abort` after a promotion (inside `hold_previous`).
     #[error("the rollout was already promoted; use `cutover rollback` to return to the previous release")]
     AlreadyPromoted,
+    /// A deploy under a version name whose processes are still running as another build.
+    #[error("version name {version} is already running (as the stable, held or a draining release); give the new build its own version name, e.g. {version}.1")]
+    VersionInUse { version: String },
     /// `rollback` after `hold_previous` stopped the previous release.
     #[error("the previous release {previous} is no longer running (hold_previous {hold} has passed); deploy it again with `cutover deploy {previous}`")]
     PreviousGone { previous: String, hold: Dur },
@@ -593,6 +596,37 @@ impl Engine {
 
     pub fn spec(&self) -> &RolloutSpec {
         &self.spec
+    }
+
+    /// One process set per version name: refuses to deploy `release` under a name that the
+    /// stable or held release has, or that still runs (`running`: the version names the shell
+    /// has processes for, e.g. a release still draining) — unless it *is* the stable release,
+    /// which [`Event::Deploy`] refuses with its own reason.
+    pub fn check_version_free(
+        &self,
+        release: &Release,
+        running: &[String],
+    ) -> Result<(), EngineError> {
+        let st = &self.state;
+        let is_stable_name = st
+            .stable
+            .as_ref()
+            .is_some_and(|s| s.version == release.version);
+        let busy = [st.stable.as_ref(), st.previous.as_ref().map(|h| &h.release)]
+            .into_iter()
+            .flatten()
+            .any(|r| r.version == release.version)
+            || running.contains(&release.version) && !is_stable_name;
+        let is_stable = st
+            .stable
+            .as_ref()
+            .is_some_and(|s| s.digest == release.digest);
+        if busy && !is_stable {
+            return Err(EngineError::VersionInUse {
+                version: release.version.clone(),
+            });
+        }
+        Ok(())
     }
 
     /// The rollout in progress, if any.

@@ -1,8 +1,9 @@
 //! Every refusal of the engine is a typed value whose message a user can act on; the admin
 //! API answers it with 409 and this text, which the cli tests read.
 
-use cutover_core::engine::{EngineError, Verb};
-use cutover_core::Dur;
+use cutover_core::engine::{Engine, EngineError, Event, Release, Verb};
+use cutover_core::spec::RolloutSpec;
+use cutover_core::{Dur, Timestamp};
 
 #[test]
 fn each_refusal_says_what_to_do() {
@@ -61,6 +62,12 @@ fn each_refusal_says_what_to_do() {
             "the rollout was already promoted; use `cutover rollback` to return to the previous release",
         ),
         (
+            EngineError::VersionInUse {
+                version: "v2".into(),
+            },
+            "version name v2 is already running (as the stable, held or a draining release); give the new build its own version name, e.g. v2.1",
+        ),
+        (
             EngineError::PreviousGone {
                 previous: "v1".into(),
                 hold: Dur::from_secs(3600),
@@ -71,4 +78,45 @@ fn each_refusal_says_what_to_do() {
     for (e, text) in cases {
         assert_eq!(e.to_string(), text, "{e:?}");
     }
+}
+
+fn deploy(e: &mut Engine, t: u64, version: &str, digest: &str) {
+    let d = Event::Deploy {
+        release: Release::new(version, digest),
+        force: false,
+        start_timeout: None,
+    };
+    e.handle(Timestamp::from_millis(t), d).unwrap();
+    let ready = Event::Ready {
+        digest: digest.into(),
+    };
+    e.handle(Timestamp::from_millis(t), ready).unwrap();
+}
+
+#[test]
+fn a_version_name_that_is_running_is_refused_for_another_build() {
+    let mut e = Engine::new("shop", RolloutSpec::default());
+    let free = |e: &Engine, v: &str, d: &str, running: &[&str]| {
+        let running: Vec<String> = running.iter().map(|s| s.to_string()).collect();
+        e.check_version_free(&Release::new(v, d), &running)
+    };
+    assert_eq!(free(&e, "v1", "a", &[]), Ok(()));
+    deploy(&mut e, 1000, "v1", "a");
+    // The stable's name with another digest: refused. Its own digest: left to the deploy.
+    assert_eq!(
+        free(&e, "v1", "b", &["v1"]),
+        Err(EngineError::VersionInUse {
+            version: "v1".into()
+        })
+    );
+    assert_eq!(free(&e, "v1", "a", &["v1"]), Ok(()));
+    // A name still running (draining) that is not the stable: refused whatever the digest.
+    assert!(free(&e, "v0", "z", &["v0", "v1"]).is_err());
+    assert_eq!(free(&e, "v2", "c", &["v0", "v1"]), Ok(()));
+    // Promoted v2 keeps v1 held: v1 is busy even when no longer listed as running.
+    deploy(&mut e, 2000, "v2", "c");
+    e.handle(Timestamp::from_millis(3000), Event::Command(Verb::Promote))
+        .unwrap();
+    assert!(e.state().previous.is_some());
+    assert!(free(&e, "v1", "d", &[]).is_err());
 }

@@ -1265,15 +1265,6 @@ impl Driver {
 
     fn deploy(&mut self, req: DeployRequest) -> Result<Value, ApiError> {
         let c = &self.loaded.config;
-        // One process set per version name: a release may not reuse a name that is running.
-        let fleet = self.fleet_rx.borrow().clone();
-        let st = self.engine.state();
-        let busy = [st.stable.as_ref(), st.previous.as_ref().map(|h| &h.release)]
-            .into_iter()
-            .flatten()
-            .any(|r| r.version == req.version)
-            || fleet.contains_key(&req.version)
-                && st.stable.as_ref().is_none_or(|s| s.version != req.version);
         let rel = SupRelease::resolve(
             &req.version,
             &c.app,
@@ -1282,13 +1273,12 @@ impl Driver {
             req.args.clone(),
         )
         .map_err(|e| ApiError::invalid(format!("cannot deploy {}: {e}", req.version)))?;
-        if busy && st.stable.as_ref().is_none_or(|s| s.digest != rel.digest) {
-            return Err(ApiError::conflict(format!(
-                "version name {} is already running (as the stable, held or a draining release); give the new build its own version name, e.g. {}.1",
-                req.version, req.version
-            )));
-        }
         let release = Release::new(rel.name.clone(), rel.digest.clone());
+        // One process set per version name: the engine refuses a name that is running.
+        let running: Vec<String> = self.fleet_rx.borrow().keys().cloned().collect();
+        self.engine
+            .check_version_free(&release, &running)
+            .map_err(|e| ApiError::conflict(e.to_string()))?;
         self.releases.insert(rel.digest.clone(), rel);
         let decisions = self.apply(
             Event::Deploy {
