@@ -1642,10 +1642,13 @@ impl Engine {
         verb: Verb,
         out: &mut Outcome,
     ) -> Result<(), EngineError> {
-        let phase = self.state.rollout.as_ref().map(|r| r.phase.clone());
+        let r = self.state.rollout.as_ref();
+        let phase = r.map(|r| r.phase.clone());
+        let previous = r.and_then(|r| r.from.as_ref()).map(|f| f.version.clone());
+        let effect = verb_effect(verb, phase.as_ref(), previous, self.spec.hold_previous)?;
         let none = || EngineError::NoRollout { verb };
-        match (verb, phase) {
-            (Verb::Pause, Some(Phase::Progressing)) => {
+        match effect {
+            VerbEffect::Pause => {
                 let r = self.state.rollout.as_mut().ok_or_else(none)?;
                 r.phase = Phase::Paused {
                     manual: true,
@@ -1660,9 +1663,7 @@ impl Engine {
                     serde_json::Value::Null,
                 );
             }
-            (Verb::Pause, Some(Phase::Paused { .. })) => return Err(EngineError::AlreadyPaused),
-            (Verb::Pause, Some(Phase::Starting)) => return Err(EngineError::PauseWhileStarting),
-            (Verb::Resume, Some(Phase::Paused { manual, since })) => {
+            VerbEffect::Resume { manual, since } => {
                 let r = self.state.rollout.as_mut().ok_or_else(none)?;
                 r.phase = Phase::Progressing;
                 if manual {
@@ -1686,8 +1687,7 @@ impl Engine {
                     self.advance(now, serde_json::Value::Null, out);
                 }
             }
-            (Verb::Resume, Some(Phase::Progressing)) => return Err(EngineError::NotPaused),
-            (Verb::Promote, Some(Phase::Progressing | Phase::Paused { .. })) => {
+            VerbEffect::Promote => {
                 self.promote(
                     now,
                     "promoted by the operator, skipping the remaining steps".into(),
@@ -1695,13 +1695,7 @@ impl Engine {
                     out,
                 );
             }
-            (Verb::Promote, Some(Phase::Starting)) => {
-                return Err(EngineError::PromoteWhileStarting)
-            }
-            (
-                Verb::Abort | Verb::Rollback,
-                Some(Phase::Starting | Phase::Progressing | Phase::Paused { .. }),
-            ) => {
+            VerbEffect::Abort => {
                 self.abort(
                     now,
                     format!("{verb} requested by the operator"),
@@ -1710,7 +1704,7 @@ impl Engine {
                     out,
                 );
             }
-            (Verb::Rollback, Some(Phase::Promoted { .. })) => {
+            VerbEffect::RollBack => {
                 let held = self.state.previous.take().ok_or_else(none)?;
                 let r = self.state.rollout.as_mut().ok_or_else(none)?;
                 let to = r.to.clone();
@@ -1752,34 +1746,6 @@ impl Engine {
                     serde_json::Value::Null,
                 );
             }
-            (Verb::Rollback, Some(Phase::Done))
-                if self
-                    .state
-                    .rollout
-                    .as_ref()
-                    .is_some_and(|r| r.from.is_some()) =>
-            {
-                let r = self.state.rollout.as_ref().ok_or_else(none)?;
-                let prev = r
-                    .from
-                    .as_ref()
-                    .map(|f| f.version.clone())
-                    .unwrap_or_default();
-                return Err(EngineError::PreviousGone {
-                    previous: prev,
-                    hold: self.spec.hold_previous,
-                });
-            }
-            (Verb::Abort, Some(Phase::Promoted { .. })) => {
-                return Err(EngineError::AlreadyPromoted)
-            }
-            (_, Some(p)) => {
-                return Err(EngineError::Finished {
-                    phase: p.name(),
-                    verb,
-                })
-            }
-            (_, None) => return Err(none()),
         }
         Ok(())
     }
@@ -1846,5 +1812,162 @@ impl Engine {
                 serde_json::Value::Null,
             );
         }
+    }
+}
+
+/// What an operator verb does, once [`verb_effect`] allowed it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VerbEffect {
+    /// Stop advancing; abort rules keep watching.
+    Pause,
+    /// Continue: after a manual pause the paused time does not count towards the step; past
+    /// a `pause = "until_promoted"` step the rollout advances at once.
+    Resume { manual: bool, since: Timestamp },
+    /// Skip the remaining steps to 100 %.
+    Promote,
+    /// All traffic back to stable, stop the canary (`abort`, or `rollback` before promotion).
+    Abort,
+    /// Inside `hold_previous`: the held release serves everything again, at once.
+    RollBack,
+}
+
+/// The verb × phase table, in one place: what `verb` does when the last rollout is in `phase`
+/// (`None`: no rollout yet), or why it is refused. `previous`: the version the rollout
+/// started from, and `hold` the `hold_previous` setting, both named when a rollback comes
+/// too late.
+pub fn verb_effect(
+    verb: Verb,
+    phase: Option<&Phase>,
+    previous: Option<String>,
+    hold: Dur,
+) -> Result<VerbEffect, EngineError> {
+    use Phase::*;
+    use Verb::*;
+    let Some(phase) = phase else {
+        return Err(EngineError::NoRollout { verb });
+    };
+    match (verb, phase) {
+        (Pause, Progressing) => Ok(VerbEffect::Pause),
+        (Pause, Paused { .. }) => Err(EngineError::AlreadyPaused),
+        (Pause, Starting) => Err(EngineError::PauseWhileStarting),
+        (Resume, Paused { manual, since }) => Ok(VerbEffect::Resume {
+            manual: *manual,
+            since: *since,
+        }),
+        (Resume, Progressing) => Err(EngineError::NotPaused),
+        (Promote, Progressing | Paused { .. }) => Ok(VerbEffect::Promote),
+        (Promote, Starting) => Err(EngineError::PromoteWhileStarting),
+        (Abort | Rollback, Starting | Progressing | Paused { .. }) => Ok(VerbEffect::Abort),
+        (Rollback, Promoted { .. }) => Ok(VerbEffect::RollBack),
+        (Rollback, Done) if previous.is_some() => Err(EngineError::PreviousGone {
+            previous: previous.unwrap_or_default(),
+            hold,
+        }),
+        (Abort, Promoted { .. }) => Err(EngineError::AlreadyPromoted),
+        (_, p) => Err(EngineError::Finished {
+            phase: p.name(),
+            verb,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The whole verb × phase table, enumerated: one row per phase, one column per verb.
+    #[test]
+    fn the_verb_phase_table() {
+        let t = Timestamp::from_millis(1);
+        let phases: [(&str, Option<Phase>); 9] = [
+            ("none", None),
+            ("starting", Some(Phase::Starting)),
+            ("progressing", Some(Phase::Progressing)),
+            (
+                "paused",
+                Some(Phase::Paused {
+                    manual: true,
+                    since: t,
+                }),
+            ),
+            (
+                "paused-step",
+                Some(Phase::Paused {
+                    manual: false,
+                    since: t,
+                }),
+            ),
+            ("promoted", Some(Phase::Promoted { until: t })),
+            ("done", Some(Phase::Done)),
+            (
+                "aborted",
+                Some(Phase::Aborted {
+                    reason: "x".into(),
+                    automatic: true,
+                }),
+            ),
+            (
+                "rolled_back",
+                Some(Phase::RolledBack { reason: "x".into() }),
+            ),
+        ];
+        let verbs = [
+            Verb::Pause,
+            Verb::Resume,
+            Verb::Promote,
+            Verb::Abort,
+            Verb::Rollback,
+        ];
+        let cell = |r: Result<VerbEffect, EngineError>| match r {
+            Ok(VerbEffect::Pause) => "PAUSE",
+            Ok(VerbEffect::Resume { .. }) => "RESUME",
+            Ok(VerbEffect::Promote) => "PROMOTE",
+            Ok(VerbEffect::Abort) => "ABORT",
+            Ok(VerbEffect::RollBack) => "ROLLBACK",
+            Err(EngineError::NoRollout { .. }) => "no-rollout",
+            Err(EngineError::AlreadyPaused) => "already-paused",
+            Err(EngineError::PauseWhileStarting | EngineError::PromoteWhileStarting) => "starting",
+            Err(EngineError::NotPaused) => "not-paused",
+            Err(EngineError::AlreadyPromoted) => "promoted",
+            Err(EngineError::PreviousGone { .. }) => "gone",
+            Err(EngineError::Finished { .. }) => "finished",
+            Err(_) => "?",
+        };
+        let mut table = String::new();
+        for (name, phase) in &phases {
+            let row: Vec<&str> = verbs
+                .iter()
+                .map(|v| {
+                    cell(verb_effect(
+                        *v,
+                        phase.as_ref(),
+                        Some("v1".into()),
+                        Dur::from_secs(60),
+                    ))
+                })
+                .collect();
+            table.push_str(&format!("{name:<12}{}\n", row.join(" ")));
+        }
+        //                pause          resume     promote  abort    rollback
+        let expected = "\
+none        no-rollout no-rollout no-rollout no-rollout no-rollout
+starting    starting finished starting ABORT ABORT
+progressing PAUSE not-paused PROMOTE ABORT ABORT
+paused      already-paused RESUME PROMOTE ABORT ABORT
+paused-step already-paused RESUME PROMOTE ABORT ABORT
+promoted    finished finished finished promoted ROLLBACK
+done        finished finished finished finished gone
+aborted     finished finished finished finished finished
+rolled_back finished finished finished finished finished
+";
+        assert_eq!(table, expected, "\n{table}");
+        // A first release has no previous version: a rollback after it is simply finished.
+        assert_eq!(
+            verb_effect(Verb::Rollback, Some(&Phase::Done), None, Dur::from_secs(60)),
+            Err(EngineError::Finished {
+                phase: "done",
+                verb: Verb::Rollback
+            })
+        );
     }
 }
