@@ -27,7 +27,7 @@ use crate::stats::{TrackStats, WindowStats};
 use crate::time::{Dur, Timestamp};
 use crate::weight::Weight;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 /// `max_hold` and `max_inconclusive` abort once *exceeded*: their timers fire one millisecond
@@ -291,6 +291,10 @@ pub struct State {
     pub last_rollout_id: u64,
     /// Failed releases by digest.
     pub failed: BTreeMap<String, Failure>,
+    /// Releases (by digest) whose crash loop was decided on and has not ended: a crash loop
+    /// is one decision however often the shell reports it.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub crash_looping: BTreeSet<String>,
 }
 
 /// What the shell tells the engine. Serializable: the shell records every event it applied, so
@@ -319,7 +323,9 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         facts: Vec<InstanceFacts>,
     },
-    /// An instance of the release is crash-looping.
+    /// An instance of the release is crash-looping. The shell may report it for as long as
+    /// it lasts: the engine decides on the first report and ignores the rest until
+    /// [`Event::CrashLoopEnded`].
     CrashLoop {
         digest: String,
         detail: String,
@@ -340,7 +346,11 @@ pub enum Event {
         wider: Vec<Wider>,
         external: BTreeMap<String, External>,
     },
-    /// A firing alert matched this service's `[alerts]` selector (the shell matched it).
+    /// The release reported by [`Event::CrashLoop`] is no longer crash-looping (its instances
+    /// run again, or it was started anew): a new crash loop is decided on again.
+    CrashLoopEnded { digest: String },
+    /// A firing alert matched this service's `[alerts]` selector
+    /// ([`crate::spec::AlertsSpec::matches`]).
     Alert {
         name: String,
         labels: BTreeMap<String, String>,
@@ -629,6 +639,12 @@ impl Engine {
         Ok(())
     }
 
+    /// Whether a crash loop of this release was decided on and has not ended (the shell need
+    /// not gather facts for a report the engine would ignore).
+    pub fn crash_looping(&self, digest: &str) -> bool {
+        self.state.crash_looping.contains(digest)
+    }
+
     /// The rollout in progress, if any.
     pub fn active(&self) -> Option<&Rollout> {
         self.state.rollout.as_ref().filter(|r| r.phase.is_active())
@@ -740,8 +756,13 @@ impl Engine {
                 detail,
                 facts,
             } => {
-                let detail = format!("{detail}{}", explain(&facts));
-                self.crash_loop(now, &digest, detail, &mut out)
+                if self.state.crash_looping.insert(digest.clone()) {
+                    let detail = format!("{detail}{}", explain(&facts));
+                    self.crash_loop(now, &digest, detail, &mut out)
+                }
+            }
+            Event::CrashLoopEnded { digest } => {
+                self.state.crash_looping.remove(&digest);
             }
             Event::Measured {
                 stats,

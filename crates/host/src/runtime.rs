@@ -33,7 +33,7 @@ use cutover_store::{Commit, DecisionRecord, EventRecord, ReleaseRecord, RolloutR
 use cutover_supervisor::{Fleet, InFlight, InstanceState, Release as SupRelease, Supervisor};
 use cutover_telemetry::{History, Recorder};
 use serde_json::{json, Value};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -351,7 +351,6 @@ pub async fn start(loaded: Loaded) -> Result<Running, StartError> {
         history: History::new(c.rollout.max_lookback.get()),
         router: Router::default(),
         releases: HashMap::new(),
-        crash_reported: HashSet::new(),
         exposition: scrape::ExpositionHealth::default(),
         proxy_addr,
     };
@@ -590,8 +589,6 @@ struct Driver {
     router: Router,
     /// Resolved releases by digest: what `Action::Start` runs.
     releases: HashMap<String, SupRelease>,
-    /// Crash loops already reported to the engine, by digest.
-    crash_reported: HashSet<String>,
     /// Which instances serve an exposition that does not parse (warned once each).
     exposition: scrape::ExpositionHealth,
     proxy_addr: SocketAddr,
@@ -1036,8 +1033,10 @@ impl Driver {
             }
         }
         for vf in fleet.values() {
+            // The engine decides on the first report of a crash loop and ignores the rest; it
+            // is asked only when it would listen, so the facts are read from disk once.
             if let Some(cl) = &vf.crash_loop {
-                if self.crash_reported.insert(vf.digest.clone()) {
+                if !self.engine.crash_looping(&vf.digest) {
                     let detail = format!(
                         "instance {} restarted {} times within {}{}",
                         cl.instance,
@@ -1066,8 +1065,13 @@ impl Driver {
                         None,
                     );
                 }
-            } else {
-                self.crash_reported.remove(&vf.digest);
+            } else if self.engine.crash_looping(&vf.digest) {
+                let _ = self.apply(
+                    Event::CrashLoopEnded {
+                        digest: vf.digest.clone(),
+                    },
+                    None,
+                );
             }
         }
     }
