@@ -27,8 +27,12 @@ use crate::stats::{TrackStats, WindowStats};
 use crate::time::{Dur, Timestamp};
 use crate::weight::Weight;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+
+/// `max_hold` and `max_inconclusive` abort once *exceeded*: their timers fire one millisecond
+/// (the resolution of [`Timestamp`]) after they run out.
+const MILLI: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// A release as the engine knows it: a version name and the digest that identifies its build
 /// and settings (a rebuilt binary under the same name is a different release).
@@ -191,6 +195,13 @@ pub struct Rollout {
     /// Since when the rules could not be judged (no data, too few samples); see `max_inconclusive`.
     #[serde(default)]
     pub inconclusive_since: Option<Timestamp>,
+    /// `app.start_timeout` as given with the deploy (`None`: no deadline).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_timeout: Option<Dur>,
+    /// While starting: when the release must be ready, or the rollout aborts. A restarted
+    /// cutover gives the instances it re-adopts the whole `start_timeout` again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_deadline: Option<Timestamp>,
 }
 
 /// A release that failed, refused on redeploy without `--force`.
@@ -280,6 +291,10 @@ pub struct State {
     pub last_rollout_id: u64,
     /// Failed releases by digest.
     pub failed: BTreeMap<String, Failure>,
+    /// Releases (by digest) whose crash loop was decided on and has not ended: a crash loop
+    /// is one decision however often the shell reports it.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub crash_looping: BTreeSet<String>,
 }
 
 /// What the shell tells the engine. Serializable: the shell records every event it applied, so
@@ -288,35 +303,54 @@ pub struct State {
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
     /// `cutover deploy`: start a rollout of `release`. `force` deploys a failed digest again.
-    Deploy { release: Release, force: bool },
+    /// `start_timeout` (`app.start_timeout`): how long its instances may take to become ready
+    /// before the engine aborts the rollout; `None` in recordings made before the engine kept
+    /// this deadline (their `start_failed` events say when it passed).
+    Deploy {
+        release: Release,
+        force: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        start_timeout: Option<Dur>,
+    },
     /// Every instance of the release with this digest passed its readiness probe.
     Ready { digest: String },
-    /// The release could not be started (spawn error, not ready within its start timeout).
-    /// `facts`: what the shell saw of the instances (probe results, output, log files).
+    /// The release could not be started (a spawn error; in older recordings also the start
+    /// timeout, which the engine now keeps itself). `facts`: what the shell saw of the
+    /// instances (probe results, output, log files).
     StartFailed {
         digest: String,
         reason: String,
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         facts: Vec<InstanceFacts>,
     },
-    /// An instance of the release is crash-looping.
+    /// An instance of the release is crash-looping. The shell may report it for as long as
+    /// it lasts: the engine decides on the first report and ignores the rest until
+    /// [`Event::CrashLoopEnded`].
     CrashLoop {
         digest: String,
         detail: String,
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         facts: Vec<InstanceFacts>,
     },
-    /// One evaluation interval elapsed; stats cover the last `window` for stable and canary,
-    /// `wider` the longer look-backs [`Engine::lookback_windows`] asked for (ascending; the
-    /// shell may stop measuring once one holds `min_samples` of both versions), and
-    /// `external` holds the results of the rules the shell evaluates (PromQL), by rule name.
-    Tick {
+    /// A measurement, taken every evaluation interval: stats cover the last `window` for
+    /// stable and canary, `wider` the longer look-backs [`Engine::lookback_windows`] asked for
+    /// (ascending; the shell may stop measuring once one holds `min_samples` of both
+    /// versions), and `external` holds the results of the rules the shell evaluates (PromQL),
+    /// by rule name. The abort rules are judged on it; the engine keeps it as the evidence its
+    /// timers ([`Event::Timeout`]) decide on until the next one arrives, and runs the timers
+    /// that are due. Recordings made before this event had its name call it `tick`.
+    #[serde(alias = "tick")]
+    Measured {
         stats: WindowStats,
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         wider: Vec<Wider>,
         external: BTreeMap<String, External>,
     },
-    /// A firing alert matched this service's `[alerts]` selector (the shell matched it).
+    /// The release reported by [`Event::CrashLoop`] is no longer crash-looping (its instances
+    /// run again, or it was started anew): a new crash loop is decided on again.
+    CrashLoopEnded { digest: String },
+    /// A firing alert matched this service's `[alerts]` selector
+    /// ([`crate::spec::AlertsSpec::matches`]).
     Alert {
         name: String,
         labels: BTreeMap<String, String>,
@@ -325,6 +359,15 @@ pub enum Event {
     Command(Verb),
     /// cutover (re)started: re-issue what rebuilds the world from the persisted state.
     Recover,
+    /// The instant [`Engine::poll_timeout`] asked for has come (or passed): the start
+    /// deadline, step ends, `hold_previous` expiry, abort rules' `for` windows, `max_hold`,
+    /// `max_inconclusive`. The timers decide on the last [`Event::Measured`]; a timeout that
+    /// finds nothing due changes nothing. `facts`: while a release is starting, what the shell
+    /// sees of its instances that are not ready, so a start that times out is explained.
+    Timeout {
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        facts: Vec<InstanceFacts>,
+    },
 }
 
 /// The manual verbs.
@@ -451,15 +494,60 @@ pub struct Evaluation {
     pub aborts: Vec<Verdict>,
 }
 
-/// A command the engine refused; nothing changed.
+/// A command the engine refused; nothing changed. Each refusal conflicts with the current
+/// state (the admin API answers 409 with the message), and the message says what to do.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EngineError {
-    /// The request conflicts with the current state (HTTP 409).
-    #[error("{0}")]
-    Conflict(String),
-    /// The release failed before and `--force` was not given (HTTP 409).
-    #[error("{0}")]
-    FailedRelease(String),
+    /// A deploy while another rollout is starting, progressing or paused.
+    #[error(
+        "rollout {id} of {release} is {phase}; wait for it to finish, or `cutover abort` it first"
+    )]
+    RolloutInProgress {
+        id: u64,
+        /// [`Release::label`] of the rollout's new release.
+        release: String,
+        phase: &'static str,
+    },
+    /// A deploy of the release that is already stable.
+    #[error("{release} is already the stable release; nothing to deploy")]
+    AlreadyStable { release: String },
+    /// The release failed before and `--force` was not given.
+    #[error("release {release} failed at {at}: {reason}; fix the release (a changed program, script, app.digest_paths file or setting gives a new digest) or pass --force to deploy it anyway")]
+    FailedRelease {
+        release: String,
+        /// RFC 3339.
+        at: String,
+        reason: String,
+    },
+    /// A verb with no rollout at all.
+    #[error("no rollout is in progress; nothing to {verb}")]
+    NoRollout { verb: Verb },
+    /// A verb after the last rollout ended (`phase`: the phase it ended in).
+    #[error(
+        "the last rollout is {phase}; no rollout is in progress, so there is nothing to {verb}"
+    )]
+    Finished { phase: &'static str, verb: Verb },
+    /// `pause` while paused.
+    #[error("the rollout is already paused; `cutover resume` continues it")]
+    AlreadyPaused,
+    /// `pause` while the canary starts.
+    #[error("the canary is still starting and takes no traffic yet; pause once it does, or `cutover abort`")]
+    PauseWhileStarting,
+    /// `resume` while progressing.
+    #[error("the rollout is not paused; nothing to resume")]
+    NotPaused,
+    /// `promote` while the canary starts.
+    #[error("the canary is still starting; it can be promoted once it is ready and takes traffic")]
+    PromoteWhileStarting,
+    /// `abort` after a promotion (inside `hold_previous`).
+    #[error("the rollout was already promoted; use `cutover rollback` to return to the previous release")]
+    AlreadyPromoted,
+    /// A deploy under a version name whose processes are still running as another build.
+    #[error("version name {version} is already running (as the stable, held or a draining release); give the new build its own version name, e.g. {version}.1")]
+    VersionInUse { version: String },
+    /// `rollback` after `hold_previous` stopped the previous release.
+    #[error("the previous release {previous} is no longer running (hold_previous {hold} has passed); deploy it again with `cutover deploy {previous}`")]
+    PreviousGone { previous: String, hold: Dur },
 }
 
 /// The engine's answer to one event.
@@ -469,11 +557,24 @@ pub struct Outcome {
     pub decisions: Vec<Decision>,
 }
 
+/// The evidence the timers decide on: the last [`Event::Measured`] of a rollout.
+#[derive(Debug, Clone, PartialEq)]
+struct Measurement {
+    rollout: u64,
+    at: Timestamp,
+    stats: WindowStats,
+    wider: Vec<Wider>,
+    external: BTreeMap<String, External>,
+}
+
 /// One service's rollout engine.
 #[derive(Debug, Clone)]
 pub struct Engine {
     spec: RolloutSpec,
     state: State,
+    /// Not persisted: after a restart the timers wait for the first measurement, as a
+    /// rollout is never judged on evidence from before the restart.
+    measured: Option<Measurement>,
 }
 
 impl Engine {
@@ -485,13 +586,18 @@ impl Engine {
                 service: service.into(),
                 ..State::default()
             },
+            measured: None,
         }
     }
 
     /// An engine resumed from persisted state (the spec may have changed; a running rollout
     /// keeps its plan).
     pub fn restore(spec: RolloutSpec, state: State) -> Self {
-        Engine { spec, state }
+        Engine {
+            spec,
+            state,
+            measured: None,
+        }
     }
 
     pub fn state(&self) -> &State {
@@ -500,6 +606,43 @@ impl Engine {
 
     pub fn spec(&self) -> &RolloutSpec {
         &self.spec
+    }
+
+    /// One process set per version name: refuses to deploy `release` under a name that the
+    /// stable or held release has, or that still runs (`running`: the version names the shell
+    /// has processes for, e.g. a release still draining) — unless it *is* the stable release,
+    /// which [`Event::Deploy`] refuses with its own reason.
+    pub fn check_version_free(
+        &self,
+        release: &Release,
+        running: &[String],
+    ) -> Result<(), EngineError> {
+        let st = &self.state;
+        let is_stable_name = st
+            .stable
+            .as_ref()
+            .is_some_and(|s| s.version == release.version);
+        let busy = [st.stable.as_ref(), st.previous.as_ref().map(|h| &h.release)]
+            .into_iter()
+            .flatten()
+            .any(|r| r.version == release.version)
+            || running.contains(&release.version) && !is_stable_name;
+        let is_stable = st
+            .stable
+            .as_ref()
+            .is_some_and(|s| s.digest == release.digest);
+        if busy && !is_stable {
+            return Err(EngineError::VersionInUse {
+                version: release.version.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether a crash loop of this release was decided on and has not ended (the shell need
+    /// not gather facts for a report the engine would ignore).
+    pub fn crash_looping(&self, digest: &str) -> bool {
+        self.state.crash_looping.contains(digest)
     }
 
     /// The rollout in progress, if any.
@@ -533,7 +676,7 @@ impl Engine {
         Some(t)
     }
 
-    /// The look-backs longer than `window` the next `Tick` should carry (see
+    /// The look-backs longer than `window` the next `Measured` should carry (see
     /// [`crate::lookback`]), ascending: the ladder up to `max_lookback`, no further back than
     /// the canary's first traffic (abort rules) and, ending exactly there, the start of the
     /// current step (gates). Empty when nothing is being judged.
@@ -590,29 +733,22 @@ impl Engine {
     pub fn handle(&mut self, now: Timestamp, event: Event) -> Result<Outcome, EngineError> {
         let mut out = Outcome::default();
         match event {
-            Event::Deploy { release, force } => self.deploy(now, release, force, &mut out)?,
+            Event::Deploy {
+                release,
+                force,
+                start_timeout,
+            } => self.deploy(now, release, force, start_timeout, &mut out)?,
             Event::Ready { digest } => self.ready(now, &digest, &mut out),
             Event::StartFailed {
                 digest,
                 reason,
                 facts,
             } => {
-                if let Some(r) = self
+                if self
                     .active()
-                    .filter(|r| r.to.digest == digest && r.phase == Phase::Starting)
+                    .is_some_and(|r| r.to.digest == digest && r.phase == Phase::Starting)
                 {
-                    let what = if r.from.is_some() {
-                        "canary"
-                    } else {
-                        "first release"
-                    };
-                    let why = format!(
-                        "{what} {} could not start: {reason}{}",
-                        r.to.version,
-                        explain(&facts)
-                    );
-                    let numbers = serde_json::json!({ "facts": facts });
-                    self.abort(now, why, true, numbers, &mut out);
+                    self.start_failed(now, &reason, facts, &mut out);
                 }
             }
             Event::CrashLoop {
@@ -620,14 +756,36 @@ impl Engine {
                 detail,
                 facts,
             } => {
-                let detail = format!("{detail}{}", explain(&facts));
-                self.crash_loop(now, &digest, detail, &mut out)
+                if self.state.crash_looping.insert(digest.clone()) {
+                    let detail = format!("{detail}{}", explain(&facts));
+                    self.crash_loop(now, &digest, detail, &mut out)
+                }
             }
-            Event::Tick {
+            Event::CrashLoopEnded { digest } => {
+                self.state.crash_looping.remove(&digest);
+            }
+            Event::Measured {
                 stats,
                 wider,
                 external,
-            } => self.tick(now, &stats, &wider, &external, &mut out),
+            } => {
+                self.expire_previous(now, &mut out);
+                self.measure(now, stats, wider, external, &mut out);
+                self.due(now, &mut out);
+            }
+            Event::Timeout { facts } => {
+                let timed_out = self
+                    .active()
+                    .filter(|r| r.phase == Phase::Starting)
+                    .and_then(|r| Some((r.start_deadline?, r.start_timeout?)))
+                    .filter(|(deadline, _)| *deadline <= now);
+                if let Some((_, timeout)) = timed_out {
+                    let reason = format!("not ready within app.start_timeout ({timeout})");
+                    self.start_failed(now, &reason, facts, &mut out);
+                }
+                self.expire_previous(now, &mut out);
+                self.due(now, &mut out);
+            }
             Event::Alert { name, labels } => {
                 if self.active().is_some() {
                     let shown: Vec<String> =
@@ -666,37 +824,61 @@ impl Engine {
         });
     }
 
+    /// The starting release could not start (`reason`): the rollout aborts, explained by
+    /// what the shell saw of its instances.
+    fn start_failed(
+        &mut self,
+        now: Timestamp,
+        reason: &str,
+        facts: Vec<InstanceFacts>,
+        out: &mut Outcome,
+    ) {
+        let Some(r) = self.active() else {
+            return;
+        };
+        let what = if r.from.is_some() {
+            "canary"
+        } else {
+            "first release"
+        };
+        let why = format!(
+            "{what} {} could not start: {reason}{}",
+            r.to.version,
+            explain(&facts)
+        );
+        let numbers = serde_json::json!({ "facts": facts });
+        self.abort(now, why, true, numbers, out);
+    }
+
     fn deploy(
         &mut self,
         now: Timestamp,
         release: Release,
         force: bool,
+        start_timeout: Option<Dur>,
         out: &mut Outcome,
     ) -> Result<(), EngineError> {
         if let Some(r) = self.active() {
-            return Err(EngineError::Conflict(format!(
-                "rollout {} of {} is {}; wait for it to finish, or `cutover abort` it first",
-                r.id,
-                r.to.label(),
-                r.phase.name()
-            )));
+            return Err(EngineError::RolloutInProgress {
+                id: r.id,
+                release: r.to.label(),
+                phase: r.phase.name(),
+            });
         }
         if let Some(stable) = &self.state.stable {
             if stable.digest == release.digest {
-                return Err(EngineError::Conflict(format!(
-                    "{} is already the stable release; nothing to deploy",
-                    release.label()
-                )));
+                return Err(EngineError::AlreadyStable {
+                    release: release.label(),
+                });
             }
         }
         if let Some(f) = self.state.failed.get(&release.digest) {
             if !force {
-                return Err(EngineError::FailedRelease(format!(
-                    "release {} failed at {}: {}; fix the release (a changed program, script, app.digest_paths file or setting gives a new digest) or pass --force to deploy it anyway",
-                    release.label(),
-                    f.at.rfc3339(),
-                    f.reason
-                )));
+                return Err(EngineError::FailedRelease {
+                    release: release.label(),
+                    at: f.at.rfc3339(),
+                    reason: f.reason.clone(),
+                });
             }
         }
         // A new rollout ends the hold of the previous release: only one fallback is kept.
@@ -729,6 +911,8 @@ impl Engine {
             last_evaluation: None,
             inconclusive_since: None,
             plan: plan.clone(),
+            start_timeout,
+            start_deadline: start_timeout.map(|d| now.plus(d.get())),
         });
         out.actions.push(Action::Start {
             release: release.clone(),
@@ -767,6 +951,7 @@ impl Engine {
         if r.phase != Phase::Starting || r.to.digest != digest {
             return;
         }
+        r.start_deadline = None;
         let to = r.to.clone();
         match r.from.clone() {
             None => {
@@ -870,15 +1055,8 @@ impl Engine {
         }
     }
 
-    fn tick(
-        &mut self,
-        now: Timestamp,
-        stats: &WindowStats,
-        wider: &[Wider],
-        external: &BTreeMap<String, External>,
-        out: &mut Outcome,
-    ) {
-        // The previous release's hold ends on its own clock, whatever else is going on.
+    /// The previous release's hold ends on its own clock, whatever else is going on.
+    fn expire_previous(&mut self, now: Timestamp, out: &mut Outcome) {
         if let Some(held) = self.state.previous.clone() {
             if now >= held.until {
                 let why = format!(
@@ -889,12 +1067,23 @@ impl Engine {
                 self.release_previous(now, "hold_previous expired", why, out);
             }
         }
-        let Some(r) = self.state.rollout.as_ref() else {
+    }
+
+    /// Judges the abort rules on a new measurement and keeps it as the timers' evidence.
+    /// Only evidence moves a breach (invariant 11): a failing verdict starts it, a passing one
+    /// clears it, and an inconclusive one does neither — it neither aborts on noise nor
+    /// forgets a breach because the canary's traffic thinned out.
+    fn measure(
+        &mut self,
+        now: Timestamp,
+        stats: WindowStats,
+        wider: Vec<Wider>,
+        external: BTreeMap<String, External>,
+        out: &mut Outcome,
+    ) {
+        let Some(r) = self.judged() else {
             return;
         };
-        if !matches!(r.phase, Phase::Progressing | Phase::Paused { .. }) {
-            return;
-        }
         let min = self.spec.min_samples;
         // Abort rules may use every request of the canary since it first took traffic.
         let reach = now.since(r.traffic_since.unwrap_or(r.started));
@@ -904,8 +1093,8 @@ impl Engine {
             .iter()
             .map(|a| {
                 let builtin = !matches!(a, AbortSpec::Promql { .. });
-                Self::judge_wide(stats, wider, reach, builtin, |s| {
-                    judge::judge_abort(a, s, min, external)
+                Self::judge_wide(&stats, &wider, reach, builtin, |s| {
+                    judge::judge_abort(a, s, min, &external)
                 })
             })
             .collect();
@@ -920,13 +1109,8 @@ impl Engine {
                 .unwrap_or_default(),
             aborts: aborts.clone(),
         };
-
-        // Abort rules: breached continuously for their `for`. Only evidence moves a breach
-        // (invariant 11): a failing verdict starts it, a passing one clears it, and an
-        // inconclusive one does neither — it neither aborts on noise nor forgets a breach
-        // because the canary's traffic thinned out.
+        let id = r.id;
         let mut breaches = r.breaches.clone();
-        let mut abort_now: Option<(String, Verdict)> = None;
         for (rule, v) in self.spec.aborts.iter().zip(&aborts) {
             let name = rule.name().to_string();
             if v.outcome == RuleOutcome::Fail {
@@ -944,9 +1128,6 @@ impl Engine {
                         serde_json::to_value(v).unwrap_or_default(),
                     );
                 }
-                if now.since(since) >= rule.for_().get() && abort_now.is_none() {
-                    abort_now = Some((name, v.clone()));
-                }
             } else if v.outcome == RuleOutcome::Pass && breaches.remove(&name).is_some() {
                 self.decide(
                     out,
@@ -961,7 +1142,60 @@ impl Engine {
             r.breaches = breaches;
             r.last_evaluation = Some(evaluation);
         }
-        if let Some((name, v)) = abort_now {
+        self.measured = Some(Measurement {
+            rollout: id,
+            at: now,
+            stats,
+            wider,
+            external,
+        });
+    }
+
+    /// The abort rules' verdicts of the last measurement, in the spec's order, when they
+    /// belong to the rollout being judged.
+    fn last_aborts(&self) -> Option<&[Verdict]> {
+        let r = self.judged()?;
+        self.measured.as_ref().filter(|m| m.rollout == r.id)?;
+        r.last_evaluation.as_ref().map(|e| e.aborts.as_slice())
+    }
+
+    /// The abort rule whose breach has lasted its `for` (the first in the spec's order), with
+    /// the verdict that keeps it breached and when its `for` ends.
+    fn abort_window(&self) -> Vec<(String, Verdict, Timestamp)> {
+        let (Some(r), Some(aborts)) = (self.judged(), self.last_aborts()) else {
+            return Vec::new();
+        };
+        self.spec
+            .aborts
+            .iter()
+            .filter_map(|rule| {
+                let v = aborts
+                    .iter()
+                    .find(|v| v.rule == rule.name() && v.outcome == RuleOutcome::Fail)?;
+                let since = *r.breaches.get(rule.name())?;
+                Some((
+                    rule.name().to_string(),
+                    v.clone(),
+                    since.plus(rule.for_().get()),
+                ))
+            })
+            .collect()
+    }
+
+    /// The timers, decided on the last measurement: an abort rule breached for its `for`, the
+    /// advance gates at a step's end (and while held), `max_inconclusive`.
+    fn due(&mut self, now: Timestamp, out: &mut Outcome) {
+        let Some(m) = self.measured.clone() else {
+            return;
+        };
+        let Some(aborts) = self.last_aborts().map(<[Verdict]>::to_vec) else {
+            return;
+        };
+        if let Some((name, v, _)) = self
+            .abort_window()
+            .into_iter()
+            .find(|(_, _, end)| *end <= now)
+        {
             let since = self
                 .state
                 .rollout
@@ -988,12 +1222,67 @@ impl Engine {
             .find(|v| v.outcome == RuleOutcome::Inconclusive)
             .map(|v| format!("{}: {}", v.rule, v.detail));
         // A blind abort rule is named first: it is why the rollout cannot be judged at all.
-        if let Some(gates_unsure) =
-            self.check_gates(now, stats, wider, external, unsure.clone(), out)
-        {
+        if let Some(gates_unsure) = self.check_gates(now, &m, unsure.clone(), out) {
             unsure = unsure.or(Some(gates_unsure));
         }
         self.watch_inconclusive(now, unsure, out);
+    }
+
+    /// The next instant the engine wants to be woken with [`Event::Timeout`], if any: a
+    /// starting release's start deadline, the previous release's `hold_previous` expiry, the current step's end, an abort rule's `for`
+    /// running out on a breach the last measurement upheld, `max_hold` on failing gates, and
+    /// `max_inconclusive`. The timers of a judged rollout wait for its first measurement.
+    /// Handling the timeout at (or after) this instant always moves it past that instant, so
+    /// a shell that sleeps until it never spins.
+    pub fn poll_timeout(&self) -> Option<Timestamp> {
+        let mut next: Option<Timestamp> = None;
+        let mut at = |t: Timestamp| next = Some(next.map_or(t, |n| n.min(t)));
+        if let Some(held) = &self.state.previous {
+            at(held.until);
+        }
+        if let Some(deadline) = self
+            .active()
+            .filter(|r| r.phase == Phase::Starting)
+            .and_then(|r| r.start_deadline)
+        {
+            at(deadline);
+        }
+        if self.last_aborts().is_some() {
+            for (_, _, end) in self.abort_window() {
+                at(end);
+            }
+            if let Some(r) = self.judged() {
+                if let Some(since) = r.inconclusive_since {
+                    at(since.plus(self.spec.max_inconclusive.get() + MILLI));
+                }
+                let step_end = match (&r.phase, r.plan.get(r.step).map(|s| s.hold)) {
+                    (Phase::Progressing, Some(StepHold::For(d))) => {
+                        Some(r.step_started.plus(d.get()))
+                    }
+                    _ => None,
+                };
+                let gates_failing = r
+                    .last_evaluation
+                    .as_ref()
+                    .is_some_and(|e| e.gates.iter().any(|v| v.outcome == RuleOutcome::Fail));
+                match (step_end, &r.hold) {
+                    (Some(end), None) => at(end),
+                    // Failing gates are re-judged when max_hold runs out (on a step that
+                    // has ended: a resumed pause moves the step's end).
+                    (
+                        Some(end),
+                        Some(Hold {
+                            failing_since: Some(since),
+                            ..
+                        }),
+                    ) if gates_failing => {
+                        at(end.max(since.plus(self.spec.max_hold.get() + MILLI)));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        next
     }
 
     /// At a step boundary (and at every interval while held): the advance gates. Returns why,
@@ -1002,12 +1291,11 @@ impl Engine {
     fn check_gates(
         &mut self,
         now: Timestamp,
-        stats: &WindowStats,
-        wider: &[Wider],
-        external: &BTreeMap<String, External>,
+        m: &Measurement,
         blind: Option<String>,
         out: &mut Outcome,
     ) -> Option<String> {
+        let (stats, wider, external) = (&m.stats, &m.wider, &m.external);
         let min = self.spec.min_samples;
         let r = self.state.rollout.as_ref()?;
         if r.phase != Phase::Progressing {
@@ -1021,8 +1309,9 @@ impl Engine {
             return None;
         }
         // Gates judge the weight they would raise on traffic at that weight: they look back at
-        // most to the start of the step (a held step keeps collecting).
-        let reach = now.since(r.step_started);
+        // most to the start of the step (a held step keeps collecting), from when the
+        // measurement was taken.
+        let reach = m.at.since(r.step_started);
         let gates: Vec<Verdict> = self
             .spec
             .gates
@@ -1324,6 +1613,7 @@ impl Engine {
         r.weight = Weight::ZERO;
         r.ended = Some(now);
         r.hold = None;
+        r.start_deadline = None;
         let salt = r.salt;
         if let (Some(from), true) = (r.from.clone(), had_traffic) {
             out.actions.push(Action::Route {
@@ -1373,77 +1663,110 @@ impl Engine {
         verb: Verb,
         out: &mut Outcome,
     ) -> Result<(), EngineError> {
-        let phase = self.state.rollout.as_ref().map(|r| r.phase.clone());
-        let none =
-            || EngineError::Conflict(format!("no rollout is in progress; nothing to {verb}"));
-        match (verb, phase) {
-            (Verb::Pause, Some(Phase::Progressing)) => {
+        let r = self.state.rollout.as_ref();
+        let phase = r.map(|r| r.phase.clone());
+        let previous = r.and_then(|r| r.from.as_ref()).map(|f| f.version.clone());
+        let effect = verb_effect(verb, phase.as_ref(), previous, self.spec.hold_previous)?;
+        let none = || EngineError::NoRollout { verb };
+        match effect {
+            VerbEffect::Pause => {
                 let r = self.state.rollout.as_mut().ok_or_else(none)?;
-                r.phase = Phase::Paused { manual: true, since: now };
+                r.phase = Phase::Paused {
+                    manual: true,
+                    since: now,
+                };
                 let w = r.weight;
-                self.decide(out, now, DecisionKind::Paused, format!("paused by the operator at {w}; abort rules still watch the canary"), serde_json::Value::Null);
+                self.decide(
+                    out,
+                    now,
+                    DecisionKind::Paused,
+                    format!("paused by the operator at {w}; abort rules still watch the canary"),
+                    serde_json::Value::Null,
+                );
             }
-            (Verb::Pause, Some(Phase::Paused { .. })) => return Err(EngineError::Conflict("the rollout is already paused; `cutover resume` continues it".into())),
-            (Verb::Pause, Some(Phase::Starting)) => {
-                return Err(EngineError::Conflict("the canary is still starting and takes no traffic yet; pause once it does, or `cutover abort`".into()))
-            }
-            (Verb::Resume, Some(Phase::Paused { manual, since })) => {
+            VerbEffect::Resume { manual, since } => {
                 let r = self.state.rollout.as_mut().ok_or_else(none)?;
                 r.phase = Phase::Progressing;
                 if manual {
                     // The time spent paused does not count towards the step.
                     r.step_started = r.step_started.plus(now.since(since));
-                    self.decide(out, now, DecisionKind::Resumed, "resumed by the operator".into(), serde_json::Value::Null);
+                    self.decide(
+                        out,
+                        now,
+                        DecisionKind::Resumed,
+                        "resumed by the operator".into(),
+                        serde_json::Value::Null,
+                    );
                 } else {
-                    self.decide(out, now, DecisionKind::Resumed, "resumed by the operator past a pause-until-promoted step".into(), serde_json::Value::Null);
+                    self.decide(
+                        out,
+                        now,
+                        DecisionKind::Resumed,
+                        "resumed by the operator past a pause-until-promoted step".into(),
+                        serde_json::Value::Null,
+                    );
                     self.advance(now, serde_json::Value::Null, out);
                 }
             }
-            (Verb::Resume, Some(Phase::Progressing)) => return Err(EngineError::Conflict("the rollout is not paused; nothing to resume".into())),
-            (Verb::Promote, Some(Phase::Progressing | Phase::Paused { .. })) => {
-                self.promote(now, "promoted by the operator, skipping the remaining steps".into(), serde_json::Value::Null, out);
+            VerbEffect::Promote => {
+                self.promote(
+                    now,
+                    "promoted by the operator, skipping the remaining steps".into(),
+                    serde_json::Value::Null,
+                    out,
+                );
             }
-            (Verb::Promote, Some(Phase::Starting)) => {
-                return Err(EngineError::Conflict("the canary is still starting; it can be promoted once it is ready and takes traffic".into()))
+            VerbEffect::Abort => {
+                self.abort(
+                    now,
+                    format!("{verb} requested by the operator"),
+                    false,
+                    serde_json::Value::Null,
+                    out,
+                );
             }
-            (Verb::Abort | Verb::Rollback, Some(Phase::Starting | Phase::Progressing | Phase::Paused { .. })) => {
-                self.abort(now, format!("{verb} requested by the operator"), false, serde_json::Value::Null, out);
-            }
-            (Verb::Rollback, Some(Phase::Promoted { .. })) => {
+            VerbEffect::RollBack => {
                 let held = self.state.previous.take().ok_or_else(none)?;
                 let r = self.state.rollout.as_mut().ok_or_else(none)?;
                 let to = r.to.clone();
                 let reason = "rolled back by the operator inside hold_previous".to_string();
-                r.phase = Phase::RolledBack { reason: reason.clone() };
+                r.phase = Phase::RolledBack {
+                    reason: reason.clone(),
+                };
                 r.weight = Weight::ZERO;
                 r.ended = Some(now);
-                out.actions.push(Action::Route { stable: held.release.clone(), canary: None, weight: Weight::ZERO, salt: r.salt });
-                out.actions.push(Action::Stop { release: to.clone(), reason: "rolled back".into() });
+                out.actions.push(Action::Route {
+                    stable: held.release.clone(),
+                    canary: None,
+                    weight: Weight::ZERO,
+                    salt: r.salt,
+                });
+                out.actions.push(Action::Stop {
+                    release: to.clone(),
+                    reason: "rolled back".into(),
+                });
                 self.state.stable = Some(held.release.clone());
-                self.state.failed.insert(to.digest.clone(), Failure { version: to.version.clone(), at: now, reason: reason.clone() });
+                self.state.failed.insert(
+                    to.digest.clone(),
+                    Failure {
+                        version: to.version.clone(),
+                        at: now,
+                        reason: reason.clone(),
+                    },
+                );
                 self.decide(
                     out,
                     now,
                     DecisionKind::RolledBack,
-                    format!("{}: all traffic back on {} with no process start; {} stopped", reason, held.release.label(), to.label()),
+                    format!(
+                        "{}: all traffic back on {} with no process start; {} stopped",
+                        reason,
+                        held.release.label(),
+                        to.label()
+                    ),
                     serde_json::Value::Null,
                 );
             }
-            (Verb::Rollback, Some(Phase::Done)) if self.state.rollout.as_ref().is_some_and(|r| r.from.is_some()) => {
-                let r = self.state.rollout.as_ref().ok_or_else(none)?;
-                let prev = r.from.as_ref().map(|f| f.version.clone()).unwrap_or_default();
-                return Err(EngineError::Conflict(format!(
-                    "the previous release {prev} is no longer running (hold_previous {} has passed); deploy it again with `cutover deploy {prev}`",
-                    self.spec.hold_previous
-                )));
-            }
-            (Verb::Abort, Some(Phase::Promoted { .. })) => {
-                return Err(EngineError::Conflict("the rollout was already promoted; use `cutover rollback` to return to the previous release".into()))
-            }
-            (_, Some(p)) => {
-                return Err(EngineError::Conflict(format!("the last rollout is {}; no rollout is in progress, so there is nothing to {verb}", p.name())))
-            }
-            (_, None) => return Err(none()),
         }
         Ok(())
     }
@@ -1459,6 +1782,13 @@ impl Engine {
                 release: h.release.clone(),
             });
             started.push(h.release.label());
+        }
+        if let Some(r) = self.state.rollout.as_mut() {
+            if r.phase == Phase::Starting {
+                // The instances it re-adopts get the whole start_timeout again, as they did
+                // when the shell kept this deadline.
+                r.start_deadline = r.start_timeout.map(|d| now.plus(d.get()));
+            }
         }
         if let Some(r) = self.state.rollout.clone() {
             if r.phase.is_active() {
@@ -1503,5 +1833,162 @@ impl Engine {
                 serde_json::Value::Null,
             );
         }
+    }
+}
+
+/// What an operator verb does, once [`verb_effect`] allowed it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VerbEffect {
+    /// Stop advancing; abort rules keep watching.
+    Pause,
+    /// Continue: after a manual pause the paused time does not count towards the step; past
+    /// a `pause = "until_promoted"` step the rollout advances at once.
+    Resume { manual: bool, since: Timestamp },
+    /// Skip the remaining steps to 100 %.
+    Promote,
+    /// All traffic back to stable, stop the canary (`abort`, or `rollback` before promotion).
+    Abort,
+    /// Inside `hold_previous`: the held release serves everything again, at once.
+    RollBack,
+}
+
+/// The verb × phase table, in one place: what `verb` does when the last rollout is in `phase`
+/// (`None`: no rollout yet), or why it is refused. `previous`: the version the rollout
+/// started from, and `hold` the `hold_previous` setting, both named when a rollback comes
+/// too late.
+pub fn verb_effect(
+    verb: Verb,
+    phase: Option<&Phase>,
+    previous: Option<String>,
+    hold: Dur,
+) -> Result<VerbEffect, EngineError> {
+    use Phase::*;
+    use Verb::*;
+    let Some(phase) = phase else {
+        return Err(EngineError::NoRollout { verb });
+    };
+    match (verb, phase) {
+        (Pause, Progressing) => Ok(VerbEffect::Pause),
+        (Pause, Paused { .. }) => Err(EngineError::AlreadyPaused),
+        (Pause, Starting) => Err(EngineError::PauseWhileStarting),
+        (Resume, Paused { manual, since }) => Ok(VerbEffect::Resume {
+            manual: *manual,
+            since: *since,
+        }),
+        (Resume, Progressing) => Err(EngineError::NotPaused),
+        (Promote, Progressing | Paused { .. }) => Ok(VerbEffect::Promote),
+        (Promote, Starting) => Err(EngineError::PromoteWhileStarting),
+        (Abort | Rollback, Starting | Progressing | Paused { .. }) => Ok(VerbEffect::Abort),
+        (Rollback, Promoted { .. }) => Ok(VerbEffect::RollBack),
+        (Rollback, Done) if previous.is_some() => Err(EngineError::PreviousGone {
+            previous: previous.unwrap_or_default(),
+            hold,
+        }),
+        (Abort, Promoted { .. }) => Err(EngineError::AlreadyPromoted),
+        (_, p) => Err(EngineError::Finished {
+            phase: p.name(),
+            verb,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The whole verb × phase table, enumerated: one row per phase, one column per verb.
+    #[test]
+    fn the_verb_phase_table() {
+        let t = Timestamp::from_millis(1);
+        let phases: [(&str, Option<Phase>); 9] = [
+            ("none", None),
+            ("starting", Some(Phase::Starting)),
+            ("progressing", Some(Phase::Progressing)),
+            (
+                "paused",
+                Some(Phase::Paused {
+                    manual: true,
+                    since: t,
+                }),
+            ),
+            (
+                "paused-step",
+                Some(Phase::Paused {
+                    manual: false,
+                    since: t,
+                }),
+            ),
+            ("promoted", Some(Phase::Promoted { until: t })),
+            ("done", Some(Phase::Done)),
+            (
+                "aborted",
+                Some(Phase::Aborted {
+                    reason: "x".into(),
+                    automatic: true,
+                }),
+            ),
+            (
+                "rolled_back",
+                Some(Phase::RolledBack { reason: "x".into() }),
+            ),
+        ];
+        let verbs = [
+            Verb::Pause,
+            Verb::Resume,
+            Verb::Promote,
+            Verb::Abort,
+            Verb::Rollback,
+        ];
+        let cell = |r: Result<VerbEffect, EngineError>| match r {
+            Ok(VerbEffect::Pause) => "PAUSE",
+            Ok(VerbEffect::Resume { .. }) => "RESUME",
+            Ok(VerbEffect::Promote) => "PROMOTE",
+            Ok(VerbEffect::Abort) => "ABORT",
+            Ok(VerbEffect::RollBack) => "ROLLBACK",
+            Err(EngineError::NoRollout { .. }) => "no-rollout",
+            Err(EngineError::AlreadyPaused) => "already-paused",
+            Err(EngineError::PauseWhileStarting | EngineError::PromoteWhileStarting) => "starting",
+            Err(EngineError::NotPaused) => "not-paused",
+            Err(EngineError::AlreadyPromoted) => "promoted",
+            Err(EngineError::PreviousGone { .. }) => "gone",
+            Err(EngineError::Finished { .. }) => "finished",
+            Err(_) => "?",
+        };
+        let mut table = String::new();
+        for (name, phase) in &phases {
+            let row: Vec<&str> = verbs
+                .iter()
+                .map(|v| {
+                    cell(verb_effect(
+                        *v,
+                        phase.as_ref(),
+                        Some("v1".into()),
+                        Dur::from_secs(60),
+                    ))
+                })
+                .collect();
+            table.push_str(&format!("{name:<12}{}\n", row.join(" ")));
+        }
+        //                pause          resume     promote  abort    rollback
+        let expected = "\
+none        no-rollout no-rollout no-rollout no-rollout no-rollout
+starting    starting finished starting ABORT ABORT
+progressing PAUSE not-paused PROMOTE ABORT ABORT
+paused      already-paused RESUME PROMOTE ABORT ABORT
+paused-step already-paused RESUME PROMOTE ABORT ABORT
+promoted    finished finished finished promoted ROLLBACK
+done        finished finished finished finished gone
+aborted     finished finished finished finished finished
+rolled_back finished finished finished finished finished
+";
+        assert_eq!(table, expected, "\n{table}");
+        // A first release has no previous version: a rollback after it is simply finished.
+        assert_eq!(
+            verb_effect(Verb::Rollback, Some(&Phase::Done), None, Dur::from_secs(60)),
+            Err(EngineError::Finished {
+                phase: "done",
+                verb: Verb::Rollback
+            })
+        );
     }
 }

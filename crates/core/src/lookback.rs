@@ -8,7 +8,7 @@
 //! canary first took traffic in this rollout (every request since then is the canary's, at
 //! whatever weight it had), gates at most to the start of the current step (the weight they
 //! decide to raise is judged on traffic at that weight). Nothing here does IO: the shell asks
-//! [`ladder`] which windows to measure and hands the numbers back in the `Tick` event, so a
+//! [`ladder`] which windows to measure and hands the numbers back in the `Measured` event, so a
 //! recorded rollout replays exactly.
 
 use crate::spec::RolloutSpec;

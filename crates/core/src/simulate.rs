@@ -105,6 +105,7 @@ mod tests {
             Event::Deploy {
                 release: Release::new("v1", "a"),
                 force: false,
+                start_timeout: None,
             },
         )
         .unwrap();
@@ -117,6 +118,7 @@ mod tests {
                 event: Event::Deploy {
                     release: Release::new("v2", "b"),
                     force: false,
+                    start_timeout: None,
                 },
             },
             Recorded {
@@ -131,7 +133,7 @@ mod tests {
             };
             events.push(Recorded {
                 at: Timestamp(t0.0 + i * 5000),
-                event: Event::Tick {
+                event: Event::Measured {
                     stats,
                     wider: Vec::new(),
                     external: Default::default(),

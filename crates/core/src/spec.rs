@@ -94,6 +94,26 @@ pub struct AlertsSpec {
     pub matchers: BTreeMap<String, String>,
 }
 
+impl AlertsSpec {
+    /// Whether an alert of Alertmanager's webhook aborts `service`'s rollout: it is firing
+    /// (a resolved alert never aborts) and its labels include every `match` pair, with
+    /// `{{service}}` in a value standing for the service's name.
+    pub fn matches(&self, service: &str, firing: bool, labels: &BTreeMap<String, String>) -> bool {
+        firing
+            && self.matchers.iter().all(|(k, v)| {
+                labels.get(k).map(String::as_str) == Some(&*v.replace("{{service}}", service))
+            })
+    }
+
+    /// How an alert is named in decisions and answers: its `alertname` label.
+    pub fn name(labels: &BTreeMap<String, String>) -> String {
+        labels
+            .get("alertname")
+            .cloned()
+            .unwrap_or_else(|| "(unnamed)".into())
+    }
+}
+
 /// `[[notify]]`: one webhook sink.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

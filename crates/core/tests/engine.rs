@@ -72,6 +72,7 @@ impl Sim {
         s.ok(Event::Deploy {
             release: v1(),
             force: false,
+            start_timeout: None,
         });
         s.ok(Event::Ready {
             digest: "sha-v1".into(),
@@ -99,7 +100,7 @@ impl Sim {
     }
     fn tick(&mut self, secs: u64, stats: WindowStats) -> Outcome {
         self.at(secs);
-        self.ok(Event::Tick {
+        self.ok(Event::Measured {
             stats,
             wider: Vec::new(),
             external: Default::default(),
@@ -109,6 +110,7 @@ impl Sim {
         self.ok(Event::Deploy {
             release: v2(),
             force: false,
+            start_timeout: None,
         });
         self.ok(Event::Ready {
             digest: "sha-v2".into(),
@@ -209,6 +211,7 @@ fn first_release_goes_straight_to_full_once_ready() {
     let out = s.ok(Event::Deploy {
         release: v1(),
         force: false,
+        start_timeout: None,
     });
     assert_eq!(out.actions, vec![Action::Start { release: v1() }]);
     assert_eq!(s.phase(), Phase::Starting);
@@ -228,6 +231,7 @@ fn healthy_rollout_doubles_every_step_then_promotes_and_holds_previous() {
     s.ok(Event::Deploy {
         release: v2(),
         force: false,
+        start_timeout: None,
     });
     assert_eq!(s.phase(), Phase::Starting);
     let out = s.ok(Event::Ready {
@@ -433,6 +437,7 @@ fn crash_loop_aborts_a_canary_but_only_records_a_stable_one() {
     s.ok(Event::Deploy {
         release: v2(),
         force: false,
+        start_timeout: None,
     });
     let out = s.ok(Event::CrashLoop {
         digest: "sha-v1".into(),
@@ -463,6 +468,7 @@ fn start_failure_aborts() {
     s.ok(Event::Deploy {
         release: v2(),
         force: false,
+        start_timeout: None,
     });
     s.ok(Event::StartFailed {
         digest: "sha-v2".into(),
@@ -487,26 +493,30 @@ fn failed_digest_is_refused_without_force() {
     let e = s.err(Event::Deploy {
         release: v2(),
         force: false,
+        start_timeout: None,
     });
     assert!(
-        matches!(&e, EngineError::FailedRelease(m) if m.contains("--force")),
+        matches!(&e, EngineError::FailedRelease { .. }) && e.to_string().contains("--force"),
         "{e}"
     );
     // The same name with another digest is another release.
     s.ok(Event::Deploy {
         release: Release::new("v2", "sha-v2-fixed"),
         force: false,
+        start_timeout: None,
     });
     s.ok(Event::Command(Verb::Abort));
     // A manual abort does not mark the digest failed.
     s.ok(Event::Deploy {
         release: Release::new("v2", "sha-v2-fixed"),
         force: false,
+        start_timeout: None,
     });
     s.ok(Event::Command(Verb::Abort));
     s.ok(Event::Deploy {
         release: v2(),
         force: true,
+        start_timeout: None,
     });
     assert_eq!(s.phase(), Phase::Starting);
 }
@@ -517,12 +527,14 @@ fn deploy_conflicts_are_rejected_without_change() {
     let e = s.err(Event::Deploy {
         release: v1(),
         force: false,
+        start_timeout: None,
     });
     assert!(e.to_string().contains("already the stable release"));
     s.deploy_v2();
     let e = s.err(Event::Deploy {
         release: Release::new("v3", "sha-v3"),
         force: false,
+        start_timeout: None,
     });
     assert!(e.to_string().contains("cutover abort"), "{e}");
 }
@@ -534,6 +546,7 @@ fn manual_verbs_in_every_phase() {
     s.ok(Event::Deploy {
         release: v2(),
         force: false,
+        start_timeout: None,
     });
     for v in [Verb::Pause, Verb::Resume, Verb::Promote] {
         let e = s.err(Event::Command(v));
@@ -711,6 +724,7 @@ fn a_new_deploy_stops_the_held_previous_release() {
     let out = s.ok(Event::Deploy {
         release: Release::new("v3", "sha-v3"),
         force: false,
+        start_timeout: None,
     });
     assert_eq!(
         out.actions[0],
@@ -823,7 +837,7 @@ mod analysis {
     impl Sim {
         fn tick_ext(&mut self, secs: u64, external: BTreeMap<String, External>) -> Outcome {
             self.at(secs);
-            self.ok(Event::Tick {
+            self.ok(Event::Measured {
                 stats: healthy(),
                 wider: Vec::new(),
                 external,
@@ -991,7 +1005,7 @@ mod analysis {
         let mut s = Sim::with_stable(mw.clone());
         s.deploy_v2();
         s.at(90);
-        let out = s.ok(Event::Tick {
+        let out = s.ok(Event::Measured {
             stats: WindowStats {
                 stable: spread(20, 400),
                 canary: spread(30, 200),
@@ -1052,7 +1066,7 @@ fn a_blind_abort_rule_holds_the_rollout() {
         },
     )]);
     s.at(90);
-    let out = s.ok(Event::Tick {
+    let out = s.ok(Event::Measured {
         stats: healthy(),
         wider: Vec::new(),
         external: down.clone(),
@@ -1080,7 +1094,7 @@ fn a_blind_abort_rule_holds_the_rollout() {
         },
     )]);
     s.at(5);
-    let out = s.ok(Event::Tick {
+    let out = s.ok(Event::Measured {
         stats: healthy(),
         wider: Vec::new(),
         external: up,
@@ -1100,6 +1114,7 @@ fn refusal_of_a_failed_release_shows_a_readable_time() {
     let e = s.err(Event::Deploy {
         release: v2(),
         force: false,
+        start_timeout: None,
     });
     let text = e.to_string();
     let at = s.engine.state().failed["sha-v2"].at.rfc3339();
@@ -1122,6 +1137,7 @@ fn a_forced_release_that_is_promoted_is_no_longer_failed() {
     s.ok(Event::Deploy {
         release: v2(),
         force: true,
+        start_timeout: None,
     });
     // Still failed while the forced rollout runs: an abort now must not lose the mark.
     assert!(s.engine.state().failed.contains_key("sha-v2"));
@@ -1145,8 +1161,9 @@ fn a_forced_release_that_is_promoted_is_no_longer_failed() {
     let e = s.err(Event::Deploy {
         release: v2(),
         force: false,
+        start_timeout: None,
     });
-    assert!(matches!(e, EngineError::Conflict(_)), "{e}");
+    assert!(matches!(e, EngineError::AlreadyStable { .. }), "{e}");
 }
 
 #[test]
@@ -1155,6 +1172,7 @@ fn a_forced_first_release_that_becomes_ready_is_no_longer_failed() {
     s.ok(Event::Deploy {
         release: v1(),
         force: false,
+        start_timeout: None,
     });
     s.ok(Event::StartFailed {
         digest: "sha-v1".into(),
@@ -1165,6 +1183,7 @@ fn a_forced_first_release_that_becomes_ready_is_no_longer_failed() {
     s.ok(Event::Deploy {
         release: v1(),
         force: true,
+        start_timeout: None,
     });
     let out = s.ok(Event::Ready {
         digest: "sha-v1".into(),
@@ -1191,6 +1210,7 @@ fn start_failures_carry_the_facts_and_only_claim_a_stable_when_there_is_one() {
     s.ok(Event::Deploy {
         release: v1(),
         force: false,
+        start_timeout: None,
     });
     let out = s.ok(Event::StartFailed {
         digest: "sha-v1".into(),
@@ -1227,6 +1247,7 @@ fn start_failures_carry_the_facts_and_only_claim_a_stable_when_there_is_one() {
     s.ok(Event::Deploy {
         release: v2(),
         force: false,
+        start_timeout: None,
     });
     let out = s.ok(Event::CrashLoop {
         digest: "sha-v2".into(),

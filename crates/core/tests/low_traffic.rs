@@ -62,6 +62,7 @@ impl Sim {
             s.ok(Event::Deploy {
                 release: Release::new(release, digest),
                 force: false,
+                start_timeout: None,
             });
             s.ok(Event::Ready {
                 digest: digest.into(),
@@ -76,7 +77,7 @@ impl Sim {
     }
     fn tick_at(&mut self, millis: u64, stats: WindowStats, wider: Vec<Wider>) {
         self.now = Timestamp::from_millis(millis);
-        self.ok(Event::Tick {
+        self.ok(Event::Measured {
             stats,
             wider,
             external: Default::default(),

@@ -662,12 +662,13 @@ mod tests {
         let deploy = |v: &str, d: &str| Event::Deploy {
             release: Release::new(v, d),
             force: false,
+            start_timeout: None,
         };
         e.handle(t(0), deploy("v1", "a")).unwrap();
         e.handle(t(0), Event::Ready { digest: "a".into() }).unwrap();
         e.handle(t(1), deploy("v2", "b")).unwrap();
         e.handle(t(1), Event::Ready { digest: "b".into() }).unwrap();
-        let tick = Event::Tick {
+        let tick = Event::Measured {
             stats: WindowStats {
                 stable: TrackStats::uniform(1500, 0, 20),
                 canary: TrackStats::uniform(60, 0, 900),

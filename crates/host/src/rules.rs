@@ -2,7 +2,7 @@
 //! in-memory series store (embedded) or handed to the Prometheus evaluator task.
 //!
 //! The engine never sees a query: each rule's result reaches it as a
-//! [`cutover_core::judge::External`] in the `Tick` event.
+//! [`cutover_core::judge::External`] in the `Measured` event.
 
 use cutover_core::engine::Release;
 use cutover_core::judge::External;

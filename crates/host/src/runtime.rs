@@ -24,6 +24,7 @@ use cutover_core::engine::{
 };
 use cutover_core::judge::External;
 use cutover_core::lookback::{self, Wider};
+use cutover_core::spec::AlertsSpec;
 use cutover_core::{Timestamp, WindowStats};
 use cutover_notify::{Notice, Notifier};
 use cutover_promql::{EvalOptions, Labels, MemStore};
@@ -32,7 +33,7 @@ use cutover_store::{Commit, DecisionRecord, EventRecord, ReleaseRecord, RolloutR
 use cutover_supervisor::{Fleet, InFlight, InstanceState, Release as SupRelease, Supervisor};
 use cutover_telemetry::{History, Recorder};
 use serde_json::{json, Value};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -134,6 +135,14 @@ impl Running {
             let _ = t.await;
         }
         self.supervisor.shutdown().await;
+    }
+}
+
+/// Sleeps until `wake`, or forever when there is nothing to wake for.
+async fn sleep_until_some(wake: Option<tokio::time::Instant>) {
+    match wake {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -342,8 +351,6 @@ pub async fn start(loaded: Loaded) -> Result<Running, StartError> {
         history: History::new(c.rollout.max_lookback.get()),
         router: Router::default(),
         releases: HashMap::new(),
-        start_deadlines: HashMap::new(),
-        crash_reported: HashSet::new(),
         exposition: scrape::ExpositionHealth::default(),
         proxy_addr,
     };
@@ -582,10 +589,6 @@ struct Driver {
     router: Router,
     /// Resolved releases by digest: what `Action::Start` runs.
     releases: HashMap<String, SupRelease>,
-    /// Canary start deadlines by digest (app.start_timeout).
-    start_deadlines: HashMap<String, tokio::time::Instant>,
-    /// Crash loops already reported to the engine, by digest.
-    crash_reported: HashSet<String>,
     /// Which instances serve an exposition that does not parse (warned once each).
     exposition: scrape::ExpositionHealth,
     proxy_addr: SocketAddr,
@@ -605,8 +608,15 @@ impl Driver {
         gc.tick().await; // the first tick is immediate; start() already pruned
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            // The engine's next timer (a step's end, hold_previous, an abort rule's `for`),
+            // as an instant on tokio's clock; measurements keep their own interval.
+            let wake = self.engine.poll_timeout().map(|t| {
+                let ms = t.millis().saturating_sub(now().millis());
+                tokio::time::Instant::now() + Duration::from_millis(ms)
+            });
             tokio::select! {
                 _ = shutdown.wait_for(|s| *s) => break,
+                _ = sleep_until_some(wake) => self.on_timeout(),
                 Some(req) = requests.recv() => self.request(req),
                 changed = self.fleet_rx.changed() => {
                     if changed.is_err() { break; }
@@ -630,10 +640,11 @@ impl Driver {
         let before = self.engine.clone();
         let at = now();
         let recorded = event.clone();
-        let mut outcome = self.engine.handle(at, event).map_err(|e| match e {
-            EngineError::Conflict(m) => ApiError::conflict(m),
-            EngineError::FailedRelease(m) => ApiError::conflict(m),
-        })?;
+        // Every refusal conflicts with the current state; its message says what to do.
+        let mut outcome = self
+            .engine
+            .handle(at, event)
+            .map_err(|e: EngineError| ApiError::conflict(e.to_string()))?;
         if let Some(r) = operator_reason.filter(|r| !r.trim().is_empty()) {
             for d in &mut outcome.decisions {
                 d.reason = format!("{} (operator: {r})", d.reason);
@@ -740,21 +751,11 @@ impl Driver {
             ));
         };
         let service = self.engine.state().service.clone();
-        let wanted: BTreeMap<String, String> = spec
-            .matchers
-            .iter()
-            .map(|(k, v)| (k.clone(), v.replace("{{service}}", &service)))
-            .collect();
         let (mut matched, mut ignored) = (Vec::new(), Vec::new());
         for alert in payload.alerts {
-            let name = alert
-                .labels
-                .get("alertname")
-                .cloned()
-                .unwrap_or_else(|| "(unnamed)".into());
-            let matches = alert.status == cutover_admin::AlertStatus::Firing
-                && wanted.iter().all(|(k, v)| alert.labels.get(k) == Some(v));
-            if !matches {
+            let name = AlertsSpec::name(&alert.labels);
+            let firing = alert.status == cutover_admin::AlertStatus::Firing;
+            if !spec.matches(&service, firing, &alert.labels) {
                 ignored.push(name);
                 continue;
             }
@@ -933,7 +934,6 @@ impl Driver {
             }
             Action::Stop { release, reason } => {
                 info!(version = %release.version, %reason, "stopping");
-                self.start_deadlines.remove(&release.digest);
                 let proxy = self.proxy.clone();
                 let in_flight: InFlight = Arc::new(move |addr| proxy.in_flight(addr));
                 // What is still open when the drain window ends (WebSockets): cutover stops
@@ -992,12 +992,6 @@ impl Driver {
                 Err(e) => Some(e.to_string()),
             },
         };
-        if canary {
-            self.start_deadlines.insert(
-                release.digest.clone(),
-                tokio::time::Instant::now() + self.loaded.config.app.start_timeout.get(),
-            );
-        }
         if let Some(reason) = failure {
             error!(version = %release.version, %reason, "could not start");
             if canary {
@@ -1030,7 +1024,6 @@ impl Driver {
                 .get(&to.version)
                 .is_some_and(|vf| vf.digest == to.digest && vf.all_ready())
             {
-                self.start_deadlines.remove(&to.digest);
                 let _ = self.apply(
                     Event::Ready {
                         digest: to.digest.clone(),
@@ -1040,8 +1033,10 @@ impl Driver {
             }
         }
         for vf in fleet.values() {
+            // The engine decides on the first report of a crash loop and ignores the rest; it
+            // is asked only when it would listen, so the facts are read from disk once.
             if let Some(cl) = &vf.crash_loop {
-                if self.crash_reported.insert(vf.digest.clone()) {
+                if !self.engine.crash_looping(&vf.digest) {
                     let detail = format!(
                         "instance {} restarted {} times within {}{}",
                         cl.instance,
@@ -1070,8 +1065,13 @@ impl Driver {
                         None,
                     );
                 }
-            } else {
-                self.crash_reported.remove(&vf.digest);
+            } else if self.engine.crash_looping(&vf.digest) {
+                let _ = self.apply(
+                    Event::CrashLoopEnded {
+                        digest: vf.digest.clone(),
+                    },
+                    None,
+                );
             }
         }
     }
@@ -1101,35 +1101,30 @@ impl Driver {
             .collect()
     }
 
+    /// The instant the engine asked for has come: its timers decide on the last measurement.
+    /// While a release starts, the timeout carries what its instances that are not ready show
+    /// (the engine explains a start timeout with them).
+    fn on_timeout(&mut self) {
+        let starting = self
+            .engine
+            .active()
+            .filter(|r| r.phase == Phase::Starting)
+            .map(|r| r.to.digest.clone());
+        let facts = match starting {
+            Some(digest) => {
+                let fleet = self.fleet_rx.borrow().clone();
+                fleet
+                    .values()
+                    .find(|vf| vf.digest == digest)
+                    .map(|vf| self.facts(vf, |i| i.state != InstanceState::Ready))
+                    .unwrap_or_default()
+            }
+            None => Vec::new(),
+        };
+        let _ = self.apply(Event::Timeout { facts }, None);
+    }
+
     fn on_tick(&mut self) {
-        let now_i = tokio::time::Instant::now();
-        let expired: Vec<String> = self
-            .start_deadlines
-            .iter()
-            .filter(|(_, d)| **d <= now_i)
-            .map(|(k, _)| k.clone())
-            .collect();
-        for digest in expired {
-            self.start_deadlines.remove(&digest);
-            let reason = format!(
-                "not ready within app.start_timeout ({})",
-                self.loaded.config.app.start_timeout
-            );
-            let fleet = self.fleet_rx.borrow().clone();
-            let facts = fleet
-                .values()
-                .find(|vf| vf.digest == digest)
-                .map(|vf| self.facts(vf, |i| i.state != InstanceState::Ready))
-                .unwrap_or_default();
-            let _ = self.apply(
-                Event::StartFailed {
-                    digest,
-                    reason,
-                    facts,
-                },
-                None,
-            );
-        }
         let window = self.loaded.config.rollout.window.get();
         let min_samples = self.loaded.config.rollout.min_samples;
         self.history.collect(&self.recorder);
@@ -1174,7 +1169,7 @@ impl Driver {
         }
         let external = self.evaluate_rules();
         let _ = self.apply(
-            Event::Tick {
+            Event::Measured {
                 stats,
                 wider,
                 external,
@@ -1274,15 +1269,6 @@ impl Driver {
 
     fn deploy(&mut self, req: DeployRequest) -> Result<Value, ApiError> {
         let c = &self.loaded.config;
-        // One process set per version name: a release may not reuse a name that is running.
-        let fleet = self.fleet_rx.borrow().clone();
-        let st = self.engine.state();
-        let busy = [st.stable.as_ref(), st.previous.as_ref().map(|h| &h.release)]
-            .into_iter()
-            .flatten()
-            .any(|r| r.version == req.version)
-            || fleet.contains_key(&req.version)
-                && st.stable.as_ref().is_none_or(|s| s.version != req.version);
         let rel = SupRelease::resolve(
             &req.version,
             &c.app,
@@ -1291,18 +1277,18 @@ impl Driver {
             req.args.clone(),
         )
         .map_err(|e| ApiError::invalid(format!("cannot deploy {}: {e}", req.version)))?;
-        if busy && st.stable.as_ref().is_none_or(|s| s.digest != rel.digest) {
-            return Err(ApiError::conflict(format!(
-                "version name {} is already running (as the stable, held or a draining release); give the new build its own version name, e.g. {}.1",
-                req.version, req.version
-            )));
-        }
         let release = Release::new(rel.name.clone(), rel.digest.clone());
+        // One process set per version name: the engine refuses a name that is running.
+        let running: Vec<String> = self.fleet_rx.borrow().keys().cloned().collect();
+        self.engine
+            .check_version_free(&release, &running)
+            .map_err(|e| ApiError::conflict(e.to_string()))?;
         self.releases.insert(rel.digest.clone(), rel);
         let decisions = self.apply(
             Event::Deploy {
                 release: release.clone(),
                 force: req.force,
+                start_timeout: Some(c.app.start_timeout),
             },
             req.reason.as_deref(),
         )?;
@@ -1406,6 +1392,7 @@ mod tests {
         let deploy = |v: &str, d: &str| Event::Deploy {
             release: Release::new(v, d),
             force: false,
+            start_timeout: None,
         };
         assert_eq!(step(&mut e, t(0), deploy("v1", "a")), None);
         let first = step(&mut e, t(1), Event::Ready { digest: "a".into() });

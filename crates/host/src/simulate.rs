@@ -414,6 +414,7 @@ pub async fn from_prometheus(
             Event::Deploy {
                 release: stable.clone(),
                 force: false,
+                start_timeout: None,
             },
         )
         .map_err(|e| CommandError::Other(e.into()))?;
@@ -432,6 +433,7 @@ pub async fn from_prometheus(
             event: Event::Deploy {
                 release: canary.clone(),
                 force: true,
+                start_timeout: None,
             },
         },
         Recorded {
@@ -513,7 +515,7 @@ pub async fn from_prometheus(
         }
         events.push(Recorded {
             at: Timestamp(t as u64),
-            event: Event::Tick {
+            event: Event::Measured {
                 stats,
                 wider,
                 external,
@@ -608,6 +610,7 @@ mod tests {
         let first = |digest: &str| Event::Deploy {
             release: Release::new("v1", digest),
             force: false,
+            start_timeout: None,
         };
         e.handle(t0, first("a")).unwrap();
         e.handle(t0, Event::Ready { digest: "a".into() }).unwrap();
@@ -618,6 +621,7 @@ mod tests {
                 event: Event::Deploy {
                     release: Release::new("v2", "b"),
                     force: false,
+                    start_timeout: None,
                 },
             },
             Recorded {
@@ -628,7 +632,7 @@ mod tests {
         for i in 1..=30 {
             events.push(Recorded {
                 at: t0.plus(std::time::Duration::from_secs(5 * i)),
-                event: Event::Tick {
+                event: Event::Measured {
                     stats: WindowStats {
                         stable: TrackStats::uniform(500, 0, 20),
                         canary: TrackStats::uniform(100, 0, canary_ms),
