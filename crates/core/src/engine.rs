@@ -416,6 +416,27 @@ impl DecisionKind {
             DecisionKind::Recovered => "recovered",
         }
     }
+
+    /// The notification this decision sends, if any: breaches opening and clearing, and
+    /// recovery after a restart of cutover, are for the audit log only.
+    pub fn notify_kind(self) -> Option<crate::spec::NotifyKind> {
+        use crate::spec::NotifyKind;
+        Some(match self {
+            DecisionKind::Deploy => NotifyKind::Started,
+            DecisionKind::Ready | DecisionKind::Advance => NotifyKind::Step,
+            DecisionKind::Hold => NotifyKind::Held,
+            DecisionKind::Paused => NotifyKind::Paused,
+            DecisionKind::Resumed => NotifyKind::Resumed,
+            DecisionKind::Promoted => NotifyKind::Promoted,
+            DecisionKind::Aborted => NotifyKind::Aborted,
+            DecisionKind::RolledBack => NotifyKind::RolledBack,
+            DecisionKind::PreviousReleased => NotifyKind::PreviousReleased,
+            DecisionKind::CrashLoop => NotifyKind::CrashLoop,
+            DecisionKind::BreachStarted | DecisionKind::BreachCleared | DecisionKind::Recovered => {
+                return None
+            }
+        })
+    }
 }
 
 /// A summary of one track in an evaluation.

@@ -17,7 +17,6 @@ use cutover_admin::{
     AlertmanagerPayload, ApiError, BoxFuture, DeployRequest, Handler, HistoryQuery, LogsQuery,
     Verb as ApiVerb,
 };
-use cutover_core::engine::DecisionKind;
 use cutover_core::engine::{
     Action, Decision, Engine, EngineError, Event, InstanceFacts, Phase, Release, Rollout, State,
     Verb,
@@ -699,20 +698,8 @@ impl Driver {
     /// than waits when a sink is behind).
     fn notify(&self, d: &Decision) {
         let Some(n) = &self.notifier else { return };
-        let kind = match d.kind {
-            DecisionKind::Deploy => "started",
-            DecisionKind::Ready | DecisionKind::Advance => "step",
-            DecisionKind::Hold => "held",
-            DecisionKind::Paused => "paused",
-            DecisionKind::Resumed => "resumed",
-            DecisionKind::Promoted => "promoted",
-            DecisionKind::Aborted => "aborted",
-            DecisionKind::RolledBack => "rolled_back",
-            DecisionKind::PreviousReleased => "previous_released",
-            DecisionKind::CrashLoop => "crash_loop",
-            DecisionKind::BreachStarted | DecisionKind::BreachCleared | DecisionKind::Recovered => {
-                return
-            }
+        let Some(kind) = d.kind.notify_kind() else {
+            return;
         };
         let st = self.engine.state();
         let version = st
@@ -721,7 +708,7 @@ impl Driver {
             .filter(|r| Some(r.id) == d.rollout)
             .map(|r| r.to.version.clone());
         n.notify(Notice {
-            kind: kind.to_string(),
+            kind,
             service: st.service.clone(),
             rollout: d.rollout,
             version,
