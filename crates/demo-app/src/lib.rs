@@ -49,6 +49,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use clap::Parser;
+use cutover_telemetry::escape_label;
 use rand::Rng as _;
 use tokio::sync::{mpsc, watch};
 
@@ -279,12 +280,6 @@ impl AppState {
         let _ = writeln!(out, "demo_orders_in_progress {}", self.orders.in_progress());
         out
     }
-}
-
-fn escape_label(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 /// `{"version":..,"instance":..}`, padded with a `pad` field to exactly `size` bytes when

@@ -23,7 +23,7 @@ use cutover_core::engine::{
 };
 use cutover_core::judge::External;
 use cutover_core::lookback::{self, Wider};
-use cutover_core::{Timestamp, WindowStats};
+use cutover_core::{Timestamp, Track, WindowStats};
 use cutover_notify::{Notice, Notifier};
 use cutover_promql::{EvalOptions, Labels, MemStore};
 use cutover_proxy::{CertReloader, Proxy, ProxyConfig, TlsError};
@@ -797,7 +797,7 @@ impl Driver {
         }
     }
 
-    fn track_of(&self, version: &str) -> Option<&'static str> {
+    fn track_of(&self, version: &str) -> Option<Track> {
         metrics::track_of(self.router.intent(), version)
     }
 
@@ -817,7 +817,7 @@ impl Driver {
                     ("job".to_string(), self.engine.state().service.clone()),
                     ("instance".to_string(), i.addr.to_string()),
                     ("version".to_string(), version.clone()),
-                    ("track".to_string(), track.to_string()),
+                    ("track".to_string(), track.as_str().to_string()),
                 ]);
                 targets.push(Target {
                     addr: i.addr,
@@ -1176,7 +1176,7 @@ impl Driver {
         let t = now().millis() as i64;
         let mut own = String::new();
         let service = self.engine.state().service.clone();
-        let tracks: HashMap<String, &'static str> = self
+        let tracks: HashMap<String, Track> = self
             .recorder
             .versions()
             .into_iter()
