@@ -6,6 +6,7 @@
 
 use crate::router::Intent;
 use cutover_core::engine::Engine;
+use cutover_core::engine::PhaseKind;
 use cutover_core::Track;
 use cutover_telemetry::{escape_label as escape, Recorder};
 use std::collections::BTreeMap;
@@ -57,16 +58,9 @@ pub fn render(
             "# HELP cutover_rollout_phase The current (or last) rollout's phase: 1 for its phase."
         );
         let _ = writeln!(o, "# TYPE cutover_rollout_phase gauge");
-        for phase in [
-            "starting",
-            "progressing",
-            "paused",
-            "promoted",
-            "done",
-            "aborted",
-            "rolled_back",
-        ] {
-            let v = u8::from(r.phase.name() == phase);
+        for kind in PhaseKind::ALL {
+            let v = u8::from(r.phase.kind() == kind);
+            let phase = kind.as_str();
             let _ = writeln!(o, "cutover_rollout_phase{{service=\"{service}\",rollout=\"{}\",version=\"{}\",phase=\"{phase}\"}} {v}", r.id, escape(&r.to.version));
         }
         let _ = writeln!(
