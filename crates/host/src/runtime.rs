@@ -35,7 +35,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{error, info};
@@ -137,11 +137,7 @@ impl Running {
 }
 
 fn now() -> Timestamp {
-    Timestamp(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64),
-    )
+    Timestamp(cutover_clock::unix_millis())
 }
 
 /// What the proxy takes from the config.
@@ -1425,7 +1421,8 @@ mod tests {
         for p in [&old, &fresh, &other] {
             std::fs::write(p, "x").unwrap();
         }
-        let long_ago = SystemTime::now() - Duration::from_secs(73 * 3600);
+        let long_ago = std::time::UNIX_EPOCH + Duration::from_millis(cutover_clock::unix_millis())
+            - Duration::from_secs(73 * 3600);
         for p in [&old, &other] {
             std::fs::File::options()
                 .write(true)
