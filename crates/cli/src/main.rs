@@ -291,9 +291,7 @@ fn run(cli: Cli) -> Result<(), CommandError> {
                 to,
                 ..
             } => {
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as i64);
+                let now = cutover_clock::unix_millis() as i64;
                 let src = cutover_host::simulate::FromPrometheus {
                     url,
                     stable: stable.unwrap_or_default(),

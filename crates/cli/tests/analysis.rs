@@ -366,7 +366,7 @@ async fn a_dead_notification_sink_does_not_delay_the_rollout() {
     let h = Harness::start_with(common::config_text().replace("[log]", &sinks)).await;
     h.first_release("v1").await;
     let load = h.load(200, Duration::from_secs(5));
-    let started = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
     h.deploy("v2", json!({})).await.unwrap();
     h.wait_for("v2 promoted", LONG, is_promoted).await;
     // Five 400 ms steps: promoted in a few seconds although every delivery to "down" fails.
@@ -376,7 +376,7 @@ async fn a_dead_notification_sink_does_not_delay_the_rollout() {
         started.elapsed()
     );
     assert_eq!(load.stop().await.failed, 0);
-    let t = std::time::Instant::now();
+    let t = tokio::time::Instant::now();
     loop {
         let kinds: Vec<String> = seen
             .lock()

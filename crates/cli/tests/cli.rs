@@ -372,7 +372,7 @@ async fn run_logs_to_a_file_in_plain_text() {
         .unwrap();
     let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
     let wait_log = |what: &str| {
-        let t = std::time::Instant::now();
+        let t = tokio::time::Instant::now();
         loop {
             let l = log();
             if l.contains(what) {
@@ -405,7 +405,7 @@ async fn run_logs_to_a_file_in_plain_text() {
     };
     deploy("v1").await;
     tokio::task::block_in_place(|| wait_log("kind=\"promoted\""));
-    let t = std::time::Instant::now();
+    let t = tokio::time::Instant::now();
     while client.get("/v1/status").await.unwrap()["rollout"]["phase"]["phase"] != "done" {
         assert!(
             t.elapsed() < Duration::from_secs(20),

@@ -151,7 +151,7 @@ impl ClientProcess {
     }
 
     async fn wait_done(&mut self, deadline: Duration) {
-        let start = std::time::Instant::now();
+        let start = tokio::time::Instant::now();
         while self.seen(|s| s.done.is_none()) {
             assert!(
                 start.elapsed() < deadline,
@@ -180,7 +180,7 @@ async fn wait_clients(
     clients: &[ClientProcess],
     pred: impl Fn(&[ClientProcess]) -> bool,
 ) {
-    let start = std::time::Instant::now();
+    let start = tokio::time::Instant::now();
     while !pred(clients) {
         if start.elapsed() > LONG {
             let seen: Vec<String> = clients

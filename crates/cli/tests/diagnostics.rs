@@ -7,7 +7,8 @@ use common::{is_aborted, phase, serial, Harness};
 use cutover_core::engine::Phase;
 use serde_json::json;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 const LONG: Duration = Duration::from_secs(60);
 

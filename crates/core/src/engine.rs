@@ -139,16 +139,21 @@ pub enum Phase {
 }
 
 impl Phase {
-    pub fn name(&self) -> &'static str {
+    /// Which phase this is, without its data.
+    pub fn kind(&self) -> PhaseKind {
         match self {
-            Phase::Starting => "starting",
-            Phase::Progressing => "progressing",
-            Phase::Paused { .. } => "paused",
-            Phase::Promoted { .. } => "promoted",
-            Phase::Done => "done",
-            Phase::Aborted { .. } => "aborted",
-            Phase::RolledBack { .. } => "rolled_back",
+            Phase::Starting => PhaseKind::Starting,
+            Phase::Progressing => PhaseKind::Progressing,
+            Phase::Paused { .. } => PhaseKind::Paused,
+            Phase::Promoted { .. } => PhaseKind::Promoted,
+            Phase::Done => PhaseKind::Done,
+            Phase::Aborted { .. } => PhaseKind::Aborted,
+            Phase::RolledBack { .. } => PhaseKind::RolledBack,
         }
+    }
+    /// The phase's name in status output, metrics labels and the store.
+    pub fn name(&self) -> &'static str {
+        self.kind().as_str()
     }
     /// Starting, progressing or paused: a canary exists and may take traffic.
     pub fn is_active(&self) -> bool {
@@ -156,6 +161,49 @@ impl Phase {
             self,
             Phase::Starting | Phase::Progressing | Phase::Paused { .. }
         )
+    }
+}
+
+/// A [`Phase`] without its data: the names that status, the `cutover_rollout_phase` metric and
+/// a recorded rollout outcome use, in one place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PhaseKind {
+    Starting,
+    Progressing,
+    Paused,
+    Promoted,
+    Done,
+    Aborted,
+    RolledBack,
+}
+
+impl PhaseKind {
+    /// Every phase, in the order a rollout goes through them.
+    pub const ALL: [PhaseKind; 7] = [
+        PhaseKind::Starting,
+        PhaseKind::Progressing,
+        PhaseKind::Paused,
+        PhaseKind::Promoted,
+        PhaseKind::Done,
+        PhaseKind::Aborted,
+        PhaseKind::RolledBack,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PhaseKind::Starting => "starting",
+            PhaseKind::Progressing => "progressing",
+            PhaseKind::Paused => "paused",
+            PhaseKind::Promoted => "promoted",
+            PhaseKind::Done => "done",
+            PhaseKind::Aborted => "aborted",
+            PhaseKind::RolledBack => "rolled_back",
+        }
+    }
+
+    /// By its name, as [`PhaseKind::as_str`] writes it; `None` for anything else.
+    pub fn from_name(name: &str) -> Option<PhaseKind> {
+        PhaseKind::ALL.into_iter().find(|p| p.as_str() == name)
     }
 }
 
@@ -458,6 +506,27 @@ impl DecisionKind {
             DecisionKind::CrashLoop => "crash_loop",
             DecisionKind::Recovered => "recovered",
         }
+    }
+
+    /// The notification this decision sends, if any: breaches opening and clearing, and
+    /// recovery after a restart of cutover, are for the audit log only.
+    pub fn notify_kind(self) -> Option<crate::spec::NotifyKind> {
+        use crate::spec::NotifyKind;
+        Some(match self {
+            DecisionKind::Deploy => NotifyKind::Started,
+            DecisionKind::Ready | DecisionKind::Advance => NotifyKind::Step,
+            DecisionKind::Hold => NotifyKind::Held,
+            DecisionKind::Paused => NotifyKind::Paused,
+            DecisionKind::Resumed => NotifyKind::Resumed,
+            DecisionKind::Promoted => NotifyKind::Promoted,
+            DecisionKind::Aborted => NotifyKind::Aborted,
+            DecisionKind::RolledBack => NotifyKind::RolledBack,
+            DecisionKind::PreviousReleased => NotifyKind::PreviousReleased,
+            DecisionKind::CrashLoop => NotifyKind::CrashLoop,
+            DecisionKind::BreachStarted | DecisionKind::BreachCleared | DecisionKind::Recovered => {
+                return None
+            }
+        })
     }
 }
 

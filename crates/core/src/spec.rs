@@ -126,7 +126,7 @@ pub struct NotifySpec {
     /// Which events to send (default: all): started, step, held, paused, resumed, promoted,
     /// aborted, rolled_back, previous_released, crash_loop.
     #[serde(default)]
-    pub events: Option<Vec<String>>,
+    pub events: Option<Vec<NotifyKind>>,
     #[serde(default = "default_notify_timeout")]
     pub timeout: Dur,
     #[serde(default = "default_notify_attempts")]
@@ -144,19 +144,85 @@ pub enum NotifyFormat {
     Slack,
 }
 
-/// The events a notify sink may ask for.
-pub const NOTIFY_EVENTS: &[&str] = &[
-    "started",
-    "step",
-    "held",
-    "paused",
-    "resumed",
-    "promoted",
-    "aborted",
-    "rolled_back",
-    "previous_released",
-    "crash_loop",
-];
+/// A rollout event a `[[notify]]` sink can be sent, by its name in `events = [..]` and in the
+/// notice's `kind`. The one list of them: the engine maps its decisions to these
+/// ([`crate::engine::DecisionKind::notify_kind`]), the config names them, the notifier filters
+/// and formats by them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NotifyKind {
+    /// A rollout began (`cutover deploy`).
+    Started,
+    /// The canary got traffic or its weight moved up a step.
+    Step,
+    /// A gate held the weight at a step boundary.
+    Held,
+    Paused,
+    Resumed,
+    Promoted,
+    /// Stopped before promotion, by a rule, an alert, a start failure or an operator.
+    Aborted,
+    RolledBack,
+    /// The previous release was let go after `hold_previous`.
+    PreviousReleased,
+    CrashLoop,
+}
+
+impl NotifyKind {
+    /// Every kind, in the order the docs list them.
+    pub const ALL: [NotifyKind; 10] = [
+        NotifyKind::Started,
+        NotifyKind::Step,
+        NotifyKind::Held,
+        NotifyKind::Paused,
+        NotifyKind::Resumed,
+        NotifyKind::Promoted,
+        NotifyKind::Aborted,
+        NotifyKind::RolledBack,
+        NotifyKind::PreviousReleased,
+        NotifyKind::CrashLoop,
+    ];
+
+    /// The name in config and in the notice (the serde name).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotifyKind::Started => "started",
+            NotifyKind::Step => "step",
+            NotifyKind::Held => "held",
+            NotifyKind::Paused => "paused",
+            NotifyKind::Resumed => "resumed",
+            NotifyKind::Promoted => "promoted",
+            NotifyKind::Aborted => "aborted",
+            NotifyKind::RolledBack => "rolled_back",
+            NotifyKind::PreviousReleased => "previous_released",
+            NotifyKind::CrashLoop => "crash_loop",
+        }
+    }
+}
+
+impl std::str::FromStr for NotifyKind {
+    type Err = String;
+
+    /// By its config name; the error lists every valid one.
+    fn from_str(s: &str) -> Result<Self, String> {
+        NotifyKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| {
+                let all: Vec<&str> = NotifyKind::ALL.iter().map(|k| k.as_str()).collect();
+                format!(
+                    "{s:?} is not a notification kind: use one of {}",
+                    all.join(", ")
+                )
+            })
+    }
+}
+
+impl std::fmt::Display for NotifyKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// Where a PromQL rule is evaluated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -1377,15 +1443,6 @@ impl Config {
                 );
             }
             v.http_url(&format!("{path}.url"), &n.url, "http://127.0.0.1:9000/hook");
-            for e in n.events.iter().flatten() {
-                if !NOTIFY_EVENTS.contains(&e.as_str()) {
-                    v.err(
-                        format!("{path}.events"),
-                        format!("unknown event {e:?}"),
-                        format!("use some of {}", NOTIFY_EVENTS.join(", ")),
-                    );
-                }
-            }
             v.positive(&format!("{path}.timeout"), n.timeout);
             if n.max_attempts == 0 {
                 v.err(format!("{path}.max_attempts"), "is 0", "use 1 or more");

@@ -547,3 +547,42 @@ mod mangled {
         }
     }
 }
+
+#[test]
+fn an_unknown_notify_event_names_its_place_and_lists_the_kinds() {
+    let sink = |events: &str| {
+        errors(&format!(
+            "{MINIMAL}\n[[notify]]\nname = \"ops\"\nurl = \"http://127.0.0.1:9/hook\"\nevents = {events}\n"
+        ))
+    };
+    let all =
+        "\"started\", \"step\", \"held\", \"paused\", \"resumed\", \"promoted\", \"aborted\", \
+               \"rolled_back\", \"previous_released\", \"crash_loop\"";
+    let e = sink("[\"aborted\", \"failed\"]");
+    assert_eq!(e.len(), 1, "{e:#?}");
+    assert!(
+        e[0].starts_with(&format!(
+            "notify[0].events[1]: \"failed\" is not one of {all}"
+        )) && e[0].contains(&format!("(fix: use one of {all})")),
+        "{e:#?}"
+    );
+    let e = sink("[\"promotd\"]");
+    assert_eq!(e.len(), 1, "{e:#?}");
+    assert!(
+        e[0].starts_with("notify[0].events[0]: \"promotd\" is not one of")
+            && e[0].contains("did you mean \"promoted\"?"),
+        "{e:#?}"
+    );
+}
+
+#[test]
+fn notify_kinds_read_by_their_config_names() {
+    use cutover_core::spec::NotifyKind;
+    for k in NotifyKind::ALL {
+        let json = serde_json::to_value(k).unwrap();
+        assert_eq!(json, k.as_str());
+        assert_eq!(k.as_str().parse::<NotifyKind>(), Ok(k));
+    }
+    let err = "failed".parse::<NotifyKind>().unwrap_err();
+    assert!(err.contains("use one of started, step,"), "{err}");
+}

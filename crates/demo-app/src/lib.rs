@@ -38,7 +38,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 use axum::body::{Body, Bytes};
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
@@ -49,6 +50,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use clap::Parser;
+use cutover_telemetry::escape_label;
 use rand::Rng as _;
 use tokio::sync::{mpsc, watch};
 
@@ -279,12 +281,6 @@ impl AppState {
         let _ = writeln!(out, "demo_orders_in_progress {}", self.orders.in_progress());
         out
     }
-}
-
-fn escape_label(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 /// `{"version":..,"instance":..}`, padded with a `pad` field to exactly `size` bytes when

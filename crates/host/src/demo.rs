@@ -21,7 +21,8 @@ use serde_json::json;
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 /// The compressed settings, written to a real `cutover.toml` the user can inspect and point the
 /// CLI at from another terminal.

@@ -6,25 +6,21 @@
 
 use crate::router::Intent;
 use cutover_core::engine::Engine;
-use cutover_telemetry::Recorder;
+use cutover_core::engine::PhaseKind;
+use cutover_core::Track;
+use cutover_telemetry::{escape_label as escape, Recorder};
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
-fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
 /// Which track a version is on in the current route table.
-pub fn track_of(intent: Option<&Intent>, version: &str) -> Option<&'static str> {
+pub fn track_of(intent: Option<&Intent>, version: &str) -> Option<Track> {
     let i = intent?;
     if i.canary.as_ref().is_some_and(|c| c.version == version)
         && i.weight > cutover_core::Weight::ZERO
     {
-        Some("canary")
+        Some(Track::Canary)
     } else if i.stable.version == version {
-        Some("stable")
+        Some(Track::Stable)
     } else {
         None
     }
@@ -62,16 +58,9 @@ pub fn render(
             "# HELP cutover_rollout_phase The current (or last) rollout's phase: 1 for its phase."
         );
         let _ = writeln!(o, "# TYPE cutover_rollout_phase gauge");
-        for phase in [
-            "starting",
-            "progressing",
-            "paused",
-            "promoted",
-            "done",
-            "aborted",
-            "rolled_back",
-        ] {
-            let v = u8::from(r.phase.name() == phase);
+        for kind in PhaseKind::ALL {
+            let v = u8::from(r.phase.kind() == kind);
+            let phase = kind.as_str();
             let _ = writeln!(o, "cutover_rollout_phase{{service=\"{service}\",rollout=\"{}\",version=\"{}\",phase=\"{phase}\"}} {v}", r.id, escape(&r.to.version));
         }
         let _ = writeln!(

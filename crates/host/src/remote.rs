@@ -10,7 +10,7 @@ use cutover_prometheus::PrometheusClient;
 use cutover_promql::Query;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio::sync::watch;
 
 /// What to evaluate: the rules and the current rollout's variables (`None`: nothing to do).
@@ -20,9 +20,7 @@ pub type Work = Option<(Vec<Rule>, BTreeMap<String, String>)>;
 pub type Results = Arc<Mutex<BTreeMap<String, (i64, External)>>>;
 
 fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+    cutover_clock::unix_millis() as i64
 }
 
 /// Runs until `work` is dropped.

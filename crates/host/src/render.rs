@@ -2,7 +2,7 @@
 //! an operator reads is tested without a terminal.
 
 use crate::status::StatusView;
-use cutover_core::engine::{Phase, Rollout, StepHold};
+use cutover_core::engine::{DecisionKind, Phase, PhaseKind, Rollout, StepHold};
 use cutover_core::judge::{Outcome, Verdict};
 use cutover_core::Timestamp;
 use serde_json::Value;
@@ -419,29 +419,37 @@ fn ended_how(
     ended_at: Option<Timestamp>,
     decisions: &[Row<'_>],
 ) -> Option<(&'static str, Option<Timestamp>)> {
-    let last = |kinds: &[&str]| {
-        decisions
-            .iter()
-            .rev()
-            .find(|d| kinds.contains(&d.kind))
-            .map(|d| (d.kind, d.at))
+    // The decisions that end a rollout, with the phase each ends it in.
+    let last = |ends: &[(DecisionKind, PhaseKind)]| {
+        decisions.iter().rev().find_map(|d| {
+            ends.iter()
+                .find(|(k, _)| k.as_str() == d.kind)
+                .map(|&(_, phase)| (phase, d.at))
+        })
     };
-    let (kind, at) = match outcome.filter(|o| !o.is_empty()) {
-        Some("done") if !first_release => (
-            "promoted",
-            last(&["promoted"]).map(|(_, at)| at).or(ended_at),
+    // `None`: an outcome this build does not know (a newer store); it ended, somehow.
+    let (phase, at) = match outcome.filter(|o| !o.is_empty()).map(PhaseKind::from_name) {
+        Some(Some(PhaseKind::Done)) if !first_release => (
+            Some(PhaseKind::Promoted),
+            last(&[(DecisionKind::Promoted, PhaseKind::Promoted)])
+                .map(|(_, at)| at)
+                .or(ended_at),
         ),
-        Some(o) => (o, ended_at),
+        Some(phase) => (phase, ended_at),
         None => {
-            let (kind, at) = last(&["promoted", "aborted", "rolled_back"])?;
-            (kind, Some(at))
+            let (phase, at) = last(&[
+                (DecisionKind::Promoted, PhaseKind::Promoted),
+                (DecisionKind::Aborted, PhaseKind::Aborted),
+                (DecisionKind::RolledBack, PhaseKind::RolledBack),
+            ])?;
+            (Some(phase), Some(at))
         }
     };
-    let how = match kind {
-        "done" | "promoted" if first_release => "first release, live",
-        "promoted" | "done" => "promoted",
-        "aborted" => "aborted",
-        "rolled_back" => "rolled back",
+    let how = match phase {
+        Some(PhaseKind::Done | PhaseKind::Promoted) if first_release => "first release, live",
+        Some(PhaseKind::Promoted | PhaseKind::Done) => "promoted",
+        Some(PhaseKind::Aborted) => "aborted",
+        Some(PhaseKind::RolledBack) => "rolled back",
         _ => "ended",
     };
     Some((how, at))

@@ -7,6 +7,7 @@
 use cutover_core::engine::Release;
 use cutover_core::judge::External;
 use cutover_core::spec::{AbortSpec, Config, ConfigError, FieldError, GateSpec, Provider};
+use cutover_core::Track;
 use cutover_promql::{EvalOptions, MemStore, Query, RuleResult};
 use std::collections::{BTreeMap, HashMap};
 
@@ -69,7 +70,7 @@ fn with_paths(config: &Config) -> Vec<(String, Rule)> {
 pub fn vars(service: &str, canary: &Release, stable: Option<&Release>) -> BTreeMap<String, String> {
     BTreeMap::from([
         ("service".to_string(), service.to_string()),
-        ("track".to_string(), "canary".to_string()),
+        ("track".to_string(), Track::Canary.as_str().to_string()),
         ("version".to_string(), canary.version.clone()),
         (
             "stable_version".to_string(),

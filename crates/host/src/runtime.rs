@@ -17,7 +17,6 @@ use cutover_admin::{
     AlertmanagerPayload, ApiError, BoxFuture, DeployRequest, Handler, HistoryQuery, LogsQuery,
     Verb as ApiVerb,
 };
-use cutover_core::engine::DecisionKind;
 use cutover_core::engine::{
     Action, Decision, Engine, EngineError, Event, InstanceFacts, Phase, Release, Rollout, State,
     Verb,
@@ -25,7 +24,7 @@ use cutover_core::engine::{
 use cutover_core::judge::External;
 use cutover_core::lookback::{self, Wider};
 use cutover_core::spec::AlertsSpec;
-use cutover_core::{Timestamp, WindowStats};
+use cutover_core::{Timestamp, Track, WindowStats};
 use cutover_notify::{Notice, Notifier};
 use cutover_promql::{EvalOptions, Labels, MemStore};
 use cutover_proxy::{CertReloader, Proxy, ProxyConfig, TlsError};
@@ -37,7 +36,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{error, info};
@@ -147,11 +146,7 @@ async fn sleep_until_some(wake: Option<tokio::time::Instant>) {
 }
 
 fn now() -> Timestamp {
-    Timestamp(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64),
-    )
+    Timestamp(cutover_clock::unix_millis())
 }
 
 /// What the proxy takes from the config.
@@ -710,20 +705,8 @@ impl Driver {
     /// than waits when a sink is behind).
     fn notify(&self, d: &Decision) {
         let Some(n) = &self.notifier else { return };
-        let kind = match d.kind {
-            DecisionKind::Deploy => "started",
-            DecisionKind::Ready | DecisionKind::Advance => "step",
-            DecisionKind::Hold => "held",
-            DecisionKind::Paused => "paused",
-            DecisionKind::Resumed => "resumed",
-            DecisionKind::Promoted => "promoted",
-            DecisionKind::Aborted => "aborted",
-            DecisionKind::RolledBack => "rolled_back",
-            DecisionKind::PreviousReleased => "previous_released",
-            DecisionKind::CrashLoop => "crash_loop",
-            DecisionKind::BreachStarted | DecisionKind::BreachCleared | DecisionKind::Recovered => {
-                return
-            }
+        let Some(kind) = d.kind.notify_kind() else {
+            return;
         };
         let st = self.engine.state();
         let version = st
@@ -732,7 +715,7 @@ impl Driver {
             .filter(|r| Some(r.id) == d.rollout)
             .map(|r| r.to.version.clone());
         n.notify(Notice {
-            kind: kind.to_string(),
+            kind,
             service: st.service.clone(),
             rollout: d.rollout,
             version,
@@ -811,7 +794,7 @@ impl Driver {
         }
     }
 
-    fn track_of(&self, version: &str) -> Option<&'static str> {
+    fn track_of(&self, version: &str) -> Option<Track> {
         metrics::track_of(self.router.intent(), version)
     }
 
@@ -831,7 +814,7 @@ impl Driver {
                     ("job".to_string(), self.engine.state().service.clone()),
                     ("instance".to_string(), i.addr.to_string()),
                     ("version".to_string(), version.clone()),
-                    ("track".to_string(), track.to_string()),
+                    ("track".to_string(), track.as_str().to_string()),
                 ]);
                 targets.push(Target {
                     addr: i.addr,
@@ -1184,7 +1167,7 @@ impl Driver {
         let t = now().millis() as i64;
         let mut own = String::new();
         let service = self.engine.state().service.clone();
-        let tracks: HashMap<String, &'static str> = self
+        let tracks: HashMap<String, Track> = self
             .recorder
             .versions()
             .into_iter()
@@ -1425,7 +1408,8 @@ mod tests {
         for p in [&old, &fresh, &other] {
             std::fs::write(p, "x").unwrap();
         }
-        let long_ago = SystemTime::now() - Duration::from_secs(73 * 3600);
+        let long_ago = std::time::UNIX_EPOCH + Duration::from_millis(cutover_clock::unix_millis())
+            - Duration::from_secs(73 * 3600);
         for p in [&old, &other] {
             std::fs::File::options()
                 .write(true)

@@ -10,7 +10,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
 /// One instance to scrape.
@@ -50,9 +50,7 @@ pub async fn run(
         if list.is_empty() {
             continue;
         }
-        let t_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
+        let t_ms = cutover_clock::unix_millis() as i64;
         let fetches = list.into_iter().map(|t| {
             let client = client.clone();
             let path = path.clone();

@@ -47,7 +47,8 @@ pub use orders::{Orders, OrdersConfig, OrdersReport, ABNORMAL_CLOSE};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Empty};

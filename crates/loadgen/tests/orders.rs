@@ -8,7 +8,8 @@
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 use cutover_loadgen::{Orders, OrdersConfig, OrdersReport, ABNORMAL_CLOSE};
 use futures_util::{SinkExt as _, StreamExt as _};

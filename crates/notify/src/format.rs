@@ -1,6 +1,6 @@
 //! Encodes a [`Notice`] for a sink. Pure: no IO, no clock, so every shape is unit-tested.
 
-use crate::{Format, Notice};
+use crate::{Format, Notice, NotifyKind};
 use serde_json::{json, Value};
 
 /// Slack refuses a section text over 3 000 characters and a context block over 10 elements;
@@ -17,13 +17,14 @@ pub fn render(format: Format, n: &Notice) -> Value {
     }
 }
 
-/// How alarming a kind is. Unknown kinds get the middle level: a new event deserves a look
-/// rather than a celebration.
-fn emoji(kind: &str) -> &'static str {
+/// How alarming a kind is. Anything that needs a look but is not a rollback gets the middle
+/// level. (A canary that could not start is an abort, so it alarms as one.)
+fn emoji(kind: NotifyKind) -> &'static str {
+    use NotifyKind::*;
     match kind {
-        "aborted" | "rolled_back" | "failed" => ":rotating_light:",
-        "started" | "step" | "resumed" | "promoted" => ":rocket:",
-        _ => ":warning:",
+        Aborted | RolledBack => ":rotating_light:",
+        Started | Step | Resumed | Promoted => ":rocket:",
+        Held | Paused | PreviousReleased | CrashLoop => ":warning:",
     }
 }
 
@@ -54,9 +55,9 @@ fn truncate(s: &str, max_chars: usize) -> String {
 fn summary(n: &Notice) -> String {
     let mut line = format!(
         "{} *{}* {}",
-        emoji(&n.kind),
+        emoji(n.kind),
         escape(&n.service),
-        escape(&n.kind)
+        n.kind.as_str()
     );
     if let Some(v) = &n.version {
         line.push_str(&format!(" `{}`", escape(v)));
@@ -119,7 +120,7 @@ mod tests {
 
     fn notice(kind: &str) -> Notice {
         Notice {
-            kind: kind.into(),
+            kind: kind.parse().unwrap(),
             service: "checkout".into(),
             rollout: Some(7),
             version: Some("v2".into()),

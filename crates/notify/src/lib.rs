@@ -27,13 +27,14 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, Notify};
 
+pub use cutover_core::spec::NotifyKind;
 pub use format::render;
 
 /// One rollout event, as sent to every sink (the `Json` format is exactly this, serialised).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Notice {
     /// `started`, `step`, `held`, `paused`, `resumed`, `promoted`, `aborted`, `rolled_back`, ...
-    pub kind: String,
+    pub kind: NotifyKind,
     pub service: String,
     pub rollout: Option<u64>,
     pub version: Option<String>,
@@ -66,7 +67,7 @@ pub struct SinkConfig {
     pub url: String,
     pub format: Format,
     /// Only these kinds are sent to this sink; `None` sends every kind.
-    pub kinds: Option<Vec<String>>,
+    pub kinds: Option<Vec<NotifyKind>>,
     /// Per attempt, covering connect, request and response.
     pub timeout: Duration,
     /// Attempts per notice, the first included (at least 1).
@@ -131,7 +132,7 @@ struct Inner {
 
 struct SinkHandle {
     name: String,
-    kinds: Option<Vec<String>>,
+    kinds: Option<Vec<NotifyKind>>,
     tx: mpsc::Sender<Notice>,
     counters: Arc<Counters>,
 }

@@ -2,7 +2,7 @@
 
 mod testkit;
 
-use cutover_notify::{Format, Notifier, NotifyError};
+use cutover_notify::{Format, Notifier, NotifyError, NotifyKind};
 use serde_json::json;
 use std::time::Duration;
 use testkit::{eventually, notice, refused_url, silent_url, sink, Receiver};
@@ -68,7 +68,7 @@ async fn kinds_filter_what_a_sink_receives() {
     let pager_rx = Receiver::ok().await;
     let all_rx = Receiver::ok().await;
     let mut pager = sink("pager", &pager_rx.url());
-    pager.kinds = Some(vec!["aborted".into(), "rolled_back".into()]);
+    pager.kinds = Some(vec![NotifyKind::Aborted, NotifyKind::RolledBack]);
     let notifier = Notifier::start(vec![pager, sink("all", &all_rx.url())], 16).unwrap();
 
     for (i, kind) in ["started", "step", "rolled_back", "paused", "aborted"]

@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use cutover_promql::{Labels, SeriesDump};
 use tokio::process::{Child, Command};
@@ -272,10 +272,7 @@ impl PrometheusServer {
 
 /// Wall-clock Unix milliseconds: Prometheus timestamps its samples with it.
 pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    cutover_clock::unix_millis() as i64
 }
 
 fn io(what: &str) -> impl FnOnce(std::io::Error) -> HarnessError + '_ {

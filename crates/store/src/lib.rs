@@ -20,7 +20,7 @@ mod schema;
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 pub use chain::{ChainReport, GENESIS_HASH};
 pub use schema::SCHEMA_VERSION;
@@ -476,8 +476,5 @@ impl TryFrom<RawRelease> for ReleaseRecord {
 /// `updated_at` of the snapshot is informational only (the engine's own times live inside the
 /// snapshot), so reading the wall clock here does not break the "time is injected" rule.
 fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    cutover_clock::unix_millis() as i64
 }

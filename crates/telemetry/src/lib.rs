@@ -17,7 +17,7 @@
 #![forbid(unsafe_code)]
 
 use cutover_core::histogram::{bucket_index, BUCKETS};
-use cutover_core::{Histogram, TrackStats};
+use cutover_core::{Histogram, Track, TrackStats};
 use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt::Write as _;
@@ -283,7 +283,7 @@ impl Recorder {
     pub fn render(
         &self,
         service: &str,
-        track_of: &dyn Fn(&str) -> Option<&'static str>,
+        track_of: &dyn Fn(&str) -> Option<Track>,
         out: &mut String,
     ) {
         let versions: Vec<(String, VersionRecorder)> = {
@@ -303,7 +303,7 @@ impl Recorder {
                     "service=\"{}\",version=\"{}\",track=\"{}\"",
                     service,
                     escape_label(&name),
-                    escape_label(track_of(&name).unwrap_or("none"))
+                    track_of(&name).map_or("none", Track::as_str)
                 );
                 (labels, v.exposition(name))
             })
@@ -353,8 +353,10 @@ impl Recorder {
     }
 }
 
-/// A label value as the text format wants it: backslash, double quote and newline escaped.
-fn escape_label(value: &str) -> std::borrow::Cow<'_, str> {
+/// A label value as the Prometheus text format wants it: backslash, double quote and newline
+/// escaped. The one escaping every exposition in the workspace uses (the proxy's, cutover's own
+/// `/metrics`, demo-app's); borrowed when there is nothing to escape, as there almost never is.
+pub fn escape_label(value: &str) -> std::borrow::Cow<'_, str> {
     if !value.contains(['\\', '"', '\n']) {
         return value.into();
     }
@@ -960,8 +962,8 @@ mod tests {
         rec.render(
             service,
             &|v| match v {
-                "v1" => Some("stable"),
-                "v2" => Some("canary"),
+                "v1" => Some(Track::Stable),
+                "v2" => Some(Track::Canary),
                 _ => None,
             },
             &mut out,

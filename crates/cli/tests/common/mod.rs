@@ -12,7 +12,8 @@ use cutover_host::Running;
 use cutover_loadgen::{Load, LoadConfig};
 use serde_json::{json, Value};
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 /// The demo-app binary, built by `cargo test --workspace` next to this test's target dir.
 pub fn demo_app() -> PathBuf {

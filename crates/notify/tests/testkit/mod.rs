@@ -180,7 +180,7 @@ pub fn sink(name: &str, url: &str) -> SinkConfig {
 /// A notice identified by `reason`.
 pub fn notice(kind: &str, reason: &str) -> Notice {
     Notice {
-        kind: kind.into(),
+        kind: kind.parse().unwrap(),
         service: "checkout".into(),
         rollout: Some(7),
         version: Some("v2".into()),
