@@ -1,5 +1,7 @@
 //! Errors, and where a failure came from (which decides whether a retry is safe).
 
+use crate::body::Resendable;
+use http::Request;
 use std::net::SocketAddr;
 
 /// Errors the proxy's public API returns.
@@ -21,27 +23,61 @@ pub enum ProxyError {
     },
 }
 
-/// Why forwarding to one backend failed; decides retry and the response the client gets.
+/// Why forwarding to one backend failed: where it came from, and so whether the request may
+/// be sent again elsewhere ([`UpstreamError::retry_safe`]) and what the client is answered.
+/// (pingora's `ErrorSource` / `RetryType`, for the one retry invariant 5 allows.)
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum UpstreamError {
     /// No connection could be made, so no byte of the request reached the app: safe to retry.
+    /// The request comes back when the sender still had it (the worker's own pool does;
+    /// hyper-util's client keeps it).
     #[error("connecting to backend {addr}: {source}")]
     Connect {
         addr: SocketAddr,
         #[source]
         source: crate::upstream::BoxError,
+        unsent: Option<Unsent>,
     },
-    /// The request may have reached the app; retrying could run it twice.
+    /// The request was handed to a connection; the app may have seen it, and retrying could
+    /// run it twice.
     #[error("forwarding to backend {addr}: {source}")]
     Forward {
         addr: SocketAddr,
         #[source]
         source: crate::upstream::BoxError,
     },
+    /// The backend sent no response head before the deadline; it may have seen the request.
+    #[error("backend {addr} sent no response head in time")]
+    TimedOut { addr: SocketAddr },
     /// The backend switched protocols without being asked to.
     #[error("backend {addr} answered 101 to a request that asked for no upgrade")]
     UnexpectedUpgrade { addr: SocketAddr },
     /// The backend accepted a WebSocket extension that the relay cannot pass on faithfully.
     #[error("backend {addr} accepted the WebSocket extension `{extension}`, which cutover cannot relay (only permessage-deflate); refused before the 101 reached the client — have the app decline it")]
     UnrelayableExtension { addr: SocketAddr, extension: String },
+}
+
+impl UpstreamError {
+    /// Whether nothing of the request reached the app, so sending it to another backend
+    /// cannot run it twice.
+    pub(crate) fn retry_safe(&self) -> bool {
+        matches!(self, UpstreamError::Connect { .. })
+    }
+
+    /// The request a refused connection gave back, if it did (taken out of the error).
+    pub(crate) fn take_unsent(&mut self) -> Option<Unsent> {
+        match self {
+            UpstreamError::Connect { unsent, .. } => unsent.take(),
+            _ => None,
+        }
+    }
+}
+
+/// A request handed back unsent by a connection that could not be made.
+pub(crate) struct Unsent(pub(crate) Box<Request<Resendable>>);
+
+impl std::fmt::Debug for Unsent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Unsent({} {})", self.0.method(), self.0.uri())
+    }
 }

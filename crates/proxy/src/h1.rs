@@ -12,29 +12,28 @@
 //! body two ways (`Content-Length` and `Transfer-Encoding`, the response-smuggling shape) or
 //! with an invalid length is a 502, never passed on half-parsed; a body that ends early or
 //! with a bad chunk fails the client's response rather than being completed with garbage, and
-//! its connection is never reused.
+//! its connection is never reused. Those decisions are the pure [`codec`]'s, over the
+//! connection's read buffer; this module owns the socket, the timer and the request's upload.
 
 use crate::body::Resendable;
 use crate::headers::{Forwarded, Sent};
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use http::header::TRANSFER_ENCODING;
-use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH};
-use http::{Method, Request, StatusCode, Version};
-use http_body::{Body, Frame, SizeHint};
+use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_LENGTH};
+use http::{Method, Request};
+use http_body::{Body, Frame};
 use std::future::Future;
-use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
-/// The longest response head taken from an instance.
-pub(crate) const MAX_HEAD: usize = 64 * 1024;
-/// The most header fields in a response head (hyper's client default).
-pub(crate) const MAX_HEADERS: usize = 100;
-/// The longest chunk-size line (with its extensions).
-const MAX_CHUNK_LINE: usize = 4096;
+pub mod codec;
+
+pub(crate) use codec::Decoder;
+#[cfg(doc)]
+use codec::{MAX_HEAD, MAX_HEADERS};
 /// Room made in the read buffer before a read, at first.
 const READ_CHUNK: usize = 8 * 1024;
 /// The most room made before a read. A connection whose reads fill the room doubles it (up
@@ -52,20 +51,9 @@ pub(crate) enum H1Error {
         /// Whether any byte of a response had arrived.
         partial: bool,
     },
-    #[error("the instance sent an invalid response head: {0}")]
-    Head(httparse::Error),
-    #[error("the instance sent a response head over {MAX_HEAD} bytes")]
-    HeadTooLarge,
-    #[error("the instance switched protocols on a request that did not ask to")]
-    UnexpectedSwitch,
-    #[error("the instance framed its response body badly: {0}")]
-    Framing(&'static str),
-    #[error("the instance closed the connection {0} bytes before the end of the body")]
-    Truncated(u64),
-    #[error("the instance closed the connection in the middle of a chunked body")]
-    TruncatedChunked,
-    #[error("the instance sent an invalid chunk: {0}")]
-    Chunk(&'static str),
+    /// What the instance sent cannot be passed on (decided by [`codec`]).
+    #[error(transparent)]
+    Codec(#[from] codec::CodecError),
     #[error("the request body could not be read: {0}")]
     RequestBody(#[source] hyper::Error),
     #[error("the request body did not match its length: {0}")]
@@ -109,44 +97,6 @@ pub(crate) struct Upload {
     writer: Writer,
     /// Sending failed; the connection cannot carry another request.
     failed: bool,
-}
-
-/// How much of a response body is left, and how it is framed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Decoder {
-    /// `Content-Length`: bytes left.
-    Length(u64),
-    Chunked(Chunk),
-    /// Neither: the body ends when the instance closes the connection.
-    UntilClose,
-    Done,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Chunk {
-    /// Expecting a chunk-size line.
-    Size,
-    /// Bytes left of the current chunk.
-    Data(u64),
-    /// Expecting the CRLF after a chunk's data.
-    End,
-    /// After the last chunk: trailer fields up to an empty line.
-    Trailers,
-}
-
-impl Decoder {
-    /// Whether the body was read to its end.
-    pub(crate) fn is_done(self) -> bool {
-        matches!(self, Decoder::Done | Decoder::Length(0))
-    }
-
-    pub(crate) fn size_hint(self) -> SizeHint {
-        match self {
-            Decoder::Length(n) => SizeHint::with_exact(n),
-            Decoder::Done => SizeHint::with_exact(0),
-            Decoder::Chunked(_) | Decoder::UntilClose => SizeHint::default(),
-        }
-    }
 }
 
 /// How the request body is framed on the wire, and where writing it stands.
@@ -398,9 +348,6 @@ impl Conn {
             if let Some(head) = self.parse_head(head_only)? {
                 return Poll::Ready(Ok(head));
             }
-            if self.buf.len() > MAX_HEAD {
-                return Poll::Ready(Err(H1Error::HeadTooLarge));
-            }
             if ready!(self.poll_fill(cx, 0))? == 0 {
                 return Poll::Ready(Err(H1Error::Closed {
                     partial: !self.buf.is_empty(),
@@ -479,76 +426,14 @@ impl Conn {
 
     /// The final response head, once it is all in `buf` (interim 1xx heads are skipped).
     fn parse_head(&mut self, head_only: bool) -> Result<Option<Head>, H1Error> {
-        loop {
-            if self.buf.is_empty() {
-                return Ok(None);
-            }
-            // Where each field's name and value sit in the head, kept so the values can
-            // share the head's bytes once it is split off the buffer.
-            let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
-            let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
-            let mut parsed = httparse::Response::new(&mut []);
-            let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
-                &mut parsed,
-                &self.buf,
-                &mut slots,
-            ) {
-                Ok(httparse::Status::Complete(len)) => len,
-                Ok(httparse::Status::Partial) => return Ok(None),
-                Err(e) => return Err(H1Error::Head(e)),
-            };
-            if len > MAX_HEAD {
-                return Err(H1Error::HeadTooLarge);
-            }
-            let code = parsed.code.unwrap_or(0);
-            if (100..200).contains(&code) {
-                if code == 101 {
-                    return Err(H1Error::UnexpectedSwitch);
-                }
-                // 100 Continue, 103 Early Hints: the final answer is still to come.
-                self.buf.advance(len);
-                continue;
-            }
-            let status =
-                StatusCode::from_u16(code).map_err(|_| H1Error::Head(httparse::Error::Status))?;
-            let http10 = parsed.version == Some(0);
-            let base = self.buf.as_ptr() as usize;
-            let at = |p: *const u8| (p as usize - base) as u32;
-            let count = parsed.headers.len();
-            for (span, h) in spans.iter_mut().zip(parsed.headers.iter()) {
-                *span = (
-                    at(h.name.as_ptr()),
-                    h.name.len() as u32,
-                    at(h.value.as_ptr()),
-                    h.value.len() as u32,
-                );
-            }
-            let head = self.buf.split_to(len).freeze();
-            let mut headers = HeaderMap::with_capacity(count);
-            for &(n, nl, v, vl) in &spans[..count] {
-                let (n, nl, v, vl) = (n as usize, nl as usize, v as usize, vl as usize);
-                let name = HeaderName::from_bytes(&head[n..n + nl])
-                    .map_err(|_| H1Error::Head(httparse::Error::HeaderName))?;
-                let value = HeaderValue::from_maybe_shared(head.slice(v..v + vl))
-                    .map_err(|_| H1Error::Head(httparse::Error::HeaderValue))?;
-                headers.append(name, value);
-            }
-            let (body, keep_alive) = framing(&headers, status, http10, head_only)?;
-            let (mut parts, ()) = http::Response::new(()).into_parts();
-            parts.status = status;
-            parts.version = if http10 {
-                Version::HTTP_10
-            } else {
-                Version::HTTP_11
-            };
-            parts.headers = headers;
-            return Ok(Some(Head {
-                parts,
-                body,
-                keep_alive,
+        Ok(
+            codec::parse_response_head(&mut self.buf, head_only)?.map(|h| Head {
+                parts: h.parts,
+                body: h.body,
+                keep_alive: h.keep_alive,
                 upload: None,
-            }));
-        }
+            }),
+        )
     }
 
     /// The next piece of a response body framed by `dec`, sending more of `upload` first.
@@ -576,215 +461,25 @@ impl Conn {
             *upload = None;
         }
         loop {
-            match dec {
-                Decoder::Done => return Poll::Ready(None),
-                Decoder::Length(0) => {
-                    *dec = Decoder::Done;
-                    return Poll::Ready(None);
+            match dec.decode(&mut self.buf)? {
+                codec::Step::Data(data) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                codec::Step::End(trailers) => {
+                    return Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t))))
                 }
-                Decoder::Length(left) => {
-                    if !self.buf.is_empty() {
-                        let n = self
-                            .buf
-                            .len()
-                            .min(usize::try_from(*left).unwrap_or(usize::MAX));
-                        *left -= n as u64;
-                        return Poll::Ready(Some(Ok(Frame::data(self.buf.split_to(n).freeze()))));
-                    }
-                }
-                Decoder::UntilClose => {
-                    if !self.buf.is_empty() {
-                        return Poll::Ready(Some(Ok(Frame::data(self.buf.split().freeze()))));
-                    }
-                }
-                Decoder::Chunked(chunk) => match self.decode_chunked(chunk)? {
-                    Step::Frame(frame) => return Poll::Ready(Some(Ok(frame))),
-                    Step::End(trailers) => {
-                        *dec = Decoder::Done;
-                        return Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t))));
-                    }
-                    Step::More => {}
-                },
+                codec::Step::More => {}
             }
-            let want = match *dec {
-                Decoder::Length(left) | Decoder::Chunked(Chunk::Data(left)) => left,
-                _ => 0,
-            };
-            if ready!(self.poll_fill(cx, want))? == 0 {
-                return Poll::Ready(match *dec {
-                    Decoder::UntilClose => {
-                        *dec = Decoder::Done;
-                        None
-                    }
-                    Decoder::Length(left) => Some(Err(H1Error::Truncated(left))),
-                    _ => Some(Err(H1Error::TruncatedChunked)),
-                });
+            if ready!(self.poll_fill(cx, dec.wants()))? == 0 {
+                return Poll::Ready(dec.at_eof().err().map(|e| Err(e.into())));
             }
         }
     }
-
-    /// Decodes what `buf` holds of a chunked body, from `chunk` on.
-    fn decode_chunked(&mut self, chunk: &mut Chunk) -> Result<Step, H1Error> {
-        loop {
-            match chunk {
-                Chunk::Size => match httparse::parse_chunk_size(&self.buf) {
-                    Ok(httparse::Status::Complete((used, size))) => {
-                        self.buf.advance(used);
-                        *chunk = if size == 0 {
-                            Chunk::Trailers
-                        } else {
-                            Chunk::Data(size)
-                        };
-                    }
-                    Ok(httparse::Status::Partial) if self.buf.len() > MAX_CHUNK_LINE => {
-                        return Err(H1Error::Chunk("a chunk-size line over 4096 bytes"));
-                    }
-                    Ok(httparse::Status::Partial) => return Ok(Step::More),
-                    Err(_) => return Err(H1Error::Chunk("an invalid chunk size")),
-                },
-                Chunk::Data(left) => {
-                    if self.buf.is_empty() {
-                        return Ok(Step::More);
-                    }
-                    let n = self
-                        .buf
-                        .len()
-                        .min(usize::try_from(*left).unwrap_or(usize::MAX));
-                    *left -= n as u64;
-                    if *left == 0 {
-                        *chunk = Chunk::End;
-                    }
-                    return Ok(Step::Frame(Frame::data(self.buf.split_to(n).freeze())));
-                }
-                Chunk::End => {
-                    if self.buf.len() < 2 {
-                        return Ok(Step::More);
-                    }
-                    if self.buf[..2] != *b"\r\n" {
-                        return Err(H1Error::Chunk("chunk data not followed by CRLF"));
-                    }
-                    self.buf.advance(2);
-                    *chunk = Chunk::Size;
-                }
-                Chunk::Trailers => {
-                    let mut fields = [httparse::EMPTY_HEADER; 32];
-                    let (used, trailers) = match httparse::parse_headers(&self.buf, &mut fields) {
-                        Ok(httparse::Status::Complete((used, fields))) => {
-                            let mut trailers = HeaderMap::new();
-                            for f in fields {
-                                let name = HeaderName::from_bytes(f.name.as_bytes())
-                                    .map_err(|_| H1Error::Chunk("an invalid trailer name"))?;
-                                let value = HeaderValue::from_bytes(f.value)
-                                    .map_err(|_| H1Error::Chunk("an invalid trailer value"))?;
-                                trailers.append(name, value);
-                            }
-                            (used, trailers)
-                        }
-                        Ok(httparse::Status::Partial) if self.buf.len() > MAX_HEAD => {
-                            return Err(H1Error::Chunk("trailers over 64 KiB"));
-                        }
-                        Ok(httparse::Status::Partial) => return Ok(Step::More),
-                        Err(_) => return Err(H1Error::Chunk("invalid trailer fields")),
-                    };
-                    self.buf.advance(used);
-                    return Ok(Step::End((!trailers.is_empty()).then_some(trailers)));
-                }
-            }
-        }
-    }
-}
-
-/// What decoding a chunked body's buffered bytes gave.
-enum Step {
-    Frame(Frame<Bytes>),
-    /// The body ended, with its trailers if it had any.
-    End(Option<HeaderMap>),
-    More,
-}
-
-/// How the body after a response head is framed (RFC 9112 §6.3), and whether the connection
-/// can carry another request after it.
-fn framing(
-    headers: &HeaderMap,
-    status: StatusCode,
-    http10: bool,
-    head_only: bool,
-) -> Result<(Decoder, bool), H1Error> {
-    let keep_alive = if http10 {
-        connection_has(headers, "keep-alive")
-    } else {
-        !connection_has(headers, "close")
-    };
-    if head_only || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
-        // No body, whatever the fields say (a HEAD's `Content-Length` is the GET's).
-        return Ok((Decoder::Done, keep_alive));
-    }
-    if headers.contains_key(TRANSFER_ENCODING) {
-        // Either could be the one a cache or the client believes: the smuggling shape.
-        if headers.contains_key(CONTENT_LENGTH) {
-            return Err(H1Error::Framing(
-                "both Content-Length and Transfer-Encoding",
-            ));
-        }
-        if http10 {
-            return Err(H1Error::Framing(
-                "Transfer-Encoding in an HTTP/1.0 response",
-            ));
-        }
-        let last = headers
-            .get_all(TRANSFER_ENCODING)
-            .iter()
-            .next_back()
-            .and_then(|v| v.as_bytes().rsplit(|&b| b == b',').next())
-            .map(<[u8]>::trim_ascii);
-        return Ok(match last {
-            Some(c) if c.eq_ignore_ascii_case(b"chunked") => {
-                (Decoder::Chunked(Chunk::Size), keep_alive)
-            }
-            // Another coding last: the body runs until the instance closes.
-            _ => (Decoder::UntilClose, false),
-        });
-    }
-    Ok(match content_length(headers)? {
-        Some(n) => (Decoder::Length(n), keep_alive),
-        None => (Decoder::UntilClose, false),
-    })
-}
-
-/// Whether `Connection` lists `token`.
-fn connection_has(headers: &HeaderMap, token: &str) -> bool {
-    headers
-        .get_all(CONNECTION)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
-}
-
-/// The body length `Content-Length` gives: every value (and list item) the same number.
-fn content_length(headers: &HeaderMap) -> Result<Option<u64>, H1Error> {
-    let mut length = None;
-    for item in headers
-        .get_all(CONTENT_LENGTH)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-    {
-        let digits = item.trim_ascii();
-        let n = std::str::from_utf8(digits)
-            .ok()
-            .filter(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
-            .and_then(|d| d.parse::<u64>().ok())
-            .ok_or(H1Error::Framing("an invalid Content-Length"))?;
-        if length.is_some_and(|l| l != n) {
-            return Err(H1Error::Framing("conflicting Content-Length values"));
-        }
-        length = Some(n);
-    }
-    Ok(length)
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
+    use super::codec::MAX_HEAD;
     use super::*;
+    use http::{StatusCode, Version};
     use hyper::body::Incoming;
     use hyper_util::rt::TokioIo;
     use std::net::SocketAddr;

@@ -2,12 +2,12 @@
 
 use crate::body::{Guarded, ProxyBody, Resendable};
 use crate::conn::{self, Idle, Streams};
-use crate::error::{ProxyError, UpstreamError};
+use crate::error::{ProxyError, Unsent, UpstreamError};
 use crate::headers;
 use crate::linger::Linger;
 use crate::table::{pick_backend, Backend, BackendRef, InFlight, RouteTable, Routes};
 use crate::tls::SharedServerConfig;
-use crate::upstream::{Http1Pool, SendError, UpstreamBody};
+use crate::upstream::{Http1Pool, UpstreamBody};
 use crate::ws::{self, WsDrainReport};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -668,7 +668,7 @@ impl Proxy {
                 .await
             {
                 Ok(resp) => break Ok((guard, resp)),
-                Err(SendError::TimedOut) => {
+                Err(UpstreamError::TimedOut { .. }) => {
                     warn!(backend = %backend.id, track = track.as_str(), timeout = ?self.inner.config.upstream_timeout, "upstream timed out");
                     abandoned.finish(504, true);
                     return local(
@@ -676,12 +676,10 @@ impl Proxy {
                         "gateway timeout: the instance did not answer in time\n",
                     );
                 }
-                Err(SendError::Connect(source, unsent)) => {
-                    let err = UpstreamError::Connect {
-                        addr: backend.addr,
-                        source,
-                    };
-                    if let Some(unsent) = unsent {
+                // Nothing reached the instance (it refused the connection): the request may
+                // go to another backend, once.
+                Err(mut err) if err.retry_safe() => {
+                    if let Some(Unsent(unsent)) = err.take_unsent() {
                         parts.headers = unsent.into_parts().0.headers;
                         if host.is_none() {
                             // The refused instance's address, put in for a client that named
@@ -709,15 +707,7 @@ impl Proxy {
                         _ => break Err((guard, Some(err))),
                     }
                 }
-                Err(SendError::Forward(source)) => {
-                    break Err((
-                        guard,
-                        Some(UpstreamError::Forward {
-                            addr: backend.addr,
-                            source,
-                        }),
-                    ))
-                }
+                Err(err) => break Err((guard, Some(err))),
             }
         };
 
@@ -984,7 +974,7 @@ impl Worker {
         req: Request<Resendable>,
         forwarded: &headers::Forwarded<'_>,
         deadline: Instant,
-    ) -> Result<Response<UpstreamBody>, SendError> {
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
         let client = match via {
             Via::Http1 => {
                 return self
@@ -995,11 +985,19 @@ impl Worker {
             Via::Http2 => &self.http2,
             Via::Upgrade => &self.upgrades,
         };
+        let addr = backend.addr;
         match tokio::time::timeout_at(deadline, client.request(req)).await {
-            Err(_) => Err(SendError::TimedOut),
+            Err(_) => Err(UpstreamError::TimedOut { addr }),
             Ok(Ok(resp)) => Ok(resp.map(UpstreamBody::unpooled)),
-            Ok(Err(e)) if e.is_connect() => Err(SendError::Connect(Box::new(e), None)),
-            Ok(Err(e)) => Err(SendError::Forward(Box::new(e))),
+            Ok(Err(e)) if e.is_connect() => Err(UpstreamError::Connect {
+                addr,
+                source: Box::new(e),
+                unsent: None,
+            }),
+            Ok(Err(e)) => Err(UpstreamError::Forward {
+                addr,
+                source: Box::new(e),
+            }),
         }
     }
 }

@@ -28,19 +28,9 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use crate::error::{Unsent, UpstreamError};
 
-/// Why a request could not be forwarded; decides whether it may be retried elsewhere.
-pub(crate) enum SendError {
-    /// No connection to the instance could be made: nothing reached it. The request comes
-    /// back when the sender still had it (the worker's own pool does; hyper-util's client
-    /// keeps it).
-    Connect(BoxError, Option<Box<Request<Resendable>>>),
-    /// The request was handed to a connection; the instance may have seen it.
-    Forward(BoxError),
-    /// The instance sent no response head before the deadline; it may have seen the request.
-    TimedOut,
-}
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The idle connections of one worker, by instance address, most recently used last.
 pub(crate) struct Http1Pool {
@@ -85,34 +75,53 @@ impl Http1Pool {
     /// waits for the response head until `deadline`.
     ///
     /// An idle connection the instance closed meanwhile hands the request back unsent (see
-    /// [`Failed::Unsent`]), and the next one is tried: only [`SendError::Connect`] (nothing was
-    /// sent), [`SendError::Forward`] (something may have been) and [`SendError::TimedOut`]
-    /// reach the caller.
+    /// [`Failed::Unsent`]), and the next one is tried: only [`UpstreamError::Connect`] (nothing
+    /// was sent), [`UpstreamError::Forward`] (something may have been) and
+    /// [`UpstreamError::TimedOut`] reach the caller.
     pub(crate) async fn send(
         self: &Arc<Self>,
         backend: &BackendRef,
         mut req: Request<Resendable>,
         forwarded: Option<&Forwarded<'_>>,
         deadline: Instant,
-    ) -> Result<Response<UpstreamBody>, SendError> {
-        while let Some(mut conn) = self.checkout(backend.addr) {
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        let addr = backend.addr;
+        while let Some(mut conn) = self.checkout(addr) {
             match conn.send(req, forwarded, deadline, true).await {
                 Ok(head) => return Ok(self.wrap(head, conn, backend)),
                 Err(Failed::Unsent(unsent, _)) => req = *unsent,
-                Err(Failed::Sent(e)) => return Err(SendError::Forward(Box::new(e))),
-                Err(Failed::TimedOut) => return Err(SendError::TimedOut),
+                Err(Failed::Sent(e)) => {
+                    return Err(UpstreamError::Forward {
+                        addr,
+                        source: Box::new(e),
+                    })
+                }
+                Err(Failed::TimedOut) => return Err(UpstreamError::TimedOut { addr }),
             }
         }
-        let mut conn = match self.connect(backend.addr, deadline).await {
+        let mut conn = match self.connect(addr, deadline).await {
             Ok(c) => c,
-            Err(e) => return Err(SendError::Connect(e, Some(Box::new(req)))),
+            Err(source) => {
+                return Err(UpstreamError::Connect {
+                    addr,
+                    source,
+                    unsent: Some(Unsent(Box::new(req))),
+                })
+            }
         };
         match conn.send(req, forwarded, deadline, false).await {
             Ok(head) => Ok(self.wrap(head, conn, backend)),
             // Closed before a byte of the request was written: as good as refused.
-            Err(Failed::Unsent(unsent, e)) => Err(SendError::Connect(Box::new(e), Some(unsent))),
-            Err(Failed::Sent(e)) => Err(SendError::Forward(Box::new(e))),
-            Err(Failed::TimedOut) => Err(SendError::TimedOut),
+            Err(Failed::Unsent(unsent, e)) => Err(UpstreamError::Connect {
+                addr,
+                source: Box::new(e),
+                unsent: Some(Unsent(unsent)),
+            }),
+            Err(Failed::Sent(e)) => Err(UpstreamError::Forward {
+                addr,
+                source: Box::new(e),
+            }),
+            Err(Failed::TimedOut) => Err(UpstreamError::TimedOut { addr }),
         }
     }
 
@@ -382,12 +391,17 @@ mod tests {
         let pool = pool_of(Duration::from_secs(30), 4);
         let backend = BackendRef::alone(Arc::new(Backend::new("gone", addr)));
         match pool.send(&backend, request().await, None, far()).await {
-            Err(SendError::Connect(_, Some(req))) => assert_eq!(req.uri().path(), "/x"),
-            Err(SendError::Connect(_, None)) => panic!("the request was not given back"),
-            Err(SendError::Forward(e)) => {
+            Err(UpstreamError::Connect {
+                unsent: Some(req), ..
+            }) => assert_eq!(req.0.uri().path(), "/x"),
+            Err(UpstreamError::Connect { unsent: None, .. }) => {
+                panic!("the request was not given back")
+            }
+            Err(e @ UpstreamError::Forward { .. }) => {
                 panic!("a refused connection is not a forward error: {e}")
             }
-            Err(SendError::TimedOut) => panic!("a refused connection is not a timeout"),
+            Err(UpstreamError::TimedOut { .. }) => panic!("a refused connection is not a timeout"),
+            Err(e) => panic!("a refused connection is not {e}"),
             Ok(_) => panic!("nothing listens there"),
         }
     }
@@ -456,7 +470,7 @@ mod tests {
             .await
             .expect("the deadline is kept, not the timer's first one")
         {
-            Err(SendError::TimedOut) => {}
+            Err(UpstreamError::TimedOut { .. }) => {}
             Err(_) => panic!("expected a timeout"),
             Ok(_) => panic!("the instance does not answer a second request"),
         }

@@ -23,6 +23,7 @@
 
 mod error;
 mod fleet;
+mod health;
 pub mod logs;
 mod probe;
 mod process;

@@ -11,6 +11,7 @@
 //! `stop.signal`, and SIGKILL after `stop.grace`.
 
 use crate::fleet::{CrashLoop, Fleet, InstanceState, InstanceStatus, VersionFleet};
+use crate::health::{CrashWindow, Flip, Liveness, Readiness, Restarts};
 use crate::process::{self, describe, signal_group, signal_of, terminate, Ended};
 use crate::release::Release;
 use crate::{probe, SupervisorError};
@@ -18,7 +19,7 @@ use cutover_core::spec::{AppSpec, ProbeSpec};
 use cutover_core::Dur;
 use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -536,7 +537,7 @@ impl Instance {
         let max = restart.backoff_max.get().max(initial);
         let window = restart.crash_loop_window.get();
         let mut backoff = initial;
-        let mut recent: VecDeque<Instant> = VecDeque::new();
+        let mut restarts = CrashWindow::new(window, restart.crash_loop_restarts);
         loop {
             let started = Instant::now();
             let pid = child.id();
@@ -566,7 +567,7 @@ impl Instance {
             }
             child = loop {
                 tracing::warn!(instance = %self.id(), last_exit = %last_exit, backoff = ?backoff, "instance ended; restarting");
-                self.note_restart(last_exit, &mut recent, window, restart.crash_loop_restarts);
+                self.note_restart(last_exit, &mut restarts, window);
                 if !sleep_while_running(backoff, &mut ctl).await {
                     return self.stop_phase(None, ctl).await;
                 }
@@ -599,11 +600,11 @@ impl Instance {
         // Liveness starts only once the process was ready: it doubles as a startup probe, so a
         // slow starter is not killed for not answering `/live` yet.
         let mut liveness: Option<AbortOnDrop> = None;
-        let rise = app.readiness.success_threshold.max(1);
-        let fall = app.readiness.failure_threshold.max(1);
-        let live_fall = app.liveness.failure_threshold.max(1);
-        let (mut ok_run, mut fail_run, mut live_fails) = (0u32, 0u32, 0u32);
-        let mut ready = false;
+        let mut readiness = Readiness::new(
+            app.readiness.success_threshold,
+            app.readiness.failure_threshold,
+        );
+        let mut live = Liveness::new(app.liveness.failure_threshold);
         loop {
             if *ctl.borrow_and_update() != Ctl::Run {
                 return Why::Stop;
@@ -611,18 +612,9 @@ impl Instance {
             tokio::select! {
                 status = child.wait() => return Why::Exited(describe(status)),
                 r = ctl.changed() => if r.is_err() { return Why::Stop },
-                Some((kind, result)) = rx.recv() => match (kind, result) {
-                    (ProbeKind::Readiness, r) if !ready && r.is_err() => {
-                        // Still starting: remember why, for the failure message.
-                        let e = r.err().unwrap_or_default();
-                        ok_run = 0;
-                        self.update(|st, _| st.last_probe = Some(e));
-                    }
-                    (ProbeKind::Readiness, Ok(())) => {
-                        ok_run += 1;
-                        fail_run = 0;
-                        if !ready && ok_run >= rise {
-                            ready = true;
+                Some((kind, result)) = rx.recv() => match kind {
+                    ProbeKind::Readiness => match (readiness.observe(result.is_ok()), result) {
+                        (Flip::Ready, _) => {
                             tracing::info!(instance = %self.id(), "ready");
                             let passed = format!("GET {} → passed", app.readiness.path);
                             self.update(|st, _| {
@@ -638,25 +630,25 @@ impl Instance {
                                 ))));
                             }
                         }
-                    }
-                    (ProbeKind::Readiness, Err(e)) => {
-                        fail_run += 1;
-                        ok_run = 0;
-                        if ready && fail_run >= fall {
-                            ready = false;
+                        (Flip::NotReady, Err(e)) => {
                             tracing::warn!(instance = %self.id(), error = %e, "not ready");
                             self.update(|st, _| {
                                 st.state = InstanceState::NotReady;
                                 st.last_probe = Some(e);
                             });
                         }
-                    }
-                    (ProbeKind::Liveness, Ok(())) => live_fails = 0,
-                    (ProbeKind::Liveness, Err(e)) => {
-                        live_fails += 1;
-                        if live_fails >= live_fall {
+                        // Still starting (or out of rotation): remember why, for the failure
+                        // message.
+                        (Flip::Unchanged, Err(e)) if !readiness.is_ready() => {
+                            self.update(|st, _| st.last_probe = Some(e));
+                        }
+                        _ => {}
+                    },
+                    ProbeKind::Liveness => {
+                        if let Some(n) = live.observe(result.is_ok()) {
+                            let e = result.err().unwrap_or_default();
                             return Why::LivenessFailed(format!(
-                                "liveness failed {live_fails} times in a row (last: {e})"
+                                "liveness failed {n} times in a row (last: {e})"
                             ));
                         }
                     }
@@ -724,23 +716,11 @@ impl Instance {
 
     /// Records a restart and, if this instance restarted too often within the window, the
     /// version's crash loop.
-    fn note_restart(
-        &self,
-        last_exit: String,
-        recent: &mut VecDeque<Instant>,
-        window: Duration,
-        threshold: u32,
-    ) {
-        let now = Instant::now();
-        recent.push_back(now);
-        while recent
-            .front()
-            .is_some_and(|t| now.duration_since(*t) > window)
-        {
-            recent.pop_front();
-        }
-        let n = recent.len() as u32;
-        let looping = n >= threshold.max(1);
+    fn note_restart(&self, last_exit: String, restarts: &mut CrashWindow, window: Duration) {
+        let Restarts {
+            within_window: n,
+            looping,
+        } = restarts.record(Instant::now());
         if looping {
             tracing::error!(instance = %self.id(), restarts = n, ?window, %last_exit, "crash loop");
         }
