@@ -20,17 +20,14 @@ query = "histogram_quantile(0.99, rate(http_request_duration_seconds_bucket[30s]
 for = "45s"
 "#;
 
-/// A config whose only abort rule is `rule`, with `extra` appended.
-fn with_rules(rule: &str, extra: &str) -> String {
-    let base = common::config_text();
+/// A config whose only abort rule is `rule`, with `extra` added.
+fn with_rules(rule: &str, extra: &str) -> common::ConfigBuilder {
     // Drop the built-in abort rules: the PromQL rule alone must do the work.
-    let start = base.find("[[rollout.aborts]]").unwrap();
-    let end = base.find("[log]").unwrap();
-    format!(
-        "{}{rule}\n[metrics]\nretention = \"2m\"\nprometheus_version = 2\n{extra}\n{}",
-        &base[..start],
-        &base[end..]
-    )
+    common::config()
+        .no_aborts()
+        .merge(rule)
+        .merge("[metrics]\nretention = \"2m\"\nprometheus_version = 2\n")
+        .merge(extra)
 }
 
 /// A gate on a metric only the instances expose (demo-app's own request counter), scraped from
@@ -190,10 +187,7 @@ query = "sum(rate(http_requests_total{code=~\"5..\"}[30s])) > 1"
 "#;
     let extra =
         format!("[prometheus]\nurl = \"http://{dead}\"\ntimeout = \"200ms\"\nretries = 1\n");
-    let text = with_rules(gate, &extra).replace(
-        "min_samples = 10",
-        "min_samples = 10\nmax_inconclusive = \"3s\"",
-    );
+    let text = with_rules(gate, &extra).max_inconclusive("3s");
     let h = Harness::start_with(text).await;
     h.first_release("v1").await;
     let load = h.load(400, Duration::from_secs(5));
@@ -222,10 +216,8 @@ query = "sum(rate(http_requests_total{code=~\"5..\"}[30s])) > 1"
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alertmanager_webhook_aborts_a_matching_rollout_only() {
     let _g = serial().await;
-    let text = common::config_text().replace(
-        "[log]",
-        "[alerts]\nmatch = { service = \"{{service}}\", severity = \"page\" }\n\n[log]",
-    );
+    let text = common::config()
+        .merge("[alerts]\nmatch = { service = \"{{service}}\", severity = \"page\" }\n");
     let h = Harness::start_with(text).await;
     h.first_release("v1").await;
     h.deploy("v2", json!({})).await.unwrap();
@@ -361,9 +353,9 @@ async fn a_dead_notification_sink_does_not_delay_the_rollout() {
     let (flaky, seen) = receiver(2).await;
     let sinks = format!(
         "[[notify]]\nname = \"down\"\nurl = \"http://{dead}/hook\"\ntimeout = \"2s\"\nmax_attempts = 10\n\n\
-         [[notify]]\nname = \"flaky\"\nurl = \"http://{flaky}/hook\"\nformat = \"json\"\n\n[log]"
+         [[notify]]\nname = \"flaky\"\nurl = \"http://{flaky}/hook\"\nformat = \"json\"\n"
     );
-    let h = Harness::start_with(common::config_text().replace("[log]", &sinks)).await;
+    let h = Harness::start_with(common::config().merge(&sinks)).await;
     h.first_release("v1").await;
     let load = h.load(200, Duration::from_secs(5));
     let started = std::time::Instant::now();
@@ -456,11 +448,8 @@ async fn embedded_evaluator_and_prometheus_agree_on_cutovers_metrics() {
         "[prometheus]\nurl = \"{}\"\ntimeout = \"1s\"\nretries = 1\n",
         prom.url()
     );
-    let text = with_rules(&rules, &extra).replace(
-        "listen = \"127.0.0.1:0\"\n[app]",
-        &format!("listen = \"{admin}\"\n[app]"),
-    );
-    assert!(text.contains(&admin.to_string()));
+    let text = with_rules(&rules, &extra).admin_listen(admin);
+    assert!(text.to_toml().contains(&admin.to_string()));
     let h = Harness::start_in(dir, text).await;
     h.first_release("v1").await;
     let load = h.load(300, Duration::from_secs(5));

@@ -211,6 +211,18 @@ impl ConfigBuilder {
         self.set("app.command", strings(argv))
     }
 
+    /// Replaces the program, `app.command[0]`, with `words` (one path, or an interpreter and
+    /// its script), keeping the arguments after it.
+    pub fn program(self, words: &[&str]) -> Self {
+        let Some(Value::Array(old)) = self.get("app.command") else {
+            panic!("program: no app.command list in the config")
+        };
+        assert!(!old.is_empty(), "program: app.command is empty");
+        let mut argv = strings(words).as_array().unwrap().clone();
+        argv.extend(old[1..].iter().cloned());
+        self.set("app.command", argv)
+    }
+
     /// `app.env`, replacing the base environment.
     pub fn env(self, vars: &[(&str, &str)]) -> Self {
         let env: Table = vars
@@ -347,7 +359,8 @@ mod tests {
             .drain_timeout("500ms")
             .quiet_period("300ms")
             .initial_weight(50.0)
-            .env(&[("A", "1")]);
+            .env(&[("A", "1")])
+            .program(&["python3", "app.py"]);
         assert_eq!(
             b.get("app.stop.drain_timeout").unwrap().as_str(),
             Some("500ms")
@@ -359,6 +372,12 @@ mod tests {
         assert_eq!(b.get("rollout.initial_weight"), Some(&Value::Float(50.0)));
         assert_eq!(b.get("app.env.A").unwrap().as_str(), Some("1"));
         assert!(b.get("app.env.DEMO_LATENCY").is_none());
+        let argv = b.get("app.command").unwrap().as_array().unwrap();
+        let argv: Vec<_> = argv.iter().map(|v| v.as_str().unwrap()).collect();
+        assert_eq!(
+            argv,
+            ["python3", "app.py", "--port", "{port}", "--version", "{version}"]
+        );
     }
 
     #[test]
