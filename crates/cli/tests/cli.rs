@@ -214,7 +214,10 @@ fn cli_config(h: &common::Harness) -> std::path::PathBuf {
     let text = common::ConfigBuilder::parse(&h.text)
         .admin_listen(h.client.addr())
         .to_toml();
-    assert_ne!(text, h.text, "the harness config's admin.listen is already that address");
+    assert_ne!(
+        text, h.text,
+        "the harness config's admin.listen is already that address"
+    );
     let path = h.dir.path().join("cli.toml");
     std::fs::write(&path, text).unwrap();
     path

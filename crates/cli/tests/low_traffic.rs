@@ -15,9 +15,7 @@ const RATE: u32 = 20;
 const DEADLINE: Duration = Duration::from_secs(90);
 
 fn config() -> common::ConfigBuilder {
-    common::config()
-        .max_lookback("30s")
-        .max_inconclusive("60s")
+    common::config().max_lookback("30s").max_inconclusive("60s")
 }
 
 /// The decisions of the last rollout, oldest first.

@@ -190,10 +190,7 @@ async fn orders_survive_abort_and_promotion_with_app_driven_drain() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orders_survive_a_cutover_driven_drain() {
     let _g = serial().await;
-    let (h, load) = canary_with_orders_then_abort(false, |t| {
-        t.drain_timeout("500ms")
-    })
-    .await;
+    let (h, load) = canary_with_orders_then_abort(false, |t| t.drain_timeout("500ms")).await;
     h.wait_for("more orders on v1", LONG, |_| {
         load.snapshot()
             .acked_by_version

@@ -376,7 +376,14 @@ mod tests {
         let argv: Vec<_> = argv.iter().map(|v| v.as_str().unwrap()).collect();
         assert_eq!(
             argv,
-            ["python3", "app.py", "--port", "{port}", "--version", "{version}"]
+            [
+                "python3",
+                "app.py",
+                "--port",
+                "{port}",
+                "--version",
+                "{version}"
+            ]
         );
     }
 

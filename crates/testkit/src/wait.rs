@@ -2,10 +2,16 @@ use std::fmt::Display;
 use std::future::Future;
 use std::time::Duration;
 
-/// How often [`eventually`] and [`eventually_blocking`] look again.
+/// The longest pause between two checks of [`eventually`] and [`eventually_blocking`]. The
+/// first checks come sooner (1 ms, doubling up to this), so a condition that holds quickly is
+/// seen quickly, and a long wait does not load a busy machine with checks.
 pub const POLL: Duration = Duration::from_millis(20);
 
-/// Checks `cond` every [`POLL`] until it returns `Ok`, and returns that value; panics after
+fn next(pause: Duration) -> Duration {
+    (pause * 2).min(POLL)
+}
+
+/// Checks `cond` (at most [`POLL`] apart) until it returns `Ok`, and returns that value; panics after
 /// `deadline` naming `what` and the last `Err` it saw (the state that was not yet right).
 ///
 /// The deadline is measured on tokio's clock, so on a paused runtime it advances with the
@@ -32,6 +38,7 @@ where
     Fut: Future<Output = Result<T, E>>,
 {
     let start = tokio::time::Instant::now();
+    let mut pause = Duration::from_millis(1);
     loop {
         let last = match cond().await {
             Ok(v) => return v,
@@ -40,7 +47,8 @@ where
         if start.elapsed() > deadline {
             panic!("timed out after {deadline:?} waiting for {what}; last seen:\n{last}");
         }
-        tokio::time::sleep(POLL).await;
+        tokio::time::sleep(pause).await;
+        pause = next(pause);
     }
 }
 
@@ -52,6 +60,7 @@ where
     F: FnMut() -> Result<T, E>,
 {
     let start = std::time::Instant::now();
+    let mut pause = Duration::from_millis(1);
     loop {
         let last = match cond() {
             Ok(v) => return v,
@@ -60,7 +69,8 @@ where
         if start.elapsed() > deadline {
             panic!("timed out after {deadline:?} waiting for {what}; last seen:\n{last}");
         }
-        std::thread::sleep(POLL);
+        std::thread::sleep(pause);
+        pause = next(pause);
     }
 }
 
@@ -91,6 +101,19 @@ mod tests {
             Err::<(), _>("still 0")
         })
         .await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn checks_soon_then_at_most_poll_apart() {
+        let start = tokio::time::Instant::now();
+        let mut at = Vec::new();
+        eventually(Duration::from_secs(1), "eight checks", || {
+            at.push(start.elapsed());
+            std::future::ready(if at.len() == 8 { Ok(()) } else { Err("") })
+        })
+        .await;
+        let ms: Vec<u128> = at.iter().map(Duration::as_millis).collect();
+        assert_eq!(ms, [0, 1, 3, 7, 15, 31, 51, 71]);
     }
 
     #[test]

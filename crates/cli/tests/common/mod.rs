@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use std::time::Duration;
 
 #[allow(unused_imports)] // not every test file uses every item
-pub use cutover_testkit::{demo_app, eventually, ConfigBuilder};
+pub use cutover_testkit::{dead_addr, demo_app, eventually, upstream, ConfigBuilder, Reply};
 
 /// The time-compressed end-to-end config: 50 ms evaluations over 1 s windows, 400 ms steps
 /// from 5 % (see `ConfigBuilder::e2e`). Tests change it through the builder's checked setters.
