@@ -359,10 +359,7 @@ async fn client_round_trips() {
 
 #[tokio::test]
 async fn client_says_when_cutover_is_not_running() {
-    let addr = {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        l.local_addr().unwrap()
-    };
+    let addr = cutover_testkit::dead_addr().await;
     let err = AdminClient::new(addr, TOKEN.into())
         .get("/v1/status")
         .await

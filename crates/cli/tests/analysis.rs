@@ -20,17 +20,14 @@ query = "histogram_quantile(0.99, rate(http_request_duration_seconds_bucket[30s]
 for = "45s"
 "#;
 
-/// A config whose only abort rule is `rule`, with `extra` appended.
-fn with_rules(rule: &str, extra: &str) -> String {
-    let base = common::config_text();
+/// A config whose only abort rule is `rule`, with `extra` added.
+fn with_rules(rule: &str, extra: &str) -> common::ConfigBuilder {
     // Drop the built-in abort rules: the PromQL rule alone must do the work.
-    let start = base.find("[[rollout.aborts]]").unwrap();
-    let end = base.find("[log]").unwrap();
-    format!(
-        "{}{rule}\n[metrics]\nretention = \"2m\"\nprometheus_version = 2\n{extra}\n{}",
-        &base[..start],
-        &base[end..]
-    )
+    common::config()
+        .no_aborts()
+        .merge(rule)
+        .merge("[metrics]\nretention = \"2m\"\nprometheus_version = 2\n")
+        .merge(extra)
 }
 
 /// A gate on a metric only the instances expose (demo-app's own request counter), scraped from
@@ -190,10 +187,7 @@ query = "sum(rate(http_requests_total{code=~\"5..\"}[30s])) > 1"
 "#;
     let extra =
         format!("[prometheus]\nurl = \"http://{dead}\"\ntimeout = \"200ms\"\nretries = 1\n");
-    let text = with_rules(gate, &extra).replace(
-        "min_samples = 10",
-        "min_samples = 10\nmax_inconclusive = \"3s\"",
-    );
+    let text = with_rules(gate, &extra).max_inconclusive("3s");
     let h = Harness::start_with(text).await;
     h.first_release("v1").await;
     let load = h.load(400, Duration::from_secs(5));
@@ -222,10 +216,8 @@ query = "sum(rate(http_requests_total{code=~\"5..\"}[30s])) > 1"
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alertmanager_webhook_aborts_a_matching_rollout_only() {
     let _g = serial().await;
-    let text = common::config_text().replace(
-        "[log]",
-        "[alerts]\nmatch = { service = \"{{service}}\", severity = \"page\" }\n\n[log]",
-    );
+    let text = common::config()
+        .merge("[alerts]\nmatch = { service = \"{{service}}\", severity = \"page\" }\n");
     let h = Harness::start_with(text).await;
     h.first_release("v1").await;
     h.deploy("v2", json!({})).await.unwrap();
@@ -293,77 +285,23 @@ async fn alertmanager_webhook_aborts_a_matching_rollout_only() {
     h.shutdown().await;
 }
 
-/// A webhook receiver on 127.0.0.1:0 that answers 500 to its first `fail_first` requests and
-/// keeps every body it accepted.
-async fn receiver(
-    fail_first: usize,
-) -> (
-    std::net::SocketAddr,
-    std::sync::Arc<std::sync::Mutex<(usize, Vec<serde_json::Value>)>>,
-) {
-    use http_body_util::BodyExt;
-    let seen = std::sync::Arc::new(std::sync::Mutex::new((0usize, Vec::new())));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let state = seen.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            let state = state.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(
-                    move |req: hyper::Request<hyper::body::Incoming>| {
-                        let state = state.clone();
-                        async move {
-                            let body = req
-                                .into_body()
-                                .collect()
-                                .await
-                                .map(|b| b.to_bytes())
-                                .unwrap_or_default();
-                            let mut s = state.lock().unwrap();
-                            s.0 += 1;
-                            let status = if s.0 <= fail_first {
-                                500
-                            } else {
-                                s.1.push(serde_json::from_slice(&body).unwrap_or_default());
-                                200
-                            };
-                            Ok::<_, std::convert::Infallible>(
-                                hyper::Response::builder()
-                                    .status(status)
-                                    .body(http_body_util::Full::new(bytes::Bytes::new()))
-                                    .unwrap(),
-                            )
-                        }
-                    },
-                );
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
-    (addr, seen)
-}
-
 /// A sink that is down does not delay the rollout; a sink that fails twice gets every event,
 /// in order, after retries.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_notification_sink_does_not_delay_the_rollout() {
     let _g = serial().await;
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let (flaky, seen) = receiver(2).await;
+    let dead = common::dead_addr().await;
+    // A webhook receiver that answers 500 to its first two requests.
+    let receiver = common::upstream()
+        .otherwise(|_, n| common::Reply::new(if n <= 2 { 500 } else { 200 }, ""))
+        .spawn()
+        .await;
+    let flaky = receiver.addr;
     let sinks = format!(
         "[[notify]]\nname = \"down\"\nurl = \"http://{dead}/hook\"\ntimeout = \"2s\"\nmax_attempts = 10\n\n\
-         [[notify]]\nname = \"flaky\"\nurl = \"http://{flaky}/hook\"\nformat = \"json\"\n\n[log]"
+         [[notify]]\nname = \"flaky\"\nurl = \"http://{flaky}/hook\"\nformat = \"json\"\n"
     );
-    let h = Harness::start_with(common::config_text().replace("[log]", &sinks)).await;
+    let h = Harness::start_with(common::config().merge(&sinks)).await;
     h.first_release("v1").await;
     let load = h.load(200, Duration::from_secs(5));
     let started = tokio::time::Instant::now();
@@ -376,33 +314,34 @@ async fn a_dead_notification_sink_does_not_delay_the_rollout() {
         started.elapsed()
     );
     assert_eq!(load.stop().await.failed, 0);
-    let t = tokio::time::Instant::now();
-    loop {
-        let kinds: Vec<String> = seen
-            .lock()
-            .unwrap()
-            .1
+    let kinds = common::eventually(LONG, "promoted delivered", || {
+        // The bodies it accepted: every request after the first two.
+        let kinds: Vec<String> = receiver
+            .seen()
             .iter()
+            .skip(2)
+            .map(|r| serde_json::from_slice::<serde_json::Value>(&r.body).unwrap_or_default())
             .filter(|n| n["rollout"] == 2)
             .map(|n| n["kind"].as_str().unwrap_or("").to_string())
             .collect();
-        if kinds.last().map(String::as_str) == Some("promoted") {
-            assert_eq!(
-                kinds.first().map(String::as_str),
-                Some("started"),
-                "{kinds:?}"
-            );
-            assert!(
-                kinds.iter().filter(|k| *k == "step").count() >= 5,
-                "{kinds:?}"
-            );
-            break;
-        }
-        assert!(t.elapsed() < LONG, "promoted never delivered: {kinds:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        std::future::ready(if kinds.last().map(String::as_str) == Some("promoted") {
+            Ok(kinds)
+        } else {
+            Err(format!("{kinds:?}"))
+        })
+    })
+    .await;
+    assert_eq!(
+        kinds.first().map(String::as_str),
+        Some("started"),
+        "{kinds:?}"
+    );
     assert!(
-        seen.lock().unwrap().0 >= 2 + 7,
+        kinds.iter().filter(|k| *k == "step").count() >= 5,
+        "{kinds:?}"
+    );
+    assert!(
+        receiver.hits() >= 2 + 7,
         "the first two attempts failed and were retried"
     );
     h.shutdown().await;
@@ -456,11 +395,8 @@ async fn embedded_evaluator_and_prometheus_agree_on_cutovers_metrics() {
         "[prometheus]\nurl = \"{}\"\ntimeout = \"1s\"\nretries = 1\n",
         prom.url()
     );
-    let text = with_rules(&rules, &extra).replace(
-        "listen = \"127.0.0.1:0\"\n[app]",
-        &format!("listen = \"{admin}\"\n[app]"),
-    );
-    assert!(text.contains(&admin.to_string()));
+    let text = with_rules(&rules, &extra).admin_listen(admin);
+    assert!(text.to_toml().contains(&admin.to_string()));
     let h = Harness::start_in(dir, text).await;
     h.first_release("v1").await;
     let load = h.load(300, Duration::from_secs(5));

@@ -57,13 +57,10 @@ fn validate_accepts_the_example_and_summarises_it() {
 #[test]
 fn invalid_config_exits_64_naming_every_field_and_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let bad = common::config_text()
-        .replace("initial_weight = 5.0", "initial_weight = 0")
-        .replace(
-            "min_samples = 10",
-            "min_samples = 10\nstep_intervall = \"1s\"",
-        );
-    std::fs::write(dir.path().join("cutover.toml"), &bad).unwrap();
+    let bad = common::config()
+        .set("rollout.initial_weight", 0)
+        .insert("rollout.step_intervall", "1s");
+    std::fs::write(dir.path().join("cutover.toml"), bad.to_toml()).unwrap();
     let (code, _, err) = cutover(&["validate"], dir.path());
     assert_eq!(code, 64, "{err}");
     assert!(
@@ -71,8 +68,8 @@ fn invalid_config_exits_64_naming_every_field_and_changes_nothing() {
         "{err}"
     );
 
-    let semantic = common::config_text().replace("initial_weight = 5.0", "initial_weight = 0");
-    std::fs::write(dir.path().join("cutover.toml"), &semantic).unwrap();
+    let semantic = common::config().set("rollout.initial_weight", 0);
+    std::fs::write(dir.path().join("cutover.toml"), semantic.to_toml()).unwrap();
     let (code, _, err) = cutover(&["run"], dir.path());
     assert_eq!(code, 64, "{err}");
     assert!(err.contains("rollout.initial_weight"), "{err}");
@@ -88,11 +85,11 @@ fn invalid_config_exits_64_naming_every_field_and_changes_nothing() {
 fn validate_checks_the_program_and_workdir_with_every_other_problem() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
-    let exe = common::demo_app().display().to_string();
     let write = |program: &str, extra: &str| {
-        let text = common::config_text()
-            .replace(&format!("{exe:?}"), &format!("{program:?}"))
-            .replace("[app]", &format!("[app]\n{extra}"));
+        let text = common::config()
+            .program(&[program])
+            .merge(&format!("[app]\n{extra}"))
+            .to_toml();
         assert!(text.contains(&format!("command = [{program:?}")), "{text}");
         std::fs::write(dir.path().join("cutover.toml"), text).unwrap();
     };
@@ -100,8 +97,8 @@ fn validate_checks_the_program_and_workdir_with_every_other_problem() {
     write("./bin/app", "workdir = \"run\"");
     let path = dir.path().join("cutover.toml");
     let text = std::fs::read_to_string(&path).unwrap();
-    assert!(text.contains("instances = 1"));
-    std::fs::write(&path, text.replace("instances = 1", "instances = \"two\"")).unwrap();
+    let text = common::ConfigBuilder::parse(&text).set("app.instances", "two");
+    std::fs::write(&path, text.to_toml()).unwrap();
     let (code, _, err) = cutover(&["validate"], dir.path());
     assert_eq!(code, 64, "{err}");
     assert!(
@@ -173,7 +170,7 @@ fn missing_config_and_unreachable_runtime_have_clear_errors() {
         "{err}"
     );
 
-    std::fs::write(dir.path().join("cutover.toml"), common::config_text()).unwrap();
+    std::fs::write(dir.path().join("cutover.toml"), common::config().to_toml()).unwrap();
     std::fs::create_dir_all(dir.path().join("state")).unwrap();
     std::fs::write(dir.path().join("state/admin.token"), "t").unwrap();
     // admin.listen is port 0 in this config: nothing can be listening there.
@@ -185,7 +182,7 @@ fn missing_config_and_unreachable_runtime_have_clear_errors() {
 #[test]
 fn bad_arguments_exit_64() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("cutover.toml"), common::config_text()).unwrap();
+    std::fs::write(dir.path().join("cutover.toml"), common::config().to_toml()).unwrap();
     let (code, _, err) = cutover(&["deploy", "v2", "--env", "NOEQUALS"], dir.path());
     assert_eq!(code, 64, "{err}");
     assert!(err.contains("KEY=VALUE"), "{err}");
@@ -197,8 +194,8 @@ fn bad_arguments_exit_64() {
 fn unsupported_promql_is_refused_at_load_naming_the_field() {
     let dir = tempfile::tempdir().unwrap();
     let rule = "[[rollout.aborts]]\nname = \"trend\"\nmetric = \"promql\"\nquery = \"predict_linear(x[5m], 60) > 0\"\n\n[[rollout.aborts]]\nname = \"typo\"\nmetric = \"promql\"\nquery = \"rate(x[1m]) > {{trak}}\"\n";
-    let text = common::config_text().replace("[log]", &format!("{rule}\n[log]"));
-    std::fs::write(dir.path().join("cutover.toml"), text).unwrap();
+    let text = common::config().merge(rule);
+    std::fs::write(dir.path().join("cutover.toml"), text.to_toml()).unwrap();
     let (code, _, err) = cutover(&["validate"], dir.path());
     assert_eq!(code, 64, "{err}");
     assert!(
@@ -214,12 +211,13 @@ fn unsupported_promql_is_refused_at_load_naming_the_field() {
 /// A config for the `cutover` CLI next to the harness's: same state directory (and so the same
 /// admin token), with the admin address the harness's cutover actually listens on.
 fn cli_config(h: &common::Harness) -> std::path::PathBuf {
-    let text = h.text.replacen(
-        "[admin]\nlisten = \"127.0.0.1:0\"",
-        &format!("[admin]\nlisten = \"{}\"", h.client.addr()),
-        1,
+    let text = common::ConfigBuilder::parse(&h.text)
+        .admin_listen(h.client.addr())
+        .to_toml();
+    assert_ne!(
+        text, h.text,
+        "the harness config's admin.listen is already that address"
     );
-    assert_ne!(text, h.text, "the harness config's [admin] section moved");
     let path = h.dir.path().join("cli.toml");
     std::fs::write(&path, text).unwrap();
     path
@@ -357,8 +355,8 @@ async fn run_logs_to_a_file_in_plain_text() {
     let _g = common::serial().await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("cutover.toml");
-    let text = common::config_text().replace("[log]\nlevel = \"warn\"", "[log]\nlevel = \"info\"");
-    std::fs::write(&cfg, text).unwrap();
+    let text = common::config().log_level("info");
+    std::fs::write(&cfg, text.to_toml()).unwrap();
     let log_path = dir.path().join("run.log");
     let mut run = Command::new(env!("CARGO_BIN_EXE_cutover"))
         .arg("-c")

@@ -196,29 +196,19 @@ async fn wait_clients(
     }
 }
 
-fn config(dir: &Path) -> String {
-    let demo = format!("{:?}", common::demo_app().display().to_string());
-    let app = format!(
-        "\"python3\", {:?}",
-        apps().join("ws_orders.py").display().to_string()
-    );
-    let text = common::config_text()
-        .replace(&demo, &app)
-        .replace(
-            "env = { DEMO_LATENCY = \"1ms\" }",
-            &format!(
-                "env = {{ ORDERS_STATE_DIR = \"{}/{{version}}-{{instance}}\" }}",
-                dir.join("exec").display()
-            ),
-        )
-        .replace("grace = \"2s\"", "grace = \"2s\"\nquiet_period = \"300ms\"")
-        .replace("drain_timeout = \"3s\"", "drain_timeout = \"500ms\"")
-        .replace("initial_weight = 5.0", "initial_weight = 50.0")
-        .replace("step_interval = \"400ms\"", "step_interval = \"60s\"")
-        .replace("hold_previous = \"60s\"", "hold_previous = \"1s\"");
-    assert!(text.contains("ws_orders.py"), "{text}");
-    // Clients stick by name, so that some land on the canary at 50 %.
-    format!("{text}\n[sticky]\nquery = \"client\"\n")
+fn config(dir: &Path) -> common::ConfigBuilder {
+    let script = apps().join("ws_orders.py").display().to_string();
+    let state = format!("{}/{{version}}-{{instance}}", dir.join("exec").display());
+    common::config()
+        .program(&["python3", &script])
+        .env(&[("ORDERS_STATE_DIR", &state)])
+        .quiet_period("300ms")
+        .drain_timeout("500ms")
+        .initial_weight(50.0)
+        .step_interval("60s")
+        .hold_previous("1s")
+        // Clients stick by name, so that some land on the canary at 50 %.
+        .merge("[sticky]\nquery = \"client\"\n")
 }
 
 /// Lines of every instance's `<name>` file under `exec/`.

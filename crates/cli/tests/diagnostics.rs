@@ -38,7 +38,7 @@ fn aborted_reason(s: &cutover_host::status::StatusView) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_that_never_gets_ready_explains_itself() {
     let _g = serial().await;
-    let text = common::config_text().replace("start_timeout = \"20s\"", "start_timeout = \"1s\"");
+    let text = common::config().start_timeout("1s");
     let h = Harness::start_with(text).await;
     h.deploy(
         "v1",
@@ -175,10 +175,9 @@ async fn a_bad_metrics_exposition_is_warned_about_once() {
 /// binds port 0; the binary reads the address from the config).
 fn cli_config(h: &Harness) -> std::path::PathBuf {
     let addr = h.running().admin_addr;
-    let text = h.text.replace(
-        "[admin]\nlisten = \"127.0.0.1:0\"",
-        &format!("[admin]\nlisten = \"{addr}\""),
-    );
+    let text = common::ConfigBuilder::parse(&h.text)
+        .admin_listen(addr)
+        .to_toml();
     assert_ne!(text, h.text);
     let path = h.dir.path().join("cli.toml");
     std::fs::write(&path, text).unwrap();
@@ -304,17 +303,7 @@ ThreadingHTTPServer(("127.0.0.1", port), H).serve_forever()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_edited_script_is_a_new_release() {
     let _g = serial().await;
-    let text: String = common::config_text()
-        .lines()
-        .map(|l| {
-            if l.starts_with("command = ") {
-                "command = [\"python3\", \"app.py\", \"--port\", \"{port}\"]".to_string()
-            } else {
-                l.to_string()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
+    let text = common::config().command(&["python3", "app.py", "--port", "{port}"]);
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("app.py"), PY_APP).unwrap();
     let h = Harness::start_in(dir, text).await;

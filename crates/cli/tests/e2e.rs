@@ -18,8 +18,7 @@ const LONG: Duration = Duration::from_secs(60);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn healthy_rollout_reaches_full_with_zero_failed_requests() {
     let _g = serial().await;
-    let text =
-        common::config_text().replace("hold_previous = \"60s\"", "hold_previous = \"1500ms\"");
+    let text = common::config().hold_previous("1500ms");
     let h = Harness::start_with(text).await;
     h.first_release("v1").await;
     let load = h.load(300, Duration::from_secs(5));
@@ -410,8 +409,7 @@ async fn bad_api_requests_are_refused_and_change_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_executable_is_a_clear_error() {
     let _g = serial().await;
-    let exe = common::demo_app().display().to_string();
-    let text = common::config_text().replace(&format!("{exe:?}"), "\"./releases/{version}/app\"");
+    let text = common::config().program(&["./releases/{version}/app"]);
     let h = Harness::start_with(text).await;
     let err = h.deploy("v1", json!({})).await.unwrap_err();
     let ClientError::Api {

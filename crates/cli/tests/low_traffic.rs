@@ -14,11 +14,8 @@ use std::time::Duration;
 const RATE: u32 = 20;
 const DEADLINE: Duration = Duration::from_secs(90);
 
-fn config() -> String {
-    common::config_text().replace(
-        "min_samples = 10",
-        "min_samples = 10\nmax_lookback = \"30s\"\nmax_inconclusive = \"60s\"",
-    )
+fn config() -> common::ConfigBuilder {
+    common::config().max_lookback("30s").max_inconclusive("60s")
 }
 
 /// The decisions of the last rollout, oldest first.

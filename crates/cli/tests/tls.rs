@@ -112,9 +112,8 @@ async fn http2_over_tls_rollout_has_no_failed_streams_and_shutdown_sends_goaway(
     let _g = serial().await;
     let dir = tempfile::tempdir().unwrap();
     let root = write_cert(dir.path());
-    let text = common::config_text().replace(
-        "[admin]",
-        "[service.tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\nreload_interval = \"100ms\"\n[admin]",
+    let text = common::config().merge(
+        "[service.tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\nreload_interval = \"100ms\"\n",
     );
     let h = Harness::start_in(dir, text).await;
     h.first_release("v1").await;
@@ -212,11 +211,9 @@ async fn http2_over_tls_rollout_has_no_failed_streams_and_shutdown_sends_goaway(
 #[tokio::test]
 async fn a_missing_certificate_is_a_start_error_naming_the_field() {
     let dir = tempfile::tempdir().unwrap();
-    let text = common::config_text().replace(
-        "[admin]",
-        "[service.tls]\ncert = \"missing.pem\"\nkey = \"key.pem\"\n[admin]",
-    );
-    let config = cutover_core::spec::Config::from_toml_str(&text).unwrap();
+    let config = common::config()
+        .merge("[service.tls]\ncert = \"missing.pem\"\nkey = \"key.pem\"\n")
+        .build();
     let loaded = cutover_host::config::Loaded {
         config,
         path: dir.path().join("cutover.toml"),
@@ -232,10 +229,9 @@ async fn a_missing_certificate_is_a_start_error_naming_the_field() {
         "{msg}"
     );
 
-    let empty = common::config_text().replace(
-        "[admin]",
-        "[service.tls]\ncert = \"\"\nkey = \"key.pem\"\n[admin]",
-    );
+    let empty = common::config()
+        .merge("[service.tls]\ncert = \"\"\nkey = \"key.pem\"\n")
+        .to_toml();
     let err = cutover_core::spec::Config::from_toml_str(&empty).unwrap_err();
     assert!(err.to_string().contains("service.tls.cert"), "{err}");
 }

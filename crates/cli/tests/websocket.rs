@@ -36,25 +36,23 @@ fn executed(dir: &Path) -> BTreeMap<String, u32> {
     out
 }
 
-fn config(dir: &Path, drain_path: bool) -> String {
-    let exec = dir.join("exec");
-    let drain = if drain_path {
-        "drain_path = \"/drain\"\n"
+fn config(dir: &Path, drain_path: bool) -> common::ConfigBuilder {
+    let state = format!("{}/{{version}}-{{instance}}", dir.join("exec").display());
+    let c = common::config()
+        .env(&[
+            ("DEMO_STATE_DIR", &state),
+            ("DEMO_ORDER_DELAY", "20ms"),
+            ("DEMO_ORDER_DELAY_JITTER", "600ms"),
+        ])
+        .quiet_period("300ms")
+        .initial_weight(50.0)
+        .step_interval("60s")
+        .hold_previous("1s");
+    if drain_path {
+        c.drain_path("/drain")
     } else {
-        ""
-    };
-    common::config_text()
-        .replace(
-            "env = { DEMO_LATENCY = \"1ms\" }",
-            &format!(
-                "env = {{ DEMO_STATE_DIR = \"{}/{{version}}-{{instance}}\", DEMO_ORDER_DELAY = \"20ms\", DEMO_ORDER_DELAY_JITTER = \"600ms\" }}",
-                exec.display()
-            ),
-        )
-        .replace("grace = \"2s\"", &format!("grace = \"2s\"\nquiet_period = \"300ms\"\n{drain}"))
-        .replace("initial_weight = 5.0", "initial_weight = 50.0")
-        .replace("step_interval = \"400ms\"", "step_interval = \"60s\"")
-        .replace("hold_previous = \"60s\"", "hold_previous = \"1s\"")
+        c
+    }
 }
 
 fn orders(h: &Harness) -> Orders {
@@ -71,7 +69,7 @@ fn orders(h: &Harness) -> Orders {
 /// reconnect to v1.
 async fn canary_with_orders_then_abort(
     drain_path: bool,
-    tweak: impl Fn(String) -> String,
+    tweak: impl Fn(common::ConfigBuilder) -> common::ConfigBuilder,
 ) -> (Harness, Orders) {
     let dir = tempfile::tempdir().unwrap();
     let text = tweak(config(dir.path(), drain_path));
@@ -192,10 +190,7 @@ async fn orders_survive_abort_and_promotion_with_app_driven_drain() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orders_survive_a_cutover_driven_drain() {
     let _g = serial().await;
-    let (h, load) = canary_with_orders_then_abort(false, |t| {
-        t.replace("drain_timeout = \"3s\"", "drain_timeout = \"500ms\"")
-    })
-    .await;
+    let (h, load) = canary_with_orders_then_abort(false, |t| t.drain_timeout("500ms")).await;
     h.wait_for("more orders on v1", LONG, |_| {
         load.snapshot()
             .acked_by_version

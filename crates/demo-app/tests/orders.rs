@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
-use tokio::time::Instant;
 
 use bytes::Bytes;
 use futures_util::{SinkExt as _, StreamExt as _};
@@ -92,14 +91,16 @@ impl App {
 
     /// Polls `/metrics` until `line_prefix` reaches `at_least`.
     async fn wait_metric(&self, line_prefix: &str, at_least: f64) {
-        let deadline = Instant::now() + DEADLINE;
-        while self.metric(line_prefix).await < at_least {
-            assert!(
-                Instant::now() < deadline,
-                "{line_prefix} never reached {at_least}"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let what = format!("{line_prefix} to reach {at_least}");
+        cutover_testkit::eventually(DEADLINE, &what, || async {
+            let v = self.metric(line_prefix).await;
+            if v >= at_least {
+                Ok(())
+            } else {
+                Err(v)
+            }
+        })
+        .await
     }
 
     async fn connect(&self) -> Ws {
@@ -360,9 +361,13 @@ async fn wait_orders(
     what: &str,
     cond: impl Fn(&cutover_loadgen::OrdersReport) -> bool,
 ) {
-    let deadline = Instant::now() + DEADLINE;
-    while !cond(&orders.snapshot()) {
-        assert!(Instant::now() < deadline, "{what}: {:?}", orders.snapshot());
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    cutover_testkit::eventually(DEADLINE, what, || {
+        let s = orders.snapshot();
+        std::future::ready(if cond(&s) {
+            Ok(())
+        } else {
+            Err(format!("{s:?}"))
+        })
+    })
+    .await
 }

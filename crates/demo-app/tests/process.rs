@@ -231,16 +231,15 @@ async fn ready_delay_is_honoured() {
     }
     // Liveness is independent of readiness.
     assert_eq!(app.get("/live").await.0, StatusCode::OK);
-    let deadline = Instant::now() + DEADLINE;
-    loop {
+    cutover_testkit::eventually(DEADLINE, "ready", || async {
         let (status, _, _) = app.get("/ready").await;
         if status == StatusCode::OK {
-            break;
+            return Ok(());
         }
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-        assert!(Instant::now() < deadline, "never became ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        Err(status)
+    })
+    .await;
     assert!(spawned.elapsed() >= delay);
 }
 
@@ -271,11 +270,15 @@ async fn sigterm_drains_in_flight_request_then_exits_zero() {
         Ok::<_, hyper_util::client::legacy::Error>((status, version, body))
     });
     // Wait until the slow request is in flight (the scrape itself counts as one).
-    let deadline = Instant::now() + DEADLINE;
-    while app.metric("demo_in_flight ").await.unwrap() < 2.0 {
-        assert!(Instant::now() < deadline, "slow request never arrived");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    cutover_testkit::eventually(DEADLINE, "the slow request in flight", || async {
+        let n = app.metric("demo_in_flight ").await.unwrap();
+        if n >= 2.0 {
+            Ok(())
+        } else {
+            Err(format!("demo_in_flight {n}"))
+        }
+    })
+    .await;
     kill(app.pid(), Signal::SIGTERM).unwrap();
     let slow = tokio::time::timeout(DEADLINE, slow).await.unwrap().unwrap();
     let (status, version, body) = match slow {

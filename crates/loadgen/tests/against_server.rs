@@ -5,7 +5,6 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::time::Instant;
 
 use bytes::Bytes;
 use cutover_loadgen::{FailureKind, Load, LoadConfig, LoadReport};
@@ -100,15 +99,15 @@ fn cfg(addr: SocketAddr, rate: u32) -> LoadConfig {
 
 /// Runs until `cond` holds on a snapshot (or panics after a deadline), then stops.
 async fn run_until(load: Load, cond: impl Fn(&LoadReport) -> bool) -> LoadReport {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !cond(&load.snapshot()) {
-        assert!(
-            Instant::now() < deadline,
-            "condition not reached: {:?}",
-            load.snapshot()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    cutover_testkit::eventually(Duration::from_secs(20), "the condition", || {
+        let s = load.snapshot();
+        std::future::ready(if cond(&s) {
+            Ok(())
+        } else {
+            Err(format!("{s:?}"))
+        })
+    })
+    .await;
     load.stop().await
 }
 

@@ -133,15 +133,15 @@ fn cfg(addr: SocketAddr) -> OrdersConfig {
 
 /// Runs until `cond` holds on a snapshot (or panics after a deadline), then stops.
 async fn run_until(orders: Orders, cond: impl Fn(&OrdersReport) -> bool) -> OrdersReport {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !cond(&orders.snapshot()) {
-        assert!(
-            Instant::now() < deadline,
-            "condition not reached: {:?}",
-            orders.snapshot()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    cutover_testkit::eventually(Duration::from_secs(20), "the condition", || {
+        let s = orders.snapshot();
+        std::future::ready(if cond(&s) {
+            Ok(())
+        } else {
+            Err(format!("{s:?}"))
+        })
+    })
+    .await;
     orders.stop().await
 }
 
@@ -228,11 +228,15 @@ async fn stop_is_bounded_when_acks_never_come() {
         stop_timeout: Duration::from_millis(300),
         ..cfg(server.addr)
     });
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while orders.snapshot().sent_unique < 10 {
-        assert!(Instant::now() < deadline, "{:?}", orders.snapshot());
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    cutover_testkit::eventually(Duration::from_secs(20), "10 orders sent", || {
+        let s = orders.snapshot();
+        std::future::ready(if s.sent_unique >= 10 {
+            Ok(())
+        } else {
+            Err(format!("{s:?}"))
+        })
+    })
+    .await;
     let t = Instant::now();
     let r = orders.stop().await;
     assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());

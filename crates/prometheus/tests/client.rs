@@ -114,10 +114,7 @@ async fn non_api_answers_are_bad_responses() {
 #[tokio::test]
 async fn nothing_listening_is_unreachable_after_the_retries_in_bounded_time() {
     // Bind then release a port so that nothing listens on it.
-    let addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let addr = cutover_testkit::dead_addr().await;
     let started = Instant::now();
     let e = client(&format!("http://{addr}"), 2)
         .query("up", T)
@@ -144,15 +141,9 @@ async fn nothing_listening_is_unreachable_after_the_retries_in_bounded_time() {
 
 #[tokio::test]
 async fn a_hanging_server_times_out_per_attempt() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     // Accepts connections and never answers.
-    let hold = tokio::spawn(async move {
-        let mut open = Vec::new();
-        while let Ok((s, _)) = listener.accept().await {
-            open.push(s);
-        }
-    });
+    let hold = cutover_testkit::silent().await;
+    let addr = hold.addr;
     let c =
         PrometheusClient::new(&format!("http://{addr}"), Duration::from_millis(150), 1).unwrap();
     let started = Instant::now();
@@ -163,7 +154,7 @@ async fn a_hanging_server_times_out_per_attempt() {
     );
     assert!(started.elapsed() < Duration::from_secs(2));
     assert!(e.to_string().contains("did not answer within 150ms"), "{e}");
-    hold.abort();
+    drop(hold);
 }
 
 #[tokio::test]

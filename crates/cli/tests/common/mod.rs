@@ -11,89 +11,15 @@ use cutover_host::status::StatusView;
 use cutover_host::Running;
 use cutover_loadgen::{Load, LoadConfig};
 use serde_json::{json, Value};
-use std::path::PathBuf;
 use std::time::Duration;
-use tokio::time::Instant;
 
-/// The demo-app binary, built by `cargo test --workspace` next to this test's target dir.
-pub fn demo_app() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let debug = exe.parent().and_then(|deps| deps.parent()).unwrap();
-    let p = debug.join("demo-app");
-    assert!(
-        p.is_file(),
-        "{} is missing: run `cargo build --workspace` (or `cargo test --workspace`) first",
-        p.display()
-    );
-    p
-}
+#[allow(unused_imports)] // not every test file uses every item
+pub use cutover_testkit::{dead_addr, demo_app, eventually, upstream, ConfigBuilder, Reply};
 
-/// A time-compressed config: 50 ms evaluations over 1 s windows, 400 ms steps from 5 %.
-pub fn config_text() -> String {
-    format!(
-        r#"
-[service]
-name = "e2e"
-listen = "127.0.0.1:0"
-state_dir = "state"
-[admin]
-listen = "127.0.0.1:0"
-[app]
-command = [{exe:?}, "--port", "{{port}}", "--version", "{{version}}"]
-env = {{ DEMO_LATENCY = "1ms" }}
-instances = 1
-start_timeout = "20s"
-[app.readiness]
-path = "/ready"
-interval = "20ms"
-timeout = "500ms"
-[app.liveness]
-path = "/live"
-interval = "50ms"
-timeout = "500ms"
-failure_threshold = 5
-[app.stop]
-drain_timeout = "3s"
-grace = "2s"
-[app.restart]
-backoff_initial = "50ms"
-backoff_max = "200ms"
-crash_loop_restarts = 3
-crash_loop_window = "20s"
-[rollout]
-initial_weight = 5.0
-step_interval = "400ms"
-interval = "50ms"
-window = "1s"
-min_samples = 10
-max_hold = "60s"
-hold_previous = "60s"
-[[rollout.gates]]
-name = "p99-vs-stable"
-metric = "latency"
-quantile = 0.99
-max_increase_percent = 5.0
-slack = "50ms"
-[[rollout.gates]]
-name = "error-budget"
-metric = "error_ratio"
-max = 0.001
-[[rollout.aborts]]
-name = "p99-over-800ms"
-metric = "latency"
-quantile = 0.99
-above = "800ms"
-for = "500ms"
-[[rollout.aborts]]
-name = "error-budget-fast-burn"
-metric = "error_ratio"
-above = 0.0144
-for = "300ms"
-[log]
-level = "warn"
-"#,
-        exe = demo_app().display().to_string()
-    )
+/// The time-compressed end-to-end config: 50 ms evaluations over 1 s windows, 400 ms steps
+/// from 5 % (see `ConfigBuilder::e2e`). Tests change it through the builder's checked setters.
+pub fn config() -> ConfigBuilder {
+    ConfigBuilder::e2e()
 }
 
 /// One isolated cutover with its own state directory.
@@ -101,28 +27,36 @@ pub struct Harness {
     pub dir: tempfile::TempDir,
     pub running: Option<Running>,
     pub client: AdminClient,
+    /// The config this cutover runs, as written to `cutover.toml`.
     pub text: String,
 }
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// End-to-end tests run one at a time: two cores cannot carry several loaded rollouts at once
-/// without the latency noise the gates are there to catch.
+/// End-to-end tests run one at a time, for CPU alone: two cores cannot carry several loaded
+/// rollouts at once without the latency noise the gates are there to catch (a p99 gate with
+/// 50 ms of slack fails when another test's load and demo-apps compete for the cores). It is not
+/// for shared state: every harness has its own temporary state directory and binds port 0.
+/// Tests that put no load on a rollout (config validation, start errors) need not take it.
 pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
     SERIAL.lock().await
 }
 
 impl Harness {
     pub async fn start() -> Harness {
-        Harness::start_with(config_text()).await
+        Harness::start_with(config()).await
     }
 
-    pub async fn start_with(text: String) -> Harness {
+    pub async fn start_with(config: ConfigBuilder) -> Harness {
         let dir = tempfile::tempdir().unwrap();
-        Harness::start_in(dir, text).await
+        Harness::start_in(dir, config).await
     }
 
-    pub async fn start_in(dir: tempfile::TempDir, text: String) -> Harness {
+    pub async fn start_in(dir: tempfile::TempDir, config: ConfigBuilder) -> Harness {
+        Harness::start_text(dir, config.to_toml()).await
+    }
+
+    async fn start_text(dir: tempfile::TempDir, text: String) -> Harness {
         std::fs::write(dir.path().join("cutover.toml"), &text).unwrap();
         let config = Config::from_toml_str(&text).unwrap();
         let loaded = Loaded {
@@ -148,7 +82,7 @@ impl Harness {
     pub async fn restart(mut self) -> Harness {
         self.running.take().unwrap().shutdown().await;
         let Harness { dir, text, .. } = self;
-        Harness::start_in(dir, text).await
+        Harness::start_text(dir, text).await
     }
 
     pub async fn shutdown(mut self) {
@@ -193,20 +127,15 @@ impl Harness {
         deadline: Duration,
         pred: impl Fn(&StatusView) -> bool,
     ) -> StatusView {
-        let t = Instant::now();
-        loop {
+        eventually(deadline, what, || async {
             let s = self.status().await;
             if pred(&s) {
-                return s;
+                Ok(s)
+            } else {
+                Err(cutover_host::render::status(&s))
             }
-            if t.elapsed() > deadline {
-                panic!(
-                    "timed out after {deadline:?} waiting for {what}; last status:\n{}",
-                    cutover_host::render::status(&s)
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        })
+        .await
     }
 
     /// Deploys `version` as the first release and waits until it is stable.

@@ -144,23 +144,14 @@ impl Receiver {
 
 /// A URL where nothing listens: connecting is refused at once.
 pub async fn refused_url() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    drop(listener);
-    format!("http://{addr}/hook")
+    format!("http://{}/hook", cutover_testkit::dead_addr().await)
 }
 
 /// A server that accepts connections and never answers, to exercise the per-attempt timeout.
-pub async fn silent_url() -> (String, JoinHandle<()>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let task = tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((stream, _)) = listener.accept().await {
-            held.push(stream);
-        }
-    });
-    (format!("http://{addr}/hook"), task)
+/// It stops when the returned guard is dropped.
+pub async fn silent_url() -> (String, cutover_testkit::Silent) {
+    let server = cutover_testkit::silent().await;
+    (format!("http://{}/hook", server.addr), server)
 }
 
 /// A JSON sink with test-sized timings: quick retries, so a retry test takes milliseconds.
@@ -193,12 +184,8 @@ pub fn notice(kind: &str, reason: &str) -> Notice {
 /// Polls `cond` until it holds, failing the test after `within`. For conditions with no event
 /// to wait on (counters read through `Notifier::stats`).
 pub async fn eventually(within: Duration, what: &str, mut cond: impl FnMut() -> bool) {
-    let until = tokio::time::Instant::now() + within;
-    while !cond() {
-        assert!(
-            tokio::time::Instant::now() < until,
-            "not within {within:?}: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    cutover_testkit::eventually(within, what, || {
+        std::future::ready(if cond() { Ok(()) } else { Err("not yet") })
+    })
+    .await
 }

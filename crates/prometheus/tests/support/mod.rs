@@ -4,74 +4,25 @@
 #![allow(dead_code)] // each test binary uses a different part
 
 use std::collections::BTreeMap;
-use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::{body::Incoming, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
+use cutover_testkit::{upstream, Reply, Seen};
 
-type Handler = dyn Fn(&Request<Incoming>) -> Response<Full<Bytes>> + Send + Sync;
+/// Serves every request with a handler until dropped: testkit's upstream.
+pub use cutover_testkit::Upstream as HttpServer;
 
-/// Serves every request with `handler` until dropped.
-pub struct HttpServer {
-    pub addr: SocketAddr,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for HttpServer {
-    fn drop(&mut self) {
-        self.task.abort();
+pub fn respond(status: u16, body: impl Into<String>) -> Reply {
+    Reply {
+        status,
+        headers: vec![("content-type".into(), "application/json".into())],
+        body: body.into().into(),
     }
-}
-
-impl HttpServer {
-    pub async fn start(
-        handler: impl Fn(&Request<Incoming>) -> Response<Full<Bytes>> + Send + Sync + 'static,
-    ) -> HttpServer {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let handler: Arc<Handler> = Arc::new(handler);
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let handler = handler.clone();
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req| {
-                        let handler = handler.clone();
-                        async move { Ok::<_, Infallible>(handler(&req)) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
-        HttpServer { addr, task }
-    }
-
-    pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-}
-
-pub fn respond(status: u16, body: impl Into<String>) -> Response<Full<Bytes>> {
-    Response::builder()
-        .status(StatusCode::from_u16(status).unwrap())
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body.into())))
-        .unwrap()
 }
 
 /// The decoded query-string parameters of a request.
-pub fn params(req: &Request<Incoming>) -> BTreeMap<String, String> {
-    req.uri()
-        .query()
+pub fn params(req: &Seen) -> BTreeMap<String, String> {
+    req.query
+        .as_deref()
         .unwrap_or("")
         .split('&')
         .filter_map(|kv| kv.split_once('='))
@@ -110,23 +61,22 @@ pub struct FakePrometheus {
 
 impl FakePrometheus {
     pub async fn start(
-        script: impl Fn(usize, &BTreeMap<String, String>) -> Response<Full<Bytes>>
-            + Send
-            + Sync
-            + 'static,
+        script: impl Fn(usize, &BTreeMap<String, String>) -> Reply + Send + Sync + 'static,
     ) -> FakePrometheus {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let log = seen.clone();
-        let server = HttpServer::start(move |req| {
-            let p = params(req);
-            let n = {
-                let mut log = log.lock().unwrap();
-                log.push(p.clone());
-                log.len()
-            };
-            script(n, &p)
-        })
-        .await;
+        let server = upstream()
+            .otherwise(move |req, _| {
+                let p = params(req);
+                let n = {
+                    let mut log = log.lock().unwrap();
+                    log.push(p.clone());
+                    log.len()
+                };
+                script(n, &p)
+            })
+            .spawn()
+            .await;
         FakePrometheus { server, seen }
     }
 
@@ -230,22 +180,21 @@ impl RolloutMetrics {
 /// Serves [`RolloutMetrics`] on `/metrics`, requiring `Authorization: Bearer <token>`.
 pub async fn metrics_target(token: &'static str) -> HttpServer {
     let metrics = Mutex::new(RolloutMetrics::default());
-    HttpServer::start(move |req| {
-        let auth = req
-            .headers()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok());
-        if auth != Some(&format!("Bearer {token}")) {
-            return respond(401, "missing or wrong bearer token");
-        }
-        if req.uri().path() != "/metrics" {
-            return respond(404, "not found");
-        }
-        let text = metrics.lock().unwrap().scrape();
-        Response::builder()
-            .header("content-type", "text/plain; version=0.0.4")
-            .body(Full::new(Bytes::from(text)))
-            .unwrap()
-    })
-    .await
+    upstream()
+        .otherwise(move |req, _| {
+            if req.header("authorization") != Some(&format!("Bearer {token}")) {
+                return respond(401, "missing or wrong bearer token");
+            }
+            if req.path != "/metrics" {
+                return respond(404, "not found");
+            }
+            let text = metrics.lock().unwrap().scrape();
+            Reply {
+                status: 200,
+                headers: vec![("content-type".into(), "text/plain; version=0.0.4".into())],
+                body: text.into(),
+            }
+        })
+        .spawn()
+        .await
 }

@@ -271,11 +271,8 @@ pub async fn ws_echo() -> SocketAddr {
     addr
 }
 
-/// An address nothing listens on: bound, read, released.
-pub async fn dead_addr() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    listener.local_addr().unwrap()
-}
+#[allow(unused_imports)] // proxy.rs uses it, the other test files do not
+pub use cutover_testkit::dead_addr;
 
 pub fn pool(version: &str, backends: &[Arc<Backend>]) -> Pool {
     Pool {
@@ -378,13 +375,10 @@ pub async fn send(client: &TestClient, req: Request<Full<Bytes>>) -> Answer {
 
 /// Waits until `cond` holds, failing the test after [`DEADLINE`].
 pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    let waited = tokio::time::timeout(DEADLINE, async {
-        while !cond() {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+    cutover_testkit::eventually(DEADLINE, what, || {
+        std::future::ready(if cond() { Ok(()) } else { Err("not yet") })
     })
-    .await;
-    assert!(waited.is_ok(), "timed out waiting for: {what}");
+    .await
 }
 
 /// One request as a [`RecordingUpstream`] saw it.

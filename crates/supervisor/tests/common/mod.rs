@@ -1,5 +1,10 @@
 //! Test kit: a tiny Python HTTP app written into a temp dir, fast-timed app specs, and waits on
-//! fleet conditions with deadlines.
+//! fleet conditions with deadlines (other waits are `cutover_testkit::eventually`).
+//!
+//! Why Python here and demo-app elsewhere: these tests drive an instance's probes and signals
+//! from outside while it runs (/ready and /live answers switched by files, SIGTERM ignored, an
+//! exit at start, a drain marker on SIGUSR1 or `POST /drain`), which demo-app does not offer,
+//! and `release.rs` tests the digest of an interpreted app (`python3 app.py` plus its files).
 #![allow(dead_code)]
 
 use cutover_core::spec::{AppSpec, ProbeSpec, RestartSpec, StopSignal, StopSpec};
@@ -221,16 +226,12 @@ pub fn state(v: &VersionFleet) -> InstanceState {
     v.instances[0].state
 }
 
-/// Polls a non-fleet condition (a file, a counter) every 5 ms until it holds, or panics.
+/// Polls a non-fleet condition (a file, a counter) until it holds, or panics after `DEADLINE`.
 pub async fn poll_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    while !cond() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    cutover_testkit::eventually(DEADLINE, what, || {
+        std::future::ready(if cond() { Ok(()) } else { Err("not yet") })
+    })
+    .await
 }
 
 /// A plain HTTP/1.0 GET; the status code, or None if the app does not answer.
