@@ -40,6 +40,9 @@ pub const MAX_ID_LEN: usize = 256;
 /// one finishes: back-pressure on a misbehaving client instead of unbounded memory.
 const MAX_IN_PROGRESS_PER_SOCKET: usize = 1024;
 
+/// How long a drained session waits for the client's close frame after sending its own.
+const CLOSE_HANDSHAKE: Duration = Duration::from_secs(5);
+
 /// Execution record of one process: which ids ran, in which order, and where they are logged.
 #[derive(Debug)]
 pub(crate) struct OrderBook {
@@ -209,7 +212,21 @@ pub(crate) async fn session(state: Arc<AppState>, mut socket: WebSocket) {
                 code: 1012,
                 reason: "service restart".into(),
             };
-            let _ = socket.send(Message::Close(Some(frame))).await;
+            if socket.send(Message::Close(Some(frame))).await.is_ok() {
+                // Complete the close handshake (RFC 6455 §7.1.1: the server closes the TCP
+                // connection once the client's close frame arrived). Dropping the socket at once
+                // could meet an order the client sent meanwhile with a reset, which the client
+                // sees as 1006 before it reads the 1012. Orders read here are not executed and
+                // not acked: the client resends them elsewhere.
+                let _ = tokio::time::timeout(CLOSE_HANDSHAKE, async {
+                    while let Some(Ok(msg)) = socket.recv().await {
+                        if matches!(msg, Message::Close(_)) {
+                            break;
+                        }
+                    }
+                })
+                .await;
+            }
             return;
         }
         tokio::select! {
