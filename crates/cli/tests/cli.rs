@@ -370,18 +370,14 @@ async fn run_logs_to_a_file_in_plain_text() {
         .unwrap();
     let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
     let wait_log = |what: &str| {
-        let t = tokio::time::Instant::now();
-        loop {
+        cutover_testkit::eventually_blocking(Duration::from_secs(30), what, || {
             let l = log();
             if l.contains(what) {
-                return l;
+                Ok(l)
+            } else {
+                Err(format!("not in the log yet:\n{l}"))
             }
-            assert!(
-                t.elapsed() < Duration::from_secs(30),
-                "no {what:?} in the log:\n{l}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        })
     };
     let running = tokio::task::block_in_place(|| wait_log("cutover is running"));
     let addr: std::net::SocketAddr = running
@@ -403,14 +399,15 @@ async fn run_logs_to_a_file_in_plain_text() {
     };
     deploy("v1").await;
     tokio::task::block_in_place(|| wait_log("kind=\"promoted\""));
-    let t = tokio::time::Instant::now();
-    while client.get("/v1/status").await.unwrap()["rollout"]["phase"]["phase"] != "done" {
-        assert!(
-            t.elapsed() < Duration::from_secs(20),
-            "v1 never became stable"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    common::eventually(Duration::from_secs(20), "v1 stable", || async {
+        let phase = client.get("/v1/status").await.unwrap()["rollout"]["phase"].clone();
+        if phase["phase"] == "done" {
+            Ok(())
+        } else {
+            Err(phase)
+        }
+    })
+    .await;
     deploy("v2").await;
     tokio::task::block_in_place(|| wait_log("canary v2"));
     client

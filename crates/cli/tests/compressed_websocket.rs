@@ -151,16 +151,15 @@ impl ClientProcess {
     }
 
     async fn wait_done(&mut self, deadline: Duration) {
-        let start = tokio::time::Instant::now();
-        while self.seen(|s| s.done.is_none()) {
-            assert!(
-                start.elapsed() < deadline,
-                "the {} client did not finish: {:?}",
-                self.what,
-                self.seen(|s| format!("{:?}", s.closes))
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let what = format!("the {} client to finish", self.what);
+        common::eventually(deadline, &what, || {
+            std::future::ready(if self.seen(|s| s.done.is_none()) {
+                Err(self.seen(|s| format!("closes so far: {:?}", s.closes)))
+            } else {
+                Ok(())
+            })
+        })
+        .await;
         let _ = self.child.wait();
     }
 }
@@ -180,20 +179,18 @@ async fn wait_clients(
     clients: &[ClientProcess],
     pred: impl Fn(&[ClientProcess]) -> bool,
 ) {
-    let start = tokio::time::Instant::now();
-    while !pred(clients) {
-        if start.elapsed() > LONG {
+    common::eventually(LONG, what, || {
+        std::future::ready(if pred(clients) {
+            Ok(())
+        } else {
             let seen: Vec<String> = clients
                 .iter()
                 .map(|c| format!("{}: {}", c.what, c.seen(Seen::summary)))
                 .collect();
-            panic!(
-                "timed out waiting for {what}; clients:\n{}",
-                seen.join("\n")
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+            Err(format!("clients:\n{}", seen.join("\n")))
+        })
+    })
+    .await;
 }
 
 fn config(dir: &Path) -> common::ConfigBuilder {
