@@ -131,6 +131,9 @@ pub(super) struct Driver {
     queue: VecDeque<Event>,
     /// The last failed commit, shown in `status` until a commit succeeds again.
     persist_failure: Option<String>,
+    /// After a failed commit the engine's timers wait this long before they are tried again:
+    /// the engine was put back, so its timer is still due, and retrying at once would spin.
+    timers_after: Option<tokio::time::Instant>,
     /// Failures of commits written behind (evaluations that decided nothing).
     behind_tx: mpsc::UnboundedSender<PersistError>,
     behind_rx: mpsc::UnboundedReceiver<PersistError>,
@@ -177,6 +180,7 @@ impl Driver {
             proxy_addr,
             queue: VecDeque::new(),
             persist_failure: None,
+            timers_after: None,
             behind_tx,
             behind_rx,
         }
@@ -202,7 +206,8 @@ impl Driver {
             // own interval.
             let wake = self.engine.poll_timeout().map(|t| {
                 let ms = t.millis().saturating_sub(self.now().millis());
-                self.clock.monotonic() + Duration::from_millis(ms)
+                let at = self.clock.monotonic() + Duration::from_millis(ms);
+                self.timers_after.map_or(at, |after| at.max(after))
             });
             tokio::select! {
                 // (The guard `wait_for` returns must not live across the handlers' awaits.)
@@ -313,6 +318,7 @@ impl Driver {
             return Err(self.persist_failed(&e));
         }
         self.persist_failure = None;
+        self.timers_after = None;
         for d in &outcome.decisions {
             info!(rollout = d.rollout, kind = d.kind.as_str(), numbers = %d.numbers, "{}", d.reason);
             *self.decision_counts.entry(d.kind.as_str()).or_default() += 1;
@@ -327,6 +333,8 @@ impl Driver {
     /// Logs a failed commit at ERROR and keeps it for `status`.
     fn persist_failed(&mut self, e: &PersistError) -> ApplyError {
         let err = ApplyError::Persist(e.clone());
+        self.timers_after =
+            Some(self.clock.monotonic() + self.loaded.config.rollout.interval.get());
         error!(error = %e, "could not persist the rollout state; nothing was changed");
         self.persist_failure = Some(format!("{err} (at {})", crate::render::rfc3339(self.now())));
         err

@@ -20,6 +20,8 @@ mod driver;
 mod effects;
 mod persist;
 mod seams;
+#[cfg(test)]
+mod tests;
 mod wiring;
 
 pub use persist::PersistError;
