@@ -220,7 +220,7 @@ impl Driver {
                 }
                 _ = ticker.tick() => self.on_tick(),
                 Some(scraped) = self.scraping.scraped.recv() => self.on_scraped(scraped),
-                Some(e) = self.behind_rx.recv() => { self.persist_failed(&e); }
+                Some(e) = self.behind_rx.recv() => self.behind_failed(&e),
             }
             self.settle().await;
         }
@@ -338,6 +338,16 @@ impl Driver {
         error!(error = %e, "could not persist the rollout state; nothing was changed");
         self.persist_failure = Some(format!("{err} (at {})", crate::render::rfc3339(self.now())));
         err
+    }
+
+    /// A commit written behind failed: it held an evaluation's numbers and no decision, so
+    /// nothing was carried out on it; the next commit writes the whole state again.
+    fn behind_failed(&mut self, e: &PersistError) {
+        error!(error = %e, "could not record an evaluation; the next commit writes the state again");
+        self.persist_failure = Some(format!(
+            "could not record an evaluation ({e}) (at {})",
+            crate::render::rfc3339(self.now())
+        ));
     }
 
     /// Alertmanager's webhook: every firing alert whose labels include all of `[alerts] match`
