@@ -526,6 +526,11 @@ async fn a_failed_commit_carries_out_nothing_and_is_reported() {
         "{:?}",
         s.persist_failure
     );
+    assert!(
+        crate::render::status(&s).contains("STATE STORE FAILING"),
+        "{}",
+        crate::render::status(&s)
+    );
     // Once the store works again, the same deploy goes through and the failure is cleared.
     *h.store.fail.lock().unwrap() = None;
     h.deploy("v1").await.unwrap();
