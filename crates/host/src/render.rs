@@ -108,6 +108,9 @@ pub fn status(s: &StatusView) -> String {
             );
         }
     }
+    if let Some(e) = &s.persist_failure {
+        let _ = writeln!(o, "STATE STORE FAILING  {e}");
+    }
     if let Some(p) = &s.previous {
         let _ = writeln!(
             o,
@@ -695,6 +698,7 @@ mod tests {
             eta: None,
             instances: Vec::new(),
             failed: Default::default(),
+            persist_failure: None,
             settings: crate::status::Settings {
                 interval: spec.interval,
                 window: spec.window,

@@ -4,9 +4,10 @@
 //! table is rebuilt whole and swapped atomically (invariant 1). One `Arc<Backend>` is kept per
 //! instance across tables, so its in-flight count — what drain waits on — survives swaps.
 
+use crate::runtime::Routing;
 use cutover_core::engine::Release;
 use cutover_core::Weight;
-use cutover_proxy::{Backend, Pool, Proxy, RouteTable};
+use cutover_proxy::{Backend, Pool, RouteTable};
 use cutover_supervisor::{Fleet, InstanceState};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -32,13 +33,13 @@ impl Router {
         self.intent.as_ref()
     }
 
-    pub fn set_intent(&mut self, intent: Intent, fleet: &Fleet, proxy: &Proxy) {
+    pub fn set_intent(&mut self, intent: Intent, fleet: &Fleet, proxy: &dyn Routing) {
         self.intent = Some(intent);
         self.publish(fleet, proxy);
     }
 
     /// Rebuilds and swaps the table for the current intent and fleet.
-    pub fn publish(&mut self, fleet: &Fleet, proxy: &Proxy) {
+    pub fn publish(&mut self, fleet: &Fleet, proxy: &dyn Routing) {
         let Some(intent) = self.intent.clone() else {
             return;
         };

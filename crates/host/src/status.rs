@@ -20,6 +20,10 @@ pub struct StatusView {
     pub eta: Option<Timestamp>,
     pub instances: Vec<InstanceView>,
     pub failed: BTreeMap<String, Failure>,
+    /// Why the last commit to the state store failed (nothing of that outcome was carried
+    /// out), until a commit succeeds again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persist_failure: Option<String>,
     pub settings: Settings,
 }
 

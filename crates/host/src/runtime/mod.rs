@@ -1,0 +1,90 @@
+//! The single-host runtime: binds the proxy and the admin API, supervises instances, and runs
+//! the driver loop that feeds the core engine and carries out its actions.
+//!
+//! Split by concern (docs/architecture.md draws how an event becomes an action):
+//! - `wiring`: [`start`] builds the real seams and spawns the tasks; [`Running`] holds them;
+//! - `driver`: the loop, the only owner of the engine; events one at a time, follow-ups queued;
+//! - `persist`: what an outcome commits, and the store actor (SQLite on a thread of its own);
+//! - `effects`: actions and decisions turned into calls on the seams;
+//! - `seams`: the traits the driver calls ([`Routing`], [`Instances`], [`StateStore`],
+//!   [`Notifications`]) and their real implementations;
+//! - `admin`: the admin API's handler.
+//!
+//! Every event goes through the driver's `apply`: the engine decides, the new state and its
+//! decisions are committed in one transaction, and only then are the actions carried out
+//! (DESIGN.md invariant 8). A store failure puts the engine back as it was and carries out
+//! nothing (invariant 9).
+
+mod admin;
+mod driver;
+mod effects;
+mod persist;
+mod seams;
+#[cfg(test)]
+mod tests;
+mod wiring;
+
+pub use persist::PersistError;
+pub use seams::{Instances, Notifications, Routing, StateStore};
+pub use wiring::{start, Running, StartError};
+
+use std::time::Duration;
+use tracing::info;
+
+/// Instance logs of releases that stopped longer ago than this are deleted (DESIGN.md: anything
+/// older than 72 h is pruned). A running instance appends to its log, which keeps it fresh.
+pub const RETENTION: Duration = Duration::from_secs(72 * 3600);
+
+/// Deletes log files not written to for `max_age`; returns how many.
+pub fn prune_logs(dir: &std::path::Path, max_age: Duration) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut pruned = 0;
+    for e in entries.flatten() {
+        let old = e
+            .metadata()
+            .ok()
+            .and_then(|m| m.modified().ok())
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > max_age);
+        if old
+            && e.path().extension().is_some_and(|x| x == "log")
+            && std::fs::remove_file(e.path()).is_ok()
+        {
+            pruned += 1;
+        }
+    }
+    if pruned > 0 {
+        info!(pruned, dir = %dir.display(), "pruned instance logs older than 72 h");
+    }
+    pruned
+}
+
+#[cfg(test)]
+mod prune_tests {
+    use super::*;
+
+    #[test]
+    fn prunes_only_old_log_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = dir.path().join("v1-0.log");
+        let fresh = dir.path().join("v2-0.log");
+        let other = dir.path().join("keep.txt");
+        for p in [&old, &fresh, &other] {
+            std::fs::write(p, "x").unwrap();
+        }
+        let long_ago = std::time::UNIX_EPOCH + Duration::from_millis(cutover_clock::unix_millis())
+            - Duration::from_secs(73 * 3600);
+        for p in [&old, &other] {
+            std::fs::File::options()
+                .write(true)
+                .open(p)
+                .unwrap()
+                .set_modified(long_ago)
+                .unwrap();
+        }
+        assert_eq!(prune_logs(dir.path(), RETENTION), 1);
+        assert!(!old.exists() && fresh.exists() && other.exists());
+    }
+}

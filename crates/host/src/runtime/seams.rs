@@ -1,0 +1,156 @@
+//! The seams between the driver and the world: what it asks of the proxy, the supervisor, the
+//! state store and the notification sinks, as traits, with the real implementations.
+//!
+//! The driver holds each as an `Arc<dyn ..>` and never names `Proxy`, `Supervisor`, `Store`
+//! or `Notifier`, so its own tests run it against fakes that record the calls, on paused
+//! time (`runtime/tests.rs`). Every method returns quickly: the slow parts (a stop's drain,
+//! an SQLite transaction) are futures the driver awaits or spawns.
+
+use super::persist::{PersistError, StoreActor};
+use cutover_admin::DeployRequest;
+use cutover_notify::{Notice, Notifier};
+use cutover_proxy::{Proxy, RouteTable, WsDrainReport};
+use cutover_store::{Commit, ReleaseRecord};
+use cutover_supervisor::{
+    Closer, Fleet, InFlight, Release as SupRelease, StopReport, Supervisor, SupervisorError,
+};
+use futures_util::future::BoxFuture;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// The data plane: where the route table goes and what it can say about an instance.
+pub trait Routing: Send + Sync {
+    /// Replaces the route table in one atomic swap (DESIGN.md invariant 1).
+    fn set_table(&self, table: RouteTable);
+    /// Requests in flight to an instance (what a drain waits on).
+    fn in_flight(&self, addr: SocketAddr) -> usize;
+    /// Ends the WebSocket sessions still open to `addr` once `quiet` has passed (invariant 4).
+    fn drain_websockets(
+        &self,
+        addr: SocketAddr,
+        quiet: Duration,
+    ) -> BoxFuture<'static, WsDrainReport>;
+    /// Requests the proxy refused itself, by reason (for `/metrics`).
+    fn refused_requests(&self) -> Vec<(&'static str, u64)>;
+}
+
+/// The processes: releases started and stopped, and the fleet they report.
+pub trait Instances: Send + Sync {
+    /// Resolves a deploy request to the release it would run (program, digest).
+    fn resolve(&self, req: &DeployRequest) -> Result<SupRelease, SupervisorError>;
+    /// Starts a release's instances; they report readiness through [`Instances::fleet`].
+    fn start(&self, release: SupRelease) -> Result<(), SupervisorError>;
+    /// Drains and stops a version; the future ends with what happened to each instance.
+    fn stop(
+        &self,
+        version: &str,
+        in_flight: InFlight,
+        closer: Option<Closer>,
+    ) -> BoxFuture<'static, StopReport>;
+    /// The fleet as it changes.
+    fn fleet(&self) -> watch::Receiver<Fleet>;
+    /// An instance's log file.
+    fn log_path(&self, id: &str) -> PathBuf;
+}
+
+/// The state store. `commit` is one transaction; the driver awaits it before it carries out
+/// any action of the outcome it records (invariant 8).
+pub trait StateStore: Send + Sync {
+    fn commit(&self, commit: Commit) -> BoxFuture<'static, Result<(), PersistError>>;
+    /// A release recorded by an earlier commit (to start it again after a restart).
+    fn release(
+        &self,
+        digest: &str,
+    ) -> BoxFuture<'static, Result<Option<ReleaseRecord>, PersistError>>;
+}
+
+/// The notification sinks. Never blocks: a sink that is behind drops rather than waits.
+pub trait Notifications: Send + Sync {
+    fn notify(&self, notice: Notice);
+}
+
+impl Routing for Proxy {
+    fn set_table(&self, table: RouteTable) {
+        Proxy::set_table(self, table);
+    }
+    fn in_flight(&self, addr: SocketAddr) -> usize {
+        Proxy::in_flight(self, addr)
+    }
+    fn drain_websockets(
+        &self,
+        addr: SocketAddr,
+        quiet: Duration,
+    ) -> BoxFuture<'static, WsDrainReport> {
+        Box::pin(Proxy::drain_websockets(self, addr, quiet))
+    }
+    fn refused_requests(&self) -> Vec<(&'static str, u64)> {
+        Proxy::refused_requests(self)
+    }
+}
+
+/// The supervisor with what resolving a release needs from the config.
+pub struct Supervised {
+    pub supervisor: Supervisor,
+    pub app: cutover_core::spec::AppSpec,
+    /// The config file's directory (relative programs are found from it).
+    pub dir: PathBuf,
+}
+
+impl Instances for Supervised {
+    fn resolve(&self, req: &DeployRequest) -> Result<SupRelease, SupervisorError> {
+        SupRelease::resolve(
+            &req.version,
+            &self.app,
+            Path::new(&self.dir),
+            req.env.clone(),
+            req.args.clone(),
+        )
+    }
+    fn start(&self, release: SupRelease) -> Result<(), SupervisorError> {
+        self.supervisor.start(release)
+    }
+    fn stop(
+        &self,
+        version: &str,
+        in_flight: InFlight,
+        closer: Option<Closer>,
+    ) -> BoxFuture<'static, StopReport> {
+        Box::pin(self.supervisor.stop_with(version, in_flight, closer))
+    }
+    fn fleet(&self) -> watch::Receiver<Fleet> {
+        self.supervisor.subscribe()
+    }
+    fn log_path(&self, id: &str) -> PathBuf {
+        self.supervisor.log_path(id)
+    }
+}
+
+impl StateStore for StoreActor {
+    fn commit(&self, commit: Commit) -> BoxFuture<'static, Result<(), PersistError>> {
+        let done = self.call(move |s| s.commit(commit).map_err(PersistError::from));
+        Box::pin(async move { done.await? })
+    }
+    fn release(
+        &self,
+        digest: &str,
+    ) -> BoxFuture<'static, Result<Option<ReleaseRecord>, PersistError>> {
+        let digest = digest.to_string();
+        let done = self.call(move |s| s.release(&digest).map_err(PersistError::from));
+        Box::pin(async move { done.await? })
+    }
+}
+
+impl Notifications for Notifier {
+    fn notify(&self, notice: Notice) {
+        Notifier::notify(self, notice);
+    }
+}
+
+/// No `[[notify]]` sinks configured.
+pub struct Silent;
+
+impl Notifications for Silent {
+    fn notify(&self, _: Notice) {}
+}

@@ -1,0 +1,374 @@
+//! Wiring: `start()` binds the listeners, builds the real seams (the proxy, the supervisor,
+//! the store actor, the notifier) around the driver, spawns the tasks, and returns
+//! [`Running`]. Nothing here decides or handles an event.
+
+use super::admin::AdminHandler;
+use super::driver::{Driver, Scraping, Seams};
+use super::persist::StoreActor;
+use super::seams::{Notifications, Silent, Supervised};
+use super::{prune_logs, RETENTION};
+use crate::config::Loaded;
+use crate::remote;
+use crate::rules;
+use crate::scrape::{self, Target};
+use cutover_admin::Handler;
+use cutover_core::engine::{Engine, State};
+use cutover_notify::Notifier;
+use cutover_proxy::{CertReloader, Proxy, ProxyConfig, TlsError};
+use cutover_store::Store;
+use cutover_supervisor::Supervisor;
+use cutover_telemetry::Recorder;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tracing::{error, info};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot create the state directory {path} ({source}) (fix: check service.state_dir and its permissions)")]
+    StateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{field} = {addr}: cannot listen ({source}) (fix: choose a free address for {field}, or stop what is using it)")]
+    Bind {
+        field: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("service.workers: {0}")]
+    Workers(cutover_proxy::ProxyError),
+    #[error(transparent)]
+    Token(#[from] cutover_admin::AdminError),
+    #[error("state store: {0}")]
+    Store(#[from] cutover_store::StoreError),
+    #[error("state store: cannot start its thread ({0})")]
+    StoreThread(std::io::Error),
+    #[error(
+        "the stored engine state cannot be read ({0}); it was written by an incompatible cutover"
+    )]
+    Snapshot(serde_json::Error),
+    #[error(transparent)]
+    Config(#[from] cutover_core::spec::ConfigError),
+    #[error("notify: {0}")]
+    Notify(String),
+    #[error("service.tls.cert / service.tls.key: {source} (fix: point service.tls.cert at a PEM certificate chain and service.tls.key at its PEM private key; relative paths are relative to the config file)")]
+    Tls {
+        #[source]
+        source: TlsError,
+    },
+}
+
+/// A running cutover: the handles tests and the demo need.
+pub struct Running {
+    pub proxy_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub token: String,
+    pub state_dir: PathBuf,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    supervisor: Supervisor,
+    store: StoreActor,
+}
+
+impl Running {
+    /// A client for this runtime's admin API.
+    pub fn client(&self) -> cutover_admin::AdminClient {
+        cutover_admin::AdminClient::new(self.admin_addr, self.token.clone())
+    }
+
+    /// Graceful shutdown: stop accepting, let in-flight requests finish, stop every instance.
+    /// The persisted state is kept, so a new `start` resumes where this one was.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        // What the driver wrote behind is on disk before the instances go.
+        self.store.flush().await;
+        self.supervisor.shutdown().await;
+    }
+}
+
+/// What the proxy takes from the config.
+fn proxy_config(c: &cutover_core::spec::Config) -> ProxyConfig {
+    ProxyConfig {
+        sticky: c.sticky.clone(),
+        shutdown_timeout: c.app.stop.drain_timeout.get(),
+        upstream_protocol: c.app.upstream_protocol,
+        upstream_timeout: c.service.upstream_timeout.get(),
+        workers: c
+            .service
+            .workers
+            .map_or_else(cutover_proxy::default_workers, usize::from),
+        trusted_proxies: c.service.trusted_proxies.clone(),
+        ..ProxyConfig::default()
+    }
+}
+
+/// Starts the runtime for a loaded config and returns once it listens.
+pub async fn start(loaded: Loaded) -> Result<Running, StartError> {
+    let c = loaded.config.clone();
+    // Queries are checked before anything is created, so a bad rule changes nothing.
+    rules::validate(&c)?;
+    let state_dir = loaded.state_dir();
+    std::fs::create_dir_all(state_dir.join("logs")).map_err(|source| StartError::StateDir {
+        path: state_dir.clone(),
+        source,
+    })?;
+    // Checked before anything listens: a config naming a certificate that does not load must
+    // not come up serving plaintext, nor come up at all.
+    let tls = c
+        .service
+        .tls
+        .as_ref()
+        .map(|t| {
+            CertReloader::load(
+                crate::config::resolve(&loaded.dir, &t.cert),
+                crate::config::resolve(&loaded.dir, &t.key),
+            )
+            .map(|r| (r, t.reload_interval.get()))
+            .map_err(|source| StartError::Tls { source })
+        })
+        .transpose()?;
+    let token = cutover_admin::ensure_token(&state_dir)?;
+    prune_logs(&state_dir.join("logs"), RETENTION);
+    let store = Store::open(&state_dir.join("cutover.db"))?;
+    let engine = match store.load_snapshot()? {
+        Some(v) => {
+            let state: State = serde_json::from_value(v).map_err(StartError::Snapshot)?;
+            Engine::restore(c.rollout.clone(), state)
+        }
+        None => Engine::new(c.service.name.clone(), c.rollout.clone()),
+    };
+
+    let window = c.rollout.window.get();
+    // Twenty slots per window keeps the window's edge within 5 % of its length.
+    let slot = (window / 20).max(Duration::from_millis(5));
+    let recorder = Recorder::new(slot, window + slot * 4);
+    let proxy = Proxy::new(proxy_config(&c), recorder.clone());
+    let proxy_listener = tokio::net::TcpListener::bind(c.service.listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            field: "service.listen",
+            addr: c.service.listen,
+            source,
+        })?;
+    let admin_listener = tokio::net::TcpListener::bind(c.admin.listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            field: "admin.listen",
+            addr: c.admin.listen,
+            source,
+        })?;
+    let proxy_addr = proxy_listener
+        .local_addr()
+        .map_err(|source| StartError::Bind {
+            field: "service.listen",
+            addr: c.service.listen,
+            source,
+        })?;
+    let admin_addr = admin_listener
+        .local_addr()
+        .map_err(|source| StartError::Bind {
+            field: "admin.listen",
+            addr: c.admin.listen,
+            source,
+        })?;
+
+    let (supervisor, _) = Supervisor::new(c.app.clone(), state_dir.join("logs"));
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (req_tx, req_rx) = mpsc::channel(64);
+    let store = StoreActor::spawn(store).map_err(StartError::StoreThread)?;
+
+    let mut tasks = Vec::new();
+    {
+        let proxy = proxy.clone();
+        let mut rx = shutdown_rx.clone();
+        let stop = async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        let serving = proxy
+            .start(
+                proxy_listener,
+                tls.as_ref().map(|(reloader, _)| reloader.server_config()),
+            )
+            .map_err(StartError::Workers)?;
+        if let Some((reloader, interval)) = tls {
+            let mut rx = shutdown_rx.clone();
+            tasks.push(tokio::spawn(reloader.run(interval, async move {
+                let _ = rx.wait_for(|s| *s).await;
+            })));
+        }
+        tasks.push(tokio::spawn(async move {
+            let outcome = serving.until(stop).await;
+            info!(outcome = proxy_stopped(outcome), "proxy stopped");
+        }));
+    }
+    {
+        let handler: Arc<dyn Handler> = Arc::new(AdminHandler {
+            tx: req_tx,
+            store: store.clone(),
+            supervisor: supervisor.clone(),
+            log_dir: state_dir.join("logs"),
+        });
+        let mut rx = shutdown_rx.clone();
+        let token = token.clone();
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = cutover_admin::serve(admin_listener, token, handler, async move {
+                let _ = rx.wait_for(|s| *s).await;
+            })
+            .await
+            {
+                error!(error = %e, "admin API stopped");
+            }
+        }));
+    }
+    let (targets_tx, targets_rx) = watch::channel(Vec::<Target>::new());
+    let (scraped_tx, scraped_rx) = mpsc::channel(16);
+    if !c.metrics.path.is_empty() {
+        tasks.push(tokio::spawn(scrape::run(
+            c.metrics.path.clone(),
+            c.rollout.interval.get(),
+            targets_rx,
+            scraped_tx,
+        )));
+    }
+    let remote_results: remote::Results = Arc::default();
+    let remote_work = c.prometheus.clone().map(|spec| {
+        let (tx, rx) = watch::channel(None);
+        tasks.push(tokio::spawn(remote::run(
+            spec,
+            c.rollout.interval.get(),
+            rx,
+            remote_results.clone(),
+        )));
+        tx
+    });
+    let notifier: Arc<dyn Notifications> = if c.notify.is_empty() {
+        Arc::new(Silent)
+    } else {
+        let sinks = c
+            .notify
+            .iter()
+            .map(|n| cutover_notify::SinkConfig {
+                name: n.name.clone(),
+                url: n.url.clone(),
+                format: match n.format {
+                    cutover_core::spec::NotifyFormat::Json => cutover_notify::Format::Json,
+                    cutover_core::spec::NotifyFormat::Slack => cutover_notify::Format::Slack,
+                },
+                kinds: n.events.clone(),
+                timeout: n.timeout.get(),
+                max_attempts: n.max_attempts,
+                backoff_initial: Duration::from_millis(200),
+                backoff_max: Duration::from_secs(30),
+            })
+            .collect();
+        Arc::new(Notifier::start(sinks, 1024).map_err(|e| StartError::Notify(e.to_string()))?)
+    };
+    let seams = Seams {
+        routing: Arc::new(proxy),
+        instances: Arc::new(Supervised {
+            supervisor: supervisor.clone(),
+            app: c.app.clone(),
+            dir: loaded.dir.clone(),
+        }),
+        store: Arc::new(store.clone()),
+        notifier,
+        clock: Arc::new(cutover_clock::SystemClock),
+    };
+    let scraping = Scraping {
+        targets: targets_tx,
+        scraped: scraped_rx,
+        remote_work,
+        remote_results,
+    };
+    let driver = Driver::new(
+        loaded.clone(),
+        engine,
+        seams,
+        recorder,
+        scraping,
+        proxy_addr,
+    );
+    tasks.push(tokio::spawn(driver.run(req_rx, shutdown_rx.clone())));
+    {
+        // Instance logs are pruned hourly; start() already pruned once.
+        let logs = state_dir.join("logs");
+        let mut rx = shutdown_rx;
+        tasks.push(tokio::spawn(async move {
+            let mut gc = tokio::time::interval(Duration::from_secs(3600));
+            gc.tick().await;
+            loop {
+                tokio::select! {
+                    _ = rx.wait_for(|s| *s) => break,
+                    _ = gc.tick() => { prune_logs(&logs, RETENTION); }
+                }
+            }
+        }));
+    }
+    info!(%proxy_addr, %admin_addr, service = %c.service.name, state_dir = %state_dir.display(), "cutover is running");
+    Ok(Running {
+        proxy_addr,
+        admin_addr,
+        token,
+        state_dir,
+        shutdown: shutdown_tx,
+        tasks,
+        supervisor,
+        store,
+    })
+}
+
+/// How the proxy's shutdown ended, for the log (not `Debug`: operators read these lines).
+fn proxy_stopped(outcome: cutover_proxy::ShutdownOutcome) -> &'static str {
+    match outcome {
+        cutover_proxy::ShutdownOutcome::Drained => "drained: every connection finished",
+        cutover_proxy::ShutdownOutcome::TimedOut => {
+            "timed out: connections still open were abandoned"
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The proxy settings of `[service]` and `[app]` reach the proxy (`upstream_timeout` once
+    /// did not, and every hung instance waited the 60 s default).
+    #[test]
+    fn the_proxy_gets_its_settings_from_the_config() {
+        let c = cutover_core::spec::Config::from_toml_str(
+            "[service]\nname = \"shop\"\nupstream_timeout = \"250ms\"\nworkers = 3\n\
+             trusted_proxies = [\"10.0.0.0/8\"]\n\
+             [app]\ncommand = [\"./app\", \"{port}\"]\nupstream_protocol = \"http2\"\n\
+             [app.stop]\ndrain_timeout = \"7s\"\n",
+        )
+        .unwrap();
+        let p = proxy_config(&c);
+        assert_eq!(p.upstream_timeout, Duration::from_millis(250));
+        assert_eq!(p.workers, 3);
+        assert_eq!(
+            p.trusted_proxies,
+            ["10.0.0.0/8".parse::<cutover_core::Cidr>().unwrap()]
+        );
+        assert_eq!(p.shutdown_timeout, Duration::from_secs(7));
+        assert_eq!(
+            p.upstream_protocol,
+            cutover_core::spec::UpstreamProtocol::Http2
+        );
+        let defaults = proxy_config(
+            &cutover_core::spec::Config::from_toml_str(
+                "[service]\nname = \"shop\"\n[app]\ncommand = [\"./app\", \"{port}\"]\n",
+            )
+            .unwrap(),
+        );
+        assert_eq!(defaults.upstream_timeout, Duration::from_secs(60));
+        assert_eq!(defaults.workers, cutover_proxy::default_workers());
+        assert!(defaults.trusted_proxies.is_empty());
+    }
+}
