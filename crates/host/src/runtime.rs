@@ -544,13 +544,13 @@ fn ended_record(
     let was = before.filter(|b| b.id == a.id).map(|b| &b.phase);
     let ended = match (was, &a.phase) {
         (_, p) if p.is_active() => false,
-        (Some(Phase::Promoted { .. }), Phase::Done) => false,
+        (Some(Phase::Promoted { .. }), Phase::Done { .. }) => false,
         (Some(b), p) if !b.is_active() => {
             matches!(p, Phase::RolledBack { .. }) && !matches!(b, Phase::RolledBack { .. })
         }
         _ => true,
     };
-    let when = a.ended.or(at)?;
+    let when = a.ended().or(at)?;
     ended.then(|| {
         (
             a.id as i64,
@@ -1000,7 +1000,7 @@ impl Driver {
         let starting = self
             .engine
             .active()
-            .filter(|r| r.phase == Phase::Starting)
+            .filter(|r| r.phase.is_starting())
             .map(|r| r.to.clone());
         if let Some(to) = starting {
             if fleet
@@ -1091,7 +1091,7 @@ impl Driver {
         let starting = self
             .engine
             .active()
-            .filter(|r| r.phase == Phase::Starting)
+            .filter(|r| r.phase.is_starting())
             .map(|r| r.to.digest.clone());
         let facts = match starting {
             Some(digest) => {
@@ -1111,7 +1111,7 @@ impl Driver {
         let window = self.loaded.config.rollout.window.get();
         let min_samples = self.loaded.config.rollout.min_samples;
         self.history.collect(&self.recorder);
-        let measured = self.engine.active().filter(|r| r.phase != Phase::Starting);
+        let measured = self.engine.active().filter(|r| !r.phase.is_starting());
         let versions = measured.map(|r| {
             (
                 r.from.as_ref().map(|f| f.version.clone()),
@@ -1179,7 +1179,7 @@ impl Driver {
         if let Err(e) = self.series.append_exposition(&own, t, &job) {
             error!(error = %e, "cutover's own exposition does not parse");
         }
-        let Some(r) = self.engine.active().filter(|r| r.phase != Phase::Starting) else {
+        let Some(r) = self.engine.active().filter(|r| !r.phase.is_starting()) else {
             if let Some(w) = &self.remote_work {
                 let _ = w.send(None);
             }

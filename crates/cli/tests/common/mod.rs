@@ -148,7 +148,9 @@ impl Harness {
         self.deploy(version, json!({})).await.unwrap();
         self.wait_for(&format!("{version} stable"), Duration::from_secs(20), |s| {
             s.stable.as_ref().is_some_and(|r| r.version == version)
-                && s.rollout.as_ref().is_some_and(|r| r.phase == Phase::Done)
+                && s.rollout
+                    .as_ref()
+                    .is_some_and(|r| matches!(r.phase, Phase::Done { .. }))
         })
         .await;
     }
@@ -159,7 +161,7 @@ pub fn phase(s: &StatusView) -> Option<&Phase> {
 }
 
 pub fn is_promoted(s: &StatusView) -> bool {
-    matches!(phase(s), Some(Phase::Promoted { .. } | Phase::Done))
+    matches!(phase(s), Some(Phase::Promoted { .. } | Phase::Done { .. }))
 }
 
 pub fn is_aborted(s: &StatusView) -> bool {
