@@ -224,7 +224,7 @@ async fn alertmanager_webhook_aborts_a_matching_rollout_only() {
     h.wait_for("v2 progressing", LONG, |s| {
         matches!(
             s.rollout.as_ref().map(|r| &r.phase),
-            Some(Phase::Progressing)
+            Some(Phase::Progressing { .. })
         )
     })
     .await;
@@ -274,6 +274,7 @@ async fn alertmanager_webhook_aborts_a_matching_rollout_only() {
     let Some(Phase::Aborted {
         reason,
         automatic: true,
+        ..
     }) = s.rollout.as_ref().map(|r| &r.phase)
     else {
         panic!("{:?}", s.rollout)

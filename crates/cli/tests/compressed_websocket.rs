@@ -283,7 +283,7 @@ async fn compressed_orders_from_chromium_and_python_survive_rollout_abort_and_pr
     h.wait_for("v2 at 50%", LONG, |s| {
         matches!(
             s.rollout.as_ref().map(|r| &r.phase),
-            Some(Phase::Progressing)
+            Some(Phase::Progressing { .. })
         )
     })
     .await;
@@ -328,7 +328,7 @@ async fn compressed_orders_from_chromium_and_python_survive_rollout_abort_and_pr
     h.wait_for("v3 progressing", LONG, |s| {
         matches!(
             s.rollout.as_ref().map(|r| &r.phase),
-            Some(Phase::Progressing)
+            Some(Phase::Progressing { .. })
         )
     })
     .await;

@@ -253,7 +253,10 @@ async fn cutover_logs_prints_and_follows_an_instance_log() {
     // follower ends by itself.
     h.deploy("v2", json!({})).await.unwrap();
     h.wait_for("v2 takes traffic", LONG, |s| {
-        matches!(phase(s), Some(Phase::Progressing | Phase::Paused { .. }))
+        matches!(
+            phase(s),
+            Some(Phase::Progressing { .. } | Phase::Paused { .. })
+        )
     })
     .await;
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_cutover"))

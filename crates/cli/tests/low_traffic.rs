@@ -63,7 +63,10 @@ async fn a_slow_canary_at_20_rps_is_aborted_by_looking_back() {
         .unwrap();
     let s = h.wait_for("v2 aborted", DEADLINE, is_aborted).await;
     let report = load.stop().await;
-    let Some(Phase::Aborted { reason, automatic }) = s.rollout.as_ref().map(|r| &r.phase) else {
+    let Some(Phase::Aborted {
+        reason, automatic, ..
+    }) = s.rollout.as_ref().map(|r| &r.phase)
+    else {
         unreachable!()
     };
     assert!(automatic);

@@ -87,7 +87,7 @@ async fn canary_with_orders_then_abort(
     h.wait_for("v2 at 50%", LONG, |s| {
         matches!(
             s.rollout.as_ref().map(|r| &r.phase),
-            Some(Phase::Progressing)
+            Some(Phase::Progressing { .. })
         )
     })
     .await;
@@ -161,7 +161,7 @@ async fn orders_survive_abort_and_promotion_with_app_driven_drain() {
     h.wait_for("v3 progressing", LONG, |s| {
         matches!(
             s.rollout.as_ref().map(|r| &r.phase),
-            Some(Phase::Progressing)
+            Some(Phase::Progressing { .. })
         )
     })
     .await;

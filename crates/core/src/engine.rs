@@ -114,39 +114,72 @@ impl Step {
     }
 }
 
-/// Where a rollout is.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "phase", rename_all = "snake_case")]
+/// Where a rollout is, with what only means something there: the start deadline while
+/// starting, the [`Watch`] on the canary while it takes traffic, when a finished rollout ended.
+///
+/// Persisted inside [`Rollout`], in the form snapshots have always had (`RolloutWire`).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Phase {
     /// The canary's instances are starting; it gets no traffic until all are ready.
-    Starting,
+    Starting {
+        /// `app.start_timeout` and when it runs out; `None`: no deadline (a deploy recorded
+        /// before the engine kept it).
+        deadline: Option<StartDeadline>,
+    },
     /// The canary serves `weight` at `step`; gates are checked at the step's end.
-    Progressing,
+    Progressing { watch: Watch },
     /// No advance until `resume` or `promote`. Abort rules still watch the canary.
     Paused {
         /// `true` for `cutover pause`, `false` for a `pause = "until_promoted"` step.
         manual: bool,
         since: Timestamp,
+        watch: Watch,
     },
     /// The new release serves 100 %; the previous one runs without traffic until `until`.
     Promoted { until: Timestamp },
     /// Finished: promoted and the previous release stopped (or the first release is live).
-    Done,
+    Done { ended: Timestamp },
     /// Stopped before promotion; all traffic went back to stable.
-    Aborted { reason: String, automatic: bool },
+    Aborted {
+        reason: String,
+        automatic: bool,
+        ended: Timestamp,
+    },
     /// Promoted, then rolled back to the previous release inside `hold_previous`.
-    RolledBack { reason: String },
+    RolledBack { reason: String, ended: Timestamp },
+}
+
+/// While a release starts: how long it may take (`app.start_timeout`, as given with the
+/// deploy) and when that runs out, or the rollout aborts. A restarted cutover gives the
+/// instances it re-adopts the whole `timeout` again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StartDeadline {
+    pub timeout: Dur,
+    pub at: Timestamp,
+}
+
+/// What the engine keeps on a canary that takes traffic (progressing or paused): it goes with
+/// the rollout from one of these phases to the other, and is gone once the rollout ends.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Watch {
+    /// A gate that failed (or could not be judged) at a step's end, holding the weight.
+    pub hold: Option<Hold>,
+    /// Abort rules currently breached, and since when.
+    pub breaches: BTreeMap<String, Timestamp>,
+    /// Since when the rules could not be judged (no data, too few samples); see
+    /// `max_inconclusive`.
+    pub inconclusive_since: Option<Timestamp>,
 }
 
 impl Phase {
     /// Which phase this is, without its data.
     pub fn kind(&self) -> PhaseKind {
         match self {
-            Phase::Starting => PhaseKind::Starting,
-            Phase::Progressing => PhaseKind::Progressing,
+            Phase::Starting { .. } => PhaseKind::Starting,
+            Phase::Progressing { .. } => PhaseKind::Progressing,
             Phase::Paused { .. } => PhaseKind::Paused,
             Phase::Promoted { .. } => PhaseKind::Promoted,
-            Phase::Done => PhaseKind::Done,
+            Phase::Done { .. } => PhaseKind::Done,
             Phase::Aborted { .. } => PhaseKind::Aborted,
             Phase::RolledBack { .. } => PhaseKind::RolledBack,
         }
@@ -159,8 +192,38 @@ impl Phase {
     pub fn is_active(&self) -> bool {
         matches!(
             self,
-            Phase::Starting | Phase::Progressing | Phase::Paused { .. }
+            Phase::Starting { .. } | Phase::Progressing { .. } | Phase::Paused { .. }
         )
+    }
+    /// Starting: the canary takes no traffic yet.
+    pub fn is_starting(&self) -> bool {
+        matches!(self, Phase::Starting { .. })
+    }
+    /// The watch on the canary, while it takes traffic (progressing or paused).
+    pub fn watch(&self) -> Option<&Watch> {
+        match self {
+            Phase::Progressing { watch } | Phase::Paused { watch, .. } => Some(watch),
+            _ => None,
+        }
+    }
+    fn watch_mut(&mut self) -> Option<&mut Watch> {
+        match self {
+            Phase::Progressing { watch } | Phase::Paused { watch, .. } => Some(watch),
+            _ => None,
+        }
+    }
+    /// The watch, for the phase that follows (empty if there was none).
+    fn take_watch(&mut self) -> Watch {
+        self.watch_mut().map(std::mem::take).unwrap_or_default()
+    }
+    /// When a finished rollout ended (done, aborted or rolled back).
+    pub fn ended(&self) -> Option<Timestamp> {
+        match self {
+            Phase::Done { ended }
+            | Phase::Aborted { ended, .. }
+            | Phase::RolledBack { ended, .. } => Some(*ended),
+            _ => None,
+        }
     }
 }
 
@@ -208,7 +271,7 @@ impl PhaseKind {
 }
 
 /// A gate that failed (or could not be judged) at a step boundary, holding the weight.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hold {
     pub since: Timestamp,
     /// Since when gates have been *failing* (not merely inconclusive); `max_hold` counts from here.
@@ -216,8 +279,10 @@ pub struct Hold {
     pub reason: String,
 }
 
-/// One rollout: from a stable release to a new one.
+/// One rollout: from a stable release to a new one. What only one phase has is in its
+/// [`Phase`]; what is here means something in every phase.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(from = "RolloutWire", into = "RolloutWire")]
 pub struct Rollout {
     pub id: u64,
     /// The stable release when the rollout began; `None` for a service's first release.
@@ -231,25 +296,174 @@ pub struct Rollout {
     pub weight: Weight,
     pub step_started: Timestamp,
     pub started: Timestamp,
-    pub ended: Option<Timestamp>,
     /// Salt for sticky assignment: fixed for the rollout (invariant 2).
     pub salt: u64,
-    pub hold: Option<Hold>,
-    /// Abort rules currently breached, and since when.
-    pub breaches: BTreeMap<String, Timestamp>,
-    /// When the canary first took traffic (the fault's earliest possible onset).
+    /// When the canary first took traffic (the fault's earliest possible onset); kept after
+    /// the rollout ends, for its history.
     pub traffic_since: Option<Timestamp>,
+    /// The last evaluation, kept after the rollout ends (what `status` shows).
     pub last_evaluation: Option<Evaluation>,
-    /// Since when the rules could not be judged (no data, too few samples); see `max_inconclusive`.
+}
+
+impl Rollout {
+    /// When the rollout ended; `None` while it runs or holds the previous release.
+    pub fn ended(&self) -> Option<Timestamp> {
+        self.phase.ended()
+    }
+    /// The gate holding the weight, while the canary takes traffic.
+    pub fn hold(&self) -> Option<&Hold> {
+        self.phase.watch().and_then(|w| w.hold.as_ref())
+    }
+    /// The abort rules breached now, and since when (empty unless the canary takes traffic).
+    pub fn breaches(&self) -> impl Iterator<Item = (&String, &Timestamp)> {
+        self.phase
+            .watch()
+            .into_iter()
+            .flat_map(|w| w.breaches.iter())
+    }
+}
+
+/// [`Rollout`] as snapshots store it: the one flat form every release has written, with the
+/// phase's own data beside the phase. Reading keeps what belongs to the phase the rollout is
+/// in and drops the rest (a stale value another phase left, which meant nothing); writing
+/// leaves a field out (or null) when the phase has none.
+#[derive(Serialize, Deserialize)]
+struct RolloutWire {
+    id: u64,
+    from: Option<Release>,
+    to: Release,
+    phase: PhaseWire,
+    plan: Vec<Step>,
+    step: usize,
+    weight: Weight,
+    step_started: Timestamp,
+    started: Timestamp,
+    ended: Option<Timestamp>,
+    salt: u64,
+    hold: Option<Hold>,
+    breaches: BTreeMap<String, Timestamp>,
+    traffic_since: Option<Timestamp>,
+    last_evaluation: Option<Evaluation>,
     #[serde(default)]
-    pub inconclusive_since: Option<Timestamp>,
-    /// `app.start_timeout` as given with the deploy (`None`: no deadline).
+    inconclusive_since: Option<Timestamp>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub start_timeout: Option<Dur>,
-    /// While starting: when the release must be ready, or the rollout aborts. A restarted
-    /// cutover gives the instances it re-adopts the whole `start_timeout` again.
+    start_timeout: Option<Dur>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub start_deadline: Option<Timestamp>,
+    start_deadline: Option<Timestamp>,
+}
+
+/// [`Phase`] as snapshots store it: its name under `phase`, and the data that was always in it.
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "phase", rename_all = "snake_case")]
+enum PhaseWire {
+    Starting,
+    Progressing,
+    Paused { manual: bool, since: Timestamp },
+    Promoted { until: Timestamp },
+    Done,
+    Aborted { reason: String, automatic: bool },
+    RolledBack { reason: String },
+}
+
+impl From<RolloutWire> for Rollout {
+    fn from(w: RolloutWire) -> Rollout {
+        let watch = Watch {
+            hold: w.hold,
+            breaches: w.breaches,
+            inconclusive_since: w.inconclusive_since,
+        };
+        // A finished rollout has always been written with its end; one without (hand-edited)
+        // is taken to have ended when its last step started, the latest instant it is known
+        // to have still run.
+        let ended = w.ended.unwrap_or(w.step_started);
+        let phase = match w.phase {
+            PhaseWire::Starting => Phase::Starting {
+                deadline: w.start_timeout.map(|timeout| StartDeadline {
+                    timeout,
+                    at: w.start_deadline.unwrap_or(w.started.plus(timeout.get())),
+                }),
+            },
+            PhaseWire::Progressing => Phase::Progressing { watch },
+            PhaseWire::Paused { manual, since } => Phase::Paused {
+                manual,
+                since,
+                watch,
+            },
+            PhaseWire::Promoted { until } => Phase::Promoted { until },
+            PhaseWire::Done => Phase::Done { ended },
+            PhaseWire::Aborted { reason, automatic } => Phase::Aborted {
+                reason,
+                automatic,
+                ended,
+            },
+            PhaseWire::RolledBack { reason } => Phase::RolledBack { reason, ended },
+        };
+        Rollout {
+            id: w.id,
+            from: w.from,
+            to: w.to,
+            phase,
+            plan: w.plan,
+            step: w.step,
+            weight: w.weight,
+            step_started: w.step_started,
+            started: w.started,
+            salt: w.salt,
+            traffic_since: w.traffic_since,
+            last_evaluation: w.last_evaluation,
+        }
+    }
+}
+
+impl From<Rollout> for RolloutWire {
+    fn from(r: Rollout) -> RolloutWire {
+        let ended = r.phase.ended();
+        let (mut start, mut watch) = (None, Watch::default());
+        let phase = match r.phase {
+            Phase::Starting { deadline } => {
+                start = deadline;
+                PhaseWire::Starting
+            }
+            Phase::Progressing { watch: w } => {
+                watch = w;
+                PhaseWire::Progressing
+            }
+            Phase::Paused {
+                manual,
+                since,
+                watch: w,
+            } => {
+                watch = w;
+                PhaseWire::Paused { manual, since }
+            }
+            Phase::Promoted { until } => PhaseWire::Promoted { until },
+            Phase::Done { .. } => PhaseWire::Done,
+            Phase::Aborted {
+                reason, automatic, ..
+            } => PhaseWire::Aborted { reason, automatic },
+            Phase::RolledBack { reason, .. } => PhaseWire::RolledBack { reason },
+        };
+        RolloutWire {
+            id: r.id,
+            from: r.from,
+            to: r.to,
+            phase,
+            plan: r.plan,
+            step: r.step,
+            weight: r.weight,
+            step_started: r.step_started,
+            started: r.started,
+            ended,
+            salt: r.salt,
+            hold: watch.hold,
+            breaches: watch.breaches,
+            traffic_since: r.traffic_since,
+            last_evaluation: r.last_evaluation,
+            inconclusive_since: watch.inconclusive_since,
+            start_timeout: start.map(|d| d.timeout),
+            start_deadline: start.map(|d| d.at),
+        }
+    }
 }
 
 /// A release that failed, refused on redeploy without `--force`.
@@ -722,14 +936,14 @@ impl Engine {
     /// The canary release that should be measured, and since when it has had traffic.
     pub fn canary(&self) -> Option<&Release> {
         self.active()
-            .filter(|r| r.phase != Phase::Starting)
+            .filter(|r| r.phase.kind() != PhaseKind::Starting)
             .map(|r| &r.to)
     }
 
     /// When the rollout is expected to reach 100 %, if it is progressing on timed steps.
     pub fn eta(&self, now: Timestamp) -> Option<Timestamp> {
         let r = self.active()?;
-        if r.phase != Phase::Progressing {
+        if r.phase.kind() != PhaseKind::Progressing {
             return None;
         }
         let mut t = r.step_started;
@@ -755,7 +969,7 @@ impl Engine {
         };
         let (w, max) = (self.spec.window, self.spec.max_lookback);
         let mut all = lookback::ladder(w, max, now.since(r.traffic_since.unwrap_or(r.started)));
-        if r.phase == Phase::Progressing {
+        if r.phase.kind() == PhaseKind::Progressing {
             all.extend(lookback::ladder(w, max, now.since(r.step_started)));
         }
         all.sort();
@@ -768,7 +982,7 @@ impl Engine {
         self.state
             .rollout
             .as_ref()
-            .filter(|r| matches!(r.phase, Phase::Progressing | Phase::Paused { .. }))
+            .filter(|r| r.phase.watch().is_some())
     }
 
     /// `judge` on the window, then — while it is inconclusive and the rule is a built-in one —
@@ -815,7 +1029,7 @@ impl Engine {
             } => {
                 if self
                     .active()
-                    .is_some_and(|r| r.to.digest == digest && r.phase == Phase::Starting)
+                    .is_some_and(|r| r.to.digest == digest && r.phase.kind() == PhaseKind::Starting)
                 {
                     self.start_failed(now, &reason, facts, &mut out);
                 }
@@ -843,12 +1057,11 @@ impl Engine {
                 self.due(now, &mut out);
             }
             Event::Timeout { facts } => {
-                let timed_out = self
-                    .active()
-                    .filter(|r| r.phase == Phase::Starting)
-                    .and_then(|r| Some((r.start_deadline?, r.start_timeout?)))
-                    .filter(|(deadline, _)| *deadline <= now);
-                if let Some((_, timeout)) = timed_out {
+                let timed_out = match self.active().map(|r| &r.phase) {
+                    Some(Phase::Starting { deadline: Some(d) }) if d.at <= now => Some(d.timeout),
+                    _ => None,
+                };
+                if let Some(timeout) = timed_out {
                     let reason = format!("not ready within app.start_timeout ({timeout})");
                     self.start_failed(now, &reason, facts, &mut out);
                 }
@@ -967,21 +1180,20 @@ impl Engine {
             id,
             from: from.clone(),
             to: release.clone(),
-            phase: Phase::Starting,
+            phase: Phase::Starting {
+                deadline: start_timeout.map(|timeout| StartDeadline {
+                    timeout,
+                    at: now.plus(timeout.get()),
+                }),
+            },
             weight: Weight::ZERO,
             step: 0,
             step_started: now,
             started: now,
-            ended: None,
             salt,
-            hold: None,
-            breaches: BTreeMap::new(),
             traffic_since: None,
             last_evaluation: None,
-            inconclusive_since: None,
             plan: plan.clone(),
-            start_timeout,
-            start_deadline: start_timeout.map(|d| now.plus(d.get())),
         });
         out.actions.push(Action::Start {
             release: release.clone(),
@@ -1017,15 +1229,13 @@ impl Engine {
         let Some(r) = self.state.rollout.as_mut() else {
             return;
         };
-        if r.phase != Phase::Starting || r.to.digest != digest {
+        if r.phase.kind() != PhaseKind::Starting || r.to.digest != digest {
             return;
         }
-        r.start_deadline = None;
         let to = r.to.clone();
         match r.from.clone() {
             None => {
-                r.phase = Phase::Done;
-                r.ended = Some(now);
+                r.phase = Phase::Done { ended: now };
                 r.weight = Weight::FULL;
                 let salt = r.salt;
                 self.state.stable = Some(to.clone());
@@ -1065,13 +1275,15 @@ impl Engine {
                 r.weight = first.weight;
                 r.step_started = now;
                 r.traffic_since = Some(now);
+                let watch = Watch::default();
                 if first.hold == StepHold::UntilPromoted {
                     r.phase = Phase::Paused {
                         manual: false,
                         since: now,
+                        watch,
                     };
                 } else {
-                    r.phase = Phase::Progressing;
+                    r.phase = Phase::Progressing { watch };
                 }
                 let salt = r.salt;
                 out.actions.push(Action::Route {
@@ -1179,7 +1391,11 @@ impl Engine {
             aborts: aborts.clone(),
         };
         let id = r.id;
-        let mut breaches = r.breaches.clone();
+        let mut breaches = r
+            .phase
+            .watch()
+            .map(|w| w.breaches.clone())
+            .unwrap_or_default();
         for (rule, v) in self.spec.aborts.iter().zip(&aborts) {
             let name = rule.name().to_string();
             if v.outcome == RuleOutcome::Fail {
@@ -1208,7 +1424,9 @@ impl Engine {
             }
         }
         if let Some(r) = self.state.rollout.as_mut() {
-            r.breaches = breaches;
+            if let Some(w) = r.phase.watch_mut() {
+                w.breaches = breaches;
+            }
             r.last_evaluation = Some(evaluation);
         }
         self.measured = Some(Measurement {
@@ -1241,7 +1459,7 @@ impl Engine {
                 let v = aborts
                     .iter()
                     .find(|v| v.rule == rule.name() && v.outcome == RuleOutcome::Fail)?;
-                let since = *r.breaches.get(rule.name())?;
+                let since = *r.phase.watch()?.breaches.get(rule.name())?;
                 Some((
                     rule.name().to_string(),
                     v.clone(),
@@ -1269,7 +1487,7 @@ impl Engine {
                 .state
                 .rollout
                 .as_ref()
-                .and_then(|r| r.breaches.get(&name).copied())
+                .and_then(|r| r.phase.watch()?.breaches.get(&name).copied())
                 .unwrap_or(now);
             let reason = format!(
                 "abort rule {name}: {} for {}",
@@ -1309,23 +1527,19 @@ impl Engine {
         if let Some(held) = &self.state.previous {
             at(held.until);
         }
-        if let Some(deadline) = self
-            .active()
-            .filter(|r| r.phase == Phase::Starting)
-            .and_then(|r| r.start_deadline)
-        {
-            at(deadline);
+        if let Some(Phase::Starting { deadline: Some(d) }) = self.active().map(|r| &r.phase) {
+            at(d.at);
         }
         if self.last_aborts().is_some() {
             for (_, _, end) in self.abort_window() {
                 at(end);
             }
             if let Some(r) = self.judged() {
-                if let Some(since) = r.inconclusive_since {
+                if let Some(since) = r.phase.watch().and_then(|w| w.inconclusive_since) {
                     at(since.plus(self.spec.max_inconclusive.get() + MILLI));
                 }
                 let step_end = match (&r.phase, r.plan.get(r.step).map(|s| s.hold)) {
-                    (Phase::Progressing, Some(StepHold::For(d))) => {
+                    (Phase::Progressing { .. }, Some(StepHold::For(d))) => {
                         Some(r.step_started.plus(d.get()))
                     }
                     _ => None,
@@ -1334,7 +1548,7 @@ impl Engine {
                     .last_evaluation
                     .as_ref()
                     .is_some_and(|e| e.gates.iter().any(|v| v.outcome == RuleOutcome::Fail));
-                match (step_end, &r.hold) {
+                match (step_end, r.hold()) {
                     (Some(end), None) => at(end),
                     // Failing gates are re-judged when max_hold runs out (on a step that
                     // has ended: a resumed pause moves the step's end).
@@ -1367,7 +1581,7 @@ impl Engine {
         let (stats, wider, external) = (&m.stats, &m.wider, &m.external);
         let min = self.spec.min_samples;
         let r = self.state.rollout.as_ref()?;
-        if r.phase != Phase::Progressing {
+        if r.phase.kind() != PhaseKind::Progressing {
             return None;
         }
         let step = r.plan.get(r.step)?;
@@ -1425,7 +1639,9 @@ impl Engine {
         };
         let max_hold = self.spec.max_hold;
         let r = self.state.rollout.as_mut()?;
-        let prev = r.hold.clone();
+        let weight = r.weight;
+        let watch = r.phase.watch_mut()?;
+        let prev = watch.hold.clone();
         let failing_since = match (&prev, failing_now) {
             (_, false) => prev.as_ref().and_then(|h| h.failing_since),
             (
@@ -1437,12 +1653,11 @@ impl Engine {
             ) => Some(*s),
             (_, true) => Some(now),
         };
-        r.hold = Some(Hold {
+        watch.hold = Some(Hold {
             since: prev.as_ref().map_or(now, |h| h.since),
             failing_since,
             reason: reason.clone(),
         });
-        let weight = r.weight;
         if let Some(since) = failing_since.filter(|_| failing_now) {
             if now.since(since) > max_hold.get() {
                 let why = format!(
@@ -1469,19 +1684,19 @@ impl Engine {
     /// left holding forever (e.g. Prometheus down, or a canary that never gets traffic).
     fn watch_inconclusive(&mut self, now: Timestamp, unsure: Option<String>, out: &mut Outcome) {
         let limit = self.spec.max_inconclusive;
-        let Some(r) = self
+        let Some(w) = self
             .state
             .rollout
             .as_mut()
-            .filter(|r| matches!(r.phase, Phase::Progressing | Phase::Paused { .. }))
+            .and_then(|r| r.phase.watch_mut())
         else {
             return;
         };
         let Some(detail) = unsure else {
-            r.inconclusive_since = None;
+            w.inconclusive_since = None;
             return;
         };
-        let since = *r.inconclusive_since.get_or_insert(now);
+        let since = *w.inconclusive_since.get_or_insert(now);
         if now.since(since) > limit.get() {
             let why = format!(
                 "inconclusive for {} > max_inconclusive {limit}: {detail}",
@@ -1526,8 +1741,7 @@ impl Engine {
         });
         if let Some(r) = self.state.rollout.as_mut() {
             if matches!(r.phase, Phase::Promoted { .. }) {
-                r.phase = Phase::Done;
-                r.ended = Some(now);
+                r.phase = Phase::Done { ended: now };
             }
         }
         self.decide(
@@ -1552,13 +1766,20 @@ impl Engine {
         r.step = next;
         r.weight = step.weight;
         r.step_started = now;
-        r.hold = None;
-        if step.hold == StepHold::UntilPromoted {
-            r.phase = Phase::Paused {
+        // A new step is judged afresh: the hold was the last step's.
+        let watch = Watch {
+            hold: None,
+            ..r.phase.take_watch()
+        };
+        r.phase = if step.hold == StepHold::UntilPromoted {
+            Phase::Paused {
                 manual: false,
                 since: now,
-            };
-        }
+                watch,
+            }
+        } else {
+            Phase::Progressing { watch }
+        };
         let (salt, to) = (r.salt, r.to.clone());
         let from = r.from.clone();
         if let Some(from) = from {
@@ -1599,8 +1820,6 @@ impl Engine {
         let to = r.to.clone();
         let from = r.from.clone();
         r.weight = Weight::FULL;
-        r.hold = None;
-        r.breaches.clear();
         let until = now.plus(hold.get());
         out.actions.push(Action::Route {
             stable: to.clone(),
@@ -1610,8 +1829,7 @@ impl Engine {
         });
         if let Some(from) = from.clone() {
             if hold.is_zero() {
-                r.phase = Phase::Done;
-                r.ended = Some(now);
+                r.phase = Phase::Done { ended: now };
                 out.actions.push(Action::Stop {
                     release: from,
                     reason: "promoted; hold_previous is 0".into(),
@@ -1624,8 +1842,7 @@ impl Engine {
                 });
             }
         } else {
-            r.phase = Phase::Done;
-            r.ended = Some(now);
+            r.phase = Phase::Done { ended: now };
         }
         self.state.stable = Some(to.clone());
         let cleared = self.clear_failure(&to);
@@ -1663,7 +1880,7 @@ impl Engine {
             return;
         };
         let to = r.to.clone();
-        let had_traffic = r.phase != Phase::Starting;
+        let had_traffic = r.phase.kind() != PhaseKind::Starting;
         // Say where the traffic is only when that is true: a first release has no stable.
         let traffic = match (&r.from, had_traffic) {
             (Some(_), true) => "all traffic is back on stable".to_string(),
@@ -1678,11 +1895,9 @@ impl Engine {
         r.phase = Phase::Aborted {
             reason: reason.clone(),
             automatic,
+            ended: now,
         };
         r.weight = Weight::ZERO;
-        r.ended = Some(now);
-        r.hold = None;
-        r.start_deadline = None;
         let salt = r.salt;
         if let (Some(from), true) = (r.from.clone(), had_traffic) {
             out.actions.push(Action::Route {
@@ -1743,6 +1958,7 @@ impl Engine {
                 r.phase = Phase::Paused {
                     manual: true,
                     since: now,
+                    watch: r.phase.take_watch(),
                 };
                 let w = r.weight;
                 self.decide(
@@ -1755,7 +1971,9 @@ impl Engine {
             }
             VerbEffect::Resume { manual, since } => {
                 let r = self.state.rollout.as_mut().ok_or_else(none)?;
-                r.phase = Phase::Progressing;
+                r.phase = Phase::Progressing {
+                    watch: r.phase.take_watch(),
+                };
                 if manual {
                     // The time spent paused does not count towards the step.
                     r.step_started = r.step_started.plus(now.since(since));
@@ -1801,9 +2019,9 @@ impl Engine {
                 let reason = "rolled back by the operator inside hold_previous".to_string();
                 r.phase = Phase::RolledBack {
                     reason: reason.clone(),
+                    ended: now,
                 };
                 r.weight = Weight::ZERO;
-                r.ended = Some(now);
                 out.actions.push(Action::Route {
                     stable: held.release.clone(),
                     canary: None,
@@ -1853,10 +2071,10 @@ impl Engine {
             started.push(h.release.label());
         }
         if let Some(r) = self.state.rollout.as_mut() {
-            if r.phase == Phase::Starting {
+            if let Phase::Starting { deadline: Some(d) } = &mut r.phase {
                 // The instances it re-adopts get the whole start_timeout again, as they did
                 // when the shell kept this deadline.
-                r.start_deadline = r.start_timeout.map(|d| now.plus(d.get()));
+                d.at = now.plus(d.timeout.get());
             }
         }
         if let Some(r) = self.state.rollout.clone() {
@@ -1870,7 +2088,9 @@ impl Engine {
         // Routes are re-established as they were; instances join only once ready (invariant 3).
         if let Some(stable) = self.state.stable.clone() {
             let (canary, weight, salt) = match self.active() {
-                Some(r) if r.phase != Phase::Starting => (Some(r.to.clone()), r.weight, r.salt),
+                Some(r) if r.phase.kind() != PhaseKind::Starting => {
+                    (Some(r.to.clone()), r.weight, r.salt)
+                }
                 Some(r) => (None, Weight::ZERO, r.salt),
                 None => (
                     None,
@@ -1937,19 +2157,21 @@ pub fn verb_effect(
         return Err(EngineError::NoRollout { verb });
     };
     match (verb, phase) {
-        (Pause, Progressing) => Ok(VerbEffect::Pause),
+        (Pause, Progressing { .. }) => Ok(VerbEffect::Pause),
         (Pause, Paused { .. }) => Err(EngineError::AlreadyPaused),
-        (Pause, Starting) => Err(EngineError::PauseWhileStarting),
-        (Resume, Paused { manual, since }) => Ok(VerbEffect::Resume {
+        (Pause, Starting { .. }) => Err(EngineError::PauseWhileStarting),
+        (Resume, Paused { manual, since, .. }) => Ok(VerbEffect::Resume {
             manual: *manual,
             since: *since,
         }),
-        (Resume, Progressing) => Err(EngineError::NotPaused),
-        (Promote, Progressing | Paused { .. }) => Ok(VerbEffect::Promote),
-        (Promote, Starting) => Err(EngineError::PromoteWhileStarting),
-        (Abort | Rollback, Starting | Progressing | Paused { .. }) => Ok(VerbEffect::Abort),
+        (Resume, Progressing { .. }) => Err(EngineError::NotPaused),
+        (Promote, Progressing { .. } | Paused { .. }) => Ok(VerbEffect::Promote),
+        (Promote, Starting { .. }) => Err(EngineError::PromoteWhileStarting),
+        (Abort | Rollback, Starting { .. } | Progressing { .. } | Paused { .. }) => {
+            Ok(VerbEffect::Abort)
+        }
         (Rollback, Promoted { .. }) => Ok(VerbEffect::RollBack),
-        (Rollback, Done) if previous.is_some() => Err(EngineError::PreviousGone {
+        (Rollback, Done { .. }) if previous.is_some() => Err(EngineError::PreviousGone {
             previous: previous.unwrap_or_default(),
             hold,
         }),
@@ -1971,13 +2193,19 @@ mod tests {
         let t = Timestamp::from_millis(1);
         let phases: [(&str, Option<Phase>); 9] = [
             ("none", None),
-            ("starting", Some(Phase::Starting)),
-            ("progressing", Some(Phase::Progressing)),
+            ("starting", Some(Phase::Starting { deadline: None })),
+            (
+                "progressing",
+                Some(Phase::Progressing {
+                    watch: Watch::default(),
+                }),
+            ),
             (
                 "paused",
                 Some(Phase::Paused {
                     manual: true,
                     since: t,
+                    watch: Watch::default(),
                 }),
             ),
             (
@@ -1985,20 +2213,25 @@ mod tests {
                 Some(Phase::Paused {
                     manual: false,
                     since: t,
+                    watch: Watch::default(),
                 }),
             ),
             ("promoted", Some(Phase::Promoted { until: t })),
-            ("done", Some(Phase::Done)),
+            ("done", Some(Phase::Done { ended: t })),
             (
                 "aborted",
                 Some(Phase::Aborted {
                     reason: "x".into(),
                     automatic: true,
+                    ended: t,
                 }),
             ),
             (
                 "rolled_back",
-                Some(Phase::RolledBack { reason: "x".into() }),
+                Some(Phase::RolledBack {
+                    reason: "x".into(),
+                    ended: t,
+                }),
             ),
         ];
         let verbs = [
@@ -2053,7 +2286,12 @@ rolled_back finished finished finished finished finished
         assert_eq!(table, expected, "\n{table}");
         // A first release has no previous version: a rollback after it is simply finished.
         assert_eq!(
-            verb_effect(Verb::Rollback, Some(&Phase::Done), None, Dur::from_secs(60)),
+            verb_effect(
+                Verb::Rollback,
+                Some(&Phase::Done { ended: t }),
+                None,
+                Dur::from_secs(60)
+            ),
             Err(EngineError::Finished {
                 phase: "done",
                 verb: Verb::Rollback

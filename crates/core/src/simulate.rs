@@ -63,7 +63,7 @@ pub fn replay(recording: &Recording, spec: &RolloutSpec) -> Replay {
             .state()
             .rollout
             .as_ref()
-            .is_some_and(|ro| ro.id == recording.rollout && ro.ended.is_some())
+            .is_some_and(|ro| ro.id == recording.rollout && ro.ended().is_some())
             && !matches!(r.event, Event::Command(_))
         {
             continue;
@@ -82,7 +82,7 @@ pub fn replay(recording: &Recording, spec: &RolloutSpec) -> Replay {
         decisions,
         refused,
         final_phase: ro.map_or("none".to_string(), |r| r.phase.name().to_string()),
-        ended: ro.and_then(|r| r.ended),
+        ended: ro.and_then(|r| r.ended()),
     }
 }
 
@@ -146,7 +146,7 @@ mod tests {
                 .state()
                 .rollout
                 .as_ref()
-                .is_some_and(|r| r.ended.is_some() && r.id == 2)
+                .is_some_and(|r| r.ended().is_some() && r.id == 2)
             {
                 break;
             }

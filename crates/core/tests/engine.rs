@@ -2,8 +2,8 @@
 //! gate, abort rule, inconclusive window and manual verb.
 
 use cutover_core::engine::{
-    Action, DecisionKind, Engine, EngineError, Event, InstanceFacts, Outcome, Phase, Release, Step,
-    StepHold, Verb,
+    Action, DecisionKind, Engine, EngineError, Event, InstanceFacts, Outcome, Phase, PhaseKind,
+    Release, Step, StepHold, Verb,
 };
 use cutover_core::spec::{AbortSpec, GateSpec, PauseSpec, RolloutSpec, ScheduleKind, StepSpec};
 use cutover_core::{Dur, Timestamp, TrackStats, Weight, WindowStats};
@@ -214,14 +214,14 @@ fn first_release_goes_straight_to_full_once_ready() {
         start_timeout: None,
     });
     assert_eq!(out.actions, vec![Action::Start { release: v1() }]);
-    assert_eq!(s.phase(), Phase::Starting);
+    assert_eq!(s.phase().kind(), PhaseKind::Starting);
     let out = s.ok(Event::Ready {
         digest: "sha-v1".into(),
     });
     assert!(
         matches!(&out.actions[..], [Action::Route { stable, canary: None, .. }] if *stable == v1())
     );
-    assert_eq!(s.phase(), Phase::Done);
+    assert_eq!(s.phase().kind(), PhaseKind::Done);
     assert_eq!(s.engine.state().stable, Some(v1()));
 }
 
@@ -233,12 +233,12 @@ fn healthy_rollout_doubles_every_step_then_promotes_and_holds_previous() {
         force: false,
         start_timeout: None,
     });
-    assert_eq!(s.phase(), Phase::Starting);
+    assert_eq!(s.phase().kind(), PhaseKind::Starting);
     let out = s.ok(Event::Ready {
         digest: "sha-v2".into(),
     });
     assert_eq!(route_weights(&out), vec![Weight::from_bp(200).unwrap()]);
-    assert_eq!(s.phase(), Phase::Progressing);
+    assert_eq!(s.phase().kind(), PhaseKind::Progressing);
 
     let mut seen = vec![s.weight().bp()];
     for _ in 0..200 {
@@ -272,7 +272,7 @@ fn healthy_rollout_doubles_every_step_then_promotes_and_holds_previous() {
         }]
     );
     assert!(s.now >= until);
-    assert_eq!(s.phase(), Phase::Done);
+    assert_eq!(s.phase().kind(), PhaseKind::Done);
     assert!(s.kinds().contains(&DecisionKind::PreviousReleased));
 }
 
@@ -307,11 +307,12 @@ fn failing_gate_holds_then_aborts_after_max_hold() {
     // Fails again past max_hold: abort.
     s.tick(90, a_bit_slower());
     s.tick(30, a_bit_slower());
-    assert_eq!(s.phase(), Phase::Progressing);
+    assert_eq!(s.phase().kind(), PhaseKind::Progressing);
     let out = s.tick(35, a_bit_slower());
     let Phase::Aborted {
         reason,
         automatic: true,
+        ..
     } = s.phase()
     else {
         panic!("{:?}", s.phase())
@@ -334,7 +335,7 @@ fn inconclusive_holds_and_never_advances_nor_aborts() {
         let out = s.tick(5, quiet());
         assert!(out.actions.is_empty(), "{:?}", out.actions);
     }
-    assert_eq!(s.phase(), Phase::Progressing);
+    assert_eq!(s.phase().kind(), PhaseKind::Progressing);
     assert_eq!(s.weight().bp(), 200);
     let hold = s
         .engine
@@ -342,8 +343,8 @@ fn inconclusive_holds_and_never_advances_nor_aborts() {
         .rollout
         .as_ref()
         .unwrap()
-        .hold
-        .clone()
+        .hold()
+        .cloned()
         .unwrap();
     assert!(
         hold.reason.contains("fewer than min_samples 50"),
@@ -395,8 +396,8 @@ fn a_breach_that_clears_resets_its_for_window() {
         s.tick(5, slow());
     }
     assert_eq!(
-        s.phase(),
-        Phase::Progressing,
+        s.phase().kind(),
+        PhaseKind::Progressing,
         "the breach restarted its 45 s"
     );
     s.tick(5, slow());
@@ -518,7 +519,7 @@ fn failed_digest_is_refused_without_force() {
         force: true,
         start_timeout: None,
     });
-    assert_eq!(s.phase(), Phase::Starting);
+    assert_eq!(s.phase().kind(), PhaseKind::Starting);
 }
 
 #[test]
@@ -588,7 +589,7 @@ fn manual_verbs_in_every_phase() {
         assert!(s.tick(5, healthy()).actions.is_empty());
     }
     s.ok(Event::Command(Verb::Resume));
-    assert_eq!(s.phase(), Phase::Progressing);
+    assert_eq!(s.phase().kind(), PhaseKind::Progressing);
     // The paused time did not count: 30 s of the step remain.
     assert!(s.tick(25, healthy()).actions.is_empty());
     assert_eq!(
@@ -633,7 +634,7 @@ fn rollback_after_hold_previous_says_how_to_get_back() {
     s.deploy_v2();
     s.ok(Event::Command(Verb::Promote));
     s.tick(61, healthy());
-    assert_eq!(s.phase(), Phase::Done);
+    assert_eq!(s.phase().kind(), PhaseKind::Done);
     let e = s.err(Event::Command(Verb::Rollback));
     assert!(e.to_string().contains("cutover deploy v1"), "{e}");
 }
@@ -759,8 +760,8 @@ fn recovery_restarts_what_the_state_says_and_routes_as_before() {
         matches!(&out.actions[2], Action::Route { canary: Some(c), weight, .. } if *c == v2() && weight.bp() == 400)
     );
     assert_eq!(
-        e.state().rollout.as_ref().unwrap().phase,
-        Phase::Progressing
+        e.state().rollout.as_ref().unwrap().phase.kind(),
+        PhaseKind::Progressing
     );
 }
 
@@ -851,12 +852,13 @@ mod analysis {
         s.deploy_v2();
         for _ in 0..9 {
             s.tick_ext(5, ext(clear(0.0), fired(1.2)));
-            assert_eq!(s.phase(), Phase::Progressing);
+            assert_eq!(s.phase().kind(), PhaseKind::Progressing);
         }
         let out = s.tick_ext(5, ext(clear(0.0), fired(1.2)));
         let Phase::Aborted {
             reason,
             automatic: true,
+            ..
         } = s.phase()
         else {
             panic!("{:?}", s.phase())
@@ -883,8 +885,7 @@ mod analysis {
             .rollout
             .as_ref()
             .unwrap()
-            .hold
-            .as_ref()
+            .hold()
             .unwrap()
             .reason
             .contains("gate swaps failed"));
@@ -896,8 +897,8 @@ mod analysis {
             .rollout
             .as_ref()
             .unwrap()
-            .hold
-            .clone()
+            .hold()
+            .cloned()
             .unwrap();
         assert!(hold.reason.starts_with("inconclusive"), "{}", hold.reason);
         // A rule with no result at all (provider down, not evaluated) is inconclusive too.
@@ -916,7 +917,7 @@ mod analysis {
         // Inconclusive from the first tick; exactly 60 s later is not yet "longer than".
         for _ in 0..13 {
             s.tick_ext(5, ext(nodata(), nodata()));
-            assert_eq!(s.phase(), Phase::Progressing);
+            assert_eq!(s.phase().kind(), PhaseKind::Progressing);
         }
         s.tick_ext(5, ext(nodata(), nodata()));
         let Phase::Aborted { reason, .. } = s.phase() else {
@@ -967,6 +968,7 @@ mod analysis {
         let Phase::Aborted {
             reason,
             automatic: true,
+            ..
         } = s.phase()
         else {
             panic!()
@@ -1078,8 +1080,8 @@ fn a_blind_abort_rule_holds_the_rollout() {
         .rollout
         .as_ref()
         .unwrap()
-        .hold
-        .clone()
+        .hold()
+        .cloned()
         .unwrap();
     assert!(
         hold.reason.contains("abort rule remote") && hold.reason.contains("unreachable"),

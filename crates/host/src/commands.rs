@@ -204,7 +204,7 @@ pub async fn deploy(
         }
         use cutover_core::engine::Phase;
         match &r.phase {
-            Phase::Promoted { .. } | Phase::Done => {
+            Phase::Promoted { .. } | Phase::Done { .. } => {
                 emitln(&format!("{} is live at 100%", r.to.label()))?;
                 return Ok(());
             }
@@ -214,7 +214,7 @@ pub async fn deploy(
                     r.id
                 )))
             }
-            Phase::RolledBack { reason } => {
+            Phase::RolledBack { reason, .. } => {
                 return Err(CommandError::RolloutFailed(format!(
                     "rollout {} rolled back: {reason}",
                     r.id

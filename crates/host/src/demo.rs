@@ -146,30 +146,24 @@ async fn follow(
                 format!("canary p99 {p99}, {} req in window", c.requests)
             })
             .unwrap_or_default();
-        // Once the rollout has ended its last hold and breach are history, not news.
-        let active = r.phase.is_active();
+        // Once the rollout has ended it has no hold or breach: they are history, not news.
         let hold = r
-            .hold
-            .as_ref()
-            .filter(|_| active)
+            .hold()
             .map(|h| format!("  HOLD: {}", h.reason))
             .unwrap_or_default();
         let breach = r
-            .breaches
-            .keys()
+            .breaches()
             .next()
-            .filter(|_| active)
-            .map(|k| format!("  BREACH: {k}"))
+            .map(|(k, _)| format!("  BREACH: {k}"))
             .unwrap_or_default();
         // A new line when something an operator cares about changes, not every number.
         let key = format!(
             "{}{}{:?}{:?}",
             r.weight,
             r.phase.name(),
-            r.hold
-                .as_ref()
+            r.hold()
                 .map(|h| h.reason.split(':').next().map(str::to_string)),
-            r.breaches.keys().collect::<Vec<_>>()
+            r.breaches().map(|(k, _)| k).collect::<Vec<_>>()
         );
         if key != last {
             println!(
@@ -374,7 +368,8 @@ fn summary(
     println!("  clients sent back from v2 to v1 during the healthy rollout (sticky monotonicity): {flips}");
 
     let r2 = v2.status.rollout.as_ref();
-    let promoted = r2.is_some_and(|r| matches!(r.phase, Phase::Promoted { .. } | Phase::Done));
+    let promoted =
+        r2.is_some_and(|r| matches!(r.phase, Phase::Promoted { .. } | Phase::Done { .. }));
     let v2_failed = report.by_version.get("v2").map_or(0, |c| c.failed);
     println!(
         "\n  v2: {} with {} failed requests out of {} sent during its rollout",
@@ -388,7 +383,7 @@ fn summary(
     );
     let r3 = v3.status.rollout.as_ref();
     let mut ok = promoted && report.failed == 0 && v2_failed == 0 && flips == 0;
-    match r3.map(|r| (&r.phase, r.traffic_since, r.ended)) {
+    match r3.map(|r| (&r.phase, r.traffic_since, r.ended())) {
         Some((Phase::Aborted { reason, .. }, Some(onset), Some(ended))) => {
             let served = report.by_version.get("v3").map_or(0, |c| c.ok + c.failed);
             let during = (v3.sent_after - v3.sent_before).max(1);

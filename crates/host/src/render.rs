@@ -42,12 +42,12 @@ fn verdict_line(v: &Verdict) -> String {
 
 fn phase_line(r: &Rollout, now: Timestamp) -> String {
     match &r.phase {
-        Phase::Starting => format!(
+        Phase::Starting { .. } => format!(
             "starting {} (waiting for readiness, {} so far)",
             r.to.version,
             span(r.started, now)
         ),
-        Phase::Progressing => {
+        Phase::Progressing { .. } => {
             let step_end = match r.plan.get(r.step).map(|s| s.hold) {
                 Some(StepHold::For(d)) => {
                     let end = r.step_started.plus(d.get());
@@ -68,6 +68,7 @@ fn phase_line(r: &Rollout, now: Timestamp) -> String {
         Phase::Paused {
             manual: true,
             since,
+            ..
         } => format!(
             "paused by the operator {} ago (resume with `cutover resume`)",
             span(*since, now)
@@ -75,6 +76,7 @@ fn phase_line(r: &Rollout, now: Timestamp) -> String {
         Phase::Paused {
             manual: false,
             since,
+            ..
         } => format!(
             "paused until promoted, {} ago (`cutover resume` or `cutover promote`)",
             span(*since, now)
@@ -83,12 +85,14 @@ fn phase_line(r: &Rollout, now: Timestamp) -> String {
             "promoted; previous release held for rollback for another {}",
             span(now, *until)
         ),
-        Phase::Done => "done".to_string(),
-        Phase::Aborted { reason, automatic } => format!(
+        Phase::Done { .. } => "done".to_string(),
+        Phase::Aborted {
+            reason, automatic, ..
+        } => format!(
             "ABORTED ({}): {reason}",
             if *automatic { "automatic" } else { "manual" }
         ),
-        Phase::RolledBack { reason } => format!("ROLLED BACK: {reason}"),
+        Phase::RolledBack { reason, .. } => format!("ROLLED BACK: {reason}"),
     }
 }
 
@@ -124,7 +128,7 @@ pub fn status(s: &StatusView) -> String {
             .from
             .as_ref()
             .map_or("(none)".to_string(), |f| f.version.clone());
-        let when = match r.ended {
+        let when = match r.ended() {
             Some(ended) => format!(
                 "ended {} ago, after {}",
                 span(ended, now),
@@ -134,7 +138,7 @@ pub fn status(s: &StatusView) -> String {
         };
         let _ = writeln!(o, "\nrollout {}: {from} → {}  ({when})", r.id, r.to.label());
         let _ = writeln!(o, "  {}", phase_line(r, now));
-        if r.phase.is_active() && r.phase != Phase::Starting {
+        if r.phase.is_active() && r.phase.kind() != PhaseKind::Starting {
             let _ = writeln!(
                 o,
                 "  canary {} {:>6}",
@@ -162,9 +166,9 @@ pub fn status(s: &StatusView) -> String {
                 );
             }
         }
-        // A hold or a breach only means something while the rollout runs: an aborted
-        // rollout's last breach is in its phase line and its history, not a live alarm.
-        if let Some(h) = r.hold.as_ref().filter(|_| r.phase.is_active()) {
+        // A hold or a breach only means something while the rollout runs (the phase has
+        // none after): an aborted rollout's last breach is in its phase line and its history.
+        if let Some(h) = r.hold() {
             let _ = writeln!(
                 o,
                 "  HOLD   {} (since {} ago)",
@@ -172,10 +176,8 @@ pub fn status(s: &StatusView) -> String {
                 span(h.since, now)
             );
         }
-        if r.phase.is_active() {
-            for (rule, since) in &r.breaches {
-                let _ = writeln!(o, "  BREACH {rule} for {}", span(*since, now));
-            }
+        for (rule, since) in r.breaches() {
+            let _ = writeln!(o, "  BREACH {rule} for {}", span(*since, now));
         }
         if let Some(e) = &r.last_evaluation {
             let ms = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{:.1}ms", v * 1e3));

@@ -1,6 +1,6 @@
 //! The proxy: accept loop, per-request routing and forwarding, upgrades, graceful shutdown.
 
-use crate::body::{Guarded, ProxyBody, Resendable};
+use crate::body::{BodySlot, Guarded, ProxyBody, Resendable};
 use crate::conn::{self, Idle, Streams};
 use crate::error::{ProxyError, Unsent, UpstreamError};
 use crate::headers;
@@ -12,6 +12,7 @@ use crate::ws::{self, WsDrainReport};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use cutover_core::spec::{StickySpec, UpstreamProtocol};
+use cutover_core::stats::Track;
 use cutover_core::Cidr;
 use cutover_telemetry::{Recorder, VersionRecorder};
 use http::header::{HeaderName, HOST};
@@ -550,29 +551,67 @@ impl Proxy {
         }
     }
 
+    /// One request, as four named phases (pingora's request phases); each may answer the
+    /// client itself, and each hands the next what it decided:
+    /// 1. [`route`](Self::route): which instance serves it, on one load of the table;
+    /// 2. [`prepare`](Self::prepare): the request as it leaves (hop-by-hop headers stripped,
+    ///    `Host` and `X-Forwarded-*` set, the body made resendable);
+    /// 3. [`forward`](Self::forward): send it and wait for the response head, retrying once
+    ///    on another backend when nothing reached the first;
+    /// 4. [`respond`](Self::respond): the instance's answer, a protocol switch, or the proxy's
+    ///    own error, recorded for the version that served it.
     async fn handle(
         &self,
         worker: &Worker,
         client: &Client,
-        mut req: Request<Incoming>,
+        req: Request<Incoming>,
     ) -> Response<ProxyBody> {
+        let Routed {
+            routes,
+            mut target,
+            started,
+            host,
+        } = match self.route(worker, client, &req) {
+            Ok(routed) => routed,
+            Err(refused) => return refused.response(),
+        };
+        let (outgoing, upgrade) = self.prepare(client, req, host);
+        // A client that gives up before the instance answers must still count: otherwise a
+        // hung canary would show no samples, stay "inconclusive" and never be aborted.
+        let mut abandoned = Abandoned::arm(routes.recorder(target.track), started);
+        let sent = self
+            .forward(
+                worker,
+                &routes,
+                &mut target,
+                outgoing,
+                &mut abandoned,
+                started,
+            )
+            .await;
+        self.respond(worker, &target, upgrade, sent, abandoned)
+    }
+
+    /// Phase 1, route: the request's instance, from the table loaded once for this request
+    /// (invariant 1) and the client's sticky key. [`Refused`] when the proxy answers itself:
+    /// 400 for a request whose host cannot be told (before anything else: it reached no
+    /// version and counts for none), 503 when its track has no ready instance.
+    fn route(
+        &self,
+        worker: &Worker,
+        client: &Client,
+        req: &Request<Incoming>,
+    ) -> Result<Routed, Refused> {
         let peer = client.peer;
-        // Before anything else: a request refused here reached no version and counts for none.
         let host = match headers::request_host(req.version(), req.uri(), req.headers()) {
             Ok(host) => host,
             Err(e) => {
                 debug!(%peer, reason = e.reason(), "request refused: 400");
                 self.inner.refused[e.index()].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let mut resp = local(StatusCode::BAD_REQUEST, e.message());
-                // HTTP/1.1: the connection ends with it (HTTP/2 has no `Connection`; only the
-                // stream is answered).
-                if req.version() < Version::HTTP_2 {
-                    resp.headers_mut().insert(
-                        http::header::CONNECTION,
-                        http::HeaderValue::from_static("close"),
-                    );
-                }
-                return resp;
+                return Err(Refused::BadHost {
+                    message: e.message(),
+                    close: req.version() < Version::HTTP_2,
+                });
             }
         };
         let started = Instant::now();
@@ -586,22 +625,40 @@ impl Proxy {
             req.uri().query(),
             peer,
         );
-        let Some((mut track, pool)) = table.route(&key) else {
+        let Some((track, pool)) = table.route(&key) else {
             if let Some((_, pool)) = table.intended(&key) {
                 self.record(&pool.version, 503, started, true);
             }
-            return local(StatusCode::SERVICE_UNAVAILABLE, "no ready instance\n");
+            return Err(Refused::NoInstance);
         };
-        let Some(mut backend) =
+        let Some(backend) =
             pick_backend(&pool.backends, None).and_then(|i| routes.backend(track, i))
         else {
             // `route` only returns pools with backends; kept total rather than panicking.
-            return local(StatusCode::SERVICE_UNAVAILABLE, "no ready instance\n");
+            return Err(Refused::NoInstance);
         };
+        Ok(Routed {
+            target: Target { track, backend },
+            routes,
+            started,
+            host,
+        })
+    }
 
+    /// Phase 2, prepare: the request as it leaves the proxy. Hop-by-hop headers go (the host
+    /// is taken first, so even a `Connection: host` keeps it); `Host` is set from what the
+    /// client named; `X-Forwarded-*` are added here for hyper's clients (the worker's HTTP/1.1
+    /// connections write them with the head); the body becomes resendable for a retry; and
+    /// the client's half of an upgrade is taken for [`respond`](Self::respond).
+    fn prepare<'c>(
+        &self,
+        client: &'c Client,
+        mut req: Request<Incoming>,
+        host: Option<(http::HeaderValue, bool)>,
+    ) -> (Outgoing<'c>, ClientUpgrade) {
         let upgrade = headers::is_upgrade(req.headers());
         let websocket = upgrade && headers::is_websocket(req.headers());
-        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let on = upgrade.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
         // Taken before the hop-by-hop headers go, so that even a `Connection: host` keeps it.
         let (host, from_target) = match host {
@@ -622,9 +679,7 @@ impl Proxy {
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
-
-        let (mut body, mut slot) = Resendable::new(body);
-        let mut retried = false;
+        let (body, slot) = Resendable::new(body);
         // HTTP/2 has no `Upgrade`: upgrades always go over HTTP/1.1.
         let via = if upgrade {
             Via::Upgrade
@@ -633,23 +688,50 @@ impl Proxy {
         } else {
             Via::Http1
         };
-        let forwarded = headers::Forwarded {
-            client: &client.forwarded_for,
-            host: host.as_ref(),
-            proto: &client.proto,
-            trusted: client.trusted,
-        };
         // The worker's HTTP/1.1 connections write these out with the head.
         if via != Via::Http1 {
-            headers::add_forwarded(&mut parts.headers, &forwarded);
+            headers::add_forwarded(&mut parts.headers, &client.forwarded(host.as_ref()));
         }
-        // A client that gives up before the instance answers must still count: otherwise a
-        // hung canary would show no samples, stay "inconclusive" and never be aborted.
-        let mut abandoned = Abandoned::arm(routes.recorder(track), started);
-        // The response head is waited for until then, retry included.
+        let outgoing = Outgoing {
+            client,
+            parts,
+            path,
+            host,
+            via,
+            body,
+            slot,
+        };
+        (outgoing, ClientUpgrade { on, websocket })
+    }
+
+    /// Phase 3, forward/retry: sends the request to `target` and waits for the response head
+    /// until `upstream_timeout` after `started`, retry included. When nothing reached the instance (it refused the connection) and
+    /// the body was not read yet, the request goes to another backend, once: `target` and
+    /// `abandoned` then follow the retry. The [`InFlight`] guard counts the backend that was
+    /// asked last.
+    async fn forward<'r>(
+        &self,
+        worker: &Worker,
+        routes: &'r Arc<Routes>,
+        target: &mut Target,
+        outgoing: Outgoing<'_>,
+        abandoned: &mut Abandoned<'r>,
+        started: Instant,
+    ) -> Sent {
+        let Outgoing {
+            client,
+            mut parts,
+            path,
+            host,
+            via,
+            mut body,
+            mut slot,
+        } = outgoing;
+        let forwarded = client.forwarded(host.as_ref());
         let deadline = started + self.inner.config.upstream_timeout;
+        let mut retried = false;
         let result = loop {
-            let guard = InFlight::new(backend.clone());
+            let guard = InFlight::new(target.backend.clone());
             // The worker's own pool gives a refused request back: its headers are moved, not
             // copied, and taken back for the retry.
             let headers = if via == Via::Http1 {
@@ -657,24 +739,20 @@ impl Proxy {
             } else {
                 parts.headers.clone()
             };
-            let Some(upstream) = upstream_request(&parts, headers, &backend, &path, via, body)
+            let Some(upstream) =
+                upstream_request(&parts, headers, &target.backend, &path, via, body)
             else {
                 // Cannot happen for a socket address and a path the server parsed; a
                 // failure here is still the proxy's, not the app's.
                 break Err((guard, None));
             };
             match worker
-                .send(via, &backend, upstream, &forwarded, deadline)
+                .send(via, &target.backend, upstream, &forwarded, deadline)
                 .await
             {
                 Ok(resp) => break Ok((guard, resp)),
                 Err(UpstreamError::TimedOut { .. }) => {
-                    warn!(backend = %backend.id, track = track.as_str(), timeout = ?self.inner.config.upstream_timeout, "upstream timed out");
-                    abandoned.finish(504, true);
-                    return local(
-                        StatusCode::GATEWAY_TIMEOUT,
-                        "gateway timeout: the instance did not answer in time\n",
-                    );
+                    return Err((guard, Unanswered::TimedOut));
                 }
                 // Nothing reached the instance (it refused the connection): the request may
                 // go to another backend, once.
@@ -691,16 +769,19 @@ impl Proxy {
                     let retry = if retried {
                         None
                     } else {
-                        table.retry_target(track, backend.addr)
+                        routes.table.retry_target(target.track, target.backend.addr)
                     };
                     match (unread, retry.and_then(|(t, i)| routes.backend(t, i))) {
                         (Some(unread), Some(b)) => {
                             debug!(error = %err, retry = %b.addr, "retrying on another backend");
                             retried = true;
-                            (track, backend) = (b.track(), b);
+                            *target = Target {
+                                track: b.track(),
+                                backend: b,
+                            };
                             // Nothing reached the refused instance: the wait is the retry's.
                             abandoned.disarm();
-                            abandoned = Abandoned::arm(routes.recorder(track), started);
+                            *abandoned = Abandoned::arm(routes.recorder(target.track), started);
                             (body, slot) = Resendable::new(unread);
                             continue;
                         }
@@ -710,87 +791,147 @@ impl Proxy {
                 Err(err) => break Err((guard, Some(err))),
             }
         };
-
-        let (guard, mut resp) = match result {
-            Ok(ok) => ok,
-            Err((_guard, err)) => {
-                // The client's own body broke (bad chunking, a client gone mid-upload): a
-                // 400, and not the version's error — a hostile or flaky client stuck to the
-                // canary must not be able to get a rollout aborted.
-                if slot.client_failed() {
-                    debug!(backend = %backend.id, "the client's request body could not be read");
-                    abandoned.finish(400, false);
-                    return local(
-                        StatusCode::BAD_REQUEST,
-                        "bad request: the request body could not be read\n",
-                    );
-                }
-                if let Some(err) = err {
-                    warn!(backend = %backend.id, track = track.as_str(), error = %err, "bad gateway");
-                }
-                abandoned.finish(502, true);
-                return local(
-                    StatusCode::BAD_GATEWAY,
-                    "bad gateway: no response from the instance\n",
-                );
-            }
-        };
-
-        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-            let Some(client_upgrade) = client_upgrade else {
-                let err = UpstreamError::UnexpectedUpgrade { addr: backend.addr };
-                warn!(backend = %backend.id, error = %err, "bad gateway");
-                abandoned.finish(502, true);
-                return local(
-                    StatusCode::BAD_GATEWAY,
-                    "bad gateway: unexpected protocol switch\n",
-                );
-            };
-            // Refused here, before the client sees a 101, rather than broken after it
-            // (DESIGN.md invariant 12): the instance's connection is dropped unused.
-            if let Some(extension) = websocket
-                .then(|| ws::unrelayable_extension(resp.headers()))
-                .flatten()
-            {
-                let err = UpstreamError::UnrelayableExtension {
-                    addr: backend.addr,
-                    extension,
-                };
-                warn!(backend = %backend.id, error = %err, "websocket refused");
-                abandoned.finish(502, true);
-                return local(
-                    StatusCode::BAD_GATEWAY,
-                    "bad gateway: the instance accepted a WebSocket extension cutover cannot relay\n",
-                );
-            }
-            abandoned.finish(101, false);
-            let upstream_upgrade = hyper::upgrade::on(&mut resp);
-            if websocket && headers::is_websocket(resp.headers()) {
-                let session = self.inner.ws.register(backend.addr);
-                // The upgraded connection stays on this worker: it still counts as its own.
-                let open = worker.balance.open(worker.index);
-                worker.tunnels.spawn(async move {
-                    let _open = open;
-                    ws::relay(client_upgrade, upstream_upgrade, guard, session).await;
-                });
+        result.map_err(|(guard, err)| {
+            // The client's own body broke (bad chunking, a client gone mid-upload): not the
+            // version's error.
+            if slot.client_failed() {
+                (guard, Unanswered::ClientBody)
             } else {
-                let open = worker.balance.open(worker.index);
-                worker.tunnels.spawn(async move {
-                    let _open = open;
-                    tunnel(client_upgrade, upstream_upgrade, guard).await;
-                });
+                (guard, Unanswered::Failed(err))
             }
-            let (mut parts, _) = resp.into_parts();
-            headers::strip_hop_by_hop(&mut parts.headers, true);
-            return Response::from_parts(parts, empty());
-        }
+        })
+    }
 
+    /// Phase 4, respond: what the client gets. The instance's response, relayed with its
+    /// hop-by-hop headers stripped and the backend counted in flight until its body ends; a
+    /// protocol switch ([`switch_protocols`](Self::switch_protocols)); or, when there was no
+    /// answer, the proxy's own error ([`unanswered`](Self::unanswered)). Each is recorded once,
+    /// for the version that served it.
+    fn respond(
+        &self,
+        worker: &Worker,
+        target: &Target,
+        upgrade: ClientUpgrade,
+        sent: Sent,
+        mut abandoned: Abandoned<'_>,
+    ) -> Response<ProxyBody> {
+        let (guard, resp) = match sent {
+            Ok(sent) => sent,
+            // The guard counts the backend in flight until the failure is recorded.
+            Err((_guard, why)) => return self.unanswered(target, why, &mut abandoned),
+        };
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            return self.switch_protocols(worker, target, upgrade, guard, resp, &mut abandoned);
+        }
         abandoned.finish(resp.status().as_u16(), false);
         let (mut parts, body) = resp.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers, false);
         // hyper answers the client in the client's own version, whatever the upstream hop spoke.
         parts.version = Version::HTTP_11;
         Response::from_parts(parts, Guarded::new(body, guard).boxed_unsync())
+    }
+
+    /// The proxy's own answer when the instance gave none: 504 past `upstream_timeout`, 400
+    /// when the client's own body broke (a hostile or flaky client stuck to the canary must
+    /// not be able to get a rollout aborted), 502 otherwise. Only 502 and 504 count against
+    /// the version.
+    fn unanswered(
+        &self,
+        target: &Target,
+        why: Unanswered,
+        abandoned: &mut Abandoned<'_>,
+    ) -> Response<ProxyBody> {
+        let backend = &target.backend;
+        match why {
+            Unanswered::TimedOut => {
+                warn!(backend = %backend.id, track = target.track.as_str(), timeout = ?self.inner.config.upstream_timeout, "upstream timed out");
+                abandoned.finish(504, true);
+                local(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "gateway timeout: the instance did not answer in time\n",
+                )
+            }
+            Unanswered::ClientBody => {
+                debug!(backend = %backend.id, "the client's request body could not be read");
+                abandoned.finish(400, false);
+                local(
+                    StatusCode::BAD_REQUEST,
+                    "bad request: the request body could not be read\n",
+                )
+            }
+            Unanswered::Failed(err) => {
+                if let Some(err) = err {
+                    warn!(backend = %backend.id, track = target.track.as_str(), error = %err, "bad gateway");
+                }
+                abandoned.finish(502, true);
+                local(
+                    StatusCode::BAD_GATEWAY,
+                    "bad gateway: no response from the instance\n",
+                )
+            }
+        }
+    }
+
+    /// A 101 from the instance: the client gets it, and the two upgraded connections are
+    /// joined on this worker (a WebSocket relay, or a byte tunnel for other protocols). Refused
+    /// with 502 when the client asked for no switch, or when the instance accepted a WebSocket
+    /// extension cutover cannot relay — before the client sees a 101 rather than broken after
+    /// it (DESIGN.md invariant 12): the instance's connection is dropped unused.
+    fn switch_protocols(
+        &self,
+        worker: &Worker,
+        target: &Target,
+        upgrade: ClientUpgrade,
+        guard: InFlight,
+        mut resp: Response<UpstreamBody>,
+        abandoned: &mut Abandoned<'_>,
+    ) -> Response<ProxyBody> {
+        let backend = &target.backend;
+        let ClientUpgrade { on, websocket } = upgrade;
+        let Some(client_upgrade) = on else {
+            let err = UpstreamError::UnexpectedUpgrade { addr: backend.addr };
+            warn!(backend = %backend.id, error = %err, "bad gateway");
+            abandoned.finish(502, true);
+            return local(
+                StatusCode::BAD_GATEWAY,
+                "bad gateway: unexpected protocol switch\n",
+            );
+        };
+        if let Some(extension) = websocket
+            .then(|| ws::unrelayable_extension(resp.headers()))
+            .flatten()
+        {
+            let err = UpstreamError::UnrelayableExtension {
+                addr: backend.addr,
+                extension,
+            };
+            warn!(backend = %backend.id, error = %err, "websocket refused");
+            abandoned.finish(502, true);
+            return local(
+                StatusCode::BAD_GATEWAY,
+                "bad gateway: the instance accepted a WebSocket extension cutover cannot relay\n",
+            );
+        }
+        abandoned.finish(101, false);
+        let upstream_upgrade = hyper::upgrade::on(&mut resp);
+        if websocket && headers::is_websocket(resp.headers()) {
+            let session = self.inner.ws.register(backend.addr);
+            // The upgraded connection stays on this worker: it still counts as its own.
+            let open = worker.balance.open(worker.index);
+            worker.tunnels.spawn(async move {
+                let _open = open;
+                ws::relay(client_upgrade, upstream_upgrade, guard, session).await;
+            });
+        } else {
+            let open = worker.balance.open(worker.index);
+            worker.tunnels.spawn(async move {
+                let _open = open;
+                tunnel(client_upgrade, upstream_upgrade, guard).await;
+            });
+        }
+        let (mut parts, _) = resp.into_parts();
+        headers::strip_hop_by_hop(&mut parts.headers, true);
+        Response::from_parts(parts, empty())
     }
 
     fn record(&self, version: &str, status: u16, started: Instant, failed_at_proxy: bool) {
@@ -892,6 +1033,18 @@ struct Client {
     proto: http::HeaderValue,
     /// Whether `peer` is one of `trusted_proxies`, whose forwarding headers are kept.
     trusted: bool,
+}
+
+impl Client {
+    /// The `X-Forwarded-*` fields for a request from this client that named `host`.
+    fn forwarded<'a>(&'a self, host: Option<&'a http::HeaderValue>) -> headers::Forwarded<'a> {
+        headers::Forwarded {
+            client: &self.forwarded_for,
+            host,
+            proto: &self.proto,
+            trusted: self.trusted,
+        }
+    }
 }
 
 /// What one worker thread owns: its upstream connections and its tunnels.
@@ -1137,6 +1290,87 @@ impl Drop for Abandoned<'_> {
             track.record_since(499, started, false);
         }
     }
+}
+
+/// What [`Proxy::route`] decided: where the request goes.
+struct Routed {
+    /// This worker's view of the table, loaded once for the request (invariant 1).
+    routes: Arc<Routes>,
+    target: Target,
+    /// When the proxy took the request: its latency and `upstream_timeout` count from here.
+    started: Instant,
+    /// The host the client named, and whether it came from an absolute-form target (`None`:
+    /// an HTTP/1.0 client that named none).
+    host: Option<(http::HeaderValue, bool)>,
+}
+
+/// Why [`Proxy::route`] answers a request itself.
+enum Refused {
+    /// The host cannot be told (400). `close`: HTTP/1.1, whose connection ends with it (HTTP/2
+    /// has no `Connection`; only the stream is answered).
+    BadHost { message: &'static str, close: bool },
+    /// The request's track has no ready instance (503).
+    NoInstance,
+}
+
+impl Refused {
+    fn response(self) -> Response<ProxyBody> {
+        match self {
+            Refused::BadHost { message, close } => {
+                let mut resp = local(StatusCode::BAD_REQUEST, message);
+                if close {
+                    resp.headers_mut().insert(
+                        http::header::CONNECTION,
+                        http::HeaderValue::from_static("close"),
+                    );
+                }
+                resp
+            }
+            Refused::NoInstance => local(StatusCode::SERVICE_UNAVAILABLE, "no ready instance\n"),
+        }
+    }
+}
+
+/// The instance a request is sent to, and the track it serves; a retry moves it.
+struct Target {
+    track: Track,
+    backend: BackendRef,
+}
+
+/// What [`Proxy::prepare`] made of the request: everything an attempt needs to send it. Each
+/// attempt builds its own URI from `path` (see [`upstream_request`]).
+struct Outgoing<'c> {
+    client: &'c Client,
+    /// Method and cleaned headers.
+    parts: http::request::Parts,
+    path: PathAndQuery,
+    /// The host the client named, for `X-Forwarded-Host` and to tell a retry what to send.
+    host: Option<http::HeaderValue>,
+    via: Via,
+    body: Resendable,
+    /// Whether the body was read, and whether the client broke it.
+    slot: BodySlot,
+}
+
+/// The client's half of a protocol switch: `on` is `None` when it asked for none.
+struct ClientUpgrade {
+    on: Option<hyper::upgrade::OnUpgrade>,
+    websocket: bool,
+}
+
+/// How [`Proxy::forward`] ended: the response head, or why there is none. Either way with the
+/// [`InFlight`] guard of the backend asked last, kept for as long as the answer needs it.
+type Sent = Result<(InFlight, Response<UpstreamBody>), (InFlight, Unanswered)>;
+
+/// Why [`Proxy::forward`] has no response to relay.
+enum Unanswered {
+    /// No response head before `upstream_timeout` (504).
+    TimedOut,
+    /// The client's own request body broke (400: not the version's error).
+    ClientBody,
+    /// Nothing came back from the instance, after the retry if there was one (502); `None`:
+    /// the request could not even be built for it.
+    Failed(Option<UpstreamError>),
 }
 
 /// How a request travels to its instance.

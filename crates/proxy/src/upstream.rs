@@ -373,14 +373,8 @@ mod tests {
         Instant::now() + Duration::from_secs(60)
     }
 
-    async fn until(what: &str, mut cond: impl FnMut() -> bool) {
-        let waited = tokio::time::timeout(Duration::from_secs(10), async {
-            while !cond() {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        })
-        .await;
-        assert!(waited.is_ok(), "timed out waiting for: {what}");
+    async fn until(what: &str, cond: impl FnMut() -> bool) {
+        cutover_testkit::eventually_holds(Duration::from_secs(10), what, cond).await
     }
 
     #[tokio::test]

@@ -569,18 +569,21 @@ async fn shutdown_completes_in_flight_http1_requests() {
 
     px.shutdown();
     // While the listener closes, a connect may be reset rather than refused.
-    tokio::time::timeout(DEADLINE, async {
-        while TcpStream::connect(addr)
-            .await
-            .map(drop)
-            .map_err(|e| e.kind())
-            != Err(std::io::ErrorKind::ConnectionRefused)
-        {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await
-    .expect("new connections refused after shutdown");
+    cutover_testkit::eventually(
+        DEADLINE,
+        "new connections refused after shutdown",
+        || async move {
+            match TcpStream::connect(addr)
+                .await
+                .map(drop)
+                .map_err(|e| e.kind())
+            {
+                Err(std::io::ErrorKind::ConnectionRefused) => Ok(()),
+                other => Err(format!("connect: {other:?}")),
+            }
+        },
+    )
+    .await;
     assert!(
         !px.done.is_finished(),
         "serve returned with requests in flight"
@@ -655,14 +658,17 @@ async fn shutdown_sends_goaway_and_completes_http2_streams() {
     px.shutdown();
     // GOAWAY: new streams on this connection are refused (a stream opened before the proxy
     // sent it is served normally, hence the loop).
-    let mut probe = sender.clone();
-    tokio::time::timeout(DEADLINE, async {
-        while probe.ready().await.is_ok() && h2_get(&mut probe, addr, "/late").await.is_ok() {
-            tokio::time::sleep(Duration::from_millis(5)).await;
+    cutover_testkit::eventually(DEADLINE, "the client saw GOAWAY", || {
+        let mut probe = sender.clone();
+        async move {
+            if probe.ready().await.is_ok() && h2_get(&mut probe, addr, "/late").await.is_ok() {
+                Err("a new stream was still served")
+            } else {
+                Ok(())
+            }
         }
     })
-    .await
-    .expect("the client saw GOAWAY");
+    .await;
     assert!(
         in_flight.iter().all(|t| !t.is_finished()),
         "a held stream ended before its response"

@@ -249,17 +249,20 @@ async fn certificate_reloads_without_a_restart_and_bad_files_are_refused() {
     assert_eq!(h2_get(&mut open).await.0, StatusCode::OK);
 
     new.install(dir.path());
-    let waited = tokio::time::timeout(DEADLINE, async {
-        loop {
-            let tls = connect(proxy.addr, &[&old, &new], &[b"h2"]).await;
-            if peer_cert(&tls) == new.der {
-                return tls;
+    let (addr, roots, new_der) = (proxy.addr, [&old, &new], &new.der);
+    let after = cutover_testkit::eventually(
+        DEADLINE,
+        "a new connection sees the new certificate",
+        || async move {
+            let tls = connect(addr, &roots, &[b"h2"]).await;
+            if peer_cert(&tls) == *new_der {
+                Ok(tls)
+            } else {
+                Err("a new connection was still shown the old certificate")
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
+        },
+    )
     .await;
-    let after = waited.expect("a new connection sees the new certificate");
     let mut fresh = h2(after).await;
     assert_eq!(h2_get(&mut fresh).await.0, StatusCode::OK);
     // The connection accepted with the old certificate is untouched by the swap.

@@ -4,7 +4,7 @@
 //! - [`upstream()`]: a real HTTP/1.1 server on 127.0.0.1:0 that answers by path and records
 //!   what it was sent (`upstream().route("/", "hello").spawn().await`); [`dead_addr`], where
 //!   connecting is refused; [`silent`], a server that accepts and never answers.
-//! - [`eventually`] / [`eventually_blocking`]: the one way a test waits for a condition, with a
+//! - [`eventually`] / [`eventually_holds`] / [`eventually_blocking`]: the one way a test waits for a condition, with a
 //!   deadline and a failure that says what was awaited and what was last seen. Tests never
 //!   sleep and hope; they wait on a condition and fail loudly when it does not come.
 //! - [`demo_app`]: where `cargo test --workspace` put the demo-app binary, the real child
@@ -24,4 +24,4 @@ mod wait;
 pub use config::ConfigBuilder;
 pub use demo::demo_app;
 pub use upstream::{dead_addr, silent, upstream, Reply, Seen, Silent, Upstream, UpstreamBuilder};
-pub use wait::{eventually, eventually_blocking, POLL};
+pub use wait::{eventually, eventually_blocking, eventually_holds, POLL};

@@ -52,6 +52,15 @@ where
     }
 }
 
+/// [`eventually`] for a condition that is a plain `bool` (a counter, a file, a flag): checks
+/// `cond` until it holds; panics after `deadline` naming `what`.
+pub async fn eventually_holds(deadline: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    eventually(deadline, what, || {
+        std::future::ready(if cond() { Ok(()) } else { Err("not yet") })
+    })
+    .await
+}
+
 /// [`eventually`] for code outside an async runtime (a plain `#[test]`, a blocking thread):
 /// same contract, measured on the monotonic clock (tokio's `Instant`, which outside a runtime
 /// is the std one).

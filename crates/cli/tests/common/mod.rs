@@ -1,6 +1,11 @@
-//! Test kit for the end-to-end tests: a real cutover runtime (in process) on 127.0.0.1 with
-//! ephemeral ports, real demo-app child processes, real HTTP load, and waits on conditions
-//! with deadlines. Time is shrunk through the config, never slept away.
+//! The end-to-end tests' own kit: a real cutover runtime (in process) on 127.0.0.1 with
+//! ephemeral ports, real demo-app child processes, real HTTP load, and waits on the rollout's
+//! status with deadlines. Time is shrunk through the config, never slept away.
+//!
+//! The generic parts come from `cutover_testkit` (re-exported below): the config builder, the
+//! demo-app location, upstreams, `eventually`. What is here is specific to driving a whole
+//! cutover: the [`Harness`] (state directory, admin client, restart), status predicates, and
+//! [`serial`], which keeps loaded rollouts from running at once.
 #![allow(dead_code)]
 
 use cutover_admin::{AdminClient, ClientError};
@@ -143,7 +148,9 @@ impl Harness {
         self.deploy(version, json!({})).await.unwrap();
         self.wait_for(&format!("{version} stable"), Duration::from_secs(20), |s| {
             s.stable.as_ref().is_some_and(|r| r.version == version)
-                && s.rollout.as_ref().is_some_and(|r| r.phase == Phase::Done)
+                && s.rollout
+                    .as_ref()
+                    .is_some_and(|r| matches!(r.phase, Phase::Done { .. }))
         })
         .await;
     }
@@ -154,7 +161,7 @@ pub fn phase(s: &StatusView) -> Option<&Phase> {
 }
 
 pub fn is_promoted(s: &StatusView) -> bool {
-    matches!(phase(s), Some(Phase::Promoted { .. } | Phase::Done))
+    matches!(phase(s), Some(Phase::Promoted { .. } | Phase::Done { .. }))
 }
 
 pub fn is_aborted(s: &StatusView) -> bool {

@@ -27,9 +27,7 @@ use crate::scrape::{self, Scraped, Target};
 use crate::status::{InstanceView, Settings, StatusView};
 use cutover_admin::{AlertmanagerPayload, ApiError, DeployRequest};
 use cutover_clock::Clock;
-use cutover_core::engine::{
-    Decision, Engine, EngineError, Event, InstanceFacts, Phase, Release, Verb,
-};
+use cutover_core::engine::{Decision, Engine, EngineError, Event, InstanceFacts, Release, Verb};
 use cutover_core::judge::External;
 use cutover_core::lookback::{self, Wider};
 use cutover_core::spec::AlertsSpec;
@@ -472,7 +470,7 @@ impl Driver {
         let starting = self
             .engine
             .active()
-            .filter(|r| r.phase == Phase::Starting)
+            .filter(|r| r.phase.is_starting())
             .map(|r| r.to.clone());
         if let Some(to) = starting {
             if fleet
@@ -554,7 +552,7 @@ impl Driver {
         let starting = self
             .engine
             .active()
-            .filter(|r| r.phase == Phase::Starting)
+            .filter(|r| r.phase.is_starting())
             .map(|r| r.to.digest.clone());
         let facts = match starting {
             Some(digest) => {
@@ -574,7 +572,7 @@ impl Driver {
         let window = self.loaded.config.rollout.window.get();
         let min_samples = self.loaded.config.rollout.min_samples;
         self.history.collect(&self.recorder);
-        let measured = self.engine.active().filter(|r| r.phase != Phase::Starting);
+        let measured = self.engine.active().filter(|r| !r.phase.is_starting());
         let versions = measured.map(|r| {
             (
                 r.from.as_ref().map(|f| f.version.clone()),
@@ -639,7 +637,7 @@ impl Driver {
         if let Err(e) = self.series.append_exposition(&own, t, &job) {
             error!(error = %e, "cutover's own exposition does not parse");
         }
-        let Some(r) = self.engine.active().filter(|r| r.phase != Phase::Starting) else {
+        let Some(r) = self.engine.active().filter(|r| !r.phase.is_starting()) else {
             if let Some(w) = &self.scraping.remote_work {
                 let _ = w.send(None);
             }

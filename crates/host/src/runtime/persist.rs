@@ -204,13 +204,13 @@ pub fn ended_record(
     let was = before.filter(|b| b.id == a.id).map(|b| &b.phase);
     let ended = match (was, &a.phase) {
         (_, p) if p.is_active() => false,
-        (Some(Phase::Promoted { .. }), Phase::Done) => false,
+        (Some(Phase::Promoted { .. }), Phase::Done { .. }) => false,
         (Some(b), p) if !b.is_active() => {
             matches!(p, Phase::RolledBack { .. }) && !matches!(b, Phase::RolledBack { .. })
         }
         _ => true,
     };
-    let when = a.ended.or(at)?;
+    let when = a.ended().or(at)?;
     ended.then(|| {
         (
             a.id as i64,

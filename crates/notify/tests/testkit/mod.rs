@@ -1,5 +1,9 @@
-//! Webhook receivers for the tests: real HTTP servers on `127.0.0.1:0` that record every request
-//! (failed attempts included) and answer with a programmable status.
+//! The notifier's own test kit: webhook receivers, real HTTP servers on `127.0.0.1:0` that record
+//! every request (failed attempts included), decode it as a notice and answer with a status
+//! programmed per attempt; [`Receiver::wait_for`] wakes on each arrival rather than polling.
+//! That is specific to webhooks (retries, per-attempt statuses, notice bodies); everything
+//! generic (the condition wait, a refused address, a silent server) comes from
+//! `cutover_testkit`.
 
 use bytes::Bytes;
 use cutover_notify::{Format, Notice, SinkConfig};
@@ -183,9 +187,6 @@ pub fn notice(kind: &str, reason: &str) -> Notice {
 
 /// Polls `cond` until it holds, failing the test after `within`. For conditions with no event
 /// to wait on (counters read through `Notifier::stats`).
-pub async fn eventually(within: Duration, what: &str, mut cond: impl FnMut() -> bool) {
-    cutover_testkit::eventually(within, what, || {
-        std::future::ready(if cond() { Ok(()) } else { Err("not yet") })
-    })
-    .await
+pub async fn eventually(within: Duration, what: &str, cond: impl FnMut() -> bool) {
+    cutover_testkit::eventually_holds(within, what, cond).await
 }

@@ -1,5 +1,7 @@
-//! Test servers shared by the integration tests: a scripted fake Prometheus API and a metrics
-//! target whose values advance deterministically at every scrape. Both bind `127.0.0.1:0`.
+//! The Prometheus client's own test kit: a scripted fake Prometheus API and a metrics target
+//! whose values advance deterministically at every scrape. Both are `cutover_testkit`'s
+//! upstream (bound on `127.0.0.1:0`) with handlers that speak Prometheus: what is here is the
+//! Prometheus side (query parameters, vector results, exposition text), nothing generic.
 
 #![allow(dead_code)] // each test binary uses a different part
 

@@ -1,4 +1,17 @@
-//! Test kit: small real upstream servers, a running proxy, a client, condition waits.
+//! The proxy's own test kit: what only the proxy's tests need. Everything generic comes from
+//! `cutover_testkit` (the condition waits, `dead_addr`, the recording upstream builder).
+//!
+//! What stays here, and why it is specific to the proxy:
+//! - [`Upstream`]: an app that names itself, shows the headers it received (with hop-by-hop
+//!   headers of its own for the proxy to strip), echoes bodies and holds `/slow` until told —
+//!   the observations the header rewriting, routing and drain tests make;
+//! - hand-rolled HTTP/1.1 upstreams that misbehave on the wire ([`one_shot_upstream`],
+//!   [`scripted_upstream`], [`endless_upstream`]) and [`RecordingUpstream`], which holds
+//!   requests until released: the pool's retry and abandonment paths, which a well-behaved
+//!   server never exercises;
+//! - a running [`Proxy`] on 127.0.0.1:0 ([`Running`]), route tables ([`pool`], [`table`]),
+//!   a client, and raw socket exchanges ([`raw_exchange`], [`read_response`]) to see the exact
+//!   bytes the proxy wrote.
 #![allow(dead_code)] // each test binary uses a different subset
 
 use bytes::Bytes;
@@ -374,11 +387,8 @@ pub async fn send(client: &TestClient, req: Request<Full<Bytes>>) -> Answer {
 }
 
 /// Waits until `cond` holds, failing the test after [`DEADLINE`].
-pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    cutover_testkit::eventually(DEADLINE, what, || {
-        std::future::ready(if cond() { Ok(()) } else { Err("not yet") })
-    })
-    .await
+pub async fn eventually(what: &str, cond: impl FnMut() -> bool) {
+    cutover_testkit::eventually_holds(DEADLINE, what, cond).await
 }
 
 /// One request as a [`RecordingUpstream`] saw it.

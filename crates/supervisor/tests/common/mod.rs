@@ -1,5 +1,7 @@
-//! Test kit: a tiny Python HTTP app written into a temp dir, fast-timed app specs, and waits on
-//! fleet conditions with deadlines (other waits are `cutover_testkit::eventually`).
+//! The supervisor's own test kit: a tiny Python HTTP app written into a temp dir, fast-timed
+//! app specs, and waits on fleet conditions with deadlines ([`wait_for`] wakes on each fleet
+//! change rather than polling). Everything generic (the condition waits) comes from
+//! `cutover_testkit`; what is here is about instances, probes and signals.
 //!
 //! Why Python here and demo-app elsewhere: these tests drive an instance's probes and signals
 //! from outside while it runs (/ready and /live answers switched by files, SIGTERM ignored, an
@@ -227,11 +229,8 @@ pub fn state(v: &VersionFleet) -> InstanceState {
 }
 
 /// Polls a non-fleet condition (a file, a counter) until it holds, or panics after `DEADLINE`.
-pub async fn poll_until(what: &str, mut cond: impl FnMut() -> bool) {
-    cutover_testkit::eventually(DEADLINE, what, || {
-        std::future::ready(if cond() { Ok(()) } else { Err("not yet") })
-    })
-    .await
+pub async fn poll_until(what: &str, cond: impl FnMut() -> bool) {
+    cutover_testkit::eventually_holds(DEADLINE, what, cond).await
 }
 
 /// A plain HTTP/1.0 GET; the status code, or None if the app does not answer.
