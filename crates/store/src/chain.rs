@@ -367,7 +367,9 @@ pub fn verify_rows(rows: &[ChainRow], key: &AuditKey, head: Option<&Head>) -> Ch
                 (Some(p), _) => expected_prev = p,
                 (None, found) => {
                     let said = match found {
-                        Some((Some(s), _)) => format!("its latest checkpoint says it starts at #{s}"),
+                        Some((Some(s), _)) => {
+                            format!("its latest checkpoint says it starts at #{s}")
+                        }
                         _ => "no checkpoint records a pruning".to_owned(),
                     };
                     problems.push(Problem {
@@ -384,8 +386,10 @@ pub fn verify_rows(rows: &[ChainRow], key: &AuditKey, head: Option<&Head>) -> Ch
         } else if keyed_at.is_none() {
             problems.push(Problem {
                 seq: Some(first.seq),
-                what: "the chain is not keyed: written by a cutover from before the keyed chain \
-                       and not opened by `cutover run` since, or rewritten without the key"
+                what: "the chain is not keyed: rewritten without the key, or written by a \
+                       cutover from before the keyed chain and not run since (if so, and the \
+                       key file was provided beforehand, start once with --accept-tampered to \
+                       key it)"
                     .into(),
             });
         }
@@ -445,7 +449,13 @@ pub fn verify_rows(rows: &[ChainRow], key: &AuditKey, head: Option<&Head>) -> Ch
             }),
         }
     }
-    finish(rows.len() as u64, problems, head, accepted_rows, pruned_before)
+    finish(
+        rows.len() as u64,
+        problems,
+        head,
+        accepted_rows,
+        pruned_before,
+    )
 }
 
 fn finish(

@@ -201,12 +201,19 @@ impl Store {
     /// Opening does not verify: the caller decides what a failed [`Store::verify_chain`] means.
     pub fn open_with(path: &Path, audit: AuditPaths) -> Result<Store, StoreError> {
         let conn = Store::open_conn(path)?;
+        let rows: i64 = conn.query_row("SELECT COUNT(*) FROM decisions", [], |r| r.get(0))?;
         let keyed: bool = conn.query_row(
             "SELECT EXISTS (SELECT 1 FROM decisions WHERE kind = ?1)
                  OR COALESCE((SELECT MIN(seq) FROM decisions), 1) > 1",
             [chain::kinds::KEYED],
             |r| r.get(0),
         )?;
+        // An unkeyed chain with records is keyed here only on the first run after an upgrade
+        // (no key, no head yet). With either present, an unkeyed chain is a downgrade (someone
+        // removed the keyed records and recomputed the plain hashes): keying it now would bless
+        // the rewrite, so it is left for verification to report.
+        let first_keying =
+            !keyed && (rows == 0 || (!audit.key_file.exists() && !audit.head_file.exists()));
         let key = if audit.key_file.exists() {
             AuditKey::load(&audit.key_file)?
         } else if keyed {
@@ -223,7 +230,7 @@ impl Store {
             key,
             audit,
         };
-        if !keyed {
+        if first_keying {
             store.key_the_chain()?;
         }
         Ok(store)
@@ -509,6 +516,11 @@ impl Store {
             .filter(|r| bad.contains(&r.seq))
             .map(ChainRow::fingerprint_hex)
             .collect();
+        if !rows.iter().any(|r| r.kind == chain::kinds::KEYED)
+            && rows.first().is_some_and(|r| r.seq == 1)
+        {
+            self.key_the_chain()?;
+        }
         let tx = self.conn.transaction()?;
         let mut records = rerecord_tables(&tx, &rows, at)?;
         if let Some(first) = rows.first().filter(|r| r.seq != 1) {
@@ -586,10 +598,12 @@ pub fn verify_export(
         if line.trim().is_empty() {
             continue;
         }
-        rows.push(
-            serde_json::from_str::<ChainRow>(line)
-                .map_err(|source| StoreError::ExportLine { line: i + 1, source })?,
-        );
+        rows.push(serde_json::from_str::<ChainRow>(line).map_err(|source| {
+            StoreError::ExportLine {
+                line: i + 1,
+                source,
+            }
+        })?);
     }
     Ok(chain::verify_rows(&rows, key, head))
 }
@@ -605,7 +619,8 @@ fn open_read_only(db: &Path) -> Result<Connection, StoreError> {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
     .map_err(open_err)?;
-    conn.busy_timeout(Duration::from_secs(5)).map_err(open_err)?;
+    conn.busy_timeout(Duration::from_secs(5))
+        .map_err(open_err)?;
     let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if found > SCHEMA_VERSION {
         return Err(StoreError::SchemaTooNew {
@@ -735,7 +750,13 @@ fn tables(conn: &Connection) -> Result<Tables, StoreError> {
         .map(|r| {
             (
                 r.digest.clone(),
-                release_numbers(&r.digest, &r.name, &r.exe_sha256, &r.spec_json, r.created_at),
+                release_numbers(
+                    &r.digest,
+                    &r.name,
+                    &r.exe_sha256,
+                    &r.spec_json,
+                    r.created_at,
+                ),
                 failed_numbers(&r.digest, r.failed_at, r.failed_reason.as_deref()),
             )
         })
@@ -792,7 +813,9 @@ fn cross_check(conn: &Connection, rows: &[ChainRow]) -> Result<Vec<Problem>, Sto
         if !seen.contains(id) {
             out.push(Problem {
                 seq: Some(*seq),
-                what: format!("rollout {id} is missing from the rollouts table: deleted outside cutover"),
+                what: format!(
+                    "rollout {id} is missing from the rollouts table: deleted outside cutover"
+                ),
             });
         }
     }
@@ -959,9 +982,7 @@ fn apply(
                 },
             )
             .optional()?
-            .map(|(name, exe, spec, created)| {
-                release_numbers(digest, &name, &exe, &spec, created)
-            }))
+            .map(|(name, exe, spec, created)| release_numbers(digest, &name, &exe, &spec, created)))
     };
     for r in &b.releases {
         let before = release_now(&r.digest)?;
