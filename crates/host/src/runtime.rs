@@ -28,7 +28,9 @@ use cutover_core::{Timestamp, Track, WindowStats};
 use cutover_notify::{Notice, Notifier};
 use cutover_promql::{EvalOptions, Labels, MemStore};
 use cutover_proxy::{CertReloader, Proxy, ProxyConfig, TlsError};
-use cutover_store::{Commit, DecisionRecord, EventRecord, ReleaseRecord, RolloutRecord, Store};
+use cutover_store::{
+    AuditPaths, Commit, DecisionRecord, EventRecord, Head, ReleaseRecord, RolloutRecord, Store,
+};
 use cutover_supervisor::{Fleet, InFlight, InstanceState, Release as SupRelease, Supervisor};
 use cutover_telemetry::{History, Recorder};
 use serde_json::{json, Value};
@@ -61,6 +63,19 @@ pub enum StartError {
     Token(#[from] cutover_admin::AdminError),
     #[error("state store: {0}")]
     Store(#[from] cutover_store::StoreError),
+    #[error(
+        "the state database {db} failed audit verification: {summary}{more}. cutover will not \
+         run on a tampered store (fix: find out what changed it, `cutover history --verify` \
+         lists every problem; restore the state dir from a backup, or start with \
+         --accept-tampered to go on with it as it is, which is recorded in the audit chain)",
+        db = db.display(),
+        summary = report.problems.first().map(|p| p.to_string()).unwrap_or_default(),
+        more = match report.problems.len() { 0 | 1 => String::new(), n => format!(" (and {} more)", n - 1) },
+    )]
+    Tampered {
+        db: PathBuf,
+        report: Box<cutover_store::ChainReport>,
+    },
     #[error(
         "the stored engine state cannot be read ({0}); it was written by an incompatible cutover"
     )]
@@ -165,8 +180,55 @@ fn proxy_config(c: &cutover_core::spec::Config) -> ProxyConfig {
     }
 }
 
+/// How `cutover run` was asked to treat the audit chain.
+#[derive(Debug, Clone, Default)]
+pub struct StartOptions {
+    /// The audit key file (default: `audit.key` in the state dir, created at first run).
+    pub audit_key_file: Option<PathBuf>,
+    /// Start even if the store fails verification, recording that in the chain.
+    pub accept_tampered: bool,
+}
+
 /// Starts the runtime for a loaded config and returns once it listens.
 pub async fn start(loaded: Loaded) -> Result<Running, StartError> {
+    start_with(loaded, StartOptions::default()).await
+}
+
+/// Opens the state store and verifies its audit chain before anything else uses it: a tampered
+/// store is refused unless `opts.accept_tampered`, which is recorded in the chain.
+pub fn open_store(state_dir: &std::path::Path, opts: &StartOptions) -> Result<Store, StartError> {
+    let db = state_dir.join("cutover.db");
+    let mut paths = AuditPaths::beside(&db);
+    if let Some(k) = &opts.audit_key_file {
+        paths.key_file = k.clone();
+    }
+    let mut store = Store::open_with(&db, paths)?;
+    let report = store.verify_chain()?;
+    if !report.ok {
+        if !opts.accept_tampered {
+            return Err(StartError::Tampered {
+                db,
+                report: Box::new(report),
+            });
+        }
+        let head = store.accept_tampered(
+            &report,
+            now().millis() as i64,
+            "cutover run --accept-tampered",
+        )?;
+        tracing::warn!(
+            problems = report.problems.len(),
+            first = %report.summary(),
+            recorded_at = head.seq,
+            "starting on a store that failed audit verification, as --accept-tampered asked; \
+             this is recorded in the audit chain"
+        );
+    }
+    Ok(store)
+}
+
+/// [`start`] with the audit options of `cutover run`.
+pub async fn start_with(loaded: Loaded, opts: StartOptions) -> Result<Running, StartError> {
     let c = loaded.config.clone();
     // Queries are checked before anything is created, so a bad rule changes nothing.
     rules::validate(&c)?;
@@ -192,7 +254,7 @@ pub async fn start(loaded: Loaded) -> Result<Running, StartError> {
         .transpose()?;
     let token = cutover_admin::ensure_token(&state_dir)?;
     prune_logs(&state_dir.join("logs"), RETENTION);
-    let store = Store::open(&state_dir.join("cutover.db"))?;
+    let store = open_store(&state_dir, &opts)?;
     let engine = match store.load_snapshot()? {
         Some(v) => {
             let state: State = serde_json::from_value(v).map_err(StartError::Snapshot)?;
@@ -657,17 +719,20 @@ impl Driver {
             let mut store = self.store.lock().unwrap_or_else(|e| e.into_inner());
             store.commit(commit)
         };
-        if let Err(e) = stored {
-            self.engine = before;
-            error!(error = %e, "could not persist the rollout state; nothing was changed");
-            return Err(ApiError::internal(format!(
-                "could not persist the rollout state ({e}); nothing was changed"
-            )));
-        }
-        for d in &outcome.decisions {
+        let anchors = match stored {
+            Ok(anchors) => anchors,
+            Err(e) => {
+                self.engine = before;
+                error!(error = %e, "could not persist the rollout state; nothing was changed");
+                return Err(ApiError::internal(format!(
+                    "could not persist the rollout state ({e}); nothing was changed"
+                )));
+            }
+        };
+        for (i, d) in outcome.decisions.iter().enumerate() {
             info!(rollout = d.rollout, kind = d.kind.as_str(), numbers = %d.numbers, "{}", d.reason);
             *self.decision_counts.entry(d.kind.as_str()).or_default() += 1;
-            self.notify(d);
+            self.notify(d, anchors.get(i));
         }
         for action in outcome.actions {
             self.act(action);
@@ -703,7 +768,7 @@ impl Driver {
 
     /// Hands a decision to the notification sinks; never blocks (the notifier drops rather
     /// than waits when a sink is behind).
-    fn notify(&self, d: &Decision) {
+    fn notify(&self, d: &Decision, anchor: Option<&Head>) {
         let Some(n) = &self.notifier else { return };
         let Some(kind) = d.kind.notify_kind() else {
             return;
@@ -722,6 +787,10 @@ impl Driver {
             at_ms: d.at.millis(),
             reason: d.reason.clone(),
             numbers: d.numbers.clone(),
+            audit: anchor.map(|h| cutover_notify::AuditAnchor {
+                seq: h.seq,
+                mac: h.mac.clone(),
+            }),
         });
     }
 

@@ -310,6 +310,8 @@ pub struct ChainReport {
     pub head: Option<Head>,
     /// Bad rows an operator accepted earlier with `cutover run --accept-tampered`.
     pub accepted: u64,
+    /// The records of those acceptances (each says what was found, and when).
+    pub acceptances: Vec<i64>,
     /// Rows before this seq were pruned after the retention (a checkpoint vouches for them).
     pub pruned_before: Option<i64>,
 }
@@ -342,6 +344,11 @@ pub fn verify_rows(rows: &[ChainRow], key: &AuditKey, head: Option<&Head>) -> Ch
                 .filter_map(|f| f.as_str().map(str::to_owned))
                 .collect::<Vec<_>>()
         })
+        .collect();
+    let acceptances: Vec<i64> = rows
+        .iter()
+        .filter(|r| r.kind == kinds::TAMPER_ACCEPTED && mac_ok(r))
+        .map(|r| r.seq)
         .collect();
     let checkpoint = rows
         .iter()
@@ -449,46 +456,37 @@ pub fn verify_rows(rows: &[ChainRow], key: &AuditKey, head: Option<&Head>) -> Ch
             }),
         }
     }
-    finish(
-        rows.len() as u64,
-        problems,
-        head,
-        accepted_rows,
-        pruned_before,
-    )
-}
-
-fn finish(
-    rows: u64,
-    mut problems: Vec<Problem>,
-    head: Option<&Head>,
-    accepted: u64,
-    pruned_before: Option<i64>,
-) -> ChainReport {
-    problems.sort_by_key(|p| p.seq.unwrap_or(i64::MAX));
-    ChainReport {
-        rows,
-        ok: problems.is_empty(),
-        first_bad_seq: problems.first().and_then(|p| p.seq),
+    let mut report = ChainReport {
+        rows: rows.len() as u64,
+        ok: true,
+        first_bad_seq: None,
         problems,
         head: head.cloned(),
-        accepted,
+        accepted: accepted_rows,
+        acceptances,
         pruned_before,
-    }
+    };
+    settle(&mut report);
+    report
+}
+
+/// Orders the problems (first bad record first) and sets `ok` and `first_bad_seq` from them.
+fn settle(r: &mut ChainReport) {
+    r.problems.sort_by_key(|p| p.seq.unwrap_or(i64::MAX));
+    r.ok = r.problems.is_empty();
+    r.first_bad_seq = r.problems.first().and_then(|p| p.seq);
+}
+
+/// `report` with one more problem (e.g. a head file the caller expected and did not find).
+pub fn with_problem(report: ChainReport, p: Problem) -> ChainReport {
+    merge(report, vec![p])
 }
 
 /// Adds problems found by [`cross_check`] to a report.
 pub(crate) fn merge(mut report: ChainReport, more: Vec<Problem>) -> ChainReport {
     report.problems.extend(more);
-    let ChainReport {
-        rows,
-        problems,
-        head,
-        accepted,
-        pruned_before,
-        ..
-    } = report;
-    finish(rows, problems, head.as_ref(), accepted, pruned_before)
+    settle(&mut report);
+    report
 }
 
 /// The state of the other tables as the chain says it should be.

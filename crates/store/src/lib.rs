@@ -81,6 +81,8 @@ pub enum StoreError {
     },
     #[error("the audit head file {path} has a line that is not `SEQ MAC`: {line:?}", path = path.display())]
     HeadInvalid { path: PathBuf, line: String },
+    #[error("the state database {} was opened read-only; nothing can be written to it", .0.display())]
+    ReadOnly(PathBuf),
     #[error("line {line} of the export is not a chain record: {source}")]
     ExportLine {
         line: usize,
@@ -175,7 +177,8 @@ pub struct EventRecord {
 pub struct Store {
     conn: Connection,
     path: PathBuf,
-    key: AuditKey,
+    /// `None` for a store opened read-only ([`Store::open_read_only`]).
+    key: Option<AuditKey>,
     audit: AuditPaths,
 }
 
@@ -227,7 +230,7 @@ impl Store {
         let mut store = Store {
             conn,
             path: path.to_owned(),
-            key,
+            key: Some(key),
             audit,
         };
         if first_keying {
@@ -253,9 +256,13 @@ impl Store {
             "plain_head_seq": last.as_ref().map(|l| l.0),
             "plain_head": last.as_ref().map_or(GENESIS_HASH, |l| l.1.as_str()),
         });
+        let key = self
+            .key
+            .as_ref()
+            .ok_or_else(|| StoreError::ReadOnly(self.path.clone()))?;
         let head = append_record(
             &tx,
-            &self.key,
+            key,
             &DecisionRecord {
                 seq: None,
                 rollout_id: None,
@@ -270,6 +277,24 @@ impl Store {
         )?;
         tx.commit()?;
         chain::append_head(&self.audit.head_file, &head)
+    }
+
+    /// Opens an existing database read-only, for readers that need no key (`cutover export`):
+    /// nothing is migrated, keyed or written; [`Store::commit`] fails with
+    /// [`StoreError::ReadOnly`].
+    pub fn open_read_only(path: &Path) -> Result<Store, StoreError> {
+        Ok(Store {
+            conn: open_read_only(path)?,
+            path: path.to_owned(),
+            key: None,
+            audit: AuditPaths::beside(path),
+        })
+    }
+
+    fn key(&self) -> Result<&AuditKey, StoreError> {
+        self.key
+            .as_ref()
+            .ok_or_else(|| StoreError::ReadOnly(self.path.clone()))
     }
 
     fn open_conn(path: &Path) -> Result<Connection, StoreError> {
@@ -325,8 +350,12 @@ impl Store {
     /// fails the commit still stands (the engine has moved on) and the head file lags: a later
     /// commit anchors again, and verification accepts records after the anchored head.
     pub fn commit(&mut self, batch: Commit) -> Result<Vec<Head>, StoreError> {
+        let key = self
+            .key
+            .as_ref()
+            .ok_or_else(|| StoreError::ReadOnly(self.path.clone()))?;
         let tx = self.conn.transaction()?;
-        let (anchors, last) = apply(&tx, &self.key, &batch)?;
+        let (anchors, last) = apply(&tx, key, &batch)?;
         tx.commit()?;
         if let Some(head) = last {
             if let Err(e) = chain::append_head(&self.audit.head_file, &head) {
@@ -475,7 +504,7 @@ impl Store {
     pub fn verify_chain(&self) -> Result<ChainReport, StoreError> {
         let head = chain::read_head(&self.audit.head_file)?;
         let rows = chain_rows(&self.conn)?;
-        let mut report = chain::verify_rows(&rows, &self.key, head.as_ref());
+        let mut report = chain::verify_rows(&rows, self.key()?, head.as_ref());
         if head.is_none() && !rows.is_empty() {
             report = chain::merge(
                 report,
@@ -543,9 +572,13 @@ impl Store {
                 "fingerprints": fingerprints,
             }),
         ));
+        let key = self
+            .key
+            .as_ref()
+            .ok_or_else(|| StoreError::ReadOnly(self.path.clone()))?;
         let mut last = None;
         for r in &records {
-            last = Some(append_record(&tx, &self.key, r)?);
+            last = Some(append_record(&tx, key, r)?);
         }
         tx.commit()?;
         let head = last.expect("the acceptance record was appended");
