@@ -250,6 +250,19 @@ async fn tampering_is_detected_by_history_verify_and_refused_at_start() {
     );
     assert_detected(d.path(), mark, "flip a failed mark");
 
+    // The failed mark the engine acts on lives in its snapshot (what a restart resumes from).
+    let d2 = copy(pristine);
+    exec(
+        d2.path(),
+        "UPDATE snapshot SET engine_json = json_set(engine_json, '$.failed', json('{}'))",
+    );
+    let (code, out, _) = cutover(&["history", "--verify", "--state-dir", "state"], d2.path());
+    assert_eq!(code, 65, "{out}");
+    assert!(out.contains("the engine snapshot"), "{out}");
+    let (code, _, err) = cutover(&["-c", "cutover.toml", "run"], d2.path());
+    assert_eq!(code, 65, "{err}");
+    assert!(err.contains("the engine snapshot"), "{err}");
+
     // `--accept-tampered` starts on it, records that, and the chain verifies again.
     let log = tokio::task::block_in_place(|| run_until_started(d.path(), &["--accept-tampered"]));
     assert!(log.contains("as --accept-tampered asked"), "{log}");

@@ -275,6 +275,8 @@ impl Store {
                 hash: None,
             },
         )?;
+        // A snapshot written before the key gets its MAC now, as the chain's old rows do.
+        seal_snapshot(&tx, key)?;
         tx.commit()?;
         chain::append_head(&self.audit.head_file, &head)
     }
@@ -518,7 +520,8 @@ impl Store {
                 }],
             );
         }
-        let more = cross_check(&self.conn, &rows)?;
+        let mut more = cross_check(&self.conn, &rows)?;
+        more.extend(check_snapshot(&self.conn, self.key()?, &rows)?);
         Ok(chain::merge(report, more))
     }
 
@@ -580,6 +583,8 @@ impl Store {
         for r in &records {
             last = Some(append_record(&tx, key, r)?);
         }
+        // The snapshot as found is accepted with the rest.
+        seal_snapshot(&tx, key)?;
         tx.commit()?;
         let head = last.expect("the acceptance record was appended");
         chain::append_head(&self.audit.head_file, &head)?;
@@ -609,7 +614,8 @@ pub fn verify_db(
     };
     let rows = chain_rows(&conn)?;
     let report = chain::verify_rows(&rows, key, head.as_ref());
-    let more = cross_check(&conn, &rows)?;
+    let mut more = cross_check(&conn, &rows)?;
+    more.extend(check_snapshot(&conn, key, &rows)?);
     Ok(chain::merge(report, more))
 }
 
@@ -682,6 +688,85 @@ fn chain_rows(conn: &Connection) -> Result<Vec<ChainRow>, StoreError> {
         })
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// The MAC of the engine snapshot: its exact JSON and the chain position it was written at.
+fn snapshot_mac(key: &AuditKey, head_seq: i64, engine_json: &str) -> String {
+    chain::mac(
+        key,
+        "snapshot",
+        &serde_json::json!([head_seq, engine_json]).to_string(),
+    )
+}
+
+/// MACs the stored snapshot (if any) at the chain's current newest record.
+fn seal_snapshot(conn: &Connection, key: &AuditKey) -> Result<(), StoreError> {
+    let head_seq: i64 = conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM decisions", [], |r| {
+        r.get(0)
+    })?;
+    let json: Option<String> = conn
+        .query_row("SELECT engine_json FROM snapshot WHERE id = 1", [], |r| {
+            r.get(0)
+        })
+        .optional()?;
+    if let Some(json) = json {
+        conn.execute(
+            "UPDATE snapshot SET head_seq = ?1, mac = ?2 WHERE id = 1",
+            params![head_seq, snapshot_mac(key, head_seq, &json)],
+        )?;
+    }
+    Ok(())
+}
+
+/// The engine snapshot is what a restarted cutover resumes from (its phase, its failed
+/// marks): it must carry its MAC, and not be older than the newest engine decision.
+fn check_snapshot(
+    conn: &Connection,
+    key: &AuditKey,
+    rows: &[ChainRow],
+) -> Result<Vec<Problem>, StoreError> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version < 3 {
+        // Written before the key (read-only, not migrated): the chain says "not keyed" already.
+        return Ok(Vec::new());
+    }
+    let snap: Option<(String, Option<i64>, Option<String>)> = conn
+        .query_row(
+            "SELECT engine_json, head_seq, mac FROM snapshot WHERE id = 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()?;
+    let Some((json, head_seq, mac)) = snap else {
+        return Ok(Vec::new());
+    };
+    let problem = |what: &str| Problem {
+        seq: None,
+        what: format!(
+            "the engine snapshot (the state a restarted cutover resumes from: phase, weights, \
+             failed releases) {what}"
+        ),
+    };
+    let (Some(head_seq), Some(mac)) = (head_seq, mac) else {
+        return Ok(vec![problem("carries no MAC: edited outside cutover")]);
+    };
+    if snapshot_mac(key, head_seq, &json) != mac {
+        return Ok(vec![problem(
+            "does not match its MAC: edited outside cutover",
+        )]);
+    }
+    let last_decision = rows
+        .iter()
+        .rev()
+        .find(|r| !r.kind.starts_with(chain::kinds::PREFIX))
+        .map_or(0, |r| r.seq);
+    if head_seq < last_decision {
+        return Ok(vec![problem(&format!(
+            "was written at record #{head_seq}, before the newest decision #{last_decision}: \
+             replaced by an older one"
+        ))]);
+    }
+    Ok(Vec::new())
 }
 
 /// Appends one record to the chain inside the caller's transaction; returns its anchor.
@@ -1142,6 +1227,10 @@ fn apply(
                                            updated_at = excluded.updated_at",
             params![serde_json::to_string(snapshot)?, now_ms()],
         )?;
+    }
+    // A batch without a snapshot keeps the stored one as the state at the new head.
+    if b.snapshot.is_some() || last.is_some() {
+        seal_snapshot(tx, key)?;
     }
     Ok((anchors, last))
 }

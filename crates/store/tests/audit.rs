@@ -64,6 +64,7 @@ fn history() -> (TempDir, PathBuf) {
     .unwrap();
     s.commit(Commit {
         decisions: vec![decision(1, 3_000, "step")],
+        snapshot: Some(json!({"phase": "progressing", "failed": {}})),
         ..Commit::default()
     })
     .unwrap();
@@ -84,6 +85,7 @@ fn history() -> (TempDir, PathBuf) {
     s.commit(Commit {
         rollouts_ended: vec![(2, 6_000, "promoted".into())],
         decisions: vec![decision(2, 6_000, "promoted")],
+        snapshot: Some(json!({"phase": "promoted", "failed": {"d-v2": {"at": 4_000}}})),
         ..Commit::default()
     })
     .unwrap();
@@ -308,6 +310,55 @@ fn a_failed_mark_set_outside_cutover_is_detected() {
     );
 }
 
+/// What a restarted cutover resumes from, failed marks included, is covered too: edited, or
+/// put back as it was earlier.
+#[test]
+fn an_edited_or_replayed_engine_snapshot_is_detected() {
+    let (_dir, db) = history();
+    sql(
+        &db,
+        r#"UPDATE snapshot SET engine_json = '{"failed":{},"phase":"promoted"}'"#,
+    );
+    let r = verify_both(&db);
+    assert!(!r.ok);
+    assert!(
+        r.problems[0].what.contains("engine snapshot") && r.problems[0].what.contains("MAC"),
+        "{r:#?}"
+    );
+
+    // A snapshot with a valid MAC from earlier in the same chain: replayed.
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("cutover.db");
+    let mut s = Store::open(&db).unwrap();
+    let snap = |phase: &str| Commit {
+        decisions: vec![decision(1, 1, phase)],
+        snapshot: Some(json!({ "phase": phase })),
+        ..Commit::default()
+    };
+    s.commit(snap("progressing")).unwrap();
+    let old: (String, i64, String) = Connection::open(&db)
+        .unwrap()
+        .query_row("SELECT engine_json, head_seq, mac FROM snapshot", [], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .unwrap();
+    s.commit(snap("aborted")).unwrap();
+    assert!(s.verify_chain().unwrap().ok);
+    Connection::open(&db)
+        .unwrap()
+        .execute(
+            "UPDATE snapshot SET engine_json = ?1, head_seq = ?2, mac = ?3",
+            params![old.0, old.1, old.2],
+        )
+        .unwrap();
+    let r = s.verify_chain().unwrap();
+    assert!(!r.ok);
+    assert!(
+        r.problems[0].what.contains("replaced by an older one"),
+        "{r:#?}"
+    );
+}
+
 #[test]
 fn a_deleted_or_inserted_rollout_row_is_detected() {
     let (_dir, db) = history();
@@ -388,6 +439,7 @@ fn legacy_store(dir: &Path) -> PathBuf {
          CREATE TABLE events (seq INTEGER PRIMARY KEY AUTOINCREMENT, rollout_id INTEGER NOT NULL,
             at INTEGER NOT NULL, event_json TEXT NOT NULL, state_before TEXT NULL);
          CREATE INDEX events_rollout ON events(rollout_id, seq);
+         INSERT INTO snapshot VALUES (1, '{\"phase\":\"done\"}', 1);
          PRAGMA user_version = 2;",
     )
     .unwrap();
