@@ -124,6 +124,38 @@ pub fn prune_logs(dir: &std::path::Path, max_age: Duration) -> usize {
     pruned
 }
 
+/// Prunes the state store after `[state] retention`, keeping the rollout the engine is on (or
+/// ended last) and every release it still uses. A failure is logged, not fatal: the records
+/// stay, and the next hourly run tries again.
+pub fn prune_store(store: &mut Store, state: &State, retention: Duration) {
+    let now = now().millis() as i64;
+    let mut keep = cutover_store::InUse::default();
+    if let Some(r) = &state.rollout {
+        keep.rollouts.push(r.id as i64);
+        keep.digests.push(r.to.digest.clone());
+        keep.digests.extend(r.from.iter().map(|f| f.digest.clone()));
+    }
+    keep.digests
+        .extend(state.stable.iter().map(|s| s.digest.clone()));
+    keep.digests
+        .extend(state.previous.iter().map(|p| p.release.digest.clone()));
+    let cutoff = now.saturating_sub(retention.as_millis() as i64);
+    match store.prune(cutoff, now, &keep) {
+        Ok(p) if p.rollouts + p.releases + p.records + p.events > 0 => info!(
+            rollouts = p.rollouts,
+            releases = p.releases,
+            records = p.records,
+            events = p.events,
+            "pruned the state store of what ended more than {} ago",
+            humantime::format_duration(retention)
+        ),
+        Ok(_) => {}
+        Err(e) => {
+            error!(error = %e, "could not prune the state store; it will be tried again in an hour")
+        }
+    }
+}
+
 /// A running cutover: the handles tests and the demo need.
 pub struct Running {
     pub proxy_addr: SocketAddr,
@@ -254,7 +286,7 @@ pub async fn start_with(loaded: Loaded, opts: StartOptions) -> Result<Running, S
         .transpose()?;
     let token = cutover_admin::ensure_token(&state_dir)?;
     prune_logs(&state_dir.join("logs"), RETENTION);
-    let store = open_store(&state_dir, &opts)?;
+    let mut store = open_store(&state_dir, &opts)?;
     let engine = match store.load_snapshot()? {
         Some(v) => {
             let state: State = serde_json::from_value(v).map_err(StartError::Snapshot)?;
@@ -262,6 +294,7 @@ pub async fn start_with(loaded: Loaded, opts: StartOptions) -> Result<Running, S
         }
         None => Engine::new(c.service.name.clone(), c.rollout.clone()),
     };
+    prune_store(&mut store, engine.state(), c.state.retention.get());
 
     let window = c.rollout.window.get();
     // Twenty slots per window keeps the window's edge within 5 % of its length.
@@ -683,6 +716,8 @@ impl Driver {
                 Some(scraped) = self.scraped.recv() => self.on_scraped(scraped),
                 _ = gc.tick() => {
                     prune_logs(&self.loaded.state_dir().join("logs"), RETENTION);
+                    let mut store = self.store.lock().unwrap_or_else(|e| e.into_inner());
+                    prune_store(&mut store, self.engine.state(), self.loaded.config.state.retention.get());
                 }
             }
         }

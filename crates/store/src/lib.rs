@@ -592,6 +592,119 @@ impl Store {
     }
 }
 
+/// What a prune must keep whatever its age: the rollout in progress (or the last one) and the
+/// releases the engine still uses (stable, held previous, canary).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InUse {
+    pub rollouts: Vec<i64>,
+    pub digests: Vec<String>,
+}
+
+/// What [`Store::prune`] removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Pruned {
+    pub rollouts: u64,
+    pub events: u64,
+    pub releases: u64,
+    pub records: u64,
+    /// The chain now starts here (a checkpoint record vouches for it).
+    pub first_seq: Option<i64>,
+}
+
+impl Store {
+    /// Removes what is older than `cutoff` (ms since the epoch) and not in use, in one
+    /// transaction: rollouts that ended before it (with their recorded events), releases created
+    /// before it that neither `keep` nor a remaining rollout refers to, and the oldest records of
+    /// the chain — the prefix older than the cutoff, stopping at the first record of any
+    /// remaining rollout, and never the newest record.
+    ///
+    /// The chain stays verifiable: an `audit.checkpoint` record says where it now starts, and
+    /// every remaining table row whose records were pruned is recorded again (a rollout removed
+    /// while records of it remain is recorded as `removed`). `now` stamps those records.
+    pub fn prune(&mut self, cutoff: i64, now: i64, keep: &InUse) -> Result<Pruned, StoreError> {
+        let key = self
+            .key
+            .as_ref()
+            .ok_or_else(|| StoreError::ReadOnly(self.path.clone()))?;
+        let tx = self.conn.transaction()?;
+        let mut pruned = Pruned::default();
+        let ended: Vec<i64> = {
+            let mut st = tx.prepare(
+                "SELECT id FROM rollouts WHERE ended_at IS NOT NULL AND ended_at < ?1 ORDER BY id",
+            )?;
+            let ids = st.query_map([cutoff], |r| r.get(0))?;
+            ids.collect::<Result<Vec<i64>, _>>()?
+        };
+        for id in ended.into_iter().filter(|id| !keep.rollouts.contains(id)) {
+            pruned.rollouts += tx.execute("DELETE FROM rollouts WHERE id = ?1", [id])? as u64;
+            pruned.events += tx.execute("DELETE FROM events WHERE rollout_id = ?1", [id])? as u64;
+        }
+        let old_releases: Vec<String> = {
+            let mut st = tx.prepare(
+                "SELECT digest FROM releases WHERE created_at < ?1
+                   AND digest NOT IN (SELECT to_digest FROM rollouts)
+                   AND digest NOT IN (SELECT from_digest FROM rollouts WHERE from_digest IS NOT NULL)
+                 ORDER BY digest",
+            )?;
+            let ds = st.query_map([cutoff], |r| r.get(0))?;
+            ds.collect::<Result<Vec<String>, _>>()?
+        };
+        for d in old_releases.iter().filter(|d| !keep.digests.contains(d)) {
+            pruned.releases += tx.execute("DELETE FROM releases WHERE digest = ?1", [d])? as u64;
+        }
+        let rows = chain_rows(&tx)?;
+        let remaining: std::collections::HashSet<i64> = {
+            let mut st = tx.prepare("SELECT id FROM rollouts")?;
+            let ids = st.query_map([], |r| r.get(0))?;
+            ids.collect::<Result<_, _>>()?
+        };
+        let newest = rows.last().map_or(0, |r| r.seq);
+        let first_recent = rows
+            .iter()
+            .find(|r| r.at >= cutoff)
+            .map_or(newest, |r| r.seq);
+        let first_kept_rollout = rows
+            .iter()
+            .find(|r| r.rollout_id.is_some_and(|id| remaining.contains(&id)))
+            .map_or(newest, |r| r.seq);
+        let boundary = first_recent.min(first_kept_rollout).min(newest);
+        let first = rows.first().map_or(0, |r| r.seq);
+        let kept: Vec<ChainRow> = rows.iter().filter(|r| r.seq >= boundary).cloned().collect();
+        let mut records = rerecord(&tx, &kept, now, "carried past a pruning")?;
+        if boundary > first {
+            let start = &kept[0];
+            records.push(store_record(
+                None,
+                now,
+                chain::kinds::CHECKPOINT,
+                format!(
+                    "records #{first} to #{} pruned (older than the retention); the chain starts \
+                     at #{boundary}",
+                    boundary - 1
+                ),
+                serde_json::json!({
+                    "first_seq": boundary, "first_prev": start.prev, "cutoff": cutoff,
+                    "pruned_rollouts": pruned.rollouts, "pruned_releases": pruned.releases,
+                }),
+            ));
+            pruned.records = tx.execute("DELETE FROM decisions WHERE seq < ?1", [boundary])? as u64;
+            pruned.first_seq = Some(boundary);
+        }
+        let mut last = None;
+        for r in &records {
+            last = Some(append_record(&tx, key, r)?);
+        }
+        if last.is_some() {
+            seal_snapshot(&tx, key)?;
+        }
+        tx.commit()?;
+        if let Some(head) = last {
+            chain::append_head(&self.audit.head_file, &head)?;
+        }
+        Ok(pruned)
+    }
+}
+
 /// Verifies a database file on its own (an auditor's copy), read-only: nothing is migrated,
 /// keyed or written. `head_file`: the `audit.head` to check the newest records against
 /// (`None`: truncation of the newest records cannot be detected, and the report says so with
@@ -993,10 +1106,20 @@ fn rerecord_tables(
     rows: &[ChainRow],
     at: i64,
 ) -> Result<Vec<DecisionRecord>, StoreError> {
+    rerecord(conn, rows, at, "accepted as found")
+}
+
+/// [`rerecord_tables`], each record's reason ending with `why`.
+fn rerecord(
+    conn: &Connection,
+    rows: &[ChainRow],
+    at: i64,
+    why: &str,
+) -> Result<Vec<DecisionRecord>, StoreError> {
     let d = chain::derive(rows);
     let t = tables(conn)?;
     let mut out = Vec::new();
-    let accepted = |what: String| format!("{what} (accepted as found)");
+    let accepted = |what: String| format!("{what} ({why})");
     let mut seen = std::collections::HashSet::new();
     for r in &t.rollouts {
         seen.insert(r.id);

@@ -580,3 +580,139 @@ fn an_export_verifies_on_its_own() {
     let err = verify_export("{not json", &k, None).unwrap_err();
     assert!(err.to_string().contains("line 1"), "{err}");
 }
+
+fn event(rollout_id: i64, at: i64) -> cutover_store::EventRecord {
+    cutover_store::EventRecord {
+        rollout_id,
+        at,
+        event: json!({"event": "tick", "at": at}),
+        state_before: None,
+    }
+}
+
+fn count(db: &Path, sql: &str) -> i64 {
+    Connection::open(db)
+        .unwrap()
+        .query_row(sql, [], |r| r.get(0))
+        .unwrap()
+}
+
+/// Retention removes exactly what ended before the cutoff and is not in use; what remains
+/// verifies, with a checkpoint where the chain now starts.
+#[test]
+fn retention_prunes_exactly_what_is_past_it_and_not_in_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("cutover.db");
+    let mut s = Store::open(&db).unwrap();
+    // Times after the `audit.keyed` record the store wrote on open (at the wall clock's now).
+    let t0 = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+        + 3_600_000;
+    let t = |ms: i64| t0 + ms;
+    // Rollout 1: v1 → v2, ended at 2 000 (old). Rollout 2: v2 → v3, ended at 2 500 (old, but
+    // in use: say it is the last rollout and v2 is held). Rollout 3: v2 → v4, ended at 9 000.
+    // Rollout 4: v2 → v5 running since 1 500 (in use; started long ago).
+    let mut old_v0 = release("d-v0");
+    old_v0.created_at = t(100);
+    let recent = |d: &str| ReleaseRecord {
+        created_at: t(1_000),
+        ..release(d)
+    };
+    s.commit(Commit {
+        releases: vec![old_v0, recent("d-v1"), recent("d-v2")],
+        rollouts_started: vec![rollout(1, "v1", "v2", t(1_000))],
+        decisions: vec![decision(1, t(1_000), "deploy")],
+        events: vec![event(1, t(1_000)), event(1, t(1_100))],
+        ..Commit::default()
+    })
+    .unwrap();
+    s.commit(Commit {
+        rollouts_started: vec![rollout(4, "v2", "v5", t(1_500))],
+        decisions: vec![decision(4, t(1_500), "deploy")],
+        events: vec![event(4, t(1_500))],
+        ..Commit::default()
+    })
+    .unwrap();
+    s.commit(Commit {
+        failed: vec![("d-v1".into(), t(2_000), "p99".into())],
+        rollouts_ended: vec![(1, t(2_000), "aborted".into())],
+        decisions: vec![decision(1, t(2_000), "aborted")],
+        ..Commit::default()
+    })
+    .unwrap();
+    s.commit(Commit {
+        rollouts_started: vec![rollout(2, "v2", "v3", t(2_100))],
+        rollouts_ended: vec![(2, t(2_500), "aborted".into())],
+        decisions: vec![decision(2, t(2_500), "aborted")],
+        events: vec![event(2, t(2_100))],
+        ..Commit::default()
+    })
+    .unwrap();
+    s.commit(Commit {
+        rollouts_started: vec![rollout(3, "v2", "v4", t(8_000))],
+        rollouts_ended: vec![(3, t(9_000), "promoted".into())],
+        decisions: vec![decision(3, t(9_000), "promoted")],
+        events: vec![event(3, t(8_000)), event(3, t(8_500))],
+        ..Commit::default()
+    })
+    .unwrap();
+    let before = cutover_store::export_db(&db).unwrap();
+    let first_of_4 = before.iter().find(|r| r.rollout_id == Some(4)).unwrap().seq;
+
+    let keep = cutover_store::InUse {
+        rollouts: vec![2, 4],
+        digests: vec!["d-v2".into()],
+    };
+    let pruned = s.prune(t(5_000), t(10_000), &keep).unwrap();
+    // Only rollout 1 ended before the cutoff and is not in use; d-v0 is old and unused; d-v1
+    // is referenced by no remaining rollout... but it was created at 1 000 < 5 000: pruned too.
+    assert_eq!(pruned.rollouts, 1, "{pruned:?}");
+    assert_eq!(pruned.events, 2);
+    assert_eq!(
+        count(&db, "SELECT COUNT(*) FROM rollouts"),
+        3,
+        "rollouts 2 (in use), 3 (recent) and 4 (running) stay"
+    );
+    assert!(s.rollout(1).unwrap().is_none());
+    assert_eq!(s.events(4).unwrap().len(), 1);
+    assert_eq!(s.events(3).unwrap().len(), 2);
+    assert_eq!(s.events(2).unwrap().len(), 1);
+    assert!(s.release("d-v0").unwrap().is_none());
+    assert!(s.release("d-v2").unwrap().is_some(), "in use");
+    // d-v3 .. d-v5 were never recorded as releases here; d-v1 is gone with rollout 1.
+    assert_eq!(pruned.releases, 2, "{pruned:?}");
+    // The chain was cut at the first record of the running rollout 4, not later.
+    assert_eq!(pruned.first_seq, Some(first_of_4));
+    let after = cutover_store::export_db(&db).unwrap();
+    assert_eq!(after[0].seq, first_of_4);
+    assert!(after.iter().all(|r| r.seq >= first_of_4));
+    // Everything from the boundary on is untouched.
+    for r in before.iter().filter(|r| r.seq >= first_of_4) {
+        assert!(after.contains(r), "{r:?} changed");
+    }
+    assert!(after.iter().any(|r| r.kind == kinds::CHECKPOINT));
+    let r = verify_both(&db);
+    assert!(r.ok, "{r:#?}");
+    assert_eq!(r.pruned_before, Some(first_of_4));
+    // Decisions of the kept rollouts are all still there.
+    assert_eq!(s.decisions(Some(4), 10).unwrap().len(), 1);
+    assert_eq!(s.decisions(Some(2), 10).unwrap().len(), 1);
+
+    // Pruning again with nothing older changes nothing but stays verifiable.
+    let again = s.prune(t(5_000), t(10_001), &keep).unwrap();
+    assert_eq!((again.rollouts, again.records), (0, 0), "{again:?}");
+    assert!(verify_both(&db).ok);
+
+    // Deleting more of the oldest records than the checkpoint says is detected.
+    sql(
+        &db,
+        &format!("DELETE FROM decisions WHERE seq = {first_of_4}"),
+    );
+    assert_bad(
+        &verify_both(&db),
+        first_of_4 + 1,
+        "oldest records were deleted",
+    );
+}
