@@ -605,11 +605,7 @@ fn retention_prunes_exactly_what_is_past_it_and_not_in_use() {
     let db = dir.path().join("cutover.db");
     let mut s = Store::open(&db).unwrap();
     // Times after the `audit.keyed` record the store wrote on open (at the wall clock's now).
-    let t0 = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-        + 3_600_000;
+    let t0 = cutover_clock::unix_millis() as i64 + 3_600_000;
     let t = |ms: i64| t0 + ms;
     // Rollout 1: v1 → v2, ended at 2 000 (old). Rollout 2: v2 → v3, ended at 2 500 (old, but
     // in use: say it is the last rollout and v2 is held). Rollout 3: v2 → v4, ended at 9 000.
