@@ -470,3 +470,43 @@ async fn retention_keeps_what_is_in_use_and_simulate_still_reproduces_it() {
     let (code, _, err) = cutover(&["export", "--rollout", "1"], d);
     assert_eq!(code, 66, "a pruned rollout is gone: {err}");
 }
+
+/// Bad input to `history --verify/--export` gets a usage error (64) naming what to pass.
+#[test]
+fn bad_audit_arguments_are_usage_errors_with_the_fix() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    let (code, _, err) = cutover(&["history", "--verify", "--db", "nope.db"], p);
+    assert_eq!(code, 64, "{err}");
+    assert!(
+        err.contains("no state database at nope.db") && err.contains("--db"),
+        "{err}"
+    );
+    std::fs::write(p.join("chain.jsonl"), "").unwrap();
+    let (code, _, err) = cutover(&["history", "--verify", "--export-file", "chain.jsonl"], p);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("--export-file needs --key-file"), "{err}");
+    std::fs::write(p.join("k"), "not hex\n").unwrap();
+    std::fs::set_permissions(
+        p.join("k"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let (code, _, err) = cutover(
+        &[
+            "history",
+            "--verify",
+            "--export-file",
+            "chain.jsonl",
+            "--key-file",
+            "k",
+        ],
+        p,
+    );
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("does not hold a key (64 hex digits)"), "{err}");
+    let (code, _, err) = cutover(&["history", "--export-file", "chain.jsonl"], p);
+    assert_eq!(code, 64, "--export-file without --verify: {err}");
+    let (code, _, err) = cutover(&["history", "--verify", "--export"], p);
+    assert_eq!(code, 64, "{err}");
+}
