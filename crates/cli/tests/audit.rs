@@ -510,3 +510,48 @@ fn bad_audit_arguments_are_usage_errors_with_the_fix() {
     let (code, _, err) = cutover(&["history", "--verify", "--export"], p);
     assert_eq!(code, 64, "{err}");
 }
+
+/// Each notification carries its decision's place in the chain: a receiver holds anchors off the
+/// host, each naming a record that exists with exactly that MAC.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifications_carry_the_chain_anchor_of_their_decision() {
+    let _g = common::serial().await;
+    let receiver = common::upstream()
+        .otherwise(|_, _| common::Reply::new(200, ""))
+        .spawn()
+        .await;
+    let sink = format!(
+        "[[notify]]\nname = \"auditor\"\nurl = \"http://{}/hook\"\nformat = \"json\"\n",
+        receiver.addr
+    );
+    let h = Harness::start_with(common::config().merge(&sink)).await;
+    h.first_release("v1").await;
+    let notices = common::eventually(Duration::from_secs(20), "promoted delivered", || {
+        let seen: Vec<serde_json::Value> = receiver
+            .seen()
+            .iter()
+            .map(|r| serde_json::from_slice(&r.body).unwrap_or_default())
+            .collect();
+        std::future::ready(if seen.iter().any(|n| n["kind"] == "promoted") {
+            Ok(seen)
+        } else {
+            Err(format!("{seen:?}"))
+        })
+    })
+    .await;
+    let d = h.dir.path().to_path_buf();
+    let c = Connection::open(db(&d)).unwrap();
+    for n in &notices {
+        let seq = n["audit"]["seq"].as_i64().unwrap_or_else(|| panic!("{n}"));
+        let (mac, rollout): (String, Option<i64>) = c
+            .query_row(
+                "SELECT hash, rollout_id FROM decisions WHERE seq = ?1",
+                [seq],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!(n["audit"]["mac"], mac.as_str(), "{n}");
+        assert_eq!(n["rollout"].as_i64(), rollout, "{n}");
+    }
+    h.shutdown().await;
+}
