@@ -555,3 +555,42 @@ async fn notifications_carry_the_chain_anchor_of_their_decision() {
     }
     h.shutdown().await;
 }
+
+/// `run --audit-key-file` keys the chain with a key kept outside the state dir, which then holds
+/// no key; verifying needs that key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_kept_outside_the_state_dir() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    std::fs::write(p.join("cutover.toml"), common::config().to_toml()).unwrap();
+    std::fs::create_dir(p.join("keys")).unwrap();
+    tokio::task::block_in_place(|| {
+        run_until_started(p, &["--audit-key-file", "keys/audit.key"]);
+    });
+    assert!(!p.join("state/audit.key").exists());
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(p.join("keys/audit.key"))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+    let (code, out, err) = cutover(
+        &[
+            "history",
+            "--verify",
+            "--state-dir",
+            "state",
+            "--key-file",
+            "keys/audit.key",
+        ],
+        p,
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    let (code, _, err) = cutover(&["history", "--verify", "--state-dir", "state"], p);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("--key-file"), "{err}");
+    // And `run` without it refuses rather than make a new key for a keyed chain.
+    let (code, _, err) = cutover(&["-c", "cutover.toml", "run"], p);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("is keyed but its key file"), "{err}");
+}

@@ -716,8 +716,9 @@ impl Driver {
                 Some(scraped) = self.scraped.recv() => self.on_scraped(scraped),
                 _ = gc.tick() => {
                     prune_logs(&self.loaded.state_dir().join("logs"), RETENTION);
+                    let retention = self.loaded.config.state.retention.get();
                     let mut store = self.store.lock().unwrap_or_else(|e| e.into_inner());
-                    prune_store(&mut store, self.engine.state(), self.loaded.config.state.retention.get());
+                    prune_store(&mut store, self.engine.state(), retention);
                 }
             }
         }
