@@ -1,8 +1,9 @@
 //! `cutover`: ship a new version of a live service with zero downtime.
 //!
 //! This binary only parses arguments, calls `cutover_host`, prints, and maps errors to exit
-//! codes (64 bad usage or config, 66 no such rollout, 69 cutover unreachable, 2 a followed
-//! rollout failed, 130 `deploy --wait` interrupted, 1 refused).
+//! codes (64 bad usage or config, 65 the audit chain failed verification, 66 no such rollout,
+//! 69 cutover unreachable, 2 a followed rollout failed, 130 `deploy --wait` interrupted,
+//! 1 refused).
 #![forbid(unsafe_code)]
 
 use clap::{Parser, Subcommand};
@@ -36,6 +37,14 @@ enum Command {
         /// Log as JSON lines instead of human-readable text (overrides [log] format).
         #[arg(long)]
         log_json: bool,
+        /// The audit chain's key file (default: audit.key in the state dir, created at first
+        /// run). Keep it where whoever can write the state dir cannot read it.
+        #[arg(long, value_name = "PATH", env = "CUTOVER_AUDIT_KEY_FILE")]
+        audit_key_file: Option<PathBuf>,
+        /// Start even if the state store fails audit verification (exit 65 otherwise); the
+        /// acceptance is recorded in the audit chain.
+        #[arg(long)]
+        accept_tampered: bool,
     },
     /// Start a progressive rollout of VERSION (returns at once unless --wait).
     Deploy {
@@ -102,9 +111,33 @@ enum Command {
         /// Only this rollout, by the id `history` shows (exit 66 if there is none).
         #[arg(long)]
         rollout: Option<i64>,
-        /// Check the audit log's hash chain.
-        #[arg(long)]
+        /// Verify the keyed audit chain, straight from the state database (no running cutover
+        /// needed); names the first bad record and exits 65 when it fails.
+        #[arg(long, conflicts_with = "export")]
         verify: bool,
+        /// Write every record of the audit chain as JSON lines (each with its seq, prev and
+        /// mac), which `--verify --export-file` checks on their own.
+        #[arg(long)]
+        export: bool,
+        /// With --export: write here instead of stdout.
+        #[arg(short, long, value_name = "PATH", requires = "export")]
+        output: Option<PathBuf>,
+        /// With --verify/--export: this state directory (default: the config's).
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
+        /// With --verify/--export: this database file, e.g. an auditor's copy.
+        #[arg(long, value_name = "PATH")]
+        db: Option<PathBuf>,
+        /// With --verify: the audit key (default: audit.key beside the database).
+        #[arg(long, value_name = "PATH", env = "CUTOVER_AUDIT_KEY_FILE")]
+        key_file: Option<PathBuf>,
+        /// With --verify: the audit head to check the newest records against (default:
+        /// audit.head beside the database).
+        #[arg(long, value_name = "PATH")]
+        head_file: Option<PathBuf>,
+        /// With --verify: verify this file written by --export instead of a database.
+        #[arg(long, value_name = "PATH", requires = "verify")]
+        export_file: Option<PathBuf>,
         /// Print the JSON document (times as RFC 3339, every decision) instead of text.
         #[arg(long)]
         json: bool,
@@ -213,6 +246,31 @@ fn run(cli: Cli) -> Result<(), CommandError> {
         } => {
             return commands::emit(&cutover_host::simulate::simulate(&cli.config, recording)?);
         }
+        Command::History {
+            verify,
+            export,
+            output,
+            state_dir,
+            db,
+            key_file,
+            head_file,
+            export_file,
+            json,
+            ..
+        } if *verify || *export => {
+            let src = cutover_host::audit::Source {
+                state_dir: state_dir.clone(),
+                db: db.clone(),
+                key_file: key_file.clone(),
+                head_file: head_file.clone(),
+                export_file: export_file.clone(),
+            };
+            return if *verify {
+                cutover_host::audit::verify(&cli.config, &src, *json)
+            } else {
+                cutover_host::audit::export(&cli.config, &src, output.as_deref())
+            };
+        }
         _ => {}
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -221,7 +279,17 @@ fn run(cli: Cli) -> Result<(), CommandError> {
         .map_err(|e| CommandError::Other(e.into()))?;
     rt.block_on(async move {
         match cli.command {
-            Command::Run { log_json } => cutover_host::run(&cli.config, log_json).await,
+            Command::Run {
+                log_json,
+                audit_key_file,
+                accept_tampered,
+            } => {
+                let opts = cutover_host::StartOptions {
+                    audit_key_file,
+                    accept_tampered,
+                };
+                cutover_host::run(&cli.config, log_json, opts).await
+            }
             Command::Demo { state_dir, rate } => cutover_host::demo::run(state_dir, rate).await,
             Command::Deploy {
                 version,
@@ -262,17 +330,11 @@ fn run(cli: Cli) -> Result<(), CommandError> {
             Command::History {
                 limit,
                 rollout,
-                verify,
                 json,
+                ..
             } => {
-                commands::history(
-                    &commands::client(&cli.config)?,
-                    limit,
-                    rollout,
-                    verify,
-                    json,
-                )
-                .await
+                commands::history(&commands::client(&cli.config)?, limit, rollout, false, json)
+                    .await
             }
             Command::Logs {
                 version,

@@ -39,6 +39,34 @@ pub struct Config {
     /// `[[notify]]`: webhook sinks for rollout events.
     #[serde(default)]
     pub notify: Vec<NotifySpec>,
+    /// `[state]`: how long the state store keeps what is no longer in use.
+    #[serde(default)]
+    pub state: StateSpec,
+}
+
+/// `[state]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateSpec {
+    /// Rollouts that ended longer ago than this, their recordings and decisions, and releases
+    /// no longer in use are pruned from the state store (hourly and at start), leaving a
+    /// checkpoint that keeps the audit chain verifiable. The current rollout, the stable and the
+    /// held previous release are never pruned (docs/audit.md).
+    #[serde(default = "default_state_retention")]
+    pub retention: Dur,
+}
+
+impl Default for StateSpec {
+    fn default() -> Self {
+        StateSpec {
+            retention: default_state_retention(),
+        }
+    }
+}
+
+/// The blueprint's: anything older than 72 h is pruned.
+fn default_state_retention() -> Dur {
+    Dur::from_secs(72 * 3600)
 }
 
 /// `[metrics]`.
@@ -1398,6 +1426,7 @@ impl Config {
             );
         }
         v.positive("metrics.retention", m.retention);
+        v.positive("state.retention", self.state.retention);
         v.positive("metrics.lookback_delta", m.lookback_delta);
         if !matches!(m.prometheus_version, 2 | 3) {
             v.err(

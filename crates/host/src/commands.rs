@@ -38,14 +38,18 @@ pub enum CommandError {
     /// 141, what a shell reports for a command ended by SIGPIPE.
     #[error("standard output was closed")]
     OutputClosed,
+    /// The audit chain failed verification: `history --verify` found a problem, or `run`
+    /// refused a tampered store (exit 65, sysexits' EX_DATAERR).
+    #[error("{0}")]
+    Tampered(String),
     /// Anything else (exit 1).
     #[error(transparent)]
     Other(#[from] anyhow::Error),
 }
 
 impl CommandError {
-    /// sysexits-style codes: 64 usage/config, 66 no such rollout, 69 unavailable, 2 rollout
-    /// failed, 130 `deploy --wait` interrupted, 1 refused.
+    /// sysexits-style codes: 64 usage/config, 65 audit chain tampered, 66 no such rollout,
+    /// 69 unavailable, 2 rollout failed, 130 `deploy --wait` interrupted, 1 refused.
     pub fn exit_code(&self) -> i32 {
         match self {
             CommandError::Usage(_) | CommandError::Config(_) => 64,
@@ -57,6 +61,7 @@ impl CommandError {
             {
                 64
             }
+            CommandError::Tampered(_) => 65,
             CommandError::RolloutFailed(_) => 2,
             CommandError::Interrupted(_) => 130,
             CommandError::OutputClosed => 141,

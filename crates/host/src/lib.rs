@@ -11,6 +11,7 @@
 //! `cutover-admin` (API) — and holds the CLI's verbs, the status rendering and the demo.
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod commands;
 pub mod config;
 pub mod demo;
@@ -29,7 +30,7 @@ use commands::CommandError;
 use cutover_core::spec::LogFormat;
 use std::path::Path;
 
-pub use runtime::{start, Running, StartError};
+pub use runtime::{start, start_with, Running, StartError, StartOptions};
 
 /// Whether to write ANSI colour: only to a terminal, and never when `NO_COLOR` is set to
 /// anything but the empty string (no-color.org). A log redirected to a file or collected by
@@ -59,16 +60,25 @@ pub fn init_logging(level: &str, json: bool) {
     };
 }
 
-/// `cutover run`: runs until SIGINT or SIGTERM, then shuts down gracefully.
-pub async fn run(config_path: &Path, log_json: bool) -> Result<(), CommandError> {
+/// `cutover run`: runs until SIGINT or SIGTERM, then shuts down gracefully. A store that fails
+/// audit verification is refused ([`CommandError::Tampered`], exit 65) unless
+/// `opts.accept_tampered`.
+pub async fn run(
+    config_path: &Path,
+    log_json: bool,
+    opts: runtime::StartOptions,
+) -> Result<(), CommandError> {
     let loaded = config::load(config_path)?;
     init_logging(
         &loaded.config.log.level,
         log_json || loaded.config.log.format == LogFormat::Json,
     );
-    let running = runtime::start(loaded)
+    let running = runtime::start_with(loaded, opts)
         .await
-        .map_err(|e| CommandError::Usage(e.to_string()))?;
+        .map_err(|e| match e {
+            e @ StartError::Tampered { .. } => CommandError::Tampered(e.to_string()),
+            e => CommandError::Usage(e.to_string()),
+        })?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| CommandError::Other(e.into()))?;
     tokio::select! {

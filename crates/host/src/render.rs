@@ -467,15 +467,19 @@ pub fn history(doc: &Value) -> String {
         let ok = v.get("ok").and_then(|x| x.as_bool()).unwrap_or(false);
         let rows = v.get("rows").and_then(|x| x.as_u64()).unwrap_or(0);
         if ok {
-            let _ = writeln!(o, "audit chain: OK ({rows} decisions, hash chain intact)");
+            let _ = writeln!(o, "audit chain: OK ({rows} records, keyed chain intact)");
         } else {
             let bad = v
                 .get("first_bad_seq")
                 .map(|x| x.to_string())
                 .unwrap_or_default();
+            let what = v
+                .pointer("/problems/0/what")
+                .and_then(|x| x.as_str())
+                .unwrap_or("");
             let _ = writeln!(
                 o,
-                "audit chain: TAMPERED (first bad decision #{bad} of {rows})"
+                "audit chain: TAMPERED (first bad record #{bad} of {rows}: {what})"
             );
         }
     }

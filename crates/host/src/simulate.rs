@@ -23,7 +23,7 @@ pub fn recording(config_path: &Path, rollout: Option<i64>) -> Result<Recording, 
             config_path.display()
         )));
     }
-    let store = Store::open(&db).map_err(|e| CommandError::Other(e.into()))?;
+    let store = Store::open_read_only(&db).map_err(|e| CommandError::Other(e.into()))?;
     let id = match rollout {
         Some(id) => {
             store

@@ -127,6 +127,10 @@ mod tests {
             at_ms: 1_700_000_000_000,
             reason: "error ratio 3.1% > 2% for 3 windows".into(),
             numbers: json!({"weight": 25, "error_ratio": 0.031}),
+            audit: Some(crate::AuditAnchor {
+                seq: 42,
+                mac: "ab".repeat(32),
+            }),
         }
     }
 
@@ -134,6 +138,8 @@ mod tests {
     fn json_is_the_notice() {
         let n = notice("step");
         let v = render(Format::Json, &n);
+        // The audit anchor travels with it: a copy of the chain's head kept off the host.
+        assert_eq!(v["audit"], json!({"seq": 42, "mac": "ab".repeat(32)}));
         assert_eq!(serde_json::from_value::<Notice>(v).unwrap(), n);
     }
 

@@ -45,6 +45,18 @@ pub struct Notice {
     /// The key numbers behind the event (weights, error ratios, latencies): an object of
     /// name → value, or `null`.
     pub numbers: serde_json::Value,
+    /// Where this decision sits in cutover's audit chain: kept by whoever receives the notice,
+    /// it anchors the chain outside the host (docs/audit.md), so deleting the newest records
+    /// from the state store is detectable even if the local head file is rewritten too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<AuditAnchor>,
+}
+
+/// A record of the audit chain: its sequence number and its HMAC.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditAnchor {
+    pub seq: i64,
+    pub mac: String,
 }
 
 /// How a sink wants the notice encoded.

@@ -60,6 +60,12 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX events_rollout ON events(rollout_id, seq);
     "#,
+    // 2 -> 3: the engine snapshot is MACed with the audit key, with the chain position it was
+    // written at (a snapshot replaced by an older one, or edited, is detected).
+    r#"
+    ALTER TABLE snapshot ADD COLUMN head_seq INTEGER NULL;
+    ALTER TABLE snapshot ADD COLUMN mac TEXT NULL;
+    "#,
 ];
 
 /// The schema version this build writes.

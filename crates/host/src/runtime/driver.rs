@@ -198,6 +198,10 @@ impl Driver {
         }
         let mut ticker = tokio::time::interval(self.loaded.config.rollout.interval.get());
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // `[state] retention`: the store is pruned hourly (start() pruned it once), off the
+        // driver's task, keeping what the engine still uses.
+        let mut gc = tokio::time::interval(Duration::from_secs(3600));
+        gc.tick().await;
         loop {
             // The engine's next timer (a step's end, hold_previous, an abort rule's `for`,
             // the start deadline), as an instant on tokio's clock; measurements keep their
@@ -219,6 +223,11 @@ impl Driver {
                 _ = ticker.tick() => self.on_tick(),
                 Some(scraped) = self.scraping.scraped.recv() => self.on_scraped(scraped),
                 Some(e) = self.behind_rx.recv() => self.behind_failed(&e),
+                _ = gc.tick() => {
+                    let keep = super::in_use(self.engine.state());
+                    let retention = self.loaded.config.state.retention.get();
+                    tokio::spawn(self.store.prune(keep, retention, self.now().millis() as i64));
+                }
             }
             self.settle().await;
         }
@@ -311,16 +320,19 @@ impl Driver {
             });
             return Ok(Vec::new());
         }
-        if let Err(e) = self.store.commit(commit).await {
-            self.engine = before;
-            return Err(self.persist_failed(&e));
-        }
+        let anchors = match self.store.commit(commit).await {
+            Ok(anchors) => anchors,
+            Err(e) => {
+                self.engine = before;
+                return Err(self.persist_failed(&e));
+            }
+        };
         self.persist_failure = None;
         self.timers_after = None;
-        for d in &outcome.decisions {
+        for (i, d) in outcome.decisions.iter().enumerate() {
             info!(rollout = d.rollout, kind = d.kind.as_str(), numbers = %d.numbers, "{}", d.reason);
             *self.decision_counts.entry(d.kind.as_str()).or_default() += 1;
-            self.notify(d);
+            self.notify(d, anchors.get(i));
         }
         for action in outcome.actions {
             self.act(action).await;

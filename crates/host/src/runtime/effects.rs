@@ -123,7 +123,7 @@ impl Driver {
 
     /// Hands a decision to the notification sinks; never blocks (the notifier drops rather
     /// than waits when a sink is behind).
-    pub(super) fn notify(&self, d: &Decision) {
+    pub(super) fn notify(&self, d: &Decision, anchor: Option<&cutover_store::Head>) {
         let Some(kind) = d.kind.notify_kind() else {
             return;
         };
@@ -141,6 +141,10 @@ impl Driver {
             at_ms: d.at.millis(),
             reason: d.reason.clone(),
             numbers: d.numbers.clone(),
+            audit: anchor.map(|h| cutover_notify::AuditAnchor {
+                seq: h.seq,
+                mac: h.mac.clone(),
+            }),
         });
     }
 }

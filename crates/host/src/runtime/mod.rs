@@ -26,7 +26,7 @@ mod wiring;
 
 pub use persist::PersistError;
 pub use seams::{Instances, Notifications, Routing, StateStore};
-pub use wiring::{start, Running, StartError};
+pub use wiring::{open_store, start, start_with, Running, StartError, StartOptions};
 
 use std::time::Duration;
 use tracing::info;
@@ -34,6 +34,48 @@ use tracing::info;
 /// Instance logs of releases that stopped longer ago than this are deleted (DESIGN.md: anything
 /// older than 72 h is pruned). A running instance appends to its log, which keeps it fresh.
 pub const RETENTION: Duration = Duration::from_secs(72 * 3600);
+
+/// What retention must never prune: the rollout the engine is on (or ended last) and every
+/// release it still uses (stable, canary, held previous).
+pub fn in_use(state: &cutover_core::engine::State) -> cutover_store::InUse {
+    let mut keep = cutover_store::InUse::default();
+    if let Some(r) = &state.rollout {
+        keep.rollouts.push(r.id as i64);
+        keep.digests.push(r.to.digest.clone());
+        keep.digests.extend(r.from.iter().map(|f| f.digest.clone()));
+    }
+    keep.digests
+        .extend(state.stable.iter().map(|s| s.digest.clone()));
+    keep.digests
+        .extend(state.previous.iter().map(|p| p.release.digest.clone()));
+    keep
+}
+
+/// Prunes the state store after `[state] retention` (`now` in epoch milliseconds), keeping
+/// what [`in_use`] names. A failure is logged, not fatal: the records stay, and the next hourly
+/// run tries again.
+pub fn prune_store(
+    store: &mut cutover_store::Store,
+    keep: &cutover_store::InUse,
+    retention: Duration,
+    now: i64,
+) {
+    let cutoff = now.saturating_sub(retention.as_millis() as i64);
+    match store.prune(cutoff, now, keep) {
+        Ok(p) if p.rollouts + p.releases + p.records + p.events > 0 => info!(
+            rollouts = p.rollouts,
+            releases = p.releases,
+            records = p.records,
+            events = p.events,
+            "pruned the state store of what ended more than {} ago",
+            humantime::format_duration(retention)
+        ),
+        Ok(_) => {}
+        Err(e) => {
+            tracing::error!(error = %e, "could not prune the state store; it will be tried again in an hour")
+        }
+    }
+}
 
 /// Deletes log files not written to for `max_age`; returns how many.
 pub fn prune_logs(dir: &std::path::Path, max_age: Duration) -> usize {

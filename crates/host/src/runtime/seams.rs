@@ -10,7 +10,7 @@ use super::persist::{PersistError, StoreActor};
 use cutover_admin::DeployRequest;
 use cutover_notify::{Notice, Notifier};
 use cutover_proxy::{Proxy, RouteTable, WsDrainReport};
-use cutover_store::{Commit, ReleaseRecord};
+use cutover_store::{Commit, Head, InUse, ReleaseRecord};
 use cutover_supervisor::{
     Closer, Fleet, InFlight, Release as SupRelease, StopReport, Supervisor, SupervisorError,
 };
@@ -58,7 +58,11 @@ pub trait Instances: Send + Sync {
 /// The state store. `commit` is one transaction; the driver awaits it before it carries out
 /// any action of the outcome it records (invariant 8).
 pub trait StateStore: Send + Sync {
-    fn commit(&self, commit: Commit) -> BoxFuture<'static, Result<(), PersistError>>;
+    /// Returns each decision's place in the audit chain (its anchor), in order.
+    fn commit(&self, commit: Commit) -> BoxFuture<'static, Result<Vec<Head>, PersistError>>;
+    /// Prunes what ended before `retention` and is not in `keep` (`[state] retention`); a
+    /// failure is logged by the store's side and retried at the next run.
+    fn prune(&self, keep: InUse, retention: Duration, now_ms: i64) -> BoxFuture<'static, ()>;
     /// A release recorded by an earlier commit (to start it again after a restart).
     fn release(
         &self,
@@ -128,9 +132,17 @@ impl Instances for Supervised {
 }
 
 impl StateStore for StoreActor {
-    fn commit(&self, commit: Commit) -> BoxFuture<'static, Result<(), PersistError>> {
+    fn commit(&self, commit: Commit) -> BoxFuture<'static, Result<Vec<Head>, PersistError>> {
         let done = self.call(move |s| s.commit(commit).map_err(PersistError::from));
         Box::pin(async move { done.await? })
+    }
+    fn prune(&self, keep: InUse, retention: Duration, now_ms: i64) -> BoxFuture<'static, ()> {
+        let done = self.call(move |s| super::prune_store(s, &keep, retention, now_ms));
+        Box::pin(async move {
+            if let Err(e) = done.await {
+                tracing::error!(error = %e, "could not prune the state store");
+            }
+        })
     }
     fn release(
         &self,

@@ -13,7 +13,7 @@ use cutover_core::engine::{Engine, Verb};
 use cutover_core::spec::Config;
 use cutover_notify::Notice;
 use cutover_proxy::{RouteTable, WsDrainReport};
-use cutover_store::{Commit, ReleaseRecord};
+use cutover_store::{Commit, Head, InUse, ReleaseRecord};
 use cutover_supervisor::{
     Closer, CrashLoop, Fleet, InFlight, InstanceState, InstanceStatus, Release as SupRelease,
     StopReport, SupervisorError, VersionFleet,
@@ -198,7 +198,7 @@ struct FakeStore {
 impl StateStore for FakeStore {
     /// Logs `commit [deploy, ready]` for a commit with decisions (evaluations that decided
     /// nothing are counted, not logged).
-    fn commit(&self, c: Commit) -> BoxFuture<'static, Result<(), PersistError>> {
+    fn commit(&self, c: Commit) -> BoxFuture<'static, Result<Vec<Head>, PersistError>> {
         let res = match self.fail.lock().unwrap().clone() {
             Some(reason) => {
                 push(&self.log, "commit failed".into());
@@ -214,11 +214,23 @@ impl StateStore for FakeStore {
                 for r in &c.releases {
                     releases.insert(r.digest.clone(), r.clone());
                 }
-                self.commits.lock().unwrap().push(c);
-                Ok(())
+                let mut commits = self.commits.lock().unwrap();
+                let anchors = (0..c.decisions.len())
+                    .map(|i| Head {
+                        seq: (commits.len() * 100 + i) as i64,
+                        mac: format!("mac-{}-{i}", commits.len()),
+                    })
+                    .collect();
+                commits.push(c);
+                Ok(anchors)
             }
         };
         Box::pin(async move { res })
+    }
+    /// Retention is the store's own business (tested in cutover-store); the hourly call is
+    /// not part of a scenario's sequence.
+    fn prune(&self, _: InUse, _: Duration, _: i64) -> BoxFuture<'static, ()> {
+        Box::pin(async {})
     }
     fn release(
         &self,

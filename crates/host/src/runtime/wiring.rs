@@ -15,7 +15,7 @@ use cutover_admin::Handler;
 use cutover_core::engine::{Engine, State};
 use cutover_notify::Notifier;
 use cutover_proxy::{CertReloader, Proxy, ProxyConfig, TlsError};
-use cutover_store::Store;
+use cutover_store::{AuditPaths, Store};
 use cutover_supervisor::Supervisor;
 use cutover_telemetry::Recorder;
 use std::net::SocketAddr;
@@ -45,6 +45,19 @@ pub enum StartError {
     Token(#[from] cutover_admin::AdminError),
     #[error("state store: {0}")]
     Store(#[from] cutover_store::StoreError),
+    #[error(
+        "the state database {db} failed audit verification: {summary}{more}. cutover will not \
+         run on a tampered store (fix: find out what changed it, `cutover history --verify` \
+         lists every problem; restore the state dir from a backup, or start with \
+         --accept-tampered to go on with it as it is, which is recorded in the audit chain)",
+        db = db.display(),
+        summary = report.problems.first().map(|p| p.to_string()).unwrap_or_default(),
+        more = match report.problems.len() { 0 | 1 => String::new(), n => format!(" (and {} more)", n - 1) },
+    )]
+    Tampered {
+        db: PathBuf,
+        report: Box<cutover_store::ChainReport>,
+    },
     #[error("state store: cannot start its thread ({0})")]
     StoreThread(std::io::Error),
     #[error(
@@ -109,8 +122,55 @@ fn proxy_config(c: &cutover_core::spec::Config) -> ProxyConfig {
     }
 }
 
+/// How `cutover run` was asked to treat the audit chain.
+#[derive(Debug, Clone, Default)]
+pub struct StartOptions {
+    /// The audit key file (default: `audit.key` in the state dir, created at first run).
+    pub audit_key_file: Option<PathBuf>,
+    /// Start even if the store fails verification, recording that in the chain.
+    pub accept_tampered: bool,
+}
+
 /// Starts the runtime for a loaded config and returns once it listens.
 pub async fn start(loaded: Loaded) -> Result<Running, StartError> {
+    start_with(loaded, StartOptions::default()).await
+}
+
+/// Opens the state store and verifies its audit chain before anything else uses it: a tampered
+/// store is refused unless `opts.accept_tampered`, which is recorded in the chain.
+pub fn open_store(state_dir: &std::path::Path, opts: &StartOptions) -> Result<Store, StartError> {
+    let db = state_dir.join("cutover.db");
+    let mut paths = AuditPaths::beside(&db);
+    if let Some(k) = &opts.audit_key_file {
+        paths.key_file = k.clone();
+    }
+    let mut store = Store::open_with(&db, paths)?;
+    let report = store.verify_chain()?;
+    if !report.ok {
+        if !opts.accept_tampered {
+            return Err(StartError::Tampered {
+                db,
+                report: Box::new(report),
+            });
+        }
+        let head = store.accept_tampered(
+            &report,
+            cutover_clock::unix_millis() as i64,
+            "cutover run --accept-tampered",
+        )?;
+        tracing::warn!(
+            problems = report.problems.len(),
+            first = %report.summary(),
+            recorded_at = head.seq,
+            "starting on a store that failed audit verification, as --accept-tampered asked; \
+             this is recorded in the audit chain"
+        );
+    }
+    Ok(store)
+}
+
+/// [`start`] with the audit options of `cutover run`.
+pub async fn start_with(loaded: Loaded, opts: StartOptions) -> Result<Running, StartError> {
     let c = loaded.config.clone();
     // Queries are checked before anything is created, so a bad rule changes nothing.
     rules::validate(&c)?;
@@ -136,7 +196,7 @@ pub async fn start(loaded: Loaded) -> Result<Running, StartError> {
         .transpose()?;
     let token = cutover_admin::ensure_token(&state_dir)?;
     prune_logs(&state_dir.join("logs"), RETENTION);
-    let store = Store::open(&state_dir.join("cutover.db"))?;
+    let mut store = open_store(&state_dir, &opts)?;
     let engine = match store.load_snapshot()? {
         Some(v) => {
             let state: State = serde_json::from_value(v).map_err(StartError::Snapshot)?;
@@ -144,6 +204,12 @@ pub async fn start(loaded: Loaded) -> Result<Running, StartError> {
         }
         None => Engine::new(c.service.name.clone(), c.rollout.clone()),
     };
+    super::prune_store(
+        &mut store,
+        &super::in_use(engine.state()),
+        c.state.retention.get(),
+        cutover_clock::unix_millis() as i64,
+    );
 
     let window = c.rollout.window.get();
     // Twenty slots per window keeps the window's edge within 5 % of its length.

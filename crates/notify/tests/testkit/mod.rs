@@ -182,6 +182,7 @@ pub fn notice(kind: &str, reason: &str) -> Notice {
         at_ms: 1_700_000_000_000,
         reason: reason.into(),
         numbers: serde_json::json!({"weight": 25, "error_ratio": 0.031}),
+        audit: None,
     }
 }
 
