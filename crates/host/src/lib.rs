@@ -22,6 +22,7 @@ pub mod router;
 pub mod rules;
 pub mod runtime;
 pub mod scrape;
+pub mod secure;
 pub mod simulate;
 pub mod status;
 

@@ -171,10 +171,15 @@ pub async fn start(loaded: Loaded) -> Result<Running, StartError> {
     // Queries are checked before anything is created, so a bad rule changes nothing.
     rules::validate(&c)?;
     let state_dir = loaded.state_dir();
-    std::fs::create_dir_all(state_dir.join("logs")).map_err(|source| StartError::StateDir {
-        path: state_dir.clone(),
-        source,
-    })?;
+    // Owner-only before anything is written into it (docs/security.md).
+    let narrowed =
+        crate::secure::prepare_state_dir(&state_dir).map_err(|source| StartError::StateDir {
+            path: state_dir.clone(),
+            source,
+        })?;
+    for (path, mode) in narrowed {
+        tracing::warn!(path = %path.display(), "was mode {mode:o}, readable by others: narrowed to owner-only");
+    }
     // Checked before anything listens: a config naming a certificate that does not load must
     // not come up serving plaintext, nor come up at all.
     let tls = c
@@ -192,7 +197,7 @@ pub async fn start(loaded: Loaded) -> Result<Running, StartError> {
         .transpose()?;
     let token = cutover_admin::ensure_token(&state_dir)?;
     prune_logs(&state_dir.join("logs"), RETENTION);
-    let store = Store::open(&state_dir.join("cutover.db"))?;
+    let store = Store::open(&state_dir.join(crate::secure::DB_FILE))?;
     let engine = match store.load_snapshot()? {
         Some(v) => {
             let state: State = serde_json::from_value(v).map_err(StartError::Snapshot)?;

@@ -9,6 +9,7 @@ use nix::unistd::Pid;
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{ExitStatus, Stdio};
@@ -39,11 +40,17 @@ pub(crate) fn spawn(
         source,
     };
     if let Some(dir) = log.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| io("could not create the log directory", e))?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| io("could not create the log directory", e))?;
     }
+    // Owner-only: an instance's output may hold anything it prints (docs/security.md).
     let mut out = OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
         .open(log)
         .map_err(|e| io("could not open the log file", e))?;
     // A marker line so that an operator reading the log can tell the processes apart.
