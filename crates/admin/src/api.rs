@@ -81,6 +81,12 @@ pub struct DeployRequest {
     /// Why, for the audit log.
     #[serde(default)]
     pub reason: Option<String>,
+    /// The commit this version was built from (4 to 64 hex digits), for `cutover report`.
+    #[serde(default)]
+    pub commit: Option<String>,
+    /// When that commit was made, RFC 3339 (required with `commit`): `report`'s lead time.
+    #[serde(default)]
+    pub committed_at: Option<String>,
 }
 
 impl DeployRequest {
@@ -103,6 +109,27 @@ impl DeployRequest {
                 return Err(ApiError::invalid(format!(
                     "env.{key}: the value contains a NUL byte"
                 )));
+            }
+        }
+        match (&self.commit, &self.committed_at) {
+            (Some(c), Some(_)) => {
+                if !(4..=64).contains(&c.len()) || !c.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(ApiError::invalid(format!(
+                        "commit: {c:?} is not a commit id: use 4 to 64 hex digits (a git SHA)"
+                    )));
+                }
+            }
+            (None, None) => {}
+            (Some(_), None) => {
+                return Err(ApiError::invalid(
+                    "committed_at: required with commit (fix: give the commit's time, RFC 3339 \
+                     like 2026-12-04T10:00:00Z, e.g. from `git show -s --format=%cI SHA`)",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(ApiError::invalid(
+                    "commit: required with committed_at (fix: give the commit's SHA too)",
+                ))
             }
         }
         if let Some(i) = self.args.iter().position(|a| a.contains('\0')) {

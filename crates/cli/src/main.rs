@@ -54,6 +54,12 @@ enum Command {
         /// following (exit 130), not the rollout.
         #[arg(long)]
         wait: bool,
+        /// The commit this version was built from (a git SHA), recorded for `cutover report`.
+        #[arg(long, value_name = "SHA", requires = "committed_at")]
+        commit: Option<String>,
+        /// When that commit was made, RFC 3339 (`git show -s --format=%cI SHA`): report's lead time.
+        #[arg(long, value_name = "TIME", requires = "commit")]
+        committed_at: Option<String>,
     },
     /// Show weights, step, gate verdicts with their numbers, ETA and instances.
     Status {
@@ -106,6 +112,21 @@ enum Command {
         #[arg(long)]
         verify: bool,
         /// Print the JSON document (times as RFC 3339, every decision) instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delivery figures per service from the history: deployment frequency, change failure
+    /// rate, time to restore, lead time, unplanned downtime (reads the state store; no running
+    /// cutover needed).
+    Report {
+        /// Start of the period: RFC 3339, Unix seconds, or a duration ago (7d); default 30 days
+        /// before --until.
+        #[arg(long)]
+        since: Option<String>,
+        /// End of the period (excluded), as --since; default now.
+        #[arg(long)]
+        until: Option<String>,
+        /// Print the JSON document instead of the table.
         #[arg(long)]
         json: bool,
     },
@@ -203,6 +224,16 @@ fn run(cli: Cli) -> Result<(), CommandError> {
             commands::emitln(&commands::validate(&cli.config)?)?;
             return Ok(());
         }
+        Command::Report { since, until, json } => {
+            let now = cutover_clock::unix_millis() as i64;
+            return commands::emit(&cutover_host::delivery::run(
+                &cli.config,
+                since.as_deref(),
+                until.as_deref(),
+                *json,
+                now,
+            )?);
+        }
         Command::Export { rollout, output } => {
             return cutover_host::simulate::export(&cli.config, *rollout, output.as_deref())
         }
@@ -229,6 +260,8 @@ fn run(cli: Cli) -> Result<(), CommandError> {
                 args,
                 force,
                 wait,
+                commit,
+                committed_at,
             } => {
                 let env = commands::parse_env(&env)?;
                 commands::deploy(
@@ -238,6 +271,7 @@ fn run(cli: Cli) -> Result<(), CommandError> {
                     args,
                     force,
                     wait,
+                    commit.as_deref().zip(committed_at.as_deref()),
                 )
                 .await
             }
@@ -309,16 +343,17 @@ fn run(cli: Cli) -> Result<(), CommandError> {
                     &cutover_host::simulate::simulate_prometheus(&cli.config, &src).await?,
                 )
             }
-            Command::Validate | Command::Export { .. } | Command::Simulate { .. } => {
-                handled_before_the_runtime()
-            }
+            Command::Validate
+            | Command::Export { .. }
+            | Command::Report { .. }
+            | Command::Simulate { .. } => handled_before_the_runtime(),
         }
     })
 }
 
 fn handled_before_the_runtime() -> Result<(), CommandError> {
     Err(CommandError::Usage(
-        "validate, export and simulate run without the runtime".into(),
+        "validate, export, report and simulate run without the runtime".into(),
     ))
 }
 

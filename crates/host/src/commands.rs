@@ -148,8 +148,13 @@ pub async fn deploy(
     args: Vec<String>,
     force: bool,
     wait: bool,
+    commit: Option<(&str, &str)>,
 ) -> Result<(), CommandError> {
-    let body = json!({ "version": version, "env": env, "args": args, "force": force });
+    let mut body = json!({ "version": version, "env": env, "args": args, "force": force });
+    if let Some((sha, at)) = commit {
+        body["commit"] = json!(sha);
+        body["committed_at"] = json!(at);
+    }
     let res = client.post("/v1/deploy", &body).await?;
     // Ctrl-C while following must not look like it stopped the rollout: catch it (before the
     // first line is printed, so that no interrupt goes unseen) and say what goes on.

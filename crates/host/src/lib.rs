@@ -13,6 +13,7 @@
 
 pub mod commands;
 pub mod config;
+pub mod delivery;
 pub mod demo;
 pub mod logs;
 pub mod metrics;

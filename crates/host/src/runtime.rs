@@ -353,6 +353,8 @@ pub async fn start(loaded: Loaded) -> Result<Running, StartError> {
         releases: HashMap::new(),
         exposition: scrape::ExpositionHealth::default(),
         proxy_addr,
+        pending_commit: None,
+        serving: None,
     };
     tasks.push(tokio::spawn(driver.run(req_rx, shutdown_rx)));
     info!(%proxy_addr, %admin_addr, service = %c.service.name, state_dir = %state_dir.display(), "cutover is running");
@@ -592,6 +594,10 @@ struct Driver {
     /// Which instances serve an exposition that does not parse (warned once each).
     exposition: scrape::ExpositionHealth,
     proxy_addr: SocketAddr,
+    /// The `commit` / `committed_at` of the deploy being applied, recorded with its rollout.
+    pending_commit: Option<(String, i64)>,
+    /// Whether an instance was ready at the last recorded serving change (`cutover report`).
+    serving: Option<bool>,
 }
 
 impl Driver {
@@ -615,7 +621,11 @@ impl Driver {
                 tokio::time::Instant::now() + Duration::from_millis(ms)
             });
             tokio::select! {
-                _ = shutdown.wait_for(|s| *s) => break,
+                _ = shutdown.wait_for(|s| *s) => {
+                    // Shutdown stops every instance on purpose: planned, not downtime.
+                    self.record_serving(false, true);
+                    break;
+                }
                 _ = sleep_until_some(wake) => self.on_timeout(),
                 Some(req) = requests.recv() => self.request(req),
                 changed = self.fleet_rx.changed() => {
@@ -869,6 +879,13 @@ impl Driver {
                         failed_reason: None,
                     });
                 }
+                if let Some((sha, at)) = &self.pending_commit {
+                    commit.commits.push(cutover_store::CommitInfo {
+                        rollout_id: r.id as i64,
+                        commit: sha.clone(),
+                        committed_at: *at,
+                    });
+                }
                 commit.rollouts_started.push(RolloutRecord {
                     id: r.id as i64,
                     service: after.service.clone(),
@@ -1002,6 +1019,7 @@ impl Driver {
         let fleet = self.fleet_rx.borrow_and_update().clone();
         self.router.publish(&fleet, &self.proxy);
         self.publish_targets(&fleet);
+        self.record_serving(crate::delivery::serving(&fleet), false);
         let starting = self
             .engine
             .active()
@@ -1061,6 +1079,37 @@ impl Driver {
                     None,
                 );
             }
+        }
+    }
+
+    /// Records a change of "an instance is ready" for `cutover report`'s downtime. The first
+    /// call after a start compares with the last stored change: after a crash of cutover the
+    /// service counts as down from the first fleet report without a ready instance.
+    fn record_serving(&mut self, serving: bool, planned: bool) {
+        let service = self.engine.state().service.clone();
+        let mut store = self.store.lock().unwrap_or_else(|e| e.into_inner());
+        let last = match self.serving {
+            Some(s) => Some(s),
+            None => store
+                .last_serving(&service)
+                .ok()
+                .flatten()
+                .map(|r| r.serving),
+        };
+        // Nothing ever served yet: not being ready is no downtime.
+        if last == Some(serving) || (last.is_none() && !serving) {
+            self.serving = last;
+            return;
+        }
+        let record = cutover_store::ServingRecord {
+            service,
+            at: now().millis() as i64,
+            serving,
+            planned,
+        };
+        match store.record_serving(&record) {
+            Ok(()) => self.serving = Some(serving),
+            Err(e) => error!(error = %e, "could not record a serving change"),
         }
     }
 
@@ -1272,6 +1321,7 @@ impl Driver {
             .check_version_free(&release, &running)
             .map_err(|e| ApiError::conflict(e.to_string()))?;
         self.releases.insert(rel.digest.clone(), rel);
+        self.pending_commit = crate::delivery::commit_of(&req)?;
         let decisions = self.apply(
             Event::Deploy {
                 release: release.clone(),
@@ -1279,7 +1329,9 @@ impl Driver {
                 start_timeout: Some(c.app.start_timeout),
             },
             req.reason.as_deref(),
-        )?;
+        );
+        self.pending_commit = None;
+        let decisions = decisions?;
         let id = self.engine.state().rollout.as_ref().map(|r| r.id);
         let message = decisions
             .first()

@@ -83,7 +83,7 @@ mod tests {
 
         // One left open by an older cutover: narrowed, each path reported with its old mode.
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
-        fs::set_permissions(&dir.join(DB_FILE), fs::Permissions::from_mode(0o644)).unwrap();
+        fs::set_permissions(dir.join(DB_FILE), fs::Permissions::from_mode(0o644)).unwrap();
         let log = dir.join("logs").join("v1-0.log");
         fs::write(&log, "x").unwrap();
         fs::set_permissions(&log, fs::Permissions::from_mode(0o664)).unwrap();

@@ -15,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 mod chain;
+mod delivery;
 mod schema;
 
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
@@ -23,6 +24,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use chain::{ChainReport, GENESIS_HASH};
+pub use delivery::{CommitInfo, DeployRow, ServingRecord};
 pub use schema::SCHEMA_VERSION;
 
 /// Everything that can go wrong in the store.
@@ -101,8 +103,8 @@ pub struct RolloutRecord {
 /// Everything one engine step wants persisted, written in a single transaction.
 ///
 /// Applied in this order, so a batch may mark failed a release it also upserts, and end a rollout
-/// it also starts: `releases`, `failed`, `rollouts_started`, `rollouts_ended`, `decisions`,
-/// `snapshot`.
+/// it also starts: `releases`, `failed`, `rollouts_started`, `rollouts_ended`, `commits`,
+/// `decisions`, `snapshot`.
 #[derive(Debug, Clone, Default)]
 pub struct Commit {
     /// The engine's new state; `None` keeps the stored one.
@@ -118,6 +120,8 @@ pub struct Commit {
     pub rollouts_ended: Vec<(i64, i64, String)>,
     /// Events the engine applied, in order (a rollout's recording).
     pub events: Vec<EventRecord>,
+    /// The commits the rollouts started in this batch deployed (`deploy --commit`).
+    pub commits: Vec<CommitInfo>,
 }
 
 /// One event the engine applied during a rollout. `state_before` is the engine's state before
@@ -400,6 +404,7 @@ fn apply(tx: &Transaction<'_>, b: &Commit) -> Result<(), StoreError> {
             return Err(StoreError::UnknownRollout(*id));
         }
     }
+    delivery::apply(tx, &b.commits)?;
     for d in &b.decisions {
         chain::append(tx, d)?;
     }
