@@ -25,6 +25,10 @@ struct Cli {
         env = "CUTOVER_CONFIG"
     )]
     config: PathBuf,
+    /// The PEM CA certificate to verify an admin API with [admin.tls] by (default:
+    /// admin.tls.ca, else admin.tls.cert); given, the CLI speaks https to admin.listen.
+    #[arg(long, global = true, value_name = "PEM", env = "CUTOVER_ADMIN_CA")]
+    admin_ca: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -265,7 +269,7 @@ fn run(cli: Cli) -> Result<(), CommandError> {
             } => {
                 let env = commands::parse_env(&env)?;
                 commands::deploy(
-                    &commands::client(&cli.config)?,
+                    &commands::client_with(&cli.config, cli.admin_ca.as_deref())?,
                     &version,
                     env,
                     args,
@@ -276,22 +280,52 @@ fn run(cli: Cli) -> Result<(), CommandError> {
                 .await
             }
             Command::Status { watch, json } => {
-                commands::status(&commands::client(&cli.config)?, watch, json).await
+                commands::status(
+                    &commands::client_with(&cli.config, cli.admin_ca.as_deref())?,
+                    watch,
+                    json,
+                )
+                .await
             }
             Command::Pause { reason } => {
-                commands::verb(&commands::client(&cli.config)?, "pause", reason).await
+                commands::verb(
+                    &commands::client_with(&cli.config, cli.admin_ca.as_deref())?,
+                    "pause",
+                    reason,
+                )
+                .await
             }
             Command::Resume { reason } => {
-                commands::verb(&commands::client(&cli.config)?, "resume", reason).await
+                commands::verb(
+                    &commands::client_with(&cli.config, cli.admin_ca.as_deref())?,
+                    "resume",
+                    reason,
+                )
+                .await
             }
             Command::Promote { reason } => {
-                commands::verb(&commands::client(&cli.config)?, "promote", reason).await
+                commands::verb(
+                    &commands::client_with(&cli.config, cli.admin_ca.as_deref())?,
+                    "promote",
+                    reason,
+                )
+                .await
             }
             Command::Abort { reason } => {
-                commands::verb(&commands::client(&cli.config)?, "abort", reason).await
+                commands::verb(
+                    &commands::client_with(&cli.config, cli.admin_ca.as_deref())?,
+                    "abort",
+                    reason,
+                )
+                .await
             }
             Command::Rollback { reason } => {
-                commands::verb(&commands::client(&cli.config)?, "rollback", reason).await
+                commands::verb(
+                    &commands::client_with(&cli.config, cli.admin_ca.as_deref())?,
+                    "rollback",
+                    reason,
+                )
+                .await
             }
             Command::History {
                 limit,
@@ -300,7 +334,7 @@ fn run(cli: Cli) -> Result<(), CommandError> {
                 json,
             } => {
                 commands::history(
-                    &commands::client(&cli.config)?,
+                    &commands::client_with(&cli.config, cli.admin_ca.as_deref())?,
                     limit,
                     rollout,
                     verify,
@@ -313,7 +347,7 @@ fn run(cli: Cli) -> Result<(), CommandError> {
                 instance,
                 follow,
             } => {
-                let client = commands::client(&cli.config)?;
+                let client = commands::client_with(&cli.config, cli.admin_ca.as_deref())?;
                 let mut out = std::io::stdout();
                 commands::logs(&client, &version, instance, follow, &mut out).await
             }

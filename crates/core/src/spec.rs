@@ -304,17 +304,54 @@ pub enum UpstreamProtocol {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminSpec {
-    /// Loopback by default; binding elsewhere must be a deliberate choice.
+    /// Loopback by default; binding elsewhere must be a deliberate choice: it needs `tls`, or
+    /// `allow_plaintext_remote = true` (docs/security.md).
     #[serde(default = "default_admin_listen")]
     pub listen: SocketAddr,
+    /// `[admin.tls]`: serve the admin API over TLS (HTTP/1.1); the CLI then speaks https to it.
+    /// Default: none (plain HTTP, accepted on a loopback address only).
+    #[serde(default)]
+    pub tls: Option<AdminTlsSpec>,
+    /// Accept a non-loopback `listen` without `tls`: the bearer token and every answer then
+    /// cross the network in clear text (logged as a warning at every start). Default: false.
+    #[serde(default)]
+    pub allow_plaintext_remote: bool,
 }
 
 impl Default for AdminSpec {
     fn default() -> Self {
         AdminSpec {
             listen: default_admin_listen(),
+            tls: None,
+            allow_plaintext_remote: false,
         }
     }
+}
+
+impl AdminSpec {
+    /// Whether `listen` can be reached from another host (anything but 127.0.0.0/8 and ::1;
+    /// `0.0.0.0` and `::` listen on every interface).
+    pub fn is_remote(&self) -> bool {
+        !self.listen.ip().is_loopback()
+    }
+}
+
+/// `[admin.tls]`: the certificate the admin listener presents, and what the CLI trusts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminTlsSpec {
+    /// PEM certificate chain, leaf first; relative to the config file. It must name the address
+    /// the CLI connects to: `listen`'s IP, or `localhost` when `listen` is `0.0.0.0` / `[::]`.
+    pub cert: String,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1); relative to the config file.
+    pub key: String,
+    /// For the CLI: the PEM CA certificate(s) it verifies the admin certificate with (the
+    /// `--admin-ca` flag overrides it). Default: `cert` itself, for a self-signed certificate.
+    #[serde(default)]
+    pub ca: Option<String>,
+    /// How often the files are checked for a change (a renewal needs no restart).
+    #[serde(default = "default_tls_reload_interval")]
+    pub reload_interval: Dur,
 }
 
 /// `[app]`: how to run one instance of a version.
@@ -1062,6 +1099,29 @@ impl Config {
                 }
             }
             v.positive("service.tls.reload_interval", tls.reload_interval);
+        }
+        if let Some(tls) = &self.admin.tls {
+            for (field, path) in [("admin.tls.cert", &tls.cert), ("admin.tls.key", &tls.key)] {
+                if path.trim().is_empty() {
+                    v.err(
+                        field,
+                        "is empty",
+                        "give the path of a PEM file, relative to the config file",
+                    );
+                }
+            }
+            v.positive("admin.tls.reload_interval", tls.reload_interval);
+        } else if self.admin.is_remote() && !self.admin.allow_plaintext_remote {
+            v.err(
+                "admin.listen",
+                format!(
+                    "{} is reachable from other hosts, and without TLS the admin token would \
+                     cross the network in clear text",
+                    self.admin.listen
+                ),
+                "add [admin.tls] with cert and key (docs/security.md), or listen on \
+                 127.0.0.1, or accept the risk with admin.allow_plaintext_remote = true",
+            );
         }
         if s.listen == self.admin.listen && s.listen.port() != 0 {
             v.err(

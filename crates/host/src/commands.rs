@@ -106,7 +106,18 @@ pub fn validate(path: &Path) -> Result<String, CommandError> {
 
 /// An admin client for the `cutover run` that uses this config.
 pub fn client(path: &Path) -> Result<AdminClient, CommandError> {
+    client_with(path, None)
+}
+
+/// [`client`], speaking https when the config has `[admin.tls]` or `admin_ca` is given: the
+/// server's certificate is verified with `admin_ca`, else `admin.tls.ca`, else `admin.tls.cert`
+/// (a self-signed certificate is its own CA).
+pub fn client_with(path: &Path, admin_ca: Option<&Path>) -> Result<AdminClient, CommandError> {
     let l: Loaded = config::load(path)?;
+    let ca = admin_ca.map(Path::to_path_buf).or_else(|| {
+        let t = l.config.admin.tls.as_ref()?;
+        Some(config::resolve(&l.dir, t.ca.as_deref().unwrap_or(&t.cert)))
+    });
     let token_path = l.token_path();
     let token = std::fs::read_to_string(&token_path).map_err(|e| {
         CommandError::Usage(format!(
@@ -115,10 +126,14 @@ pub fn client(path: &Path) -> Result<AdminClient, CommandError> {
             l.path.display()
         ))
     })?;
-    Ok(AdminClient::new(
-        l.config.admin.listen,
-        token.trim().to_string(),
-    ))
+    let client = AdminClient::new(l.config.admin.listen, token.trim().to_string());
+    Ok(match ca {
+        None => client,
+        Some(ca) => client.with_tls(
+            cutover_admin::client_tls(&ca, l.config.admin.listen)
+                .map_err(|e| CommandError::Usage(e.to_string()))?,
+        ),
+    })
 }
 
 /// Parses `KEY=VALUE` pairs from `--env`.

@@ -74,6 +74,11 @@ pub enum StartError {
         #[source]
         source: TlsError,
     },
+    #[error("admin.tls.cert / admin.tls.key: {source} (fix: point admin.tls.cert at a PEM certificate chain and admin.tls.key at its PEM private key; relative paths are relative to the config file)")]
+    AdminTls {
+        #[source]
+        source: TlsError,
+    },
 }
 
 /// Lines of an instance's log quoted in a start failure or crash loop.
@@ -195,6 +200,8 @@ pub async fn start(loaded: Loaded) -> Result<Running, StartError> {
             .map_err(|source| StartError::Tls { source })
         })
         .transpose()?;
+    let admin_tls =
+        crate::secure::admin_tls(&loaded).map_err(|source| StartError::AdminTls { source })?;
     let token = cutover_admin::ensure_token(&state_dir)?;
     prune_logs(&state_dir.join("logs"), RETENTION);
     let store = Store::open(&state_dir.join(crate::secure::DB_FILE))?;
@@ -278,12 +285,30 @@ pub async fn start(loaded: Loaded) -> Result<Running, StartError> {
         });
         let mut rx = shutdown_rx.clone();
         let token = token.clone();
+        let stop = async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        let served = match admin_tls {
+            None => tokio::spawn(cutover_admin::serve(admin_listener, token, handler, stop)),
+            Some((reloader, interval)) => {
+                let current = reloader.server_config();
+                let mut rx = shutdown_rx.clone();
+                tasks.push(tokio::spawn(reloader.run(interval, async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                })));
+                let source: cutover_admin::ServerConfigSource =
+                    Arc::new(move || current.load_full());
+                tokio::spawn(cutover_admin::serve_tls(
+                    admin_listener,
+                    token,
+                    handler,
+                    source,
+                    stop,
+                ))
+            }
+        };
         tasks.push(tokio::spawn(async move {
-            if let Err(e) = cutover_admin::serve(admin_listener, token, handler, async move {
-                let _ = rx.wait_for(|s| *s).await;
-            })
-            .await
-            {
+            if let Ok(Err(e)) = served.await {
                 error!(error = %e, "admin API stopped");
             }
         }));

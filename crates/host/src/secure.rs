@@ -53,6 +53,38 @@ pub fn prepare_state_dir(state_dir: &Path) -> io::Result<Vec<(PathBuf, u32)>> {
     Ok(narrowed)
 }
 
+/// Loads `[admin.tls]` (checked before anything listens, like `[service.tls]`), with its reload
+/// interval; and says, at every start, how far the admin API can be reached: a non-loopback
+/// `admin.listen` is a warning either way, louder without TLS.
+pub fn admin_tls(
+    loaded: &crate::config::Loaded,
+) -> Result<Option<(cutover_proxy::CertReloader, std::time::Duration)>, cutover_proxy::TlsError> {
+    let a = &loaded.config.admin;
+    match (&a.tls, a.is_remote()) {
+        (Some(_), true) => tracing::warn!(
+            listen = %a.listen,
+            "the admin API is reachable from other hosts (over TLS); the bearer token guards it"
+        ),
+        (None, true) => tracing::warn!(
+            listen = %a.listen,
+            "the admin API is reachable from other hosts WITHOUT TLS \
+             (admin.allow_plaintext_remote = true): its bearer token crosses the network in \
+             clear text; add [admin.tls] (docs/security.md)"
+        ),
+        _ => {}
+    }
+    a.tls
+        .as_ref()
+        .map(|t| {
+            cutover_proxy::CertReloader::load(
+                crate::config::resolve(&loaded.dir, &t.cert),
+                crate::config::resolve(&loaded.dir, &t.key),
+            )
+            .map(|r| (r, t.reload_interval.get()))
+        })
+        .transpose()
+}
+
 /// Removes every permission bit of `path` that `allowed` does not have; records the old mode.
 fn narrow(path: &Path, allowed: u32, out: &mut Vec<(PathBuf, u32)>) -> io::Result<()> {
     let mode = fs::metadata(path)?.permissions().mode() & 0o7777;
