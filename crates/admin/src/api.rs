@@ -81,6 +81,11 @@ pub struct DeployRequest {
     /// Why, for the audit log.
     #[serde(default)]
     pub reason: Option<String>,
+    /// Secret environment for the new version's processes, never stored in clear: `""` takes
+    /// the value from cutover's own environment, `"@/path"` from that file on cutover's host
+    /// (read again at every start), anything else is the value itself.
+    #[serde(default)]
+    pub secret_env: BTreeMap<String, String>,
     /// The commit this version was built from (4 to 64 hex digits), for `cutover report`.
     #[serde(default)]
     pub commit: Option<String>,
@@ -108,6 +113,28 @@ impl DeployRequest {
             if value.contains('\0') {
                 return Err(ApiError::invalid(format!(
                     "env.{key}: the value contains a NUL byte"
+                )));
+            }
+        }
+        for (key, value) in &self.secret_env {
+            let mut bytes = key.bytes();
+            let first_ok = bytes
+                .next()
+                .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_');
+            if !first_ok || !bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                return Err(ApiError::invalid(format!(
+                    "secret_env: {key:?} is not a valid variable name: use A-Z a-z 0-9 _ and do \
+                     not start with a digit"
+                )));
+            }
+            if value.contains('\0') {
+                return Err(ApiError::invalid(format!(
+                    "secret_env.{key}: the value contains a NUL byte"
+                )));
+            }
+            if self.env.contains_key(key) {
+                return Err(ApiError::invalid(format!(
+                    "secret_env.{key}: also in env, in clear text (fix: give it once, as a secret)"
                 )));
             }
         }

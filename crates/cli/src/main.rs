@@ -58,6 +58,11 @@ enum Command {
         /// following (exit 130), not the rollout.
         #[arg(long)]
         wait: bool,
+        /// Secret environment, never stored in clear: NAME takes the value from `cutover run`'s
+        /// environment, NAME=@FILE from a file it reads at every start, NAME=VALUE is the value
+        /// (after a restart of cutover, looked for in its environment) (repeatable).
+        #[arg(long = "secret-env", value_name = "NAME[=VALUE|@FILE]")]
+        secret_env: Vec<String>,
         /// The commit this version was built from (a git SHA), recorded for `cutover report`.
         #[arg(long, value_name = "SHA", requires = "committed_at")]
         commit: Option<String>,
@@ -266,8 +271,13 @@ fn run(cli: Cli) -> Result<(), CommandError> {
                 wait,
                 commit,
                 committed_at,
+                secret_env,
             } => {
                 let env = commands::parse_env(&env)?;
+                let extras = commands::DeployExtras {
+                    commit: commit.zip(committed_at),
+                    secret_env: commands::parse_secret_env(&secret_env)?,
+                };
                 commands::deploy(
                     &commands::client_with(&cli.config, cli.admin_ca.as_deref())?,
                     &version,
@@ -275,7 +285,7 @@ fn run(cli: Cli) -> Result<(), CommandError> {
                     args,
                     force,
                     wait,
-                    commit.as_deref().zip(committed_at.as_deref()),
+                    extras,
                 )
                 .await
             }

@@ -364,6 +364,12 @@ pub struct AppSpec {
     /// Extra environment; values take the same placeholders.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Environment variables whose values are secret: each is read from cutover's own
+    /// environment at deploy and at every start, given to the instances, and never stored in
+    /// clear (the state store keeps the name and a salted SHA-256; docs/security.md).
+    /// Default: none.
+    #[serde(default)]
+    pub secret_env: Vec<String>,
     /// Working directory for instances; relative to the config file.
     #[serde(default)]
     pub workdir: Option<String>,
@@ -1185,6 +1191,32 @@ impl Config {
                     format!("app.env.{key}"),
                     "is not a valid environment variable name",
                     "use letters, digits and '_'",
+                );
+            }
+        }
+        for (i, name) in a.secret_env.iter().enumerate() {
+            let mut bytes = name.bytes();
+            let ok = bytes
+                .next()
+                .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+                && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            if !ok {
+                v.err(
+                    format!("app.secret_env[{i}]"),
+                    format!("{name:?} is not a valid environment variable name"),
+                    "use A-Z a-z 0-9 _, not starting with a digit",
+                );
+            } else if a.env.contains_key(name) {
+                v.err(
+                    format!("app.secret_env[{i}]"),
+                    format!("{name} is also in app.env, in clear text"),
+                    format!("remove app.env.{name}: its value comes from cutover's environment"),
+                );
+            } else if a.secret_env[..i].contains(name) {
+                v.err(
+                    format!("app.secret_env[{i}]"),
+                    format!("{name} is listed twice"),
+                    "list each name once",
                 );
             }
         }

@@ -136,6 +136,43 @@ pub fn client_with(path: &Path, admin_ca: Option<&Path>) -> Result<AdminClient, 
     })
 }
 
+/// What `deploy` sends besides the release itself.
+#[derive(Debug, Clone, Default)]
+pub struct DeployExtras {
+    /// `--commit SHA --committed-at T`.
+    pub commit: Option<(String, String)>,
+    /// `--secret-env`, as the API takes it (see [`parse_secret_env`]).
+    pub secret_env: BTreeMap<String, String>,
+}
+
+/// Parses `--secret-env NAME[=VALUE|@FILE]`: `NAME` alone takes the value from cutover's own
+/// environment (`""` in the API), `NAME=@FILE` names a file cutover reads (made absolute here,
+/// so it means the same to `cutover run`), `NAME=VALUE` gives the value.
+pub fn parse_secret_env(items: &[String]) -> Result<BTreeMap<String, String>, CommandError> {
+    let mut out = BTreeMap::new();
+    for item in items {
+        let (name, spec) = match item.split_once('=') {
+            None => (item.as_str(), String::new()),
+            Some((name, value)) => match value.strip_prefix('@') {
+                Some(file) if !file.is_empty() => {
+                    let path = std::path::absolute(file).map_err(|e| {
+                        CommandError::Usage(format!("--secret-env {name}=@{file}: {e}"))
+                    })?;
+                    (name, format!("@{}", path.display()))
+                }
+                _ => (name, value.to_string()),
+            },
+        };
+        if name.is_empty() {
+            return Err(CommandError::Usage(format!(
+                "--secret-env {item:?} has an empty name (fix: write it like --secret-env DB_PASSWORD, --secret-env DB_PASSWORD=@/run/secrets/db or --secret-env DB_PASSWORD=VALUE)"
+            )));
+        }
+        out.insert(name.to_string(), spec);
+    }
+    Ok(out)
+}
+
 /// Parses `KEY=VALUE` pairs from `--env`.
 pub fn parse_env(pairs: &[String]) -> Result<BTreeMap<String, String>, CommandError> {
     let mut env = BTreeMap::new();
@@ -163,12 +200,15 @@ pub async fn deploy(
     args: Vec<String>,
     force: bool,
     wait: bool,
-    commit: Option<(&str, &str)>,
+    extras: DeployExtras,
 ) -> Result<(), CommandError> {
     let mut body = json!({ "version": version, "env": env, "args": args, "force": force });
-    if let Some((sha, at)) = commit {
+    if let Some((sha, at)) = extras.commit {
         body["commit"] = json!(sha);
         body["committed_at"] = json!(at);
+    }
+    if !extras.secret_env.is_empty() {
+        body["secret_env"] = json!(extras.secret_env);
     }
     let res = client.post("/v1/deploy", &body).await?;
     // Ctrl-C while following must not look like it stopped the rollout: catch it (before the

@@ -991,20 +991,24 @@ impl Driver {
         }
     }
 
-    fn release_for(&mut self, release: &Release) -> Option<SupRelease> {
+    fn release_for(&mut self, release: &Release) -> Result<SupRelease, String> {
         if let Some(r) = self.releases.get(&release.digest) {
-            return Some(r.clone());
+            return Ok(r.clone());
         }
+        let missing = || format!("release {} is not in the state store", release.label());
         let stored = self
             .store
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .release(&release.digest)
             .ok()
-            .flatten()?;
-        let r: SupRelease = serde_json::from_value(stored.spec).ok()?;
+            .flatten()
+            .ok_or_else(missing)?;
+        let mut r: SupRelease = serde_json::from_value(stored.spec).map_err(|_| missing())?;
+        // The store has no secret values: they come from cutover's environment or their file.
+        r.load_secrets().map_err(|e| e.to_string())?;
         self.releases.insert(release.digest.clone(), r.clone());
-        Some(r)
+        Ok(r)
     }
 
     fn start_release(&mut self, release: &Release) {
@@ -1013,11 +1017,8 @@ impl Driver {
             .active()
             .is_some_and(|r| r.to.digest == release.digest);
         let failure = match self.release_for(release) {
-            None => Some(format!(
-                "release {} is not in the state store",
-                release.label()
-            )),
-            Some(r) => match self.supervisor.start(r) {
+            Err(reason) => Some(reason),
+            Ok(r) => match self.supervisor.start(r) {
                 Ok(()) => None,
                 Err(e) => Some(e.to_string()),
             },
@@ -1338,6 +1339,10 @@ impl Driver {
             req.env.clone(),
             req.args.clone(),
         )
+        .and_then(|rel| {
+            let secrets = crate::secure::deploy_secrets(&c.app.secret_env, &req.secret_env)?;
+            Ok(rel.with_secrets(secrets)?)
+        })
         .map_err(|e| ApiError::invalid(format!("cannot deploy {}: {e}", req.version)))?;
         let release = Release::new(rel.name.clone(), rel.digest.clone());
         // One process set per version name: the engine refuses a name that is running.

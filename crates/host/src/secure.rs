@@ -85,6 +85,39 @@ pub fn admin_tls(
         .transpose()
 }
 
+/// The secret environment of a deploy, with values: every `app.secret_env` name from cutover's
+/// environment, then the deploy's own (`""`: cutover's environment, `"@PATH"`: that file,
+/// anything else: the value given). A missing one is an error naming it.
+pub fn deploy_secrets(
+    app: &[String],
+    deploy: &std::collections::BTreeMap<String, String>,
+) -> Result<
+    std::collections::BTreeMap<String, (cutover_supervisor::secret::SecretSource, String)>,
+    cutover_supervisor::secret::SecretError,
+> {
+    use cutover_supervisor::secret::{read, SecretSource};
+    let mut out = std::collections::BTreeMap::new();
+    for name in app.iter().filter(|n| !deploy.contains_key(*n)) {
+        out.insert(
+            name.clone(),
+            (SecretSource::Env, read(name, &SecretSource::Env)?),
+        );
+    }
+    for (name, spec) in deploy {
+        let (source, value) = if spec.is_empty() {
+            (SecretSource::Env, read(name, &SecretSource::Env)?)
+        } else if let Some(path) = spec.strip_prefix('@') {
+            let source = SecretSource::File { path: path.into() };
+            let value = read(name, &source)?;
+            (source, value)
+        } else {
+            (SecretSource::Given, spec.clone())
+        };
+        out.insert(name.clone(), (source, value));
+    }
+    Ok(out)
+}
+
 /// Removes every permission bit of `path` that `allowed` does not have; records the old mode.
 fn narrow(path: &Path, allowed: u32, out: &mut Vec<(PathBuf, u32)>) -> io::Result<()> {
     let mode = fs::metadata(path)?.permissions().mode() & 0o7777;

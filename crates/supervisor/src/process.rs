@@ -39,6 +39,15 @@ pub(crate) fn spawn(
         path: log.to_path_buf(),
         source,
     };
+    if let Some(name) = release
+        .secrets
+        .keys()
+        .find(|n| !release.secret_values.0.contains_key(*n))
+    {
+        return Err(SupervisorError::Secret(
+            crate::secret::SecretError::NotInEnv { name: name.clone() },
+        ));
+    }
     if let Some(dir) = log.parent() {
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -63,6 +72,8 @@ pub(crate) fn spawn(
     cmd.args(release.argv.iter().skip(1).map(sub))
         .args(release.extra_args.iter().map(sub))
         .envs(release.env.iter().map(|(k, v)| (k, sub(v))))
+        // Secret values as they are: no placeholders in a password.
+        .envs(release.secret_values.0.iter())
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err)

@@ -122,6 +122,7 @@ impl Kit {
         AppSpec {
             command,
             env: BTreeMap::new(),
+            secret_env: Vec::new(),
             workdir: None,
             digest_paths: Vec::new(),
             instances: 1,
