@@ -370,6 +370,15 @@ pub struct AppSpec {
     /// Default: none.
     #[serde(default)]
     pub secret_env: Vec<String>,
+    /// An instance's log (`<state_dir>/logs/<version>-<n>.log`) is rotated when a write would
+    /// take it past this many bytes: it becomes `<version>-<n>.1.log` (the older ones shift to
+    /// `.2`, ...) and a new file is started. Default: 10 MiB (10485760); at least 4096.
+    #[serde(default = "default_log_max_size")]
+    pub log_max_size: u64,
+    /// How many rotated files of each instance log are kept besides the current one; the
+    /// oldest is deleted on rotation. Default: 5.
+    #[serde(default = "default_log_keep")]
+    pub log_keep: u32,
     /// Working directory for instances; relative to the config file.
     #[serde(default)]
     pub workdir: Option<String>,
@@ -929,6 +938,12 @@ fn one() -> u32 {
 fn three() -> u32 {
     3
 }
+fn default_log_max_size() -> u64 {
+    10 * 1024 * 1024
+}
+fn default_log_keep() -> u32 {
+    5
+}
 fn default_start_timeout() -> Dur {
     Dur::from_secs(60)
 }
@@ -1193,6 +1208,20 @@ impl Config {
                     "use letters, digits and '_'",
                 );
             }
+        }
+        if a.log_max_size < 4096 {
+            v.err(
+                "app.log_max_size",
+                format!("{} bytes is too small", a.log_max_size),
+                "use at least 4096 (bytes; the default is 10485760, 10 MiB)",
+            );
+        }
+        if a.log_keep > 1000 {
+            v.err(
+                "app.log_keep",
+                format!("{} is out of range", a.log_keep),
+                "use 0 to 1000",
+            );
         }
         for (i, name) in a.secret_env.iter().enumerate() {
             let mut bytes = name.bytes();

@@ -88,8 +88,14 @@ const FAILURE_TAIL_LINES: usize = 5;
 /// older than 72 h is pruned). A running instance appends to its log, which keeps it fresh.
 pub const RETENTION: Duration = Duration::from_secs(72 * 3600);
 
-/// Deletes log files not written to for `max_age`; returns how many.
-pub fn prune_logs(dir: &std::path::Path, max_age: Duration) -> usize {
+/// Deletes log files not written to for `max_age`, except those `in_use` names (an instance
+/// quiet for that long still writes to its log); rotated logs (`v1-0.1.log`) are pruned the
+/// same way. Returns how many.
+pub fn prune_logs(
+    dir: &std::path::Path,
+    max_age: Duration,
+    in_use: &std::collections::HashSet<PathBuf>,
+) -> usize {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return 0;
     };
@@ -103,6 +109,7 @@ pub fn prune_logs(dir: &std::path::Path, max_age: Duration) -> usize {
             .is_some_and(|age| age > max_age);
         if old
             && e.path().extension().is_some_and(|x| x == "log")
+            && !in_use.contains(&e.path())
             && std::fs::remove_file(e.path()).is_ok()
         {
             pruned += 1;
@@ -203,7 +210,7 @@ pub async fn start(loaded: Loaded) -> Result<Running, StartError> {
     let admin_tls =
         crate::secure::admin_tls(&loaded).map_err(|source| StartError::AdminTls { source })?;
     let token = cutover_admin::ensure_token(&state_dir)?;
-    prune_logs(&state_dir.join("logs"), RETENTION);
+    prune_logs(&state_dir.join("logs"), RETENTION, &Default::default());
     let store = Store::open(&state_dir.join(crate::secure::DB_FILE))?;
     let engine = match store.load_snapshot()? {
         Some(v) => {
@@ -660,7 +667,14 @@ impl Driver {
                 _ = ticker.tick() => self.on_tick(),
                 Some(scraped) = self.scraped.recv() => self.on_scraped(scraped),
                 _ = gc.tick() => {
-                    prune_logs(&self.loaded.state_dir().join("logs"), RETENTION);
+                    let dir = self.loaded.state_dir().join("logs");
+                    let in_use = self
+                        .fleet_rx
+                        .borrow()
+                        .values()
+                        .flat_map(|vf| vf.instances.iter().map(|i| dir.join(format!("{}.log", i.id))))
+                        .collect();
+                    prune_logs(&dir, RETENTION, &in_use);
                 }
             }
         }
@@ -1505,7 +1519,10 @@ mod tests {
                 .set_modified(long_ago)
                 .unwrap();
         }
-        assert_eq!(prune_logs(dir.path(), RETENTION), 1);
+        // An old file still in use (a quiet instance) is kept.
+        let in_use = std::collections::HashSet::from([old.clone()]);
+        assert_eq!(prune_logs(dir.path(), RETENTION, &in_use), 0);
+        assert_eq!(prune_logs(dir.path(), RETENTION, &Default::default()), 1);
         assert!(!old.exists() && fresh.exists() && other.exists());
     }
 
