@@ -295,6 +295,20 @@ async fn real_rollouts_report_and_leave_private_files() {
     })
     .await;
     load.stop().await;
+    // A commit time that is not one is refused by the runtime, naming the field.
+    let err = h
+        .client
+        .post(
+            "/v1/deploy",
+            &json!({ "version": "v4", "commit": "dddd", "committed_at": "yesterday" }),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, cutover_admin::ClientError::Api { status: 422, message, .. }
+            if message.contains("committed_at") && message.contains("RFC 3339")),
+        "{err:?}"
+    );
     // A bad pairing is refused before anything happens.
     let (code, _, err) = cli(&cfg, &["deploy", "v4", "--commit", "dddd"]).await;
     assert_eq!(code, 64, "{err}");
