@@ -24,6 +24,43 @@ pub fn serving(fleet: &Fleet) -> bool {
         .any(|vf| vf.instances.iter().any(|i| i.state == InstanceState::Ready))
 }
 
+/// Records a change of "an instance is ready" for `service` in the store, if it is one: `last`
+/// is what this cutover last recorded (`None` after a start: then the store's last record
+/// counts, so after a crash of cutover the service counts as down from the first fleet report
+/// without a ready instance). Not being ready before anything ever served is no downtime.
+pub fn record_serving(
+    store: &std::sync::Mutex<Store>,
+    service: &str,
+    last: &mut Option<bool>,
+    serving: bool,
+    planned: bool,
+    now_ms: u64,
+) {
+    let mut store = store.lock().unwrap_or_else(|e| e.into_inner());
+    let was = match *last {
+        Some(s) => Some(s),
+        None => store
+            .last_serving(service)
+            .ok()
+            .flatten()
+            .map(|r| r.serving),
+    };
+    if was == Some(serving) || (was.is_none() && !serving) {
+        *last = was;
+        return;
+    }
+    let record = cutover_store::ServingRecord {
+        service: service.to_string(),
+        at: now_ms as i64,
+        serving,
+        planned,
+    };
+    match store.record_serving(&record) {
+        Ok(()) => *last = Some(serving),
+        Err(e) => tracing::error!(error = %e, "could not record a serving change"),
+    }
+}
+
 /// The deploy's `commit` and `committed_at` (milliseconds), checked before anything is applied.
 pub fn commit_of(req: &DeployRequest) -> Result<Option<(String, i64)>, ApiError> {
     let (Some(commit), Some(at)) = (&req.commit, &req.committed_at) else {
@@ -197,4 +234,45 @@ pub fn table(r: &Report) -> String {
         }
     }
     o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    #[test]
+    fn serving_changes_are_recorded_once_each_across_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Mutex::new(Store::open(&dir.path().join("s.db")).unwrap());
+        let facts = |store: &Mutex<Store>| -> Vec<(i64, bool, bool)> {
+            let s = store.lock().unwrap();
+            let all = s.serving_facts(i64::MAX).unwrap();
+            all.iter().map(|f| (f.at, f.serving, f.planned)).collect()
+        };
+        let mut last = None;
+        // Nothing served yet: not ready is no downtime.
+        record_serving(&store, "api", &mut last, false, false, 1);
+        record_serving(&store, "api", &mut last, true, false, 2);
+        record_serving(&store, "api", &mut last, true, false, 3);
+        assert_eq!(facts(&store), [(2, true, false)]);
+        // cutover crashed while serving; the restarted one (last = None) sees no ready
+        // instance: down from then on.
+        let mut last = None;
+        record_serving(&store, "api", &mut last, false, false, 10);
+        record_serving(&store, "api", &mut last, true, false, 12);
+        // A graceful shutdown is planned; the next start does not record it again.
+        record_serving(&store, "api", &mut last, false, true, 20);
+        let mut last = None;
+        record_serving(&store, "api", &mut last, false, false, 30);
+        assert_eq!(
+            facts(&store),
+            [
+                (2, true, false),
+                (10, false, false),
+                (12, true, false),
+                (20, false, true)
+            ]
+        );
+    }
 }

@@ -1122,35 +1122,11 @@ impl Driver {
         }
     }
 
-    /// Records a change of "an instance is ready" for `cutover report`'s downtime. The first
-    /// call after a start compares with the last stored change: after a crash of cutover the
-    /// service counts as down from the first fleet report without a ready instance.
+    /// Records a change of "an instance is ready" (`cutover report`'s downtime).
     fn record_serving(&mut self, serving: bool, planned: bool) {
         let service = self.engine.state().service.clone();
-        let mut store = self.store.lock().unwrap_or_else(|e| e.into_inner());
-        let last = match self.serving {
-            Some(s) => Some(s),
-            None => store
-                .last_serving(&service)
-                .ok()
-                .flatten()
-                .map(|r| r.serving),
-        };
-        // Nothing ever served yet: not being ready is no downtime.
-        if last == Some(serving) || (last.is_none() && !serving) {
-            self.serving = last;
-            return;
-        }
-        let record = cutover_store::ServingRecord {
-            service,
-            at: now().millis() as i64,
-            serving,
-            planned,
-        };
-        match store.record_serving(&record) {
-            Ok(()) => self.serving = Some(serving),
-            Err(e) => error!(error = %e, "could not record a serving change"),
-        }
+        let (store, last) = (&self.store, &mut self.serving);
+        crate::delivery::record_serving(store, &service, last, serving, planned, now().millis());
     }
 
     /// What the engine needs to explain a failure of these instances: the last readiness
