@@ -81,6 +81,17 @@ pub struct DeployRequest {
     /// Why, for the audit log.
     #[serde(default)]
     pub reason: Option<String>,
+    /// Secret environment for the new version's processes, never stored in clear: `""` takes
+    /// the value from cutover's own environment, `"@/path"` from that file on cutover's host
+    /// (read again at every start), anything else is the value itself.
+    #[serde(default)]
+    pub secret_env: BTreeMap<String, String>,
+    /// The commit this version was built from (4 to 64 hex digits), for `cutover report`.
+    #[serde(default)]
+    pub commit: Option<String>,
+    /// When that commit was made, RFC 3339 (required with `commit`): `report`'s lead time.
+    #[serde(default)]
+    pub committed_at: Option<String>,
 }
 
 impl DeployRequest {
@@ -103,6 +114,49 @@ impl DeployRequest {
                 return Err(ApiError::invalid(format!(
                     "env.{key}: the value contains a NUL byte"
                 )));
+            }
+        }
+        for (key, value) in &self.secret_env {
+            let mut bytes = key.bytes();
+            let first_ok = bytes
+                .next()
+                .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_');
+            if !first_ok || !bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                return Err(ApiError::invalid(format!(
+                    "secret_env: {key:?} is not a valid variable name: use A-Z a-z 0-9 _ and do \
+                     not start with a digit"
+                )));
+            }
+            if value.contains('\0') {
+                return Err(ApiError::invalid(format!(
+                    "secret_env.{key}: the value contains a NUL byte"
+                )));
+            }
+            if self.env.contains_key(key) {
+                return Err(ApiError::invalid(format!(
+                    "secret_env.{key}: also in env, in clear text (fix: give it once, as a secret)"
+                )));
+            }
+        }
+        match (&self.commit, &self.committed_at) {
+            (Some(c), Some(_)) => {
+                if !(4..=64).contains(&c.len()) || !c.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(ApiError::invalid(format!(
+                        "commit: {c:?} is not a commit id: use 4 to 64 hex digits (a git SHA)"
+                    )));
+                }
+            }
+            (None, None) => {}
+            (Some(_), None) => {
+                return Err(ApiError::invalid(
+                    "committed_at: required with commit (fix: give the commit's time, RFC 3339 \
+                     like 2026-12-04T10:00:00Z, e.g. from `git show -s --format=%cI SHA`)",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(ApiError::invalid(
+                    "commit: required with committed_at (fix: give the commit's SHA too)",
+                ))
             }
         }
         if let Some(i) = self.args.iter().position(|a| a.contains('\0')) {

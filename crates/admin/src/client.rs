@@ -5,9 +5,11 @@ use bytes::Bytes;
 use http::{header, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
 use serde_json::Value;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
 
@@ -42,6 +44,8 @@ pub struct AdminClient {
     token: String,
     connect_timeout: Duration,
     request_timeout: Duration,
+    /// https to an admin listener with `[admin.tls]`: the config and the name to verify.
+    tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
 }
 
 impl AdminClient {
@@ -52,7 +56,14 @@ impl AdminClient {
             token,
             connect_timeout: Duration::from_secs(2),
             request_timeout: Duration::from_secs(30),
+            tls: None,
         }
+    }
+
+    /// Speaks https, verifying the server's certificate with `tls` (see [`crate::client_tls`]).
+    pub fn with_tls(mut self, tls: (Arc<rustls::ClientConfig>, ServerName<'static>)) -> Self {
+        self.tls = Some(tls);
+        self
     }
 
     /// Overrides the whole-request timeout (connect excluded).
@@ -119,7 +130,22 @@ impl AdminClient {
                     })
                 }
             };
-        let exchange = self.exchange(stream, method, path, json);
+        let exchange = async {
+            match &self.tls {
+                None => self.exchange(stream, method, path, json).await,
+                Some((config, name)) => {
+                    let connector = tokio_rustls::TlsConnector::from(config.clone());
+                    let tls = connector.connect(name.clone(), stream).await.map_err(|e| {
+                        self.bad(format!(
+                            "TLS to the admin API failed: {e} (fix: --admin-ca or admin.tls.ca \
+                             must be the CA of admin.tls.cert, and the certificate must name \
+                             the address connected to)"
+                        ))
+                    })?;
+                    self.exchange(tls, method, path, json).await
+                }
+            }
+        };
         match tokio::time::timeout(self.request_timeout, exchange).await {
             Ok(r) => r,
             Err(_) => Err(ClientError::Timeout {
@@ -129,13 +155,16 @@ impl AdminClient {
         }
     }
 
-    async fn exchange(
+    async fn exchange<S>(
         &self,
-        stream: TcpStream,
+        stream: S,
         method: Method,
         path: &str,
         json: Option<Bytes>,
-    ) -> Result<Bytes, ClientError> {
+    ) -> Result<Bytes, ClientError>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| self.bad(e.to_string()))?;

@@ -22,6 +22,7 @@ mod alerts;
 mod api;
 mod client;
 mod server;
+mod tls;
 mod token;
 
 pub use alerts::{Alert, AlertStatus, AlertmanagerPayload};
@@ -31,4 +32,5 @@ pub use api::{
 };
 pub use client::{AdminClient, ClientError};
 pub use server::{router, serve, BoxFuture, Endpoint, Handler, Method, Route, BODY_LIMIT, ROUTES};
+pub use tls::{client_tls, serve_tls, ClientTlsError, ServerConfigSource};
 pub use token::{ensure_token, AdminError, TOKEN_FILE};

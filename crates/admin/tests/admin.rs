@@ -267,6 +267,26 @@ async fn invalid_values_are_422_naming_the_field() {
             json!({"version": "v2", "args": ["ok", "nul\u{0}"]}),
             "args[1]",
         ),
+        (
+            json!({"version": "v2", "secret_env": {"9X": ""}}),
+            "secret_env",
+        ),
+        (
+            json!({"version": "v2", "env": {"K": "1"}, "secret_env": {"K": "2"}}),
+            "secret_env.K",
+        ),
+        (
+            json!({"version": "v2", "commit": "abc1234"}),
+            "committed_at",
+        ),
+        (
+            json!({"version": "v2", "committed_at": "2026-12-04T10:00:00Z"}),
+            "commit",
+        ),
+        (
+            json!({"version": "v2", "commit": "not hex", "committed_at": "2026-12-04T10:00:00Z"}),
+            "commit",
+        ),
     ];
     for (body, field) in cases {
         match client.post("/v1/deploy", &body).await {

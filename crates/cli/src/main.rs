@@ -26,6 +26,10 @@ struct Cli {
         env = "CUTOVER_CONFIG"
     )]
     config: PathBuf,
+    /// The PEM CA certificate to verify an admin API with [admin.tls] by (default:
+    /// admin.tls.ca, else admin.tls.cert); given, the CLI speaks https to admin.listen.
+    #[arg(long, global = true, value_name = "PEM", env = "CUTOVER_ADMIN_CA")]
+    admin_ca: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -63,6 +67,17 @@ enum Command {
         /// following (exit 130), not the rollout.
         #[arg(long)]
         wait: bool,
+        /// Secret environment, never stored in clear: NAME takes the value from `cutover run`'s
+        /// environment, NAME=@FILE from a file it reads at every start, NAME=VALUE is the value
+        /// (after a restart of cutover, looked for in its environment) (repeatable).
+        #[arg(long = "secret-env", value_name = "NAME[=VALUE|@FILE]")]
+        secret_env: Vec<String>,
+        /// The commit this version was built from (a git SHA), recorded for `cutover report`.
+        #[arg(long, value_name = "SHA", requires = "committed_at")]
+        commit: Option<String>,
+        /// When that commit was made, RFC 3339 (`git show -s --format=%cI SHA`): report's lead time.
+        #[arg(long, value_name = "TIME", requires = "commit")]
+        committed_at: Option<String>,
     },
     /// Show weights, step, gate verdicts with their numbers, ETA and instances.
     Status {
@@ -139,6 +154,21 @@ enum Command {
         #[arg(long, value_name = "PATH", requires = "verify")]
         export_file: Option<PathBuf>,
         /// Print the JSON document (times as RFC 3339, every decision) instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delivery figures per service from the history: deployment frequency, change failure
+    /// rate, time to restore, lead time, unplanned downtime (reads the state store; no running
+    /// cutover needed).
+    Report {
+        /// Start of the period: RFC 3339, Unix seconds, or a duration ago (7d); default 30 days
+        /// before --until.
+        #[arg(long)]
+        since: Option<String>,
+        /// End of the period (excluded), as --since; default now.
+        #[arg(long)]
+        until: Option<String>,
+        /// Print the JSON document instead of the table.
         #[arg(long)]
         json: bool,
     },
@@ -236,6 +266,16 @@ fn run(cli: Cli) -> Result<(), CommandError> {
             commands::emitln(&commands::validate(&cli.config)?)?;
             return Ok(());
         }
+        Command::Report { since, until, json } => {
+            let now = cutover_clock::unix_millis() as i64;
+            return commands::emit(&cutover_host::delivery::run(
+                &cli.config,
+                since.as_deref(),
+                until.as_deref(),
+                *json,
+                now,
+            )?);
+        }
         Command::Export { rollout, output } => {
             return cutover_host::simulate::export(&cli.config, *rollout, output.as_deref())
         }
@@ -297,35 +337,73 @@ fn run(cli: Cli) -> Result<(), CommandError> {
                 args,
                 force,
                 wait,
+                commit,
+                committed_at,
+                secret_env,
             } => {
                 let env = commands::parse_env(&env)?;
+                let extras = commands::DeployExtras {
+                    commit: commit.zip(committed_at),
+                    secret_env: commands::parse_secret_env(&secret_env)?,
+                };
                 commands::deploy(
-                    &commands::client(&cli.config)?,
+                    &commands::client_with(&cli.config, cli.admin_ca.as_deref())?,
                     &version,
                     env,
                     args,
                     force,
                     wait,
+                    extras,
                 )
                 .await
             }
             Command::Status { watch, json } => {
-                commands::status(&commands::client(&cli.config)?, watch, json).await
+                commands::status(
+                    &commands::client_with(&cli.config, cli.admin_ca.as_deref())?,
+                    watch,
+                    json,
+                )
+                .await
             }
             Command::Pause { reason } => {
-                commands::verb(&commands::client(&cli.config)?, "pause", reason).await
+                commands::verb(
+                    &commands::client_with(&cli.config, cli.admin_ca.as_deref())?,
+                    "pause",
+                    reason,
+                )
+                .await
             }
             Command::Resume { reason } => {
-                commands::verb(&commands::client(&cli.config)?, "resume", reason).await
+                commands::verb(
+                    &commands::client_with(&cli.config, cli.admin_ca.as_deref())?,
+                    "resume",
+                    reason,
+                )
+                .await
             }
             Command::Promote { reason } => {
-                commands::verb(&commands::client(&cli.config)?, "promote", reason).await
+                commands::verb(
+                    &commands::client_with(&cli.config, cli.admin_ca.as_deref())?,
+                    "promote",
+                    reason,
+                )
+                .await
             }
             Command::Abort { reason } => {
-                commands::verb(&commands::client(&cli.config)?, "abort", reason).await
+                commands::verb(
+                    &commands::client_with(&cli.config, cli.admin_ca.as_deref())?,
+                    "abort",
+                    reason,
+                )
+                .await
             }
             Command::Rollback { reason } => {
-                commands::verb(&commands::client(&cli.config)?, "rollback", reason).await
+                commands::verb(
+                    &commands::client_with(&cli.config, cli.admin_ca.as_deref())?,
+                    "rollback",
+                    reason,
+                )
+                .await
             }
             Command::History {
                 limit,
@@ -333,15 +411,21 @@ fn run(cli: Cli) -> Result<(), CommandError> {
                 json,
                 ..
             } => {
-                commands::history(&commands::client(&cli.config)?, limit, rollout, false, json)
-                    .await
+                commands::history(
+                    &commands::client_with(&cli.config, cli.admin_ca.as_deref())?,
+                    limit,
+                    rollout,
+                    false,
+                    json,
+                )
+                .await
             }
             Command::Logs {
                 version,
                 instance,
                 follow,
             } => {
-                let client = commands::client(&cli.config)?;
+                let client = commands::client_with(&cli.config, cli.admin_ca.as_deref())?;
                 let mut out = std::io::stdout();
                 commands::logs(&client, &version, instance, follow, &mut out).await
             }
@@ -371,16 +455,17 @@ fn run(cli: Cli) -> Result<(), CommandError> {
                     &cutover_host::simulate::simulate_prometheus(&cli.config, &src).await?,
                 )
             }
-            Command::Validate | Command::Export { .. } | Command::Simulate { .. } => {
-                handled_before_the_runtime()
-            }
+            Command::Validate
+            | Command::Export { .. }
+            | Command::Report { .. }
+            | Command::Simulate { .. } => handled_before_the_runtime(),
         }
     })
 }
 
 fn handled_before_the_runtime() -> Result<(), CommandError> {
     Err(CommandError::Usage(
-        "validate, export and simulate run without the runtime".into(),
+        "validate, export, report and simulate run without the runtime".into(),
     ))
 }
 

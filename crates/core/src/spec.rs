@@ -332,17 +332,54 @@ pub enum UpstreamProtocol {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminSpec {
-    /// Loopback by default; binding elsewhere must be a deliberate choice.
+    /// Loopback by default; binding elsewhere must be a deliberate choice: it needs `tls`, or
+    /// `allow_plaintext_remote = true` (docs/security.md).
     #[serde(default = "default_admin_listen")]
     pub listen: SocketAddr,
+    /// `[admin.tls]`: serve the admin API over TLS (HTTP/1.1); the CLI then speaks https to it.
+    /// Default: none (plain HTTP, accepted on a loopback address only).
+    #[serde(default)]
+    pub tls: Option<AdminTlsSpec>,
+    /// Accept a non-loopback `listen` without `tls`: the bearer token and every answer then
+    /// cross the network in clear text (logged as a warning at every start). Default: false.
+    #[serde(default)]
+    pub allow_plaintext_remote: bool,
 }
 
 impl Default for AdminSpec {
     fn default() -> Self {
         AdminSpec {
             listen: default_admin_listen(),
+            tls: None,
+            allow_plaintext_remote: false,
         }
     }
+}
+
+impl AdminSpec {
+    /// Whether `listen` can be reached from another host (anything but 127.0.0.0/8 and ::1;
+    /// `0.0.0.0` and `::` listen on every interface).
+    pub fn is_remote(&self) -> bool {
+        !self.listen.ip().is_loopback()
+    }
+}
+
+/// `[admin.tls]`: the certificate the admin listener presents, and what the CLI trusts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminTlsSpec {
+    /// PEM certificate chain, leaf first; relative to the config file. It must name the address
+    /// the CLI connects to: `listen`'s IP, or `localhost` when `listen` is `0.0.0.0` / `[::]`.
+    pub cert: String,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1); relative to the config file.
+    pub key: String,
+    /// For the CLI: the PEM CA certificate(s) it verifies the admin certificate with (the
+    /// `--admin-ca` flag overrides it). Default: `cert` itself, for a self-signed certificate.
+    #[serde(default)]
+    pub ca: Option<String>,
+    /// How often the files are checked for a change (a renewal needs no restart).
+    #[serde(default = "default_tls_reload_interval")]
+    pub reload_interval: Dur,
 }
 
 /// `[app]`: how to run one instance of a version.
@@ -355,6 +392,21 @@ pub struct AppSpec {
     /// Extra environment; values take the same placeholders.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Environment variables whose values are secret: each is read from cutover's own
+    /// environment at deploy and at every start, given to the instances, and never stored in
+    /// clear (the state store keeps the name and a salted SHA-256; docs/security.md).
+    /// Default: none.
+    #[serde(default)]
+    pub secret_env: Vec<String>,
+    /// An instance's log (`<state_dir>/logs/<version>-<n>.log`) is rotated when a write would
+    /// take it past this many bytes: it becomes `<version>-<n>.1.log` (the older ones shift to
+    /// `.2`, ...) and a new file is started. Default: 10 MiB (10485760); at least 4096.
+    #[serde(default = "default_log_max_size")]
+    pub log_max_size: u64,
+    /// How many rotated files of each instance log are kept besides the current one; the
+    /// oldest is deleted on rotation. Default: 5.
+    #[serde(default = "default_log_keep")]
+    pub log_keep: u32,
     /// Working directory for instances; relative to the config file.
     #[serde(default)]
     pub workdir: Option<String>,
@@ -914,6 +966,12 @@ fn one() -> u32 {
 fn three() -> u32 {
     3
 }
+fn default_log_max_size() -> u64 {
+    10 * 1024 * 1024
+}
+fn default_log_keep() -> u32 {
+    5
+}
 fn default_start_timeout() -> Dur {
     Dur::from_secs(60)
 }
@@ -1091,6 +1149,29 @@ impl Config {
             }
             v.positive("service.tls.reload_interval", tls.reload_interval);
         }
+        if let Some(tls) = &self.admin.tls {
+            for (field, path) in [("admin.tls.cert", &tls.cert), ("admin.tls.key", &tls.key)] {
+                if path.trim().is_empty() {
+                    v.err(
+                        field,
+                        "is empty",
+                        "give the path of a PEM file, relative to the config file",
+                    );
+                }
+            }
+            v.positive("admin.tls.reload_interval", tls.reload_interval);
+        } else if self.admin.is_remote() && !self.admin.allow_plaintext_remote {
+            v.err(
+                "admin.listen",
+                format!(
+                    "{} is reachable from other hosts, and without TLS the admin token would \
+                     cross the network in clear text",
+                    self.admin.listen
+                ),
+                "add [admin.tls] with cert and key (docs/security.md), or listen on \
+                 127.0.0.1, or accept the risk with admin.allow_plaintext_remote = true",
+            );
+        }
         if s.listen == self.admin.listen && s.listen.port() != 0 {
             v.err(
                 "admin.listen",
@@ -1153,6 +1234,46 @@ impl Config {
                     format!("app.env.{key}"),
                     "is not a valid environment variable name",
                     "use letters, digits and '_'",
+                );
+            }
+        }
+        if a.log_max_size < 4096 {
+            v.err(
+                "app.log_max_size",
+                format!("{} bytes is too small", a.log_max_size),
+                "use at least 4096 (bytes; the default is 10485760, 10 MiB)",
+            );
+        }
+        if a.log_keep > 1000 {
+            v.err(
+                "app.log_keep",
+                format!("{} is out of range", a.log_keep),
+                "use 0 to 1000",
+            );
+        }
+        for (i, name) in a.secret_env.iter().enumerate() {
+            let mut bytes = name.bytes();
+            let ok = bytes
+                .next()
+                .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+                && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            if !ok {
+                v.err(
+                    format!("app.secret_env[{i}]"),
+                    format!("{name:?} is not a valid environment variable name"),
+                    "use A-Z a-z 0-9 _, not starting with a digit",
+                );
+            } else if a.env.contains_key(name) {
+                v.err(
+                    format!("app.secret_env[{i}]"),
+                    format!("{name} is also in app.env, in clear text"),
+                    format!("remove app.env.{name}: its value comes from cutover's environment"),
+                );
+            } else if a.secret_env[..i].contains(name) {
+                v.err(
+                    format!("app.secret_env[{i}]"),
+                    format!("{name} is listed twice"),
+                    "list each name once",
                 );
             }
         }

@@ -111,7 +111,18 @@ pub fn validate(path: &Path) -> Result<String, CommandError> {
 
 /// An admin client for the `cutover run` that uses this config.
 pub fn client(path: &Path) -> Result<AdminClient, CommandError> {
+    client_with(path, None)
+}
+
+/// [`client`], speaking https when the config has `[admin.tls]` or `admin_ca` is given: the
+/// server's certificate is verified with `admin_ca`, else `admin.tls.ca`, else `admin.tls.cert`
+/// (a self-signed certificate is its own CA).
+pub fn client_with(path: &Path, admin_ca: Option<&Path>) -> Result<AdminClient, CommandError> {
     let l: Loaded = config::load(path)?;
+    let ca = admin_ca.map(Path::to_path_buf).or_else(|| {
+        let t = l.config.admin.tls.as_ref()?;
+        Some(config::resolve(&l.dir, t.ca.as_deref().unwrap_or(&t.cert)))
+    });
     let token_path = l.token_path();
     let token = std::fs::read_to_string(&token_path).map_err(|e| {
         CommandError::Usage(format!(
@@ -120,10 +131,51 @@ pub fn client(path: &Path) -> Result<AdminClient, CommandError> {
             l.path.display()
         ))
     })?;
-    Ok(AdminClient::new(
-        l.config.admin.listen,
-        token.trim().to_string(),
-    ))
+    let client = AdminClient::new(l.config.admin.listen, token.trim().to_string());
+    Ok(match ca {
+        None => client,
+        Some(ca) => client.with_tls(
+            cutover_admin::client_tls(&ca, l.config.admin.listen)
+                .map_err(|e| CommandError::Usage(e.to_string()))?,
+        ),
+    })
+}
+
+/// What `deploy` sends besides the release itself.
+#[derive(Debug, Clone, Default)]
+pub struct DeployExtras {
+    /// `--commit SHA --committed-at T`.
+    pub commit: Option<(String, String)>,
+    /// `--secret-env`, as the API takes it (see [`parse_secret_env`]).
+    pub secret_env: BTreeMap<String, String>,
+}
+
+/// Parses `--secret-env NAME[=VALUE|@FILE]`: `NAME` alone takes the value from cutover's own
+/// environment (`""` in the API), `NAME=@FILE` names a file cutover reads (made absolute here,
+/// so it means the same to `cutover run`), `NAME=VALUE` gives the value.
+pub fn parse_secret_env(items: &[String]) -> Result<BTreeMap<String, String>, CommandError> {
+    let mut out = BTreeMap::new();
+    for item in items {
+        let (name, spec) = match item.split_once('=') {
+            None => (item.as_str(), String::new()),
+            Some((name, value)) => match value.strip_prefix('@') {
+                Some(file) if !file.is_empty() => {
+                    let path = std::path::absolute(file).map_err(|e| {
+                        CommandError::Usage(format!("--secret-env {name}=@{file}: {e}"))
+                    })?;
+                    (name, format!("@{}", path.display()))
+                }
+                _ => (name, value.to_string()),
+            },
+        };
+        if name.is_empty() {
+            return Err(CommandError::Usage(format!(
+                "--secret-env {item:?} has an empty name (fix: write it like --secret-env DB_PASSWORD, --secret-env DB_PASSWORD=@/run/secrets/db or --secret-env DB_PASSWORD=VALUE)"
+            )));
+        }
+        out.insert(name.to_string(), spec);
+    }
+    Ok(out)
 }
 
 /// Parses `KEY=VALUE` pairs from `--env`.
@@ -153,8 +205,16 @@ pub async fn deploy(
     args: Vec<String>,
     force: bool,
     wait: bool,
+    extras: DeployExtras,
 ) -> Result<(), CommandError> {
-    let body = json!({ "version": version, "env": env, "args": args, "force": force });
+    let mut body = json!({ "version": version, "env": env, "args": args, "force": force });
+    if let Some((sha, at)) = extras.commit {
+        body["commit"] = json!(sha);
+        body["committed_at"] = json!(at);
+    }
+    if !extras.secret_env.is_empty() {
+        body["secret_env"] = json!(extras.secret_env);
+    }
     let res = client.post("/v1/deploy", &body).await?;
     // Ctrl-C while following must not look like it stopped the rollout: catch it (before the
     // first line is printed, so that no interrupt goes unseen) and say what goes on.

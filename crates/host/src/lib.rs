@@ -14,6 +14,7 @@
 pub mod audit;
 pub mod commands;
 pub mod config;
+pub mod delivery;
 pub mod demo;
 pub mod logs;
 pub mod metrics;
@@ -23,6 +24,7 @@ pub mod router;
 pub mod rules;
 pub mod runtime;
 pub mod scrape;
+pub mod secure;
 pub mod simulate;
 pub mod status;
 

@@ -17,6 +17,7 @@
 #![forbid(unsafe_code)]
 
 pub mod chain;
+mod delivery;
 mod schema;
 
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
@@ -27,6 +28,7 @@ use std::time::Duration;
 pub use chain::{
     AuditKey, AuditPaths, ChainReport, ChainRow, Head, Problem, GENESIS_HASH, HEAD_FILE, KEY_FILE,
 };
+pub use delivery::{CommitInfo, DeployRow, ServingRecord};
 pub use schema::SCHEMA_VERSION;
 
 /// Everything that can go wrong in the store.
@@ -143,8 +145,8 @@ pub struct RolloutRecord {
 /// Everything one engine step wants persisted, written in a single transaction.
 ///
 /// Applied in this order, so a batch may mark failed a release it also upserts, and end a rollout
-/// it also starts: `releases`, `failed`, `rollouts_started`, `rollouts_ended`, `decisions`,
-/// `snapshot`.
+/// it also starts: `releases`, `failed`, `rollouts_started`, `rollouts_ended`, `commits`,
+/// `decisions`, `snapshot`.
 #[derive(Debug, Clone, Default)]
 pub struct Commit {
     /// The engine's new state; `None` keeps the stored one.
@@ -160,6 +162,8 @@ pub struct Commit {
     pub rollouts_ended: Vec<(i64, i64, String)>,
     /// Events the engine applied, in order (a rollout's recording).
     pub events: Vec<EventRecord>,
+    /// The commits the rollouts started in this batch deployed (`deploy --commit`).
+    pub commits: Vec<CommitInfo>,
 }
 
 /// One event the engine applied during a rollout. `state_before` is the engine's state before
@@ -1337,6 +1341,7 @@ fn apply(
     for r in &records {
         last = Some(append_record(tx, key, r)?);
     }
+    delivery::apply(tx, &b.commits)?;
     let mut anchors = Vec::with_capacity(b.decisions.len());
     for d in &b.decisions {
         let head = append_record(tx, key, d)?;

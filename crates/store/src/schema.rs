@@ -66,6 +66,23 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE snapshot ADD COLUMN head_seq INTEGER NULL;
     ALTER TABLE snapshot ADD COLUMN mac TEXT NULL;
     "#,
+    // 3 -> 4: what `cutover report` needs: the commit a rollout deployed, and every change of
+    // "the service has a ready instance" (for unplanned downtime).
+    r#"
+    CREATE TABLE rollout_commits (
+        rollout_id   INTEGER PRIMARY KEY NOT NULL,
+        commit_sha   TEXT NOT NULL,
+        committed_at INTEGER NOT NULL
+    );
+    CREATE TABLE serving (
+        seq     INTEGER PRIMARY KEY AUTOINCREMENT,
+        service TEXT NOT NULL,
+        at      INTEGER NOT NULL,
+        serving INTEGER NOT NULL,
+        planned INTEGER NOT NULL
+    );
+    CREATE INDEX serving_at ON serving(at);
+    "#,
 ];
 
 /// The schema version this build writes.

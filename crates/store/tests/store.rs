@@ -90,6 +90,7 @@ fn round_trips_everything() {
             rollouts_started: vec![rollout(1, 5)],
             rollouts_ended: vec![],
             events: vec![],
+            commits: vec![],
         })
         .unwrap();
     store
@@ -199,6 +200,7 @@ fn a_failing_commit_writes_nothing() {
             rollouts_started: vec![rollout(2, 2), rollout(1, 2)],
             rollouts_ended: vec![],
             events: vec![],
+            commits: vec![],
         })
         .unwrap_err();
     assert!(matches!(err, StoreError::Sqlite(_)), "{err}");

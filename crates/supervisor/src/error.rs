@@ -10,6 +10,10 @@ pub enum SupervisorError {
     #[error("app.command is empty; set it to the argv of one instance, e.g. [\"./bin/app\", \"--port\", \"{{port}}\"]")]
     EmptyCommand,
 
+    /// A secret's value cannot be had (docs/security.md).
+    #[error(transparent)]
+    Secret(#[from] crate::secret::SecretError),
+
     /// The version name cannot be used (it names log files and instance ids).
     #[error("version name {name:?} is not usable; use 1-64 letters, digits, '-', '_' or '.', not starting with '.'")]
     BadVersionName { name: String },

@@ -28,6 +28,8 @@ pub mod logs;
 mod probe;
 mod process;
 mod release;
+pub mod rotate;
+pub mod secret;
 mod supervisor;
 
 pub use error::SupervisorError;

@@ -2,18 +2,60 @@
 //! its arguments go to `execve` as they are.
 
 use crate::release::{substitute, Release};
+use crate::rotate::RotatingLog;
 use crate::SupervisorError;
 use cutover_core::spec::StopSignal;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
-use std::fs::OpenOptions;
-use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
+use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::process::{Child, Command};
+use tokio::process::Command;
+
+/// An instance process and the tasks draining its stdout and stderr into its log.
+///
+/// [`Child::wait`] is shadowed: a process is reported ended only once what it wrote is in its
+/// log (bounded, for a process whose own children keep the pipes open), so a failure message
+/// quoting the log's last lines never misses the last ones.
+pub(crate) struct Child {
+    inner: tokio::process::Child,
+    logged: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// How long an ended process's output may take to reach its log.
+const LOG_DRAIN: Duration = Duration::from_secs(1);
+
+impl Child {
+    pub(crate) async fn wait(&mut self) -> std::io::Result<ExitStatus> {
+        let status = self.inner.wait().await?;
+        let drained = futures_join(std::mem::take(&mut self.logged));
+        let _ = tokio::time::timeout(LOG_DRAIN, drained).await;
+        Ok(status)
+    }
+}
+
+async fn futures_join(tasks: Vec<tokio::task::JoinHandle<()>>) {
+    for t in tasks {
+        let _ = t.await;
+    }
+}
+
+impl std::ops::Deref for Child {
+    type Target = tokio::process::Child;
+    fn deref(&self) -> &Self::Target {
+        &self.inner
+    }
+}
+
+impl std::ops::DerefMut for Child {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.inner
+    }
+}
 
 /// Asks the kernel for a free port on 127.0.0.1. The listener is dropped before the instance
 /// binds, so another process could take the port in between; the instance then fails to bind,
@@ -30,6 +72,7 @@ pub(crate) fn spawn(
     addr: SocketAddr,
     index: usize,
     log: &Path,
+    log_policy: (u64, u32),
 ) -> Result<Child, SupervisorError> {
     let id = format!("{}-{index}", release.name);
     let sub = |s: &String| substitute(s, addr.port(), &release.name, index);
@@ -38,27 +81,37 @@ pub(crate) fn spawn(
         path: log.to_path_buf(),
         source,
     };
-    if let Some(dir) = log.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| io("could not create the log directory", e))?;
+    if let Some(name) = release
+        .secrets
+        .keys()
+        .find(|n| !release.secret_values.0.contains_key(*n))
+    {
+        return Err(SupervisorError::Secret(
+            crate::secret::SecretError::NotInEnv { name: name.clone() },
+        ));
     }
-    let mut out = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
+    if let Some(dir) = log.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| io("could not create the log directory", e))?;
+    }
+    let mut out = RotatingLog::open(log, log_policy.0, log_policy.1)
         .map_err(|e| io("could not open the log file", e))?;
     // A marker line so that an operator reading the log can tell the processes apart.
-    let _ = writeln!(out, "{}{id} on {addr} ---", crate::logs::MARKER);
-    let err = out
-        .try_clone()
-        .map_err(|e| io("could not open the log file", e))?;
+    let _ = out.write(format!("{}{id} on {addr} ---\n", crate::logs::MARKER).as_bytes());
 
     let mut cmd = Command::new(&release.exe);
     cmd.args(release.argv.iter().skip(1).map(sub))
         .args(release.extra_args.iter().map(sub))
         .envs(release.env.iter().map(|(k, v)| (k, sub(v))))
+        // Secret values as they are: no placeholders in a password.
+        .envs(release.secret_values.0.iter())
         .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
+        // Pipes drained into the log by cutover, which rotates it (crate::rotate).
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .process_group(0)
         // A backstop only: it SIGKILLs the leader if the Child is dropped without a stop.
         .kill_on_drop(true);
@@ -66,10 +119,22 @@ pub(crate) fn spawn(
         cmd.current_dir(dir);
     }
     die_with_parent(&mut cmd);
-    cmd.spawn().map_err(|source| SupervisorError::Spawn {
+    let mut child = cmd.spawn().map_err(|source| SupervisorError::Spawn {
         instance: id,
         exe: release.exe.clone(),
         source,
+    })?;
+    let out = Arc::new(Mutex::new(out));
+    let mut logged = Vec::new();
+    if let Some(stdout) = child.stdout.take() {
+        logged.push(tokio::spawn(crate::rotate::pump(stdout, out.clone())));
+    }
+    if let Some(stderr) = child.stderr.take() {
+        logged.push(tokio::spawn(crate::rotate::pump(stderr, out)));
+    }
+    Ok(Child {
+        inner: child,
+        logged,
     })
 }
 

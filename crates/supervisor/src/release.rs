@@ -1,6 +1,7 @@
 //! A release: one version's resolved program plus its argv/env templates, and a digest that
 //! identifies exactly what would run.
 
+use crate::secret::{self, SecretError, SecretRef, SecretSource, SecretValues};
 use crate::SupervisorError;
 use cutover_core::spec::AppSpec;
 use serde::{Deserialize, Serialize};
@@ -41,6 +42,14 @@ pub struct Release {
     /// relative to the working directory, and every file `app.digest_paths` names.
     #[serde(default)]
     pub files: BTreeMap<String, String>,
+    /// Environment whose values are secret (`app.secret_env`, `deploy --secret-env`): name →
+    /// where the value comes from and its salted SHA-256, which the digest covers; never the
+    /// value (docs/security.md).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, SecretRef>,
+    /// The secrets' values, in memory only: never serialised, redacted in `Debug`.
+    #[serde(skip)]
+    pub secret_values: SecretValues,
 }
 
 impl Release {
@@ -124,7 +133,60 @@ impl Release {
             extra_args,
             workdir: Some(workdir),
             files,
+            secrets: BTreeMap::new(),
+            secret_values: SecretValues::default(),
         })
+    }
+
+    /// Adds secret environment, `name → (source, value)`. The digest then also covers each
+    /// secret's name and value (by its SHA-256); a release without secrets keeps its digest.
+    pub fn with_secrets(
+        mut self,
+        secrets: BTreeMap<String, (SecretSource, String)>,
+    ) -> Result<Release, SecretError> {
+        if secrets.is_empty() {
+            return Ok(self);
+        }
+        for (name, (source, value)) in secrets {
+            if self.env.contains_key(&name) {
+                return Err(SecretError::AlsoPlain { name });
+            }
+            let sha256 = secret::sha256(&name, &value);
+            self.secrets
+                .insert(name.clone(), SecretRef { source, sha256 });
+            self.secret_values.0.insert(name, value);
+        }
+        let mut h = Sha256::new();
+        h.update(b"secrets");
+        h.update(self.digest.as_bytes());
+        for (name, r) in &self.secrets {
+            h.update((name.len() as u64).to_le_bytes());
+            h.update(name.as_bytes());
+            h.update(r.sha256.as_bytes());
+        }
+        self.digest = hex::encode(h.finalize());
+        Ok(self)
+    }
+
+    /// Reads the secret values of a release loaded from the store (cutover restarted): each
+    /// from where its [`SecretSource`] says, and each must be the value it was deployed with.
+    pub fn load_secrets(&mut self) -> Result<(), SecretError> {
+        for (name, r) in &self.secrets {
+            if self.secret_values.0.contains_key(name) {
+                continue;
+            }
+            let value = secret::read(name, &r.source)?;
+            let found = secret::sha256(name, &value);
+            if found != r.sha256 {
+                return Err(SecretError::Changed {
+                    name: name.clone(),
+                    expected: r.sha256.clone(),
+                    found,
+                });
+            }
+            self.secret_values.0.insert(name.clone(), value);
+        }
+        Ok(())
     }
 }
 
@@ -313,6 +375,74 @@ fn digest(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn plain() -> Release {
+        Release {
+            name: "v1".into(),
+            digest: "d".repeat(64),
+            exe: "/bin/true".into(),
+            exe_sha256: "e".repeat(64),
+            argv: vec!["/bin/true".into()],
+            env: BTreeMap::from([("PLAIN".into(), "1".into())]),
+            extra_args: vec![],
+            workdir: None,
+            files: BTreeMap::new(),
+            secrets: BTreeMap::new(),
+            secret_values: SecretValues::default(),
+        }
+    }
+
+    fn one(name: &str, value: &str) -> BTreeMap<String, (SecretSource, String)> {
+        BTreeMap::from([(name.to_string(), (SecretSource::Given, value.to_string()))])
+    }
+
+    #[test]
+    fn secrets_are_digested_never_serialised_nor_printed() {
+        let none = plain().with_secrets(BTreeMap::new()).unwrap();
+        assert_eq!(
+            none.digest,
+            plain().digest,
+            "no secrets: the digest is unchanged"
+        );
+        let a = plain()
+            .with_secrets(one("TOKEN_A", "hunter2-value"))
+            .unwrap();
+        let b = plain().with_secrets(one("TOKEN_A", "other-value")).unwrap();
+        assert_ne!(a.digest, plain().digest);
+        assert_ne!(a.digest, b.digest, "another value is another release");
+        let json = serde_json::to_string(&a).unwrap();
+        let debug = format!("{a:?}");
+        for text in [&json, &debug] {
+            assert!(!text.contains("hunter2-value"), "{text}");
+            assert!(text.contains("TOKEN_A"), "{text}");
+        }
+        // Read back from the store: no value until loaded, and only the deployed one loads.
+        let mut stored: Release = serde_json::from_str(&json).unwrap();
+        assert!(stored.secret_values.0.is_empty());
+        stored.secrets.get_mut("TOKEN_A").unwrap().source = SecretSource::File {
+            path: "/nonexistent/secret".into(),
+        };
+        let e = stored.load_secrets().unwrap_err();
+        assert!(e.to_string().contains("secret TOKEN_A: cannot read"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("s");
+        std::fs::write(&file, "changed\n").unwrap();
+        stored.secrets.get_mut("TOKEN_A").unwrap().source =
+            SecretSource::File { path: file.clone() };
+        let e = stored.load_secrets().unwrap_err();
+        assert!(matches!(e, SecretError::Changed { .. }), "{e}");
+        std::fs::write(&file, "hunter2-value\n").unwrap();
+        stored.load_secrets().unwrap();
+        assert_eq!(stored.secret_values, a.secret_values);
+        // A name is secret or plain, not both.
+        let e = plain().with_secrets(one("PLAIN", "x")).unwrap_err();
+        assert_eq!(
+            e,
+            SecretError::AlsoPlain {
+                name: "PLAIN".into()
+            }
+        );
+    }
 
     #[test]
     fn substitutes_every_placeholder() {

@@ -12,6 +12,7 @@
 
 use crate::fleet::{CrashLoop, Fleet, InstanceState, InstanceStatus, VersionFleet};
 use crate::health::{CrashWindow, Flip, Liveness, Readiness, Restarts};
+use crate::process::Child;
 use crate::process::{self, describe, signal_group, signal_of, terminate, Ended};
 use crate::release::Release;
 use crate::{probe, SupervisorError};
@@ -25,7 +26,6 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::process::Child;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
@@ -167,8 +167,12 @@ impl Supervisor {
         let mut spawned = Vec::with_capacity(count);
         for index in 0..count {
             let log = inner.log_dir.join(format!("{name}-{index}.log"));
-            let child = process::pick_port()
-                .and_then(|addr| Ok((addr, process::spawn(&release, addr, index, &log)?)));
+            let child = process::pick_port().and_then(|addr| {
+                Ok((
+                    addr,
+                    process::spawn(&release, addr, index, &log, inner.log_policy())?,
+                ))
+            });
             match child {
                 Ok((addr, child)) => spawned.push((index, addr, log, child)),
                 Err(e) => {
@@ -344,6 +348,11 @@ impl Supervisor {
 }
 
 impl Inner {
+    /// `(app.log_max_size, app.log_keep)`.
+    fn log_policy(&self) -> (u64, u32) {
+        (self.app.log_max_size, self.app.log_keep)
+    }
+
     async fn stop_version(
         self: Arc<Self>,
         version: String,
@@ -572,7 +581,13 @@ impl Instance {
                     return self.stop_phase(None, ctl).await;
                 }
                 backoff = (backoff * 2).min(max);
-                match process::spawn(&self.release, self.addr, self.index, &self.log) {
+                match process::spawn(
+                    &self.release,
+                    self.addr,
+                    self.index,
+                    &self.log,
+                    self.inner.log_policy(),
+                ) {
                     Ok(child) => break child,
                     Err(e) => last_exit = e.to_string(),
                 }

@@ -127,6 +127,10 @@ pub(super) struct Driver {
     proxy_addr: SocketAddr,
     /// Follow-up events, handled in order after the outcome that queued them.
     queue: VecDeque<Event>,
+    /// The `commit` / `committed_at` of the deploy being applied, recorded with its rollout.
+    pending_commit: Option<(String, i64)>,
+    /// Whether an instance was ready at the last recorded serving change (`cutover report`).
+    serving: Option<bool>,
     /// The last failed commit, shown in `status` until a commit succeeds again.
     persist_failure: Option<String>,
     /// After a failed commit the engine's timers wait this long before they are tried again:
@@ -177,6 +181,8 @@ impl Driver {
             exposition: scrape::ExpositionHealth::default(),
             proxy_addr,
             queue: VecDeque::new(),
+            pending_commit: None,
+            serving: None,
             persist_failure: None,
             timers_after: None,
             behind_tx,
@@ -213,7 +219,11 @@ impl Driver {
             });
             tokio::select! {
                 // (The guard `wait_for` returns must not live across the handlers' awaits.)
-                _ = async { let _ = shutdown.wait_for(|s| *s).await; } => break,
+                _ = async { let _ = shutdown.wait_for(|s| *s).await; } => {
+                    // Shutdown stops every instance on purpose: planned, not downtime.
+                    self.record_serving(false, true);
+                    break;
+                }
                 _ = sleep_until_some(wake) => self.on_timeout(),
                 Some(req) = requests.recv() => self.request(req).await,
                 changed = self.fleet_rx.changed() => {
@@ -293,6 +303,7 @@ impl Driver {
             self.engine.state(),
             &outcome.decisions,
             &self.releases,
+            self.pending_commit.as_ref(),
         )
         .and_then(|mut c| {
             c.events = persist::recording(before.state(), self.engine.state(), at, &recorded)?;
@@ -475,10 +486,27 @@ impl Driver {
 
     /// Readiness and crash loops, as the fleet reports them: the route table and the scrape
     /// targets follow the fleet at once; what the engine must hear is queued.
+    /// Records a change of "an instance is ready" (`cutover report`'s downtime), through the
+    /// store's thread; the store compares with its last record when this cutover has none.
+    fn record_serving(&mut self, serving: bool, planned: bool) {
+        if self.serving == Some(serving) {
+            return;
+        }
+        let prior = self.serving.replace(serving);
+        let service = self.engine.state().service.clone();
+        let at = self.now().millis();
+        // Queued on the store's thread now, in order; the task only reports a failure.
+        let done = self
+            .store
+            .record_serving(service, prior, serving, planned, at);
+        tokio::spawn(done);
+    }
+
     pub(super) fn on_fleet(&mut self) {
         let fleet = self.fleet_rx.borrow_and_update().clone();
         self.router.publish(&fleet, &*self.routing);
         self.publish_targets(&fleet);
+        self.record_serving(crate::delivery::serving(&fleet), false);
         let starting = self
             .engine
             .active()
@@ -726,6 +754,10 @@ impl Driver {
         let rel = self
             .instances
             .resolve(&req)
+            .and_then(|rel| {
+                let secrets = crate::secure::deploy_secrets(&c.app.secret_env, &req.secret_env)?;
+                Ok(rel.with_secrets(secrets)?)
+            })
             .map_err(|e| ApiError::invalid(format!("cannot deploy {}: {e}", req.version)))?;
         let release = Release::new(rel.name.clone(), rel.digest.clone());
         // One process set per version name: the engine refuses a name that is running.
@@ -734,6 +766,7 @@ impl Driver {
             .check_version_free(&release, &running)
             .map_err(|e| ApiError::conflict(e.to_string()))?;
         self.releases.insert(rel.digest.clone(), rel);
+        self.pending_commit = crate::delivery::commit_of(&req)?;
         let decisions = self
             .handle(
                 Event::Deploy {
@@ -743,7 +776,9 @@ impl Driver {
                 },
                 req.reason.as_deref(),
             )
-            .await?;
+            .await;
+        self.pending_commit = None;
+        let decisions = decisions?;
         let id = self.engine.state().rollout.as_ref().map(|r| r.id);
         let message = decisions
             .first()

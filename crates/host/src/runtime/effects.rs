@@ -89,6 +89,9 @@ impl Driver {
                 release.label()
             )
         })?;
+        let mut r = r;
+        // The store has no secret values: they come from cutover's environment or their file.
+        r.load_secrets().map_err(|e| e.to_string())?;
         self.releases.insert(release.digest.clone(), r.clone());
         Ok(Some(r))
     }

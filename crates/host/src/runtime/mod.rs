@@ -77,8 +77,14 @@ pub fn prune_store(
     }
 }
 
-/// Deletes log files not written to for `max_age`; returns how many.
-pub fn prune_logs(dir: &std::path::Path, max_age: Duration) -> usize {
+/// Deletes log files not written to for `max_age`, except those `in_use` names (an instance
+/// quiet for that long still writes to its log); rotated logs (`v1-0.1.log`) are pruned the
+/// same way. Returns how many.
+pub fn prune_logs(
+    dir: &std::path::Path,
+    max_age: Duration,
+    in_use: &std::collections::HashSet<std::path::PathBuf>,
+) -> usize {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return 0;
     };
@@ -92,6 +98,7 @@ pub fn prune_logs(dir: &std::path::Path, max_age: Duration) -> usize {
             .is_some_and(|age| age > max_age);
         if old
             && e.path().extension().is_some_and(|x| x == "log")
+            && !in_use.contains(&e.path())
             && std::fs::remove_file(e.path()).is_ok()
         {
             pruned += 1;
@@ -126,7 +133,10 @@ mod prune_tests {
                 .set_modified(long_ago)
                 .unwrap();
         }
-        assert_eq!(prune_logs(dir.path(), RETENTION), 1);
+        // An old file still in use (a quiet instance) is kept.
+        let in_use = std::collections::HashSet::from([old.clone()]);
+        assert_eq!(prune_logs(dir.path(), RETENTION, &in_use), 0);
+        assert_eq!(prune_logs(dir.path(), RETENTION, &Default::default()), 1);
         assert!(!old.exists() && fresh.exists() && other.exists());
     }
 }

@@ -97,6 +97,7 @@ pub fn commit_for(
     after: &State,
     decisions: &[Decision],
     releases: &HashMap<String, SupRelease>,
+    deploy_commit: Option<&(String, i64)>,
 ) -> Result<Commit, PersistError> {
     let mut commit = Commit {
         snapshot: Some(
@@ -130,6 +131,13 @@ pub fn commit_for(
                     created_at: r.started.millis() as i64,
                     failed_at: None,
                     failed_reason: None,
+                });
+            }
+            if let Some((sha, at)) = deploy_commit {
+                commit.commits.push(cutover_store::CommitInfo {
+                    rollout_id: r.id as i64,
+                    commit: sha.clone(),
+                    committed_at: *at,
                 });
             }
             commit.rollouts_started.push(RolloutRecord {

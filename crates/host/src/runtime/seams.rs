@@ -63,6 +63,17 @@ pub trait StateStore: Send + Sync {
     /// Prunes what ended before `retention` and is not in `keep` (`[state] retention`); a
     /// failure is logged by the store's side and retried at the next run.
     fn prune(&self, keep: InUse, retention: Duration, now_ms: i64) -> BoxFuture<'static, ()>;
+    /// Records a change of "the service has a ready instance" (`cutover report`'s downtime).
+    /// `prior`: what this cutover recorded last (`None`: the store's last record counts).
+    /// A failure is logged by the returned future.
+    fn record_serving(
+        &self,
+        service: String,
+        prior: Option<bool>,
+        serving: bool,
+        planned: bool,
+        now_ms: u64,
+    ) -> BoxFuture<'static, ()>;
     /// A release recorded by an earlier commit (to start it again after a restart).
     fn release(
         &self,
@@ -141,6 +152,24 @@ impl StateStore for StoreActor {
         Box::pin(async move {
             if let Err(e) = done.await {
                 tracing::error!(error = %e, "could not prune the state store");
+            }
+        })
+    }
+    fn record_serving(
+        &self,
+        service: String,
+        prior: Option<bool>,
+        serving: bool,
+        planned: bool,
+        now_ms: u64,
+    ) -> BoxFuture<'static, ()> {
+        let done = self.call(move |s| {
+            let mut last = prior;
+            crate::delivery::record_serving(s, &service, &mut last, serving, planned, now_ms)
+        });
+        Box::pin(async move {
+            if let Err(e) = done.await {
+                tracing::error!(error = %e, "could not record a serving change");
             }
         })
     }

@@ -118,6 +118,8 @@ impl Instances for FakeInstances {
             extra_args: req.args.clone(),
             workdir: None,
             files: BTreeMap::new(),
+            secrets: BTreeMap::new(),
+            secret_values: Default::default(),
         })
     }
     fn start(&self, release: SupRelease) -> Result<(), SupervisorError> {
@@ -230,6 +232,17 @@ impl StateStore for FakeStore {
     /// Retention is the store's own business (tested in cutover-store); the hourly call is
     /// not part of a scenario's sequence.
     fn prune(&self, _: InUse, _: Duration, _: i64) -> BoxFuture<'static, ()> {
+        Box::pin(async {})
+    }
+    /// What `cutover report` counts as downtime is the store's business (tested with it).
+    fn record_serving(
+        &self,
+        _: String,
+        _: Option<bool>,
+        _: bool,
+        _: bool,
+        _: u64,
+    ) -> BoxFuture<'static, ()> {
         Box::pin(async {})
     }
     fn release(
@@ -377,6 +390,9 @@ impl Harness {
             args: Vec::new(),
             force: false,
             reason: None,
+            secret_env: BTreeMap::new(),
+            commit: None,
+            committed_at: None,
         };
         self.ask(|tx| Request::Deploy(req, tx)).await
     }

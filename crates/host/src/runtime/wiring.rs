@@ -45,6 +45,11 @@ pub enum StartError {
     Token(#[from] cutover_admin::AdminError),
     #[error("state store: {0}")]
     Store(#[from] cutover_store::StoreError),
+    #[error("admin.tls.cert / admin.tls.key: {source} (fix: point admin.tls.cert at a PEM certificate chain and admin.tls.key at its PEM private key; relative paths are relative to the config file)")]
+    AdminTls {
+        #[source]
+        source: TlsError,
+    },
     #[error(
         "the state database {db} failed audit verification: {summary}{more}. cutover will not \
          run on a tampered store (fix: find out what changed it, `cutover history --verify` \
@@ -139,7 +144,7 @@ pub async fn start(loaded: Loaded) -> Result<Running, StartError> {
 /// Opens the state store and verifies its audit chain before anything else uses it: a tampered
 /// store is refused unless `opts.accept_tampered`, which is recorded in the chain.
 pub fn open_store(state_dir: &std::path::Path, opts: &StartOptions) -> Result<Store, StartError> {
-    let db = state_dir.join("cutover.db");
+    let db = state_dir.join(crate::secure::DB_FILE);
     let mut paths = AuditPaths::beside(&db);
     if let Some(k) = &opts.audit_key_file {
         paths.key_file = k.clone();
@@ -175,10 +180,15 @@ pub async fn start_with(loaded: Loaded, opts: StartOptions) -> Result<Running, S
     // Queries are checked before anything is created, so a bad rule changes nothing.
     rules::validate(&c)?;
     let state_dir = loaded.state_dir();
-    std::fs::create_dir_all(state_dir.join("logs")).map_err(|source| StartError::StateDir {
-        path: state_dir.clone(),
-        source,
-    })?;
+    // Owner-only before anything is written into it (docs/security.md).
+    let narrowed =
+        crate::secure::prepare_state_dir(&state_dir).map_err(|source| StartError::StateDir {
+            path: state_dir.clone(),
+            source,
+        })?;
+    for (path, mode) in narrowed {
+        tracing::warn!(path = %path.display(), "was mode {mode:o}, readable by others: narrowed to owner-only");
+    }
     // Checked before anything listens: a config naming a certificate that does not load must
     // not come up serving plaintext, nor come up at all.
     let tls = c
@@ -194,8 +204,10 @@ pub async fn start_with(loaded: Loaded, opts: StartOptions) -> Result<Running, S
             .map_err(|source| StartError::Tls { source })
         })
         .transpose()?;
+    let admin_tls =
+        crate::secure::admin_tls(&loaded).map_err(|source| StartError::AdminTls { source })?;
     let token = cutover_admin::ensure_token(&state_dir)?;
-    prune_logs(&state_dir.join("logs"), RETENTION);
+    prune_logs(&state_dir.join("logs"), RETENTION, &Default::default());
     let mut store = open_store(&state_dir, &opts)?;
     let engine = match store.load_snapshot()? {
         Some(v) => {
@@ -246,6 +258,7 @@ pub async fn start_with(loaded: Loaded, opts: StartOptions) -> Result<Running, S
         })?;
 
     let (supervisor, _) = Supervisor::new(c.app.clone(), state_dir.join("logs"));
+    let log_fleet = supervisor.subscribe();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (req_tx, req_rx) = mpsc::channel(64);
     let store = StoreActor::spawn(store).map_err(StartError::StoreThread)?;
@@ -283,12 +296,30 @@ pub async fn start_with(loaded: Loaded, opts: StartOptions) -> Result<Running, S
         });
         let mut rx = shutdown_rx.clone();
         let token = token.clone();
+        let stop = async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        let served = match admin_tls {
+            None => tokio::spawn(cutover_admin::serve(admin_listener, token, handler, stop)),
+            Some((reloader, interval)) => {
+                let current = reloader.server_config();
+                let mut rx = shutdown_rx.clone();
+                tasks.push(tokio::spawn(reloader.run(interval, async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                })));
+                let source: cutover_admin::ServerConfigSource =
+                    Arc::new(move || current.load_full());
+                tokio::spawn(cutover_admin::serve_tls(
+                    admin_listener,
+                    token,
+                    handler,
+                    source,
+                    stop,
+                ))
+            }
+        };
         tasks.push(tokio::spawn(async move {
-            if let Err(e) = cutover_admin::serve(admin_listener, token, handler, async move {
-                let _ = rx.wait_for(|s| *s).await;
-            })
-            .await
-            {
+            if let Ok(Err(e)) = served.await {
                 error!(error = %e, "admin API stopped");
             }
         }));
@@ -363,7 +394,8 @@ pub async fn start_with(loaded: Loaded, opts: StartOptions) -> Result<Running, S
     );
     tasks.push(tokio::spawn(driver.run(req_rx, shutdown_rx.clone())));
     {
-        // Instance logs are pruned hourly; start() already pruned once.
+        // Instance logs are pruned hourly (start() already pruned once), except those of
+        // running instances: one quiet for that long still writes to its log.
         let logs = state_dir.join("logs");
         let mut rx = shutdown_rx;
         tasks.push(tokio::spawn(async move {
@@ -372,7 +404,14 @@ pub async fn start_with(loaded: Loaded, opts: StartOptions) -> Result<Running, S
             loop {
                 tokio::select! {
                     _ = rx.wait_for(|s| *s) => break,
-                    _ = gc.tick() => { prune_logs(&logs, RETENTION); }
+                    _ = gc.tick() => {
+                        let in_use = log_fleet
+                            .borrow()
+                            .values()
+                            .flat_map(|vf| vf.instances.iter().map(|i| logs.join(format!("{}.log", i.id))))
+                            .collect();
+                        prune_logs(&logs, RETENTION, &in_use);
+                    }
                 }
             }
         }));

@@ -124,6 +124,9 @@ impl Kit {
         AppSpec {
             command,
             env: BTreeMap::new(),
+            secret_env: Vec::new(),
+            log_max_size: 10 * 1024 * 1024,
+            log_keep: 5,
             workdir: None,
             digest_paths: Vec::new(),
             instances: 1,
