@@ -21,14 +21,16 @@
 mod alerts;
 mod api;
 mod client;
+mod dashboard;
 mod server;
 mod token;
 
 pub use alerts::{Alert, AlertStatus, AlertmanagerPayload};
 pub use api::{
-    check_version, ApiError, DeployRequest, HistoryQuery, LogsChunk, LogsQuery, Verb, VerbRequest,
-    LOGS_CHUNK,
+    check_version, ApiError, DeployRequest, HistoryQuery, LoginRequest, LogsChunk, LogsQuery, Verb,
+    VerbRequest, LOGS_CHUNK,
 };
 pub use client::{AdminClient, ClientError};
+pub use dashboard::{CSRF_HEADER, SESSION_COOKIE};
 pub use server::{router, serve, BoxFuture, Endpoint, Handler, Method, Route, BODY_LIMIT, ROUTES};
 pub use token::{ensure_token, AdminError, TOKEN_FILE};

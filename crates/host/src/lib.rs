@@ -13,6 +13,7 @@
 
 pub mod commands;
 pub mod config;
+pub mod dashboard;
 pub mod demo;
 pub mod logs;
 pub mod metrics;

@@ -239,6 +239,7 @@ pub async fn start(loaded: Loaded) -> Result<Running, StartError> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (req_tx, req_rx) = mpsc::channel(64);
     let store = Arc::new(Mutex::new(store));
+    let feed = crate::dashboard::Feed::default();
 
     let mut tasks = Vec::new();
     {
@@ -270,6 +271,8 @@ pub async fn start(loaded: Loaded) -> Result<Running, StartError> {
             store: store.clone(),
             supervisor: supervisor.clone(),
             log_dir: state_dir.join("logs"),
+            feed: feed.clone(),
+            spec: c.rollout.clone(),
         });
         let mut rx = shutdown_rx.clone();
         let token = token.clone();
@@ -348,6 +351,7 @@ pub async fn start(loaded: Loaded) -> Result<Running, StartError> {
         releases: HashMap::new(),
         exposition: scrape::ExpositionHealth::default(),
         proxy_addr,
+        feed,
     };
     tasks.push(tokio::spawn(driver.run(req_rx, shutdown_rx)));
     info!(%proxy_addr, %admin_addr, service = %c.service.name, state_dir = %state_dir.display(), "cutover is running");
@@ -384,6 +388,10 @@ struct AdminHandler {
     /// Read-only here: which instances still run (`logs` answers `running`).
     supervisor: Supervisor,
     log_dir: PathBuf,
+    /// The dashboard's live feed (`GET /v1/events`), which the driver publishes to.
+    feed: crate::dashboard::Feed,
+    /// For `replay`: the policy a recording is replayed with.
+    spec: cutover_core::spec::RolloutSpec,
 }
 
 impl AdminHandler {
@@ -451,6 +459,17 @@ impl Handler for AdminHandler {
     }
     fn alerts(&self, payload: AlertmanagerPayload) -> BoxFuture<'_, Result<Value, ApiError>> {
         Box::pin(async move { self.ask(|tx| Request::Alerts(payload, tx)).await? })
+    }
+    fn events(&self) -> Option<tokio::sync::broadcast::Receiver<Value>> {
+        Some(self.feed.subscribe())
+    }
+    fn replay(&self, rollout: i64) -> BoxFuture<'_, Result<Value, ApiError>> {
+        Box::pin(async move {
+            let (store, spec) = (self.store.clone(), self.spec.clone());
+            tokio::task::spawn_blocking(move || crate::dashboard::replay(&store, &spec, rollout))
+                .await
+                .map_err(|e| ApiError::internal(e.to_string()))?
+        })
     }
 }
 
@@ -587,6 +606,8 @@ struct Driver {
     /// Which instances serve an exposition that does not parse (warned once each).
     exposition: scrape::ExpositionHealth,
     proxy_addr: SocketAddr,
+    /// The dashboard's live feed: a status after every change, each decision as it is made.
+    feed: crate::dashboard::Feed,
 }
 
 impl Driver {
@@ -611,19 +632,30 @@ impl Driver {
             });
             tokio::select! {
                 _ = shutdown.wait_for(|s| *s) => break,
-                _ = sleep_until_some(wake) => self.on_timeout(),
-                Some(req) = requests.recv() => self.request(req),
+                _ = sleep_until_some(wake) => { self.on_timeout(); self.publish(); }
+                Some(req) = requests.recv() => {
+                    let reads = matches!(req, Request::Status(_) | Request::Metrics(_));
+                    self.request(req);
+                    if !reads { self.publish(); }
+                }
                 changed = self.fleet_rx.changed() => {
                     if changed.is_err() { break; }
                     self.on_fleet();
+                    self.publish();
                 }
-                _ = ticker.tick() => self.on_tick(),
+                _ = ticker.tick() => { self.on_tick(); self.publish(); }
                 Some(scraped) = self.scraped.recv() => self.on_scraped(scraped),
                 _ = gc.tick() => {
                     prune_logs(&self.loaded.state_dir().join("logs"), RETENTION);
                 }
             }
         }
+    }
+
+    /// A fresh status on the dashboard's feed, when a dashboard is open.
+    fn publish(&self) {
+        self.feed
+            .status(|| serde_json::to_value(self.status()).unwrap_or_default());
     }
 
     /// Engine, then store, then actions. On a store failure the engine is put back as it was.
@@ -668,6 +700,7 @@ impl Driver {
             info!(rollout = d.rollout, kind = d.kind.as_str(), numbers = %d.numbers, "{}", d.reason);
             *self.decision_counts.entry(d.kind.as_str()).or_default() += 1;
             self.notify(d);
+            self.feed.decision(d);
         }
         for action in outcome.actions {
             self.act(action);
@@ -1304,6 +1337,7 @@ impl Driver {
                     restarts: i.restarts,
                     starts: i.starts,
                     in_flight: self.proxy.in_flight(i.addr),
+                    websockets: self.proxy.websocket_sessions(i.addr),
                     last_probe: i.last_probe.clone(),
                     last_exit: i.last_exit.clone(),
                     log: self.supervisor.log_path(&i.id).display().to_string(),
