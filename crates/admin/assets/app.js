@@ -198,6 +198,11 @@ function addPoint(p) {
   if (!p.last_evaluation || live.seen.has(p.last_evaluation.at)) return;
   live.seen.add(p.last_evaluation.at);
   live.points.push(p);
+  // Backfilled points may arrive after live ones; the chart's x values must ascend.
+  const n = live.points.length;
+  if (n > 1 && live.points[n - 2].last_evaluation.at > p.last_evaluation.at) {
+    live.points.sort((a, b) => a.last_evaluation.at - b.last_evaluation.at);
+  }
 }
 
 function addDecision(d) {
@@ -225,7 +230,9 @@ function renderSummary(s) {
   $('phase').textContent = phaseName(r.phase) + paused;
   $('phase').dataset.phase = phase;
   $('weight').textContent = pct(r.weight);
-  $('step').textContent = `${Math.min(r.step + 1, r.plan.length)} of ${r.plan.length}`;
+  $('step').textContent = phase === 'promoted' || phase === 'done'
+    ? `all ${r.plan.length} done, 100 %`
+    : `${Math.min(r.step + 1, r.plan.length)} of ${r.plan.length}`;
   $('eta').textContent = s.eta && ACTIVE.has(phase) ? `${clock(s.eta)} (in ${span(s.eta - s.now)})` : '—';
   const reason = r.phase.reason ? `${phaseName(r.phase)}: ${r.phase.reason}` : r.hold ? `holding: ${r.hold.reason || ''}` : '';
   $('phase-reason').textContent = reason;
@@ -244,6 +251,7 @@ function renderSteps(r) {
     let state;
     if (finished || i < r.step) state = 'done';
     else if (i === r.step && ACTIVE.has(phase)) state = phase === 'paused' ? 'current, paused' : 'current';
+    else if (phase === 'aborted' && i === r.step) state = 'aborted here';
     else if (phase === 'aborted') state = 'not reached';
     else state = 'next';
     if (i === steps.length - 1) state = finished && phase !== 'rolled_back' ? 'done' : state === 'done' ? 'done' : state;
@@ -350,10 +358,15 @@ function markers(getDecisions) {
         ctx.font = `${Math.round(11 * devicePixelRatio)}px system-ui, sans-serif`;
         ctx.textBaseline = 'top';
         let row = 0;
+        let previous = null;
         for (const d of ds) {
           const x = u.valToPos(d.at / 1000, 'x', true);
+          const repeat = d.kind === previous;
+          previous = d.kind;
           if (x < u.bbox.left || x > u.bbox.left + u.bbox.width) continue;
           const bad = ['aborted', 'breach_started', 'rolled_back', 'crash_loop'].includes(d.kind);
+          // A run of the same kind (holds at every evaluation) is labelled once, drawn faintly.
+          ctx.globalAlpha = repeat ? 0.35 : 1;
           ctx.strokeStyle = bad ? '#cf222e' : '#57606a';
           ctx.setLineDash(bad ? [] : [3, 3]);
           ctx.lineWidth = devicePixelRatio;
@@ -361,6 +374,7 @@ function markers(getDecisions) {
           ctx.moveTo(x, u.bbox.top);
           ctx.lineTo(x, u.bbox.top + u.bbox.height);
           ctx.stroke();
+          if (repeat) continue;
           ctx.fillStyle = ctx.strokeStyle;
           ctx.fillText(d.kind.replace('_', ' '), x + 3 * devicePixelRatio, u.bbox.top + (row % 4) * 12 * devicePixelRatio);
           row++;

@@ -15,7 +15,8 @@ use axum::response::{IntoResponse, Response};
 use rand::RngCore;
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 /// The session cookie's name.
 pub const SESSION_COOKIE: &str = "cutover_session";
@@ -126,7 +127,7 @@ impl Sessions {
     /// A new session: `(session id, csrf token)`.
     pub fn create(&self) -> (String, String) {
         let (id, csrf) = (random_hex(), random_hex());
-        let now = Instant::now();
+        let now = cutover_clock::monotonic();
         let mut map = self.by_id.lock().unwrap_or_else(|e| e.into_inner());
         map.retain(|_, s| s.expires > now);
         if map.len() >= MAX_SESSIONS {
@@ -152,7 +153,7 @@ impl Sessions {
     pub fn csrf(&self, id: &str) -> Option<String> {
         let map = self.by_id.lock().unwrap_or_else(|e| e.into_inner());
         map.get(id)
-            .filter(|s| s.expires > Instant::now())
+            .filter(|s| s.expires > cutover_clock::monotonic())
             .map(|s| s.csrf.clone())
     }
 

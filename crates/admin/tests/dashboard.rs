@@ -93,8 +93,7 @@ impl Reply {
             .map(|(_, v)| v.as_str())
     }
     fn json(&self) -> Value {
-        serde_json::from_str(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
     }
 }
 
@@ -140,7 +139,10 @@ async fn login(addr: SocketAddr) -> (String, String) {
     assert_eq!(r.status, 200, "{}", r.body);
     let cookie = r.header("set-cookie").expect("a session cookie").to_owned();
     let pair = cookie.split(';').next().unwrap().to_owned();
-    (format!("cookie: {pair}"), r.json()["csrf"].as_str().unwrap().to_owned())
+    (
+        format!("cookie: {pair}"),
+        r.json()["csrf"].as_str().unwrap().to_owned(),
+    )
 }
 
 #[tokio::test]
@@ -148,10 +150,20 @@ async fn the_page_and_its_assets_are_served_embedded_with_a_same_origin_policy()
     let s = start().await;
     let page = raw(s.addr, "GET", "/", &[], "").await;
     assert_eq!(page.status, 200);
-    assert!(page.header("content-type").unwrap().starts_with("text/html"));
-    assert!(page.body.contains("/assets/uPlot.iife.min.js"), "{}", page.body);
+    assert!(page
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/html"));
+    assert!(
+        page.body.contains("/assets/uPlot.iife.min.js"),
+        "{}",
+        page.body
+    );
     let csp = page.header("content-security-policy").unwrap();
-    assert!(csp.contains("default-src 'none'") && csp.contains("connect-src 'self'"), "{csp}");
+    assert!(
+        csp.contains("default-src 'none'") && csp.contains("connect-src 'self'"),
+        "{csp}"
+    );
     for (file, kind) in [
         ("app.js", "text/javascript"),
         ("uPlot.iife.min.js", "text/javascript"),
@@ -160,7 +172,10 @@ async fn the_page_and_its_assets_are_served_embedded_with_a_same_origin_policy()
     ] {
         let r = raw(s.addr, "GET", &format!("/assets/{file}"), &[], "").await;
         assert_eq!(r.status, 200, "{file}");
-        assert!(r.header("content-type").unwrap().starts_with(kind), "{file}");
+        assert!(
+            r.header("content-type").unwrap().starts_with(kind),
+            "{file}"
+        );
     }
     let license = raw(s.addr, "GET", "/assets/uPlot.LICENSE", &[], "").await;
     assert!(license.body.contains("MIT License"));
@@ -209,7 +224,10 @@ async fn login_sets_an_http_only_same_site_strict_cookie_and_refuses_a_wrong_tok
     .await;
     assert_eq!(r.status, 200);
     let cookie = r.header("set-cookie").unwrap();
-    assert!(cookie.starts_with(&format!("{SESSION_COOKIE}=")), "{cookie}");
+    assert!(
+        cookie.starts_with(&format!("{SESSION_COOKIE}=")),
+        "{cookie}"
+    );
     assert!(cookie.contains("HttpOnly"), "{cookie}");
     assert!(cookie.contains("SameSite=Strict"), "{cookie}");
     assert!(!cookie.contains(TOKEN), "the token is not the session id");
@@ -230,7 +248,11 @@ async fn a_cookie_session_reads_freely_but_changes_state_only_with_its_csrf_toke
     let missing = raw(s.addr, "POST", "/v1/pause", &[cookie.clone()], "").await;
     assert_eq!(missing.status, 403, "{}", missing.body);
     assert_eq!(missing.json()["error"]["code"], "forbidden");
-    assert!(missing.body.contains("missing X-CSRF-Token"), "{}", missing.body);
+    assert!(
+        missing.body.contains("missing X-CSRF-Token"),
+        "{}",
+        missing.body
+    );
     let other = "f".repeat(64);
     let wrong = raw(
         s.addr,

@@ -257,7 +257,7 @@ pub async fn run(state_dir: Option<PathBuf>, rate: u32) -> Result<(), CommandErr
         dir.display()
     );
     println!(
-        "  watch it from another terminal: cutover -c {} status --watch\n",
+        "  watch it from another terminal: cutover -c {} status --watch",
         config_path.display()
     );
 
@@ -265,6 +265,11 @@ pub async fn run(state_dir: Option<PathBuf>, rate: u32) -> Result<(), CommandErr
     let running = crate::runtime::start(loaded)
         .await
         .map_err(|e| CommandError::Other(e.into()))?;
+    println!(
+        "  or in a browser: http://{}/ (log in with the token in {})\n",
+        running.admin_addr,
+        running.state_dir.join(cutover_admin::TOKEN_FILE).display()
+    );
     let client = running.client();
     let result = scenario(&client, running.proxy_addr, rate, started).await;
     println!("\nshutting down (draining the proxy, stopping instances)...");
