@@ -97,7 +97,7 @@ impl Reply {
     }
 }
 
-async fn raw(addr: SocketAddr, method: &str, path: &str, headers: &[String], body: &str) -> Reply {
+async fn raw(addr: SocketAddr, method: &str, path: &str, headers: &[&str], body: &str) -> Reply {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     let mut req = format!("{method} {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n");
     for h in headers {
@@ -239,13 +239,13 @@ async fn a_cookie_session_reads_freely_but_changes_state_only_with_its_csrf_toke
     let s = start().await;
     let (cookie, csrf) = login(s.addr).await;
 
-    let status = raw(s.addr, "GET", "/v1/status", &[cookie.clone()], "").await;
+    let status = raw(s.addr, "GET", "/v1/status", &[&cookie], "").await;
     assert_eq!(status.status, 200, "{}", status.body);
-    let session = raw(s.addr, "GET", "/ui/session", &[cookie.clone()], "").await;
+    let session = raw(s.addr, "GET", "/ui/session", &[&cookie], "").await;
     assert_eq!(session.json()["csrf"], csrf.as_str());
 
     // Without the CSRF token, and with another one: refused, and the handler never hears of it.
-    let missing = raw(s.addr, "POST", "/v1/pause", &[cookie.clone()], "").await;
+    let missing = raw(s.addr, "POST", "/v1/pause", &[&cookie], "").await;
     assert_eq!(missing.status, 403, "{}", missing.body);
     assert_eq!(missing.json()["error"]["code"], "forbidden");
     assert!(
@@ -258,7 +258,7 @@ async fn a_cookie_session_reads_freely_but_changes_state_only_with_its_csrf_toke
         s.addr,
         "POST",
         "/v1/pause",
-        &[cookie.clone(), format!("{CSRF_HEADER}: {other}")],
+        &[&cookie, &format!("{CSRF_HEADER}: {other}")],
         "",
     )
     .await;
@@ -267,7 +267,7 @@ async fn a_cookie_session_reads_freely_but_changes_state_only_with_its_csrf_toke
         s.addr,
         "POST",
         "/v1/deploy",
-        &[cookie.clone()],
+        &[&cookie],
         &json!({"version": "v2"}).to_string(),
     )
     .await;
@@ -278,7 +278,7 @@ async fn a_cookie_session_reads_freely_but_changes_state_only_with_its_csrf_toke
         s.addr,
         "POST",
         "/v1/pause",
-        &[cookie.clone(), format!("{CSRF_HEADER}: {csrf}")],
+        &[&cookie, &format!("{CSRF_HEADER}: {csrf}")],
         &json!({"reason": "checking"}).to_string(),
     )
     .await;
@@ -293,13 +293,13 @@ async fn a_cookie_session_reads_freely_but_changes_state_only_with_its_csrf_toke
         s.addr,
         "POST",
         "/ui/logout",
-        &[cookie.clone(), format!("{CSRF_HEADER}: {csrf}")],
+        &[&cookie, &format!("{CSRF_HEADER}: {csrf}")],
         "",
     )
     .await;
     assert_eq!(out.status, 200);
     assert!(out.header("set-cookie").unwrap().contains("Max-Age=0"));
-    let after = raw(s.addr, "GET", "/v1/status", &[cookie], "").await;
+    let after = raw(s.addr, "GET", "/v1/status", &[&cookie], "").await;
     assert_eq!(after.status, 401);
     assert!(after.body.contains("log in again"), "{}", after.body);
 }
@@ -308,13 +308,13 @@ async fn a_cookie_session_reads_freely_but_changes_state_only_with_its_csrf_toke
 async fn a_forged_session_cookie_is_refused() {
     let s = start().await;
     let forged = format!("cookie: {SESSION_COOKIE}={}", "a".repeat(64));
-    let r = raw(s.addr, "GET", "/v1/status", &[forged.clone()], "").await;
+    let r = raw(s.addr, "GET", "/v1/status", &[&forged], "").await;
     assert_eq!(r.status, 401);
     let r = raw(
         s.addr,
         "POST",
         "/v1/promote",
-        &[forged, format!("{CSRF_HEADER}: x")],
+        &[&forged, &format!("{CSRF_HEADER}: x")],
         "",
     )
     .await;
