@@ -105,8 +105,20 @@ pub fn series(rec: &Recording, spec: &RolloutSpec) -> Value {
     } else {
         1.0
     };
+    let ended = |e: &Engine| {
+        e.state()
+            .rollout
+            .as_ref()
+            .is_some_and(|ro| ro.id == rec.rollout && ro.ended.is_some())
+    };
+    let mut last_at = None;
     for r in &rec.events {
         let measured = matches!(r.event, Event::Measured { .. });
+        // As `cutover simulate` replays: once the rollout has ended, later measurements belong
+        // to whatever runs next (an ended rollout's evaluation is its last one, not new data).
+        if ended(&engine) && !matches!(r.event, Event::Command(_)) {
+            continue;
+        }
         if engine.handle(r.at, r.event.clone()).is_err() {
             continue;
         }
@@ -120,7 +132,9 @@ pub fn series(rec: &Recording, spec: &RolloutSpec) -> Value {
         };
         let weight: u16 = serde_json::from_value(json!(ro.weight)).unwrap_or(0);
         peak = peak.max(weight);
-        if measured {
+        let fresh = ro.last_evaluation.as_ref().map(|e| e.at) != last_at;
+        if measured && fresh {
+            last_at = ro.last_evaluation.as_ref().map(|e| e.at);
             if let Some(e) = &ro.last_evaluation {
                 canary_requests += e.canary.requests as f64 * share;
                 canary_errors += e.canary.errors as f64 * share;
@@ -157,4 +171,102 @@ pub fn series(rec: &Recording, spec: &RolloutSpec) -> Value {
             "fault_to_restore_ms": restore_ms,
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cutover_core::engine::{Release, State};
+    use cutover_core::simulate::{Recorded, FORMAT};
+    use cutover_core::{Timestamp, TrackStats, WindowStats};
+    use std::collections::BTreeMap;
+
+    fn spec() -> RolloutSpec {
+        cutover_core::spec::Config::from_toml_str(
+            "[service]\nname = \"shop\"\n[app]\ncommand = [\"./app\", \"{port}\"]\n\
+             [rollout]\ninitial_weight = 2.0\ninterval = \"5s\"\nwindow = \"30s\"\n\
+             min_samples = 10\n\
+             [[rollout.aborts]]\nname = \"p99-over-800ms\"\nmetric = \"latency\"\n\
+             quantile = 0.99\nabove = \"800ms\"\nfor = \"45s\"\n",
+        )
+        .unwrap()
+        .rollout
+    }
+
+    /// A slow canary's recording: one point per measurement with its evaluation and the abort
+    /// rule's threshold, the peak weight, the requests it served (each request is in
+    /// `window / interval` measurements) and the time from its first traffic to the abort.
+    #[test]
+    fn a_recording_becomes_points_and_a_summary() {
+        let spec = spec();
+        let mut e = Engine::new("shop", spec.clone());
+        let t = |s: u64| Timestamp(1_000_000 + s * 1000);
+        let deploy = |v: &str| Event::Deploy {
+            release: Release::new(v, v),
+            force: false,
+            start_timeout: None,
+        };
+        e.handle(t(0), deploy("v1")).unwrap();
+        e.handle(
+            t(1),
+            Event::Ready {
+                digest: "v1".into(),
+            },
+        )
+        .unwrap();
+        let initial_state: State = e.state().clone();
+        let slow = |at: u64| Recorded {
+            at: t(at),
+            event: Event::Measured {
+                stats: WindowStats {
+                    stable: TrackStats::uniform(1000, 0, 20),
+                    canary: TrackStats::uniform(60, 0, 1200),
+                },
+                wider: Vec::new(),
+                external: BTreeMap::new(),
+            },
+        };
+        let mut events = vec![
+            Recorded {
+                at: t(10),
+                event: deploy("v2"),
+            },
+            Recorded {
+                at: t(11),
+                event: Event::Ready {
+                    digest: "v2".into(),
+                },
+            },
+        ];
+        let measured: Vec<u64> = (0..12).map(|i| 15 + i * 5).collect();
+        events.extend(measured.iter().map(|&s| slow(s)));
+        let rec = Recording {
+            format: FORMAT.into(),
+            service: "shop".into(),
+            rollout: 2,
+            initial_state,
+            events,
+            decisions: Vec::new(),
+        };
+        let out = series(&rec, &spec);
+        let points = out["points"].as_array().unwrap();
+        // Up to the abort (at the 10th, 45 s after the breach began), not after it.
+        assert_eq!(points.len(), 10, "{out}");
+        assert_eq!(points[9]["phase"]["phase"], "aborted");
+        let first = &points[0];
+        assert_eq!(first["weight"], 200);
+        assert_eq!(first["last_evaluation"]["canary"]["requests"], 60);
+        let aborts = first["last_evaluation"]["aborts"].as_array().unwrap();
+        assert_eq!(aborts[0]["rule"], "p99-over-800ms");
+        assert_eq!(aborts[0]["threshold"], 0.8);
+        assert_eq!(out["final"]["phase"]["phase"], "aborted", "{out}");
+        let summary = &out["summary"];
+        assert_eq!(summary["peak_weight"], 200);
+        // Ten measurements of 60 canary requests, each request in 30 s / 5 s = 6 of them.
+        assert_eq!(summary["canary_requests_estimate"], 100.0, "{out}");
+        let ended = out["final"]["ended"].as_u64().unwrap();
+        let onset = out["final"]["traffic_since"].as_u64().unwrap();
+        assert_eq!(summary["fault_to_restore_ms"], ended - onset);
+        assert!(ended - onset >= 45_000, "the rule's `for` is 45 s: {out}");
+    }
 }
