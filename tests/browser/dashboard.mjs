@@ -193,6 +193,16 @@ try {
   await check('promoted', { version: 'v4' });
   log('v4 paused and promoted from the page');
 
+  // The last lines of an instance's log, from GET /v1/logs.
+  await page.click('#instances tr[data-instance="v4-0"] details summary');
+  await until(page, () => {
+    const pre = document.querySelector('#instances tr[data-instance="v4-0"] pre');
+    return pre && pre.textContent !== '…' && pre.textContent;
+  }, null, "v4-0's log lines");
+  const logText = await text(page, '#instances tr[data-instance="v4-0"] pre');
+  expect(!logText.startsWith('error:'), `v4-0's log: ${logText}`);
+  log(`v4-0's last log line: ${logText.split('\n').at(-1)}`);
+
   // 7. A refusal reads as the CLI prints it.
   await page.click('[data-verb="resume"]');
   await confirmWith(page, 'nothing to resume');
@@ -228,7 +238,13 @@ try {
   await shot(page, 'dashboard-phone.png');
 
   expect(outside.length === 0, `requests left ${origin}: ${outside.join(', ')}`);
-  say({ done: { requests: requests.length, outside } });
+  // One event stream, no polling: the page never asked for the status (the one request is this
+  // script's wrong-bearer probe above), and for the log only when it was opened.
+  const count = (part) => requests.filter((u) => new URL(u).pathname.startsWith(part)).length;
+  const asked = { events: count('/v1/events'), status: count('/v1/status'), logs: count('/v1/logs') };
+  expect(asked.events >= 1 && asked.events <= 3 && asked.status === 1 && asked.logs <= 2,
+    `requests by route: ${JSON.stringify(asked)}`);
+  say({ done: { requests: requests.length, outside, asked } });
 } catch (e) {
   console.error(e.stack || String(e));
   process.exitCode = 1;

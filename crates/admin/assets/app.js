@@ -268,9 +268,16 @@ function renderInstances(list) {
   const open = new Set([...tb.querySelectorAll('details[open]')].map((d) => d.dataset.instance));
   tb.replaceChildren();
   for (const i of list) {
-    const details = el('details', { 'data-instance': i.id }, el('summary', { text: 'last lines' }), el('pre', { text: '…' }));
-    details.addEventListener('toggle', () => { if (details.open) loadLog(i, details.querySelector('pre')); });
-    if (open.has(i.id)) { details.open = true; }
+    const pre = el('pre', { text: logLines.get(i.id) || '…' });
+    const details = el('details', { 'data-instance': i.id }, el('summary', { text: 'last lines' }), pre);
+    // Re-rendered rows keep an open log as it was; it is fetched again only when opened again,
+    // so a status event never becomes a log request.
+    let restoring = open.has(i.id);
+    details.addEventListener('toggle', () => {
+      if (restoring) { restoring = false; return; }
+      if (details.open) loadLog(i, pre);
+    });
+    if (restoring) details.open = true;
     tb.append(el('tr', { 'data-instance': i.id },
       el('td', { text: i.id }), el('td', { text: i.version }), el('td', { text: i.state }),
       el('td', { text: String(i.in_flight) }), el('td', { text: String(i.websockets ?? 0) }),
@@ -279,14 +286,22 @@ function renderInstances(list) {
   }
 }
 
+// The last log lines fetched per instance, shown again when its row is re-rendered.
+const logLines = new Map();
+
 async function loadLog(i, pre) {
   const n = Number(i.id.slice(i.id.lastIndexOf('-') + 1)) || 0;
+  let shown;
   try {
     const j = await api('GET', `/v1/logs/${encodeURIComponent(i.version)}?instance=${n}`);
-    pre.textContent = j.text.split('\n').filter((l) => l.length).slice(-20).join('\n') || '(empty)';
+    shown = j.text.split('\n').filter((l) => l.length).slice(-20).join('\n') || '(empty)';
   } catch (e) {
-    pre.textContent = refusal(e);
+    shown = refusal(e);
   }
+  logLines.set(i.id, shown);
+  // The row may have been re-rendered meanwhile: write to the one on the page.
+  const current = document.querySelector(`#instances details[data-instance="${i.id}"] pre`);
+  (current || pre).textContent = shown;
 }
 
 // ---- charts --------------------------------------------------------------------------------

@@ -268,7 +268,13 @@ pub async fn run(state_dir: Option<PathBuf>, rate: u32) -> Result<(), CommandErr
     println!(
         "  or in a browser: http://{}/ (log in with the token in {})\n",
         running.admin_addr,
-        running.state_dir.join(cutover_admin::TOKEN_FILE).display()
+        // Without the `./` a state_dir of "." leaves in the path.
+        running
+            .state_dir
+            .join(cutover_admin::TOKEN_FILE)
+            .components()
+            .collect::<PathBuf>()
+            .display()
     );
     let client = running.client();
     let result = scenario(&client, running.proxy_addr, rate, started).await;
