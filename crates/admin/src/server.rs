@@ -23,7 +23,7 @@ use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
 /// A boxed `Send` future, so [`Handler`] stays object safe (`Arc<dyn Handler>`).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -240,6 +240,8 @@ struct AppState {
     /// Said in the 401 message so the operator knows where to look.
     token_hint: Arc<str>,
     sessions: Arc<Sessions>,
+    /// Becomes `true` when the server shuts down: open event streams end.
+    closing: watch::Receiver<bool>,
 }
 
 /// Serves the admin API on `listener` until `shutdown` completes, then finishes in-flight
@@ -250,14 +252,30 @@ pub async fn serve(
     handler: Arc<dyn Handler>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(token, handler, None))
-        .with_graceful_shutdown(shutdown)
+    // Event streams never finish on their own: told of the shutdown, they end, so the
+    // graceful shutdown does not wait for an open dashboard forever.
+    let (closing_tx, closing) = watch::channel(false);
+    axum::serve(listener, build(token, handler, None, closing))
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            let _ = closing_tx.send(true);
+        })
         .await
 }
 
 /// The admin API as a [`Router`], for embedding. `token_path`, when known, is named in the 401
 /// message.
 pub fn router(token: String, handler: Arc<dyn Handler>, token_path: Option<&Path>) -> Router {
+    // Embedded, the router is not told of a shutdown: its event streams end with the feed.
+    build(token, handler, token_path, watch::channel(false).1)
+}
+
+fn build(
+    token: String,
+    handler: Arc<dyn Handler>,
+    token_path: Option<&Path>,
+    closing: watch::Receiver<bool>,
+) -> Router {
     let token_hint = match token_path {
         Some(p) => p.display().to_string(),
         None => format!("{TOKEN_FILE} in cutover's state directory"),
@@ -267,6 +285,7 @@ pub fn router(token: String, handler: Arc<dyn Handler>, token_path: Option<&Path
         token: token.into(),
         token_hint: token_hint.into(),
         sessions: Arc::default(),
+        closing,
     };
     let (mut public, mut authed) = (Router::new(), Router::new());
     for r in ROUTES {
@@ -529,18 +548,25 @@ async fn events(State(s): State<AppState>) -> Response {
     };
     let first = serde_json::json!({"type": "status", "data": first});
     let stream = futures_util::stream::unfold(
-        (Some(first), rx, s.handler.clone()),
-        |(pending, mut rx, handler)| async move {
+        (Some(first), rx, s.handler.clone(), s.closing.clone()),
+        |(pending, mut rx, handler, mut closing)| async move {
             if let Some(item) = pending {
-                return Some((Ok::<_, Infallible>(sse_event(&item)), (None, rx, handler)));
+                let next = (None, rx, handler, closing);
+                return Some((Ok::<_, Infallible>(sse_event(&item)), next));
             }
             loop {
-                match rx.recv().await {
-                    Ok(item) => return Some((Ok(sse_event(&item)), (None, rx, handler))),
+                let received = tokio::select! {
+                    _ = closing.wait_for(|c| *c) => return None,
+                    r = rx.recv() => r,
+                };
+                match received {
+                    Ok(item) => {
+                        return Some((Ok(sse_event(&item)), (None, rx, handler, closing)));
+                    }
                     Err(broadcast::error::RecvError::Lagged(_)) => {
                         if let Ok(v) = handler.status().await {
                             let item = serde_json::json!({"type": "status", "data": v});
-                            return Some((Ok(sse_event(&item)), (None, rx, handler)));
+                            return Some((Ok(sse_event(&item)), (None, rx, handler, closing)));
                         }
                     }
                     Err(broadcast::error::RecvError::Closed) => return None,

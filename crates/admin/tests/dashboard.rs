@@ -363,3 +363,37 @@ async fn the_event_stream_starts_with_the_status_and_relays_the_feed() {
     let r = raw(s.addr, "GET", "/v1/events", &[], "").await;
     assert_eq!(r.status, 401);
 }
+
+/// An open dashboard does not hold up a graceful shutdown: its event stream ends.
+#[tokio::test]
+async fn shutting_down_ends_open_event_streams() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let fake = Arc::new(Fake {
+        calls: Mutex::default(),
+        feed: broadcast::channel(16).0,
+    });
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(serve(listener, TOKEN.into(), fake.clone(), async {
+        let _ = stopped.await;
+    }));
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    conn.write_all(
+        format!(
+            "GET /v1/events HTTP/1.1\r\nhost: 127.0.0.1\r\nauthorization: Bearer {TOKEN}\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut seen = String::new();
+    read_until(&mut conn, &mut seen, "event: status").await;
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("the server stopped with a dashboard connected")
+        .unwrap()
+        .unwrap();
+    // The feed's sender is still alive: only the shutdown ended the stream.
+    assert_eq!(fake.feed.receiver_count(), 0);
+}
