@@ -169,6 +169,21 @@ try {
   const abortItem = await page.locator('#decisions li[data-kind="aborted"]').last().innerText();
   expect(/p99-over-800ms/.test(abortItem), `the abort decision: ${abortItem}`);
   await page.locator('#chart-latency canvas').first().waitFor();
+  // The abort's marker on the latency chart: the cursor on it shows its reason.
+  await page.locator('#chart-latency').scrollIntoViewIfNeeded();
+  const [mx, my] = await page.evaluate(() => {
+    const u = charts['live-latency'].plot;
+    const d = live.decisions.filter((k) => k.kind === 'aborted').at(-1);
+    const r = u.over.getBoundingClientRect();
+    // The abort is the last thing on the axis: its line is the plot's right edge.
+    return [r.left + Math.min(u.valToPos(d.at / 1000, 'x'), r.width - 2), r.top + r.height / 2];
+  });
+  await page.mouse.move(mx, my);
+  await waitText(page, '#chart-latency .marker-reason', /aborted: .*abort rule p99-over-800ms/, 10_000)
+    .catch(async (e) => {
+      const caption = await text(page, '#chart-latency .marker-reason').catch(() => '(none)');
+      throw new Error(`${e.message}; the cursor at ${mx},${my} shows ${JSON.stringify(caption)}`);
+    });
   await shot(page, 'dashboard-abort.png');
   await check('aborted', { version: 'v3', reason });
   log(`v3 aborted: ${reason}`);

@@ -362,10 +362,24 @@ function seriesFor(kind, points, windowMs) {
   return { xs, defs };
 }
 
-// Decision markers: a vertical line at each decision, labelled with its kind.
-function markers(getDecisions) {
+// Decision markers: a vertical line at each decision, labelled with its kind; the cursor near
+// one shows its time, kind and reason in `caption` (the list under the charts has them all).
+function markers(getDecisions, caption) {
   return {
     hooks: {
+      setCursor: [(u) => {
+        const left = u.cursor.left;
+        let near = null;
+        if (left != null && left >= 0) {
+          let best = 8; // px
+          for (const d of getDecisions()) {
+            // Holds come at every evaluation: any other decision nearby is the one meant.
+            const dist = Math.abs(u.valToPos(d.at / 1000, 'x') - left) + (d.kind === 'hold' ? 4 : 0);
+            if (dist <= best) { best = dist; near = d; }
+          }
+        }
+        caption.textContent = near ? `${clock(near.at)} ${near.kind.replace('_', ' ')}: ${near.reason}` : '';
+      }],
       draw: [(u) => {
         const ctx = u.ctx;
         const ds = getDecisions();
@@ -415,10 +429,23 @@ function drawChart(key, container, kind, points, decisions, windowMs) {
   }
   if (c) c.plot.destroy();
   box.replaceChildren();
+  const caption = el('p', { class: 'marker-reason' });
   const entry = { shape, decisions, plot: null };
   const yLabel = kind === 'latency' ? 'ms' : kind === 'errors' ? '%' : 'req/s';
   const axes = [{}, { label: yLabel, size: 60 }];
-  const scales = { x: { time: true } };
+  // The time axis covers the decisions too: an abort comes after the last evaluation.
+  const scales = {
+    x: {
+      time: true,
+      range: (u, min, max) => {
+        const ds = entry.decisions;
+        if (!ds.length) return [min, max];
+        const lo = ds[0].at / 1000;
+        const hi = ds[ds.length - 1].at / 1000;
+        return [min == null ? lo : Math.min(min, lo), max == null ? hi : Math.max(max, hi)];
+      },
+    },
+  };
   if (kind === 'rate') {
     axes.push({ scale: '%', side: 1, label: 'weight %', grid: { show: false } });
     scales['%'] = { range: [0, 100] };
@@ -429,15 +456,16 @@ function drawChart(key, container, kind, points, decisions, windowMs) {
       label: d.label, stroke: d.stroke, width: d.width || 1.5, dash: d.dash, scale: d.scale, spanGaps: false,
       points: { show: false },
     }))],
-    plugins: [markers(() => entry.decisions)],
+    plugins: [markers(() => entry.decisions, caption)],
     legend: { live: true },
   }, data, box);
+  box.append(caption);
   charts[key] = entry;
 }
 
 function resizeCharts() {
   for (const [key, c] of Object.entries(charts)) {
-    const box = c.plot.root.parentElement;
+    const box = c.plot.root.parentElement; // the chart's container (the caption follows the plot)
     if (box && box.offsetParent !== null) {
       c.plot.setSize({ width: Math.max(box.clientWidth, 240), height: window.innerWidth < 600 ? 200 : 240 });
     }
