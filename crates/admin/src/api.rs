@@ -273,3 +273,10 @@ pub struct HistoryQuery {
     #[serde(default)]
     pub verify: bool,
 }
+
+/// `POST /ui/login`: the admin token, exchanged for a dashboard session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    pub token: String,
+}

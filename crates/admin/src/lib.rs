@@ -5,10 +5,16 @@
 //!
 //! This crate only translates: requests are parsed and validated here, then handed to a
 //! [`Handler`] that the host implements. It must never decide anything about a rollout itself and
-//! never serve anything but `/healthz` without the bearer token (DESIGN.md, security defaults:
-//! "Admin API on 127.0.0.1 only, bearer token required, file mode 0600"). Bad input is refused
-//! with a JSON error naming the field before the handler sees it (invariant 9: it never
+//! never serve any data without the bearer token (DESIGN.md, security defaults: "Admin API on
+//! 127.0.0.1 only, bearer token required, file mode 0600"): only `/healthz`, the dashboard's
+//! page and embedded assets (the same in every binary) and its login are open. Bad input is
+//! refused with a JSON error naming the field before the handler sees it (invariant 9: it never
 //! half-applies).
+//!
+//! The dashboard (`dashboard.rs`, docs/dashboard.md) trades the token for an `HttpOnly`,
+//! `SameSite=Strict` session cookie; a state change made with the cookie must carry the
+//! session's CSRF token. It follows the host's live feed ([`Handler::events`]) as server-sent
+//! events.
 //!
 //! Every route is in [`ROUTES`], from which the router is built; `docs/admin-api.yaml` is the
 //! OpenAPI reference, tested to list exactly those routes.
@@ -21,16 +27,18 @@
 mod alerts;
 mod api;
 mod client;
+mod dashboard;
 mod server;
 mod tls;
 mod token;
 
 pub use alerts::{Alert, AlertStatus, AlertmanagerPayload};
 pub use api::{
-    check_version, ApiError, DeployRequest, HistoryQuery, LogsChunk, LogsQuery, Verb, VerbRequest,
-    LOGS_CHUNK,
+    check_version, ApiError, DeployRequest, HistoryQuery, LoginRequest, LogsChunk, LogsQuery, Verb,
+    VerbRequest, LOGS_CHUNK,
 };
 pub use client::{AdminClient, ClientError};
+pub use dashboard::{CSRF_HEADER, SESSION_COOKIE};
 pub use server::{router, serve, BoxFuture, Endpoint, Handler, Method, Route, BODY_LIMIT, ROUTES};
 pub use tls::{client_tls, serve_tls, ClientTlsError, ServerConfigSource};
 pub use token::{ensure_token, AdminError, TOKEN_FILE};

@@ -3,21 +3,27 @@
 
 use crate::alerts::AlertmanagerPayload;
 use crate::api::{
-    check_version, ApiError, DeployRequest, HistoryQuery, LogsQuery, Verb, VerbRequest,
+    check_version, ApiError, DeployRequest, HistoryQuery, LoginRequest, LogsQuery, Verb,
+    VerbRequest,
 };
+use crate::dashboard::{self, Sessions, CSRF_HEADER};
 use crate::token::TOKEN_FILE;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path as UrlPath, Query, Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{on, MethodFilter, MethodRouter};
 use axum::{Json, Router};
 use serde_json::Value;
+use std::convert::Infallible;
 use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{broadcast, watch};
 
 /// A boxed `Send` future, so [`Handler`] stays object safe (`Arc<dyn Handler>`).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -51,6 +57,24 @@ pub trait Handler: Send + Sync + 'static {
     fn alerts(&self, payload: AlertmanagerPayload) -> BoxFuture<'_, Result<Value, ApiError>> {
         let _ = payload;
         Box::pin(async { Err(ApiError::not_found("alert webhooks are not enabled")) })
+    }
+    /// `GET /v1/events`: a subscription to the host's live feed. Each item is
+    /// `{"type": "status" | "decision", "data": ...}`: a status document (as `GET /v1/status`)
+    /// whenever something may have changed, and each decision as it is made. The default has no
+    /// feed (404).
+    fn events(&self) -> Option<broadcast::Receiver<Value>> {
+        None
+    }
+    /// `GET /v1/history/{rollout}/replay`: a past rollout's recorded measurements and decisions
+    /// (from the same recording `cutover export` writes), as chart series. The default refuses
+    /// with 404.
+    fn replay(&self, rollout: i64) -> BoxFuture<'_, Result<Value, ApiError>> {
+        let _ = rollout;
+        Box::pin(async {
+            Err(ApiError::not_found(
+                "rollout recordings are not available here",
+            ))
+        })
     }
 }
 
@@ -91,6 +115,20 @@ pub enum Endpoint {
     Logs,
     Alerts,
     Metrics,
+    /// The dashboard's page (`/`).
+    Dashboard,
+    /// One of the dashboard's embedded files.
+    Asset,
+    /// Exchanges the token for a dashboard session cookie.
+    Login,
+    /// The session's CSRF token.
+    Session,
+    /// Ends the dashboard session.
+    Logout,
+    /// The live feed, as server-sent events.
+    Events,
+    /// A past rollout's recorded charts and decisions.
+    Replay,
 }
 
 /// One route of the admin API.
@@ -137,6 +175,34 @@ pub const ROUTES: &[Route] = &[
     // Prometheus scrapes this one: it needs the token too (`authorization` in the scrape
     // config), since it names versions and rollout decisions.
     Route::authed(Method::Get, "/metrics", Endpoint::Metrics),
+    Route::authed(Method::Get, "/v1/events", Endpoint::Events),
+    Route::authed(
+        Method::Get,
+        "/v1/history/{rollout}/replay",
+        Endpoint::Replay,
+    ),
+    // The dashboard. Its page and assets hold no data (they are the same in every binary), so
+    // they are open; the page logs in before it asks for anything.
+    Route {
+        method: Method::Get,
+        path: "/",
+        auth: false,
+        endpoint: Endpoint::Dashboard,
+    },
+    Route {
+        method: Method::Get,
+        path: "/assets/{file}",
+        auth: false,
+        endpoint: Endpoint::Asset,
+    },
+    Route {
+        method: Method::Post,
+        path: "/ui/login",
+        auth: false,
+        endpoint: Endpoint::Login,
+    },
+    Route::authed(Method::Get, "/ui/session", Endpoint::Session),
+    Route::authed(Method::Post, "/ui/logout", Endpoint::Logout),
 ];
 
 /// The handler serving `endpoint` on `method`.
@@ -157,6 +223,13 @@ fn method_router(method: Method, endpoint: Endpoint) -> MethodRouter<AppState> {
         Endpoint::Logs => on(m, logs),
         Endpoint::Alerts => on(m, alerts),
         Endpoint::Metrics => on(m, metrics),
+        Endpoint::Dashboard => on(m, || async { &dashboard::INDEX }),
+        Endpoint::Asset => on(m, asset),
+        Endpoint::Login => on(m, login),
+        Endpoint::Session => on(m, session),
+        Endpoint::Logout => on(m, logout),
+        Endpoint::Events => on(m, events),
+        Endpoint::Replay => on(m, replay),
     }
 }
 
@@ -166,6 +239,9 @@ struct AppState {
     token: Arc<str>,
     /// Said in the 401 message so the operator knows where to look.
     token_hint: Arc<str>,
+    sessions: Arc<Sessions>,
+    /// Becomes `true` when the server shuts down: open event streams end.
+    closing: watch::Receiver<bool>,
 }
 
 /// Serves the admin API on `listener` until `shutdown` completes, then finishes in-flight
@@ -176,14 +252,30 @@ pub async fn serve(
     handler: Arc<dyn Handler>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(token, handler, None))
-        .with_graceful_shutdown(shutdown)
+    // Event streams never finish on their own: told of the shutdown, they end, so the
+    // graceful shutdown does not wait for an open dashboard forever.
+    let (closing_tx, closing) = watch::channel(false);
+    axum::serve(listener, build(token, handler, None, closing))
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            let _ = closing_tx.send(true);
+        })
         .await
 }
 
 /// The admin API as a [`Router`], for embedding. `token_path`, when known, is named in the 401
 /// message.
 pub fn router(token: String, handler: Arc<dyn Handler>, token_path: Option<&Path>) -> Router {
+    // Embedded, the router is not told of a shutdown: its event streams end with the feed.
+    build(token, handler, token_path, watch::channel(false).1)
+}
+
+fn build(
+    token: String,
+    handler: Arc<dyn Handler>,
+    token_path: Option<&Path>,
+    closing: watch::Receiver<bool>,
+) -> Router {
     let token_hint = match token_path {
         Some(p) => p.display().to_string(),
         None => format!("{TOKEN_FILE} in cutover's state directory"),
@@ -192,6 +284,8 @@ pub fn router(token: String, handler: Arc<dyn Handler>, token_path: Option<&Path
         handler,
         token: token.into(),
         token_hint: token_hint.into(),
+        sessions: Arc::default(),
+        closing,
     };
     let (mut public, mut authed) = (Router::new(), Router::new());
     for r in ROUTES {
@@ -207,7 +301,9 @@ pub fn router(token: String, handler: Arc<dyn Handler>, token_path: Option<&Path
     let authed = authed.route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     public
         .merge(authed)
-        .fallback(|| async { ApiError::not_found("no such route: the API lives under /v1") })
+        .fallback(|| async {
+            ApiError::not_found("no such route: the API lives under /v1, the dashboard at /")
+        })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
                 405,
@@ -219,6 +315,8 @@ pub fn router(token: String, handler: Arc<dyn Handler>, token_path: Option<&Path
         .with_state(state)
 }
 
+/// The bearer token (the CLI, scripts, Prometheus, Alertmanager), or a dashboard session cookie;
+/// with the cookie, a state change (anything but GET) must also carry the session's CSRF token.
 async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let presented = req
         .headers()
@@ -234,11 +332,32 @@ async fn require_token(State(state): State<AppState>, req: Request, next: Next) 
             state.token_hint
         ))
         .into_response(),
-        None => ApiError::unauthorized(format!(
-            "missing `Authorization: Bearer <token>` header: the token is in {}",
-            state.token_hint
-        ))
-        .into_response(),
+        None => match dashboard::session_cookie(req.headers()) {
+            Some(id) => match state.sessions.csrf(id) {
+                Some(csrf) => {
+                    if req.method() != axum::http::Method::GET {
+                        let sent = req.headers().get(CSRF_HEADER).map(|v| v.as_bytes());
+                        match sent {
+                            Some(s) if constant_time_eq(s, csrf.as_bytes()) => {}
+                            other => {
+                                return dashboard::csrf_refused(other.is_some()).into_response()
+                            }
+                        }
+                    }
+                    next.run(req).await
+                }
+                None => ApiError::unauthorized(
+                    "the dashboard session has ended (cutover restarted, or it expired): log in \
+                     again with the admin token",
+                )
+                .into_response(),
+            },
+            None => ApiError::unauthorized(format!(
+                "missing `Authorization: Bearer <token>` header: the token is in {}",
+                state.token_hint
+            ))
+            .into_response(),
+        },
     }
 }
 
@@ -360,6 +479,116 @@ async fn metrics(State(s): State<AppState>) -> Response {
     }
 }
 
+async fn asset(UrlPath(file): UrlPath<String>) -> Response {
+    match dashboard::asset(&file) {
+        Some(a) => a.into_response(),
+        None => ApiError::not_found(format!("no dashboard asset {file:?}")).into_response(),
+    }
+}
+
+/// `POST /ui/login`: the token for a session cookie and the session's CSRF token.
+async fn login(
+    State(s): State<AppState>,
+    body: Result<Json<LoginRequest>, JsonRejection>,
+) -> Response {
+    let req = match body {
+        Ok(Json(req)) => req,
+        Err(r) => return json_rejection(r).into_response(),
+    };
+    if !constant_time_eq(req.token.trim().as_bytes(), s.token.as_bytes()) {
+        return ApiError::unauthorized(format!(
+            "token: wrong admin token: use the token in {}",
+            s.token_hint
+        ))
+        .into_response();
+    }
+    let (id, csrf) = s.sessions.create();
+    (
+        [(header::SET_COOKIE, dashboard::set_cookie(&id))],
+        Json(serde_json::json!({ "csrf": csrf })),
+    )
+        .into_response()
+}
+
+/// `GET /ui/session`: the CSRF token of the cookie's session (`null` with the bearer token).
+async fn session(State(s): State<AppState>, headers: HeaderMap) -> Response {
+    let csrf = dashboard::session_cookie(&headers).and_then(|id| s.sessions.csrf(id));
+    Json(serde_json::json!({ "csrf": csrf })).into_response()
+}
+
+/// `POST /ui/logout`: ends the cookie's session.
+async fn logout(State(s): State<AppState>, headers: HeaderMap) -> Response {
+    if let Some(id) = dashboard::session_cookie(&headers) {
+        s.sessions.remove(id);
+    }
+    (
+        [(header::SET_COOKIE, dashboard::clear_cookie())],
+        Json(serde_json::json!({ "ok": true })),
+    )
+        .into_response()
+}
+
+/// One SSE event from a feed item `{"type": ..., "data": ...}`.
+fn sse_event(item: &Value) -> SseEvent {
+    let kind = item["type"].as_str().unwrap_or("message");
+    SseEvent::default()
+        .event(kind)
+        .data(item["data"].to_string())
+}
+
+/// `GET /v1/events`: the current status first, then the host's feed as it comes. A subscriber
+/// that falls behind gets a fresh status instead of what it missed.
+async fn events(State(s): State<AppState>) -> Response {
+    let Some(rx) = s.handler.events() else {
+        return ApiError::not_found("live events are not available here").into_response();
+    };
+    let first = match s.handler.status().await {
+        Ok(v) => v,
+        Err(e) => return e.into_response(),
+    };
+    let first = serde_json::json!({"type": "status", "data": first});
+    let stream = futures_util::stream::unfold(
+        (Some(first), rx, s.handler.clone(), s.closing.clone()),
+        |(pending, mut rx, handler, mut closing)| async move {
+            if let Some(item) = pending {
+                let next = (None, rx, handler, closing);
+                return Some((Ok::<_, Infallible>(sse_event(&item)), next));
+            }
+            loop {
+                let received = tokio::select! {
+                    _ = closing.wait_for(|c| *c) => return None,
+                    r = rx.recv() => r,
+                };
+                match received {
+                    Ok(item) => {
+                        return Some((Ok(sse_event(&item)), (None, rx, handler, closing)));
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        if let Ok(v) = handler.status().await {
+                            let item = serde_json::json!({"type": "status", "data": v});
+                            return Some((Ok(sse_event(&item)), (None, rx, handler, closing)));
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        },
+    );
+    Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response()
+}
+
+async fn replay(State(s): State<AppState>, UrlPath(rollout): UrlPath<String>) -> Response {
+    let Ok(id) = rollout.parse::<i64>() else {
+        return ApiError::invalid(format!(
+            "rollout: {rollout:?} is not a rollout number: `cutover history` lists them"
+        ))
+        .into_response();
+    };
+    reply(s.handler.replay(id).await)
+}
+
 #[cfg(test)]
 mod tests {
     use super::{constant_time_eq, Endpoint, Method, ROUTES};
@@ -380,9 +609,10 @@ mod tests {
         for r in ROUTES {
             assert!(seen.insert((r.method, r.path)), "{r:?} listed twice");
         }
-        // Only the admin API's own liveness is open.
+        // Only the admin API's own liveness, the dashboard's (data-free) page and assets, and
+        // its login are open.
         let open: Vec<&str> = ROUTES.iter().filter(|r| !r.auth).map(|r| r.path).collect();
-        assert_eq!(open, ["/healthz"]);
+        assert_eq!(open, ["/healthz", "/", "/assets/{file}", "/ui/login"]);
     }
 
     #[test]

@@ -31,9 +31,10 @@ fn document() -> Value {
 fn requires_token(security: &Value) -> bool {
     let list = security.as_array().expect("security is a list");
     !list.is_empty()
-        && list
-            .iter()
-            .all(|req| req.as_object().is_some_and(|o| o.contains_key("bearer")))
+        && list.iter().all(|req| {
+            req.as_object()
+                .is_some_and(|o| o.contains_key("bearer") || o.contains_key("session"))
+        })
 }
 
 /// One operation: method (upper case), path, whether it needs the token.
@@ -143,9 +144,10 @@ fn every_operation_documents_its_answers_and_every_reference_resolves() {
             responses.keys().any(|k| k.starts_with('2')),
             "{what}: no 2xx"
         );
+        // The login route needs no token to be asked, but refuses a wrong one in its body.
         assert_eq!(
             responses.contains_key("401"),
-            auth,
+            auth || path == "/ui/login",
             "{what}: 401 documented iff the token is needed"
         );
         for (code, response) in responses {
@@ -198,6 +200,14 @@ impl Handler for Ok200 {
             )
         })
     }
+    /// A feed that has already ended: the stream sends the status and closes, so a raw
+    /// `Connection: close` exchange completes.
+    fn events(&self) -> Option<tokio::sync::broadcast::Receiver<Value>> {
+        Some(tokio::sync::broadcast::channel(1).1)
+    }
+    fn replay(&self, _: i64) -> BoxFuture<'_, Result<Value, ApiError>> {
+        Box::pin(async { Ok(json!({"rollout": 1, "points": [], "decisions": [], "summary": {}})) })
+    }
 }
 
 /// One raw HTTP/1.1 exchange: the status and the body.
@@ -231,10 +241,22 @@ async fn exchange(
 /// A body each documented request body accepts.
 fn body_for(path: &str) -> &'static str {
     match path {
+        "/ui/login" => concat!(
+            r#"{"token": ""#,
+            "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+            r#""}"#
+        ),
         "/v1/deploy" => r#"{"version": "v2"}"#,
         "/v1/alerts" => r#"{"version": "4", "status": "firing", "alerts": []}"#,
         _ => "",
     }
+}
+
+/// A templated path with a valid value for its parameter.
+fn concrete(path: &str) -> String {
+    path.replace("{version}", "v2")
+        .replace("{rollout}", "1")
+        .replace("{file}", "app.js")
 }
 
 #[tokio::test]
@@ -249,7 +271,7 @@ async fn the_live_server_answers_each_documented_operation_as_documented() {
     for (method, path, auth) in &ops {
         let body = body_for(path);
         // A templated path is asked with a valid value for its parameter.
-        let path = &path.replace("{version}", "v2");
+        let path = &concrete(path);
         let (status, text) = exchange(addr, method, path, false, body).await;
         let expected = if *auth { 401 } else { 200 };
         assert_eq!(
@@ -265,8 +287,7 @@ async fn the_live_server_answers_each_documented_operation_as_documented() {
             if ops.iter().any(|(m, p, _)| m == method && p == path) {
                 continue;
             }
-            let concrete = path.replace("{version}", "v2");
-            let (status, text) = exchange(addr, method, &concrete, true, "").await;
+            let (status, text) = exchange(addr, method, &concrete(path), true, "").await;
             assert_eq!(status, 405, "{method} {path}: {text}");
         }
     }

@@ -251,7 +251,7 @@ pub async fn run(state_dir: Option<PathBuf>, rate: u32) -> Result<(), CommandErr
         dir.display()
     );
     println!(
-        "  watch it from another terminal: cutover -c {} status --watch\n",
+        "  watch it from another terminal: cutover -c {} status --watch",
         config_path.display()
     );
 
@@ -259,6 +259,17 @@ pub async fn run(state_dir: Option<PathBuf>, rate: u32) -> Result<(), CommandErr
     let running = crate::runtime::start(loaded)
         .await
         .map_err(|e| CommandError::Other(e.into()))?;
+    println!(
+        "  or in a browser: http://{}/ (log in with the token in {})\n",
+        running.admin_addr,
+        // Without the `./` a state_dir of "." leaves in the path.
+        running
+            .state_dir
+            .join(cutover_admin::TOKEN_FILE)
+            .components()
+            .collect::<PathBuf>()
+            .display()
+    );
     let client = running.client();
     let result = scenario(&client, running.proxy_addr, rate, started).await;
     println!("\nshutting down (draining the proxy, stopping instances)...");

@@ -14,6 +14,7 @@
 pub mod audit;
 pub mod commands;
 pub mod config;
+pub mod dashboard;
 pub mod delivery;
 pub mod demo;
 pub mod logs;

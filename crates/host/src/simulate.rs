@@ -24,6 +24,15 @@ pub fn recording(config_path: &Path, rollout: Option<i64>) -> Result<Recording, 
         )));
     }
     let store = Store::open_read_only(&db).map_err(|e| CommandError::Other(e.into()))?;
+    recording_from_store(&store, rollout)
+}
+
+/// A rollout's recording (the last one's without `rollout`) out of an open state store: what
+/// `cutover export` writes and the dashboard's replay charts.
+pub fn recording_from_store(
+    store: &Store,
+    rollout: Option<i64>,
+) -> Result<Recording, CommandError> {
     let id = match rollout {
         Some(id) => {
             store

@@ -38,6 +38,9 @@ pub struct InstanceView {
     pub restarts: u32,
     pub starts: u64,
     pub in_flight: usize,
+    /// WebSocket sessions the proxy relays to it.
+    #[serde(default)]
+    pub websockets: usize,
     /// The last readiness probe's result (`GET /ready → passed`, or why it failed).
     #[serde(default)]
     pub last_probe: Option<String>,

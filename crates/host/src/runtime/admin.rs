@@ -20,6 +20,10 @@ pub(super) struct AdminHandler {
     /// Read-only here: which instances still run (`logs` answers `running`).
     pub supervisor: Supervisor,
     pub log_dir: PathBuf,
+    /// The dashboard's live feed (`GET /v1/events`), which the driver publishes to.
+    pub feed: crate::dashboard::Feed,
+    /// For `replay`: the policy a recording is replayed with.
+    pub spec: cutover_core::spec::RolloutSpec,
 }
 
 impl AdminHandler {
@@ -87,6 +91,25 @@ impl Handler for AdminHandler {
     }
     fn alerts(&self, payload: AlertmanagerPayload) -> BoxFuture<'_, Result<Value, ApiError>> {
         Box::pin(async move { self.ask(|tx| Request::Alerts(payload, tx)).await? })
+    }
+    fn events(&self) -> Option<tokio::sync::broadcast::Receiver<Value>> {
+        Some(self.feed.subscribe())
+    }
+    fn replay(&self, rollout: i64) -> BoxFuture<'_, Result<Value, ApiError>> {
+        Box::pin(async move {
+            // Read on the store's thread, replayed on a blocking thread: neither on a worker.
+            let read = self
+                .store
+                .call(move |s| crate::dashboard::replay_read(s, rollout))
+                .await
+                .map_err(|e| ApiError::internal(e.to_string()))??;
+            let spec = self.spec.clone();
+            tokio::task::spawn_blocking(move || {
+                crate::dashboard::replay_series(&read.0, read.1, &spec)
+            })
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))
+        })
     }
 }
 

@@ -90,6 +90,9 @@ pub(super) struct Seams {
     pub store: Arc<dyn StateStore>,
     pub notifier: Arc<dyn Notifications>,
     pub clock: Arc<dyn Clock>,
+    /// The dashboard's live feed: a status after every change, each decision as it is made
+    /// (built only while a dashboard is open).
+    pub feed: crate::dashboard::Feed,
 }
 
 /// The PromQL side: scrape targets out, scraped series and Prometheus' results in.
@@ -127,6 +130,10 @@ pub(super) struct Driver {
     proxy_addr: SocketAddr,
     /// Follow-up events, handled in order after the outcome that queued them.
     queue: VecDeque<Event>,
+    /// Something changed: the dashboard's feed gets a status once the queue is settled.
+    publish_after: bool,
+    /// The dashboard's live feed (see [`Seams::feed`]).
+    feed: crate::dashboard::Feed,
     /// The `commit` / `committed_at` of the deploy being applied, recorded with its rollout.
     pending_commit: Option<(String, i64)>,
     /// Whether an instance was ready at the last recorded serving change (`cutover report`).
@@ -173,6 +180,7 @@ impl Driver {
             store: seams.store,
             notifier: seams.notifier,
             clock: seams.clock,
+            feed: seams.feed,
             loaded,
             engine,
             recorder,
@@ -181,6 +189,7 @@ impl Driver {
             exposition: scrape::ExpositionHealth::default(),
             proxy_addr,
             queue: VecDeque::new(),
+            publish_after: false,
             pending_commit: None,
             serving: None,
             persist_failure: None,
@@ -224,13 +233,18 @@ impl Driver {
                     self.record_serving(false, true);
                     break;
                 }
-                _ = sleep_until_some(wake) => self.on_timeout(),
-                Some(req) = requests.recv() => self.request(req).await,
+                _ = sleep_until_some(wake) => { self.on_timeout(); self.publish_after = true; }
+                Some(req) = requests.recv() => {
+                    let reads = matches!(req, Request::Status(_) | Request::Metrics(_));
+                    self.request(req).await;
+                    self.publish_after |= !reads;
+                }
                 changed = self.fleet_rx.changed() => {
                     if changed.is_err() { break; }
                     self.on_fleet();
+                    self.publish_after = true;
                 }
-                _ = ticker.tick() => self.on_tick(),
+                _ = ticker.tick() => { self.on_tick(); self.publish_after = true; }
                 Some(scraped) = self.scraping.scraped.recv() => self.on_scraped(scraped),
                 Some(e) = self.behind_rx.recv() => self.behind_failed(&e),
                 _ = gc.tick() => {
@@ -240,7 +254,16 @@ impl Driver {
                 }
             }
             self.settle().await;
+            if std::mem::take(&mut self.publish_after) {
+                self.publish();
+            }
         }
+    }
+
+    /// A fresh status on the dashboard's feed, when a dashboard is open.
+    fn publish(&self) {
+        self.feed
+            .status(|| serde_json::to_value(self.status()).unwrap_or_default());
     }
 
     /// Queues a follow-up event (once: the same event already waiting is not queued again).
@@ -344,6 +367,7 @@ impl Driver {
             info!(rollout = d.rollout, kind = d.kind.as_str(), numbers = %d.numbers, "{}", d.reason);
             *self.decision_counts.entry(d.kind.as_str()).or_default() += 1;
             self.notify(d, anchors.get(i));
+            self.feed.decision(d);
         }
         for action in outcome.actions {
             self.act(action).await;
@@ -809,6 +833,7 @@ impl Driver {
                     restarts: i.restarts,
                     starts: i.starts,
                     in_flight: self.routing.in_flight(i.addr),
+                    websockets: self.routing.websocket_sessions(i.addr),
                     last_probe: i.last_probe.clone(),
                     last_exit: i.last_exit.clone(),
                     log: self.instances.log_path(&i.id).display().to_string(),

@@ -26,6 +26,8 @@ pub trait Routing: Send + Sync {
     fn set_table(&self, table: RouteTable);
     /// Requests in flight to an instance (what a drain waits on).
     fn in_flight(&self, addr: SocketAddr) -> usize;
+    /// WebSocket sessions open to an instance (the dashboard's instance table).
+    fn websocket_sessions(&self, addr: SocketAddr) -> usize;
     /// Ends the WebSocket sessions still open to `addr` once `quiet` has passed (invariant 4).
     fn drain_websockets(
         &self,
@@ -92,6 +94,9 @@ impl Routing for Proxy {
     }
     fn in_flight(&self, addr: SocketAddr) -> usize {
         Proxy::in_flight(self, addr)
+    }
+    fn websocket_sessions(&self, addr: SocketAddr) -> usize {
+        Proxy::websocket_sessions(self, addr)
     }
     fn drain_websockets(
         &self,

@@ -73,6 +73,9 @@ impl Routing for FakeRouting {
     fn in_flight(&self, _: SocketAddr) -> usize {
         0
     }
+    fn websocket_sessions(&self, _: SocketAddr) -> usize {
+        0
+    }
     fn drain_websockets(&self, _: SocketAddr, _: Duration) -> BoxFuture<'static, WsDrainReport> {
         Box::pin(async {
             WsDrainReport {
@@ -327,6 +330,7 @@ impl Harness {
             clock: Arc::new(PausedClock {
                 origin: Instant::now(),
             }),
+            feed: Default::default(),
         };
         let (scraped_tx, scraped) = mpsc::channel(1);
         let scraping = Scraping {

@@ -263,6 +263,7 @@ pub async fn start_with(loaded: Loaded, opts: StartOptions) -> Result<Running, S
     let (req_tx, req_rx) = mpsc::channel(64);
     let store = StoreActor::spawn(store).map_err(StartError::StoreThread)?;
 
+    let feed = crate::dashboard::Feed::default();
     let mut tasks = Vec::new();
     {
         let proxy = proxy.clone();
@@ -293,6 +294,8 @@ pub async fn start_with(loaded: Loaded, opts: StartOptions) -> Result<Running, S
             store: store.clone(),
             supervisor: supervisor.clone(),
             log_dir: state_dir.join("logs"),
+            feed: feed.clone(),
+            spec: c.rollout.clone(),
         });
         let mut rx = shutdown_rx.clone();
         let token = token.clone();
@@ -377,6 +380,7 @@ pub async fn start_with(loaded: Loaded, opts: StartOptions) -> Result<Running, S
         store: Arc::new(store.clone()),
         notifier,
         clock: Arc::new(cutover_clock::SystemClock),
+        feed,
     };
     let scraping = Scraping {
         targets: targets_tx,
