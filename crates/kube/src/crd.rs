@@ -579,3 +579,167 @@ pub fn crd_yaml() -> String {
     let crd = Rollout::crd();
     serde_norway::to_string(&crd).unwrap_or_else(|e| format!("# could not render the CRD: {e}\n"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn spec(canary: serde_json::Value) -> RolloutSpec {
+        serde_json::from_value(json!({
+            "replicas": 2,
+            "template": {"spec": {"containers": [{"name": "a", "image": "a:1"}]}},
+            "strategy": {"canary": canary}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn argo_steps_map_onto_core_steps_with_their_pauses() {
+        let s = spec(json!({"steps": [
+            {"setWeight": 5}, {"pause": {"duration": "1m"}},
+            {"setWeight": 20},
+            {"setWeight": 50}, {"pause": {}}
+        ], "scaleDownDelaySeconds": 600}));
+        let core = s.to_core().unwrap();
+        assert_eq!(core.schedule, ScheduleKind::Steps);
+        assert_eq!(
+            core.steps,
+            vec![
+                StepSpec {
+                    weight: Some(5.0),
+                    pause: Some(PauseSpec::For(Dur::from_secs(60)))
+                },
+                StepSpec {
+                    weight: Some(20.0),
+                    pause: None
+                },
+                StepSpec {
+                    weight: Some(50.0),
+                    pause: Some(PauseSpec::UntilPromoted)
+                },
+            ]
+        );
+        assert_eq!(core.hold_previous, Dur::from_secs(600));
+        assert!(core.gates.is_empty() && core.aborts.is_empty());
+    }
+
+    #[test]
+    fn the_defaults_are_the_blueprints() {
+        let core = spec(json!({})).to_core().unwrap();
+        assert_eq!(core.schedule, ScheduleKind::Double);
+        assert_eq!(core.initial_weight, 2.0);
+        assert_eq!(core.step_interval, Dur::from_secs(90));
+        assert_eq!(core.hold_previous, Dur::from_secs(3600));
+    }
+
+    #[test]
+    fn promql_rules_become_prometheus_rules() {
+        let core = spec(json!({"analysis": {
+            "prometheus": "http://p:9090", "interval": "10s",
+            "gates": [{"name": "g", "query": "x{version=\"{{version}}\"} > 1"}],
+            "aborts": [{"name": "a", "query": "y > 2", "for": "45s"}]
+        }}))
+        .to_core()
+        .unwrap();
+        assert_eq!(core.interval, Dur::from_secs(10));
+        assert!(
+            matches!(&core.gates[0], GateSpec::Promql { name, provider: Provider::Prometheus, .. } if name == "g")
+        );
+        assert!(
+            matches!(&core.aborts[0], AbortSpec::Promql { for_, .. } if *for_ == Dur::from_secs(45))
+        );
+    }
+
+    #[test]
+    fn bad_specs_name_the_field_and_the_fix() {
+        let cases = [
+            (
+                json!({"maxUnavailable": 1}),
+                "spec.strategy.canary.maxUnavailable",
+                "make-before-break",
+            ),
+            (
+                json!({"maxSurge": "abc"}),
+                "spec.strategy.canary.maxSurge",
+                "25%",
+            ),
+            (
+                json!({"steps": [{"setWeight": 150}]}),
+                "spec.strategy.canary.steps[0].setWeight",
+                "percentage",
+            ),
+            (
+                json!({"steps": [{"pause": {"duration": "soon"}}]}),
+                "spec.strategy.canary.steps[0].pause.duration",
+                "unit",
+            ),
+            (
+                json!({"steps": [{}]}),
+                "spec.strategy.canary.steps[0]",
+                "setWeight or pause",
+            ),
+            (
+                json!({"stepInterval": "x"}),
+                "spec.strategy.canary.stepInterval",
+                "unit",
+            ),
+            (
+                json!({"analysis": {"gates": [{"name": "g", "query": "x > 1"}]}}),
+                "spec.strategy.canary.analysis.prometheus",
+                "base URL",
+            ),
+            (
+                json!({"analysis": {"prometheus": "http://p", "aborts": [{"name": "a", "query": "x >"}]}}),
+                "spec.strategy.canary.analysis.aborts[0].query",
+                "PromQL",
+            ),
+            (
+                json!({"analysis": {"prometheus": "http://p", "gates": [{"name": "g", "query": "x > 1"}, {"name": "g", "query": "y > 1"}]}}),
+                "spec.strategy.canary.analysis.gates[1].name",
+                "own name",
+            ),
+            (
+                json!({"trafficRouting": {"stableService": "s", "canaryService": "c"}}),
+                "spec.strategy.canary.trafficRouting",
+                "exactly one",
+            ),
+        ];
+        for (canary, path, fix) in cases {
+            let e = spec(canary.clone()).to_core().unwrap_err().to_string();
+            assert!(e.starts_with(&format!("{path}: ")), "{canary}: {e}");
+            assert!(e.contains(fix), "{canary}: {e}");
+        }
+        let mut both = spec(json!({}));
+        both.workload_ref = Some(WorkloadRef {
+            api_version: "apps/v1".into(),
+            kind: "Deployment".into(),
+            name: "d".into(),
+        });
+        assert!(both
+            .to_core()
+            .unwrap_err()
+            .to_string()
+            .starts_with("spec.template: "));
+    }
+
+    #[test]
+    fn the_crd_has_the_status_subresource_and_argo_names() {
+        let y = crd_yaml();
+        for want in [
+            "group: cutover.dev",
+            "kind: Rollout",
+            "status: {}",
+            "setWeight",
+            "scaleDownDelaySeconds",
+            "abortScaleDownDelaySeconds",
+            "revisionHistoryLimit",
+            "maxSurge",
+            "maxUnavailable",
+            "trafficRouting",
+            "x-kubernetes-preserve-unknown-fields",
+        ] {
+            assert!(y.contains(want), "{want} missing from the CRD");
+        }
+    }
+}

@@ -68,14 +68,46 @@ impl Leadership {
         *self.rx.borrow() && fenced
     }
 
-    /// Waits until the lease is held (false if the channel closed while not).
+    /// Waits until this replica may write: the lease held and, when fenced, confirmed by a
+    /// read of the Lease (false if the manager stopped first).
     pub async fn acquired(&mut self) -> bool {
-        self.rx.wait_for(|l| *l).await.is_ok()
+        loop {
+            if self.is_leader() {
+                return true;
+            }
+            tokio::select! {
+                changed = self.rx.changed() => {
+                    if changed.is_err() {
+                        // The manager is gone: nothing will change any more.
+                        return self.is_leader();
+                    }
+                }
+                () = tokio::time::sleep(Duration::from_millis(200)) => {}
+            }
+        }
     }
 
-    /// Waits until the manager reports the lease lost (or the channel closed).
+    /// Waits until this replica may no longer write: the manager saw the lease lost, or the
+    /// fence ran out (renewals failing).
     pub async fn lost(&mut self) {
-        let _ = self.rx.wait_for(|l| !*l).await;
+        loop {
+            if !self.is_leader() {
+                return;
+            }
+            tokio::select! {
+                changed = self.rx.changed() => {
+                    if changed.is_err() {
+                        if self.fence.is_none() {
+                            // `always()`: the value can never change.
+                            std::future::pending::<()>().await;
+                        }
+                        // The lease manager is gone: nobody renews the Lease any more.
+                        return;
+                    }
+                }
+                () = tokio::time::sleep(Duration::from_millis(200)) => {}
+            }
+        }
     }
 }
 
@@ -131,5 +163,16 @@ mod tests {
         l.confirm(Duration::from_secs(10));
         tx.send(false).unwrap();
         assert!(!l.is_leader(), "the manager saw the lease taken");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn lost_returns_when_the_fence_runs_out() {
+        let (_tx, rx) = watch::channel(true);
+        let mut l = Leadership::fenced(rx);
+        l.confirm(Duration::from_secs(10));
+        assert!(l.acquired().await);
+        let t0 = Instant::now();
+        l.lost().await;
+        assert!(t0.elapsed() >= Duration::from_secs(10), "{:?}", t0.elapsed());
     }
 }

@@ -97,8 +97,42 @@ impl Context {
 /// digits, the ReplicaSet's suffix) and identifies it (`digest`, the whole SHA-256): a
 /// changed image or setting is a new release.
 pub fn release_of(template: &Value) -> Release {
-    let digest = hex::encode(Sha256::digest(template.to_string().as_bytes()));
+    let mut canonical = String::new();
+    write_canonical(template, &mut canonical);
+    let digest = hex::encode(Sha256::digest(canonical.as_bytes()));
     Release::new(&digest[..10], format!("sha256:{digest}"))
+}
+
+/// JSON with every object's keys sorted, so the same template hashes the same whatever order
+/// its keys arrive in.
+fn write_canonical(v: &Value, out: &mut String) {
+    match v {
+        Value::Object(m) => {
+            let mut keys: Vec<&String> = m.keys().collect();
+            keys.sort();
+            out.push('{');
+            for (i, k) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(k.clone()).to_string());
+                out.push(':');
+                write_canonical(&m[k], out);
+            }
+            out.push('}');
+        }
+        Value::Array(a) => {
+            out.push('[');
+            for (i, x) in a.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_canonical(x, out);
+            }
+            out.push(']');
+        }
+        other => out.push_str(&other.to_string()),
+    }
 }
 
 /// Pods of the canary: with a router, `maxSurge` (the canary takes its share of traffic
@@ -274,10 +308,16 @@ async fn reconcile_once(ro: &Rollout, ctx: &Context) -> Result<Action, Error> {
     };
     let release = release_of(&template);
 
-    let persisted: Option<State> = old_status
-        .engine
-        .as_ref()
-        .and_then(|v| serde_json::from_value(v.clone()).ok());
+    // A state that does not parse is an error, never a fresh start: that would deploy again.
+    let persisted: Option<State> = match &old_status.engine {
+        None => None,
+        Some(v) => Some(serde_json::from_value(v.clone()).map_err(|e| {
+            Error::Other(format!(
+                "status.engine of Rollout {key} is not an engine state ({e}); restore it from a \
+                 backup, or delete the Rollout's status to start over from its template"
+            ))
+        })?),
+    };
     let mut engine = {
         let cache = ctx
             .engines
@@ -822,4 +862,20 @@ async fn converge_route(
             .await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_release_is_the_template_whatever_its_key_order() {
+        let a: Value = serde_json::from_str(r#"{"spec":{"containers":[{"name":"a","image":"x:1"}]},"metadata":{"labels":{"app":"a"}}}"#).unwrap();
+        let b: Value = serde_json::from_str(r#"{"metadata":{"labels":{"app":"a"}},"spec":{"containers":[{"image":"x:1","name":"a"}]}}"#).unwrap();
+        assert_eq!(release_of(&a), release_of(&b));
+        let c: Value = serde_json::from_str(r#"{"metadata":{"labels":{"app":"a"}},"spec":{"containers":[{"image":"x:2","name":"a"}]}}"#).unwrap();
+        assert_ne!(release_of(&a).digest, release_of(&c).digest);
+        assert_eq!(release_of(&a).version.len(), 10);
+        assert!(release_of(&a).digest.starts_with("sha256:"));
+    }
 }
