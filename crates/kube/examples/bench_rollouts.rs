@@ -105,7 +105,7 @@ async fn main() {
                 } else {
                     serde_json::from_slice(&body).unwrap_or(json!({"metadata": {}}))
                 };
-                let _ = send.send_response(
+                send.send_response(
                     Response::builder()
                         .body(Body::from(serde_json::to_vec(&reply).unwrap()))
                         .unwrap(),

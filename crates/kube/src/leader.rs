@@ -173,6 +173,10 @@ mod tests {
         assert!(l.acquired().await);
         let t0 = Instant::now();
         l.lost().await;
-        assert!(t0.elapsed() >= Duration::from_secs(10), "{:?}", t0.elapsed());
+        assert!(
+            t0.elapsed() >= Duration::from_secs(10),
+            "{:?}",
+            t0.elapsed()
+        );
     }
 }
