@@ -103,7 +103,11 @@ pub async fn run(opts: Options) -> Result<(), ControllerError> {
         None => (Api::all(client.clone()), Api::all(client.clone())),
     };
     let clock = Arc::new(|| cutover_core::Timestamp::from_millis(cutover_clock::unix_millis()));
-    let ctx = Arc::new(Context::new(client, leadership.clone(), clock));
+    let reporter = kube::runtime::events::Reporter {
+        controller: "cutover-controller".into(),
+        instance: Some(opts.identity.clone()),
+    };
+    let ctx = Arc::new(Context::new(client, leadership.clone(), clock).with_events(reporter));
     let controller = Controller::new(rollouts, watcher::Config::default())
         .owns(
             replicasets,

@@ -18,7 +18,8 @@ use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, ApiResource, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
-use kube::{Client, ResourceExt};
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
+use kube::{Client, Resource, ResourceExt};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
@@ -66,6 +67,9 @@ pub struct Context {
     engines: Mutex<HashMap<String, Engine>>,
     /// How long a Prometheus query may take.
     pub prometheus_timeout: Duration,
+    /// Where each decision is also published as a Kubernetes Event (`kubectl describe
+    /// rollout`); `None`: conditions in `status` only.
+    events: Option<Recorder>,
 }
 
 impl Context {
@@ -80,7 +84,14 @@ impl Context {
             clock,
             engines: Mutex::new(HashMap::new()),
             prometheus_timeout: Duration::from_secs(5),
+            events: None,
         }
+    }
+
+    /// Publishes every decision and refusal as a Kubernetes Event, reported as `reporter`.
+    pub fn with_events(mut self, reporter: Reporter) -> Self {
+        self.events = Some(Recorder::new(self.client.clone(), reporter));
+        self
     }
 
     /// Every write goes through here first: a replica that lost its lease stops writing.
@@ -485,7 +496,55 @@ async fn reconcile_once(ro: &Rollout, ctx: &Context) -> Result<Action, Error> {
         }
     }
 
+    // Events last: they explain, they do not act, and must not delay traffic moving back.
+    publish_events(ctx, ro, &fed).await;
+
     Ok(requeue(&engine, &ro.spec, &core, &status, now))
+}
+
+/// Each decision (Normal; Warning for aborts, rollbacks, holds, breaches, crash loops) and
+/// each refusal (Warning) as an Event on the Rollout. A failure to publish is logged: the
+/// decision is in `status` already.
+async fn publish_events(ctx: &Context, ro: &Rollout, fed: &Fed) {
+    let Some(recorder) = &ctx.events else {
+        return;
+    };
+    use cutover_core::engine::DecisionKind as K;
+    let reference = ro.object_ref(&());
+    let decisions = fed.decisions.iter().map(|d| {
+        let warning = matches!(
+            d.kind,
+            K::Aborted | K::RolledBack | K::Hold | K::BreachStarted | K::CrashLoop
+        );
+        (camel(d.kind.as_str()), d.reason.clone(), warning)
+    });
+    let refusals = fed.refusals.iter().map(|(what, why)| {
+        (
+            format!("{what}Refused").replace("RefusedRefused", "Refused"),
+            why.clone(),
+            true,
+        )
+    });
+    for (reason, note, warning) in decisions.chain(refusals) {
+        if ctx.may_write().is_err() {
+            return;
+        }
+        let note: String = note.chars().take(1000).collect();
+        let ev = KubeEvent {
+            type_: if warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            action: reason.clone(),
+            reason,
+            note: Some(note),
+            secondary: None,
+        };
+        if let Err(e) = recorder.publish(&ev, &reference).await {
+            tracing::warn!(error = %e, rollout = %ro.name_any(), "could not publish an event");
+        }
+    }
 }
 
 /// What one pass fed the engine: its decisions, and the events it refused (with why).

@@ -898,3 +898,45 @@ async fn prometheus() -> cutover_prometheus::harness::PrometheusServer {
         .await
         .expect("Debian's prometheus (apt-get install prometheus)")
 }
+
+/// The API server is scripted. With events on (as `cutover controller` runs), each decision
+/// is also an Event on the Rollout, published after the cluster was changed (an Event must
+/// not delay traffic moving back), and a refusal is a Warning.
+#[tokio::test]
+async fn decisions_are_published_as_events_after_the_writes() {
+    let mut ro = rollout("web:1", gateway(), no_analysis());
+    ro.metadata.annotations = Some(BTreeMap::from([(
+        "cutover.dev/command".into(),
+        "pause/1".into(),
+    )]));
+    const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/shop/events";
+    let calls = vec![
+        Call::get(RS, rs_list(vec![])),
+        Call::new(Method::PUT, format!("{RO}/status"), json!({})),
+        Call::new(Method::POST, RS, json!({})),
+        Call::new(Method::POST, EVENTS, json!({})).check(|b| {
+            assert_eq!(b["reason"], "Deploy", "{b}");
+            assert_eq!(b["type"], "Normal");
+            assert_eq!(b["regarding"]["kind"], "Rollout");
+            assert_eq!(b["regarding"]["name"], "web");
+            assert_eq!(b["reportingController"], "cutover-controller");
+            assert!(b["note"].as_str().unwrap().contains("first release"), "{b}");
+        }),
+        Call::new(Method::POST, EVENTS, json!({})).check(|b| {
+            assert_eq!(b["reason"], "PauseRefused", "{b}");
+            assert_eq!(b["type"], "Warning");
+        }),
+    ];
+    scripted(calls, |c| async {
+        let reporter = kube::runtime::events::Reporter {
+            controller: "cutover-controller".into(),
+            instance: Some("cutover-controller-0".into()),
+        };
+        let ctx = Context::new(c, leader(), Arc::new(|| Timestamp::from_millis(T0)))
+            .with_events(reporter);
+        reconcile(Arc::new(ro.clone()), Arc::new(ctx))
+            .await
+            .unwrap();
+    })
+    .await;
+}
