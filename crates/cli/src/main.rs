@@ -216,6 +216,41 @@ enum Command {
         #[arg(long)]
         to: Option<String>,
     },
+    /// Print the Kubernetes CustomResourceDefinition of `Rollout` (cutover.dev/v1alpha1) as YAML.
+    Crd,
+    /// Run the Kubernetes controller: reconcile Rollouts with the same engine (kubeconfig or
+    /// in-cluster service account).
+    Controller {
+        /// Watch Rollouts in this namespace only (default: all namespaces).
+        #[arg(long)]
+        namespace: Option<String>,
+        /// Run without a Lease (one replica only: two would both write).
+        #[arg(long)]
+        no_leader_election: bool,
+        /// The namespace of the leader-election Lease.
+        #[arg(long, env = "POD_NAMESPACE", default_value = "cutover-system")]
+        lease_namespace: String,
+        /// The name of the leader-election Lease.
+        #[arg(long, default_value = "cutover-controller")]
+        lease_name: String,
+        /// This replica's identity in the Lease (the pod's name).
+        #[arg(long, env = "POD_NAME", default_value = "cutover-controller")]
+        identity: String,
+        /// Seconds the Lease is valid after its holder last renewed it.
+        #[arg(long, default_value_t = 15)]
+        lease_duration: u64,
+        /// Seconds before expiry the holder renews it, and stops writing if it could not.
+        #[arg(long, default_value_t = 5)]
+        lease_grace: u64,
+    },
+    /// The single-host verbs for a Rollout on Kubernetes (kubeconfig-aware).
+    K8s {
+        /// The Rollout's namespace (default: the kubeconfig context's).
+        #[arg(short, long, global = true)]
+        namespace: Option<String>,
+        #[command(subcommand)]
+        verb: K8sVerb,
+    },
     /// A self-contained walkthrough: v1 stable, a healthy v2 promoted, a slow v3 rolled back.
     Demo {
         /// Keep state and logs here instead of a temporary directory.
@@ -224,6 +259,49 @@ enum Command {
         /// Requests per second of the demo's load.
         #[arg(long, default_value_t = 400)]
         rate: u32,
+    },
+}
+
+/// `cutover k8s VERB NAME`.
+#[derive(Subcommand)]
+enum K8sVerb {
+    /// Phase, weight, step, ReplicaSets, verdicts with their numbers, decisions.
+    Status {
+        /// The Rollout's name.
+        name: String,
+        /// Print the status as JSON (without the engine's internal state).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop advancing (abort rules keep watching).
+    Pause {
+        /// The Rollout's name.
+        name: String,
+    },
+    /// Continue a paused rollout.
+    Resume {
+        /// The Rollout's name.
+        name: String,
+    },
+    /// Skip the remaining steps: 100 % to the new version now.
+    Promote {
+        /// The Rollout's name.
+        name: String,
+    },
+    /// Send all traffic back to stable and scale the canary down after its delay.
+    Abort {
+        /// The Rollout's name.
+        name: String,
+    },
+    /// After a promotion, switch back to the previous ReplicaSet (instant while it is held).
+    Rollback {
+        /// The Rollout's name.
+        name: String,
+    },
+    /// Roll out again a pod template whose rollout failed (it is refused otherwise).
+    Retry {
+        /// The Rollout's name.
+        name: String,
     },
 }
 
@@ -278,6 +356,10 @@ fn run(cli: Cli) -> Result<(), CommandError> {
         }
         Command::Export { rollout, output } => {
             return cutover_host::simulate::export(&cli.config, *rollout, output.as_deref())
+        }
+        Command::Crd => {
+            commands::emit(&cutover_kube::crd::crd_yaml())?;
+            return Ok(());
         }
         Command::Simulate {
             recording: Some(recording),
@@ -455,7 +537,61 @@ fn run(cli: Cli) -> Result<(), CommandError> {
                     &cutover_host::simulate::simulate_prometheus(&cli.config, &src).await?,
                 )
             }
-            Command::Validate
+            Command::Controller {
+                namespace,
+                no_leader_election,
+                lease_namespace,
+                lease_name,
+                identity,
+                lease_duration,
+                lease_grace,
+            } => {
+                if lease_grace >= lease_duration {
+                    return Err(CommandError::Usage(format!(
+                        "--lease-grace ({lease_grace}) must be below --lease-duration ({lease_duration})"
+                    )));
+                }
+                let opts = cutover_kube::controller::Options {
+                    namespace,
+                    leader_election: !no_leader_election,
+                    lease_namespace,
+                    lease_name,
+                    identity,
+                    lease_duration,
+                    lease_grace,
+                };
+                tracing_subscriber::fmt().init();
+                cutover_kube::controller::run(opts)
+                    .await
+                    .map_err(|e| CommandError::Other(e.into()))
+            }
+            Command::K8s { namespace, verb } => {
+                let ns = namespace.as_deref();
+                let out = match verb {
+                    K8sVerb::Status { name, json } => {
+                        cutover_kube::cli::status(ns, &name, json).await
+                    }
+                    K8sVerb::Pause { name } => cutover_kube::cli::verb(ns, &name, "pause").await,
+                    K8sVerb::Resume { name } => cutover_kube::cli::verb(ns, &name, "resume").await,
+                    K8sVerb::Promote { name } => {
+                        cutover_kube::cli::verb(ns, &name, "promote").await
+                    }
+                    K8sVerb::Abort { name } => cutover_kube::cli::verb(ns, &name, "abort").await,
+                    K8sVerb::Rollback { name } => {
+                        cutover_kube::cli::verb(ns, &name, "rollback").await
+                    }
+                    K8sVerb::Retry { name } => cutover_kube::cli::verb(ns, &name, "retry").await,
+                };
+                match out {
+                    Ok(text) => commands::emitln(&text),
+                    Err(e @ cutover_kube::cli::CliError::NotFound { .. }) => {
+                        Err(CommandError::NotFound(e.to_string()))
+                    }
+                    Err(e) => Err(CommandError::Other(e.into())),
+                }
+            }
+            Command::Crd
+            | Command::Validate
             | Command::Export { .. }
             | Command::Report { .. }
             | Command::Simulate { .. } => handled_before_the_runtime(),
@@ -465,7 +601,7 @@ fn run(cli: Cli) -> Result<(), CommandError> {
 
 fn handled_before_the_runtime() -> Result<(), CommandError> {
     Err(CommandError::Usage(
-        "validate, export, report and simulate run without the runtime".into(),
+        "crd, validate, export, report and simulate run without the runtime".into(),
     ))
 }
 

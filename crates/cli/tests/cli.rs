@@ -461,3 +461,38 @@ fn a_closed_stdout_is_not_a_panic() {
     assert_eq!(out.status.code(), Some(141), "{err}");
     assert!(err.is_empty(), "{err}");
 }
+
+/// `cutover crd` needs no config and prints the CRD that deploy/kubernetes/ ships; the
+/// Kubernetes verbs without a cluster say how to reach one (no API server runs here).
+#[test]
+fn crd_prints_the_shipped_crd_and_k8s_verbs_without_a_cluster_say_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, out, err) = cutover(&["crd"], dir.path());
+    assert_eq!(code, 0, "{err}");
+    let shipped = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/kubernetes/crd.yaml"),
+    )
+    .unwrap();
+    assert_eq!(out, shipped);
+
+    let out = Command::new(env!("CARGO_BIN_EXE_cutover"))
+        .args(["k8s", "status", "web", "-n", "shop"])
+        .current_dir(dir.path())
+        .env("KUBECONFIG", dir.path().join("no-such-kubeconfig"))
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("no Kubernetes client") && err.contains("KUBECONFIG"),
+        "{err}"
+    );
+
+    let (code, _, err) = cutover(
+        &["controller", "--lease-duration", "5", "--lease-grace", "5"],
+        dir.path(),
+    );
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("--lease-grace"), "{err}");
+}
