@@ -23,8 +23,10 @@ pub(crate) fn pick_port() -> Result<SocketAddr, SupervisorError> {
     l.local_addr().map_err(SupervisorError::Port)
 }
 
-/// Spawns one instance process: own process group (so a stop reaches its children too),
-/// stdin closed, stdout and stderr appended to `log`, and SIGTERM when cutover dies.
+/// Spawns one instance process in a session (and process group) of its own, so a stop
+/// reaches its children too and nothing ties it to cutover's life: stdin closed, stdout and
+/// stderr appended to `log`. It keeps running when cutover dies (a restarted cutover
+/// re-adopts it, see `crate::adopt`).
 pub(crate) fn spawn(
     release: &Release,
     addr: SocketAddr,
@@ -58,14 +60,13 @@ pub(crate) fn spawn(
         .envs(release.env.iter().map(|(k, v)| (k, sub(v))))
         .stdin(Stdio::null())
         .stdout(out)
-        .stderr(err)
-        .process_group(0)
-        // A backstop only: it SIGKILLs the leader if the Child is dropped without a stop.
-        .kill_on_drop(true);
+        .stderr(err);
+    // No `kill_on_drop`: a cutover that exits keeping its apps (`run --keep-apps`, an
+    // upgrade) drops its `Child`ren and the instances must live on.
     if let Some(dir) = &release.workdir {
         cmd.current_dir(dir);
     }
-    die_with_parent(&mut cmd);
+    new_session(&mut cmd);
     cmd.spawn().map_err(|source| SupervisorError::Spawn {
         instance: id,
         exe: release.exe.clone(),
@@ -73,32 +74,74 @@ pub(crate) fn spawn(
     })
 }
 
-/// Makes the kernel send SIGTERM to the instance when cutover dies, however it dies:
-/// `kill_on_drop` only helps when destructors run, and a SIGKILLed cutover must not leave
-/// instances serving stale versions on ports nobody routes to.
+/// Puts the instance in a new session: it becomes the leader of its own session and process
+/// group (pgid = sid = its pid), detached from cutover's terminal and process group, so a
+/// Ctrl-C in cutover's terminal or the death of cutover does not reach it, while a signal to
+/// its group reaches everything it started (a wrapper script and its server alike).
 ///
-/// Caveat: the death signal fires when the *thread* that forked exits. Spawns happen on tokio
-/// worker threads (or the test's thread), which live as long as the runtime.
+/// There is deliberately no parent-death signal (`PR_SET_PDEATHSIG`) any more: instances
+/// outlive a crashed cutover and are re-adopted (DESIGN.md invariant 8).
 #[allow(unsafe_code)]
-fn die_with_parent(cmd: &mut Command) {
-    // Captured before fork: after it, the child compares its parent against this.
-    let parent = std::process::id() as libc::pid_t;
+fn new_session(cmd: &mut Command) {
     // SAFETY: the closure runs in the child between fork and exec, where only
-    // async-signal-safe calls are allowed. It calls only prctl(2) and getppid(2), both
-    // async-signal-safe, and builds its error with `from_raw_os_error`, which does not
-    // allocate. It touches no locks and no memory shared with the parent.
+    // async-signal-safe calls are allowed. It calls only setsid(2), which is, and builds its
+    // error with `last_os_error`, which reads errno and does not allocate. It touches no
+    // locks and no memory shared with the parent.
     unsafe {
-        cmd.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM, 0, 0, 0) != 0 {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 {
                 return Err(std::io::Error::last_os_error());
-            }
-            // The parent may have died before prctl took effect: then no signal would ever
-            // come, so refuse to exec.
-            if libc::getppid() != parent {
-                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
             }
             Ok(())
         });
+    }
+}
+
+/// An instance's process: one this cutover spawned (a child it can wait for), or one a
+/// previous cutover spawned and this one re-adopted (not its child: its exit is seen by
+/// polling `/proc`, and its exit status went to whoever reaps it).
+pub(crate) enum Proc {
+    Child(Child),
+    Adopted {
+        pid: u32,
+        start_time: u64,
+        /// Set once it was seen gone.
+        gone: bool,
+    },
+}
+
+/// How often an adopted process is checked for having exited.
+const ADOPTED_POLL: Duration = Duration::from_millis(20);
+
+impl Proc {
+    /// The pid (= process group) while the process may still run.
+    pub(crate) fn id(&self) -> Option<u32> {
+        match self {
+            Proc::Child(c) => c.id(),
+            Proc::Adopted { pid, gone, .. } => (!gone).then_some(*pid),
+        }
+    }
+
+    /// Waits for the process to end; how it ended, in words.
+    pub(crate) async fn wait(&mut self) -> String {
+        match self {
+            Proc::Child(c) => describe(c.wait().await),
+            Proc::Adopted {
+                pid,
+                start_time,
+                gone,
+            } => {
+                while !*gone {
+                    if !crate::adopt::is_alive(*pid, *start_time) {
+                        *gone = true;
+                        break;
+                    }
+                    tokio::time::sleep(ADOPTED_POLL).await;
+                }
+                "exited (a re-adopted process: its exit status went to the process that reaped it)"
+                    .into()
+            }
+        }
     }
 }
 
@@ -131,21 +174,21 @@ pub(crate) enum Ended {
 
 /// Signal the group, wait up to `grace`, then SIGKILL the group. Whatever else is left in the
 /// group (grandchildren) is SIGKILLed too once the leader is gone: nothing is left behind.
-pub(crate) async fn terminate(child: &mut Child, sig: Signal, grace: Duration) -> Ended {
+pub(crate) async fn terminate(child: &mut Proc, sig: Signal, grace: Duration) -> Ended {
     let Some(pgid) = child.id() else {
         // Already reaped.
-        return Ended::Exited(describe(child.wait().await));
+        return Ended::Exited(child.wait().await);
     };
     signal_group(pgid, sig);
     match tokio::time::timeout(grace, child.wait()).await {
         Ok(status) => {
             signal_group(pgid, Signal::SIGKILL);
-            Ended::Exited(describe(status))
+            Ended::Exited(status)
         }
         Err(_) => {
             tracing::warn!(pid = pgid, grace = ?grace, "instance ignored {sig}; sending SIGKILL");
             signal_group(pgid, Signal::SIGKILL);
-            Ended::Killed(describe(child.wait().await))
+            Ended::Killed(child.wait().await)
         }
     }
 }
