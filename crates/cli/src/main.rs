@@ -36,6 +36,10 @@ enum Command {
         /// Log as JSON lines instead of human-readable text (overrides [log] format).
         #[arg(long)]
         log_json: bool,
+        /// On SIGTERM/Ctrl-C, stop serving but leave the app instances running, for the next
+        /// `cutover run` on this state directory to re-adopt (an upgrade of cutover itself).
+        #[arg(long)]
+        keep_apps: bool,
     },
     /// Start a progressive rollout of VERSION (returns at once unless --wait).
     Deploy {
@@ -221,7 +225,10 @@ fn run(cli: Cli) -> Result<(), CommandError> {
         .map_err(|e| CommandError::Other(e.into()))?;
     rt.block_on(async move {
         match cli.command {
-            Command::Run { log_json } => cutover_host::run(&cli.config, log_json).await,
+            Command::Run {
+                log_json,
+                keep_apps,
+            } => cutover_host::run(&cli.config, log_json, keep_apps).await,
             Command::Demo { state_dir, rate } => cutover_host::demo::run(state_dir, rate).await,
             Command::Deploy {
                 version,

@@ -14,10 +14,13 @@
 pub mod commands;
 pub mod config;
 pub mod demo;
+pub mod lock;
 pub mod logs;
 pub mod metrics;
+pub mod recovery;
 pub mod remote;
 pub mod render;
+pub mod rollback;
 pub mod router;
 pub mod rules;
 pub mod runtime;
@@ -60,7 +63,7 @@ pub fn init_logging(level: &str, json: bool) {
 }
 
 /// `cutover run`: runs until SIGINT or SIGTERM, then shuts down gracefully.
-pub async fn run(config_path: &Path, log_json: bool) -> Result<(), CommandError> {
+pub async fn run(config_path: &Path, log_json: bool, keep_apps: bool) -> Result<(), CommandError> {
     let loaded = config::load(config_path)?;
     init_logging(
         &loaded.config.log.level,
@@ -75,8 +78,12 @@ pub async fn run(config_path: &Path, log_json: bool) -> Result<(), CommandError>
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
-    tracing::info!("shutting down: draining the proxy, then stopping instances");
-    running.shutdown().await;
+    if keep_apps {
+        tracing::info!("shutting down: draining the proxy; the instances keep running (--keep-apps) for the next cutover to re-adopt");
+    } else {
+        tracing::info!("shutting down: draining the proxy, then stopping instances");
+    }
+    running.shutdown_keeping(keep_apps).await;
     Ok(())
 }
 

@@ -3,6 +3,12 @@
 //! Only instances whose readiness probe passed are in a pool (DESIGN.md invariant 3); the
 //! table is rebuilt whole and swapped atomically (invariant 1). One `Arc<Backend>` is kept per
 //! instance across tables, so its in-flight count — what drain waits on — survives swaps.
+//!
+//! Invariant 10 (the blast radius holds at all times): while stable's instances are starting
+//! (after a restart of cutover, say), stable's pool is empty and its clients get 503 rather
+//! than the canary. Only when stable has no instance at all (none starting, running or
+//! restarting) does the table leave stable out, sending every client to the canary; that
+//! change, and its end, are handed to the engine to record ([`Router::take_stable_change`]).
 
 use cutover_core::engine::Release;
 use cutover_core::Weight;
@@ -25,6 +31,10 @@ pub struct Intent {
 pub struct Router {
     intent: Option<Intent>,
     backends: HashMap<(String, SocketAddr), Arc<Backend>>,
+    /// Whether the last table left stable out because it has no instance at all.
+    stable_gone: bool,
+    /// A change of `stable_gone` not yet taken by the driver, with why.
+    stable_change: Option<(bool, String)>,
 }
 
 impl Router {
@@ -47,6 +57,12 @@ impl Router {
             Some(c) if intent.weight > Weight::ZERO => Some((self.pool(c, fleet), intent.weight)),
             _ => None,
         };
+        let gone = canary.is_some().then(|| stable_absence(&intent.stable, fleet)).flatten();
+        if gone.is_some() != self.stable_gone {
+            self.stable_gone = gone.is_some();
+            self.stable_change = Some((self.stable_gone, gone.clone().unwrap_or_default()));
+        }
+        let stable = if gone.is_some() { None } else { Some(stable) };
         // Forget backends of instances that are gone, so the map does not grow forever.
         self.backends.retain(|(v, addr), _| {
             fleet
@@ -55,9 +71,14 @@ impl Router {
         });
         proxy.set_table(RouteTable {
             salt: intent.salt,
-            stable: Some(stable),
+            stable,
             canary,
         });
+    }
+
+    /// A change of "stable has no instance at all" since the last call: `(gone, why)`.
+    pub fn take_stable_change(&mut self) -> Option<(bool, String)> {
+        self.stable_change.take()
     }
 
     fn pool(&mut self, release: &Release, fleet: &Fleet) -> Pool {
@@ -83,5 +104,21 @@ impl Router {
             version: release.version.clone(),
             backends,
         }
+    }
+}
+
+/// Why stable has no instance at all, or `None` when it has one (in any state but stopped:
+/// starting, ready, not ready, restarting, draining).
+fn stable_absence(stable: &Release, fleet: &Fleet) -> Option<String> {
+    match fleet.get(&stable.version) {
+        None => Some(format!("{} is not running", stable.version)),
+        Some(vf) if vf.digest != stable.digest => Some(format!(
+            "{} runs another release ({})",
+            stable.version, vf.digest
+        )),
+        Some(vf) if vf.instances.iter().all(|i| i.state == InstanceState::Stopped) => {
+            Some(format!("every instance of {} is stopped", stable.version))
+        }
+        Some(_) => None,
     }
 }

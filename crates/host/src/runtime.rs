@@ -69,6 +69,8 @@ pub enum StartError {
     Config(#[from] cutover_core::spec::ConfigError),
     #[error("notify: {0}")]
     Notify(String),
+    #[error(transparent)]
+    Recovery(#[from] crate::recovery::RecoveryError),
     #[error("service.tls.cert / service.tls.key: {source} (fix: point service.tls.cert at a PEM certificate chain and service.tls.key at its PEM private key; relative paths are relative to the config file)")]
     Tls {
         #[source]
@@ -118,6 +120,8 @@ pub struct Running {
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     supervisor: Supervisor,
+    /// The state directory's lock, released when this is dropped or the process ends.
+    _recovery: crate::recovery::Recovery,
 }
 
 impl Running {
@@ -126,14 +130,29 @@ impl Running {
         cutover_admin::AdminClient::new(self.admin_addr, self.token.clone())
     }
 
+    /// SIGKILLs every instance at once (no drain): for test harnesses dropped without a
+    /// shutdown, since instances outlive the process that started them.
+    pub fn kill_apps(&self) {
+        self.supervisor.kill_all();
+    }
+
     /// Graceful shutdown: stop accepting, let in-flight requests finish, stop every instance.
     /// The persisted state is kept, so a new `start` resumes where this one was.
     pub async fn shutdown(self) {
+        self.shutdown_keeping(false).await
+    }
+
+    /// [`Running::shutdown`], but with `keep_apps` the instances are left running (and
+    /// recorded in the ledger) for the next cutover on this state directory to re-adopt
+    /// (`run --keep-apps`, used by upgrades).
+    pub async fn shutdown_keeping(self, keep_apps: bool) {
         let _ = self.shutdown.send(true);
         for t in self.tasks {
             let _ = t.await;
         }
-        self.supervisor.shutdown().await;
+        if !keep_apps {
+            self.supervisor.shutdown().await;
+        }
     }
 }
 
@@ -175,6 +194,8 @@ pub async fn start(loaded: Loaded) -> Result<Running, StartError> {
         path: state_dir.clone(),
         source,
     })?;
+    // One cutover per state directory; then what a previous one left running.
+    let recovery = crate::recovery::prepare(&state_dir)?;
     // Checked before anything listens: a config naming a certificate that does not load must
     // not come up serving plaintext, nor come up at all.
     let tls = c
@@ -235,7 +256,12 @@ pub async fn start(loaded: Loaded) -> Result<Running, StartError> {
             source,
         })?;
 
-    let (supervisor, fleet_rx) = Supervisor::new(c.app.clone(), state_dir.join("logs"));
+    let (supervisor, fleet_rx) = Supervisor::with_ledger(
+        c.app.clone(),
+        state_dir.join("logs"),
+        recovery.ledger.clone(),
+        recovery.survey.alive.clone(),
+    );
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (req_tx, req_rx) = mpsc::channel(64);
     let store = Arc::new(Mutex::new(store));
@@ -270,6 +296,7 @@ pub async fn start(loaded: Loaded) -> Result<Running, StartError> {
             store: store.clone(),
             supervisor: supervisor.clone(),
             log_dir: state_dir.join("logs"),
+            rollback_wait: c.app.start_timeout.get(),
         });
         let mut rx = shutdown_rx.clone();
         let token = token.clone();
@@ -348,6 +375,7 @@ pub async fn start(loaded: Loaded) -> Result<Running, StartError> {
         releases: HashMap::new(),
         exposition: scrape::ExpositionHealth::default(),
         proxy_addr,
+        recover: Some(crate::recovery::event(&recovery.survey)),
     };
     tasks.push(tokio::spawn(driver.run(req_rx, shutdown_rx)));
     info!(%proxy_addr, %admin_addr, service = %c.service.name, state_dir = %state_dir.display(), "cutover is running");
@@ -359,6 +387,7 @@ pub async fn start(loaded: Loaded) -> Result<Running, StartError> {
         shutdown: shutdown_tx,
         tasks,
         supervisor,
+        _recovery: recovery,
     })
 }
 
@@ -376,6 +405,8 @@ enum Request {
         AlertmanagerPayload,
         oneshot::Sender<Result<Value, ApiError>>,
     ),
+    /// The release a `rollback` would switch to now, if it is one already running.
+    RollbackTarget(oneshot::Sender<Option<cutover_core::engine::Release>>),
 }
 
 struct AdminHandler {
@@ -384,6 +415,8 @@ struct AdminHandler {
     /// Read-only here: which instances still run (`logs` answers `running`).
     supervisor: Supervisor,
     log_dir: PathBuf,
+    /// How long a `rollback` waits for the held release to be ready (`app.start_timeout`).
+    rollback_wait: Duration,
 }
 
 impl AdminHandler {
@@ -420,7 +453,22 @@ impl Handler for AdminHandler {
             ApiVerb::Abort => Verb::Abort,
             ApiVerb::Rollback => Verb::Rollback,
         };
-        Box::pin(async move { self.ask(|tx| Request::Verb(verb, reason, tx)).await? })
+        Box::pin(async move {
+            if verb == Verb::Rollback {
+                // Honest rollback: only to ready instances, after a bounded wait.
+                if let Some(target) = self.ask(Request::RollbackTarget).await? {
+                    let waited = crate::rollback::wait_ready(
+                        self.supervisor.subscribe(),
+                        &target,
+                        self.rollback_wait,
+                    )
+                    .await;
+                    crate::rollback::check(Some(&target), &self.supervisor.fleet(), waited)
+                        .map_err(|e| ApiError::conflict(e.to_string()))?;
+                }
+            }
+            self.ask(|tx| Request::Verb(verb, reason, tx)).await?
+        })
     }
     fn history(&self, q: HistoryQuery) -> BoxFuture<'_, Result<Value, ApiError>> {
         Box::pin(async move {
@@ -587,6 +635,8 @@ struct Driver {
     /// Which instances serve an exposition that does not parse (warned once each).
     exposition: scrape::ExpositionHealth,
     proxy_addr: SocketAddr,
+    /// The recovery event, taken when the driver starts.
+    recover: Option<Event>,
 }
 
 impl Driver {
@@ -595,9 +645,15 @@ impl Driver {
         mut requests: mpsc::Receiver<Request>,
         mut shutdown: watch::Receiver<bool>,
     ) {
-        if let Err(e) = self.apply(Event::Recover, None) {
+        let recover = self.recover.take().unwrap_or(Event::Recover {
+            alive: vec![],
+            dead: vec![],
+        });
+        if let Err(e) = self.apply(recover, None) {
             error!(error = %e, "could not recover the persisted rollout state");
         }
+        // Instances a previous cutover left that no release claimed: stopped, whole group.
+        self.supervisor.stop_unclaimed();
         let mut ticker = tokio::time::interval(self.loaded.config.rollout.interval.get());
         let mut gc = tokio::time::interval(Duration::from_secs(3600));
         gc.tick().await; // the first tick is immediate; start() already pruned
@@ -678,7 +734,7 @@ impl Driver {
     /// The event, recorded with the rollout it belongs to (for `cutover simulate`); the state
     /// before a deploy is kept with it, as the replay's starting point.
     fn recording(&self, before: &State, at: Timestamp, event: &Event) -> Vec<EventRecord> {
-        if matches!(event, Event::Recover) {
+        if matches!(event, Event::Recover { .. }) {
             return Vec::new();
         }
         let after = self.engine.state();
@@ -996,6 +1052,11 @@ impl Driver {
     fn on_fleet(&mut self) {
         let fleet = self.fleet_rx.borrow_and_update().clone();
         self.router.publish(&fleet, &self.proxy);
+        // Stable has no instance at all (or has again): its clients spill to the canary,
+        // recorded as a decision (invariant 10).
+        if let Some((gone, detail)) = self.router.take_stable_change() {
+            let _ = self.apply(Event::StableGone { gone, detail }, None);
+        }
         self.publish_targets(&fleet);
         let starting = self
             .engine
@@ -1240,7 +1301,16 @@ impl Driver {
             Request::Deploy(req, tx) => {
                 let _ = tx.send(self.deploy(req));
             }
+            Request::RollbackTarget(tx) => {
+                let _ = tx.send(self.engine.rollback_target().cloned());
+            }
             Request::Verb(verb, reason, tx) => {
+                let fleet = self.fleet_rx.borrow().clone();
+                let target = self.engine.rollback_target().filter(|_| verb == Verb::Rollback);
+                if let Err(e) = crate::rollback::check(target, &fleet, Duration::ZERO) {
+                    let _ = tx.send(Err(ApiError::conflict(e.to_string())));
+                    return;
+                }
                 let res = self.apply(Event::Command(verb), reason.as_deref()).map(|decisions| {
                     let message = decisions.iter().map(|d| d.reason.clone()).collect::<Vec<_>>().join("; ");
                     json!({ "message": if message.is_empty() { format!("{verb}: done") } else { message } })

@@ -176,6 +176,17 @@ impl Supervisor {
         )
     }
 
+    /// SIGKILLs every instance's process group at once, without drain or grace: for a
+    /// harness that is being dropped (a failed test) and must not leave processes behind now
+    /// that instances outlive the process that started them.
+    pub fn kill_all(&self) {
+        for vf in self.inner.fleet.borrow().values() {
+            for pid in vf.instances.iter().filter_map(|i| i.pid) {
+                signal_group(pid, Signal::SIGKILL);
+            }
+        }
+    }
+
     /// Stops the instances a previous cutover left running that no `start` claimed (their
     /// release is no longer wanted, or `app.instances` shrank): their process group gets
     /// `stop.signal`, then SIGKILL after `stop.grace`. Returns their ids; the stops go on in
