@@ -43,7 +43,6 @@ fn free_addr() -> SocketAddr {
 struct Cutover {
     dir: PathBuf,
     child: Option<Child>,
-    proxy: SocketAddr,
 }
 
 impl Cutover {
@@ -90,15 +89,18 @@ impl Cutover {
             .unwrap()
     }
 
-    async fn start(dir: &Path, proxy: SocketAddr) -> Cutover {
+    async fn start(dir: &Path) -> Cutover {
         let c = Cutover {
             dir: dir.to_path_buf(),
             child: Some(Self::spawn(dir)),
-            proxy,
         };
         eventually(LONG, "cutover's admin API to answer", || async {
             match c.client() {
-                Ok(client) => client.get("/v1/status").await.map(|_| ()).map_err(|e| e.to_string()),
+                Ok(client) => client
+                    .get("/v1/status")
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
                 Err(e) => Err(e),
             }
         })
@@ -253,8 +255,10 @@ async fn kill_9_mid_step_readopts_every_app_and_the_rollout_resumes_where_it_was
             .set("rollout.initial_weight", 25.0)
             .set("rollout.step_interval", "4s"),
     );
-    let mut c = Cutover::start(dir.path(), proxy).await;
-    c.post("/v1/deploy", json!({ "version": "v1" })).await.unwrap();
+    let mut c = Cutover::start(dir.path()).await;
+    c.post("/v1/deploy", json!({ "version": "v1" }))
+        .await
+        .unwrap();
     c.wait_for("v1 stable", |s| {
         s.rollout.as_ref().is_some_and(|r| r.phase == Phase::Done)
     })
@@ -271,28 +275,42 @@ async fn kill_9_mid_step_readopts_every_app_and_the_rollout_resumes_where_it_was
     assert!(err.contains(&format!("pid {}", c.pid())), "{err}");
 
     let load = load(proxy, 300);
-    c.post("/v1/deploy", json!({ "version": "v2" })).await.unwrap();
+    c.post("/v1/deploy", json!({ "version": "v2" }))
+        .await
+        .unwrap();
     let before = c.wait_for("v2 at 50 %", |s| progressing_at(s, 5000)).await;
-    c.kill9();
     let killed_at = load.snapshot();
+    c.kill9();
     let procs = processes(&before);
     assert_eq!(procs.len(), 4, "{procs:?}");
     for (id, (pid, members)) in &procs {
-        assert_eq!(members.len(), 2, "{id}: the wrapper shell and demo-app: {members:?}");
+        assert_eq!(
+            members.len(),
+            2,
+            "{id}: the wrapper shell and demo-app: {members:?}"
+        );
         assert!(members.contains(pid));
     }
     let r0 = before.rollout.clone().unwrap();
 
     // Restarted: the same processes, re-adopted.
-    let c2 = Cutover::start(dir.path(), proxy).await;
+    let c2 = Cutover::start(dir.path()).await;
     let mut c = c2;
     let after = c
         .wait_for("every instance re-adopted and ready", |s| {
             ready(s, "v1") == 2 && ready(s, "v2") == 2
         })
         .await;
-    assert_eq!(processes(&after), procs, "every app process is the same one");
-    assert!(after.instances.iter().all(|i| i.starts == 0), "{:?}", after.instances);
+    assert_eq!(
+        processes(&after),
+        procs,
+        "every app process is the same one"
+    );
+    assert!(
+        after.instances.iter().all(|i| i.starts == 0),
+        "{:?}",
+        after.instances
+    );
     let r1 = after.rollout.clone().unwrap();
     assert_eq!(
         (r1.id, r1.step, r1.weight, r1.salt),
@@ -309,8 +327,14 @@ async fn kill_9_mid_step_readopts_every_app_and_the_rollout_resumes_where_it_was
         .await;
     let report = load.stop().await;
     let decisions = c.decisions().await;
-    let kinds: Vec<&str> = decisions.iter().map(|d| d["kind"].as_str().unwrap()).collect();
-    let recovered: Vec<&Value> = decisions.iter().filter(|d| d["kind"] == "recovered").collect();
+    let kinds: Vec<&str> = decisions
+        .iter()
+        .map(|d| d["kind"].as_str().unwrap())
+        .collect();
+    let recovered: Vec<&Value> = decisions
+        .iter()
+        .filter(|d| d["kind"] == "recovered")
+        .collect();
     assert_eq!(recovered.len(), 1, "{kinds:?}");
     let rec = recovered[0];
     assert_eq!(
@@ -322,7 +346,11 @@ async fn kill_9_mid_step_readopts_every_app_and_the_rollout_resumes_where_it_was
     assert_eq!(rec["numbers"]["weight"], json!("50%"), "{rec}");
     // Nothing twice: one deploy, one ready, one advance per weight, one promotion.
     for once in ["deploy", "ready", "promoted"] {
-        assert_eq!(kinds.iter().filter(|k| **k == once).count(), 1, "{once}: {kinds:?}");
+        assert_eq!(
+            kinds.iter().filter(|k| **k == once).count(),
+            1,
+            "{once}: {kinds:?}"
+        );
     }
     let advances: Vec<&str> = decisions
         .iter()
@@ -349,7 +377,14 @@ async fn kill_9_mid_step_readopts_every_app_and_the_rollout_resumes_where_it_was
     );
     // The canary's instances served after the restart too: curl, a client we did not write.
     let out = Command::new("curl")
-        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", &format!("http://{proxy}/")])
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &format!("http://{proxy}/"),
+        ])
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "200");
@@ -360,7 +395,11 @@ async fn kill_9_mid_step_readopts_every_app_and_the_rollout_resumes_where_it_was
     let status = c.terminate();
     assert!(status.success(), "{status:?}\n{}", c.log());
     for (id, (pid, _)) in &procs {
-        assert!(group(*pid).is_empty(), "{id}: left behind: {:?}", group(*pid));
+        assert!(
+            group(*pid).is_empty(),
+            "{id}: left behind: {:?}",
+            group(*pid)
+        );
     }
 }
 
@@ -377,7 +416,7 @@ async fn a_slow_starting_stable_after_a_restart_does_not_widen_the_canary() {
             .set("rollout.initial_weight", 10.0)
             .set("rollout.step_interval", "30s"),
     );
-    let mut c = Cutover::start(dir.path(), proxy).await;
+    let mut c = Cutover::start(dir.path()).await;
     c.post(
         "/v1/deploy",
         json!({ "version": "v1", "env": { "DEMO_READY_DELAY": "2s" } }),
@@ -388,7 +427,9 @@ async fn a_slow_starting_stable_after_a_restart_does_not_widen_the_canary() {
         s.rollout.as_ref().is_some_and(|r| r.phase == Phase::Done)
     })
     .await;
-    c.post("/v1/deploy", json!({ "version": "v2" })).await.unwrap();
+    c.post("/v1/deploy", json!({ "version": "v2" }))
+        .await
+        .unwrap();
     let before = c.wait_for("v2 at 10 %", |s| progressing_at(s, 1000)).await;
     let r0 = before.rollout.clone().unwrap();
     c.kill9();
@@ -401,16 +442,23 @@ async fn a_slow_starting_stable_after_a_restart_does_not_widen_the_canary() {
         )
         .unwrap();
         eventually(LONG, "v1's group gone", || {
-            std::future::ready(if group(pid).is_empty() { Ok(()) } else { Err(pid) })
+            std::future::ready(if group(pid).is_empty() {
+                Ok(())
+            } else {
+                Err(pid)
+            })
         })
         .await;
     }
 
-    let c2 = Cutover::start(dir.path(), proxy).await;
+    let c2 = Cutover::start(dir.path()).await;
     let mut c = c2;
     let load = load(proxy, 400);
     let starting = c.status().await;
-    assert!(ready(&starting, "v1") < 2, "v1 is still starting: {starting:?}");
+    assert!(
+        ready(&starting, "v1") < 2,
+        "v1 is still starting: {starting:?}"
+    );
     c.wait_for("v1 ready again", |s| ready(s, "v1") == 2).await;
     // Some more traffic once both are ready.
     let seen = load.snapshot().sent;
@@ -432,7 +480,10 @@ async fn a_slow_starting_stable_after_a_restart_does_not_widen_the_canary() {
             widened.push(client.clone());
         }
     }
-    assert!(widened.is_empty(), "stable clients served by the canary: {widened:?}");
+    assert!(
+        widened.is_empty(),
+        "stable clients served by the canary: {widened:?}"
+    );
     let v2 = report.by_version.get("v2").map_or(0, |c| c.ok);
     assert!(v2 > 0, "the canary kept serving its clients");
     let unavailable = report
@@ -446,11 +497,27 @@ async fn a_slow_starting_stable_after_a_restart_does_not_widen_the_canary() {
         canary_clients.len()
     );
     let decisions = c.decisions().await;
-    let rec: Vec<&Value> = decisions.iter().filter(|d| d["kind"] == "recovered").collect();
+    let rec: Vec<&Value> = decisions
+        .iter()
+        .filter(|d| d["kind"] == "recovered")
+        .collect();
     assert_eq!(rec.len(), 1);
-    assert_eq!(rec[0]["numbers"]["replaced"], json!(["v1-0", "v1-1"]), "{}", rec[0]);
-    assert_eq!(rec[0]["numbers"]["adopted"], json!(["v2-0", "v2-1"]), "{}", rec[0]);
-    assert!(!decisions.iter().any(|d| d["kind"] == "spilled"), "stable never had no instance");
+    assert_eq!(
+        rec[0]["numbers"]["replaced"],
+        json!(["v1-0", "v1-1"]),
+        "{}",
+        rec[0]
+    );
+    assert_eq!(
+        rec[0]["numbers"]["adopted"],
+        json!(["v2-0", "v2-1"]),
+        "{}",
+        rec[0]
+    );
+    assert!(
+        !decisions.iter().any(|d| d["kind"] == "spilled"),
+        "stable never had no instance"
+    );
     assert!(c.terminate().success());
 }
 
@@ -462,7 +529,7 @@ async fn rollback_right_after_a_restart_waits_for_ready_instances() {
     let _g = common::serial().await;
     let dir = tempfile::tempdir().unwrap();
     let proxy = Cutover::configure(dir.path(), common::config());
-    let mut c = Cutover::start(dir.path(), proxy).await;
+    let mut c = Cutover::start(dir.path()).await;
     c.post(
         "/v1/deploy",
         json!({ "version": "v1", "env": { "DEMO_READY_DELAY": "1500ms" } }),
@@ -473,7 +540,16 @@ async fn rollback_right_after_a_restart_waits_for_ready_instances() {
         s.rollout.as_ref().is_some_and(|r| r.phase == Phase::Done)
     })
     .await;
-    c.post("/v1/deploy", json!({ "version": "v2" })).await.unwrap();
+    c.post("/v1/deploy", json!({ "version": "v2" }))
+        .await
+        .unwrap();
+    c.wait_for("v2 progressing", |s| {
+        s.rollout
+            .as_ref()
+            .is_some_and(|r| r.phase == Phase::Progressing)
+    })
+    .await;
+    c.post("/v1/promote", json!({})).await.unwrap();
     let before = c
         .wait_for("v2 promoted, v1 held", |s| {
             matches!(
@@ -492,7 +568,7 @@ async fn rollback_right_after_a_restart_waits_for_ready_instances() {
         .unwrap();
     }
 
-    let c2 = Cutover::start(dir.path(), proxy).await;
+    let c2 = Cutover::start(dir.path()).await;
     let mut c = c2;
     c.wait_for("v2 re-adopted and ready", |s| ready(s, "v2") == 2)
         .await;
@@ -502,7 +578,10 @@ async fn rollback_right_after_a_restart_waits_for_ready_instances() {
     let rb = c.post("/v1/rollback", json!({})).await.unwrap();
     let message = rb["message"].as_str().unwrap();
     assert!(!message.contains("no process start"), "{message}");
-    assert!(message.contains("restarted when cutover recovered"), "{message}");
+    assert!(
+        message.contains("restarted when cutover recovered"),
+        "{message}"
+    );
     let s = c.status().await;
     assert_eq!(s.stable.as_ref().unwrap().version, "v1");
     assert_eq!(ready(&s, "v1"), 2, "switched only once ready");

@@ -916,7 +916,11 @@ impl Engine {
             Event::Command(verb) => self.command(now, verb, &mut out)?,
             Event::Recover { alive, dead } => self.recover(now, alive, dead, &mut out),
             Event::StableGone { gone, detail } => {
-                let stable = self.state.stable.as_ref().map_or("-".into(), Release::label);
+                let stable = self
+                    .state
+                    .stable
+                    .as_ref()
+                    .map_or("-".into(), Release::label);
                 let canary = self.active().map(|r| (r.to.label(), r.weight));
                 let reason = match (gone, canary) {
                     (true, Some((c, _))) => format!(

@@ -752,7 +752,15 @@ fn recovery_restarts_what_the_state_says_and_routes_as_before() {
     // cutover dies; a new one restores the persisted state.
     let state = serde_json::from_str(&saved).unwrap();
     let mut e = Engine::restore(spec(), state);
-    let out = e.handle(s.now, Event::Recover { alive: vec![], dead: vec![] }).unwrap();
+    let out = e
+        .handle(
+            s.now,
+            Event::Recover {
+                alive: vec![],
+                dead: vec![],
+            },
+        )
+        .unwrap();
     assert_eq!(out.actions[0], Action::Start { release: v1() });
     assert_eq!(out.actions[1], Action::Start { release: v2() });
     assert!(
@@ -797,15 +805,37 @@ fn recovery_readopts_live_instances_replaces_dead_ones_and_says_so_once() {
         .unwrap();
     // The same step and weight; one decision, which names what happened to each process.
     let r = e.state().rollout.as_ref().unwrap();
-    assert_eq!((r.step, r.weight, r.phase.clone()), (step, weight, Phase::Progressing));
+    assert_eq!(
+        (r.step, r.weight, r.phase.clone()),
+        (step, weight, Phase::Progressing)
+    );
     let [d] = &out.decisions[..] else {
         panic!("one decision: {:?}", out.decisions)
     };
     assert_eq!(d.kind, DecisionKind::Recovered);
-    assert!(d.reason.contains("re-adopted v1-0 (pid 11), v2-0 (pid 21) without restarting them"), "{}", d.reason);
-    assert!(d.reason.contains("replacing v2-1 (pid 22), which had died"), "{}", d.reason);
-    assert!(d.reason.contains("stopping v0-0 (pid 5), no longer part of the rollout"), "{}", d.reason);
-    assert!(d.reason.contains("resumes progressing at step 2 and weight 4%"), "{}", d.reason);
+    assert!(
+        d.reason
+            .contains("re-adopted v1-0 (pid 11), v2-0 (pid 21) without restarting them"),
+        "{}",
+        d.reason
+    );
+    assert!(
+        d.reason.contains("replacing v2-1 (pid 22), which had died"),
+        "{}",
+        d.reason
+    );
+    assert!(
+        d.reason
+            .contains("stopping v0-0 (pid 5), no longer part of the rollout"),
+        "{}",
+        d.reason
+    );
+    assert!(
+        d.reason
+            .contains("resumes progressing at step 2 and weight 4%"),
+        "{}",
+        d.reason
+    );
     assert_eq!(d.numbers["adopted"], serde_json::json!(["v1-0", "v2-0"]));
     assert_eq!(d.numbers["replaced"], serde_json::json!(["v2-1"]));
     assert_eq!(d.numbers["stopped"], serde_json::json!(["v0-0"]));
@@ -834,8 +864,16 @@ fn rollback_after_a_recovery_says_whether_a_process_was_started() {
     )
     .unwrap();
     let out = e.handle(now, Event::Command(Verb::Rollback)).unwrap();
-    assert!(out.decisions[0].reason.contains("with no process start"), "{}", out.decisions[0].reason);
-    assert_eq!(e.rollback_target(), None, "rolled back: nothing to roll back to");
+    assert!(
+        out.decisions[0].reason.contains("with no process start"),
+        "{}",
+        out.decisions[0].reason
+    );
+    assert_eq!(
+        e.rollback_target(),
+        None,
+        "rolled back: nothing to roll back to"
+    );
 
     let mut e = promoted();
     e.handle(
@@ -849,7 +887,10 @@ fn rollback_after_a_recovery_says_whether_a_process_was_started() {
     let out = e.handle(now, Event::Command(Verb::Rollback)).unwrap();
     let reason = &out.decisions[0].reason;
     assert!(!reason.contains("no process start"), "{reason}");
-    assert!(reason.contains("restarted when cutover recovered"), "{reason}");
+    assert!(
+        reason.contains("restarted when cutover recovered"),
+        "{reason}"
+    );
 }
 
 #[test]

@@ -76,5 +76,8 @@ fn every_notification_kind_comes_from_a_decision() {
         .filter(|d| d.notify_kind().is_none())
         .map(|d| d.as_str())
         .collect();
-    assert_eq!(silent, ["breach_started", "breach_cleared", "recovered", "spilled"]);
+    assert_eq!(
+        silent,
+        ["breach_started", "breach_cleared", "recovered", "spilled"]
+    );
 }

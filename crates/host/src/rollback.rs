@@ -30,11 +30,7 @@ pub fn readiness(fleet: &Fleet, target: &Release) -> (usize, usize) {
 
 /// Refuses a rollback to a release whose instances are not all ready. `waited`: how long the
 /// caller already waited, for the message.
-pub fn check(
-    target: Option<&Release>,
-    fleet: &Fleet,
-    waited: Duration,
-) -> Result<(), EngineError> {
+pub fn check(target: Option<&Release>, fleet: &Fleet, waited: Duration) -> Result<(), EngineError> {
     let Some(target) = target else {
         return Ok(());
     };

@@ -57,7 +57,10 @@ impl Router {
             Some(c) if intent.weight > Weight::ZERO => Some((self.pool(c, fleet), intent.weight)),
             _ => None,
         };
-        let gone = canary.is_some().then(|| stable_absence(&intent.stable, fleet)).flatten();
+        let gone = canary
+            .is_some()
+            .then(|| stable_absence(&intent.stable, fleet))
+            .flatten();
         if gone.is_some() != self.stable_gone {
             self.stable_gone = gone.is_some();
             self.stable_change = Some((self.stable_gone, gone.clone().unwrap_or_default()));
@@ -116,7 +119,12 @@ fn stable_absence(stable: &Release, fleet: &Fleet) -> Option<String> {
             "{} runs another release ({})",
             stable.version, vf.digest
         )),
-        Some(vf) if vf.instances.iter().all(|i| i.state == InstanceState::Stopped) => {
+        Some(vf)
+            if vf
+                .instances
+                .iter()
+                .all(|i| i.state == InstanceState::Stopped) =>
+        {
             Some(format!("every instance of {} is stopped", stable.version))
         }
         Some(_) => None,

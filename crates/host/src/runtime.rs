@@ -262,34 +262,14 @@ pub async fn start(loaded: Loaded) -> Result<Running, StartError> {
         recovery.ledger.clone(),
         recovery.survey.alive.clone(),
     );
+    // Which of the processes to re-adopt pass their readiness probe: they rejoin rotation at
+    // once.
+    supervisor.probe_adoptable().await;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (req_tx, req_rx) = mpsc::channel(64);
     let store = Arc::new(Mutex::new(store));
 
     let mut tasks = Vec::new();
-    {
-        let proxy = proxy.clone();
-        let mut rx = shutdown_rx.clone();
-        let stop = async move {
-            let _ = rx.wait_for(|s| *s).await;
-        };
-        let serving = proxy
-            .start(
-                proxy_listener,
-                tls.as_ref().map(|(reloader, _)| reloader.server_config()),
-            )
-            .map_err(StartError::Workers)?;
-        if let Some((reloader, interval)) = tls {
-            let mut rx = shutdown_rx.clone();
-            tasks.push(tokio::spawn(reloader.run(interval, async move {
-                let _ = rx.wait_for(|s| *s).await;
-            })));
-        }
-        tasks.push(tokio::spawn(async move {
-            let outcome = serving.until(stop).await;
-            info!(outcome = proxy_stopped(outcome), "proxy stopped");
-        }));
-    }
     {
         let handler: Arc<dyn Handler> = Arc::new(AdminHandler {
             tx: req_tx,
@@ -353,7 +333,7 @@ pub async fn start(loaded: Loaded) -> Result<Running, StartError> {
             .collect();
         Some(Notifier::start(sinks, 1024).map_err(|e| StartError::Notify(e.to_string()))?)
     };
-    let driver = Driver {
+    let mut driver = Driver {
         series: MemStore::new(c.metrics.retention.get().as_millis() as i64),
         embedded: rules::Embedded::default(),
         rules: rules::rules(&c),
@@ -368,7 +348,7 @@ pub async fn start(loaded: Loaded) -> Result<Running, StartError> {
         store,
         supervisor: supervisor.clone(),
         fleet_rx,
-        proxy,
+        proxy: proxy.clone(),
         recorder,
         history: History::new(c.rollout.max_lookback.get()),
         router: Router::default(),
@@ -377,6 +357,32 @@ pub async fn start(loaded: Loaded) -> Result<Running, StartError> {
         proxy_addr,
         recover: Some(crate::recovery::event(&recovery.survey)),
     };
+    // The instances are re-adopted (or started) and the route table set before the proxy
+    // accepts its first connection: no request finds an empty table after a restart.
+    driver.recover();
+    {
+        let proxy = proxy.clone();
+        let mut rx = shutdown_rx.clone();
+        let stop = async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        let serving = proxy
+            .start(
+                proxy_listener,
+                tls.as_ref().map(|(reloader, _)| reloader.server_config()),
+            )
+            .map_err(StartError::Workers)?;
+        if let Some((reloader, interval)) = tls {
+            let mut rx = shutdown_rx.clone();
+            tasks.push(tokio::spawn(reloader.run(interval, async move {
+                let _ = rx.wait_for(|s| *s).await;
+            })));
+        }
+        tasks.push(tokio::spawn(async move {
+            let outcome = serving.until(stop).await;
+            info!(outcome = proxy_stopped(outcome), "proxy stopped");
+        }));
+    }
     tasks.push(tokio::spawn(driver.run(req_rx, shutdown_rx)));
     info!(%proxy_addr, %admin_addr, service = %c.service.name, state_dir = %state_dir.display(), "cutover is running");
     Ok(Running {
@@ -645,15 +651,7 @@ impl Driver {
         mut requests: mpsc::Receiver<Request>,
         mut shutdown: watch::Receiver<bool>,
     ) {
-        let recover = self.recover.take().unwrap_or(Event::Recover {
-            alive: vec![],
-            dead: vec![],
-        });
-        if let Err(e) = self.apply(recover, None) {
-            error!(error = %e, "could not recover the persisted rollout state");
-        }
-        // Instances a previous cutover left that no release claimed: stopped, whole group.
-        self.supervisor.stop_unclaimed();
+        self.recover();
         let mut ticker = tokio::time::interval(self.loaded.config.rollout.interval.get());
         let mut gc = tokio::time::interval(Duration::from_secs(3600));
         gc.tick().await; // the first tick is immediate; start() already pruned
@@ -680,6 +678,18 @@ impl Driver {
                 }
             }
         }
+    }
+
+    /// The recovery event (once): re-adopt, replace, restart, route as before; then stop
+    /// what a previous cutover left that no release claimed (whole process groups).
+    fn recover(&mut self) {
+        let Some(recover) = self.recover.take() else {
+            return;
+        };
+        if let Err(e) = self.apply(recover, None) {
+            error!(error = %e, "could not recover the persisted rollout state");
+        }
+        self.supervisor.stop_unclaimed();
     }
 
     /// Engine, then store, then actions. On a store failure the engine is put back as it was.
@@ -1306,7 +1316,10 @@ impl Driver {
             }
             Request::Verb(verb, reason, tx) => {
                 let fleet = self.fleet_rx.borrow().clone();
-                let target = self.engine.rollback_target().filter(|_| verb == Verb::Rollback);
+                let target = self
+                    .engine
+                    .rollback_target()
+                    .filter(|_| verb == Verb::Rollback);
                 if let Err(e) = crate::rollback::check(target, &fleet, Duration::ZERO) {
                     let _ = tx.send(Err(ApiError::conflict(e.to_string())));
                     return;

@@ -180,7 +180,10 @@ mod tests {
         let pid = std::process::id();
         let t = start_time(pid).expect("this process has a stat");
         assert!(is_alive(pid, t));
-        assert!(!is_alive(pid, t + 1), "another start time is another process");
+        assert!(
+            !is_alive(pid, t + 1),
+            "another start time is another process"
+        );
     }
 
     #[test]

@@ -10,9 +10,9 @@
 //! until the caller's in-flight count reaches zero (or `stop.drain_timeout`), only then comes
 //! `stop.signal`, and SIGKILL after `stop.grace`.
 
+use crate::adopt::{InstanceRecord, Ledger};
 use crate::fleet::{CrashLoop, Fleet, InstanceState, InstanceStatus, VersionFleet};
 use crate::health::{CrashWindow, Flip, Liveness, Readiness, Restarts};
-use crate::adopt::{InstanceRecord, Ledger};
 use crate::process::{self, signal_group, signal_of, terminate, Ended, Proc};
 use crate::release::Release;
 use crate::{probe, SupervisorError};
@@ -64,6 +64,9 @@ struct Inner {
     /// Instances a previous cutover left running, not yet claimed by a `start` of their
     /// release.
     adoptable: Mutex<Vec<InstanceRecord>>,
+    /// The adoptable processes (by pid) whose readiness probe passed in
+    /// [`Supervisor::probe_adoptable`]: they rejoin rotation at once when adopted.
+    adoptable_ready: Mutex<std::collections::BTreeSet<u32>>,
 }
 
 struct InstanceHandle {
@@ -167,6 +170,7 @@ impl Supervisor {
             ledger,
             recorded: Mutex::new(Vec::new()),
             adoptable: Mutex::new(adoptable),
+            adoptable_ready: Mutex::new(Default::default()),
         };
         (
             Supervisor {
@@ -174,6 +178,34 @@ impl Supervisor {
             },
             rx,
         )
+    }
+
+    /// Probes the readiness of every adoptable process once (concurrently, each bounded by
+    /// `readiness.timeout`). One that passes is re-adopted `Ready`, so it is back in
+    /// rotation the moment its release is started, with no gap in which its clients would
+    /// find no ready instance; one that fails is re-adopted `Starting`, and its probes decide
+    /// as for any new process. Returns how many passed.
+    pub async fn probe_adoptable(&self) -> usize {
+        let records = lock(&self.inner.adoptable).clone();
+        let spec = self.inner.app.readiness.clone();
+        let probes = records.iter().map(|r| {
+            let addr = SocketAddr::from(([127, 0, 0, 1], r.port));
+            let (path, timeout) = (spec.path.clone(), spec.timeout.get());
+            async move { (r.pid, probe::probe(addr, &path, timeout).await) }
+        });
+        let results = futures_util::future::join_all(probes).await;
+        let mut ready = lock(&self.inner.adoptable_ready);
+        for (pid, result) in results {
+            match result {
+                Ok(()) => {
+                    ready.insert(pid);
+                }
+                Err(e) => {
+                    tracing::info!(pid, error = %e, "a process to re-adopt is not ready (yet); it starts out of rotation")
+                }
+            }
+        }
+        ready.len()
     }
 
     /// SIGKILLs every instance's process group at once, without drain or grace: for a
@@ -253,7 +285,12 @@ impl Supervisor {
                     start_time: rec.start_time,
                     gone: false,
                 };
-                spawned.push((index, SocketAddr::from(([127, 0, 0, 1], rec.port)), log, proc));
+                spawned.push((
+                    index,
+                    SocketAddr::from(([127, 0, 0, 1], rec.port)),
+                    log,
+                    proc,
+                ));
                 claimed.push(rec);
                 continue;
             }
@@ -276,6 +313,11 @@ impl Supervisor {
             }
         }
 
+        let adopted_ready = lock(&inner.adoptable_ready).clone();
+        let ready_at_start = |proc: &Proc| match proc {
+            Proc::Adopted { pid, .. } => adopted_ready.contains(pid),
+            Proc::Child(_) => false,
+        };
         let statuses = spawned
             .iter()
             .map(|(index, addr, _, proc)| InstanceStatus {
@@ -283,12 +325,17 @@ impl Supervisor {
                 index: *index,
                 addr: *addr,
                 pid: proc.id(),
-                state: InstanceState::Starting,
+                state: if ready_at_start(proc) {
+                    InstanceState::Ready
+                } else {
+                    InstanceState::Starting
+                },
                 restarts: 0,
                 starts: u64::from(matches!(proc, Proc::Child(_))),
                 adopted: matches!(proc, Proc::Adopted { .. }),
                 last_exit: None,
-                last_probe: None,
+                last_probe: ready_at_start(proc)
+                    .then(|| format!("GET {} → passed (re-adopted)", inner.app.readiness.path)),
             })
             .collect();
         inner.fleet.send_modify(|fleet| {
@@ -312,6 +359,7 @@ impl Supervisor {
                 index,
                 addr,
                 log,
+                ready_at_start: ready_at_start(&child),
             };
             handles.push(InstanceHandle {
                 id: format!("{name}-{index}"),
@@ -321,6 +369,7 @@ impl Supervisor {
             });
         }
         versions.insert(name, handles);
+        lock(&inner.adoptable_ready).retain(|pid| !claimed.iter().any(|r| r.pid == *pid));
         Ok(())
     }
 
@@ -679,6 +728,8 @@ struct Instance {
     index: usize,
     addr: SocketAddr,
     log: PathBuf,
+    /// A re-adopted process whose readiness probe passed just before: it starts `Ready`.
+    ready_at_start: bool,
 }
 
 impl Instance {
@@ -692,10 +743,14 @@ impl Instance {
         let window = restart.crash_loop_window.get();
         let mut backoff = initial;
         let mut restarts = CrashWindow::new(window, restart.crash_loop_restarts);
+        let mut ready = self.ready_at_start;
         loop {
             let started = Instant::now();
             let pid = child.id();
-            let mut last_exit = match self.supervise(&mut child, &mut ctl).await {
+            let supervised = self
+                .supervise(&mut child, &mut ctl, std::mem::take(&mut ready))
+                .await;
+            let mut last_exit = match supervised {
                 Why::Stop => return self.stop_phase(Some(child), ctl).await,
                 Why::Exited(how) => {
                     // The leader is gone; anything it left in its group goes too.
@@ -743,7 +798,12 @@ impl Instance {
     }
 
     /// Probes the running process until it exits, fails liveness, or a stop arrives.
-    async fn supervise(&self, child: &mut Proc, ctl: &mut watch::Receiver<Ctl>) -> Why {
+    async fn supervise(
+        &self,
+        child: &mut Proc,
+        ctl: &mut watch::Receiver<Ctl>,
+        already_ready: bool,
+    ) -> Why {
         let app = &self.inner.app;
         let (tx, mut rx) = mpsc::channel(4);
         let _readiness = AbortOnDrop(tokio::spawn(probe_loop(
@@ -755,10 +815,23 @@ impl Instance {
         // Liveness starts only once the process was ready: it doubles as a startup probe, so a
         // slow starter is not killed for not answering `/live` yet.
         let mut liveness: Option<AbortOnDrop> = None;
-        let mut readiness = Readiness::new(
-            app.readiness.success_threshold,
-            app.readiness.failure_threshold,
-        );
+        let mut readiness = if already_ready {
+            liveness = Some(AbortOnDrop(tokio::spawn(probe_loop(
+                ProbeKind::Liveness,
+                self.addr,
+                app.liveness.clone(),
+                tx.clone(),
+            ))));
+            Readiness::already_ready(
+                app.readiness.success_threshold,
+                app.readiness.failure_threshold,
+            )
+        } else {
+            Readiness::new(
+                app.readiness.success_threshold,
+                app.readiness.failure_threshold,
+            )
+        };
         let mut live = Liveness::new(app.liveness.failure_threshold);
         loop {
             if *ctl.borrow_and_update() != Ctl::Run {

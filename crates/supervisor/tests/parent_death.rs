@@ -125,7 +125,10 @@ async fn crash_helper(kit: &Kit, wrapped: bool) -> Vec<cutover_supervisor::Insta
     let records = ledger(kit.dir.path()).load().unwrap();
     assert_eq!(records.len(), 2, "{records:?}");
     let survey = Survey::of(records.clone());
-    assert_eq!(survey.alive, records, "every instance outlived its supervisor");
+    assert_eq!(
+        survey.alive, records,
+        "every instance outlived its supervisor"
+    );
     for r in &records {
         let members = group(r.pid);
         // The python server, plus the shell when wrapped.
@@ -152,7 +155,10 @@ async fn readopt_then_stop(wrapped: bool) {
         ledger(kit.dir.path()),
         Survey::of(ledger(kit.dir.path()).load().unwrap()).alive,
     );
+    // Both pass their readiness probe now: re-adopted `Ready`, back in rotation at once.
+    assert_eq!(sup.probe_adoptable().await, 2);
     sup.start(release(kit.dir.path(), &app)).unwrap();
+    assert!(sup.fleet()["v1"].all_ready(), "{:?}", sup.fleet());
     let v = common::wait_v1(&mut rx, "the re-adopted instances to be ready", |v| {
         v.all_ready()
     })
@@ -197,13 +203,20 @@ async fn a_dead_instance_is_replaced_and_an_unwanted_one_stopped() {
         nix::sys::signal::Signal::SIGKILL,
     )
     .unwrap();
-    poll_until("v1-1's group to be gone", || group(records[1].pid).is_empty()).await;
+    poll_until("v1-1's group to be gone", || {
+        group(records[1].pid).is_empty()
+    })
+    .await;
     let survey = Survey::of(ledger(kit.dir.path()).load().unwrap());
     assert_eq!(survey.alive, vec![records[0].clone()]);
     assert_eq!(survey.dead, vec![records[1].clone()]);
 
-    let (sup, mut rx) =
-        Supervisor::with_ledger(app.clone(), kit.logs(), ledger(kit.dir.path()), survey.alive);
+    let (sup, mut rx) = Supervisor::with_ledger(
+        app.clone(),
+        kit.logs(),
+        ledger(kit.dir.path()),
+        survey.alive,
+    );
     sup.start(release(kit.dir.path(), &app)).unwrap();
     let v = common::wait_v1(&mut rx, "v1 ready", |v| v.all_ready()).await;
     assert_eq!(v.instances[0].pid, Some(records[0].pid));
