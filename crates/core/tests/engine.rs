@@ -893,6 +893,41 @@ fn rollback_after_a_recovery_says_whether_a_process_was_started() {
     );
 }
 
+/// Invariant 10: the one time the canary gets more than its weight is recorded, as is its end;
+/// nothing else about the rollout changes.
+#[test]
+fn stable_gone_is_recorded_as_a_spill_and_so_is_its_end() {
+    let mut s = Sim::with_stable(spec());
+    s.deploy_v2();
+    let before = s.engine.state().clone();
+    let out = s.ok(Event::StableGone {
+        gone: true,
+        detail: "v1 is not running".into(),
+    });
+    assert!(out.actions.is_empty());
+    let [d] = &out.decisions[..] else {
+        panic!("{:?}", out.decisions)
+    };
+    assert_eq!(d.kind, DecisionKind::Spilled);
+    assert!(
+        d.reason
+            .contains("no instance left at all (v1 is not running)"),
+        "{}",
+        d.reason
+    );
+    assert!(d.reason.contains("go to the canary v2"), "{}", d.reason);
+    assert_eq!(s.engine.state(), &before);
+    let out = s.ok(Event::StableGone {
+        gone: false,
+        detail: String::new(),
+    });
+    assert!(
+        out.decisions[0].reason.contains("back to its weight 2%"),
+        "{}",
+        out.decisions[0].reason
+    );
+}
+
 #[test]
 fn eta_counts_remaining_steps() {
     let mut s = Sim::with_stable(spec());

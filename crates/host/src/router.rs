@@ -130,3 +130,94 @@ fn stable_absence(stable: &Release, fleet: &Fleet) -> Option<String> {
         Some(_) => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cutover_supervisor::{InstanceStatus, VersionFleet};
+    use cutover_telemetry::Recorder;
+    use std::time::Duration;
+
+    fn fleet(entries: &[(&str, &str, &[InstanceState])]) -> Fleet {
+        entries
+            .iter()
+            .map(|(version, digest, states)| {
+                let instances = states
+                    .iter()
+                    .enumerate()
+                    .map(|(n, state)| InstanceStatus {
+                        id: format!("{version}-{n}"),
+                        index: n,
+                        addr: ([127, 0, 0, 1], 1000 + n as u16).into(),
+                        pid: Some(1),
+                        state: *state,
+                        restarts: 0,
+                        starts: 1,
+                        adopted: false,
+                        last_exit: None,
+                        last_probe: None,
+                    })
+                    .collect();
+                let vf = VersionFleet {
+                    digest: digest.to_string(),
+                    instances,
+                    crash_loop: None,
+                };
+                (version.to_string(), vf)
+            })
+            .collect()
+    }
+
+    /// Invariant 10: stable's instances starting is not "no stable"; only none at all is,
+    /// and each change of that is handed over once, to be recorded.
+    #[test]
+    fn stable_is_left_out_only_when_it_has_no_instance_at_all() {
+        use InstanceState::*;
+        let proxy = Proxy::new(
+            cutover_proxy::ProxyConfig::default(),
+            Recorder::new(Duration::from_millis(50), Duration::from_secs(1)),
+        );
+        let mut router = Router::default();
+        let intent = Intent {
+            stable: Release::new("v1", "d1"),
+            canary: Some(Release::new("v2", "d2")),
+            weight: Weight::from_bp(1000).unwrap(),
+            salt: 1,
+        };
+        let starting = fleet(&[
+            ("v1", "d1", &[Starting, Restarting]),
+            ("v2", "d2", &[Ready]),
+        ]);
+        router.set_intent(intent.clone(), &starting, &proxy);
+        let t = proxy.table();
+        assert!(t.stable.as_ref().is_some_and(|p| p.backends.is_empty()));
+        assert_eq!(router.take_stable_change(), None);
+
+        let gone = fleet(&[("v2", "d2", &[Ready])]);
+        router.publish(&gone, &proxy);
+        assert!(
+            proxy.table().stable.is_none(),
+            "no stable at all: the canary serves"
+        );
+        let (is_gone, why) = router.take_stable_change().unwrap();
+        assert!(is_gone && why.contains("v1 is not running"), "{why}");
+        router.publish(&gone, &proxy);
+        assert_eq!(router.take_stable_change(), None, "said once");
+
+        router.publish(&starting, &proxy);
+        assert_eq!(router.take_stable_change(), Some((false, String::new())));
+        assert!(proxy.table().stable.is_some());
+
+        // Without a canary there is nothing to spill to: nothing to record.
+        let mut router = Router::default();
+        router.set_intent(
+            Intent {
+                canary: None,
+                ..intent
+            },
+            &gone,
+            &proxy,
+        );
+        assert_eq!(router.take_stable_change(), None);
+    }
+}
