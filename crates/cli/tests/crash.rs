@@ -73,7 +73,7 @@ impl Cutover {
         proxy
     }
 
-    fn spawn(dir: &Path) -> Child {
+    fn spawn(dir: &Path, args: &[&str]) -> Child {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -81,6 +81,7 @@ impl Cutover {
             .unwrap();
         Command::new(env!("CARGO_BIN_EXE_cutover"))
             .arg("run")
+            .args(args)
             .current_dir(dir)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -90,9 +91,13 @@ impl Cutover {
     }
 
     async fn start(dir: &Path) -> Cutover {
+        Self::start_with(dir, &[]).await
+    }
+
+    async fn start_with(dir: &Path, args: &[&str]) -> Cutover {
         let c = Cutover {
             dir: dir.to_path_buf(),
-            child: Some(Self::spawn(dir)),
+            child: Some(Self::spawn(dir, args)),
         };
         eventually(LONG, "cutover's admin API to answer", || async {
             match c.client() {
@@ -595,4 +600,36 @@ async fn rollback_right_after_a_restart_waits_for_ready_instances() {
     let report = load.stop().await;
     assert_eq!(report.failed, 0, "{:?}", report.failures);
     assert!(c.terminate().success());
+}
+
+/// A deliberate stop with `--keep-apps` (what an upgrade of cutover does) leaves the apps
+/// running and recorded; the next `cutover run` re-adopts them, and a plain stop then stops
+/// them, whole groups.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_apps_leaves_the_apps_to_the_next_cutover() {
+    let _g = common::serial().await;
+    let dir = tempfile::tempdir().unwrap();
+    Cutover::configure(dir.path(), common::config());
+    let mut c = Cutover::start_with(dir.path(), &["--keep-apps"]).await;
+    c.post("/v1/deploy", json!({ "version": "v1" }))
+        .await
+        .unwrap();
+    let before = c.wait_for("v1 stable", |s| ready(s, "v1") == 2).await;
+    let procs = processes(&before);
+    assert!(c.terminate().success(), "{}", c.log());
+    for (id, (pid, members)) in &procs {
+        assert_eq!(&group(*pid), members, "{id} kept running");
+    }
+
+    let mut c = Cutover::start(dir.path()).await;
+    let after = c.wait_for("v1 re-adopted", |s| ready(s, "v1") == 2).await;
+    assert_eq!(processes(&after), procs);
+    assert!(c.terminate().success(), "{}", c.log());
+    for (id, (pid, _)) in &procs {
+        assert!(
+            group(*pid).is_empty(),
+            "{id}: left behind: {:?}",
+            group(*pid)
+        );
+    }
 }
