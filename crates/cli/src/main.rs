@@ -49,6 +49,10 @@ enum Command {
         /// acceptance is recorded in the audit chain.
         #[arg(long)]
         accept_tampered: bool,
+        /// On SIGTERM/Ctrl-C, stop serving but leave the app instances running, for the next
+        /// `cutover run` on this state directory to re-adopt (an upgrade of cutover itself).
+        #[arg(long)]
+        keep_apps: bool,
     },
     /// Start a progressive rollout of VERSION (returns at once unless --wait).
     Deploy {
@@ -405,10 +409,12 @@ fn run(cli: Cli) -> Result<(), CommandError> {
                 log_json,
                 audit_key_file,
                 accept_tampered,
+                keep_apps,
             } => {
                 let opts = cutover_host::StartOptions {
                     audit_key_file,
                     accept_tampered,
+                    keep_apps,
                 };
                 cutover_host::run(&cli.config, log_json, opts).await
             }

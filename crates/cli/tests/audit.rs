@@ -59,9 +59,9 @@ async fn recorded_history() -> tempfile::TempDir {
         .await
         .unwrap();
     h.wait_for("v3 aborted", long, is_aborted).await;
-    let Harness { dir, running, .. } = h;
-    running.unwrap().shutdown().await;
-    dir
+    let mut h = h;
+    h.running.take().unwrap().shutdown().await;
+    std::mem::replace(&mut h.dir, tempfile::tempdir().unwrap())
 }
 
 /// A copy of `from` (config and state, without instance logs) to tamper with.

@@ -620,7 +620,20 @@ pub enum Event {
     /// An operator verb.
     Command(Verb),
     /// cutover (re)started: re-issue what rebuilds the world from the persisted state.
-    Recover,
+    /// `alive` and `dead`: the instance processes a previous cutover left, as the shell found
+    /// them (same pid and process start time, or gone). The engine decides what they mean:
+    /// those of a release it starts again are re-adopted (alive) or replaced (dead); live ones
+    /// of any other release are stopped. One `recovered` decision says so.
+    Recover {
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        alive: Vec<RecoveredInstance>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        dead: Vec<RecoveredInstance>,
+    },
+    /// The shell found that stable has no instance at all (`gone`: none running, starting or
+    /// restarting; `detail` says why), or has some again. While it has none, its clients
+    /// are sent to the canary: recorded as a `spilled` decision, as is the end of it.
+    StableGone { gone: bool, detail: String },
     /// The instant [`Engine::poll_timeout`] asked for has come (or passed): the start
     /// deadline, step ends, `hold_previous` expiry, abort rules' `for` windows, `max_hold`,
     /// `max_inconclusive`. The timers decide on the last [`Event::Measured`]; a timeout that
@@ -630,6 +643,16 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         facts: Vec<InstanceFacts>,
     },
+}
+
+/// An instance process a previous cutover left, as [`Event::Recover`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecoveredInstance {
+    /// `<version>-<index>`.
+    pub instance: String,
+    /// The release digest it runs.
+    pub digest: String,
+    pub pid: u32,
 }
 
 /// The manual verbs.
@@ -700,6 +723,10 @@ pub enum DecisionKind {
     BreachCleared,
     CrashLoop,
     Recovered,
+    /// Stable has no instance left at all, so its clients go to the canary (or it has
+    /// instances again, and the canary is back to its weight): the one time a canary gets
+    /// more than its weight (DESIGN.md invariant 10).
+    Spilled,
 }
 
 impl DecisionKind {
@@ -719,6 +746,7 @@ impl DecisionKind {
             DecisionKind::BreachCleared => "breach_cleared",
             DecisionKind::CrashLoop => "crash_loop",
             DecisionKind::Recovered => "recovered",
+            DecisionKind::Spilled => "spilled",
         }
     }
 
@@ -737,9 +765,10 @@ impl DecisionKind {
             DecisionKind::RolledBack => NotifyKind::RolledBack,
             DecisionKind::PreviousReleased => NotifyKind::PreviousReleased,
             DecisionKind::CrashLoop => NotifyKind::CrashLoop,
-            DecisionKind::BreachStarted | DecisionKind::BreachCleared | DecisionKind::Recovered => {
-                return None
-            }
+            DecisionKind::BreachStarted
+            | DecisionKind::BreachCleared
+            | DecisionKind::Recovered
+            | DecisionKind::Spilled => return None,
         })
     }
 }
@@ -831,6 +860,15 @@ pub enum EngineError {
     /// `rollback` after `hold_previous` stopped the previous release.
     #[error("the previous release {previous} is no longer running (hold_previous {hold} has passed); deploy it again with `cutover deploy {previous}`")]
     PreviousGone { previous: String, hold: Dur },
+    /// `rollback` to a held release whose instances are not ready (right after cutover
+    /// restarted, say): switching would send requests to nothing that answers.
+    #[error("the previous release {previous} is not ready ({ready} of {instances} instances ready after waiting {waited}); nothing was switched: retry `cutover rollback` once `cutover status` shows its instances ready")]
+    PreviousNotReady {
+        previous: String,
+        ready: usize,
+        instances: usize,
+        waited: Dur,
+    },
 }
 
 /// The engine's answer to one event.
@@ -858,6 +896,10 @@ pub struct Engine {
     /// Not persisted: after a restart the timers wait for the first measurement, as a
     /// rollout is never judged on evidence from before the restart.
     measured: Option<Measurement>,
+    /// Releases that had an instance process started when cutover last recovered (a dead
+    /// one replaced, or none to re-adopt): a rollback to one of them is not "with no process
+    /// start". In memory only: it describes this run of cutover.
+    started_at_recovery: std::collections::BTreeSet<String>,
 }
 
 impl Engine {
@@ -870,6 +912,7 @@ impl Engine {
                 ..State::default()
             },
             measured: None,
+            started_at_recovery: Default::default(),
         }
     }
 
@@ -880,6 +923,7 @@ impl Engine {
             spec,
             state,
             measured: None,
+            started_at_recovery: Default::default(),
         }
     }
 
@@ -1083,7 +1127,32 @@ impl Engine {
                 }
             }
             Event::Command(verb) => self.command(now, verb, &mut out)?,
-            Event::Recover => self.recover(now, &mut out),
+            Event::Recover { alive, dead } => self.recover(now, alive, dead, &mut out),
+            Event::StableGone { gone, detail } => {
+                let stable = self
+                    .state
+                    .stable
+                    .as_ref()
+                    .map_or("-".into(), Release::label);
+                let canary = self.active().map(|r| (r.to.label(), r.weight));
+                let reason = match (gone, canary) {
+                    (true, Some((c, _))) => format!(
+                        "stable {stable} has no instance left at all ({detail}): all its clients go to the canary {c} until it has one again"
+                    ),
+                    (false, Some((c, w))) => format!(
+                        "stable {stable} has instances again: the canary {c} is back to its weight {w}"
+                    ),
+                    (true, None) => format!("stable {stable} has no instance left at all ({detail})"),
+                    (false, None) => format!("stable {stable} has instances again"),
+                };
+                self.decide(
+                    &mut out,
+                    now,
+                    DecisionKind::Spilled,
+                    reason,
+                    serde_json::json!({ "stable_gone": gone }),
+                );
+            }
         }
         Ok(out)
     }
@@ -2041,12 +2110,19 @@ impl Engine {
                         reason: reason.clone(),
                     },
                 );
+                // The shell switches only to ready instances (`rollback_target`); whether
+                // any of them is a process started since cutover's last restart is said.
+                let how = if self.started_at_recovery.contains(&held.release.digest) {
+                    "on instances restarted when cutover recovered (ready before the switch)"
+                } else {
+                    "with no process start"
+                };
                 self.decide(
                     out,
                     now,
                     DecisionKind::RolledBack,
                     format!(
-                        "{}: all traffic back on {} with no process start; {} stopped",
+                        "{}: all traffic back on {} {how}; {} stopped",
                         reason,
                         held.release.label(),
                         to.label()
@@ -2058,17 +2134,23 @@ impl Engine {
         Ok(())
     }
 
-    fn recover(&mut self, now: Timestamp, out: &mut Outcome) {
-        let mut started = Vec::new();
+    fn recover(
+        &mut self,
+        now: Timestamp,
+        alive: Vec<RecoveredInstance>,
+        dead: Vec<RecoveredInstance>,
+        out: &mut Outcome,
+    ) {
+        let mut started: Vec<Release> = Vec::new();
         if let Some(s) = self.state.stable.clone() {
             out.actions.push(Action::Start { release: s.clone() });
-            started.push(s.label());
+            started.push(s);
         }
         if let Some(h) = self.state.previous.clone() {
             out.actions.push(Action::Start {
                 release: h.release.clone(),
             });
-            started.push(h.release.label());
+            started.push(h.release);
         }
         if let Some(r) = self.state.rollout.as_mut() {
             if let Phase::Starting { deadline: Some(d) } = &mut r.phase {
@@ -2082,7 +2164,7 @@ impl Engine {
                 out.actions.push(Action::Start {
                     release: r.to.clone(),
                 });
-                started.push(r.to.label());
+                started.push(r.to);
             }
         }
         // Routes are re-established as they were; instances join only once ready (invariant 3).
@@ -2105,22 +2187,91 @@ impl Engine {
                 salt,
             });
         }
-        if !started.is_empty() {
-            let phase = self
-                .state
-                .rollout
-                .as_ref()
-                .map_or("none", |r| r.phase.name());
-            self.decide(
-                out,
-                now,
-                DecisionKind::Recovered,
-                format!(
-                    "cutover restarted: restarting {} (rollout phase {phase})",
-                    started.join(", ")
-                ),
-                serde_json::Value::Null,
-            );
+        let wanted = |i: &&RecoveredInstance| started.iter().any(|r| r.digest == i.digest);
+        let adopted: Vec<&RecoveredInstance> = alive.iter().filter(wanted).collect();
+        let replaced: Vec<&RecoveredInstance> = dead.iter().filter(wanted).collect();
+        let unwanted: Vec<&RecoveredInstance> = alive.iter().filter(|i| !wanted(i)).collect();
+        // A release none of whose instances is re-adopted is started anew.
+        let fresh: Vec<&Release> = started
+            .iter()
+            .filter(|r| !adopted.iter().any(|i| i.digest == r.digest))
+            .collect();
+        self.started_at_recovery = replaced
+            .iter()
+            .map(|i| i.digest.clone())
+            .chain(fresh.iter().map(|r| r.digest.clone()))
+            .collect();
+        if started.is_empty() && unwanted.is_empty() {
+            return;
+        }
+        let list = |is: &[&RecoveredInstance]| {
+            is.iter()
+                .map(|i| format!("{} (pid {})", i.instance, i.pid))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let mut parts = Vec::new();
+        if !adopted.is_empty() {
+            parts.push(format!(
+                "re-adopted {} without restarting {}",
+                list(&adopted),
+                if adopted.len() == 1 { "it" } else { "them" }
+            ));
+        }
+        if !replaced.is_empty() {
+            parts.push(format!("replacing {}, which had died", list(&replaced)));
+        }
+        if !fresh.is_empty() {
+            let labels: Vec<String> = fresh.iter().map(|r| r.label()).collect();
+            parts.push(format!("starting {}", labels.join(", ")));
+        }
+        if !unwanted.is_empty() {
+            parts.push(format!(
+                "stopping {}, no longer part of the rollout",
+                list(&unwanted)
+            ));
+        }
+        let resumes = match self.state.rollout.as_ref() {
+            Some(r) if r.phase.is_active() => format!(
+                "rollout {} resumes {} at step {} and weight {}",
+                r.id,
+                r.phase.name(),
+                r.step + 1,
+                r.weight
+            ),
+            Some(r) => format!("rollout {} is {}", r.id, r.phase.name()),
+            None => "no rollout yet".to_string(),
+        };
+        let ids = |is: &[&RecoveredInstance]| -> Vec<String> {
+            is.iter().map(|i| i.instance.clone()).collect()
+        };
+        let numbers = serde_json::json!({
+            "adopted": ids(&adopted),
+            "replaced": ids(&replaced),
+            "stopped": ids(&unwanted),
+            "started": fresh.iter().map(|r| r.version.clone()).collect::<Vec<_>>(),
+            "step": self.state.rollout.as_ref().map(|r| r.step),
+            "weight": self.state.rollout.as_ref().map(|r| r.weight.to_string()),
+        });
+        self.decide(
+            out,
+            now,
+            DecisionKind::Recovered,
+            format!("cutover restarted: {}; {resumes}", parts.join("; ")),
+            numbers,
+        );
+    }
+
+    /// The release an operator's `rollback` would switch all traffic to, when it would switch
+    /// to a release that is already running (inside `hold_previous`): the shell lets the
+    /// rollback through only once that release's instances are ready, so that it "needs no
+    /// process start" and sends no request to an instance that is not ready (DESIGN.md
+    /// invariants 3 and 6).
+    pub fn rollback_target(&self) -> Option<&Release> {
+        let r = self.state.rollout.as_ref()?;
+        match r.phase {
+            Phase::Promoted { .. } => self.state.previous.as_ref().map(|h| &h.release),
+            _ => None,
         }
     }
 }

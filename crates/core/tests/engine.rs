@@ -3,7 +3,7 @@
 
 use cutover_core::engine::{
     Action, DecisionKind, Engine, EngineError, Event, InstanceFacts, Outcome, Phase, PhaseKind,
-    Release, Step, StepHold, Verb,
+    RecoveredInstance, Release, Step, StepHold, Verb,
 };
 use cutover_core::spec::{AbortSpec, GateSpec, PauseSpec, RolloutSpec, ScheduleKind, StepSpec};
 use cutover_core::{Dur, Timestamp, TrackStats, Weight, WindowStats};
@@ -753,7 +753,15 @@ fn recovery_restarts_what_the_state_says_and_routes_as_before() {
     // cutover dies; a new one restores the persisted state.
     let state = serde_json::from_str(&saved).unwrap();
     let mut e = Engine::restore(spec(), state);
-    let out = e.handle(s.now, Event::Recover).unwrap();
+    let out = e
+        .handle(
+            s.now,
+            Event::Recover {
+                alive: vec![],
+                dead: vec![],
+            },
+        )
+        .unwrap();
     assert_eq!(out.actions[0], Action::Start { release: v1() });
     assert_eq!(out.actions[1], Action::Start { release: v2() });
     assert!(
@@ -762,6 +770,162 @@ fn recovery_restarts_what_the_state_says_and_routes_as_before() {
     assert_eq!(
         e.state().rollout.as_ref().unwrap().phase.kind(),
         PhaseKind::Progressing
+    );
+}
+
+fn inst(id: &str, digest: &str, pid: u32) -> RecoveredInstance {
+    RecoveredInstance {
+        instance: id.into(),
+        digest: digest.into(),
+        pid,
+    }
+}
+
+#[test]
+fn recovery_readopts_live_instances_replaces_dead_ones_and_says_so_once() {
+    let mut s = Sim::with_stable(spec());
+    s.deploy_v2();
+    s.tick(90, healthy());
+    let (step, weight) = {
+        let r = s.engine.state().rollout.as_ref().unwrap();
+        (r.step, r.weight)
+    };
+    let mut e = Engine::restore(spec(), s.engine.state().clone());
+    let out = e
+        .handle(
+            s.now,
+            Event::Recover {
+                alive: vec![
+                    inst("v1-0", "sha-v1", 11),
+                    inst("v2-0", "sha-v2", 21),
+                    inst("v0-0", "sha-v0", 5),
+                ],
+                dead: vec![inst("v2-1", "sha-v2", 22)],
+            },
+        )
+        .unwrap();
+    // The same step and weight; one decision, which names what happened to each process.
+    let r = e.state().rollout.as_ref().unwrap();
+    assert_eq!(
+        (r.step, r.weight, r.phase.kind()),
+        (step, weight, PhaseKind::Progressing)
+    );
+    let [d] = &out.decisions[..] else {
+        panic!("one decision: {:?}", out.decisions)
+    };
+    assert_eq!(d.kind, DecisionKind::Recovered);
+    assert!(
+        d.reason
+            .contains("re-adopted v1-0 (pid 11), v2-0 (pid 21) without restarting them"),
+        "{}",
+        d.reason
+    );
+    assert!(
+        d.reason.contains("replacing v2-1 (pid 22), which had died"),
+        "{}",
+        d.reason
+    );
+    assert!(
+        d.reason
+            .contains("stopping v0-0 (pid 5), no longer part of the rollout"),
+        "{}",
+        d.reason
+    );
+    assert!(
+        d.reason
+            .contains("resumes progressing at step 2 and weight 4%"),
+        "{}",
+        d.reason
+    );
+    assert_eq!(d.numbers["adopted"], serde_json::json!(["v1-0", "v2-0"]));
+    assert_eq!(d.numbers["replaced"], serde_json::json!(["v2-1"]));
+    assert_eq!(d.numbers["stopped"], serde_json::json!(["v0-0"]));
+    assert_eq!(d.numbers["started"], serde_json::json!([]));
+}
+
+/// "No process start" is said only when true: a held release whose instance died while
+/// cutover was down was started again at recovery.
+#[test]
+fn rollback_after_a_recovery_says_whether_a_process_was_started() {
+    let promoted = || {
+        let mut s = Sim::with_stable(spec());
+        s.deploy_v2();
+        s.ok(Event::Command(Verb::Promote));
+        Engine::restore(spec(), s.engine.state().clone())
+    };
+    let now = Timestamp::from_millis(2_000_000);
+    let mut e = promoted();
+    assert_eq!(e.rollback_target(), Some(&v1()));
+    e.handle(
+        now,
+        Event::Recover {
+            alive: vec![inst("v1-0", "sha-v1", 11), inst("v2-0", "sha-v2", 21)],
+            dead: vec![],
+        },
+    )
+    .unwrap();
+    let out = e.handle(now, Event::Command(Verb::Rollback)).unwrap();
+    assert!(
+        out.decisions[0].reason.contains("with no process start"),
+        "{}",
+        out.decisions[0].reason
+    );
+    assert_eq!(
+        e.rollback_target(),
+        None,
+        "rolled back: nothing to roll back to"
+    );
+
+    let mut e = promoted();
+    e.handle(
+        now,
+        Event::Recover {
+            alive: vec![inst("v2-0", "sha-v2", 21)],
+            dead: vec![inst("v1-0", "sha-v1", 11)],
+        },
+    )
+    .unwrap();
+    let out = e.handle(now, Event::Command(Verb::Rollback)).unwrap();
+    let reason = &out.decisions[0].reason;
+    assert!(!reason.contains("no process start"), "{reason}");
+    assert!(
+        reason.contains("restarted when cutover recovered"),
+        "{reason}"
+    );
+}
+
+/// Invariant 10: the one time the canary gets more than its weight is recorded, as is its end;
+/// nothing else about the rollout changes.
+#[test]
+fn stable_gone_is_recorded_as_a_spill_and_so_is_its_end() {
+    let mut s = Sim::with_stable(spec());
+    s.deploy_v2();
+    let before = s.engine.state().clone();
+    let out = s.ok(Event::StableGone {
+        gone: true,
+        detail: "v1 is not running".into(),
+    });
+    assert!(out.actions.is_empty());
+    let [d] = &out.decisions[..] else {
+        panic!("{:?}", out.decisions)
+    };
+    assert_eq!(d.kind, DecisionKind::Spilled);
+    assert!(
+        d.reason
+            .contains("no instance left at all (v1 is not running)"),
+        "{}",
+        d.reason
+    );
+    assert!(d.reason.contains("go to the canary v2"), "{}", d.reason);
+    assert_eq!(s.engine.state(), &before);
+    let out = s.ok(Event::StableGone {
+        gone: false,
+        detail: String::new(),
+    });
+    assert!(
+        out.decisions[0].reason.contains("back to its weight 2%"),
+        "{}",
+        out.decisions[0].reason
     );
 }
 

@@ -346,7 +346,14 @@ fn a_restarted_cutover_gives_a_starting_canary_the_whole_start_timeout_again() {
     let e = starting();
     let mut e = Engine::restore(e.spec().clone(), e.state().clone());
     let restarted = T0.plus(Dur::from_secs(15).get());
-    e.handle(restarted, Event::Recover).unwrap();
+    e.handle(
+        restarted,
+        Event::Recover {
+            alive: vec![],
+            dead: vec![],
+        },
+    )
+    .unwrap();
     assert_eq!(
         e.poll_timeout(),
         Some(restarted.plus(Dur::from_secs(20).get()))

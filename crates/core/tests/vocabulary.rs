@@ -89,6 +89,7 @@ fn every_notification_kind_comes_from_a_decision() {
         DecisionKind::BreachCleared,
         DecisionKind::CrashLoop,
         DecisionKind::Recovered,
+        DecisionKind::Spilled,
     ];
     for kind in NotifyKind::ALL {
         assert!(
@@ -102,5 +103,8 @@ fn every_notification_kind_comes_from_a_decision() {
         .filter(|d| d.notify_kind().is_none())
         .map(|d| d.as_str())
         .collect();
-    assert_eq!(silent, ["breach_started", "breach_cleared", "recovered"]);
+    assert_eq!(
+        silent,
+        ["breach_started", "breach_cleared", "recovered", "spilled"]
+    );
 }

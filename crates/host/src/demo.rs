@@ -271,7 +271,14 @@ pub async fn run(state_dir: Option<PathBuf>, rate: u32) -> Result<(), CommandErr
             .display()
     );
     let client = running.client();
-    let result = scenario(&client, running.proxy_addr, rate, started).await;
+    // Ctrl-C ends the demo cleanly: instances outlive the process that started them (they
+    // run in sessions of their own), so an interrupted demo must stop them itself.
+    let result = tokio::select! {
+        r = scenario(&client, running.proxy_addr, rate, started) => r,
+        _ = tokio::signal::ctrl_c() => Err(CommandError::Interrupted(
+            "demo interrupted".to_string(),
+        )),
+    };
     println!("\nshutting down (draining the proxy, stopping instances)...");
     running.shutdown().await;
     let (report, v2, v3) = result?;

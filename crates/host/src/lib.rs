@@ -17,10 +17,13 @@ pub mod config;
 pub mod dashboard;
 pub mod delivery;
 pub mod demo;
+pub mod lock;
 pub mod logs;
 pub mod metrics;
+pub mod recovery;
 pub mod remote;
 pub mod render;
+pub mod rollback;
 pub mod router;
 pub mod rules;
 pub mod runtime;
@@ -65,7 +68,8 @@ pub fn init_logging(level: &str, json: bool) {
 
 /// `cutover run`: runs until SIGINT or SIGTERM, then shuts down gracefully. A store that fails
 /// audit verification is refused ([`CommandError::Tampered`], exit 65) unless
-/// `opts.accept_tampered`.
+/// `opts.accept_tampered`. With `opts.keep_apps` the instances outlive the shutdown, for the
+/// next `cutover run` on this state directory to re-adopt.
 pub async fn run(
     config_path: &Path,
     log_json: bool,
@@ -76,6 +80,7 @@ pub async fn run(
         &loaded.config.log.level,
         log_json || loaded.config.log.format == LogFormat::Json,
     );
+    let keep_apps = opts.keep_apps;
     let running = runtime::start_with(loaded, opts)
         .await
         .map_err(|e| match e {
@@ -88,8 +93,12 @@ pub async fn run(
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
-    tracing::info!("shutting down: draining the proxy, then stopping instances");
-    running.shutdown().await;
+    if keep_apps {
+        tracing::info!("shutting down: draining the proxy; the instances keep running (--keep-apps) for the next cutover to re-adopt");
+    } else {
+        tracing::info!("shutting down: draining the proxy, then stopping instances");
+    }
+    running.shutdown_keeping(keep_apps).await;
     Ok(())
 }
 

@@ -209,6 +209,10 @@ pub struct Pool {
 pub struct RouteTable {
     /// The rollout's sticky salt; constant within one rollout (see [`cutover_core::sticky`]).
     pub salt: u64,
+    /// The stable pool. An empty pool (its instances are starting, or not ready) means that
+    /// stable's clients get 503, *not* the canary: the canary never receives more than its
+    /// weight (DESIGN.md invariant 10). `None` means there is no stable at all: then every
+    /// client goes to the canary (the host records that as a decision).
     pub stable: Option<Pool>,
     /// The canary pool and its share of clients.
     pub canary: Option<(Pool, Weight)>,
@@ -231,14 +235,23 @@ impl RouteTable {
         }
     }
 
-    /// The pool that serves a client with `key`: the one it is meant for, else the other one
-    /// when that has no backends; `None` when no pool has a backend.
+    /// The pool that serves a client with `key`: the one it is meant for; a canary client
+    /// goes to stable when the canary has no backend, but a stable client never goes to the
+    /// canary because stable's pool is empty (the blast radius, invariant 10); `None`: 503.
     pub(crate) fn route(&self, key: &[u8]) -> Option<(Track, &Pool)> {
         let (track, pool) = self.intended(key)?;
         if !pool.backends.is_empty() {
             return Some((track, pool));
         }
-        self.other(track).filter(|(_, p)| !p.backends.is_empty())
+        self.spill(track).filter(|(_, p)| !p.backends.is_empty())
+    }
+
+    /// Where a client of `track` may go instead: canary → stable only.
+    fn spill(&self, track: Track) -> Option<(Track, &Pool)> {
+        match track {
+            Track::Canary => self.other(track),
+            Track::Stable => None,
+        }
     }
 
     fn other(&self, track: Track) -> Option<(Track, &Pool)> {
@@ -249,7 +262,9 @@ impl RouteTable {
     }
 
     /// A backend for the one retry after `failed` refused a connection: another backend of
-    /// the same pool, else one of the other pool; never `failed`'s address again. The backend
+    /// the same pool, else one of the other pool; never `failed`'s address again. (A
+    /// request nothing received is re-sent rather than failed, even to the canary: this is
+    /// the one way a canary gets more than its weight, one refused connection at a time.) The backend
     /// is its track and its position in that pool's list.
     pub(crate) fn retry_target(&self, track: Track, failed: SocketAddr) -> Option<(Track, usize)> {
         let same = self.pool(track).map(|p| (track, p));
@@ -335,12 +350,20 @@ mod tests {
     }
 
     #[test]
-    fn empty_pool_falls_back_to_the_other() {
-        assert_eq!(table(&[], &[2], 0).route(b"k").unwrap().0, Track::Canary);
+    fn an_empty_canary_falls_back_to_stable_but_an_empty_stable_never_to_the_canary() {
+        // Stable's instances are starting: its clients get 503, the canary keeps its weight.
+        assert!(table(&[], &[2], 0).route(b"k").is_none());
+        assert!(table(&[], &[2], 10).route(b"k").is_none());
         assert_eq!(
             table(&[1], &[], 10_000).route(b"k").unwrap().0,
             Track::Stable
         );
+        // No stable at all (the host decided so, and recorded it): the canary serves.
+        let no_stable = RouteTable {
+            stable: None,
+            ..table(&[], &[2], 0)
+        };
+        assert_eq!(no_stable.route(b"k").unwrap().0, Track::Canary);
         assert!(table(&[], &[], 5_000).route(b"k").is_none());
         assert!(RouteTable::default().route(b"k").is_none());
         assert_eq!(table(&[], &[], 0).intended(b"k").unwrap().1.version, "v1");

@@ -166,7 +166,7 @@ async fn table_swaps_are_atomic_under_load() {
 }
 
 #[tokio::test]
-async fn empty_pool_falls_back_and_no_pool_is_503() {
+async fn an_empty_canary_falls_back_an_empty_stable_is_503_and_no_pool_is_503() {
     let (s, c) = (Upstream::start("v1#0").await, Upstream::start("v2#0").await);
     let px = Running::start().await;
     let client = client();
@@ -175,11 +175,19 @@ async fn empty_pool_falls_back_and_no_pool_is_503() {
     assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(a.body.contains("no ready instance"), "{}", a.body);
 
-    // Everyone is meant for stable, which has no instance: the canary serves.
+    // Everyone is meant for stable, whose instances are not ready (still starting): 503,
+    // never the canary, whose weight holds (DESIGN.md invariant 10).
     px.proxy.set_table(table(
         Some(pool("v1", &[])),
         Some((pool("v2", &[c.backend()]), 0)),
     ));
+    for i in 0..20 {
+        let r = get(&client, px.addr, "/", Some(&i.to_string())).await;
+        assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.body);
+    }
+    // There is no stable at all (the host decided so, and recorded it): the canary serves.
+    px.proxy
+        .set_table(table(None, Some((pool("v2", &[c.backend()]), 0))));
     for i in 0..20 {
         assert_eq!(
             get(&client, px.addr, "/", Some(&i.to_string())).await.body,
@@ -204,7 +212,8 @@ async fn empty_pool_falls_back_and_no_pool_is_503() {
     assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(a.body.contains("no ready instance"));
     let failed = px.recorder.track("v1").totals().errors + px.recorder.track("v2").totals().errors;
-    assert_eq!(failed, 1, "the proxy-generated 503 counts as an error");
+    // The 20 answered while stable was starting and this one.
+    assert_eq!(failed, 21, "the proxy-generated 503s count as errors");
 }
 
 #[tokio::test]

@@ -61,7 +61,12 @@ pub struct InstanceStatus {
     /// Restarts after an exit, a liveness failure or a failed spawn.
     pub restarts: u32,
     /// Processes spawned for this instance in total: a changed value means a process start.
+    /// 0 for an instance re-adopted from a previous cutover that this one has not restarted.
     pub starts: u64,
+    /// True while the current process is one a previous cutover started and this one
+    /// re-adopted (see `crate::adopt`).
+    #[serde(default)]
+    pub adopted: bool,
     /// How the previous process ended, in words.
     pub last_exit: Option<String>,
     /// The last readiness probe's result for the current process, e.g. `GET /ready → passed`

@@ -44,6 +44,14 @@ impl Readiness {
         }
     }
 
+    /// A re-adopted process whose readiness probe just passed: ready, as it was.
+    pub(crate) fn already_ready(success_threshold: u32, failure_threshold: u32) -> Readiness {
+        Readiness {
+            ready: true,
+            ..Readiness::new(success_threshold, failure_threshold)
+        }
+    }
+
     pub(crate) fn is_ready(&self) -> bool {
         self.ready
     }

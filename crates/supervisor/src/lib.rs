@@ -15,12 +15,15 @@
 //!   failing means a restart);
 //! - signal an instance before its in-flight requests finished or the drain window ran out
 //!   (DESIGN.md invariant 4);
-//! - leave processes behind: instances run in their own process group, which is what gets
-//!   signalled, and they receive SIGTERM if cutover dies (`PR_SET_PDEATHSIG`).
+//! - leave processes behind: instances run in their own session and process group, which is
+//!   what gets signalled, so a wrapper script and the server it started go together;
+//! - tie an instance's life to its own: instances outlive a crashed cutover (no parent-death
+//!   signal), and the [`Ledger`] lets a restarted one re-adopt them (DESIGN.md invariant 8).
 //!
-//! `unsafe` is denied workspace-wide; the single exception is the `pre_exec` hook that sets
-//! the parent-death signal (see `process::die_with_parent` and its SAFETY comment).
+//! `unsafe` is denied workspace-wide; the single exception is the `pre_exec` hook that calls
+//! `setsid` (see `process::new_session` and its SAFETY comment).
 
+pub mod adopt;
 mod error;
 mod fleet;
 mod health;
@@ -32,6 +35,7 @@ pub mod rotate;
 pub mod secret;
 mod supervisor;
 
+pub use adopt::{InstanceRecord, Ledger, LedgerError, Survey};
 pub use error::SupervisorError;
 pub use fleet::{CrashLoop, Fleet, InstanceState, InstanceStatus, VersionFleet};
 pub use release::{locate_program, Release};

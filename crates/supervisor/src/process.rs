@@ -2,60 +2,19 @@
 //! its arguments go to `execve` as they are.
 
 use crate::release::{substitute, Release};
-use crate::rotate::RotatingLog;
 use crate::SupervisorError;
 use cutover_core::spec::StopSignal;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
+use std::fs::OpenOptions;
+use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
-use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::process::Command;
-
-/// An instance process and the tasks draining its stdout and stderr into its log.
-///
-/// [`Child::wait`] is shadowed: a process is reported ended only once what it wrote is in its
-/// log (bounded, for a process whose own children keep the pipes open), so a failure message
-/// quoting the log's last lines never misses the last ones.
-pub(crate) struct Child {
-    inner: tokio::process::Child,
-    logged: Vec<tokio::task::JoinHandle<()>>,
-}
-
-/// How long an ended process's output may take to reach its log.
-const LOG_DRAIN: Duration = Duration::from_secs(1);
-
-impl Child {
-    pub(crate) async fn wait(&mut self) -> std::io::Result<ExitStatus> {
-        let status = self.inner.wait().await?;
-        let drained = futures_join(std::mem::take(&mut self.logged));
-        let _ = tokio::time::timeout(LOG_DRAIN, drained).await;
-        Ok(status)
-    }
-}
-
-async fn futures_join(tasks: Vec<tokio::task::JoinHandle<()>>) {
-    for t in tasks {
-        let _ = t.await;
-    }
-}
-
-impl std::ops::Deref for Child {
-    type Target = tokio::process::Child;
-    fn deref(&self) -> &Self::Target {
-        &self.inner
-    }
-}
-
-impl std::ops::DerefMut for Child {
-    fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.inner
-    }
-}
+use tokio::process::{Child, Command};
 
 /// Asks the kernel for a free port on 127.0.0.1. The listener is dropped before the instance
 /// binds, so another process could take the port in between; the instance then fails to bind,
@@ -65,14 +24,15 @@ pub(crate) fn pick_port() -> Result<SocketAddr, SupervisorError> {
     l.local_addr().map_err(SupervisorError::Port)
 }
 
-/// Spawns one instance process: own process group (so a stop reaches its children too),
-/// stdin closed, stdout and stderr appended to `log`, and SIGTERM when cutover dies.
+/// Spawns one instance process in a session (and process group) of its own, so a stop
+/// reaches its children too and nothing ties it to cutover's life: stdin closed, stdout and
+/// stderr appended to `log`. It keeps running when cutover dies (a restarted cutover
+/// re-adopts it, see `crate::adopt`).
 pub(crate) fn spawn(
     release: &Release,
     addr: SocketAddr,
     index: usize,
     log: &Path,
-    log_policy: (u64, u32),
 ) -> Result<Child, SupervisorError> {
     let id = format!("{}-{index}", release.name);
     let sub = |s: &String| substitute(s, addr.port(), &release.name, index);
@@ -97,10 +57,20 @@ pub(crate) fn spawn(
             .create(dir)
             .map_err(|e| io("could not create the log directory", e))?;
     }
-    let mut out = RotatingLog::open(log, log_policy.0, log_policy.1)
+    // Appended to by the instance itself, so it outlives cutover with its log; cutover rotates
+    // it by size from outside (crate::rotate). Owner-only: an instance's output may hold
+    // anything it prints (docs/security.md).
+    let mut out = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(log)
         .map_err(|e| io("could not open the log file", e))?;
     // A marker line so that an operator reading the log can tell the processes apart.
-    let _ = out.write(format!("{}{id} on {addr} ---\n", crate::logs::MARKER).as_bytes());
+    let _ = writeln!(out, "{}{id} on {addr} ---", crate::logs::MARKER);
+    let err = out
+        .try_clone()
+        .map_err(|e| io("could not open the log file", e))?;
 
     let mut cmd = Command::new(&release.exe);
     cmd.args(release.argv.iter().skip(1).map(sub))
@@ -109,61 +79,89 @@ pub(crate) fn spawn(
         // Secret values as they are: no placeholders in a password.
         .envs(release.secret_values.0.iter())
         .stdin(Stdio::null())
-        // Pipes drained into the log by cutover, which rotates it (crate::rotate).
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        // A backstop only: it SIGKILLs the leader if the Child is dropped without a stop.
-        .kill_on_drop(true);
+        .stdout(out)
+        .stderr(err);
+    // No `kill_on_drop`: a cutover that exits keeping its apps (`run --keep-apps`, an
+    // upgrade) drops its `Child`ren and the instances must live on.
     if let Some(dir) = &release.workdir {
         cmd.current_dir(dir);
     }
-    die_with_parent(&mut cmd);
-    let mut child = cmd.spawn().map_err(|source| SupervisorError::Spawn {
+    new_session(&mut cmd);
+    cmd.spawn().map_err(|source| SupervisorError::Spawn {
         instance: id,
         exe: release.exe.clone(),
         source,
-    })?;
-    let out = Arc::new(Mutex::new(out));
-    let mut logged = Vec::new();
-    if let Some(stdout) = child.stdout.take() {
-        logged.push(tokio::spawn(crate::rotate::pump(stdout, out.clone())));
-    }
-    if let Some(stderr) = child.stderr.take() {
-        logged.push(tokio::spawn(crate::rotate::pump(stderr, out)));
-    }
-    Ok(Child {
-        inner: child,
-        logged,
     })
 }
 
-/// Makes the kernel send SIGTERM to the instance when cutover dies, however it dies:
-/// `kill_on_drop` only helps when destructors run, and a SIGKILLed cutover must not leave
-/// instances serving stale versions on ports nobody routes to.
+/// Puts the instance in a new session: it becomes the leader of its own session and process
+/// group (pgid = sid = its pid), detached from cutover's terminal and process group, so a
+/// Ctrl-C in cutover's terminal or the death of cutover does not reach it, while a signal to
+/// its group reaches everything it started (a wrapper script and its server alike).
 ///
-/// Caveat: the death signal fires when the *thread* that forked exits. Spawns happen on tokio
-/// worker threads (or the test's thread), which live as long as the runtime.
+/// There is deliberately no parent-death signal (`PR_SET_PDEATHSIG`) any more: instances
+/// outlive a crashed cutover and are re-adopted (DESIGN.md invariant 8).
 #[allow(unsafe_code)]
-fn die_with_parent(cmd: &mut Command) {
-    // Captured before fork: after it, the child compares its parent against this.
-    let parent = std::process::id() as libc::pid_t;
+fn new_session(cmd: &mut Command) {
     // SAFETY: the closure runs in the child between fork and exec, where only
-    // async-signal-safe calls are allowed. It calls only prctl(2) and getppid(2), both
-    // async-signal-safe, and builds its error with `from_raw_os_error`, which does not
-    // allocate. It touches no locks and no memory shared with the parent.
+    // async-signal-safe calls are allowed. It calls only setsid(2), which is, and builds its
+    // error with `last_os_error`, which reads errno and does not allocate. It touches no
+    // locks and no memory shared with the parent.
     unsafe {
-        cmd.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM, 0, 0, 0) != 0 {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 {
                 return Err(std::io::Error::last_os_error());
-            }
-            // The parent may have died before prctl took effect: then no signal would ever
-            // come, so refuse to exec.
-            if libc::getppid() != parent {
-                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
             }
             Ok(())
         });
+    }
+}
+
+/// An instance's process: one this cutover spawned (a child it can wait for), or one a
+/// previous cutover spawned and this one re-adopted (not its child: its exit is seen by
+/// polling `/proc`, and its exit status went to whoever reaps it).
+pub(crate) enum Proc {
+    Child(Child),
+    Adopted {
+        pid: u32,
+        start_time: u64,
+        /// Set once it was seen gone.
+        gone: bool,
+    },
+}
+
+/// How often an adopted process is checked for having exited.
+const ADOPTED_POLL: Duration = Duration::from_millis(20);
+
+impl Proc {
+    /// The pid (= process group) while the process may still run.
+    pub(crate) fn id(&self) -> Option<u32> {
+        match self {
+            Proc::Child(c) => c.id(),
+            Proc::Adopted { pid, gone, .. } => (!gone).then_some(*pid),
+        }
+    }
+
+    /// Waits for the process to end; how it ended, in words.
+    pub(crate) async fn wait(&mut self) -> String {
+        match self {
+            Proc::Child(c) => describe(c.wait().await),
+            Proc::Adopted {
+                pid,
+                start_time,
+                gone,
+            } => {
+                while !*gone {
+                    if !crate::adopt::is_alive(*pid, *start_time) {
+                        *gone = true;
+                        break;
+                    }
+                    tokio::time::sleep(ADOPTED_POLL).await;
+                }
+                "exited (a re-adopted process: its exit status went to the process that reaped it)"
+                    .into()
+            }
+        }
     }
 }
 
@@ -196,21 +194,21 @@ pub(crate) enum Ended {
 
 /// Signal the group, wait up to `grace`, then SIGKILL the group. Whatever else is left in the
 /// group (grandchildren) is SIGKILLed too once the leader is gone: nothing is left behind.
-pub(crate) async fn terminate(child: &mut Child, sig: Signal, grace: Duration) -> Ended {
+pub(crate) async fn terminate(child: &mut Proc, sig: Signal, grace: Duration) -> Ended {
     let Some(pgid) = child.id() else {
         // Already reaped.
-        return Ended::Exited(describe(child.wait().await));
+        return Ended::Exited(child.wait().await);
     };
     signal_group(pgid, sig);
     match tokio::time::timeout(grace, child.wait()).await {
         Ok(status) => {
             signal_group(pgid, Signal::SIGKILL);
-            Ended::Exited(describe(status))
+            Ended::Exited(status)
         }
         Err(_) => {
             tracing::warn!(pid = pgid, grace = ?grace, "instance ignored {sig}; sending SIGKILL");
             signal_group(pgid, Signal::SIGKILL);
-            Ended::Killed(describe(child.wait().await))
+            Ended::Killed(child.wait().await)
         }
     }
 }

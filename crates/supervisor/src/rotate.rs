@@ -1,28 +1,22 @@
 //! Instance logs rotated by size (`app.log_max_size`, `app.log_keep`; docs/config.md).
 //!
-//! An instance's stdout and stderr are pipes that cutover drains into its log file, so the only
-//! writer of the file is cutover: rotation renames the full file away and starts a new one
-//! between two writes, and no process is ever left writing into a renamed or deleted file.
-//! `v1-0.log` becomes `v1-0.1.log`, an existing `v1-0.1.log` becomes `v1-0.2.log`, ... and the
-//! one past `keep` is deleted. Rotated files are never written again, so the retention prune
+//! An instance appends its stdout and stderr to its log itself (`O_APPEND`), so it keeps
+//! logging when cutover is gone and a restarted cutover re-adopts it with its log (issue 12:
+//! instances outlive cutover; a pipe to cutover would break, or kill, the instance with it).
+//! Cutover therefore rotates from outside, as logrotate's `copytruncate` does: while the
+//! instance runs, its log is checked at most every second, and once past `max_size` its
+//! content is copied to `v1-0.1.log` (an existing `v1-0.1.log` becomes `v1-0.2.log`, ..., the
+//! one past `keep` is deleted) and the file is truncated; the instance's next append lands at
+//! the start of the emptied file. Two limits, stated in docs/config.md: a file may pass
+//! `max_size` by what the instance writes in one check, and a line written between the copy
+//! and the truncation is lost. Rotated files are never written again, so the retention prune
 //! (by age) can take them.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::fs::{self, OpenOptions};
+use std::io;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use tokio::io::{AsyncRead, AsyncReadExt};
-
-/// A log file that rotates itself when a write would take it past `max_size`.
-#[derive(Debug)]
-pub struct RotatingLog {
-    path: PathBuf,
-    file: File,
-    size: u64,
-    max_size: u64,
-    keep: u32,
-}
+use std::time::Duration;
 
 /// `dir/v1-0.log` → `dir/v1-0.<n>.log`.
 pub fn rotated_path(path: &Path, n: u32) -> PathBuf {
@@ -33,98 +27,64 @@ pub fn rotated_path(path: &Path, n: u32) -> PathBuf {
     path.with_file_name(format!("{stem}.{n}.log"))
 }
 
-fn open(path: &Path) -> io::Result<File> {
-    // Owner-only: an instance's output may hold anything it prints (docs/security.md).
-    OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(path)
+/// Rotates `path` if it holds more than `max_size` bytes; returns whether it did. A missing
+/// file is nothing to rotate.
+pub fn rotate_if_over(path: &Path, max_size: u64, keep: u32) -> io::Result<bool> {
+    let len = match fs::metadata(path) {
+        Ok(m) => m.len(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    if len <= max_size {
+        return Ok(false);
+    }
+    if keep > 0 {
+        match fs::remove_file(rotated_path(path, keep)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        for n in (1..keep).rev() {
+            let from = rotated_path(path, n);
+            if from.exists() {
+                fs::rename(&from, rotated_path(path, n + 1))?;
+            }
+        }
+        // Owner-only, like the log itself: an instance's output may hold anything it prints.
+        let mut to = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(rotated_path(path, 1))?;
+        io::copy(&mut fs::File::open(path)?, &mut to)?;
+    }
+    OpenOptions::new().write(true).open(path)?.set_len(0)?;
+    Ok(true)
 }
 
-impl RotatingLog {
-    /// Opens (appending) `path`.
-    pub fn open(path: &Path, max_size: u64, keep: u32) -> io::Result<RotatingLog> {
-        let file = open(path)?;
-        let size = file.metadata()?.len();
-        Ok(RotatingLog {
-            path: path.to_owned(),
-            file,
-            size,
-            max_size,
-            keep,
-        })
-    }
-
-    /// Appends `buf`, rotating whenever the file would pass `max_size`. A file is cut after
-    /// the last whole line that fits; only a line longer than `max_size` is split.
-    pub fn write(&mut self, mut buf: &[u8]) -> io::Result<()> {
-        while !buf.is_empty() {
-            let room = self.max_size.saturating_sub(self.size) as usize;
-            if buf.len() <= room {
-                return self.append(buf);
-            }
-            let cut = buf[..room].iter().rposition(|b| *b == b'\n').map(|i| i + 1);
-            match cut {
-                Some(n) => {
-                    self.append(&buf[..n])?;
-                    buf = &buf[n..];
-                }
-                None if self.size == 0 => {
-                    self.append(&buf[..room])?;
-                    buf = &buf[room..];
-                }
-                None => {}
-            }
-            self.rotate()?;
-        }
-        Ok(())
-    }
-
-    fn append(&mut self, buf: &[u8]) -> io::Result<()> {
-        self.file.write_all(buf)?;
-        self.size += buf.len() as u64;
-        Ok(())
-    }
-
-    fn rotate(&mut self) -> io::Result<()> {
-        if self.keep == 0 {
-            fs::remove_file(&self.path)?;
-        } else {
-            let _ = fs::remove_file(rotated_path(&self.path, self.keep));
-            for n in (1..self.keep).rev() {
-                let from = rotated_path(&self.path, n);
-                if from.exists() {
-                    fs::rename(&from, rotated_path(&self.path, n + 1))?;
-                }
-            }
-            fs::rename(&self.path, rotated_path(&self.path, 1))?;
-        }
-        self.file = open(&self.path)?;
-        self.size = 0;
-        Ok(())
-    }
+/// How often a running instance's log is checked against `max_size`.
+pub fn check_interval(probe_interval: Duration) -> Duration {
+    probe_interval.clamp(Duration::from_millis(10), Duration::from_secs(1))
 }
 
-/// Copies what an instance writes to one of its pipes into its log until the pipe closes (the
-/// process and every child holding the pipe exited). A log that cannot be written is reported
-/// once and the output is dropped from then on: the instance must never block on a full pipe
-/// because its log is broken.
-pub async fn pump(mut from: impl AsyncRead + Unpin, log: Arc<Mutex<RotatingLog>>) {
-    let mut buf = vec![0u8; 16 * 1024];
-    let mut broken = false;
+/// Checks `path` every `every` and rotates it when it passes `max_size`, for as long as the
+/// instance runs (the task is aborted with its supervision). A log that cannot be rotated is
+/// reported once; the instance runs on and its file keeps growing.
+pub async fn watch(path: PathBuf, max_size: u64, keep: u32, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut reported = false;
     loop {
-        let n = match from.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
-        };
-        if broken {
-            continue;
-        }
-        let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
-        if let Err(e) = log.write(&buf[..n]) {
-            tracing::error!(path = %log.path.display(), error = %e, "cannot write the instance log; dropping its output");
-            broken = true;
+        tick.tick().await;
+        let p = path.clone();
+        let rotated = tokio::task::spawn_blocking(move || rotate_if_over(&p, max_size, keep)).await;
+        match rotated {
+            Ok(Err(e)) if !reported => {
+                tracing::error!(path = %path.display(), error = %e, "cannot rotate the instance log; it keeps growing");
+                reported = true;
+            }
+            Ok(Ok(true)) => reported = false,
+            _ => {}
         }
     }
 }
@@ -132,49 +92,70 @@ pub async fn pump(mut from: impl AsyncRead + Unpin, log: Arc<Mutex<RotatingLog>>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
     fn read(p: &Path) -> String {
         fs::read_to_string(p).unwrap_or_default()
     }
 
     #[test]
-    fn rotates_by_size_keeping_n_files() {
+    fn rotates_by_size_keeping_n_files_while_the_writer_appends_on() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("v1-0.log");
-        let mut log = RotatingLog::open(&p, 10, 2).unwrap();
-        for chunk in [
-            "aaaa\n", "bbbb\n", "cccc\n", "dddd\n", "eeee\n", "ffff\n", "gggg\n",
+        // The instance's own handle, appending, as spawn opens it.
+        let mut w = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&p)
+            .unwrap();
+        let mut write = |s: &str| w.write_all(s.as_bytes()).unwrap();
+        write("aaaa\n");
+        assert!(!rotate_if_over(&p, 10, 2).unwrap(), "under the size: kept");
+        for (line, expect_rotation) in [
+            ("bbbb\n", false),
+            ("cccc\n", true),
+            ("dddd\n", false),
+            ("eeee\n", false),
+            ("ffff\n", true),
+            ("gggg\n", false),
+            ("hhhh\n", false),
+            ("iiii\n", true),
         ] {
-            log.write(chunk.as_bytes()).unwrap();
+            write(line);
+            assert_eq!(
+                rotate_if_over(&p, 10, 2).unwrap(),
+                expect_rotation,
+                "{line}"
+            );
         }
-        // 10 bytes per file: [gggg], [eeee ffff], [cccc dddd]; aaaa bbbb went with the oldest.
-        assert_eq!(read(&p), "gggg\n");
-        assert_eq!(read(&rotated_path(&p, 1)), "eeee\nffff\n");
-        assert_eq!(read(&rotated_path(&p, 2)), "cccc\ndddd\n");
+        // Each rotated file holds what the file held when it passed 10 bytes.
+        assert_eq!(read(&p), "");
+        assert_eq!(read(&rotated_path(&p, 1)), "gggg\nhhhh\niiii\n");
+        assert_eq!(read(&rotated_path(&p, 2)), "dddd\neeee\nffff\n");
         assert!(!rotated_path(&p, 3).exists());
-        assert!(rotated_path(&p, 1).ends_with("v1-0.1.log"));
-        // An existing file is appended to, its size counted.
-        drop(log);
-        let mut log = RotatingLog::open(&p, 10, 0).unwrap();
-        log.write(b"hhhh\n").unwrap();
-        assert_eq!(read(&p), "gggg\nhhhh\n");
-        // keep = 0: rotation just starts over.
-        log.write(b"i\n").unwrap();
-        assert_eq!(read(&p), "i\n");
-        // A chunk of several lines is cut after the last whole line that fits; a line longer
-        // than a file is split.
-        let mut log = RotatingLog::open(&dir.path().join("v2-0.log"), 10, 3).unwrap();
-        log.write(b"123\n456\n789\n0123456789abc\n").unwrap();
-        let q = dir.path().join("v2-0.log");
-        assert_eq!(read(&rotated_path(&q, 3)), "123\n456\n");
-        assert_eq!(read(&rotated_path(&q, 2)), "789\n");
-        assert_eq!(read(&rotated_path(&q, 1)), "0123456789");
-        assert_eq!(read(&q), "abc\n");
-        assert_eq!(read(&rotated_path(&p, 1)), "eeee\nffff\n", "untouched");
+        // The writer's next append lands at the start of the emptied file, not past a hole.
+        write("jjjj\n");
+        assert_eq!(read(&p), "jjjj\n");
+        // keep = 0: the file just starts over.
+        write("kkkkkkkk\n");
+        assert!(rotate_if_over(&p, 10, 0).unwrap());
+        assert_eq!(read(&p), "");
+        assert_eq!(
+            read(&rotated_path(&p, 1)),
+            "gggg\nhhhh\niiii\n",
+            "untouched"
+        );
+        // A missing log is nothing to rotate.
+        assert!(!rotate_if_over(&dir.path().join("none.log"), 10, 2).unwrap());
         // Owner-only.
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(
-            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            fs::metadata(rotated_path(&p, 1))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
             0o600
         );
     }

@@ -10,10 +10,10 @@
 //! until the caller's in-flight count reaches zero (or `stop.drain_timeout`), only then comes
 //! `stop.signal`, and SIGKILL after `stop.grace`.
 
+use crate::adopt::{InstanceRecord, Ledger};
 use crate::fleet::{CrashLoop, Fleet, InstanceState, InstanceStatus, VersionFleet};
 use crate::health::{CrashWindow, Flip, Liveness, Readiness, Restarts};
-use crate::process::Child;
-use crate::process::{self, describe, signal_group, signal_of, terminate, Ended};
+use crate::process::{self, signal_group, signal_of, terminate, Ended, Proc};
 use crate::release::Release;
 use crate::{probe, SupervisorError};
 use cutover_core::spec::{AppSpec, ProbeSpec};
@@ -57,6 +57,16 @@ struct Inner {
     /// Running versions. An entry stays (with its handles taken) while a stop is under way,
     /// so that the same version name cannot be started again until its processes are gone.
     versions: Mutex<BTreeMap<String, Vec<InstanceHandle>>>,
+    /// Where the processes are recorded for a restarted cutover (`None`: nowhere; tests).
+    ledger: Option<Ledger>,
+    /// What was last written to the ledger.
+    recorded: Mutex<Vec<InstanceRecord>>,
+    /// Instances a previous cutover left running, not yet claimed by a `start` of their
+    /// release.
+    adoptable: Mutex<Vec<InstanceRecord>>,
+    /// The adoptable processes (by pid) whose readiness probe passed in
+    /// [`Supervisor::probe_adoptable`]: they rejoin rotation at once when adopted.
+    adoptable_ready: Mutex<std::collections::BTreeSet<u32>>,
 }
 
 struct InstanceHandle {
@@ -119,12 +129,48 @@ impl Supervisor {
     /// A supervisor for instances of `app`, writing their output to `log_dir/<version>-<n>.log`.
     /// The receiver sees every state change.
     pub fn new(app: AppSpec, log_dir: PathBuf) -> (Supervisor, watch::Receiver<Fleet>) {
+        Self::build(app, log_dir, None, Vec::new())
+    }
+
+    /// A supervisor that records its processes in `ledger` and re-adopts `adoptable` ones (the
+    /// live records a previous cutover left, see [`crate::Survey`]) when their release is
+    /// started: an adopted instance keeps its process and port, and is probed like any other
+    /// (it joins rotation once its readiness probe passes). Must be called within a Tokio
+    /// runtime: a task rewrites the ledger whenever the set of processes changes.
+    pub fn with_ledger(
+        app: AppSpec,
+        log_dir: PathBuf,
+        ledger: Ledger,
+        adoptable: Vec<InstanceRecord>,
+    ) -> (Supervisor, watch::Receiver<Fleet>) {
+        let (sup, rx) = Self::build(app, log_dir, Some(ledger), adoptable);
+        let weak = Arc::downgrade(&sup.inner);
+        let mut changes = sup.subscribe();
+        tokio::spawn(async move {
+            while changes.changed().await.is_ok() {
+                let Some(inner) = weak.upgrade() else { return };
+                inner.record();
+            }
+        });
+        (sup, rx)
+    }
+
+    fn build(
+        app: AppSpec,
+        log_dir: PathBuf,
+        ledger: Option<Ledger>,
+        adoptable: Vec<InstanceRecord>,
+    ) -> (Supervisor, watch::Receiver<Fleet>) {
         let (fleet, rx) = watch::channel(Fleet::new());
         let inner = Inner {
             app,
             log_dir,
             fleet,
             versions: Mutex::new(BTreeMap::new()),
+            ledger,
+            recorded: Mutex::new(Vec::new()),
+            adoptable: Mutex::new(adoptable),
+            adoptable_ready: Mutex::new(Default::default()),
         };
         (
             Supervisor {
@@ -132,6 +178,70 @@ impl Supervisor {
             },
             rx,
         )
+    }
+
+    /// Probes the readiness of every adoptable process once (concurrently, each bounded by
+    /// `readiness.timeout`). One that passes is re-adopted `Ready`, so it is back in
+    /// rotation the moment its release is started, with no gap in which its clients would
+    /// find no ready instance; one that fails is re-adopted `Starting`, and its probes decide
+    /// as for any new process. Returns how many passed.
+    pub async fn probe_adoptable(&self) -> usize {
+        let records = lock(&self.inner.adoptable).clone();
+        let spec = self.inner.app.readiness.clone();
+        let probes = records.iter().map(|r| {
+            let addr = SocketAddr::from(([127, 0, 0, 1], r.port));
+            let (path, timeout) = (spec.path.clone(), spec.timeout.get());
+            async move { (r.pid, probe::probe(addr, &path, timeout).await) }
+        });
+        let results = futures_util::future::join_all(probes).await;
+        let mut ready = lock(&self.inner.adoptable_ready);
+        for (pid, result) in results {
+            match result {
+                Ok(()) => {
+                    ready.insert(pid);
+                }
+                Err(e) => {
+                    tracing::info!(pid, error = %e, "a process to re-adopt is not ready (yet); it starts out of rotation")
+                }
+            }
+        }
+        ready.len()
+    }
+
+    /// SIGKILLs every instance's process group at once, without drain or grace: for a
+    /// harness that is being dropped (a failed test) and must not leave processes behind now
+    /// that instances outlive the process that started them.
+    pub fn kill_all(&self) {
+        for vf in self.inner.fleet.borrow().values() {
+            for pid in vf.instances.iter().filter_map(|i| i.pid) {
+                signal_group(pid, Signal::SIGKILL);
+            }
+        }
+    }
+
+    /// Stops the instances a previous cutover left running that no `start` claimed (their
+    /// release is no longer wanted, or `app.instances` shrank): their process group gets
+    /// `stop.signal`, then SIGKILL after `stop.grace`. Returns their ids; the stops go on in
+    /// the background.
+    pub fn stop_unclaimed(&self) -> Vec<String> {
+        let left = std::mem::take(&mut *lock(&self.inner.adoptable));
+        let stop = self.inner.app.stop.clone();
+        left.into_iter()
+            .filter(InstanceRecord::is_alive)
+            .map(|rec| {
+                let id = rec.id();
+                tracing::info!(instance = %id, pid = rec.pid, "stopping an instance a previous cutover left running, which is no longer wanted");
+                let mut proc = Proc::Adopted {
+                    pid: rec.pid,
+                    start_time: rec.start_time,
+                    gone: false,
+                };
+                tokio::spawn(async move {
+                    terminate(&mut proc, signal_of(stop.signal), stop.grace.get()).await;
+                });
+                id
+            })
+            .collect()
     }
 
     /// The log file of instance `id` (`<version>-<n>`): its processes' stdout and stderr,
@@ -164,41 +274,68 @@ impl Supervisor {
         }
         let release = Arc::new(release);
         let count = inner.app.instances.max(1) as usize;
-        let mut spawned = Vec::with_capacity(count);
+        let mut spawned: Vec<(usize, SocketAddr, PathBuf, Proc)> = Vec::with_capacity(count);
+        let mut claimed = Vec::new();
         for index in 0..count {
             let log = inner.log_dir.join(format!("{name}-{index}.log"));
-            let child = process::pick_port().and_then(|addr| {
-                Ok((
-                    addr,
-                    process::spawn(&release, addr, index, &log, inner.log_policy())?,
-                ))
-            });
+            if let Some(rec) = inner.claim(&name, &release.digest, index) {
+                tracing::info!(version = %name, index, pid = rec.pid, port = rec.port, "re-adopting the instance a previous cutover left running");
+                let proc = Proc::Adopted {
+                    pid: rec.pid,
+                    start_time: rec.start_time,
+                    gone: false,
+                };
+                spawned.push((
+                    index,
+                    SocketAddr::from(([127, 0, 0, 1], rec.port)),
+                    log,
+                    proc,
+                ));
+                claimed.push(rec);
+                continue;
+            }
+            let child = process::pick_port()
+                .and_then(|addr| Ok((addr, process::spawn(&release, addr, index, &log)?)));
             match child {
-                Ok((addr, child)) => spawned.push((index, addr, log, child)),
+                Ok((addr, child)) => spawned.push((index, addr, log, Proc::Child(child))),
                 Err(e) => {
-                    for (_, _, _, child) in &spawned {
-                        if let Some(pid) = child.id() {
-                            signal_group(pid, Signal::SIGKILL);
+                    for (_, _, _, proc) in &mut spawned {
+                        if let Proc::Child(child) = proc {
+                            if let Some(pid) = child.id() {
+                                signal_group(pid, Signal::SIGKILL);
+                            }
                         }
                     }
-                    // Dropping the children (kill_on_drop) lets tokio reap them.
+                    // Adopted ones stay adoptable; dropped children are reaped by tokio.
+                    lock(&inner.adoptable).extend(claimed);
                     return Err(e);
                 }
             }
         }
 
+        let adopted_ready = lock(&inner.adoptable_ready).clone();
+        let ready_at_start = |proc: &Proc| match proc {
+            Proc::Adopted { pid, .. } => adopted_ready.contains(pid),
+            Proc::Child(_) => false,
+        };
         let statuses = spawned
             .iter()
-            .map(|(index, addr, _, child)| InstanceStatus {
+            .map(|(index, addr, _, proc)| InstanceStatus {
                 id: format!("{name}-{index}"),
                 index: *index,
                 addr: *addr,
-                pid: child.id(),
-                state: InstanceState::Starting,
+                pid: proc.id(),
+                state: if ready_at_start(proc) {
+                    InstanceState::Ready
+                } else {
+                    InstanceState::Starting
+                },
                 restarts: 0,
-                starts: 1,
+                starts: u64::from(matches!(proc, Proc::Child(_))),
+                adopted: matches!(proc, Proc::Adopted { .. }),
                 last_exit: None,
-                last_probe: None,
+                last_probe: ready_at_start(proc)
+                    .then(|| format!("GET {} → passed (re-adopted)", inner.app.readiness.path)),
             })
             .collect();
         inner.fleet.send_modify(|fleet| {
@@ -222,6 +359,7 @@ impl Supervisor {
                 index,
                 addr,
                 log,
+                ready_at_start: ready_at_start(&child),
             };
             handles.push(InstanceHandle {
                 id: format!("{name}-{index}"),
@@ -231,6 +369,7 @@ impl Supervisor {
             });
         }
         versions.insert(name, handles);
+        lock(&inner.adoptable_ready).retain(|pid| !claimed.iter().any(|r| r.pid == *pid));
         Ok(())
     }
 
@@ -343,14 +482,74 @@ impl Supervisor {
         for s in stops {
             reports.push(s.await);
         }
+        self.inner.record();
         reports
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Inner {
     /// `(app.log_max_size, app.log_keep)`.
     fn log_policy(&self) -> (u64, u32) {
         (self.app.log_max_size, self.app.log_keep)
+    }
+
+    /// Takes the adoptable record of instance `index` of this release, if its process still
+    /// runs.
+    fn claim(&self, version: &str, digest: &str, index: usize) -> Option<InstanceRecord> {
+        let mut adoptable = lock(&self.adoptable);
+        let at = adoptable
+            .iter()
+            .position(|r| r.version == version && r.digest == digest && r.index == index)?;
+        Some(adoptable.remove(at)).filter(InstanceRecord::is_alive)
+    }
+
+    /// Writes the processes of the fleet (and the adoptable ones not yet claimed or stopped)
+    /// to the ledger, when they changed. A failed write is logged: the instances run on, but
+    /// a restarted cutover would not find them.
+    fn record(&self) {
+        let Some(ledger) = &self.ledger else { return };
+        let mut records: Vec<InstanceRecord> = {
+            let fleet = self.fleet.borrow();
+            let previous = lock(&self.recorded);
+            fleet
+                .iter()
+                .flat_map(|(version, vf)| {
+                    vf.instances.iter().filter_map(|i| {
+                        let pid = i.pid?;
+                        // The start time of a pid already recorded is known; a new one is
+                        // read once.
+                        let start_time = previous
+                            .iter()
+                            .find(|r| r.pid == pid)
+                            .map(|r| r.start_time)
+                            .or_else(|| crate::adopt::start_time(pid))?;
+                        Some(InstanceRecord {
+                            version: version.clone(),
+                            digest: vf.digest.clone(),
+                            index: i.index,
+                            port: i.addr.port(),
+                            pid,
+                            start_time,
+                        })
+                    })
+                })
+                .collect()
+        };
+        records.extend(lock(&self.adoptable).iter().cloned());
+        let mut recorded = lock(&self.recorded);
+        if *recorded == records {
+            return;
+        }
+        match ledger.save(&records) {
+            Ok(()) => *recorded = records,
+            Err(e) => {
+                tracing::error!(path = %ledger.path().display(), error = %e, "could not write the instance ledger; a restarted cutover would not re-adopt these instances")
+            }
+        }
     }
 
     async fn stop_version(
@@ -534,12 +733,14 @@ struct Instance {
     index: usize,
     addr: SocketAddr,
     log: PathBuf,
+    /// A re-adopted process whose readiness probe passed just before: it starts `Ready`.
+    ready_at_start: bool,
 }
 
 impl Instance {
     /// Runs processes for this instance until told to terminate; returns how the last one
     /// ended.
-    async fn run(self, mut child: Child, mut ctl: watch::Receiver<Ctl>) -> StopExit {
+    async fn run(self, mut child: Proc, mut ctl: watch::Receiver<Ctl>) -> StopExit {
         let restart = self.inner.app.restart.clone();
         let stop = self.inner.app.stop.clone();
         let initial = restart.backoff_initial.get();
@@ -547,10 +748,14 @@ impl Instance {
         let window = restart.crash_loop_window.get();
         let mut backoff = initial;
         let mut restarts = CrashWindow::new(window, restart.crash_loop_restarts);
+        let mut ready = self.ready_at_start;
         loop {
             let started = Instant::now();
             let pid = child.id();
-            let mut last_exit = match self.supervise(&mut child, &mut ctl).await {
+            let supervised = self
+                .supervise(&mut child, &mut ctl, std::mem::take(&mut ready))
+                .await;
+            let mut last_exit = match supervised {
                 Why::Stop => return self.stop_phase(Some(child), ctl).await,
                 Why::Exited(how) => {
                     // The leader is gone; anything it left in its group goes too.
@@ -581,14 +786,8 @@ impl Instance {
                     return self.stop_phase(None, ctl).await;
                 }
                 backoff = (backoff * 2).min(max);
-                match process::spawn(
-                    &self.release,
-                    self.addr,
-                    self.index,
-                    &self.log,
-                    self.inner.log_policy(),
-                ) {
-                    Ok(child) => break child,
+                match process::spawn(&self.release, self.addr, self.index, &self.log) {
+                    Ok(child) => break Proc::Child(child),
                     Err(e) => last_exit = e.to_string(),
                 }
             };
@@ -598,12 +797,18 @@ impl Instance {
                 st.state = InstanceState::Starting;
                 st.pid = pid;
                 st.starts += 1;
+                st.adopted = false;
             });
         }
     }
 
     /// Probes the running process until it exits, fails liveness, or a stop arrives.
-    async fn supervise(&self, child: &mut Child, ctl: &mut watch::Receiver<Ctl>) -> Why {
+    async fn supervise(
+        &self,
+        child: &mut Proc,
+        ctl: &mut watch::Receiver<Ctl>,
+        already_ready: bool,
+    ) -> Why {
         let app = &self.inner.app;
         let (tx, mut rx) = mpsc::channel(4);
         let _readiness = AbortOnDrop(tokio::spawn(probe_loop(
@@ -612,20 +817,42 @@ impl Instance {
             app.readiness.clone(),
             tx.clone(),
         )));
+        // The instance appends to its log itself; it is rotated by size from here while the
+        // instance runs (crate::rotate).
+        let (max_size, keep) = self.inner.log_policy();
+        let _rotation = AbortOnDrop(tokio::spawn(crate::rotate::watch(
+            self.log.clone(),
+            max_size,
+            keep,
+            crate::rotate::check_interval(app.readiness.interval.get()),
+        )));
         // Liveness starts only once the process was ready: it doubles as a startup probe, so a
         // slow starter is not killed for not answering `/live` yet.
         let mut liveness: Option<AbortOnDrop> = None;
-        let mut readiness = Readiness::new(
-            app.readiness.success_threshold,
-            app.readiness.failure_threshold,
-        );
+        let mut readiness = if already_ready {
+            liveness = Some(AbortOnDrop(tokio::spawn(probe_loop(
+                ProbeKind::Liveness,
+                self.addr,
+                app.liveness.clone(),
+                tx.clone(),
+            ))));
+            Readiness::already_ready(
+                app.readiness.success_threshold,
+                app.readiness.failure_threshold,
+            )
+        } else {
+            Readiness::new(
+                app.readiness.success_threshold,
+                app.readiness.failure_threshold,
+            )
+        };
         let mut live = Liveness::new(app.liveness.failure_threshold);
         loop {
             if *ctl.borrow_and_update() != Ctl::Run {
                 return Why::Stop;
             }
             tokio::select! {
-                status = child.wait() => return Why::Exited(describe(status)),
+                status = child.wait() => return Why::Exited(status),
                 r = ctl.changed() => if r.is_err() { return Why::Stop },
                 Some((kind, result)) = rx.recv() => match kind {
                     ProbeKind::Readiness => match (readiness.observe(result.is_ok()), result) {
@@ -673,7 +900,7 @@ impl Instance {
     }
 
     /// Draining, then (on `Terminate`) signal, grace, SIGKILL; marks the instance `Stopped`.
-    async fn stop_phase(&self, child: Option<Child>, mut ctl: watch::Receiver<Ctl>) -> StopExit {
+    async fn stop_phase(&self, child: Option<Proc>, mut ctl: watch::Receiver<Ctl>) -> StopExit {
         self.update(|st, _| st.state = InstanceState::Draining);
         let exit = match child {
             Some(mut child) => {
@@ -684,7 +911,7 @@ impl Instance {
                         break None;
                     }
                     tokio::select! {
-                        status = child.wait() => break Some(describe(status)),
+                        status = child.wait() => break Some(status),
                         r = ctl.changed() => if r.is_err() { break None },
                     }
                 };

@@ -1,6 +1,7 @@
 //! Instance logs rotated by size (`app.log_max_size`, `app.log_keep`): a running instance that
 //! keeps writing fills its log, which rotates to `v1-0.1.log`, `v1-0.2.log` and no further,
-//! while the instance runs on undisturbed and its output keeps arriving in the current file.
+//! while the instance runs on undisturbed (it appends to the file itself, which cutover copies
+//! and truncates) and its output keeps arriving in the current file.
 
 mod common;
 
@@ -60,11 +61,9 @@ async fn a_chatty_instance_log_rotates_and_keeps_n_files() {
     assert!(!third.exists(), "log_keep = 2 keeps two rotated files");
     for p in [&first, &second] {
         let len = std::fs::metadata(p).unwrap().len();
-        assert!(
-            (3000..=4096).contains(&len),
-            "{} is {len} bytes",
-            p.display()
-        );
+        // Rotated once it passed the size (checked from outside, so by at most what the
+        // instance wrote in one check).
+        assert!(len > 4096, "{} is {len} bytes", p.display());
     }
     // The instance ran on: same process, never restarted; its output still arrives.
     let i = &sup.fleet()["v1"].instances[0];

@@ -86,8 +86,9 @@ impl Harness {
     /// Stops this cutover (gracefully) and starts a new one on the same state directory.
     pub async fn restart(mut self) -> Harness {
         self.running.take().unwrap().shutdown().await;
-        let Harness { dir, text, .. } = self;
-        Harness::start_text(dir, text).await
+        let dir = tempfile::tempdir().unwrap();
+        let old = std::mem::replace(&mut self.dir, dir);
+        Harness::start_text(old, std::mem::take(&mut self.text)).await
     }
 
     pub async fn shutdown(mut self) {
@@ -153,6 +154,16 @@ impl Harness {
                     .is_some_and(|r| matches!(r.phase, Phase::Done { .. }))
         })
         .await;
+    }
+}
+
+/// Instances outlive the cutover that started them: a harness dropped without a shutdown (a
+/// failed assertion) kills its instances so that no test leaves processes behind.
+impl Drop for Harness {
+    fn drop(&mut self) {
+        if let Some(r) = &self.running {
+            r.kill_apps();
+        }
     }
 }
 

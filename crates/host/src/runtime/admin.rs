@@ -24,6 +24,8 @@ pub(super) struct AdminHandler {
     pub feed: crate::dashboard::Feed,
     /// For `replay`: the policy a recording is replayed with.
     pub spec: cutover_core::spec::RolloutSpec,
+    /// How long a `rollback` waits for the held release to be ready (`app.start_timeout`).
+    pub rollback_wait: std::time::Duration,
 }
 
 impl AdminHandler {
@@ -60,7 +62,22 @@ impl Handler for AdminHandler {
             ApiVerb::Abort => Verb::Abort,
             ApiVerb::Rollback => Verb::Rollback,
         };
-        Box::pin(async move { self.ask(|tx| Request::Verb(verb, reason, tx)).await? })
+        Box::pin(async move {
+            if verb == Verb::Rollback {
+                // Honest rollback: only to ready instances, after a bounded wait.
+                if let Some(target) = self.ask(Request::RollbackTarget).await? {
+                    let waited = crate::rollback::wait_ready(
+                        self.supervisor.subscribe(),
+                        &target,
+                        self.rollback_wait,
+                    )
+                    .await;
+                    crate::rollback::check(Some(&target), &self.supervisor.fleet(), waited)
+                        .map_err(|e| ApiError::conflict(e.to_string()))?;
+                }
+            }
+            self.ask(|tx| Request::Verb(verb, reason, tx)).await?
+        })
     }
     fn history(&self, q: HistoryQuery) -> BoxFuture<'_, Result<Value, ApiError>> {
         Box::pin(async move {

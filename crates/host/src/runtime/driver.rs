@@ -60,6 +60,8 @@ pub(super) enum Request {
         AlertmanagerPayload,
         oneshot::Sender<Result<Value, ApiError>>,
     ),
+    /// The release a `rollback` would switch to now, if it is one already running.
+    RollbackTarget(oneshot::Sender<Option<cutover_core::engine::Release>>),
 }
 
 /// Why an event changed nothing.
@@ -130,6 +132,8 @@ pub(super) struct Driver {
     proxy_addr: SocketAddr,
     /// Follow-up events, handled in order after the outcome that queued them.
     queue: VecDeque<Event>,
+    /// The recovery event, taken when the driver starts.
+    recover: Option<Event>,
     /// Something changed: the dashboard's feed gets a status once the queue is settled.
     publish_after: bool,
     /// The dashboard's live feed (see [`Seams::feed`]).
@@ -189,6 +193,10 @@ impl Driver {
             exposition: scrape::ExpositionHealth::default(),
             proxy_addr,
             queue: VecDeque::new(),
+            recover: Some(Event::Recover {
+                alive: Vec::new(),
+                dead: Vec::new(),
+            }),
             publish_after: false,
             pending_commit: None,
             serving: None,
@@ -208,9 +216,7 @@ impl Driver {
         mut requests: mpsc::Receiver<Request>,
         mut shutdown: watch::Receiver<bool>,
     ) {
-        if let Err(e) = self.handle(Event::Recover, None).await {
-            error!(error = %e, "could not recover the persisted rollout state");
-        }
+        self.recover().await;
         let mut ticker = tokio::time::interval(self.loaded.config.rollout.interval.get());
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // `[state] retention`: the store is pruned hourly (start() pruned it once), off the
@@ -235,7 +241,7 @@ impl Driver {
                 }
                 _ = sleep_until_some(wake) => { self.on_timeout(); self.publish_after = true; }
                 Some(req) = requests.recv() => {
-                    let reads = matches!(req, Request::Status(_) | Request::Metrics(_));
+                    let reads = matches!(req, Request::Status(_) | Request::Metrics(_) | Request::RollbackTarget(_));
                     self.request(req).await;
                     self.publish_after |= !reads;
                 }
@@ -264,6 +270,25 @@ impl Driver {
     fn publish(&self) {
         self.feed
             .status(|| serde_json::to_value(self.status()).unwrap_or_default());
+    }
+
+    /// The recovery event to start with: what a previous cutover left running, as the shell
+    /// found it (`crate::recovery`). Without it the driver recovers with nothing found.
+    pub(super) fn recovering(mut self, event: Event) -> Driver {
+        self.recover = Some(event);
+        self
+    }
+
+    /// The recovery event (once): re-adopt, replace, restart, route as before; then stop
+    /// what a previous cutover left that no release claimed (whole process groups).
+    pub(super) async fn recover(&mut self) {
+        let Some(recover) = self.recover.take() else {
+            return;
+        };
+        if let Err(e) = self.handle(recover, None).await {
+            error!(error = %e, "could not recover the persisted rollout state");
+        }
+        self.instances.stop_unclaimed();
     }
 
     /// Queues a follow-up event (once: the same event already waiting is not queued again).
@@ -529,6 +554,11 @@ impl Driver {
     pub(super) fn on_fleet(&mut self) {
         let fleet = self.fleet_rx.borrow_and_update().clone();
         self.router.publish(&fleet, &*self.routing);
+        // Stable has no instance at all (or has again): its clients spill to the canary,
+        // recorded as a decision (invariant 10), queued like every follow-up.
+        if let Some((gone, detail)) = self.router.take_stable_change() {
+            self.follow(Event::StableGone { gone, detail });
+        }
         self.publish_targets(&fleet);
         self.record_serving(crate::delivery::serving(&fleet), false);
         let starting = self
@@ -762,7 +792,20 @@ impl Driver {
             Request::Deploy(req, tx) => {
                 let _ = tx.send(self.deploy(req).await);
             }
+            Request::RollbackTarget(tx) => {
+                let _ = tx.send(self.engine.rollback_target().cloned());
+            }
             Request::Verb(verb, reason, tx) => {
+                // Honest rollback: checked again here, on the fleet as it is now.
+                let fleet = self.fleet_rx.borrow().clone();
+                let target = self
+                    .engine
+                    .rollback_target()
+                    .filter(|_| verb == Verb::Rollback);
+                if let Err(e) = crate::rollback::check(target, &fleet, Duration::ZERO) {
+                    let _ = tx.send(Err(ApiError::conflict(e.to_string())));
+                    return;
+                }
                 let res = self.handle(Event::Command(verb), reason.as_deref()).await.map(|decisions| {
                     let message = decisions.iter().map(|d| d.reason.clone()).collect::<Vec<_>>().join("; ");
                     json!({ "message": if message.is_empty() { format!("{verb}: done") } else { message } })
@@ -897,7 +940,8 @@ fn event_name(e: &Event) -> &'static str {
         Event::CrashLoopEnded { .. } => "crash_loop_ended",
         Event::Alert { .. } => "alert",
         Event::Command(_) => "command",
-        Event::Recover => "recover",
+        Event::Recover { .. } => "recover",
+        Event::StableGone { .. } => "stable_gone",
         Event::Timeout { .. } => "timeout",
     }
 }

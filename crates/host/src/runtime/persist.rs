@@ -175,7 +175,7 @@ pub fn recording(
     at: Timestamp,
     event: &Event,
 ) -> Result<Vec<EventRecord>, PersistError> {
-    if matches!(event, Event::Recover) {
+    if matches!(event, Event::Recover { .. }) {
         return Ok(Vec::new());
     }
     let active = |s: &State| {

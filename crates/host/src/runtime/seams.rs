@@ -53,6 +53,9 @@ pub trait Instances: Send + Sync {
     ) -> BoxFuture<'static, StopReport>;
     /// The fleet as it changes.
     fn fleet(&self) -> watch::Receiver<Fleet>;
+    /// Stops (whole process groups) what a previous cutover left running that no release
+    /// claimed at recovery.
+    fn stop_unclaimed(&self);
     /// An instance's log file.
     fn log_path(&self, id: &str) -> PathBuf;
 }
@@ -141,6 +144,9 @@ impl Instances for Supervised {
     }
     fn fleet(&self) -> watch::Receiver<Fleet> {
         self.supervisor.subscribe()
+    }
+    fn stop_unclaimed(&self) {
+        self.supervisor.stop_unclaimed();
     }
     fn log_path(&self, id: &str) -> PathBuf {
         self.supervisor.log_path(id)

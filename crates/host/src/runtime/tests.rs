@@ -153,6 +153,7 @@ impl Instances for FakeInstances {
                         starts: 1,
                         last_exit: None,
                         last_probe: None,
+                        adopted: false,
                     }],
                     crash_loop: ready.then(|| CrashLoop {
                         instance: id,
@@ -186,6 +187,8 @@ impl Instances for FakeInstances {
     fn fleet(&self) -> watch::Receiver<Fleet> {
         self.fleet.subscribe()
     }
+    /// Nothing was left by a previous cutover in these scenarios.
+    fn stop_unclaimed(&self) {}
     fn log_path(&self, id: &str) -> PathBuf {
         PathBuf::from(format!("/nonexistent/{id}.log"))
     }

@@ -73,6 +73,8 @@ pub enum StartError {
     Config(#[from] cutover_core::spec::ConfigError),
     #[error("notify: {0}")]
     Notify(String),
+    #[error(transparent)]
+    Recovery(#[from] crate::recovery::RecoveryError),
     #[error("service.tls.cert / service.tls.key: {source} (fix: point service.tls.cert at a PEM certificate chain and service.tls.key at its PEM private key; relative paths are relative to the config file)")]
     Tls {
         #[source]
@@ -90,6 +92,8 @@ pub struct Running {
     tasks: Vec<JoinHandle<()>>,
     supervisor: Supervisor,
     store: StoreActor,
+    /// The state directory's lock, released when this is dropped or the process ends.
+    _recovery: crate::recovery::Recovery,
 }
 
 impl Running {
@@ -98,16 +102,31 @@ impl Running {
         cutover_admin::AdminClient::new(self.admin_addr, self.token.clone())
     }
 
+    /// SIGKILLs every instance at once (no drain): for test harnesses dropped without a
+    /// shutdown, since instances outlive the process that started them.
+    pub fn kill_apps(&self) {
+        self.supervisor.kill_all();
+    }
+
     /// Graceful shutdown: stop accepting, let in-flight requests finish, stop every instance.
     /// The persisted state is kept, so a new `start` resumes where this one was.
     pub async fn shutdown(self) {
+        self.shutdown_keeping(false).await
+    }
+
+    /// [`Running::shutdown`], but with `keep_apps` the instances are left running (and
+    /// recorded in the ledger) for the next cutover on this state directory to re-adopt
+    /// (`run --keep-apps`, used by upgrades).
+    pub async fn shutdown_keeping(self, keep_apps: bool) {
         let _ = self.shutdown.send(true);
         for t in self.tasks {
             let _ = t.await;
         }
         // What the driver wrote behind is on disk before the instances go.
         self.store.flush().await;
-        self.supervisor.shutdown().await;
+        if !keep_apps {
+            self.supervisor.shutdown().await;
+        }
     }
 }
 
@@ -134,6 +153,9 @@ pub struct StartOptions {
     pub audit_key_file: Option<PathBuf>,
     /// Start even if the store fails verification, recording that in the chain.
     pub accept_tampered: bool,
+    /// On shutdown, leave the instances running for the next cutover on this state directory
+    /// to re-adopt (`run --keep-apps`).
+    pub keep_apps: bool,
 }
 
 /// Starts the runtime for a loaded config and returns once it listens.
@@ -189,6 +211,8 @@ pub async fn start_with(loaded: Loaded, opts: StartOptions) -> Result<Running, S
     for (path, mode) in narrowed {
         tracing::warn!(path = %path.display(), "was mode {mode:o}, readable by others: narrowed to owner-only");
     }
+    // One cutover per state directory; then what a previous one left running.
+    let recovery = crate::recovery::prepare(&state_dir)?;
     // Checked before anything listens: a config naming a certificate that does not load must
     // not come up serving plaintext, nor come up at all.
     let tls = c
@@ -257,7 +281,15 @@ pub async fn start_with(loaded: Loaded, opts: StartOptions) -> Result<Running, S
             source,
         })?;
 
-    let (supervisor, _) = Supervisor::new(c.app.clone(), state_dir.join("logs"));
+    let (supervisor, _) = Supervisor::with_ledger(
+        c.app.clone(),
+        state_dir.join("logs"),
+        recovery.ledger.clone(),
+        recovery.survey.alive.clone(),
+    );
+    // Which of the processes to re-adopt pass their readiness probe: they rejoin rotation at
+    // once.
+    supervisor.probe_adoptable().await;
     let log_fleet = supervisor.subscribe();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (req_tx, req_rx) = mpsc::channel(64);
@@ -266,29 +298,6 @@ pub async fn start_with(loaded: Loaded, opts: StartOptions) -> Result<Running, S
     let feed = crate::dashboard::Feed::default();
     let mut tasks = Vec::new();
     {
-        let proxy = proxy.clone();
-        let mut rx = shutdown_rx.clone();
-        let stop = async move {
-            let _ = rx.wait_for(|s| *s).await;
-        };
-        let serving = proxy
-            .start(
-                proxy_listener,
-                tls.as_ref().map(|(reloader, _)| reloader.server_config()),
-            )
-            .map_err(StartError::Workers)?;
-        if let Some((reloader, interval)) = tls {
-            let mut rx = shutdown_rx.clone();
-            tasks.push(tokio::spawn(reloader.run(interval, async move {
-                let _ = rx.wait_for(|s| *s).await;
-            })));
-        }
-        tasks.push(tokio::spawn(async move {
-            let outcome = serving.until(stop).await;
-            info!(outcome = proxy_stopped(outcome), "proxy stopped");
-        }));
-    }
-    {
         let handler: Arc<dyn Handler> = Arc::new(AdminHandler {
             tx: req_tx,
             store: store.clone(),
@@ -296,6 +305,7 @@ pub async fn start_with(loaded: Loaded, opts: StartOptions) -> Result<Running, S
             log_dir: state_dir.join("logs"),
             feed: feed.clone(),
             spec: c.rollout.clone(),
+            rollback_wait: c.app.start_timeout.get(),
         });
         let mut rx = shutdown_rx.clone();
         let token = token.clone();
@@ -371,7 +381,7 @@ pub async fn start_with(loaded: Loaded, opts: StartOptions) -> Result<Running, S
         Arc::new(Notifier::start(sinks, 1024).map_err(|e| StartError::Notify(e.to_string()))?)
     };
     let seams = Seams {
-        routing: Arc::new(proxy),
+        routing: Arc::new(proxy.clone()),
         instances: Arc::new(Supervised {
             supervisor: supervisor.clone(),
             app: c.app.clone(),
@@ -388,14 +398,41 @@ pub async fn start_with(loaded: Loaded, opts: StartOptions) -> Result<Running, S
         remote_work,
         remote_results,
     };
-    let driver = Driver::new(
+    let mut driver = Driver::new(
         loaded.clone(),
         engine,
         seams,
         recorder,
         scraping,
         proxy_addr,
-    );
+    )
+    .recovering(crate::recovery::event(&recovery.survey));
+    // The instances are re-adopted (or started) and the route table set before the proxy
+    // accepts its first connection: no request finds an empty table after a restart.
+    driver.recover().await;
+    {
+        let proxy = proxy.clone();
+        let mut rx = shutdown_rx.clone();
+        let stop = async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        let serving = proxy
+            .start(
+                proxy_listener,
+                tls.as_ref().map(|(reloader, _)| reloader.server_config()),
+            )
+            .map_err(StartError::Workers)?;
+        if let Some((reloader, interval)) = tls {
+            let mut rx = shutdown_rx.clone();
+            tasks.push(tokio::spawn(reloader.run(interval, async move {
+                let _ = rx.wait_for(|s| *s).await;
+            })));
+        }
+        tasks.push(tokio::spawn(async move {
+            let outcome = serving.until(stop).await;
+            info!(outcome = proxy_stopped(outcome), "proxy stopped");
+        }));
+    }
     tasks.push(tokio::spawn(driver.run(req_rx, shutdown_rx.clone())));
     {
         // Instance logs are pruned hourly (start() already pruned once), except those of
@@ -430,6 +467,7 @@ pub async fn start_with(loaded: Loaded, opts: StartOptions) -> Result<Running, S
         tasks,
         supervisor,
         store,
+        _recovery: recovery,
     })
 }
 
