@@ -215,13 +215,19 @@ fn run(cli: Cli) -> Result<(), CommandError> {
         }
         _ => {}
     }
+    // Before any thread starts: it reads and removes the launcher's LISTEN_* variables.
+    let inherited = match &cli.command {
+        Command::Run { .. } => cutover_host::listeners::Inherited::from_env()
+            .map_err(|e| CommandError::Usage(e.to_string()))?,
+        _ => cutover_host::listeners::Inherited::none(),
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| CommandError::Other(e.into()))?;
     rt.block_on(async move {
         match cli.command {
-            Command::Run { log_json } => cutover_host::run(&cli.config, log_json).await,
+            Command::Run { log_json } => cutover_host::run(&cli.config, log_json, inherited).await,
             Command::Demo { state_dir, rate } => cutover_host::demo::run(state_dir, rate).await,
             Command::Deploy {
                 version,

@@ -9,11 +9,14 @@
 //! "abort" comes from `cutover_core::engine`. It composes the IO crates — `cutover-proxy`
 //! (data plane), `cutover-supervisor` (processes), `cutover-store` (SQLite),
 //! `cutover-admin` (API) — and holds the CLI's verbs, the status rendering and the demo.
-#![forbid(unsafe_code)]
+// `deny`, not `forbid`: the one exception is taking ownership of the listening sockets a
+// launcher passes (socket activation), in `listeners::own`, with its reasoning there.
+#![deny(unsafe_code)]
 
 pub mod commands;
 pub mod config;
 pub mod demo;
+pub mod listeners;
 pub mod logs;
 pub mod metrics;
 pub mod remote;
@@ -59,14 +62,19 @@ pub fn init_logging(level: &str, json: bool) {
     };
 }
 
-/// `cutover run`: runs until SIGINT or SIGTERM, then shuts down gracefully.
-pub async fn run(config_path: &Path, log_json: bool) -> Result<(), CommandError> {
+/// `cutover run`: runs until SIGINT or SIGTERM, then shuts down gracefully. `inherited`: the
+/// listening sockets a launcher passed ([`listeners::Inherited::from_env`]).
+pub async fn run(
+    config_path: &Path,
+    log_json: bool,
+    inherited: listeners::Inherited,
+) -> Result<(), CommandError> {
     let loaded = config::load(config_path)?;
     init_logging(
         &loaded.config.log.level,
         log_json || loaded.config.log.format == LogFormat::Json,
     );
-    let running = runtime::start(loaded)
+    let running = runtime::start_with(loaded, inherited)
         .await
         .map_err(|e| CommandError::Usage(e.to_string()))?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

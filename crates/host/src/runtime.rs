@@ -55,6 +55,8 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Activation(Box<crate::listeners::ActivationError>),
     #[error("service.workers: {0}")]
     Workers(cutover_proxy::ProxyError),
     #[error(transparent)]
@@ -167,6 +169,14 @@ fn proxy_config(c: &cutover_core::spec::Config) -> ProxyConfig {
 
 /// Starts the runtime for a loaded config and returns once it listens.
 pub async fn start(loaded: Loaded) -> Result<Running, StartError> {
+    start_with(loaded, crate::listeners::Inherited::none()).await
+}
+
+/// [`start`], on the listening sockets a launcher passed where it passed them.
+pub async fn start_with(
+    loaded: Loaded,
+    inherited: crate::listeners::Inherited,
+) -> Result<Running, StartError> {
     let c = loaded.config.clone();
     // Queries are checked before anything is created, so a bad rule changes nothing.
     rules::validate(&c)?;
@@ -206,20 +216,8 @@ pub async fn start(loaded: Loaded) -> Result<Running, StartError> {
     let slot = (window / 20).max(Duration::from_millis(5));
     let recorder = Recorder::new(slot, window + slot * 4);
     let proxy = Proxy::new(proxy_config(&c), recorder.clone());
-    let proxy_listener = tokio::net::TcpListener::bind(c.service.listen)
-        .await
-        .map_err(|source| StartError::Bind {
-            field: "service.listen",
-            addr: c.service.listen,
-            source,
-        })?;
-    let admin_listener = tokio::net::TcpListener::bind(c.admin.listen)
-        .await
-        .map_err(|source| StartError::Bind {
-            field: "admin.listen",
-            addr: c.admin.listen,
-            source,
-        })?;
+    let (proxy_listener, admin_listener) =
+        crate::listeners::open(c.service.listen, c.admin.listen, inherited).await?;
     let proxy_addr = proxy_listener
         .local_addr()
         .map_err(|source| StartError::Bind {
