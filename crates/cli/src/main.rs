@@ -120,6 +120,10 @@ enum Command {
         #[arg(short, long)]
         follow: bool,
     },
+    /// Re-read and validate the config file and apply it to the running cutover without a
+    /// restart (as SIGHUP does); an invalid file, or one changing what needs a restart, is
+    /// refused whole with its errors and the running config kept.
+    Reload,
     /// Check a config without running it.
     Validate,
     /// Write a rollout's recording (its measurements and events) as JSON, for `simulate`.
@@ -261,6 +265,9 @@ fn run(cli: Cli) -> Result<(), CommandError> {
             }
             Command::Abort { reason } => {
                 commands::verb(&commands::client(&cli.config)?, "abort", reason).await
+            }
+            Command::Reload => {
+                commands::verb(&commands::client(&cli.config)?, "reload", None).await
             }
             Command::Rollback { reason } => {
                 commands::verb(&commands::client(&cli.config)?, "rollback", reason).await

@@ -233,6 +233,40 @@ async fn kill_9_and_restart_under_the_launcher_refuses_no_connection() {
         report.failed,
         report.failures.iter().map(|f| &f.kind).collect::<Vec<_>>()
     );
+
+    // SIGHUP (systemd's ExecReload) reloads the file: differs before, the same after.
+    std::fs::write(
+        &cfg,
+        text.clone()
+            .abort_rule("name = \"p99-over-300ms\"\nmetric = \"latency\"\nquantile = 0.99\nabove = \"300ms\"\nfor = \"1s\"")
+            .to_toml(),
+    )
+    .unwrap();
+    assert_eq!(status(&client).await.unwrap()["config"]["file"], "differs");
+    let pid = launched.cutover().expect("cutover runs");
+    assert!(Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    common::eventually(
+        Duration::from_secs(10),
+        "the file reloaded on SIGHUP",
+        || async {
+            let c = status(&client).await?["config"].clone();
+            if c["file"] == "same" {
+                Ok(())
+            } else {
+                Err(c.to_string())
+            }
+        },
+    )
+    .await;
+    assert!(
+        launched.log().contains("SIGHUP: reload"),
+        "{}",
+        launched.log()
+    );
     drop(launched);
 }
 

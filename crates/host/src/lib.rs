@@ -19,6 +19,7 @@ pub mod demo;
 pub mod listeners;
 pub mod logs;
 pub mod metrics;
+pub mod reload;
 pub mod remote;
 pub mod render;
 pub mod router;
@@ -79,9 +80,18 @@ pub async fn run(
         .map_err(|e| CommandError::Usage(e.to_string()))?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| CommandError::Other(e.into()))?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| CommandError::Other(e.into()))?;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+            // `cutover reload` without the admin API (systemd's ExecReload).
+            _ = hup.recv() => match running.reload().await {
+                Ok(r) => tracing::info!(result = r["message"].as_str().unwrap_or_default(), "SIGHUP: reload"),
+                Err(e) => tracing::error!(error = %e.message, "SIGHUP: reload refused; the running config is kept"),
+            },
+        }
     }
     tracing::info!("shutting down: draining the proxy, then stopping instances");
     running.shutdown().await;

@@ -120,12 +120,26 @@ pub struct Running {
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     supervisor: Supervisor,
+    /// To the driver: `reload` (SIGHUP) goes the admin API's way.
+    requests: mpsc::Sender<Request>,
 }
 
 impl Running {
     /// A client for this runtime's admin API.
     pub fn client(&self) -> cutover_admin::AdminClient {
         cutover_admin::AdminClient::new(self.admin_addr, self.token.clone())
+    }
+
+    /// `cutover reload` without the admin API (SIGHUP): re-reads and validates the config file
+    /// and applies it, or refuses it whole (see [`crate::reload`]).
+    pub async fn reload(&self) -> Result<Value, ApiError> {
+        let (tx, rx) = oneshot::channel();
+        let gone = || ApiError::internal("cutover is shutting down");
+        self.requests
+            .send(Request::Reload(tx))
+            .await
+            .map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?
     }
 
     /// Graceful shutdown: stop accepting, let in-flight requests finish, stop every instance.
@@ -264,7 +278,7 @@ pub async fn start_with(
     }
     {
         let handler: Arc<dyn Handler> = Arc::new(AdminHandler {
-            tx: req_tx,
+            tx: req_tx.clone(),
             store: store.clone(),
             supervisor: supervisor.clone(),
             log_dir: state_dir.join("logs"),
@@ -346,6 +360,7 @@ pub async fn start_with(
         releases: HashMap::new(),
         exposition: scrape::ExpositionHealth::default(),
         proxy_addr,
+        reloader: crate::reload::Reloader::new(&c),
     };
     tasks.push(tokio::spawn(driver.run(req_rx, shutdown_rx)));
     info!(%proxy_addr, %admin_addr, service = %c.service.name, state_dir = %state_dir.display(), "cutover is running");
@@ -357,6 +372,7 @@ pub async fn start_with(
         shutdown: shutdown_tx,
         tasks,
         supervisor,
+        requests: req_tx,
     })
 }
 
@@ -374,6 +390,7 @@ enum Request {
         AlertmanagerPayload,
         oneshot::Sender<Result<Value, ApiError>>,
     ),
+    Reload(oneshot::Sender<Result<Value, ApiError>>),
 }
 
 struct AdminHandler {
@@ -446,6 +463,9 @@ impl Handler for AdminHandler {
             .map_err(|e| ApiError::internal(e.to_string()))??;
             Ok(serde_json::to_value(chunk).unwrap_or_default())
         })
+    }
+    fn reload(&self) -> BoxFuture<'_, Result<Value, ApiError>> {
+        Box::pin(async move { self.ask(Request::Reload).await? })
     }
     fn alerts(&self, payload: AlertmanagerPayload) -> BoxFuture<'_, Result<Value, ApiError>> {
         Box::pin(async move { self.ask(|tx| Request::Alerts(payload, tx)).await? })
@@ -585,6 +605,8 @@ struct Driver {
     /// Which instances serve an exposition that does not parse (warned once each).
     exposition: scrape::ExpositionHealth,
     proxy_addr: SocketAddr,
+    /// The config file against the running config (`cutover reload`, SIGHUP).
+    reloader: crate::reload::Reloader,
 }
 
 impl Driver {
@@ -1238,6 +1260,9 @@ impl Driver {
             Request::Deploy(req, tx) => {
                 let _ = tx.send(self.deploy(req));
             }
+            Request::Reload(tx) => {
+                let _ = tx.send(self.reload());
+            }
             Request::Verb(verb, reason, tx) => {
                 let res = self.apply(Event::Command(verb), reason.as_deref()).map(|decisions| {
                     let message = decisions.iter().map(|d| d.reason.clone()).collect::<Vec<_>>().join("; ");
@@ -1248,7 +1273,38 @@ impl Driver {
         }
     }
 
+    /// `cutover reload`: see [`crate::reload`].
+    fn reload(&mut self) -> Result<Value, ApiError> {
+        let in_progress = self.engine.active().is_some();
+        let accepted = self
+            .reloader
+            .reload(&self.loaded.path, &self.loaded.config, in_progress)?;
+        let policy = accepted
+            .policy_changed
+            .then(|| accepted.config.rollout.clone());
+        self.loaded.config = accepted.config;
+        if let Some(spec) = policy {
+            self.set_policy(spec);
+        }
+        info!(reply = %accepted.reply["message"].as_str().unwrap_or_default(), "config reloaded");
+        Ok(accepted.reply)
+    }
+
+    /// A new `[rollout]` policy, with no rollout in progress: the engine judges by it, and the
+    /// PromQL rules are rebuilt from it.
+    fn set_policy(&mut self, spec: cutover_core::spec::RolloutSpec) {
+        self.loaded.config.rollout = spec.clone();
+        self.engine = Engine::restore(spec, self.engine.state().clone());
+        self.rules = rules::rules(&self.loaded.config);
+    }
+
     fn deploy(&mut self, req: DeployRequest) -> Result<Value, ApiError> {
+        // A policy reloaded during the last rollout applies from this one on.
+        if self.engine.active().is_none() {
+            if let Some(spec) = self.reloader.take_pending() {
+                self.set_policy(spec);
+            }
+        }
         let c = &self.loaded.config;
         let rel = SupRelease::resolve(
             &req.version,
@@ -1322,6 +1378,7 @@ impl Driver {
             eta: self.engine.eta(now()),
             instances,
             failed: st.failed.clone(),
+            config: Some(self.reloader.view(&self.loaded.path, &self.loaded.config)),
             settings: Settings {
                 interval: c.rollout.interval,
                 window: c.rollout.window,

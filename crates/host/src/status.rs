@@ -20,6 +20,9 @@ pub struct StatusView {
     pub eta: Option<Timestamp>,
     pub instances: Vec<InstanceView>,
     pub failed: BTreeMap<String, Failure>,
+    /// The config file against the config cutover runs (`cutover reload`).
+    #[serde(default)]
+    pub config: Option<crate::reload::ConfigView>,
     pub settings: Settings,
 }
 
