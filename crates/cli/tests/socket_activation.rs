@@ -185,6 +185,7 @@ async fn kill_9_and_restart_under_the_launcher_refuses_no_connection() {
     .await;
 
     let killed = launched.cutover().expect("cutover runs");
+    let in_flight_at_kill = load.snapshot().in_flight;
     assert!(Command::new("kill")
         .args(["-9", &killed.to_string()])
         .status()
@@ -226,8 +227,24 @@ async fn kill_9_and_restart_under_the_launcher_refuses_no_connection() {
         report.ok > served_before,
         "nothing served after the restart: {report:?}"
     );
+    // The restarted cutover holds requests until v1's instance is ready again (cold start):
+    // what fails is only what was in flight on the killed process (its connections reset),
+    // never a 503 nor a timeout.
+    let other: Vec<_> = report
+        .failures
+        .iter()
+        .filter(|f| !matches!(f.kind, FailureKind::Other(_)))
+        .collect();
+    assert!(
+        other.is_empty(),
+        "failures besides the requests in flight on the killed process: {other:?}"
+    );
+    assert!(
+        report.failed <= 512,
+        "more failures than requests can be in flight: {report:?}"
+    );
     eprintln!(
-        "kill -9 under load: {} sent, {} ok, {} failed ({:?})",
+        "kill -9 under load ({in_flight_at_kill} in flight at the kill): {} sent, {} ok, {} failed ({:?})",
         report.sent,
         report.ok,
         report.failed,

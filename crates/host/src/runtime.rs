@@ -230,6 +230,11 @@ pub async fn start_with(
     let slot = (window / 20).max(Duration::from_millis(5));
     let recorder = Recorder::new(slot, window + slot * 4);
     let proxy = Proxy::new(proxy_config(&c), recorder.clone());
+    // A restart with releases to bring back: requests wait for the first ready instance
+    // (at most app.start_timeout) instead of 503s.
+    if engine.state().stable.is_some() || engine.active().is_some() {
+        proxy.hold_while_cold(c.app.start_timeout.get());
+    }
     let (proxy_listener, admin_listener) =
         crate::listeners::open(c.service.listen, c.admin.listen, inherited).await?;
     let proxy_addr = proxy_listener

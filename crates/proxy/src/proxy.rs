@@ -153,6 +153,8 @@ struct Inner {
     /// Requests refused for their host, by [`headers::HostError::index`]. Shared by the
     /// workers, but written only on that rare path.
     refused: [std::sync::atomic::AtomicU64; headers::HostError::ALL.len()],
+    /// Cold start: requests wait for the first ready instance ([`Proxy::hold_while_cold`]).
+    cold: crate::cold::Cold,
 }
 
 impl Proxy {
@@ -179,6 +181,7 @@ impl Proxy {
                 recorder,
                 ws: Arc::default(),
                 refused: Default::default(),
+                cold: crate::cold::Cold::default(),
             }),
         }
     }
@@ -227,7 +230,9 @@ impl Proxy {
                 b.set_in_rotation(in_table.contains(&Arc::as_ptr(&b)));
             }
         }
+        let routable = !addrs.is_empty();
         self.inner.table.store(Arc::new(table));
+        self.inner.cold.published(routable);
         // Idle connections to instances that left rotation are closed now, not when they exit.
         let mut workers = self
             .inner
@@ -238,6 +243,15 @@ impl Proxy {
         for pool in workers.iter().filter_map(Weak::upgrade) {
             pool.retain(&addrs);
         }
+    }
+
+    /// A cold start: until a table with a ready backend is published, a request waits for it
+    /// (at most `bound` from now) instead of being answered 503 "no ready instance". For a
+    /// restarted cutover whose instances are starting: connections are accepted (they may
+    /// have waited in the backlog) and their requests are served once the first instance is
+    /// ready. The first routable table, or the bound, ends the hold for good.
+    pub fn hold_while_cold(&self, bound: Duration) {
+        self.inner.cold.hold(bound);
     }
 
     /// The table requests are being routed with now.
@@ -587,6 +601,8 @@ impl Proxy {
             }
         };
         let started = Instant::now();
+        // A cold start waits for the first ready instance rather than answering 503.
+        self.inner.cold.wait().await;
         // The one load of the table for this request (invariant 1).
         let routes = worker.routes();
         let table = &routes.table;
