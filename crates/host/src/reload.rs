@@ -140,11 +140,9 @@ impl Reloader {
         };
         let pending = match &self.pending {
             Some(next) => {
-                let mut now = running.clone();
                 let mut then = running.clone();
-                now.rollout = running.rollout.clone();
                 then.rollout = next.clone();
-                plan(&now, &then, false)
+                plan(running, &then, false)
                     .changes
                     .into_iter()
                     .map(|c| c.key)
