@@ -51,6 +51,11 @@ pub trait Handler: Send + Sync + 'static {
         let _ = (version, query);
         Box::pin(async { Err(ApiError::not_found("instance logs are not available here")) })
     }
+    /// `POST /v1/reload`: re-read and validate the config file; apply it or refuse it whole.
+    /// The default refuses with 404, for hosts without a config file to re-read.
+    fn reload(&self) -> BoxFuture<'_, Result<Value, ApiError>> {
+        Box::pin(async { Err(ApiError::not_found("reload is not available here")) })
+    }
     /// `POST /v1/alerts`: an Alertmanager webhook notification (payload version 4). The default
     /// refuses with 404, so a host that does not act on alerts needs no code and Alertmanager's
     /// logs say plainly that the receiver is not enabled.
@@ -129,6 +134,8 @@ pub enum Endpoint {
     Events,
     /// A past rollout's recorded charts and decisions.
     Replay,
+    /// Re-read the config file (`cutover reload`).
+    Reload,
 }
 
 /// One route of the admin API.
@@ -172,6 +179,7 @@ pub const ROUTES: &[Route] = &[
     Route::authed(Method::Get, "/v1/history", Endpoint::History),
     Route::authed(Method::Get, "/v1/logs/{version}", Endpoint::Logs),
     Route::authed(Method::Post, "/v1/alerts", Endpoint::Alerts),
+    Route::authed(Method::Post, "/v1/reload", Endpoint::Reload),
     // Prometheus scrapes this one: it needs the token too (`authorization` in the scrape
     // config), since it names versions and rollout decisions.
     Route::authed(Method::Get, "/metrics", Endpoint::Metrics),
@@ -230,6 +238,9 @@ fn method_router(method: Method, endpoint: Endpoint) -> MethodRouter<AppState> {
         Endpoint::Logout => on(m, logout),
         Endpoint::Events => on(m, events),
         Endpoint::Replay => on(m, replay),
+        Endpoint::Reload => on(m, |State(s): State<AppState>| async move {
+            reply(s.handler.reload().await)
+        }),
     }
 }
 

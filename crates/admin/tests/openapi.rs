@@ -192,6 +192,14 @@ impl Handler for Ok200 {
     fn alerts(&self, _: AlertmanagerPayload) -> BoxFuture<'_, Result<Value, ApiError>> {
         Box::pin(async { Ok(json!({"matched": [], "ignored": []})) })
     }
+    fn reload(&self) -> BoxFuture<'_, Result<Value, ApiError>> {
+        Box::pin(async {
+            Ok(
+                json!({"message": "reloaded: nothing changed", "changes": [],
+                      "waits_for_next_rollout": false}),
+            )
+        })
+    }
     fn logs(&self, _: String, _: LogsQuery) -> BoxFuture<'_, Result<Value, ApiError>> {
         Box::pin(async {
             Ok(

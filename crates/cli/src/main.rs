@@ -187,6 +187,10 @@ enum Command {
         #[arg(short, long)]
         follow: bool,
     },
+    /// Re-read and validate the config file and apply it to the running cutover without a
+    /// restart (as SIGHUP does); an invalid file, or one changing what needs a restart, is
+    /// refused whole with its errors and the running config kept.
+    Reload,
     /// Check a config without running it.
     Validate,
     /// Write a rollout's recording (its measurements and events) as JSON, for `simulate`.
@@ -399,6 +403,12 @@ fn run(cli: Cli) -> Result<(), CommandError> {
         }
         _ => {}
     }
+    // Before any thread starts: it reads and removes the launcher's LISTEN_* variables.
+    let inherited = match &cli.command {
+        Command::Run { .. } => cutover_host::listeners::Inherited::from_env()
+            .map_err(|e| CommandError::Usage(e.to_string()))?,
+        _ => cutover_host::listeners::Inherited::none(),
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -416,7 +426,7 @@ fn run(cli: Cli) -> Result<(), CommandError> {
                     accept_tampered,
                     keep_apps,
                 };
-                cutover_host::run(&cli.config, log_json, opts).await
+                cutover_host::run(&cli.config, log_json, opts, inherited).await
             }
             Command::Demo { state_dir, rate } => cutover_host::demo::run(state_dir, rate).await,
             Command::Deploy {
@@ -484,6 +494,9 @@ fn run(cli: Cli) -> Result<(), CommandError> {
                     reason,
                 )
                 .await
+            }
+            Command::Reload => {
+                commands::verb(&commands::client(&cli.config)?, "reload", None).await
             }
             Command::Rollback { reason } => {
                 commands::verb(

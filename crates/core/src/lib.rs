@@ -16,6 +16,7 @@ pub mod histogram;
 pub mod judge;
 pub mod lookback;
 pub mod mannwhitney;
+pub mod reload;
 pub mod report;
 pub mod simulate;
 pub mod spec;

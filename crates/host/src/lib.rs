@@ -9,7 +9,9 @@
 //! "abort" comes from `cutover_core::engine`. It composes the IO crates — `cutover-proxy`
 //! (data plane), `cutover-supervisor` (processes), `cutover-store` (SQLite),
 //! `cutover-admin` (API) — and holds the CLI's verbs, the status rendering and the demo.
-#![forbid(unsafe_code)]
+// `deny`, not `forbid`: the one exception is taking ownership of the listening sockets a
+// launcher passes (socket activation), in `listeners::own`, with its reasoning there.
+#![deny(unsafe_code)]
 
 pub mod audit;
 pub mod commands;
@@ -17,10 +19,12 @@ pub mod config;
 pub mod dashboard;
 pub mod delivery;
 pub mod demo;
+pub mod listeners;
 pub mod lock;
 pub mod logs;
 pub mod metrics;
 pub mod recovery;
+pub mod reload;
 pub mod remote;
 pub mod render;
 pub mod rollback;
@@ -69,11 +73,13 @@ pub fn init_logging(level: &str, json: bool) {
 /// `cutover run`: runs until SIGINT or SIGTERM, then shuts down gracefully. A store that fails
 /// audit verification is refused ([`CommandError::Tampered`], exit 65) unless
 /// `opts.accept_tampered`. With `opts.keep_apps` the instances outlive the shutdown, for the
-/// next `cutover run` on this state directory to re-adopt.
+/// next `cutover run` on this state directory to re-adopt. `inherited`: the listening sockets
+/// a launcher passed ([`listeners::Inherited::from_env`]).
 pub async fn run(
     config_path: &Path,
     log_json: bool,
     opts: runtime::StartOptions,
+    inherited: listeners::Inherited,
 ) -> Result<(), CommandError> {
     let loaded = config::load(config_path)?;
     init_logging(
@@ -81,7 +87,7 @@ pub async fn run(
         log_json || loaded.config.log.format == LogFormat::Json,
     );
     let keep_apps = opts.keep_apps;
-    let running = runtime::start_with(loaded, opts)
+    let running = runtime::start_with(loaded, opts, inherited)
         .await
         .map_err(|e| match e {
             e @ StartError::Tampered { .. } => CommandError::Tampered(e.to_string()),
@@ -89,9 +95,18 @@ pub async fn run(
         })?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| CommandError::Other(e.into()))?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| CommandError::Other(e.into()))?;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+            // `cutover reload` without the admin API (systemd's ExecReload).
+            _ = hup.recv() => match running.reload().await {
+                Ok(r) => tracing::info!(result = r["message"].as_str().unwrap_or_default(), "SIGHUP: reload"),
+                Err(e) => tracing::error!(error = %e.message, "SIGHUP: reload refused; the running config is kept"),
+            },
+        }
     }
     if keep_apps {
         tracing::info!("shutting down: draining the proxy; the instances keep running (--keep-apps) for the next cutover to re-adopt");

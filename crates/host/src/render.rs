@@ -115,6 +115,34 @@ pub fn status(s: &StatusView) -> String {
     if let Some(e) = &s.persist_failure {
         let _ = writeln!(o, "STATE STORE FAILING  {e}");
     }
+    if let Some(c) = &s.config {
+        match c.file.as_str() {
+            "same" => {}
+            "differs" => {
+                let _ = writeln!(
+                    o,
+                    "config  {} differs from the running config ({}): `cutover reload` applies it",
+                    c.path,
+                    c.detail.join(", ")
+                );
+            }
+            other => {
+                let _ = writeln!(
+                    o,
+                    "config  {} is {other}: {} (the running config is kept)",
+                    c.path,
+                    c.detail.join("; ")
+                );
+            }
+        }
+        if !c.pending.is_empty() {
+            let _ = writeln!(
+                o,
+                "config  reloaded {} applies to the next rollout",
+                c.pending.join(", ")
+            );
+        }
+    }
     if let Some(p) = &s.previous {
         let _ = writeln!(
             o,
@@ -705,6 +733,7 @@ mod tests {
             instances: Vec::new(),
             failed: Default::default(),
             persist_failure: None,
+            config: None,
             settings: crate::status::Settings {
                 interval: spec.interval,
                 window: spec.window,
@@ -759,6 +788,22 @@ mod tests {
         assert!(
             !aborted.contains("BREACH") && !aborted.contains("HOLD "),
             "{aborted}"
+        );
+        assert!(!aborted.contains("config "), "{aborted}");
+
+        // The config file against the running config: said only when it is not the same.
+        let mut v = view(&e, t(9));
+        v.config = Some(crate::reload::ConfigView {
+            path: "/etc/cutover.toml".into(),
+            file: "differs".into(),
+            detail: vec!["rollout.aborts".into()],
+            pending: vec!["rollout.gates".into()],
+        });
+        let differs = status(&v);
+        assert!(
+            differs.contains("config  /etc/cutover.toml differs from the running config (rollout.aborts): `cutover reload` applies it")
+                && differs.contains("config  reloaded rollout.gates applies to the next rollout"),
+            "{differs}"
         );
     }
 }

@@ -24,6 +24,9 @@ pub struct StatusView {
     /// out), until a commit succeeds again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub persist_failure: Option<String>,
+    /// The config file against the config cutover runs (`cutover reload`).
+    #[serde(default)]
+    pub config: Option<crate::reload::ConfigView>,
     pub settings: Settings,
 }
 

@@ -57,17 +57,18 @@ pub(crate) struct Idle {
     pub(crate) after: Duration,
 }
 
-/// Drives `conn` to its end. When `stop` is cancelled (cutover shuts down) it is asked to
-/// `go_away` (hyper's graceful shutdown: `connection: close` on HTTP/1.1, GOAWAY on HTTP/2);
-/// with `idle`, see the module docs. `None`: it was closed for being idle.
+/// Drives `conn` to its end. When `stopping` completes (cutover shuts down; for HTTP/1.1,
+/// [`after_grace`] later) it is asked to `go_away` (hyper's graceful shutdown: an idle HTTP/1.1
+/// connection is closed, a busy one after its response; GOAWAY on HTTP/2); with `idle`, see
+/// the module docs. `None`: it was closed for being idle.
 pub(crate) async fn drive<C: Future>(
     conn: C,
     go_away: impl Fn(Pin<&mut C>),
-    stop: &CancellationToken,
+    stopping: impl Future<Output = ()>,
     idle: Option<Idle>,
 ) -> Option<C::Output> {
     let mut conn = std::pin::pin!(conn);
-    let mut stopping = std::pin::pin!(stop.cancelled());
+    let mut stopping = std::pin::pin!(stopping);
     let mut going_away = false;
     let (mut tick, period) = match &idle {
         Some(i) => (Some(Box::pin(tokio::time::sleep(i.after))), i.after),
@@ -108,6 +109,13 @@ pub(crate) async fn drive<C: Future>(
     }
 }
 
+/// Completes `grace` after `stop` is cancelled: how long an HTTP/1.1 connection is still
+/// served after cutover begins to shut down (see `ProxyConfig::shutdown_idle_grace`).
+pub(crate) async fn after_grace(stop: &CancellationToken, grace: Duration) {
+    stop.cancelled().await;
+    tokio::time::sleep(grace).await;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,7 +145,7 @@ mod tests {
                 move |_| {
                     counter.fetch_add(1, Ordering::Relaxed);
                 },
-                &stop,
+                stop.cancelled(),
                 Some(idle),
             )
             .await;

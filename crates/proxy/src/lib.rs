@@ -46,6 +46,7 @@
 #![forbid(unsafe_code)]
 
 mod body;
+mod cold;
 mod conn;
 mod error;
 mod h1;

@@ -51,6 +51,13 @@ pub struct ProxyConfig {
     pub shutdown_timeout: Duration,
     /// A client connection that sends no complete request head for this long is closed.
     pub header_read_timeout: Duration,
+    /// When shutdown begins, an open HTTP/1.1 connection is still served this long: a request
+    /// that arrives on an idle keep-alive connection (the client could not know) is answered,
+    /// with `connection: close`, instead of finding the connection closed; so is the first
+    /// request on a connection accepted just before. Every response after shutdown began
+    /// carries `connection: close`, and a connection still idle at the end is closed. HTTP/2
+    /// gets its GOAWAY at once (its clients retry what the GOAWAY says was not processed).
+    pub shutdown_idle_grace: Duration,
     /// A request head (request line and headers) larger than this is refused with 431
     /// (HTTP/1.1; for HTTP/2 it is the advertised `SETTINGS_MAX_HEADER_LIST_SIZE`). At least
     /// 8 KiB.
@@ -86,6 +93,8 @@ impl Default for ProxyConfig {
             pool_max_idle_per_host: 64,
             shutdown_timeout: Duration::from_secs(30),
             header_read_timeout: Duration::from_secs(30),
+            // Well above a round trip: what a client sent before it saw the close arrives in it.
+            shutdown_idle_grace: Duration::from_secs(1),
             // nginx's `lingering_timeout`.
             linger_timeout: Duration::from_secs(5),
             // Envoy's default (60 KiB) rounded up; nginx allows 4 × 8 KiB lines.
@@ -145,6 +154,8 @@ struct Inner {
     /// Requests refused for their host, by [`headers::HostError::index`]. Shared by the
     /// workers, but written only on that rare path.
     refused: [std::sync::atomic::AtomicU64; headers::HostError::ALL.len()],
+    /// Cold start: requests wait for the first ready instance ([`Proxy::hold_while_cold`]).
+    cold: crate::cold::Cold,
 }
 
 impl Proxy {
@@ -171,6 +182,7 @@ impl Proxy {
                 recorder,
                 ws: Arc::default(),
                 refused: Default::default(),
+                cold: crate::cold::Cold::default(),
             }),
         }
     }
@@ -219,7 +231,9 @@ impl Proxy {
                 b.set_in_rotation(in_table.contains(&Arc::as_ptr(&b)));
             }
         }
+        let routable = !addrs.is_empty();
         self.inner.table.store(Arc::new(table));
+        self.inner.cold.published(routable);
         // Idle connections to instances that left rotation are closed now, not when they exit.
         let mut workers = self
             .inner
@@ -230,6 +244,15 @@ impl Proxy {
         for pool in workers.iter().filter_map(Weak::upgrade) {
             pool.retain(&addrs);
         }
+    }
+
+    /// A cold start: until a table with a ready backend is published, a request waits for it
+    /// (at most `bound` from now) instead of being answered 503 "no ready instance". For a
+    /// restarted cutover whose instances are starting: connections are accepted (they may
+    /// have waited in the backlog) and their requests are served once the first instance is
+    /// ready. The first routable table, or the bound, ends the hold for good.
+    pub fn hold_while_cold(&self, bound: Duration) {
+        self.inner.cold.hold(bound);
     }
 
     /// The table requests are being routed with now.
@@ -461,6 +484,7 @@ impl Proxy {
         );
         let builder = Builders { http1, http2 };
         let header_read_timeout = self.inner.config.header_read_timeout;
+        let shutdown_idle_grace = self.inner.config.shutdown_idle_grace;
         let linger_timeout = self.inner.config.linger_timeout;
         let mut shutdown = std::pin::pin!(shutdown);
         'serving: loop {
@@ -499,11 +523,12 @@ impl Proxy {
                     let tls = tls.as_ref().map(|t| tokio_rustls::TlsAcceptor::from(t.load_full()));
                     conns.spawn(async move {
                         let _open = open;
-                        // Until a request can come, there is nothing to drain: stopping just closes.
+                        // A connection with no request yet is closed when shutdown begins, after
+                        // the grace in which a request already sent still arrives and is served.
                         let Some(acceptor) = tls else {
                             let first = tokio::select! {
                                 biased;
-                                () = stop.cancelled() => return,
+                                () = conn::after_grace(&stop, shutdown_idle_grace) => return,
                                 first = first_bytes(&stream, header_read_timeout) => first,
                             };
                             let Some(protocol) = first else {
@@ -515,7 +540,7 @@ impl Proxy {
                         };
                         let handshake = tokio::select! {
                             biased;
-                            () = stop.cancelled() => return,
+                            () = conn::after_grace(&stop, shutdown_idle_grace) => return,
                             done = tokio::time::timeout(header_read_timeout, acceptor.accept(stream)) => done,
                         };
                         let stream = match handshake {
@@ -571,7 +596,7 @@ impl Proxy {
             mut target,
             started,
             host,
-        } = match self.route(worker, client, &req) {
+        } = match self.route(worker, client, &req).await {
             Ok(routed) => routed,
             Err(refused) => return refused.response(),
         };
@@ -595,8 +620,9 @@ impl Proxy {
     /// Phase 1, route: the request's instance, from the table loaded once for this request
     /// (invariant 1) and the client's sticky key. [`Refused`] when the proxy answers itself:
     /// 400 for a request whose host cannot be told (before anything else: it reached no
-    /// version and counts for none), 503 when its track has no ready instance.
-    fn route(
+    /// version and counts for none), 503 when its track has no ready instance. During a cold
+    /// start it first waits (bounded) for the first ready instance.
+    async fn route(
         &self,
         worker: &Worker,
         client: &Client,
@@ -615,6 +641,8 @@ impl Proxy {
             }
         };
         let started = Instant::now();
+        // A cold start waits for the first ready instance rather than answering 503.
+        self.inner.cold.wait().await;
         // The one load of the table for this request (invariant 1).
         let routes = worker.routes();
         let table = &routes.table;
@@ -1203,12 +1231,26 @@ async fn serve_connection<I>(
     });
     // Each request holds the worker (whose count only this thread touches), not a clone
     // of the proxy, whose count every worker shares.
+    let grace = worker.proxy.inner.config.shutdown_idle_grace;
+    let stopped = stop.clone();
     let service = hyper::service::service_fn(move |req| {
         let worker = worker.clone();
         let client = client.clone();
         let stream = streams.as_ref().map(Streams::start);
+        let stopped = stopped.clone();
         async move {
-            let resp = worker.proxy.handle(&worker, &client, req).await;
+            let mut resp = worker.proxy.handle(&worker, &client, req).await;
+            // Shutting down: each HTTP/1.1 connection ends with its next response (hyper
+            // closes after a `connection: close` response); not a switch of protocols.
+            if protocol == Protocol::Http1
+                && stopped.is_cancelled()
+                && resp.status() != StatusCode::SWITCHING_PROTOCOLS
+            {
+                resp.headers_mut().insert(
+                    http::header::CONNECTION,
+                    http::HeaderValue::from_static("close"),
+                );
+            }
             Ok::<_, Infallible>(match stream {
                 Some(stream) => resp.map(|body| stream.hold(body)),
                 None => resp,
@@ -1218,11 +1260,12 @@ async fn serve_connection<I>(
     let served = match protocol {
         Protocol::Http1 => {
             let conn = builder.http1.serve_connection(io, service).with_upgrades();
-            conn::drive(conn, |c| c.graceful_shutdown(), stop, idle).await
+            let stopping = conn::after_grace(stop, grace);
+            conn::drive(conn, |c| c.graceful_shutdown(), stopping, idle).await
         }
         Protocol::Http2 => {
             let conn = builder.http2.serve_connection(io, service);
-            conn::drive(conn, |c| c.graceful_shutdown(), stop, idle).await
+            conn::drive(conn, |c| c.graceful_shutdown(), stop.cancelled(), idle).await
         }
     };
     match served {

@@ -617,6 +617,96 @@ async fn shutdown_completes_in_flight_http1_requests() {
     assert_eq!(up.seen().len(), CLIENTS * 2);
 }
 
+/// Shutdown serves what already arrived (nginx-like): 48 idle keep-alive connections (one
+/// answer each) and 8 accepted connections that have sent nothing yet; shutdown begins (new
+/// connections are refused); only then does each send a request. Every one is answered in
+/// full, marked `connection: close`, and the connection then closed cleanly (FIN, no reset).
+/// With no grace (`shutdown_idle_grace = 0`, the behaviour before) these requests found their
+/// connections closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_serves_requests_arriving_on_idle_keep_alive_connections() {
+    const IDLE: usize = 48;
+    const FRESH: usize = 8;
+    let config = ProxyConfig {
+        // Generous, so that a loaded machine sends every request well within it.
+        shutdown_idle_grace: Duration::from_secs(5),
+        ..ProxyConfig::default()
+    };
+    let (mut px, up) = recorded(config, Duration::from_millis(1)).await;
+    let addr = px.addr;
+    let mut conns = Vec::new();
+    for i in 0..IDLE {
+        let (rd, mut wr) = TcpStream::connect(addr).await.unwrap().into_split();
+        let mut rd = BufReader::new(rd);
+        wr.write_all(format!("GET /fast/a{i} HTTP/1.1\r\nHost: app\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let first = read_response(&mut rd).await.expect("first response");
+        assert_eq!(first.status, 200);
+        assert_eq!(
+            first.header("connection"),
+            None,
+            "keep-alive before shutdown"
+        );
+        conns.push((rd, wr));
+    }
+    for _ in 0..FRESH {
+        let (rd, wr) = TcpStream::connect(addr).await.unwrap().into_split();
+        conns.push((BufReader::new(rd), wr));
+    }
+    // Accepted by the proxy, not just waiting in the backlog (which closes with the listener).
+    eventually("every connection accepted", || {
+        px.proxy.connections_by_worker().iter().sum::<usize>() == IDLE + FRESH
+    })
+    .await;
+
+    px.shutdown();
+    tokio::time::timeout(DEADLINE, async {
+        while TcpStream::connect(addr)
+            .await
+            .map(drop)
+            .map_err(|e| e.kind())
+            != Err(std::io::ErrorKind::ConnectionRefused)
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("new connections refused after shutdown");
+
+    let mut clients = Vec::new();
+    for (i, (mut rd, mut wr)) in conns.into_iter().enumerate() {
+        clients.push(tokio::spawn(async move {
+            let sent = wr
+                .write_all(format!("GET /fast/b{i} HTTP/1.1\r\nHost: app\r\n\r\n").as_bytes())
+                .await;
+            let second = read_response(&mut rd).await;
+            let (_, end) = read_to_end(&mut rd).await;
+            drop(wr);
+            (sent.is_ok(), second, end)
+        }));
+    }
+    for (i, c) in clients.into_iter().enumerate() {
+        let (sent, second, end) = c.await.unwrap();
+        assert!(
+            sent,
+            "connection {i}: closed before the request was written"
+        );
+        let second =
+            second.unwrap_or_else(|e| panic!("connection {i}: request after shutdown lost: {e}"));
+        assert_eq!(second.status, 200, "connection {i}");
+        assert_eq!(second.body, format!("ok /fast/b{i}").as_bytes());
+        assert_eq!(second.header("connection"), Some("close"), "connection {i}");
+        assert_eq!(end, End::Eof, "connection {i}: reset instead of closed");
+    }
+    let outcome = tokio::time::timeout(DEADLINE, &mut px.done)
+        .await
+        .expect("serve returns once every connection closed")
+        .unwrap();
+    assert_eq!(outcome, cutover_proxy::ShutdownOutcome::Drained);
+    assert_eq!(up.seen().len(), IDLE * 2 + FRESH);
+}
+
 async fn h2_get(
     sender: &mut hyper::client::conn::http2::SendRequest<Empty<Bytes>>,
     addr: SocketAddr,

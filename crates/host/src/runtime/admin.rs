@@ -109,6 +109,9 @@ impl Handler for AdminHandler {
     fn alerts(&self, payload: AlertmanagerPayload) -> BoxFuture<'_, Result<Value, ApiError>> {
         Box::pin(async move { self.ask(|tx| Request::Alerts(payload, tx)).await? })
     }
+    fn reload(&self) -> BoxFuture<'_, Result<Value, ApiError>> {
+        Box::pin(async move { self.ask(Request::Reload).await? })
+    }
     fn events(&self) -> Option<tokio::sync::broadcast::Receiver<Value>> {
         Some(self.feed.subscribe())
     }

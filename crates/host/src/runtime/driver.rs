@@ -60,6 +60,8 @@ pub(super) enum Request {
         AlertmanagerPayload,
         oneshot::Sender<Result<Value, ApiError>>,
     ),
+    /// `cutover reload` (and SIGHUP).
+    Reload(oneshot::Sender<Result<Value, ApiError>>),
     /// The release a `rollback` would switch to now, if it is one already running.
     RollbackTarget(oneshot::Sender<Option<cutover_core::engine::Release>>),
 }
@@ -132,6 +134,8 @@ pub(super) struct Driver {
     proxy_addr: SocketAddr,
     /// Follow-up events, handled in order after the outcome that queued them.
     queue: VecDeque<Event>,
+    /// The config file against the running config (`cutover reload`, SIGHUP).
+    reloader: crate::reload::Reloader,
     /// The recovery event, taken when the driver starts.
     recover: Option<Event>,
     /// Something changed: the dashboard's feed gets a status once the queue is settled.
@@ -171,6 +175,7 @@ impl Driver {
     ) -> Driver {
         let c = &loaded.config;
         let (behind_tx, behind_rx) = mpsc::unbounded_channel();
+        let reloader = crate::reload::Reloader::new(&loaded.config);
         Driver {
             series: MemStore::new(c.metrics.retention.get().as_millis() as i64),
             embedded: rules::Embedded::default(),
@@ -193,6 +198,7 @@ impl Driver {
             exposition: scrape::ExpositionHealth::default(),
             proxy_addr,
             queue: VecDeque::new(),
+            reloader,
             recover: Some(Event::Recover {
                 alive: Vec::new(),
                 dead: Vec::new(),
@@ -792,6 +798,9 @@ impl Driver {
             Request::Deploy(req, tx) => {
                 let _ = tx.send(self.deploy(req).await);
             }
+            Request::Reload(tx) => {
+                let _ = tx.send(self.reload());
+            }
             Request::RollbackTarget(tx) => {
                 let _ = tx.send(self.engine.rollback_target().cloned());
             }
@@ -815,7 +824,39 @@ impl Driver {
         }
     }
 
+    /// `cutover reload`: see [`crate::reload`].
+    fn reload(&mut self) -> Result<Value, ApiError> {
+        let in_progress = self.engine.active().is_some();
+        let accepted = self
+            .reloader
+            .reload(&self.loaded.path, &self.loaded.config, in_progress)?;
+        let policy = accepted
+            .policy_changed
+            .then(|| accepted.config.rollout.clone());
+        self.instances.set_app(accepted.config.app.clone());
+        self.loaded.config = accepted.config;
+        if let Some(spec) = policy {
+            self.set_policy(spec);
+        }
+        info!(reply = %accepted.reply["message"].as_str().unwrap_or_default(), "config reloaded");
+        Ok(accepted.reply)
+    }
+
+    /// A new `[rollout]` policy, with no rollout in progress: the engine judges by it, and the
+    /// PromQL rules are rebuilt from it.
+    fn set_policy(&mut self, spec: cutover_core::spec::RolloutSpec) {
+        self.loaded.config.rollout = spec.clone();
+        self.engine = Engine::restore(spec, self.engine.state().clone());
+        self.rules = rules::rules(&self.loaded.config);
+    }
+
     async fn deploy(&mut self, req: DeployRequest) -> Result<Value, ApiError> {
+        // A policy reloaded during the last rollout applies from this one on.
+        if self.engine.active().is_none() {
+            if let Some(spec) = self.reloader.take_pending() {
+                self.set_policy(spec);
+            }
+        }
         let c = &self.loaded.config;
         let start_timeout = c.app.start_timeout;
         let rel = self
@@ -897,6 +938,7 @@ impl Driver {
             eta: self.engine.eta(now),
             instances,
             failed: st.failed.clone(),
+            config: Some(self.reloader.view(&self.loaded.path, &self.loaded.config)),
             persist_failure: self.persist_failure.clone(),
             settings: Settings {
                 interval: c.rollout.interval,

@@ -53,6 +53,8 @@ pub trait Instances: Send + Sync {
     ) -> BoxFuture<'static, StopReport>;
     /// The fleet as it changes.
     fn fleet(&self) -> watch::Receiver<Fleet>;
+    /// `[app]` as reloaded (`cutover reload`): what the next deploy's release is resolved with.
+    fn set_app(&self, app: cutover_core::spec::AppSpec);
     /// Stops (whole process groups) what a previous cutover left running that no release
     /// claimed at recovery.
     fn stop_unclaimed(&self);
@@ -116,7 +118,8 @@ impl Routing for Proxy {
 /// The supervisor with what resolving a release needs from the config.
 pub struct Supervised {
     pub supervisor: Supervisor,
-    pub app: cutover_core::spec::AppSpec,
+    /// `[app]` as the config says now: `cutover reload` replaces it for the next deploy.
+    pub app: std::sync::RwLock<cutover_core::spec::AppSpec>,
     /// The config file's directory (relative programs are found from it).
     pub dir: PathBuf,
 }
@@ -125,7 +128,7 @@ impl Instances for Supervised {
     fn resolve(&self, req: &DeployRequest) -> Result<SupRelease, SupervisorError> {
         SupRelease::resolve(
             &req.version,
-            &self.app,
+            &self.app.read().unwrap_or_else(|e| e.into_inner()),
             Path::new(&self.dir),
             req.env.clone(),
             req.args.clone(),
@@ -147,6 +150,9 @@ impl Instances for Supervised {
     }
     fn stop_unclaimed(&self) {
         self.supervisor.stop_unclaimed();
+    }
+    fn set_app(&self, app: cutover_core::spec::AppSpec) {
+        *self.app.write().unwrap_or_else(|e| e.into_inner()) = app;
     }
     fn log_path(&self, id: &str) -> PathBuf {
         self.supervisor.log_path(id)

@@ -189,6 +189,8 @@ impl Instances for FakeInstances {
     }
     /// Nothing was left by a previous cutover in these scenarios.
     fn stop_unclaimed(&self) {}
+    /// Releases are resolved from the deploy request alone here.
+    fn set_app(&self, _: cutover_core::spec::AppSpec) {}
     fn log_path(&self, id: &str) -> PathBuf {
         PathBuf::from(format!("/nonexistent/{id}.log"))
     }

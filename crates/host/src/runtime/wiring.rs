@@ -3,7 +3,7 @@
 //! [`Running`]. Nothing here decides or handles an event.
 
 use super::admin::AdminHandler;
-use super::driver::{Driver, Scraping, Seams};
+use super::driver::{Driver, Request, Scraping, Seams};
 use super::persist::StoreActor;
 use super::seams::{Notifications, Silent, Supervised};
 use super::{prune_logs, RETENTION};
@@ -39,6 +39,8 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Activation(Box<crate::listeners::ActivationError>),
     #[error("service.workers: {0}")]
     Workers(cutover_proxy::ProxyError),
     #[error(transparent)]
@@ -94,12 +96,26 @@ pub struct Running {
     store: StoreActor,
     /// The state directory's lock, released when this is dropped or the process ends.
     _recovery: crate::recovery::Recovery,
+    /// To the driver: `reload` (SIGHUP) goes the admin API's way.
+    requests: mpsc::Sender<Request>,
 }
 
 impl Running {
     /// A client for this runtime's admin API.
     pub fn client(&self) -> cutover_admin::AdminClient {
         cutover_admin::AdminClient::new(self.admin_addr, self.token.clone())
+    }
+
+    /// `cutover reload` without the admin API (SIGHUP): re-reads and validates the config file
+    /// and applies it, or refuses it whole (see [`crate::reload`]).
+    pub async fn reload(&self) -> Result<serde_json::Value, cutover_admin::ApiError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let gone = || cutover_admin::ApiError::internal("cutover is shutting down");
+        self.requests
+            .send(Request::Reload(tx))
+            .await
+            .map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?
     }
 
     /// SIGKILLs every instance at once (no drain): for test harnesses dropped without a
@@ -160,7 +176,12 @@ pub struct StartOptions {
 
 /// Starts the runtime for a loaded config and returns once it listens.
 pub async fn start(loaded: Loaded) -> Result<Running, StartError> {
-    start_with(loaded, StartOptions::default()).await
+    start_with(
+        loaded,
+        StartOptions::default(),
+        crate::listeners::Inherited::none(),
+    )
+    .await
 }
 
 /// Opens the state store and verifies its audit chain before anything else uses it: a tampered
@@ -196,8 +217,13 @@ pub fn open_store(state_dir: &std::path::Path, opts: &StartOptions) -> Result<St
     Ok(store)
 }
 
-/// [`start`] with the audit options of `cutover run`.
-pub async fn start_with(loaded: Loaded, opts: StartOptions) -> Result<Running, StartError> {
+/// [`start`] with the options of `cutover run`, on the listening sockets a launcher passed
+/// where it passed them (`inherited`, socket activation).
+pub async fn start_with(
+    loaded: Loaded,
+    opts: StartOptions,
+    inherited: crate::listeners::Inherited,
+) -> Result<Running, StartError> {
     let c = loaded.config.clone();
     // Queries are checked before anything is created, so a bad rule changes nothing.
     rules::validate(&c)?;
@@ -252,20 +278,13 @@ pub async fn start_with(loaded: Loaded, opts: StartOptions) -> Result<Running, S
     let slot = (window / 20).max(Duration::from_millis(5));
     let recorder = Recorder::new(slot, window + slot * 4);
     let proxy = Proxy::new(proxy_config(&c), recorder.clone());
-    let proxy_listener = tokio::net::TcpListener::bind(c.service.listen)
-        .await
-        .map_err(|source| StartError::Bind {
-            field: "service.listen",
-            addr: c.service.listen,
-            source,
-        })?;
-    let admin_listener = tokio::net::TcpListener::bind(c.admin.listen)
-        .await
-        .map_err(|source| StartError::Bind {
-            field: "admin.listen",
-            addr: c.admin.listen,
-            source,
-        })?;
+    // A restart with releases to bring back: requests wait for the first ready instance
+    // (at most app.start_timeout) instead of 503s.
+    if engine.state().stable.is_some() || engine.active().is_some() {
+        proxy.hold_while_cold(c.app.start_timeout.get());
+    }
+    let (proxy_listener, admin_listener) =
+        crate::listeners::open(c.service.listen, c.admin.listen, inherited).await?;
     let proxy_addr = proxy_listener
         .local_addr()
         .map_err(|source| StartError::Bind {
@@ -299,7 +318,7 @@ pub async fn start_with(loaded: Loaded, opts: StartOptions) -> Result<Running, S
     let mut tasks = Vec::new();
     {
         let handler: Arc<dyn Handler> = Arc::new(AdminHandler {
-            tx: req_tx,
+            tx: req_tx.clone(),
             store: store.clone(),
             supervisor: supervisor.clone(),
             log_dir: state_dir.join("logs"),
@@ -384,7 +403,7 @@ pub async fn start_with(loaded: Loaded, opts: StartOptions) -> Result<Running, S
         routing: Arc::new(proxy.clone()),
         instances: Arc::new(Supervised {
             supervisor: supervisor.clone(),
-            app: c.app.clone(),
+            app: std::sync::RwLock::new(c.app.clone()),
             dir: loaded.dir.clone(),
         }),
         store: Arc::new(store.clone()),
@@ -468,6 +487,7 @@ pub async fn start_with(loaded: Loaded, opts: StartOptions) -> Result<Running, S
         supervisor,
         store,
         _recovery: recovery,
+        requests: req_tx,
     })
 }
 
