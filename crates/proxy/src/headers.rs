@@ -79,6 +79,8 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 /// RFC 7239's `Forwarded`.
 static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+/// nginx's `X-Real-IP`: a client's address that apps (and nginx's realip module) believe.
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 /// The client's address as an `X-Forwarded-For` entry; computed once per connection.
 pub(crate) fn forwarded_for(peer: SocketAddr) -> HeaderValue {
@@ -119,8 +121,8 @@ impl Sent {
 /// `X-Forwarded-Proto` and `Forwarded` pass unchanged (and are filled in from this hop when
 /// absent). From any other peer they are not to be believed: `X-Forwarded-For` is the peer,
 /// `X-Forwarded-Host` the host it asked for, `X-Forwarded-Proto` the scheme it used, whatever
-/// it sent, and its `Forwarded` is dropped (cutover does not write one: an app that reads it
-/// would otherwise take the client's word for it).
+/// it sent, and its `Forwarded` and `X-Real-IP` are dropped (cutover writes neither: an app
+/// that reads them would otherwise take the client's word for its address).
 pub(crate) struct Forwarded<'a> {
     /// The client, from [`forwarded_for`].
     pub(crate) client: &'a HeaderValue,
@@ -137,7 +139,10 @@ impl Forwarded<'_> {
     pub(crate) fn replaces(&self, name: &HeaderName) -> bool {
         name == X_FORWARDED_FOR
             || (!self.trusted
-                && (name == X_FORWARDED_PROTO || name == X_FORWARDED_HOST || name == FORWARDED))
+                && (name == X_FORWARDED_PROTO
+                    || name == X_FORWARDED_HOST
+                    || name == FORWARDED
+                    || name == X_REAL_IP))
     }
 
     /// The fields to send along with the client's `headers` (less those it
@@ -186,7 +191,12 @@ impl Forwarded<'_> {
 pub(crate) fn add_forwarded(headers: &mut HeaderMap, forwarded: &Forwarded<'_>) {
     let fields = forwarded.fields(headers, Sent::of(headers));
     if !forwarded.trusted {
-        for name in [&X_FORWARDED_HOST, &X_FORWARDED_PROTO, &FORWARDED] {
+        for name in [
+            &X_FORWARDED_HOST,
+            &X_FORWARDED_PROTO,
+            &FORWARDED,
+            &X_REAL_IP,
+        ] {
             headers.remove(name);
         }
     }
@@ -523,10 +533,12 @@ mod tests {
             ("x-forwarded-for", "1.1.1.1"),
             ("x-forwarded-for", "2.2.2.2"),
             ("forwarded", "for=1.1.1.1;proto=https"),
+            ("x-real-ip", "1.1.1.1"),
         ]);
         let host = HeaderValue::from_static("shop.example");
         let client = forwarded_for(peer);
         add_forwarded(&mut h, &forwarded(&client, Some(&host), true));
+        assert_eq!(h["x-real-ip"], "1.1.1.1", "a trusted proxy's word is kept");
         assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 10.0.0.7");
         assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
         assert_eq!(h["x-forwarded-proto"], "http");
@@ -563,6 +575,7 @@ mod tests {
             ("x-forwarded-host", "evil.example"),
             ("x-forwarded-proto", "https"),
             ("forwarded", "for=1.1.1.1;proto=https"),
+            ("x-real-ip", "1.1.1.1"),
             ("x-app", "kept"),
         ];
         let mut h = map(&sent);
