@@ -30,6 +30,7 @@ const RS: &str = "/apis/apps/v1/namespaces/shop/replicasets";
 const RO: &str = "/apis/cutover.dev/v1alpha1/namespaces/shop/rollouts/web";
 const ROUTE: &str = "/apis/gateway.networking.k8s.io/v1/namespaces/shop/httproutes/web";
 const VS: &str = "/apis/networking.istio.io/v1/namespaces/shop/virtualservices/web";
+const DR: &str = "/apis/networking.istio.io/v1/namespaces/shop/destinationrules";
 const SVC_STABLE: &str = "/api/v1/namespaces/shop/services/web-stable";
 const SVC_CANARY: &str = "/api/v1/namespaces/shop/services/web-canary";
 
@@ -446,6 +447,128 @@ async fn step_advance_patches_the_virtualservice_weights() {
             json!({"metadata": {"resourceVersion": "9"}, "spec": {"http": [{"route": [
             {"destination": {"host": "web-stable"}, "weight": 80},
             {"destination": {"host": "web-canary.shop.svc.cluster.local"}, "weight": 20}]}]}}),
+        ),
+    ];
+    scripted(calls, |c| async {
+        reconcile(Arc::new(ro.clone()), ctx(c, leader(), T0))
+            .await
+            .unwrap();
+    })
+    .await;
+}
+
+/// The API server is scripted. With `sticky.header`, the step's HTTPRoute patch also puts
+/// `sessionPersistence` (type Header, the same header) on the rule that splits, in the same
+/// write as the weights; a rule that splits nothing is left as it was.
+#[tokio::test]
+async fn sticky_header_becomes_the_httproutes_session_persistence() {
+    let mut routing = gateway();
+    routing["sticky"] = json!({"header": "x-client-id"});
+    let ro = rollout("web:2", routing, no_analysis());
+    let (v1, v2) = (release("web:1"), release("web:2"));
+    let state = progressing(&ro, T0 - 60_000);
+    let ro = with_state(ro, &state, RolloutStatus::default());
+    let mut current = route(9_500, 500);
+    current["spec"]["rules"]
+        .as_array_mut()
+        .unwrap()
+        .insert(0, json!({"backendRefs": [{"name": "admin", "port": 80}]}));
+    let calls = vec![
+        Call::get(
+            RS,
+            rs_list(vec![
+                rs(&v1, 2, 2, "2027-01-14T08:00:00Z"),
+                rs(&v2, 2, 2, "2027-01-15T07:58:00Z"),
+            ]),
+        ),
+        Call::new(Method::PUT, format!("{RO}/status"), json!({}))
+            .check(|b| assert_eq!(status_of(b).weight, Some(20.0))),
+        Call::get(SVC_STABLE, svc("web-stable", &v1.version)),
+        Call::get(SVC_CANARY, svc("web-canary", &v2.version)),
+        Call::get(ROUTE, current),
+        Call::patch(
+            ROUTE,
+            json!({"metadata": {"resourceVersion": "7"}, "spec": {"rules": [
+                {"backendRefs": [{"name": "admin", "port": 80}]},
+                {"backendRefs": [
+                    {"name": "web-stable", "port": 80, "weight": 8_000},
+                    {"name": "web-canary", "port": 80, "weight": 2_000}],
+                 "sessionPersistence": {"sessionName": "x-client-id", "type": "Header"}}]}}),
+        ),
+    ];
+    scripted(calls, |c| async {
+        reconcile(Arc::new(ro.clone()), ctx(c, leader(), T0))
+            .await
+            .unwrap();
+    })
+    .await;
+}
+
+/// The API server is scripted. With `sticky.cookie` on Istio, each named DestinationRule is
+/// read and patched to hash on the cookie (its `simple` balancer removed, its other
+/// settings kept) before the VirtualService's weights move; a DestinationRule that already
+/// hashes on it is not written.
+#[tokio::test]
+async fn sticky_cookie_becomes_the_destinationrules_consistent_hash_before_the_weights() {
+    let mut routing = istio();
+    routing["sticky"] = json!({"cookie": "sid"});
+    routing["istio"]["destinationRules"] = json!(["web-stable", "web-canary"]);
+    let ro = rollout("web:2", routing, no_analysis());
+    let (v1, v2) = (release("web:1"), release("web:2"));
+    let state = progressing(&ro, T0 - 60_000);
+    let ro = with_state(ro, &state, RolloutStatus::default());
+    let dr = |name: &str, lb: Value| {
+        json!({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+               "metadata": {"name": name, "resourceVersion": "3"},
+               "spec": {"host": format!("{name}.shop.svc.cluster.local"),
+                        "trafficPolicy": {"loadBalancer": lb}}})
+    };
+    let vs = |s: i64, c: i64| {
+        json!({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+               "metadata": {"name": "web", "resourceVersion": "9"},
+               "spec": {"hosts": ["web"], "http": [{"route": [
+                   {"destination": {"host": "web-stable"}, "weight": s},
+                   {"destination": {"host": "web-canary"}, "weight": c}]}]}})
+    };
+    let calls = vec![
+        Call::get(
+            RS,
+            rs_list(vec![
+                rs(&v1, 2, 2, "2027-01-14T08:00:00Z"),
+                rs(&v2, 2, 2, "2027-01-15T07:58:00Z"),
+            ]),
+        ),
+        Call::new(Method::PUT, format!("{RO}/status"), json!({}))
+            .check(|b| assert_eq!(status_of(b).weight, Some(20.0))),
+        Call::get(SVC_STABLE, svc("web-stable", &v1.version)),
+        Call::get(SVC_CANARY, svc("web-canary", &v2.version)),
+        Call::get(
+            format!("{DR}/web-stable"),
+            dr(
+                "web-stable",
+                json!({"simple": "ROUND_ROBIN", "warmupDurationSecs": "30s"}),
+            ),
+        ),
+        Call::patch(
+            format!("{DR}/web-stable"),
+            json!({"metadata": {"resourceVersion": "3"}, "spec": {"trafficPolicy": {"loadBalancer": {
+                "simple": null,
+                "consistentHash": {"httpHeaderName": null, "httpCookie": {"name": "sid", "ttl": "0s"},
+                                   "httpQueryParameterName": null, "useSourceIp": null}}}}}),
+        ),
+        Call::get(
+            format!("{DR}/web-canary"),
+            dr(
+                "web-canary",
+                json!({"consistentHash": {"httpCookie": {"name": "sid", "ttl": "0s"}}}),
+            ),
+        ),
+        Call::get(VS, vs(95, 5)),
+        Call::patch(
+            VS,
+            json!({"metadata": {"resourceVersion": "9"}, "spec": {"http": [{"route": [
+            {"destination": {"host": "web-stable"}, "weight": 80},
+            {"destination": {"host": "web-canary"}, "weight": 20}]}]}}),
         ),
     ];
     scripted(calls, |c| async {
