@@ -320,7 +320,7 @@ pub struct Analysis {
     /// A gate failing longer than this aborts (`rollout.max_hold`; default 10m).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_hold: Option<String>,
-    /// Rules inconclusive longer than this abort (`rollout.max_inconclusive`; default 30m).
+    /// Rules inconclusive longer than this abort (`rollout.max_inconclusive`; default 10m).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_inconclusive: Option<String>,
     /// Advance gates, checked at each step's end: the gate fails while its query fires.
