@@ -273,11 +273,13 @@ enum Command {
 /// `cutover k8s VERB NAME`.
 #[derive(Subcommand)]
 enum K8sVerb {
-    /// Phase, weight, step, ReplicaSets, verdicts with their numbers, decisions.
+    /// The `cutover status` view of a Rollout (releases, phase, weight, plan, holds, the
+    /// rules' verdicts), then its ReplicaSets, latest decisions and settings.
     Status {
         /// The Rollout's name.
         name: String,
-        /// Print the status as JSON (without the engine's internal state).
+        /// Print the status as JSON: `cutover status --json`'s names where the data is the
+        /// same, plus the Rollout's status fields (without the engine's internal state).
         #[arg(long)]
         json: bool,
     },

@@ -1,10 +1,15 @@
 //! Plain-text views for the CLI: pure functions of the status and history documents, so what
 //! an operator reads is tested without a terminal.
+//!
+//! The rollout part of `cutover status` ([`stable_line`], [`held_line`], [`rollout_section`])
+//! is also what `cutover k8s status` prints (`cutover_kube::cli`): one format for both
+//! runtimes, with what differs (how a verb is typed, whether cutover measured a window of
+//! its own) passed in.
 
 use crate::status::StatusView;
-use cutover_core::engine::{DecisionKind, Phase, PhaseKind, Rollout, StepHold};
+use cutover_core::engine::{DecisionKind, Held, Phase, PhaseKind, Release, Rollout, StepHold};
 use cutover_core::judge::{Outcome, Verdict};
-use cutover_core::Timestamp;
+use cutover_core::{Dur, Timestamp};
 use serde_json::Value;
 use std::fmt::Write;
 use std::time::{Duration, UNIX_EPOCH};
@@ -40,7 +45,11 @@ fn verdict_line(v: &Verdict) -> String {
     format!("{mark} {:<24} {}", v.rule, v.detail)
 }
 
-fn phase_line(r: &Rollout, now: Timestamp) -> String {
+/// How an operator types a verb where the status comes from: `cutover resume` on one host,
+/// `cutover k8s resume web` on Kubernetes.
+pub type VerbHint<'a> = &'a dyn Fn(&str) -> String;
+
+fn phase_line(r: &Rollout, now: Timestamp, verb: VerbHint<'_>) -> String {
     match &r.phase {
         Phase::Starting { .. } => format!(
             "starting {} (waiting for readiness, {} so far)",
@@ -70,16 +79,19 @@ fn phase_line(r: &Rollout, now: Timestamp) -> String {
             since,
             ..
         } => format!(
-            "paused by the operator {} ago (resume with `cutover resume`)",
-            span(*since, now)
+            "paused by the operator {} ago (resume with `{}`)",
+            span(*since, now),
+            verb("resume")
         ),
         Phase::Paused {
             manual: false,
             since,
             ..
         } => format!(
-            "paused until promoted, {} ago (`cutover resume` or `cutover promote`)",
-            span(*since, now)
+            "paused until promoted, {} ago (`{}` or `{}`)",
+            span(*since, now),
+            verb("resume"),
+            verb("promote")
         ),
         Phase::Promoted { until } => format!(
             "promoted; previous release held for rollback for another {}",
@@ -101,17 +113,11 @@ pub fn status(s: &StatusView) -> String {
     let mut o = String::new();
     let now = s.now;
     let _ = writeln!(o, "service {}  (proxy {})", s.service, s.proxy);
-    match &s.stable {
-        Some(st) => {
-            let _ = writeln!(o, "stable  {}", st.label());
-        }
-        None => {
-            let _ = writeln!(
-                o,
-                "stable  none yet: `cutover deploy <version>` makes the first release"
-            );
-        }
-    }
+    stable_line(
+        &mut o,
+        s.stable.as_ref(),
+        "`cutover deploy <version>` makes the first release",
+    );
     if let Some(e) = &s.persist_failure {
         let _ = writeln!(o, "STATE STORE FAILING  {e}");
     }
@@ -143,132 +149,19 @@ pub fn status(s: &StatusView) -> String {
             );
         }
     }
-    if let Some(p) = &s.previous {
-        let _ = writeln!(
-            o,
-            "held    {} until {} from now (instant rollback)",
-            p.release.label(),
-            span(now, p.until)
-        );
-    }
+    held_line(&mut o, s.previous.as_ref(), now);
     if let Some(r) = &s.rollout {
-        let from = r
-            .from
-            .as_ref()
-            .map_or("(none)".to_string(), |f| f.version.clone());
-        let when = match r.ended() {
-            Some(ended) => format!(
-                "ended {} ago, after {}",
-                span(ended, now),
-                span(r.started, ended)
-            ),
-            None => format!("started {} ago", span(r.started, now)),
-        };
-        let _ = writeln!(o, "\nrollout {}: {from} → {}  ({when})", r.id, r.to.label());
-        let _ = writeln!(o, "  {}", phase_line(r, now));
-        if r.phase.is_active() && r.phase.kind() != PhaseKind::Starting {
-            let _ = writeln!(
-                o,
-                "  canary {} {:>6}",
-                bar(r.weight.percent(), 40),
-                r.weight.to_string()
-            );
-            let plan: Vec<String> = r
-                .plan
-                .iter()
-                .enumerate()
-                .map(|(i, st)| {
-                    if i == r.step {
-                        format!("[{}]", st.weight)
-                    } else {
-                        st.weight.to_string()
-                    }
-                })
-                .collect();
-            let _ = writeln!(o, "  steps  {} → 100%", plan.join(" → "));
-            if let Some(eta) = s.eta {
-                let _ = writeln!(
-                    o,
-                    "  eta    100% in {} if every gate passes",
-                    span(now, eta)
-                );
-            }
-        }
-        // A hold or a breach only means something while the rollout runs (the phase has
-        // none after): an aborted rollout's last breach is in its phase line and its history.
-        if let Some(h) = r.hold() {
-            let _ = writeln!(
-                o,
-                "  HOLD   {} (since {} ago)",
-                h.reason,
-                span(h.since, now)
-            );
-        }
-        for (rule, since) in r.breaches() {
-            let _ = writeln!(o, "  BREACH {rule} for {}", span(*since, now));
-        }
-        if let Some(e) = &r.last_evaluation {
-            let ms = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{:.1}ms", v * 1e3));
-            let pct = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{:.2}%", v * 100.0));
-            let window = s.settings.window.get().as_secs_f64();
-            let rate = |n: u64| {
-                if window > 0.0 {
-                    format!("{:.1}/s", n as f64 / window)
-                } else {
-                    "-".to_string()
-                }
-            };
-            // Rows name the versions: after a promotion "stable" is the new version, but this
-            // window measured the old one as stable and the new one as canary.
-            let label = |version: Option<&str>, track: &str| match version {
-                Some(v) => format!("{v} ({track})"),
-                None => track.to_string(),
-            };
-            let rows = [
-                (
-                    label(r.from.as_ref().map(|f| f.version.as_str()), "stable"),
-                    &e.stable,
-                ),
-                (label(Some(r.to.version.as_str()), "canary"), &e.canary),
-            ];
-            let width = rows
-                .iter()
-                .map(|(l, _)| l.chars().count())
-                .max()
-                .unwrap_or(6);
-            let _ = writeln!(
-                o,
-                "\n  window of {} measured {} ago",
-                s.settings.window,
-                span(e.at, now)
-            );
-            let _ = writeln!(
-                o,
-                "    {:<width$} {:>9} {:>9} {:>8} {:>9} {:>9}",
-                "", "requests", "rate", "errors", "p50", "p99"
-            );
-            for (name, t) in rows {
-                let _ = writeln!(
-                    o,
-                    "    {name:<width$} {:>9} {:>9} {:>8} {:>9} {:>9}",
-                    t.requests,
-                    rate(t.requests),
-                    pct(t.error_ratio),
-                    ms(t.p50_seconds),
-                    ms(t.p99_seconds)
-                );
-            }
-            if !e.gates.is_empty() {
-                let _ = writeln!(o, "  gates (last step boundary)");
-                for v in &e.gates {
-                    let _ = writeln!(o, "    {}", verdict_line(v));
-                }
-            }
-            let _ = writeln!(o, "  abort rules (every {})", s.settings.interval);
-            for v in &e.aborts {
-                let _ = writeln!(o, "    {}", verdict_line(v));
-            }
-        }
+        rollout_section(
+            &mut o,
+            r,
+            &RolloutPart {
+                now,
+                eta: s.eta,
+                window: Some(s.settings.window),
+                interval: s.settings.interval,
+                verb: &|v| format!("cutover {v}"),
+            },
+        );
     }
     if !s.instances.is_empty() {
         let _ = writeln!(o, "\ninstances");
@@ -298,6 +191,179 @@ pub fn status(s: &StatusView) -> String {
         );
     }
     o
+}
+
+/// `stable  v1 (sha256:…)`, or how the first release is made.
+pub fn stable_line(o: &mut String, stable: Option<&Release>, first_release: &str) {
+    let _ = match stable {
+        Some(st) => writeln!(o, "stable  {}", st.label()),
+        None => writeln!(o, "stable  none yet: {first_release}"),
+    };
+}
+
+/// `held    v1 (…) until 59m 58s from now (instant rollback)`, when a release is held.
+pub fn held_line(o: &mut String, previous: Option<&Held>, now: Timestamp) {
+    if let Some(p) = previous {
+        let _ = writeln!(
+            o,
+            "held    {} until {} from now (instant rollback)",
+            p.release.label(),
+            span(now, p.until)
+        );
+    }
+}
+
+/// What [`rollout_section`] needs besides the rollout.
+pub struct RolloutPart<'a> {
+    pub now: Timestamp,
+    /// When 100 % is reached if every gate passes.
+    pub eta: Option<Timestamp>,
+    /// The window cutover measured each version over (its proxy's requests, errors,
+    /// latencies); `None` where it measures nothing itself (Kubernetes: PromQL rules only),
+    /// and the table of those numbers is left out rather than printed as zeros.
+    pub window: Option<Dur>,
+    /// How often the abort rules are evaluated.
+    pub interval: Dur,
+    pub verb: VerbHint<'a>,
+}
+
+/// The rollout in progress, or the last one: its releases, phase, weight and plan, hold and
+/// breaches, and the last evaluation's numbers and verdicts.
+pub fn rollout_section(o: &mut String, r: &Rollout, part: &RolloutPart<'_>) {
+    let now = part.now;
+    let from = r
+        .from
+        .as_ref()
+        .map_or("(none)".to_string(), |f| f.version.clone());
+    let when = match r.ended() {
+        Some(ended) => format!(
+            "ended {} ago, after {}",
+            span(ended, now),
+            span(r.started, ended)
+        ),
+        None => format!("started {} ago", span(r.started, now)),
+    };
+    let _ = writeln!(o, "\nrollout {}: {from} → {}  ({when})", r.id, r.to.label());
+    let _ = writeln!(o, "  {}", phase_line(r, now, part.verb));
+    if r.phase.is_active() && r.phase.kind() != PhaseKind::Starting {
+        let _ = writeln!(
+            o,
+            "  canary {} {:>6}",
+            bar(r.weight.percent(), 40),
+            r.weight.to_string()
+        );
+        let plan: Vec<String> = r
+            .plan
+            .iter()
+            .enumerate()
+            .map(|(i, st)| {
+                if i == r.step {
+                    format!("[{}]", st.weight)
+                } else {
+                    st.weight.to_string()
+                }
+            })
+            .collect();
+        let _ = writeln!(o, "  steps  {} → 100%", plan.join(" → "));
+        if let Some(eta) = part.eta {
+            let _ = writeln!(
+                o,
+                "  eta    100% in {} if every gate passes",
+                span(now, eta)
+            );
+        }
+    }
+    // A hold or a breach only means something while the rollout runs (the phase has
+    // none after): an aborted rollout's last breach is in its phase line and its history.
+    if let Some(h) = r.hold() {
+        let _ = writeln!(
+            o,
+            "  HOLD   {} (since {} ago)",
+            h.reason,
+            span(h.since, now)
+        );
+    }
+    for (rule, since) in r.breaches() {
+        let _ = writeln!(o, "  BREACH {rule} for {}", span(*since, now));
+    }
+    if let Some(e) = &r.last_evaluation {
+        match part.window {
+            Some(window) => window_table(o, r, e, window, now),
+            None => {
+                let _ = writeln!(o, "\n  rules evaluated {} ago", span(e.at, now));
+            }
+        }
+        if !e.gates.is_empty() {
+            let _ = writeln!(o, "  gates (last step boundary)");
+            for v in &e.gates {
+                let _ = writeln!(o, "    {}", verdict_line(v));
+            }
+        }
+        let _ = writeln!(o, "  abort rules (every {})", part.interval);
+        for v in &e.aborts {
+            let _ = writeln!(o, "    {}", verdict_line(v));
+        }
+    }
+}
+
+/// Requests, rate, errors, p50 and p99 of each version over the window cutover measured.
+fn window_table(
+    o: &mut String,
+    r: &Rollout,
+    e: &cutover_core::engine::Evaluation,
+    window: Dur,
+    now: Timestamp,
+) {
+    let ms = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{:.1}ms", v * 1e3));
+    let pct = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{:.2}%", v * 100.0));
+    let secs = window.get().as_secs_f64();
+    let rate = |n: u64| {
+        if secs > 0.0 {
+            format!("{:.1}/s", n as f64 / secs)
+        } else {
+            "-".to_string()
+        }
+    };
+    // Rows name the versions: after a promotion "stable" is the new version, but this
+    // window measured the old one as stable and the new one as canary.
+    let label = |version: Option<&str>, track: &str| match version {
+        Some(v) => format!("{v} ({track})"),
+        None => track.to_string(),
+    };
+    let rows = [
+        (
+            label(r.from.as_ref().map(|f| f.version.as_str()), "stable"),
+            &e.stable,
+        ),
+        (label(Some(r.to.version.as_str()), "canary"), &e.canary),
+    ];
+    let width = rows
+        .iter()
+        .map(|(l, _)| l.chars().count())
+        .max()
+        .unwrap_or(6);
+    let _ = writeln!(
+        o,
+        "\n  window of {} measured {} ago",
+        window,
+        span(e.at, now)
+    );
+    let _ = writeln!(
+        o,
+        "    {:<width$} {:>9} {:>9} {:>8} {:>9} {:>9}",
+        "", "requests", "rate", "errors", "p50", "p99"
+    );
+    for (name, t) in rows {
+        let _ = writeln!(
+            o,
+            "    {name:<width$} {:>9} {:>9} {:>8} {:>9} {:>9}",
+            t.requests,
+            rate(t.requests),
+            pct(t.error_ratio),
+            ms(t.p50_seconds),
+            ms(t.p99_seconds)
+        );
+    }
 }
 
 /// `2026-12-04T12:00:01.250Z`: how the CLI prints an instant, in text and in JSON.

@@ -1,14 +1,21 @@
 //! What `cutover crd` and `cutover k8s VERB NAME` do (the binary only parses and prints).
+//! `cutover k8s status` prints the single-host `cutover status` format (`cutover_host::render`)
+//! from the engine state the Rollout's `status` keeps.
 //!
 //! A verb is an annotation on the Rollout, `cutover.dev/command: <verb>/<nonce>`: the
 //! controller (the only writer of `status`) carries each one out once and records it as
 //! `status.handledCommand`, refusals included (a condition `<Verb>Refused` says why).
 
-use kube::api::{Api, Patch, PatchParams};
-use kube::Client;
-use serde_json::json;
+use std::fmt::Write;
 
-use crate::crd::Rollout;
+use cutover_core::engine::{Engine, State};
+use cutover_core::Timestamp;
+use cutover_host::render;
+use kube::api::{Api, Patch, PatchParams};
+use kube::{Client, ResourceExt};
+use serde_json::{json, Value};
+
+use crate::crd::{Rollout, RolloutStatus};
 use crate::reconcile::COMMAND_ANNOTATION;
 
 /// Why a `cutover k8s` command failed.
@@ -56,62 +63,180 @@ pub async fn verb(namespace: Option<&str>, name: &str, verb: &str) -> Result<Str
     ))
 }
 
-/// The Rollout's status, as text (or the status JSON).
+/// The Rollout's status as `cutover status` prints it (or as JSON), now.
 pub async fn status(
     namespace: Option<&str>,
     name: &str,
     as_json: bool,
 ) -> Result<String, CliError> {
-    let (api, ns) = api(namespace).await?;
-    let ro = api.get(name).await.map_err(|e| not_found(e, &ns, name))?;
-    let s = ro.status.unwrap_or_default();
-    if as_json {
-        let mut v = serde_json::to_value(&s).unwrap_or_default();
-        if let Some(m) = v.as_object_mut() {
-            m.remove("engine");
-        }
-        return Ok(serde_json::to_string_pretty(&v).unwrap_or_default());
-    }
-    Ok(format_status(&ns, name, &s))
+    let client = Client::try_default().await.map_err(CliError::Client)?;
+    let ns = namespace.map_or_else(|| client.default_namespace().to_string(), str::to_string);
+    let now = Timestamp::from_millis(cutover_clock::unix_millis());
+    status_with(client, &ns, name, as_json, now).await
 }
 
-/// `status` as text: phase, weight, step, ReplicaSets, verdicts with their numbers, conditions.
-pub fn format_status(ns: &str, name: &str, s: &crate::crd::RolloutStatus) -> String {
-    let mut out = format!("rollout {ns}/{name}\n");
-    let or = |o: &Option<String>| o.clone().unwrap_or_else(|| "-".into());
-    out.push_str(&format!("  phase:  {}\n", or(&s.phase)));
-    if let Some(w) = s.weight {
-        out.push_str(&format!("  weight: {w} % to the canary\n"));
+/// [`status`] with the client and the time given (the tests' scripted API server and clock).
+pub async fn status_with(
+    client: Client,
+    ns: &str,
+    name: &str,
+    as_json: bool,
+    now: Timestamp,
+) -> Result<String, CliError> {
+    let api: Api<Rollout> = Api::namespaced(client, ns);
+    let ro = api.get(name).await.map_err(|e| not_found(e, ns, name))?;
+    Ok(if as_json {
+        serde_json::to_string_pretty(&status_json(ns, &ro, now)).unwrap_or_default()
+    } else {
+        format_status(ns, &ro, now)
+    })
+}
+
+/// What the engine's state in `status` says, or why it cannot be read.
+fn engine_state(s: &RolloutStatus) -> Result<Option<State>, String> {
+    s.engine
+        .as_ref()
+        .map(|v| serde_json::from_value(v.clone()).map_err(|e| e.to_string()))
+        .transpose()
+}
+
+/// `status` as the single-host `cutover status --json` document where the data is the same
+/// (`service`, `now`, `stable`, `previous`, `rollout`, `eta`, `failed`: the same names and
+/// shapes), plus the Rollout's own status fields (`namespace`, `phase`, `message`,
+/// `stableRS`, `canaryRS`, `verdicts`, `conditions`, …) without the engine's internal state.
+pub fn status_json(ns: &str, ro: &Rollout, now: Timestamp) -> Value {
+    let s = ro.status.clone().unwrap_or_default();
+    let mut doc = serde_json::to_value(&s).unwrap_or_else(|_| json!({}));
+    if let Some(m) = doc.as_object_mut() {
+        m.remove("engine");
     }
-    if let Some(i) = s.current_step_index {
-        out.push_str(&format!("  step:   {i}\n"));
-    }
-    out.push_str(&format!(
-        "  stable: {}\n  canary: {}\n",
-        or(&s.stable_rs),
-        or(&s.canary_rs)
-    ));
-    if let Some(m) = &s.message {
-        out.push_str(&format!("  why:    {m}\n"));
-    }
-    if !s.verdicts.is_empty() {
-        out.push_str("  verdicts:\n");
-        for v in &s.verdicts {
-            let value = v.observed.map(|o| format!(" ({o})")).unwrap_or_default();
-            out.push_str(&format!(
-                "    {:<12} {}{value}: {}\n",
-                v.outcome, v.rule, v.detail
-            ));
+    doc["service"] = ro.name_any().into();
+    doc["namespace"] = ns.into();
+    doc["now"] = json!(now);
+    match engine_state(&s) {
+        Ok(Some(st)) => {
+            doc["eta"] = json!(eta(ro, &st, now));
+            doc["stable"] = json!(st.stable);
+            doc["previous"] = json!(st.previous);
+            doc["rollout"] = json!(st.rollout);
+            doc["failed"] = json!(st.failed);
         }
+        Ok(None) => {}
+        Err(e) => doc["engineError"] = format!("status.engine is not an engine state: {e}").into(),
+    }
+    doc
+}
+
+fn eta(ro: &Rollout, st: &State, now: Timestamp) -> Option<Timestamp> {
+    let core = ro.spec.to_core().ok()?;
+    Engine::restore(core, st.clone()).eta(now)
+}
+
+/// `status` as text: the single-host `cutover status` format (the same functions print
+/// the releases, the phase, the weight and plan, holds, breaches and the rules' verdicts),
+/// then what only a Rollout has: its ReplicaSets, its conditions and its settings.
+pub fn format_status(ns: &str, ro: &Rollout, now: Timestamp) -> String {
+    let name = ro.name_any();
+    let s = ro.status.clone().unwrap_or_default();
+    let c = &ro.spec.strategy.canary;
+    let verb = |v: &str| format!("cutover k8s {v} {name} -n {ns}");
+    let mut o = String::new();
+    let routing = match &c.traffic_routing {
+        Some(t) => match (&t.gateway_api, &t.istio) {
+            (Some(g), _) => format!("HTTPRoute {}", g.http_route),
+            (_, Some(i)) => format!("VirtualService {}", i.virtual_service),
+            _ => "no router".to_string(),
+        },
+        None => "replica ratio".to_string(),
+    };
+    let _ = writeln!(o, "service {name}  (namespace {ns}, {routing})");
+    let state = engine_state(&s);
+    let st = state.as_ref().ok().and_then(Option::as_ref);
+    render::stable_line(
+        &mut o,
+        st.and_then(|st| st.stable.as_ref()),
+        "the Rollout's pod template becomes the first release once its pods are ready",
+    );
+    if let Err(e) = &state {
+        let _ = writeln!(
+            o,
+            "STATUS UNREADABLE  status.engine is not an engine state: {e}"
+        );
+    }
+    if s.phase.as_deref() == Some("invalid") {
+        let _ = writeln!(
+            o,
+            "SPEC REFUSED  {}",
+            s.message.as_deref().unwrap_or("(no message)")
+        );
+    }
+    if let Some(st) = st {
+        render::held_line(&mut o, st.previous.as_ref(), now);
+        if let Some(r) = &st.rollout {
+            let interval = ro
+                .spec
+                .to_core()
+                .map_or(cutover_core::spec::RolloutSpec::default().interval, |c| {
+                    c.interval
+                });
+            render::rollout_section(
+                &mut o,
+                r,
+                &render::RolloutPart {
+                    now,
+                    eta: eta(ro, st, now),
+                    // No proxy of cutover's measures requests here: the rules are PromQL.
+                    window: None,
+                    interval,
+                    verb: &verb,
+                },
+            );
+        }
+    }
+    if s.stable_rs.is_some() || s.canary_rs.is_some() {
+        let rs = |h: &Option<String>| {
+            h.as_ref()
+                .map_or("-".to_string(), |h| format!("{name}-{h}"))
+        };
+        let _ = writeln!(
+            o,
+            "
+replicasets  stable {}  canary {}",
+            rs(&s.stable_rs),
+            rs(&s.canary_rs)
+        );
     }
     if !s.conditions.is_empty() {
-        out.push_str("  decisions:\n");
+        let _ = writeln!(
+            o,
+            "
+decisions (the latest of each kind)"
+        );
         for c in &s.conditions {
-            out.push_str(&format!(
-                "    {} {}: {}\n",
+            let _ = writeln!(
+                o,
+                "  {} {:<12} {}",
                 c.last_transition_time, c.type_, c.message
-            ));
+            );
         }
     }
-    out
+    if let Ok(core) = ro.spec.to_core() {
+        let prometheus = c
+            .analysis
+            .prometheus
+            .as_deref()
+            .map_or("no rules".to_string(), |p| format!("PromQL against {p}"));
+        let _ = writeln!(
+            o,
+            "
+evaluation every {} ({prometheus}); steps {}; max_hold {}; hold_previous {}; max_inconclusive {}; canary kept {}s after an abort",
+            core.interval,
+            core.step_interval,
+            core.max_hold,
+            core.hold_previous,
+            core.max_inconclusive,
+            c.abort_scale_down_delay_seconds
+        );
+    }
+    o
 }

@@ -216,6 +216,70 @@ pub struct TrafficRouting {
     /// is rounded down, never above the step's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub istio: Option<IstioRouting>,
+    /// Keep a client on one version by a key it sends, as `cutover.toml`'s `[sticky]` (give
+    /// exactly one of `header`, `query`, `cookie`). Gateway API: HTTPRoute
+    /// `sessionPersistence` on the split rules (experimental channel; `header` or
+    /// `cookie`). Istio: `consistentHash` on the `destinationRules`, which picks the pod
+    /// *within* the version a request's weight chose: Istio keeps a client on one pod per
+    /// version, not on one version (docs/kubernetes.md). Absent: nothing is patched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sticky: Option<Sticky>,
+}
+
+/// `[sticky]` of `cutover.toml`, for a router: the one client key it hashes or pins on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Sticky {
+    /// A request header carrying a client id, e.g. `x-client-id` (`sticky.header`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+    /// A query-string parameter carrying a client id (`sticky.query`); Istio only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
+    /// A cookie carrying a client id (`sticky.cookie`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cookie: Option<String>,
+}
+
+/// The one key a [`Sticky`] names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StickyKey {
+    Header(String),
+    Query(String),
+    Cookie(String),
+}
+
+impl Sticky {
+    /// The key, or what is wrong (routers hash or pin on one key, not a chain of them).
+    pub fn key(&self) -> Result<StickyKey, SpecError> {
+        let given: Vec<StickyKey> = [
+            self.header.clone().map(StickyKey::Header),
+            self.query.clone().map(StickyKey::Query),
+            self.cookie.clone().map(StickyKey::Cookie),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        match given.as_slice() {
+            [one] => {
+                let (StickyKey::Header(n) | StickyKey::Query(n) | StickyKey::Cookie(n)) = one;
+                if n.is_empty() || !n.bytes().all(|b| b.is_ascii_graphic() && b != b';') {
+                    return Err(bad(
+                        "strategy.canary.trafficRouting.sticky",
+                        format!("{n:?} is not a header, parameter or cookie name"),
+                        "write a name such as x-client-id",
+                    ));
+                }
+                Ok(one.clone())
+            }
+            _ => Err(bad(
+                "strategy.canary.trafficRouting.sticky",
+                format!("{} keys are given", given.len()),
+                "give exactly one of header, query, cookie: a router hashes or pins on one key \
+                 (the single-host fallback chain has no router equivalent)",
+            )),
+        }
+    }
 }
 
 /// A Gateway API HTTPRoute.
@@ -232,6 +296,11 @@ pub struct GatewayApiRouting {
 pub struct IstioRouting {
     /// The VirtualService's name, in the Rollout's namespace.
     pub virtual_service: String,
+    /// With `sticky`: the DestinationRules (in the Rollout's namespace) whose
+    /// `trafficPolicy.loadBalancer.consistentHash` is set to the sticky key, one per host
+    /// (`stableService`, `canaryService`). Nothing else of them is touched.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub destination_rules: Vec<String>,
 }
 
 /// When and how the canary is judged. Rules are PromQL in alert form, with `{{version}}`
@@ -251,7 +320,7 @@ pub struct Analysis {
     /// A gate failing longer than this aborts (`rollout.max_hold`; default 10m).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_hold: Option<String>,
-    /// Rules inconclusive longer than this abort (`rollout.max_inconclusive`; default 30m).
+    /// Rules inconclusive longer than this abort (`rollout.max_inconclusive`; default 10m).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_inconclusive: Option<String>,
     /// Advance gates, checked at each step's end: the gate fails while its query fires.
@@ -450,6 +519,26 @@ impl RolloutSpec {
                     format!("{routers} routers are given"),
                     "give exactly one of gatewayAPI and istio, or leave trafficRouting out for replica-ratio splitting",
                 ));
+            }
+            if let Some(sticky) = &t.sticky {
+                let key = sticky.key()?;
+                if t.gateway_api.is_some() && matches!(key, StickyKey::Query(_)) {
+                    return Err(bad(
+                        "strategy.canary.trafficRouting.sticky.query",
+                        "Gateway API session persistence pins on a header or a cookie only",
+                        "use sticky.header or sticky.cookie",
+                    ));
+                }
+                if t.istio
+                    .as_ref()
+                    .is_some_and(|i| i.destination_rules.is_empty())
+                {
+                    return Err(bad(
+                        "strategy.canary.trafficRouting.istio.destinationRules",
+                        "sticky is given but no DestinationRule to set the consistent hash on",
+                        "name the DestinationRules of stableService and canaryService, or leave sticky out",
+                    ));
+                }
             }
         }
         let mut core = cutover_core::spec::RolloutSpec {
@@ -704,6 +793,32 @@ mod tests {
                 "spec.strategy.canary.trafficRouting",
                 "exactly one",
             ),
+            (
+                json!({"trafficRouting": {"stableService": "s", "canaryService": "c",
+                    "istio": {"virtualService": "v", "destinationRules": ["s"]},
+                    "sticky": {"header": "x-client-id", "cookie": "id"}}}),
+                "spec.strategy.canary.trafficRouting.sticky",
+                "exactly one of header, query, cookie",
+            ),
+            (
+                json!({"trafficRouting": {"stableService": "s", "canaryService": "c",
+                    "istio": {"virtualService": "v", "destinationRules": ["s"]},
+                    "sticky": {"header": "x client"}}}),
+                "spec.strategy.canary.trafficRouting.sticky",
+                "x-client-id",
+            ),
+            (
+                json!({"trafficRouting": {"stableService": "s", "canaryService": "c",
+                    "gatewayAPI": {"httpRoute": "r"}, "sticky": {"query": "client"}}}),
+                "spec.strategy.canary.trafficRouting.sticky.query",
+                "sticky.header or sticky.cookie",
+            ),
+            (
+                json!({"trafficRouting": {"stableService": "s", "canaryService": "c",
+                    "istio": {"virtualService": "v"}, "sticky": {"header": "x-client-id"}}}),
+                "spec.strategy.canary.trafficRouting.istio.destinationRules",
+                "name the DestinationRules",
+            ),
         ];
         for (canary, path, fix) in cases {
             let e = spec(canary.clone()).to_core().unwrap_err().to_string();
@@ -737,6 +852,8 @@ mod tests {
             "maxSurge",
             "maxUnavailable",
             "trafficRouting",
+            "sticky",
+            "destinationRules",
             "x-kubernetes-preserve-unknown-fields",
         ] {
             assert!(y.contains(want), "{want} missing from the CRD");

@@ -905,11 +905,29 @@ async fn converge_route(
     } else {
         return Ok(());
     };
+    // Validated by `to_core` before anything was written; an error here is a bug, not a write.
+    let sticky = t
+        .sticky
+        .as_ref()
+        .map(crate::crd::Sticky::key)
+        .transpose()
+        .map_err(|e| Error::Other(e.to_string()))?;
+    if let (Some(i), Some(sticky)) = (&t.istio, &sticky) {
+        // The hash first: a canary that gets traffic gets it already hashed.
+        converge_destination_rules(ctx, ns, t, &i.destination_rules, sticky).await?;
+    }
     let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), ns, &ar);
     let obj =
         serde_json::to_value(api.get(&name).await?).map_err(|e| Error::Other(e.to_string()))?;
     let new = if key == "rules" {
-        router::http_route_rules(&obj, &t.stable_service, &t.canary_service, weight)?
+        let persistence = sticky.as_ref().and_then(router::session_persistence);
+        router::http_route_rules(
+            &obj,
+            &t.stable_service,
+            &t.canary_service,
+            weight,
+            persistence.as_ref(),
+        )?
     } else {
         router::virtual_service_http(&obj, &t.stable_service, &t.canary_service, weight)?
     };
@@ -919,6 +937,37 @@ async fn converge_route(
         let patch = json!({"metadata": {"resourceVersion": obj["metadata"]["resourceVersion"]}, "spec": {key: new}});
         api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
             .await?;
+    }
+    Ok(())
+}
+
+/// Each named DestinationRule's load balancer hashes on the sticky key (Istio).
+async fn converge_destination_rules(
+    ctx: &Context,
+    ns: &str,
+    t: &crate::crd::TrafficRouting,
+    names: &[String],
+    key: &crate::crd::StickyKey,
+) -> Result<(), Error> {
+    let ar = ApiResource {
+        group: "networking.istio.io".into(),
+        version: "v1".into(),
+        api_version: "networking.istio.io/v1".into(),
+        kind: "DestinationRule".into(),
+        plural: "destinationrules".into(),
+    };
+    let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), ns, &ar);
+    for name in names {
+        let obj =
+            serde_json::to_value(api.get(name).await?).map_err(|e| Error::Other(e.to_string()))?;
+        if let Some(spec) =
+            router::destination_rule_spec(&obj, &t.stable_service, &t.canary_service, key)?
+        {
+            ctx.may_write()?;
+            let patch = json!({"metadata": {"resourceVersion": obj["metadata"]["resourceVersion"]}, "spec": spec});
+            api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await?;
+        }
     }
     Ok(())
 }

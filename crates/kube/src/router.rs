@@ -5,9 +5,16 @@
 //! Only the weights of the two backends cutover was told about are touched: other
 //! backendRefs, matches, filters stay as the user wrote them. DESIGN.md invariant 10 (the
 //! blast radius): a router that cannot express the weight exactly rounds the canary *down*.
+//!
+//! Sticky routing (`trafficRouting.sticky`) is what each router can do with one client key:
+//! Gateway API `sessionPersistence` on the split rules, Istio `consistentHash` on the
+//! DestinationRules. Neither is DESIGN.md invariant 2 (docs/kubernetes.md says what each
+//! one guarantees); the single-host proxy is the runtime that keeps it.
 
 use cutover_core::Weight;
-use serde_json::Value;
+use serde_json::{json, Value};
+
+use crate::crd::StickyKey;
 
 /// What is wrong with a route object, naming the fix.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -29,13 +36,90 @@ pub fn istio_weights(canary: Weight) -> (i64, i64) {
     (100 - c, c)
 }
 
-/// The HTTPRoute's `spec.rules` with the backendRefs named `stable` and `canary` weighted,
-/// or `None` when they already are.
+/// Gateway API `sessionPersistence` for a sticky key (GEP-1619, experimental channel): the
+/// gateway pins a session to the backend it first chose, by this header or cookie. A query
+/// parameter has no equivalent (the spec refuses it: `RolloutSpec::to_core`).
+pub fn session_persistence(key: &StickyKey) -> Option<Value> {
+    match key {
+        StickyKey::Header(h) => Some(json!({"sessionName": h, "type": "Header"})),
+        StickyKey::Cookie(c) => Some(json!({"sessionName": c, "type": "Cookie"})),
+        StickyKey::Query(_) => None,
+    }
+}
+
+/// Istio `consistentHash` for a sticky key. The other hash keys are set to `null` so a merge
+/// patch replaces whichever one was there (they are a oneof: two would be refused). A cookie
+/// gets `ttl: 0s`: Envoy then issues a session cookie to a client that has none.
+pub fn consistent_hash(key: &StickyKey) -> Value {
+    let mut h = json!({"httpHeaderName": null, "httpCookie": null,
+                       "httpQueryParameterName": null, "useSourceIp": null});
+    match key {
+        StickyKey::Header(n) => h["httpHeaderName"] = n.as_str().into(),
+        StickyKey::Query(n) => h["httpQueryParameterName"] = n.as_str().into(),
+        StickyKey::Cookie(n) => h["httpCookie"] = json!({"name": n, "ttl": "0s"}),
+    }
+    h
+}
+
+/// RFC 7386 JSON merge patch, applied to `target`: what the API server makes of a patch, so
+/// a patch that would change nothing is not sent.
+pub fn merge(target: &mut Value, patch: &Value) {
+    let Value::Object(p) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = json!({});
+    }
+    if let Value::Object(t) = target {
+        for (k, v) in p {
+            if v.is_null() {
+                t.remove(k);
+            } else {
+                merge(t.entry(k.clone()).or_insert(Value::Null), v);
+            }
+        }
+    }
+}
+
+/// The merge patch of a DestinationRule's `spec` that makes its load balancer hash on
+/// `key`, or `None` when it already does. The DestinationRule must be for `stable` or
+/// `canary` (else it would change another service's balancing).
+pub fn destination_rule_spec(
+    dr: &Value,
+    stable: &str,
+    canary: &str,
+    key: &StickyKey,
+) -> Result<Option<Value>, RouteError> {
+    let name = dr["metadata"]["name"].as_str().unwrap_or("?").to_string();
+    let host = &dr["spec"]["host"];
+    if !(host_is(host, stable) || host_is(host, canary)) {
+        return Err(RouteError {
+            kind: "DestinationRule",
+            name,
+            message: format!(
+                "its host {host} is neither {stable:?} nor {canary:?}; list only the \
+                 DestinationRules of stableService and canaryService in istio.destinationRules"
+            ),
+        });
+    }
+    // `simple` and `consistentHash` are a oneof too.
+    let patch = json!({"trafficPolicy": {"loadBalancer": {
+        "simple": null, "consistentHash": consistent_hash(key)}}});
+    let mut after = dr["spec"].clone();
+    merge(&mut after, &patch);
+    Ok((after != dr["spec"]).then_some(patch))
+}
+
+/// The HTTPRoute's `spec.rules` with the backendRefs named `stable` and `canary` weighted
+/// (and, with `persistence`, that `sessionPersistence` on the rules that split), or `None`
+/// when they already are.
 pub fn http_route_rules(
     route: &Value,
     stable: &str,
     canary: &str,
     weight: Weight,
+    persistence: Option<&Value>,
 ) -> Result<Option<Value>, RouteError> {
     let name = route["metadata"]["name"]
         .as_str()
@@ -67,6 +151,9 @@ pub fn http_route_rules(
             } else if r["name"] == canary {
                 r["weight"] = wc.into();
             }
+        }
+        if let Some(p) = persistence {
+            rule["sessionPersistence"] = p.clone();
         }
     }
     if !found {
@@ -145,7 +232,7 @@ mod tests {
             {"matches": [{"path": {"value": "/admin"}}], "backendRefs": [{"name": "admin", "port": 80}]},
             {"backendRefs": [{"name": "web-stable", "port": 80, "weight": 100}, {"name": "web-canary", "port": 80, "weight": 0}]}
         ]}});
-        let rules = http_route_rules(&route, "web-stable", "web-canary", w(50))
+        let rules = http_route_rules(&route, "web-stable", "web-canary", w(50), None)
             .unwrap()
             .unwrap();
         assert_eq!(rules[0], route["spec"]["rules"][0]);
@@ -154,7 +241,7 @@ mod tests {
         let mut done = route.clone();
         done["spec"]["rules"] = rules;
         assert_eq!(
-            http_route_rules(&done, "web-stable", "web-canary", w(50)).unwrap(),
+            http_route_rules(&done, "web-stable", "web-canary", w(50), None).unwrap(),
             None
         );
     }
@@ -163,8 +250,76 @@ mod tests {
     fn a_route_without_both_services_is_an_error_naming_them() {
         let route = json!({"metadata": {"name": "web"}, "spec": {"rules": [
             {"backendRefs": [{"name": "web-stable"}]}]}});
-        let e = http_route_rules(&route, "web-stable", "web-canary", w(200)).unwrap_err();
+        let e = http_route_rules(&route, "web-stable", "web-canary", w(200), None).unwrap_err();
         assert!(e.to_string().contains("\"web-canary\""), "{e}");
+    }
+
+    #[test]
+    fn session_persistence_goes_on_the_split_rules_only() {
+        let route = json!({"metadata": {"name": "web"}, "spec": {"rules": [
+            {"backendRefs": [{"name": "admin"}]},
+            {"backendRefs": [{"name": "web-stable", "weight": 9950}, {"name": "web-canary", "weight": 50}]}
+        ]}});
+        let p = session_persistence(&StickyKey::Header("x-client-id".into())).unwrap();
+        let rules = http_route_rules(&route, "web-stable", "web-canary", w(50), Some(&p))
+            .unwrap()
+            .unwrap();
+        assert_eq!(rules[0], route["spec"]["rules"][0]);
+        assert_eq!(
+            rules[1]["sessionPersistence"],
+            json!({"sessionName": "x-client-id", "type": "Header"})
+        );
+        let mut done = route.clone();
+        done["spec"]["rules"] = rules;
+        assert_eq!(
+            http_route_rules(&done, "web-stable", "web-canary", w(50), Some(&p)).unwrap(),
+            None
+        );
+        assert_eq!(
+            session_persistence(&StickyKey::Cookie("sid".into())),
+            Some(json!({"sessionName": "sid", "type": "Cookie"}))
+        );
+        assert_eq!(session_persistence(&StickyKey::Query("c".into())), None);
+    }
+
+    #[test]
+    fn a_destination_rule_hashes_on_the_key_and_only_once() {
+        let dr = json!({"metadata": {"name": "web-stable"}, "spec": {"host": "web-stable",
+            "trafficPolicy": {"loadBalancer": {"simple": "LEAST_REQUEST", "warmupDurationSecs": "60s"},
+                              "connectionPool": {"http": {"http2MaxRequests": 100}}}}});
+        let key = StickyKey::Cookie("sid".into());
+        let patch = destination_rule_spec(&dr, "web-stable", "web-canary", &key)
+            .unwrap()
+            .unwrap();
+        let mut after = dr.clone();
+        merge(&mut after["spec"], &patch);
+        assert_eq!(
+            after["spec"]["trafficPolicy"],
+            json!({"loadBalancer": {"warmupDurationSecs": "60s",
+                                    "consistentHash": {"httpCookie": {"name": "sid", "ttl": "0s"}}},
+                   "connectionPool": {"http": {"http2MaxRequests": 100}}})
+        );
+        assert_eq!(
+            destination_rule_spec(&after, "web-stable", "web-canary", &key).unwrap(),
+            None
+        );
+        // Another key replaces the cookie rather than joining it (a oneof).
+        let by_header = destination_rule_spec(
+            &after,
+            "web-stable",
+            "web-canary",
+            &StickyKey::Header("x-client-id".into()),
+        )
+        .unwrap()
+        .unwrap();
+        merge(&mut after["spec"], &by_header);
+        assert_eq!(
+            after["spec"]["trafficPolicy"]["loadBalancer"]["consistentHash"],
+            json!({"httpHeaderName": "x-client-id"})
+        );
+        let other = json!({"metadata": {"name": "db"}, "spec": {"host": "db"}});
+        let e = destination_rule_spec(&other, "web-stable", "web-canary", &key).unwrap_err();
+        assert!(e.to_string().contains("istio.destinationRules"), "{e}");
     }
 
     #[test]

@@ -30,6 +30,7 @@ const RS: &str = "/apis/apps/v1/namespaces/shop/replicasets";
 const RO: &str = "/apis/cutover.dev/v1alpha1/namespaces/shop/rollouts/web";
 const ROUTE: &str = "/apis/gateway.networking.k8s.io/v1/namespaces/shop/httproutes/web";
 const VS: &str = "/apis/networking.istio.io/v1/namespaces/shop/virtualservices/web";
+const DR: &str = "/apis/networking.istio.io/v1/namespaces/shop/destinationrules";
 const SVC_STABLE: &str = "/api/v1/namespaces/shop/services/web-stable";
 const SVC_CANARY: &str = "/api/v1/namespaces/shop/services/web-canary";
 
@@ -446,6 +447,128 @@ async fn step_advance_patches_the_virtualservice_weights() {
             json!({"metadata": {"resourceVersion": "9"}, "spec": {"http": [{"route": [
             {"destination": {"host": "web-stable"}, "weight": 80},
             {"destination": {"host": "web-canary.shop.svc.cluster.local"}, "weight": 20}]}]}}),
+        ),
+    ];
+    scripted(calls, |c| async {
+        reconcile(Arc::new(ro.clone()), ctx(c, leader(), T0))
+            .await
+            .unwrap();
+    })
+    .await;
+}
+
+/// The API server is scripted. With `sticky.header`, the step's HTTPRoute patch also puts
+/// `sessionPersistence` (type Header, the same header) on the rule that splits, in the same
+/// write as the weights; a rule that splits nothing is left as it was.
+#[tokio::test]
+async fn sticky_header_becomes_the_httproutes_session_persistence() {
+    let mut routing = gateway();
+    routing["sticky"] = json!({"header": "x-client-id"});
+    let ro = rollout("web:2", routing, no_analysis());
+    let (v1, v2) = (release("web:1"), release("web:2"));
+    let state = progressing(&ro, T0 - 60_000);
+    let ro = with_state(ro, &state, RolloutStatus::default());
+    let mut current = route(9_500, 500);
+    current["spec"]["rules"]
+        .as_array_mut()
+        .unwrap()
+        .insert(0, json!({"backendRefs": [{"name": "admin", "port": 80}]}));
+    let calls = vec![
+        Call::get(
+            RS,
+            rs_list(vec![
+                rs(&v1, 2, 2, "2027-01-14T08:00:00Z"),
+                rs(&v2, 2, 2, "2027-01-15T07:58:00Z"),
+            ]),
+        ),
+        Call::new(Method::PUT, format!("{RO}/status"), json!({}))
+            .check(|b| assert_eq!(status_of(b).weight, Some(20.0))),
+        Call::get(SVC_STABLE, svc("web-stable", &v1.version)),
+        Call::get(SVC_CANARY, svc("web-canary", &v2.version)),
+        Call::get(ROUTE, current),
+        Call::patch(
+            ROUTE,
+            json!({"metadata": {"resourceVersion": "7"}, "spec": {"rules": [
+                {"backendRefs": [{"name": "admin", "port": 80}]},
+                {"backendRefs": [
+                    {"name": "web-stable", "port": 80, "weight": 8_000},
+                    {"name": "web-canary", "port": 80, "weight": 2_000}],
+                 "sessionPersistence": {"sessionName": "x-client-id", "type": "Header"}}]}}),
+        ),
+    ];
+    scripted(calls, |c| async {
+        reconcile(Arc::new(ro.clone()), ctx(c, leader(), T0))
+            .await
+            .unwrap();
+    })
+    .await;
+}
+
+/// The API server is scripted. With `sticky.cookie` on Istio, each named DestinationRule is
+/// read and patched to hash on the cookie (its `simple` balancer removed, its other
+/// settings kept) before the VirtualService's weights move; a DestinationRule that already
+/// hashes on it is not written.
+#[tokio::test]
+async fn sticky_cookie_becomes_the_destinationrules_consistent_hash_before_the_weights() {
+    let mut routing = istio();
+    routing["sticky"] = json!({"cookie": "sid"});
+    routing["istio"]["destinationRules"] = json!(["web-stable", "web-canary"]);
+    let ro = rollout("web:2", routing, no_analysis());
+    let (v1, v2) = (release("web:1"), release("web:2"));
+    let state = progressing(&ro, T0 - 60_000);
+    let ro = with_state(ro, &state, RolloutStatus::default());
+    let dr = |name: &str, lb: Value| {
+        json!({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+               "metadata": {"name": name, "resourceVersion": "3"},
+               "spec": {"host": format!("{name}.shop.svc.cluster.local"),
+                        "trafficPolicy": {"loadBalancer": lb}}})
+    };
+    let vs = |s: i64, c: i64| {
+        json!({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+               "metadata": {"name": "web", "resourceVersion": "9"},
+               "spec": {"hosts": ["web"], "http": [{"route": [
+                   {"destination": {"host": "web-stable"}, "weight": s},
+                   {"destination": {"host": "web-canary"}, "weight": c}]}]}})
+    };
+    let calls = vec![
+        Call::get(
+            RS,
+            rs_list(vec![
+                rs(&v1, 2, 2, "2027-01-14T08:00:00Z"),
+                rs(&v2, 2, 2, "2027-01-15T07:58:00Z"),
+            ]),
+        ),
+        Call::new(Method::PUT, format!("{RO}/status"), json!({}))
+            .check(|b| assert_eq!(status_of(b).weight, Some(20.0))),
+        Call::get(SVC_STABLE, svc("web-stable", &v1.version)),
+        Call::get(SVC_CANARY, svc("web-canary", &v2.version)),
+        Call::get(
+            format!("{DR}/web-stable"),
+            dr(
+                "web-stable",
+                json!({"simple": "ROUND_ROBIN", "warmupDurationSecs": "30s"}),
+            ),
+        ),
+        Call::patch(
+            format!("{DR}/web-stable"),
+            json!({"metadata": {"resourceVersion": "3"}, "spec": {"trafficPolicy": {"loadBalancer": {
+                "simple": null,
+                "consistentHash": {"httpHeaderName": null, "httpCookie": {"name": "sid", "ttl": "0s"},
+                                   "httpQueryParameterName": null, "useSourceIp": null}}}}}),
+        ),
+        Call::get(
+            format!("{DR}/web-canary"),
+            dr(
+                "web-canary",
+                json!({"consistentHash": {"httpCookie": {"name": "sid", "ttl": "0s"}}}),
+            ),
+        ),
+        Call::get(VS, vs(95, 5)),
+        Call::patch(
+            VS,
+            json!({"metadata": {"resourceVersion": "9"}, "spec": {"http": [{"route": [
+            {"destination": {"host": "web-stable"}, "weight": 80},
+            {"destination": {"host": "web-canary"}, "weight": 20}]}]}}),
         ),
     ];
     scripted(calls, |c| async {
@@ -939,4 +1062,223 @@ async fn decisions_are_published_as_events_after_the_writes() {
             .unwrap();
     })
     .await;
+}
+
+/// The single-host status document (`/v1/status`, `cutover status --json`) of the same
+/// engine state.
+fn host_view(
+    state: &State,
+    core: &cutover_core::spec::RolloutSpec,
+    now: u64,
+) -> cutover_host::status::StatusView {
+    use cutover_core::Dur;
+    cutover_host::status::StatusView {
+        service: "web".into(),
+        now: Timestamp::from_millis(now),
+        proxy: "127.0.0.1:8080".into(),
+        stable: state.stable.clone(),
+        previous: state.previous.clone(),
+        rollout: state.rollout.clone(),
+        eta: Engine::restore(core.clone(), state.clone()).eta(Timestamp::from_millis(now)),
+        instances: Vec::new(),
+        failed: state.failed.clone(),
+        persist_failure: None,
+        config: None,
+        settings: cutover_host::status::Settings {
+            interval: core.interval,
+            window: core.window,
+            step_interval: core.step_interval,
+            min_samples: core.min_samples,
+            max_hold: core.max_hold,
+            hold_previous: core.hold_previous,
+            drain_timeout: Dur::from_secs(30),
+            quiet_period: Dur::from_secs(5),
+            grace: Dur::from_secs(10),
+            readiness_thresholds: (1, 3),
+            liveness_failure_threshold: 3,
+            max_lookback: core.max_lookback,
+            max_inconclusive: core.max_inconclusive,
+            traffic_need: String::new(),
+        },
+    }
+}
+
+/// What the single-host `cutover status` prints for the same engine state.
+fn host_status(state: &State, core: &cutover_core::spec::RolloutSpec, now: u64) -> String {
+    cutover_host::render::status(&host_view(state, core, now))
+}
+
+/// The lines from `rollout N: …` up to the next blank line that starts another part.
+fn rollout_part(text: &str) -> String {
+    let start = text.find("\nrollout ").expect("a rollout section");
+    let rest = &text[start + 1..];
+    let end = [
+        "\ninstances",
+        "\nevaluation every",
+        "\nreplicasets",
+        "\ndecisions",
+    ]
+    .iter()
+    .filter_map(|m| rest.find(m))
+    .min()
+    .unwrap_or(rest.len());
+    rest[..end].to_string()
+}
+
+async fn k8s_status(ro: &Rollout, json_out: bool, now: u64) -> String {
+    let reply = serde_json::to_value(ro).unwrap();
+    scripted(vec![Call::get(RO, reply)], |c| async move {
+        cutover_kube::cli::status_with(c, NS, "web", json_out, Timestamp::from_millis(now))
+            .await
+            .unwrap()
+    })
+    .await
+}
+
+/// The API server is scripted. `cutover k8s status` reads the Rollout (one GET, nothing
+/// else) and prints the single-host `cutover status` format: the rollout part is, line for
+/// line, what `cutover status` prints for the same engine state; then the Rollout's own
+/// ReplicaSets, conditions and settings.
+#[tokio::test]
+async fn k8s_status_prints_the_single_host_format_from_the_rollouts_status() {
+    let ro = rollout("web:2", gateway(), no_analysis());
+    let core = ro.spec.to_core().unwrap();
+    let (v1, v2) = (release("web:1"), release("web:2"));
+    let state = progressing(&ro, T0 - 20_000);
+    let status = RolloutStatus {
+        phase: Some("progressing".into()),
+        weight: Some(5.0),
+        current_step_index: Some(0),
+        stable_rs: Some(v1.version.clone()),
+        canary_rs: Some(v2.version.clone()),
+        conditions: vec![cutover_kube::crd::Condition {
+            type_: "Ready".into(),
+            status: "True".into(),
+            reason: "Ready".into(),
+            message: "canary ready: 5% to it".into(),
+            last_transition_time: "2027-01-15T07:59:40.000Z".into(),
+        }],
+        ..Default::default()
+    };
+    let ro = with_state(ro, &state, status);
+    let text = k8s_status(&ro, false, T0).await;
+    let host = host_status(&state, &core, T0);
+    assert_eq!(
+        rollout_part(&text),
+        rollout_part(&host),
+        "{text}\n---\n{host}"
+    );
+    let (h1, h2) = (&v1.version, &v2.version);
+    let d2: String = v2.digest.chars().take(12).collect();
+    let d1: String = v1.digest.chars().take(12).collect();
+    let expected = format!(
+        "service web  (namespace shop, HTTPRoute web)\n\
+         stable  {h1} ({d1})\n\
+         \n\
+         rollout 2: {h1} → {h2} ({d2})  (started 21.0s ago)\n  \
+           progressing: step 1/2, next check in 40.0s\n  \
+           canary [##......................................]     5%\n  \
+           steps  [5%] → 20% → 100%\n  \
+           eta    100% in 1m 40s if every gate passes\n\
+         \n\
+         replicasets  stable web-{h1}  canary web-{h2}\n\
+         \n\
+         decisions (the latest of each kind)\n  \
+           2027-01-15T07:59:40.000Z Ready        canary ready: 5% to it\n\
+         \n\
+         evaluation every 5s (no rules); steps 1m 30s; max_hold 10m; hold_previous 1h; max_inconclusive 10m; canary kept 30s after an abort\n"
+    );
+    assert_eq!(text, expected, "\n{text}");
+}
+
+/// The API server is scripted. A paused rollout with a verdict: the verb hints are the
+/// `cutover k8s` ones, the rules' verdicts are printed as on one host (no request table:
+/// no proxy of cutover's measures on Kubernetes); `--json` has the single-host document's
+/// names and shapes for the same data, and never the engine's internal state.
+#[tokio::test]
+async fn k8s_status_paused_with_verdicts_and_as_json() {
+    use cutover_core::engine::Verb;
+    use cutover_core::judge::External;
+    let analysis = json!({"prometheus": "http://prom:9090", "interval": "5s",
+                          "aborts": [{"name": "p99", "query": "x > 0.8", "for": "45s"}]});
+    let ro = rollout("web:2", gateway(), analysis);
+    let core = ro.spec.to_core().unwrap();
+    let (v1, v2) = (release("web:1"), release("web:2"));
+    let external = BTreeMap::from([(
+        "p99".to_string(),
+        External::Clear {
+            value: Some(0.2),
+            detail: "x > 0.8 does not fire (value 0.200000)".into(),
+        },
+    )]);
+    let state = state_after(
+        &ro,
+        vec![
+            deploy(&v1),
+            ready(&v1),
+            deploy(&v2),
+            ready(&v2),
+            Event::Measured {
+                stats: Default::default(),
+                wider: Vec::new(),
+                external,
+            },
+            Event::Command(Verb::Pause),
+        ],
+        T0 - 10_000,
+    );
+    let ro = with_state(
+        ro,
+        &state,
+        RolloutStatus {
+            phase: Some("paused".into()),
+            ..Default::default()
+        },
+    );
+    let text = k8s_status(&ro, false, T0).await;
+    assert!(
+        text.contains(
+            "  paused by the operator 10.0s ago (resume with `cutover k8s resume web -n shop`)\n"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("\n  rules evaluated 11.0s ago\n  abort rules (every 5s)\n    ok   p99                      x > 0.8 does not fire (value 0.200000)\n"), "{text}");
+    assert!(!text.contains("requests"), "no request table: {text}");
+    assert!(text.contains("(PromQL against http://prom:9090)"), "{text}");
+
+    let doc: Value = serde_json::from_str(&k8s_status(&ro, true, T0).await).unwrap();
+    let host = serde_json::to_value(host_view(&state, &core, T0)).unwrap();
+    for key in [
+        "service", "now", "stable", "previous", "rollout", "eta", "failed",
+    ] {
+        assert_eq!(
+            doc[key], host[key],
+            "{key}: the single-host document's name and shape"
+        );
+    }
+    assert_eq!(doc["namespace"], "shop");
+    assert_eq!(doc["now"], T0);
+    assert_eq!(doc["phase"], "paused");
+    assert_eq!(doc["rollout"]["to"]["version"], v2.version.as_str());
+    assert!(doc.get("engine").is_none(), "{doc}");
+}
+
+/// The API server is scripted: a 404 is "no Rollout …" naming the namespace and how to list them.
+#[tokio::test]
+async fn k8s_status_of_a_missing_rollout_says_so() {
+    let not_found = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                           "message": "rollouts.cutover.dev \"web\" not found", "reason": "NotFound", "code": 404});
+    let e = scripted(
+        vec![Call::get(RO, Value::Null).status(404, not_found)],
+        |c| async move {
+            cutover_kube::cli::status_with(c, NS, "web", false, Timestamp::from_millis(T0))
+                .await
+                .unwrap_err()
+        },
+    )
+    .await;
+    assert_eq!(
+        e.to_string(),
+        "no Rollout web in namespace shop; `kubectl get rollouts.cutover.dev -A` lists them"
+    );
 }
