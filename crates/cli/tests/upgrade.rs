@@ -382,3 +382,20 @@ async fn a_new_binary_that_does_not_start_leaves_the_old_one_serving() {
     assert_eq!(o.closes.get(ABNORMAL_CLOSE), None, "{:?}", o.closes);
     assert!(o.unacked.is_empty(), "lost orders: {:?}", o.unacked);
 }
+
+#[test]
+fn an_upgrade_with_no_cutover_running_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    Cutovers::configure(dir.path(), config());
+    let out = Command::new(env!("CARGO_BIN_EXE_cutover"))
+        .arg("upgrade")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("no cutover answers on") && err.contains("upgrade.sock"),
+        "{err}"
+    );
+}

@@ -199,6 +199,9 @@ impl Running {
     /// recorded in the ledger) for the next cutover on this state directory to re-adopt
     /// (`run --keep-apps`, used by upgrades).
     pub async fn shutdown_keeping(self, keep_apps: bool) {
+        // The copies kept for an upgrade would keep the sockets listening (connections
+        // accepted into the backlog, never served) after the proxy closes its listener.
+        drop(self.handover);
         let _ = self.shutdown.send(true);
         for t in self.tasks {
             let _ = t.await;
