@@ -53,6 +53,19 @@ enum Command {
         /// `cutover run` on this state directory to re-adopt (an upgrade of cutover itself).
         #[arg(long)]
         keep_apps: bool,
+        /// Take over from the cutover listening on this upgrade socket (its listeners, its
+        /// state-dir lock, its instances); `cutover upgrade` starts this, not you.
+        #[arg(long, value_name = "SOCKET")]
+        upgrade_from: Option<PathBuf>,
+    },
+    /// Replace the running `cutover run` with a new binary without dropping a connection: the
+    /// new one takes over its listening sockets and instances, the old one drains and exits. A
+    /// new binary that does not start leaves the old one serving (exit 1, saying why).
+    Upgrade {
+        /// The new cutover executable (default: this executable's path on disk, i.e. a rebuilt
+        /// binary put in its place).
+        #[arg(long, value_name = "PATH")]
+        binary: Option<PathBuf>,
     },
     /// Start a progressive rollout of VERSION (returns at once unless --wait).
     Deploy {
@@ -403,6 +416,20 @@ fn run(cli: Cli) -> Result<(), CommandError> {
                 cutover_host::audit::export(&cli.config, &src, output.as_deref())
             };
         }
+        Command::Upgrade { binary } => {
+            let binary = match binary {
+                Some(b) => b.clone(),
+                None => cutover_host::upgrade::current_binary()
+                    .map_err(|e| CommandError::Other(e.into()))?,
+            };
+            let loaded = cutover_host::config::load(&cli.config)?;
+            let pid = cutover_host::upgrade::request(&loaded.state_dir(), &binary)?;
+            commands::emitln(&format!(
+                "upgraded: {} (pid {pid}) serves; the previous cutover drains and exits",
+                binary.display()
+            ))?;
+            return Ok(());
+        }
         _ => {}
     }
     // Before any thread starts: it reads and removes the launcher's LISTEN_* variables.
@@ -422,13 +449,18 @@ fn run(cli: Cli) -> Result<(), CommandError> {
                 audit_key_file,
                 accept_tampered,
                 keep_apps,
+                upgrade_from,
             } => {
                 let opts = cutover_host::StartOptions {
                     audit_key_file,
                     accept_tampered,
                     keep_apps,
                 };
-                cutover_host::run(&cli.config, log_json, opts, inherited).await
+                let run_opts = cutover_host::RunOptions {
+                    log_json,
+                    upgrade_from,
+                };
+                cutover_host::run(&cli.config, run_opts, opts, inherited).await
             }
             Command::Demo { state_dir, rate } => cutover_host::demo::run(state_dir, rate).await,
             Command::Deploy {
@@ -615,14 +647,15 @@ fn run(cli: Cli) -> Result<(), CommandError> {
             | Command::Validate
             | Command::Export { .. }
             | Command::Report { .. }
-            | Command::Simulate { .. } => handled_before_the_runtime(),
+            | Command::Simulate { .. }
+            | Command::Upgrade { .. } => handled_before_the_runtime(),
         }
     })
 }
 
 fn handled_before_the_runtime() -> Result<(), CommandError> {
     Err(CommandError::Usage(
-        "crd, validate, export, report and simulate run without the runtime".into(),
+        "crd, validate, export, report, simulate and upgrade run without the runtime".into(),
     ))
 }
 

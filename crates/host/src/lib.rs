@@ -35,6 +35,7 @@ pub mod scrape;
 pub mod secure;
 pub mod simulate;
 pub mod status;
+pub mod upgrade;
 
 use commands::CommandError;
 use cutover_core::spec::LogFormat;
@@ -70,43 +71,108 @@ pub fn init_logging(level: &str, json: bool) {
     };
 }
 
-/// `cutover run`: runs until SIGINT or SIGTERM, then shuts down gracefully. A store that fails
-/// audit verification is refused ([`CommandError::Tampered`], exit 65) unless
-/// `opts.accept_tampered`. With `opts.keep_apps` the instances outlive the shutdown, for the
-/// next `cutover run` on this state directory to re-adopt. `inherited`: the listening sockets
-/// a launcher passed ([`listeners::Inherited::from_env`]).
+/// How `cutover run` was started, beyond [`runtime::StartOptions`].
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Log as JSON lines.
+    pub log_json: bool,
+    /// `--upgrade-from`: take over from the cutover listening on this socket
+    /// ([`upgrade`]).
+    pub upgrade_from: Option<std::path::PathBuf>,
+}
+
+/// `cutover run`: runs until SIGINT or SIGTERM, then shuts down gracefully, or until a
+/// `cutover upgrade` hands over to a new cutover. A store that fails audit verification is
+/// refused ([`CommandError::Tampered`], exit 65) unless `opts.accept_tampered`. With
+/// `opts.keep_apps` the instances outlive the shutdown, for the next `cutover run` on this
+/// state directory to re-adopt. `inherited`: the listening sockets a launcher passed
+/// ([`listeners::Inherited::from_env`]).
 pub async fn run(
     config_path: &Path,
-    log_json: bool,
+    run_opts: RunOptions,
     opts: runtime::StartOptions,
     inherited: listeners::Inherited,
 ) -> Result<(), CommandError> {
     let loaded = config::load(config_path)?;
     init_logging(
         &loaded.config.log.level,
-        log_json || loaded.config.log.format == LogFormat::Json,
+        run_opts.log_json || loaded.config.log.format == LogFormat::Json,
     );
     let keep_apps = opts.keep_apps;
+    let mut successor = upgrade::Successor {
+        config: std::path::absolute(config_path).unwrap_or_else(|_| config_path.to_path_buf()),
+        args: Vec::new(),
+        bound: loaded.config.app.start_timeout.get() + upgrade::GRACE,
+    };
+    if run_opts.log_json {
+        successor.args.push("--log-json".into());
+    }
+    if keep_apps {
+        successor.args.push("--keep-apps".into());
+    }
+    if let Some(k) = &opts.audit_key_file {
+        successor.args.push("--audit-key-file".into());
+        successor.args.push(k.display().to_string());
+    }
+    // The config is checked before the running cutover is asked for anything.
+    let (inherited, handover) = match &run_opts.upgrade_from {
+        None => (inherited, None),
+        Some(socket) => {
+            let socket = socket.clone();
+            let h = tokio::task::spawn_blocking(move || upgrade::receive(&socket))
+                .await
+                .map_err(|e| CommandError::Other(e.into()))?
+                .map_err(|e| CommandError::Usage(e.to_string()))?;
+            tracing::info!(
+                "upgrade: took the listeners and the state-dir lock over from the running cutover"
+            );
+            let upgrade::Handover { conn, inherited } = h;
+            (inherited, Some(conn))
+        }
+    };
     let running = runtime::start_with(loaded, opts, inherited)
         .await
         .map_err(|e| match e {
             e @ StartError::Tampered { .. } => CommandError::Tampered(e.to_string()),
             e => CommandError::Usage(e.to_string()),
         })?;
+    if let Some(conn) = handover {
+        upgrade::Handover::ready_on(conn)
+            .map_err(|e| CommandError::Other(anyhow::anyhow!("upgrade: cannot say ready ({e})")))?;
+    }
+    // Bound once this cutover holds the state dir (and after `ready`: until then the old
+    // cutover's socket is the one to reach).
+    let upgrades = upgrade::bind(&running.state_dir).map_err(|e| {
+        CommandError::Usage(format!(
+            "cannot listen on {} ({e}) (fix: check the state directory's permissions)",
+            upgrade::socket_path(&running.state_dir).display()
+        ))
+    })?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| CommandError::Other(e.into()))?;
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(|e| CommandError::Other(e.into()))?;
-    loop {
+    let handed_over = loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
-            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break None,
+            _ = term.recv() => break None,
             // `cutover reload` without the admin API (systemd's ExecReload).
             _ = hup.recv() => match running.reload().await {
                 Ok(r) => tracing::info!(result = r["message"].as_str().unwrap_or_default(), "SIGHUP: reload"),
                 Err(e) => tracing::error!(error = %e.message, "SIGHUP: reload refused; the running config is kept"),
             },
+            // `cutover upgrade` (signals wait until it is over: it is bounded).
+            accepted = upgrades.accept() => if let Ok((conn, _)) = accepted {
+                if let Some(held) = upgrade::handle(conn, &upgrades, &running, &successor).await {
+                    break Some(held);
+                }
+            },
         }
+    };
+    if let Some(held) = handed_over {
+        tracing::info!("upgraded: the new cutover serves; draining the proxy, the instances are the new cutover's");
+        running.shutdown_handed_over(held).await;
+        return Ok(());
     }
     if keep_apps {
         tracing::info!("shutting down: draining the proxy; the instances keep running (--keep-apps) for the next cutover to re-adopt");

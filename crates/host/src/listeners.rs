@@ -19,7 +19,7 @@
 
 use crate::runtime::StartError;
 use std::net::SocketAddr;
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use tokio::net::TcpListener;
 use tracing::info;
 
@@ -123,6 +123,9 @@ pub struct Inherited {
     admin: Option<Taken>,
     /// Passed sockets matched by address rather than by name, until [`Inherited::resolve`].
     unnamed: Vec<Taken>,
+    /// The state directory's locked file, passed by the cutover being upgraded
+    /// ([`crate::upgrade`]).
+    lock: Option<OwnedFd>,
 }
 
 #[derive(Debug)]
@@ -217,6 +220,27 @@ impl Inherited {
         Ok(out)
     }
 
+    /// What `cutover upgrade`'s running cutover passed ([`crate::upgrade::receive`]): its
+    /// listeners (checked against the config like any passed socket) and its state-dir lock.
+    pub fn handed_over(public: OwnedFd, admin: OwnedFd, lock: OwnedFd) -> Inherited {
+        let taken = |name: &str, fd: OwnedFd| Taken {
+            name: name.to_string(),
+            fd: fd.as_raw_fd(),
+            socket: socket2::Socket::from(fd),
+        };
+        Inherited {
+            public: Some(taken("public", public)),
+            admin: Some(taken("admin", admin)),
+            unnamed: Vec::new(),
+            lock: Some(lock),
+        }
+    }
+
+    /// The passed state-dir lock, if any (taken once, before [`Inherited::resolve`]).
+    pub fn take_lock(&mut self) -> Option<OwnedFd> {
+        self.lock.take()
+    }
+
     /// Whether any socket was passed.
     pub fn is_empty(&self) -> bool {
         self.public.is_none() && self.admin.is_none() && self.unnamed.is_empty()
@@ -234,6 +258,7 @@ impl Inherited {
             public: mut p,
             admin: mut a,
             unnamed,
+            lock: _,
         } = self;
         for t in unnamed {
             let addr = addr_of(&t);

@@ -6,17 +6,27 @@
 //! contradictory decisions into one rollout (split brain). `flock` is released by the kernel
 //! when the holder dies however it dies (`kill -9` included), so a crashed cutover never
 //! leaves a stale lock behind; the pid in the file is informational only.
+//!
+//! `cutover upgrade` hands the lock over without ever letting go of it: the running cutover
+//! passes the locked file's descriptor to the new one (SCM_RIGHTS, [`crate::upgrade`]). A
+//! `flock` belongs to the open file description, which both processes then share, and the
+//! kernel releases it only when the last descriptor to it closes. So the lock is never
+//! unlocked explicitly (dropping a [`StateLock`] closes its descriptor, nothing more): the old
+//! process exiting leaves it held by the new one, and a new one that fails leaves it held by
+//! the old one.
 
-use nix::fcntl::{Flock, FlockArg};
+use rustix::fs::{flock, FlockOperation};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-/// Held while cutover runs; dropping it (or the process ending) releases the lock.
+/// Held while cutover runs; the lock is released when the last descriptor of its file closes
+/// (this process ending, or dropping it when no upgrade shares it).
 #[derive(Debug)]
 pub struct StateLock {
-    _file: Flock<File>,
+    file: File,
 }
 
 /// Why the lock could not be taken.
@@ -52,9 +62,10 @@ impl StateLock {
             .mode(0o600)
             .open(&path)
             .map_err(io)?;
-        let mut file = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-            Ok(f) => f,
-            Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
+        let mut file = file;
+        match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::WOULDBLOCK) => {
                 let mut pid = String::new();
                 let _ = file.read_to_string(&mut pid);
                 let pid = pid.trim();
@@ -68,13 +79,36 @@ impl StateLock {
                     path,
                 });
             }
-            Err((_, e)) => return Err(io(e.into())),
-        };
+            Err(e) => return Err(io(e.into())),
+        }
         file.set_len(0).map_err(io)?;
         file.seek(SeekFrom::Start(0)).map_err(io)?;
         writeln!(file, "{}", std::process::id()).map_err(io)?;
         file.flush().map_err(io)?;
-        Ok(StateLock { _file: file })
+        Ok(StateLock { file })
+    }
+
+    /// The lock of `state_dir` as the cutover being upgraded passed it: `fd` is its locked
+    /// file (the same open file description, so taking the lock again succeeds at once, and
+    /// fails if `fd` is anything else's). This process's pid is written into it.
+    pub fn adopt(state_dir: &Path, fd: OwnedFd) -> Result<StateLock, LockError> {
+        let path = state_dir.join("lock");
+        let io = |source| LockError::Io {
+            path: path.clone(),
+            source,
+        };
+        let mut file = File::from(fd);
+        flock(&file, FlockOperation::NonBlockingLockExclusive).map_err(|e| io(e.into()))?;
+        file.set_len(0).map_err(io)?;
+        file.seek(SeekFrom::Start(0)).map_err(io)?;
+        writeln!(file, "{}", std::process::id()).map_err(io)?;
+        file.flush().map_err(io)?;
+        Ok(StateLock { file })
+    }
+
+    /// The locked file, to pass to the next cutover on an upgrade.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.file.as_fd()
     }
 }
 
@@ -97,5 +131,22 @@ mod tests {
         assert!(msg.contains("fix:"), "{msg}");
         drop(first);
         StateLock::acquire(dir.path()).expect("released with its holder");
+    }
+
+    #[test]
+    fn a_passed_lock_is_held_until_its_last_descriptor_closes() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = StateLock::acquire(dir.path()).unwrap();
+        let new = StateLock::adopt(dir.path(), old.fd().try_clone_to_owned().unwrap()).unwrap();
+        // The new holder's pid is in the file, and nobody else can take it.
+        let e = StateLock::acquire(dir.path()).unwrap_err().to_string();
+        assert!(e.contains(&format!("pid {}", std::process::id())), "{e}");
+        drop(old);
+        assert!(
+            StateLock::acquire(dir.path()).is_err(),
+            "still held by the new one"
+        );
+        drop(new);
+        StateLock::acquire(dir.path()).expect("released with its last holder");
     }
 }

@@ -29,8 +29,15 @@ pub enum RecoveryError {
 }
 
 /// Locks `state_dir` (refused while another cutover holds it), then surveys its ledger.
-pub fn prepare(state_dir: &Path) -> Result<Recovery, RecoveryError> {
-    let lock = StateLock::acquire(state_dir)?;
+/// `passed`: the lock as the cutover being upgraded passed it ([`crate::upgrade`]).
+pub fn prepare(
+    state_dir: &Path,
+    passed: Option<std::os::fd::OwnedFd>,
+) -> Result<Recovery, RecoveryError> {
+    let lock = match passed {
+        Some(fd) => StateLock::adopt(state_dir, fd)?,
+        None => StateLock::acquire(state_dir)?,
+    };
     let ledger = Ledger::new(state_dir.join(LEDGER));
     let survey = Survey::of(ledger.load()?);
     for r in &survey.alive {

@@ -310,6 +310,36 @@ impl Proxy {
         self.inner.ws.drain(addr, quiet)
     }
 
+    /// WebSocket sessions open, to every backend.
+    pub fn websocket_sessions_total(&self) -> usize {
+        self.inner
+            .ws
+            .addrs()
+            .into_iter()
+            .map(|a| self.inner.ws.count(a))
+            .sum()
+    }
+
+    /// [`Proxy::drain_websockets`] for every backend at once (a cutover handing over to its
+    /// successor on `cutover upgrade`): resolves once every session open now has ended.
+    pub fn drain_all_websockets(
+        &self,
+        quiet: Duration,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        let drains: Vec<_> = self
+            .inner
+            .ws
+            .addrs()
+            .into_iter()
+            .map(|addr| self.inner.ws.drain(addr, quiet))
+            .collect();
+        async move {
+            for d in drains {
+                d.await;
+            }
+        }
+    }
+
     /// Requests the proxy answered 400 itself for their host (RFC 9112 §3.2), since it
     /// started, by reason (`no_host`, `several_hosts`, `invalid_host`,
     /// `host_authority_conflict`; every reason, zero or not). They reached no version and are

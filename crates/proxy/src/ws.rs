@@ -133,6 +133,11 @@ impl Sessions {
         }
     }
 
+    /// Every backend with a session open.
+    pub(crate) fn addrs(&self) -> Vec<SocketAddr> {
+        self.lock().keys().copied().collect()
+    }
+
     pub(crate) fn count(&self, addr: SocketAddr) -> usize {
         self.lock().get(&addr).map_or(0, HashMap::len)
     }

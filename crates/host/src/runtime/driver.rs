@@ -64,6 +64,11 @@ pub(super) enum Request {
     Reload(oneshot::Sender<Result<Value, ApiError>>),
     /// The release a `rollback` would switch to now, if it is one already running.
     RollbackTarget(oneshot::Sender<Option<cutover_core::engine::Release>>),
+    /// `cutover upgrade`: stop deciding and writing until told (the first sender is answered
+    /// once the driver is idle). `true` from the second resumes (the new binary failed);
+    /// `false` (handed over) ends the driver without another write, for the new process owns
+    /// the state directory now. A dropped sender resumes.
+    Hold(oneshot::Sender<()>, oneshot::Receiver<bool>),
 }
 
 /// Why an event changed nothing.
@@ -247,6 +252,15 @@ impl Driver {
                 }
                 _ = sleep_until_some(wake) => { self.on_timeout(); self.publish_after = true; }
                 Some(req) = requests.recv() => {
+                    if let Request::Hold(idle, release) = req {
+                        let _ = idle.send(());
+                        if release.await == Ok(false) {
+                            info!("handed over to the new cutover: the driver stops here, without a write");
+                            return;
+                        }
+                        info!("the upgrade did not complete: the driver resumes");
+                        continue;
+                    }
                     let reads = matches!(req, Request::Status(_) | Request::Metrics(_) | Request::RollbackTarget(_));
                     self.request(req).await;
                     self.publish_after |= !reads;
@@ -803,6 +817,10 @@ impl Driver {
             }
             Request::RollbackTarget(tx) => {
                 let _ = tx.send(self.engine.rollback_target().cloned());
+            }
+            // Handled in `run` (it suspends the loop itself); here it only lets go at once.
+            Request::Hold(idle, _) => {
+                let _ = idle.send(());
             }
             Request::Verb(verb, reason, tx) => {
                 // Honest rollback: checked again here, on the fleet as it is now.

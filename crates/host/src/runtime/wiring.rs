@@ -19,9 +19,11 @@ use cutover_store::{AuditPaths, Store};
 use cutover_supervisor::Supervisor;
 use cutover_telemetry::Recorder;
 use std::net::SocketAddr;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{error, info};
@@ -95,9 +97,15 @@ pub struct Running {
     supervisor: Supervisor,
     store: StoreActor,
     /// The state directory's lock, released when this is dropped or the process ends.
-    _recovery: crate::recovery::Recovery,
+    recovery: crate::recovery::Recovery,
     /// To the driver: `reload` (SIGHUP) goes the admin API's way.
     requests: mpsc::Sender<Request>,
+    /// The public and admin listeners, for `cutover upgrade` to pass on.
+    handover: (OwnedFd, OwnedFd),
+    /// To close the WebSockets still open when an upgrade's drain window ends.
+    proxy: Proxy,
+    /// `app.stop.drain_timeout`: how long the proxy drains on shutdown.
+    drain_timeout: Duration,
 }
 
 impl Running {
@@ -118,6 +126,63 @@ impl Running {
         rx.await.map_err(|_| gone())?
     }
 
+    /// `cutover upgrade`: stops the driver once it is idle (no decision, no write until
+    /// [`crate::upgrade::Held::resume`] or [`Running::shutdown_handed_over`]) and flushes what
+    /// it wrote behind. `None` when the driver is gone (shutting down).
+    pub async fn hold(&self) -> Option<crate::upgrade::Held> {
+        let (idle_tx, idle_rx) = tokio::sync::oneshot::channel();
+        let (release, release_rx) = tokio::sync::oneshot::channel();
+        self.requests
+            .send(Request::Hold(idle_tx, release_rx))
+            .await
+            .ok()?;
+        idle_rx.await.ok()?;
+        self.store.flush().await;
+        Some(crate::upgrade::Held { release })
+    }
+
+    /// What an upgrade passes to the new cutover: the public listener, the admin listener, and
+    /// the state directory's locked file.
+    pub fn handover_fds(&self) -> [BorrowedFd<'_>; 3] {
+        [
+            self.handover.0.as_fd(),
+            self.handover.1.as_fd(),
+            self.recovery.lock.fd(),
+        ]
+    }
+
+    /// After a successful upgrade: the driver ends without another write (the new cutover owns
+    /// the state directory), the proxy stops accepting and drains as on shutdown, the instances
+    /// are left to the new cutover.
+    /// WebSocket sessions (which the proxy's shutdown does not wait for) are relayed until
+    /// they end or three quarters of `app.stop.drain_timeout` have passed; the ones still
+    /// open then are closed with 1012 (their clients reconnect, to the new cutover), and the
+    /// process waits for those closes (at most the last quarter) before it exits.
+    pub async fn shutdown_handed_over(self, held: crate::upgrade::Held) {
+        let _ = held.release.send(false);
+        let proxy = self.proxy.clone();
+        let window = self.drain_timeout;
+        let sessions = tokio::spawn(async move {
+            let relay_until = tokio::time::Instant::now() + window * 3 / 4;
+            while proxy.websocket_sessions_total() > 0 && tokio::time::Instant::now() < relay_until
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let open = proxy.websocket_sessions_total();
+            if open > 0 {
+                info!(
+                    open,
+                    "upgrade: closing the WebSockets still open with 1012; their clients reconnect to the new cutover"
+                );
+                let _ =
+                    tokio::time::timeout(window / 4, proxy.drain_all_websockets(Duration::ZERO))
+                        .await;
+            }
+        });
+        self.shutdown_keeping(true).await;
+        let _ = sessions.await;
+    }
+
     /// SIGKILLs every instance at once (no drain): for test harnesses dropped without a
     /// shutdown, since instances outlive the process that started them.
     pub fn kill_apps(&self) {
@@ -134,6 +199,9 @@ impl Running {
     /// recorded in the ledger) for the next cutover on this state directory to re-adopt
     /// (`run --keep-apps`, used by upgrades).
     pub async fn shutdown_keeping(self, keep_apps: bool) {
+        // The copies kept for an upgrade would keep the sockets listening (connections
+        // accepted into the backlog, never served) after the proxy closes its listener.
+        drop(self.handover);
         let _ = self.shutdown.send(true);
         for t in self.tasks {
             let _ = t.await;
@@ -222,7 +290,7 @@ pub fn open_store(state_dir: &std::path::Path, opts: &StartOptions) -> Result<St
 pub async fn start_with(
     loaded: Loaded,
     opts: StartOptions,
-    inherited: crate::listeners::Inherited,
+    mut inherited: crate::listeners::Inherited,
 ) -> Result<Running, StartError> {
     let c = loaded.config.clone();
     // Queries are checked before anything is created, so a bad rule changes nothing.
@@ -238,7 +306,7 @@ pub async fn start_with(
         tracing::warn!(path = %path.display(), "was mode {mode:o}, readable by others: narrowed to owner-only");
     }
     // One cutover per state directory; then what a previous one left running.
-    let recovery = crate::recovery::prepare(&state_dir)?;
+    let recovery = crate::recovery::prepare(&state_dir, inherited.take_lock())?;
     // Checked before anything listens: a config naming a certificate that does not load must
     // not come up serving plaintext, nor come up at all.
     let tls = c
@@ -299,6 +367,22 @@ pub async fn start_with(
             addr: c.admin.listen,
             source,
         })?;
+
+    // Copies of the listeners, to pass to the next cutover on an upgrade.
+    let dup = |l: &TcpListener, field: &'static str, addr: SocketAddr| {
+        socket2::SockRef::from(l)
+            .try_clone()
+            .map(OwnedFd::from)
+            .map_err(|source| StartError::Bind {
+                field,
+                addr,
+                source,
+            })
+    };
+    let handover = (
+        dup(&proxy_listener, "service.listen", c.service.listen)?,
+        dup(&admin_listener, "admin.listen", c.admin.listen)?,
+    );
 
     let (supervisor, _) = Supervisor::with_ledger(
         c.app.clone(),
@@ -486,8 +570,11 @@ pub async fn start_with(
         tasks,
         supervisor,
         store,
-        _recovery: recovery,
+        recovery,
         requests: req_tx,
+        handover,
+        proxy,
+        drain_timeout: c.app.stop.drain_timeout.get(),
     })
 }
 
