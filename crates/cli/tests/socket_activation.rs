@@ -2,7 +2,9 @@
 //! `systemd-socket-activate` (the launcher holds the listeners, as `cutover.socket` does), killed
 //! with `kill -9` under continuous load and restarted by a loop standing in for systemd's
 //! `Restart=always`. Connections made while no cutover runs wait in the kernel's backlog: not
-//! one is refused.
+//! one is refused. The issue-12 crash test kills it at three points of a rollout (mid-step,
+//! inside `hold_previous`, during an abort's drain) with a wrapper-script app, HTTP load and
+//! WebSocket order clients, and checks the apps, the rollout, the history and the orders.
 
 mod common;
 
