@@ -450,7 +450,7 @@ struct Fleet<'a> {
 
 impl Fleet<'_> {
     async fn status(&self) -> Result<StatusView, String> {
-        let v = status(&self.client).await?;
+        let v = status(self.client).await?;
         serde_json::from_value(v).map_err(|e| e.to_string())
     }
 
@@ -783,7 +783,6 @@ async fn kill_9_at_three_points_under_the_launcher_keeps_every_app_and_connectio
     })
     .await;
 
-    drop(f);
     let report = load.stop().await;
     let orders_reports = [orders.stop().await, orders3.stop().await];
     let bound: u64 = costs.iter().map(|c| c.http_exposed).sum();

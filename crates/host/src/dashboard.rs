@@ -71,7 +71,7 @@ pub fn replay(store: &Store, spec: &RolloutSpec, rollout: i64) -> Result<Value, 
 /// rollout as they were made live.
 pub fn replay_read(store: &Store, rollout: i64) -> Result<(Recording, Value), ApiError> {
     Ok({
-        let rec = recording_from_store(&store, Some(rollout)).map_err(|e| match e {
+        let rec = recording_from_store(store, Some(rollout)).map_err(|e| match e {
             crate::commands::CommandError::NotFound(m) => ApiError::not_found(m),
             other => ApiError::internal(other.to_string()),
         })?;
