@@ -724,18 +724,29 @@ async fn kill_9_at_three_points_under_the_launcher_keeps_every_app_and_connectio
     // its instances drain.
     f.post("/v1/deploy", serde_json::json!({ "version": "v3" }))
         .await;
-    f.wait_for("v3 progressing at 50 %", |s| {
-        ready_count(s, "v3") == 2
-            && s.rollout.as_ref().is_some_and(|r| {
-                matches!(r.phase, Phase::Progressing { .. }) && r.weight.bp() == 5000
-            })
-    })
-    .await;
+    let v3 = f
+        .wait_for("v3 progressing at 50 %", |s| {
+            ready_count(s, "v3") == 2
+                && s.rollout.as_ref().is_some_and(|r| {
+                    matches!(r.phase, Phase::Progressing { .. }) && r.weight.bp() == 5000
+                })
+        })
+        .await;
     f.post("/v1/pause", serde_json::json!({})).await;
-    // The first clients' sessions stay where they are (on v2): new ones, half of them the
-    // canary's.
+    // The first clients' sessions stay where they are (on v2): new ones, at least 16 and
+    // enough that the sticky hash gives 4 of them to the canary (the order clients send
+    // `x-client-id: client-<n>`).
+    let salt = v3.rollout.as_ref().unwrap().salt;
+    let half = cutover_core::Weight::from_bp(5000).unwrap();
+    let mut clients = 0;
+    let mut canary = 0;
+    while clients < 16 || canary < 4 {
+        let key = format!("client-{clients}");
+        canary += usize::from(cutover_core::sticky::is_canary(salt, key.as_bytes(), half));
+        clients += 1;
+    }
     let mut orders_cfg = OrdersConfig::new(public);
-    orders_cfg.clients = 16;
+    orders_cfg.clients = clients;
     orders_cfg.rate_per_client = 10.0;
     orders_cfg.reconnect_delay = Duration::from_millis(50);
     orders_cfg.stop_timeout = Duration::from_secs(30);
