@@ -91,15 +91,17 @@ impl Run {
     }
 }
 
-/// Every file under `dir`, recursively.
+/// Every regular file under `dir`, recursively.
 fn files(dir: &Path, out: &mut Vec<PathBuf>) {
     for e in std::fs::read_dir(dir).unwrap() {
         let p = e.unwrap().path();
         if p.is_dir() {
             files(&p, out);
-        } else {
+        } else if p.is_file() {
             out.push(p);
         }
+        // Anything else is `upgrade.sock` (the Unix socket `cutover upgrade` connects to): it
+        // holds no bytes, and opening it to read fails with ENXIO.
     }
 }
 
