@@ -35,6 +35,8 @@ struct Cutovers {
     dir: PathBuf,
     first: Option<Child>,
     successor: Option<u32>,
+    /// Stands in for systemd's `$NOTIFY_SOCKET` (`Type=notify`): what the cutovers said.
+    notify: std::os::unix::net::UnixDatagram,
 }
 
 impl Cutovers {
@@ -64,8 +66,11 @@ impl Cutovers {
             .append(true)
             .open(dir.join("cutover.log"))
             .unwrap();
+        let notify = std::os::unix::net::UnixDatagram::bind(dir.join("notify")).unwrap();
+        notify.set_nonblocking(true).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_cutover"))
             .arg("run")
+            .env("NOTIFY_SOCKET", dir.join("notify"))
             .current_dir(dir)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -76,6 +81,7 @@ impl Cutovers {
             dir: dir.to_path_buf(),
             first: Some(child),
             successor: None,
+            notify,
         };
         eventually(LONG, "cutover's admin API to answer", || async {
             cutover_host::commands::client(&dir.join("cutover.toml"))
@@ -124,6 +130,16 @@ impl Cutovers {
             .unwrap()
     }
 
+    /// The sd_notify datagrams received so far.
+    fn notified(&self) -> Vec<String> {
+        let mut said = Vec::new();
+        let mut buf = [0u8; 512];
+        while let Ok(n) = self.notify.recv(&mut buf) {
+            said.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        said
+    }
+
     fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("cutover.log")).unwrap_or_default()
     }
@@ -153,6 +169,13 @@ impl Drop for Cutovers {
     }
 }
 
+/// `text` (the test's cutover.toml) with `service.listen` set to `addr`.
+fn config_with_listen(text: &str, addr: SocketAddr) -> String {
+    ConfigBuilder::parse(text)
+        .set("service.listen", addr.to_string())
+        .to_toml()
+}
+
 fn alive(pid: u32) -> bool {
     // Not a zombie: /proc/<pid>/stat's state is not Z.
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -163,10 +186,12 @@ fn alive(pid: u32) -> bool {
         .unwrap_or(false)
 }
 
+/// The pid of every instance that has a process (a stopped one, e.g. after its hold, has
+/// none: comparing two of these maps also catches an instance that lost its process).
 fn pids(s: &StatusView) -> BTreeMap<String, u32> {
     s.instances
         .iter()
-        .map(|i| (i.id.clone(), i.pid.expect("a running instance has a pid")))
+        .filter_map(|i| Some((i.id.clone(), i.pid?)))
         .collect()
 }
 
@@ -292,6 +317,15 @@ async fn an_upgrade_to_a_copy_of_the_binary_loses_nothing_and_the_rollout_goes_o
         pid.to_string(),
         "the new one holds the state dir"
     );
+    // systemd (`Type=notify`, `NotifyAccess=all`) follows the service to the new process:
+    // the first said ready, the new one said it is the main process; the old one, handing
+    // over, did not say it was stopping.
+    assert_eq!(
+        c.notified(),
+        ["READY=1".to_string(), format!("MAINPID={pid}\nREADY=1")],
+        "{}",
+        c.log()
+    );
 
     // The same instances, re-adopted; then the rollout goes on under the new cutover.
     let after = c.status().await;
@@ -363,6 +397,37 @@ async fn a_new_binary_that_does_not_start_leaves_the_old_one_serving() {
         );
         assert!(c.first.as_mut().unwrap().try_wait().unwrap().is_none());
     }
+    // A new cutover that fails *after* it took the sockets over (its config names another
+    // public address than the socket it was given): the old one gets everything back, its
+    // supervisor included, which restarts an instance that dies afterwards.
+    let copy = dir.path().join("cutover-new");
+    std::fs::copy(env!("CARGO_BIN_EXE_cutover"), &copy).unwrap();
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let file = dir.path().join("cutover.toml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let elsewhere = config_with_listen(&text, free_addr());
+    std::fs::write(&file, elsewhere).unwrap();
+    let out = c.upgrade(&copy);
+    std::fs::write(&file, &text).unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}\n{}", c.log());
+    assert!(
+        err.contains("service.listen") && err.contains("keeps serving"),
+        "{err}"
+    );
+    assert!(c.first.as_mut().unwrap().try_wait().unwrap().is_none());
+    let v1_1 = pids(&c.status().await)["v1-1"];
+    nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(v1_1 as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    c.wait_for("v1-1 restarted by the old cutover", |s| {
+        s.instances
+            .iter()
+            .any(|i| i.id == "v1-1" && i.state == "ready" && i.pid.is_some_and(|p| p != v1_1))
+    })
+    .await;
     let lock = std::fs::read_to_string(dir.path().join("state/lock")).unwrap();
     assert_eq!(lock.trim(), old.to_string());
     // Its driver resumed: the rollout goes on to its promotion under the old cutover.
@@ -376,6 +441,8 @@ async fn a_new_binary_that_does_not_start_leaves_the_old_one_serving() {
         pids(&before).get("v2-0"),
         "the canary's instance is the same one"
     );
+    // Only the first cutover ever said anything to systemd: it is still the main process.
+    assert_eq!(c.notified(), ["READY=1"], "{}", c.log());
     let report = load.stop().await;
     let o = orders.stop().await;
     assert_eq!(report.failed, 0, "{:?}", report.failures);

@@ -32,6 +32,7 @@ pub mod router;
 pub mod rules;
 pub mod runtime;
 pub mod scrape;
+pub mod sdnotify;
 pub mod secure;
 pub mod simulate;
 pub mod status;
@@ -130,12 +131,21 @@ pub async fn run(
             (inherited, Some(conn))
         }
     };
-    let running = runtime::start_with(loaded, opts, inherited)
+    let started = runtime::start_with(loaded, opts, inherited)
         .await
         .map_err(|e| match e {
             e @ StartError::Tampered { .. } => CommandError::Tampered(e.to_string()),
             e => CommandError::Usage(e.to_string()),
-        })?;
+        });
+    let running = match (started, handover) {
+        (Ok(running), handover) => (running, handover),
+        (Err(e), Some(conn)) => {
+            let _ = upgrade::Handover::failed_on(conn, &e.to_string());
+            return Err(e);
+        }
+        (Err(e), None) => return Err(e),
+    };
+    let (running, handover) = running;
     if let Some(conn) = handover {
         upgrade::Handover::ready_on(conn)
             .map_err(|e| CommandError::Other(anyhow::anyhow!("upgrade: cannot say ready ({e})")))?;
@@ -152,6 +162,14 @@ pub async fn run(
         .map_err(|e| CommandError::Other(e.into()))?;
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(|e| CommandError::Other(e.into()))?;
+    // systemd (`Type=notify`): ready now. A cutover that took over from another also becomes
+    // the unit's main process (sdnotify's module doc).
+    let upgraded = run_opts.upgrade_from.is_some();
+    if upgraded {
+        sdnotify::tell(&format!("MAINPID={}\nREADY=1", std::process::id()));
+    } else {
+        sdnotify::tell("READY=1");
+    }
     let handed_over = loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break None,
@@ -174,6 +192,7 @@ pub async fn run(
         running.shutdown_handed_over(held).await;
         return Ok(());
     }
+    sdnotify::tell("STOPPING=1");
     if keep_apps {
         tracing::info!("shutting down: draining the proxy; the instances keep running (--keep-apps) for the next cutover to re-adopt");
     } else {

@@ -106,6 +106,15 @@ impl StateLock {
         Ok(StateLock { file })
     }
 
+    /// Writes this process's pid into the lock file again: after a failed upgrade, whose new
+    /// cutover had written its own pid into it ([`StateLock::adopt`]) before it gave up.
+    pub fn reclaim(&self) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        self.file.set_len(0)?;
+        self.file
+            .write_all_at(format!("{}\n", std::process::id()).as_bytes(), 0)
+    }
+
     /// The locked file, to pass to the next cutover on an upgrade.
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.file.as_fd()

@@ -74,14 +74,24 @@ pub struct Successor {
 }
 
 /// The driver held for a hand-over; [`Held::resume`] if it fails.
-#[derive(Debug)]
 pub struct Held {
     pub(crate) release: tokio::sync::oneshot::Sender<bool>,
+    /// Paused while held (see [`cutover_supervisor::Ownership`]).
+    pub(crate) supervisor: cutover_supervisor::Supervisor,
+}
+
+impl std::fmt::Debug for Held {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Held")
+            .field("ownership", &self.supervisor.ownership())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Held {
-    /// The upgrade failed: the driver goes on.
+    /// The upgrade failed: the supervisor acts on its instances again, the driver goes on.
     pub fn resume(self) {
+        self.supervisor.resume_ownership();
         let _ = self.release.send(true);
     }
 }
@@ -161,7 +171,7 @@ async fn take_over(
             .await
             .ok_or_else(|| "this cutover is shutting down".to_string())?;
         if let Err(e) = send_fds(&conn, running.handover_fds()).await {
-            held.resume();
+            running.resume(held);
             return Err(format!("cannot pass the sockets ({e})"));
         }
         let outcome = tokio::select! {
@@ -176,7 +186,7 @@ async fn take_over(
         match outcome {
             Ok(()) => Ok(held),
             Err(e) => {
-                held.resume();
+                running.resume(held);
                 Err(e)
             }
         }
@@ -313,6 +323,13 @@ impl Handover {
     /// stops accepting and drains.
     pub fn ready_on(mut conn: std::os::unix::net::UnixStream) -> std::io::Result<()> {
         conn.write_all(b"ready\n")
+    }
+
+    /// Tells the old cutover why this one could not start: it keeps serving, and
+    /// `cutover upgrade` prints the reason. One line: the old side reads up to a newline.
+    pub fn failed_on(mut conn: std::os::unix::net::UnixStream, why: &str) -> std::io::Result<()> {
+        let why = why.replace('\n', " ");
+        conn.write_all(format!("error {why}\n").as_bytes())
     }
 }
 

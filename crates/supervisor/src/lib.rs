@@ -40,5 +40,5 @@ pub use error::SupervisorError;
 pub use fleet::{CrashLoop, Fleet, InstanceState, InstanceStatus, VersionFleet};
 pub use release::{locate_program, Release};
 pub use supervisor::{
-    Closer, DrainOutcome, InFlight, InstanceStopReport, StopExit, StopReport, Supervisor,
+    Closer, DrainOutcome, InFlight, InstanceStopReport, Ownership, StopExit, StopReport, Supervisor,
 };

@@ -78,6 +78,9 @@ pub(crate) fn spawn(
         .envs(release.env.iter().map(|(k, v)| (k, sub(v))))
         // Secret values as they are: no placeholders in a password.
         .envs(release.secret_values.0.iter())
+        // systemd's readiness socket is cutover's: an instance that speaks sd_notify must not
+        // tell systemd that cutover is ready, or which pid is the service's.
+        .env_remove("NOTIFY_SOCKET")
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err);

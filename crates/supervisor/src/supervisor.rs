@@ -67,6 +67,26 @@ struct Inner {
     /// The adoptable processes (by pid) whose readiness probe passed in
     /// [`Supervisor::probe_adoptable`]: they rejoin rotation at once when adopted.
     adoptable_ready: Mutex<std::collections::BTreeSet<u32>>,
+    /// Whether this supervisor may act on its processes: see [`Ownership`].
+    ownership: watch::Sender<Ownership>,
+}
+
+/// Whether a supervisor may act on its processes (restart, stop, record them in the ledger).
+/// `cutover upgrade` hands the instances to a new cutover while the old one still runs: from
+/// the moment the new one reads the ledger the old one must neither rewrite the ledger nor
+/// restart or kill an instance, or two supervisors would act on one process (two restarts on
+/// one port, a ledger that no longer says what runs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ownership {
+    /// The normal case: probe, restart, record.
+    Own,
+    /// An upgrade is handing the instances over: probes go on (the old proxy still routes),
+    /// but an instance that exits or fails liveness waits, untouched, for the outcome; the
+    /// ledger is not written.
+    Paused,
+    /// Handed over: the instance tasks end without touching their processes, and nothing is
+    /// written again. Final.
+    Released,
 }
 
 struct InstanceHandle {
@@ -171,6 +191,7 @@ impl Supervisor {
             recorded: Mutex::new(Vec::new()),
             adoptable: Mutex::new(adoptable),
             adoptable_ready: Mutex::new(Default::default()),
+            ownership: watch::channel(Ownership::Own).0,
         };
         (
             Supervisor {
@@ -206,6 +227,45 @@ impl Supervisor {
             }
         }
         ready.len()
+    }
+
+    /// `cutover upgrade` begins: stop acting on the processes (see [`Ownership::Paused`]).
+    pub fn pause_ownership(&self) {
+        self.inner.ownership.send_if_modified(|o| {
+            let paused = *o == Ownership::Own;
+            if paused {
+                *o = Ownership::Paused;
+            }
+            paused
+        });
+        // A ledger write under way finishes before this returns; none starts after.
+        drop(lock(&self.inner.recorded));
+    }
+
+    /// The upgrade failed: act on the processes again. An instance that exited (or failed
+    /// liveness) meanwhile is dealt with now, and the ledger is brought up to date.
+    pub fn resume_ownership(&self) {
+        let resumed = self.inner.ownership.send_if_modified(|o| {
+            let resumed = *o == Ownership::Paused;
+            if resumed {
+                *o = Ownership::Own;
+            }
+            resumed
+        });
+        if resumed {
+            self.inner.record();
+        }
+    }
+
+    /// The upgrade succeeded: the processes are the new cutover's. Instance tasks end without
+    /// touching them; the ledger is never written again by this supervisor.
+    pub fn release_ownership(&self) {
+        self.inner.ownership.send_replace(Ownership::Released);
+    }
+
+    /// Whether this supervisor may act on its processes.
+    pub fn ownership(&self) -> Ownership {
+        *self.inner.ownership.borrow()
     }
 
     /// SIGKILLs every instance's process group at once, without drain or grace: for a
@@ -507,11 +567,25 @@ impl Inner {
         Some(adoptable.remove(at)).filter(InstanceRecord::is_alive)
     }
 
+    /// Waits while [`Ownership::Paused`]; whether the processes are (again) this
+    /// supervisor's.
+    async fn owned(&self) -> bool {
+        let mut rx = self.ownership.subscribe();
+        rx.wait_for(|o| *o != Ownership::Paused)
+            .await
+            .map(|o| *o == Ownership::Own)
+            // The sender lives in `self`: it cannot be gone.
+            .unwrap_or(false)
+    }
+
     /// Writes the processes of the fleet (and the adoptable ones not yet claimed or stopped)
     /// to the ledger, when they changed. A failed write is logged: the instances run on, but
     /// a restarted cutover would not find them.
     fn record(&self) {
         let Some(ledger) = &self.ledger else { return };
+        if *self.ownership.borrow() != Ownership::Own {
+            return;
+        }
         let mut records: Vec<InstanceRecord> = {
             let fleet = self.fleet.borrow();
             let previous = lock(&self.recorded);
@@ -541,7 +615,8 @@ impl Inner {
         };
         records.extend(lock(&self.adoptable).iter().cloned());
         let mut recorded = lock(&self.recorded);
-        if *recorded == records {
+        // Checked again under the lock that `pause_ownership` takes: no write after it.
+        if *recorded == records || *self.ownership.borrow() != Ownership::Own {
             return;
         }
         match ledger.save(&records) {
@@ -709,6 +784,8 @@ enum Why {
     Exited(String),
     /// Liveness failed `failure_threshold` times in a row.
     LivenessFailed(String),
+    /// The processes were handed to another cutover ([`Ownership::Released`]).
+    Released,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -755,8 +832,16 @@ impl Instance {
             let supervised = self
                 .supervise(&mut child, &mut ctl, std::mem::take(&mut ready))
                 .await;
+            // An upgrade may be handing this process over: act on it only once it is ours
+            // again, and not at all once it is not.
+            if matches!(supervised, Why::Exited(_) | Why::LivenessFailed(_))
+                && !self.inner.owned().await
+            {
+                return self.released(Some(&supervised));
+            }
             let mut last_exit = match supervised {
                 Why::Stop => return self.stop_phase(Some(child), ctl).await,
+                Why::Released => return self.released(None),
                 Why::Exited(how) => {
                     // The leader is gone; anything it left in its group goes too.
                     if let Some(pid) = pid {
@@ -784,6 +869,9 @@ impl Instance {
                 self.note_restart(last_exit, &mut restarts, window);
                 if !sleep_while_running(backoff, &mut ctl).await {
                     return self.stop_phase(None, ctl).await;
+                }
+                if !self.inner.owned().await {
+                    return self.released(None);
                 }
                 backoff = (backoff * 2).min(max);
                 match process::spawn(&self.release, self.addr, self.index, &self.log) {
@@ -847,13 +935,18 @@ impl Instance {
             )
         };
         let mut live = Liveness::new(app.liveness.failure_threshold);
+        let mut ownership = self.inner.ownership.subscribe();
         loop {
             if *ctl.borrow_and_update() != Ctl::Run {
                 return Why::Stop;
             }
+            if *ownership.borrow_and_update() == Ownership::Released {
+                return Why::Released;
+            }
             tokio::select! {
                 status = child.wait() => return Why::Exited(status),
                 r = ctl.changed() => if r.is_err() { return Why::Stop },
+                _ = ownership.changed() => {}
                 Some((kind, result)) = rx.recv() => match kind {
                     ProbeKind::Readiness => match (readiness.observe(result.is_ok()), result) {
                         (Flip::Ready, _) => {
@@ -897,6 +990,18 @@ impl Instance {
                 },
             }
         }
+    }
+
+    /// The end of a task whose process was handed over: the process is left as it is (it may
+    /// have exited: its new owner sees that too).
+    fn released(&self, why: Option<&Why>) -> StopExit {
+        let last_exit = match why {
+            Some(Why::Exited(how)) => Some(how.clone()),
+            Some(Why::LivenessFailed(why)) => Some(why.clone()),
+            _ => self.last_exit(),
+        };
+        tracing::info!(instance = %self.id(), "handed over to the new cutover");
+        StopExit::NotRunning { last_exit }
     }
 
     /// Draining, then (on `Terminate`) signal, grace, SIGKILL; marks the instance `Stopped`.

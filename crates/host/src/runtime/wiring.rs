@@ -138,7 +138,23 @@ impl Running {
             .ok()?;
         idle_rx.await.ok()?;
         self.store.flush().await;
-        Some(crate::upgrade::Held { release })
+        // From here the new cutover may read the ledger: this one neither rewrites it nor
+        // restarts or stops an instance until the upgrade's outcome is known.
+        self.supervisor.pause_ownership();
+        Some(crate::upgrade::Held {
+            release,
+            supervisor: self.supervisor.clone(),
+        })
+    }
+
+    /// A failed upgrade: this cutover takes back what it lent — the lock file names it again
+    /// (the new one may have written its pid), its supervisor acts on the instances again, its
+    /// driver goes on.
+    pub fn resume(&self, held: crate::upgrade::Held) {
+        if let Err(e) = self.recovery.lock.reclaim() {
+            tracing::warn!(error = %e, "could not write this cutover's pid into the state dir's lock file (a second `cutover run` would name another pid)");
+        }
+        held.resume();
     }
 
     /// What an upgrade passes to the new cutover: the public listener, the admin listener, and
@@ -159,6 +175,7 @@ impl Running {
     /// open then are closed with 1012 (their clients reconnect, to the new cutover), and the
     /// process waits for those closes (at most the last quarter) before it exits.
     pub async fn shutdown_handed_over(self, held: crate::upgrade::Held) {
+        self.supervisor.release_ownership();
         let _ = held.release.send(false);
         let proxy = self.proxy.clone();
         let window = self.drain_timeout;
