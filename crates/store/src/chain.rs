@@ -744,4 +744,28 @@ mod tests {
         assert_eq!(read_head(&p).unwrap(), Some(a));
         assert_eq!(read_head(&dir.path().join("none")).unwrap(), None);
     }
+
+    #[test]
+    fn compacting_the_head_keeps_the_anchors_from_the_first_record_on() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join(HEAD_FILE);
+        let head = |seq| Head {
+            seq,
+            mac: format!("{seq:064}"),
+        };
+        for seq in [2, 5, 9, 12] {
+            append_head(&p, &head(seq)).unwrap();
+        }
+        assert_eq!(compact_head(&p, 1).unwrap(), 0, "nothing before #1");
+        assert_eq!(compact_head(&p, 9).unwrap(), 2);
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert_eq!(text, format!("9 {}\n12 {}\n", head(9).mac, head(12).mac));
+        assert_eq!(read_head(&p).unwrap(), Some(head(12)));
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        // No temporary file is left behind, and a missing file is nothing to compact.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        assert_eq!(compact_head(&dir.path().join("none"), 5).unwrap(), 0);
+    }
 }
