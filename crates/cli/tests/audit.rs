@@ -408,7 +408,8 @@ async fn an_export_verifies_on_its_own_and_an_auditor_copy_too() {
 }
 
 /// `[state] retention` prunes at start what ended before it and is not in use, and the kept
-/// rollout's recording still exports identically and simulates to the same verdicts.
+/// rollout's recording — packed into blocks when it ended — still exports identically and
+/// simulates to the same verdicts; `audit.head` keeps only the anchors of what remains.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_keeps_what_is_in_use_and_simulate_still_reproduces_it() {
     let history = recorded_history().await;
@@ -425,8 +426,19 @@ async fn retention_keeps_what_is_in_use_and_simulate_still_reproduces_it() {
         assert_eq!(code, 0, "{args:?}\n{out}\n{err}");
         out
     };
+    // Every ended rollout's recording was packed when it ended: no full rows are left.
+    assert_eq!(query_i64(d, "SELECT COUNT(*) FROM events"), 0);
+    assert!(query_i64(d, "SELECT COUNT(*) FROM event_blocks WHERE rollout_id = 3") >= 1);
     run(&["export", "--rollout", "3", "-o", "before.json"]);
     let simulated = run(&["simulate", "before.json"]);
+    let head_seqs = |d: &Path| -> Vec<i64> {
+        std::fs::read_to_string(d.join("state/audit.head"))
+            .unwrap()
+            .lines()
+            .map(|l| l.split(' ').next().unwrap().parse().unwrap())
+            .collect()
+    };
+    let lines_before = head_seqs(d).len();
 
     let mut text = std::fs::read_to_string(d.join("cutover.toml")).unwrap();
     assert!(!text.contains("[state]"));
@@ -442,6 +454,10 @@ async fn retention_keeps_what_is_in_use_and_simulate_still_reproduces_it() {
     assert_eq!(digests, 2);
     let out = run(&["history", "--verify", "--state-dir", "state"]);
     assert!(out.contains("vouched for by a checkpoint"), "{out}");
+    let first = query_i64(d, "SELECT MIN(seq) FROM decisions");
+    let seqs = head_seqs(d);
+    assert!(seqs.iter().all(|&s| s >= first), "{seqs:?} from #{first}");
+    assert!(seqs.len() < lines_before, "{seqs:?}");
 
     run(&["export", "--rollout", "3", "-o", "after.json"]);
     let before: serde_json::Value =
