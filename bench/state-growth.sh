@@ -43,7 +43,7 @@ interval = "200ms"
 
 [rollout]
 schedule = "double"
-step_interval = "30s"
+step_interval = "60s"              # 7 steps: still progressing after 6 minutes
 interval = "$INTERVAL"
 window = "5s"
 min_samples = 10                 # 2 % of 200 requests/s is 20 in a window: the canary progresses
