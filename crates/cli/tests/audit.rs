@@ -439,6 +439,16 @@ async fn retention_keeps_what_is_in_use_and_simulate_still_reproduces_it() {
             .collect()
     };
     let lines_before = head_seqs(d).len();
+    let failed_marks = |d: &Path| -> Vec<String> {
+        let json: String = Connection::open(db(d))
+            .unwrap()
+            .query_row("SELECT engine_json FROM snapshot", [], |r| r.get(0))
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        v["failed"].as_object().unwrap().keys().cloned().collect()
+    };
+    let marked = failed_marks(d);
+    assert_eq!(marked.len(), 1, "v2, rolled back: {marked:?}");
 
     let mut text = std::fs::read_to_string(d.join("cutover.toml")).unwrap();
     assert!(!text.contains("[state]"));
@@ -454,6 +464,18 @@ async fn retention_keeps_what_is_in_use_and_simulate_still_reproduces_it() {
     assert_eq!(digests, 2);
     let out = run(&["history", "--verify", "--state-dir", "state"]);
     assert!(out.contains("vouched for by a checkpoint"), "{out}");
+    // v2's failure mark is older than the retention and v2 is not the last rollout's release:
+    // it expired, on record.
+    assert!(failed_marks(d).is_empty());
+    let expired: String = Connection::open(db(d))
+        .unwrap()
+        .query_row(
+            "SELECT numbers_json FROM decisions WHERE kind = 'failure_expired' AND rollout_id IS NULL",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(expired.contains(&marked[0]), "{expired}");
     let first = query_i64(d, "SELECT MIN(seq) FROM decisions");
     let seqs = head_seqs(d);
     assert!(seqs.iter().all(|&s| s >= first), "{seqs:?} from #{first}");
