@@ -97,6 +97,51 @@ pub(crate) fn pack(conn: &Connection, rollout_id: i64, min: i64) -> Result<u64, 
 /// A rollout's events, packed and unpacked, in the order they were written.
 pub(crate) fn read(conn: &Connection, rollout_id: i64) -> Result<Vec<EventRecord>, StoreError> {
     let mut out: Vec<(i64, EventRecord)> = Vec::new();
+    // A store of schema 4 opened read-only (`cutover export` is not migrating it) has no
+    // blocks, only rows.
+    let blocks: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'event_blocks')",
+        [],
+        |r| r.get(0),
+    )?;
+    if blocks {
+        read_blocks(conn, rollout_id, &mut out)?;
+    }
+    let mut stmt = conn.prepare(
+        "SELECT seq, at, event_json, state_before FROM events WHERE rollout_id = ?1 ORDER BY seq",
+    )?;
+    let rows = stmt.query_map([rollout_id], |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, Option<String>>(3)?,
+        ))
+    })?;
+    for row in rows {
+        let (seq, at, event, before) = row?;
+        out.push((
+            seq,
+            EventRecord {
+                rollout_id,
+                at,
+                event: serde_json::from_str(&event)?,
+                state_before: before.map(|b| serde_json::from_str(&b)).transpose()?,
+            },
+        ));
+    }
+    // Blocks hold the oldest rows of their rollout, so this is already in order but for an
+    // event written after its rollout was packed at its end; the sort is stable either way.
+    out.sort_by_key(|(seq, _)| *seq);
+    Ok(out.into_iter().map(|(_, r)| r).collect())
+}
+
+/// Appends the events of `rollout_id`'s blocks to `out`, with their seqs.
+fn read_blocks(
+    conn: &Connection,
+    rollout_id: i64,
+    out: &mut Vec<(i64, EventRecord)>,
+) -> Result<(), StoreError> {
     let mut stmt = conn.prepare(
         "SELECT first_seq, events, codec, data FROM event_blocks WHERE rollout_id = ?1
          ORDER BY first_seq",
@@ -139,33 +184,7 @@ pub(crate) fn read(conn: &Connection, rollout_id: i64) -> Result<Vec<EventRecord
             )));
         }
     }
-    let mut stmt = conn.prepare(
-        "SELECT seq, at, event_json, state_before FROM events WHERE rollout_id = ?1 ORDER BY seq",
-    )?;
-    let rows = stmt.query_map([rollout_id], |r| {
-        Ok((
-            r.get::<_, i64>(0)?,
-            r.get::<_, i64>(1)?,
-            r.get::<_, String>(2)?,
-            r.get::<_, Option<String>>(3)?,
-        ))
-    })?;
-    for row in rows {
-        let (seq, at, event, before) = row?;
-        out.push((
-            seq,
-            EventRecord {
-                rollout_id,
-                at,
-                event: serde_json::from_str(&event)?,
-                state_before: before.map(|b| serde_json::from_str(&b)).transpose()?,
-            },
-        ));
-    }
-    // Blocks hold the oldest rows of their rollout, so this is already in order but for an
-    // event written after its rollout was packed at its end; the sort is stable either way.
-    out.sort_by_key(|(seq, _)| *seq);
-    Ok(out.into_iter().map(|(_, r)| r).collect())
+    Ok(())
 }
 
 fn parse_line(rollout_id: i64, line: &str) -> Result<(i64, EventRecord), String> {

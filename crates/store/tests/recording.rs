@@ -207,6 +207,12 @@ fn an_old_format_store_with_full_events_still_replays_and_is_packed_at_a_prune()
     }
     drop(c);
 
+    // `cutover export` reads it read-only, unmigrated: rows only.
+    let ro = Store::open_read_only(&db).unwrap();
+    assert_eq!(ro.events(1).unwrap(), with_id(&events, 1));
+    drop(ro);
+    assert_eq!(count(&db, "PRAGMA user_version"), 4);
+
     let mut s = Store::open(&db).unwrap();
     assert_eq!(
         count(&db, "PRAGMA user_version"),
