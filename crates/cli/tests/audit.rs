@@ -429,6 +429,9 @@ async fn retention_keeps_what_is_in_use_and_simulate_still_reproduces_it() {
     // Every ended rollout's recording was packed when it ended: no full rows are left.
     assert_eq!(query_i64(d, "SELECT COUNT(*) FROM events"), 0);
     assert!(query_i64(d, "SELECT COUNT(*) FROM event_blocks WHERE rollout_id = 3") >= 1);
+    // Made into what a cutover from before blocks left (schema 4, a full row per event): it
+    // exports without a migration, and the restart below migrates it and packs it again.
+    unpack_to_schema_4(d);
     run(&["export", "--rollout", "3", "-o", "before.json"]);
     let simulated = run(&["simulate", "before.json"]);
     let head_seqs = |d: &Path| -> Vec<i64> {
@@ -460,6 +463,13 @@ async fn retention_keeps_what_is_in_use_and_simulate_still_reproduces_it() {
     // Rollouts 1 (v1's first release) and 2 (v2, rolled back) ended before the cutoff; 3 is
     // the engine's current one. v2's release is gone; v1 (stable) and v3 stay.
     assert_eq!(ids(d), [3]);
+    assert_eq!(query_i64(d, "PRAGMA user_version"), 5);
+    assert_eq!(
+        query_i64(d, "SELECT COUNT(*) FROM events"),
+        0,
+        "packed at the prune"
+    );
+    assert!(query_i64(d, "SELECT COUNT(*) FROM event_blocks WHERE rollout_id = 3") >= 1);
     let digests = query_i64(d, "SELECT COUNT(*) FROM releases");
     assert_eq!(digests, 2);
     let out = run(&["history", "--verify", "--state-dir", "state"]);
@@ -507,6 +517,44 @@ async fn retention_keeps_what_is_in_use_and_simulate_still_reproduces_it() {
     );
     let (code, _, err) = cutover(&["export", "--rollout", "1"], d);
     assert_eq!(code, 66, "a pruned rollout is gone: {err}");
+}
+
+/// Turns the state database into the schema 4 a cutover from before blocks wrote: each packed
+/// event back into a full row of `events` (its JSON text as serde_json writes a value, which is
+/// how it was stored), no `event_blocks` table.
+fn unpack_to_schema_4(d: &Path) {
+    use std::io::Read;
+    let c = Connection::open(db(d)).unwrap();
+    let blocks: Vec<(i64, Vec<u8>)> = {
+        let mut st = c
+            .prepare("SELECT rollout_id, data FROM event_blocks ORDER BY rollout_id, first_seq")
+            .unwrap();
+        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
+        rows.map(Result::unwrap).collect()
+    };
+    for (rollout, data) in blocks {
+        let mut text = String::new();
+        flate2::read::ZlibDecoder::new(&data[..])
+            .read_to_string(&mut text)
+            .unwrap();
+        for line in text.lines() {
+            let v: Vec<serde_json::Value> = serde_json::from_str(line).unwrap();
+            c.execute(
+                "INSERT INTO events (seq, rollout_id, at, event_json, state_before)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                rusqlite::params![
+                    v[0].as_i64().unwrap(),
+                    rollout,
+                    v[1].as_i64().unwrap(),
+                    v[2].to_string(),
+                    v.get(3).map(|b| b.to_string())
+                ],
+            )
+            .unwrap();
+        }
+    }
+    c.execute_batch("DROP TABLE event_blocks; PRAGMA user_version = 4;")
+        .unwrap();
 }
 
 /// Bad input to `history --verify/--export` gets a usage error (64) naming what to pass.
