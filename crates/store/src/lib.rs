@@ -738,8 +738,12 @@ impl Store {
         }
         // The anchors of pruned records anchor nothing any more: `audit.head` keeps the lines
         // from the chain's first record on (verification reads its last line).
+        // The pruning stands if this fails (the lines are only stale): the next one retries.
         if let Some(first) = first_seq {
-            pruned.head_lines = chain::compact_head(&self.audit.head_file, first)?;
+            match chain::compact_head(&self.audit.head_file, first) {
+                Ok(n) => pruned.head_lines = n,
+                Err(e) => tracing::warn!(error = %e, "could not compact the audit head file"),
+            }
         }
         Ok(pruned)
     }
