@@ -647,7 +647,8 @@ pub enum Event {
     /// set before `before` expire, so a release that failed that long ago may be deployed again
     /// without `--force` (and is judged by the canary analysis like any other). The mark of
     /// the current (or last) rollout's release is kept whatever its age: it is what `status`
-    /// shows. Each expired mark is a `failure_expired` decision.
+    /// shows. Each expired mark is a `failure_expired` decision; the release's crash loop, if
+    /// one was recorded and nothing runs it any more, is forgotten with it.
     ExpireFailures { before: Timestamp },
 }
 
@@ -1431,6 +1432,23 @@ impl Engine {
             let Some(f) = self.state.failed.remove(&digest) else {
                 continue;
             };
+            // A crash loop is forgotten with the mark when nothing runs the release any more:
+            // the shell reports its end only while it has instances, so the entry of a stopped
+            // release would stay forever (and a new start of it is judged afresh anyway).
+            let used = self.state.stable.iter().any(|r| r.digest == digest)
+                || self
+                    .state
+                    .previous
+                    .iter()
+                    .any(|p| p.release.digest == digest)
+                || self
+                    .state
+                    .rollout
+                    .iter()
+                    .any(|r| r.from.as_ref().is_some_and(|f| f.digest == digest));
+            if !used {
+                self.state.crash_looping.remove(&digest);
+            }
             // Not the current rollout's decision: the mark belongs to whichever rollout failed.
             out.decisions.push(Decision {
                 at: now,

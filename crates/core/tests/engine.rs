@@ -574,6 +574,11 @@ fn failure_marks_expire_after_the_retention_but_the_last_rollouts() {
         s.engine.state().failed.keys().collect::<Vec<_>>(),
         ["sha-v3"]
     );
+    // v2's crash loop (stopped with it, so never reported ended) is forgotten with its mark.
+    assert_eq!(
+        s.engine.state().crash_looping.iter().collect::<Vec<_>>(),
+        ["sha-v3"]
+    );
     // v3 is still refused; v2 is deployed again without --force.
     let e = s.err(Event::Deploy {
         release: v3,
