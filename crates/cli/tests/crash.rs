@@ -634,7 +634,8 @@ async fn keep_apps_leaves_the_apps_to_the_next_cutover() {
     toml.push_str("\n[state]\nretention = \"1ms\"\n");
     std::fs::write(dir.path().join("cutover.toml"), toml).unwrap();
     // Every log, the re-adopted instances' too, last written an hour ago: past the retention.
-    let hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
+    let hour_ago = std::time::UNIX_EPOCH + Duration::from_millis(cutover_clock::unix_millis())
+        - Duration::from_secs(3600);
     for e in std::fs::read_dir(&logs).unwrap() {
         let f = std::fs::File::options()
             .write(true)
