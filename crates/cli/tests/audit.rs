@@ -463,7 +463,10 @@ async fn retention_keeps_what_is_in_use_and_simulate_still_reproduces_it() {
     // Rollouts 1 (v1's first release) and 2 (v2, rolled back) ended before the cutoff; 3 is
     // the engine's current one. v2's release is gone; v1 (stable) and v3 stay.
     assert_eq!(ids(d), [3]);
-    assert_eq!(query_i64(d, "PRAGMA user_version"), 5);
+    assert_eq!(
+        query_i64(d, "PRAGMA user_version"),
+        cutover_store::SCHEMA_VERSION
+    );
     assert_eq!(
         query_i64(d, "SELECT COUNT(*) FROM events"),
         0,
