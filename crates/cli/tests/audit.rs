@@ -408,7 +408,8 @@ async fn an_export_verifies_on_its_own_and_an_auditor_copy_too() {
 }
 
 /// `[state] retention` prunes at start what ended before it and is not in use, and the kept
-/// rollout's recording still exports identically and simulates to the same verdicts.
+/// rollout's recording — packed into blocks when it ended — still exports identically and
+/// simulates to the same verdicts; `audit.head` keeps only the anchors of what remains.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_keeps_what_is_in_use_and_simulate_still_reproduces_it() {
     let history = recorded_history().await;
@@ -425,8 +426,32 @@ async fn retention_keeps_what_is_in_use_and_simulate_still_reproduces_it() {
         assert_eq!(code, 0, "{args:?}\n{out}\n{err}");
         out
     };
+    // Every ended rollout's recording was packed when it ended: no full rows are left.
+    assert_eq!(query_i64(d, "SELECT COUNT(*) FROM events"), 0);
+    assert!(query_i64(d, "SELECT COUNT(*) FROM event_blocks WHERE rollout_id = 3") >= 1);
+    // Made into what a cutover from before blocks left (schema 4, a full row per event): it
+    // exports without a migration, and the restart below migrates it and packs it again.
+    unpack_to_schema_4(d);
     run(&["export", "--rollout", "3", "-o", "before.json"]);
     let simulated = run(&["simulate", "before.json"]);
+    let head_seqs = |d: &Path| -> Vec<i64> {
+        std::fs::read_to_string(d.join("state/audit.head"))
+            .unwrap()
+            .lines()
+            .map(|l| l.split(' ').next().unwrap().parse().unwrap())
+            .collect()
+    };
+    let lines_before = head_seqs(d).len();
+    let failed_marks = |d: &Path| -> Vec<String> {
+        let json: String = Connection::open(db(d))
+            .unwrap()
+            .query_row("SELECT engine_json FROM snapshot", [], |r| r.get(0))
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        v["failed"].as_object().unwrap().keys().cloned().collect()
+    };
+    let marked = failed_marks(d);
+    assert_eq!(marked.len(), 1, "v2, rolled back: {marked:?}");
 
     let mut text = std::fs::read_to_string(d.join("cutover.toml")).unwrap();
     assert!(!text.contains("[state]"));
@@ -438,10 +463,36 @@ async fn retention_keeps_what_is_in_use_and_simulate_still_reproduces_it() {
     // Rollouts 1 (v1's first release) and 2 (v2, rolled back) ended before the cutoff; 3 is
     // the engine's current one. v2's release is gone; v1 (stable) and v3 stay.
     assert_eq!(ids(d), [3]);
+    assert_eq!(
+        query_i64(d, "PRAGMA user_version"),
+        cutover_store::SCHEMA_VERSION
+    );
+    assert_eq!(
+        query_i64(d, "SELECT COUNT(*) FROM events"),
+        0,
+        "packed at the prune"
+    );
+    assert!(query_i64(d, "SELECT COUNT(*) FROM event_blocks WHERE rollout_id = 3") >= 1);
     let digests = query_i64(d, "SELECT COUNT(*) FROM releases");
     assert_eq!(digests, 2);
     let out = run(&["history", "--verify", "--state-dir", "state"]);
     assert!(out.contains("vouched for by a checkpoint"), "{out}");
+    // v2's failure mark is older than the retention and v2 is not the last rollout's release:
+    // it expired, on record.
+    assert!(failed_marks(d).is_empty());
+    let expired: String = Connection::open(db(d))
+        .unwrap()
+        .query_row(
+            "SELECT numbers_json FROM decisions WHERE kind = 'failure_expired' AND rollout_id IS NULL",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(expired.contains(&marked[0]), "{expired}");
+    let first = query_i64(d, "SELECT MIN(seq) FROM decisions");
+    let seqs = head_seqs(d);
+    assert!(seqs.iter().all(|&s| s >= first), "{seqs:?} from #{first}");
+    assert!(seqs.len() < lines_before, "{seqs:?}");
 
     run(&["export", "--rollout", "3", "-o", "after.json"]);
     let before: serde_json::Value =
@@ -469,6 +520,44 @@ async fn retention_keeps_what_is_in_use_and_simulate_still_reproduces_it() {
     );
     let (code, _, err) = cutover(&["export", "--rollout", "1"], d);
     assert_eq!(code, 66, "a pruned rollout is gone: {err}");
+}
+
+/// Turns the state database into the schema 4 a cutover from before blocks wrote: each packed
+/// event back into a full row of `events` (its JSON text as serde_json writes a value, which is
+/// how it was stored), no `event_blocks` table.
+fn unpack_to_schema_4(d: &Path) {
+    use std::io::Read;
+    let c = Connection::open(db(d)).unwrap();
+    let blocks: Vec<(i64, Vec<u8>)> = {
+        let mut st = c
+            .prepare("SELECT rollout_id, data FROM event_blocks ORDER BY rollout_id, first_seq")
+            .unwrap();
+        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
+        rows.map(Result::unwrap).collect()
+    };
+    for (rollout, data) in blocks {
+        let mut text = String::new();
+        flate2::read::ZlibDecoder::new(&data[..])
+            .read_to_string(&mut text)
+            .unwrap();
+        for line in text.lines() {
+            let v: Vec<serde_json::Value> = serde_json::from_str(line).unwrap();
+            c.execute(
+                "INSERT INTO events (seq, rollout_id, at, event_json, state_before)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                rusqlite::params![
+                    v[0].as_i64().unwrap(),
+                    rollout,
+                    v[1].as_i64().unwrap(),
+                    v[2].to_string(),
+                    v.get(3).map(|b| b.to_string())
+                ],
+            )
+            .unwrap();
+        }
+    }
+    c.execute_batch("DROP TABLE event_blocks; PRAGMA user_version = 4;")
+        .unwrap();
 }
 
 /// Bad input to `history --verify/--export` gets a usage error (64) naming what to pass.

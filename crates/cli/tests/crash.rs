@@ -610,7 +610,8 @@ async fn rollback_right_after_a_restart_waits_for_ready_instances() {
 
 /// A deliberate stop with `--keep-apps` (what an upgrade of cutover does) leaves the apps
 /// running and recorded; the next `cutover run` re-adopts them, and a plain stop then stops
-/// them, whole groups.
+/// them, whole groups. The retention's log prune at that start, with everything past it,
+/// deletes an old log but not those of the instances it re-adopts: they still write to them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keep_apps_leaves_the_apps_to_the_next_cutover() {
     let _g = common::serial().await;
@@ -627,9 +628,29 @@ async fn keep_apps_leaves_the_apps_to_the_next_cutover() {
         assert_eq!(&group(*pid), members, "{id} kept running");
     }
 
+    let logs = dir.path().join("state/logs");
+    std::fs::write(logs.join("v0-0.log"), "a stopped version's\n").unwrap();
+    let mut toml = std::fs::read_to_string(dir.path().join("cutover.toml")).unwrap();
+    toml.push_str("\n[state]\nretention = \"1ms\"\n");
+    std::fs::write(dir.path().join("cutover.toml"), toml).unwrap();
+    // Every log, the re-adopted instances' too, last written an hour ago: past the retention.
+    let hour_ago = std::time::UNIX_EPOCH + Duration::from_millis(cutover_clock::unix_millis())
+        - Duration::from_secs(3600);
+    for e in std::fs::read_dir(&logs).unwrap() {
+        let f = std::fs::File::options()
+            .write(true)
+            .open(e.unwrap().path())
+            .unwrap();
+        f.set_modified(hour_ago).unwrap();
+    }
+
     let mut c = Cutover::start(dir.path()).await;
     let after = c.wait_for("v1 re-adopted", |s| ready(s, "v1") == 2).await;
     assert_eq!(processes(&after), procs);
+    assert!(!logs.join("v0-0.log").exists(), "{}", c.log());
+    for id in procs.keys() {
+        assert!(logs.join(format!("{id}.log")).exists(), "{id}: {}", c.log());
+    }
     assert!(c.terminate().success(), "{}", c.log());
     for (id, (pid, _)) in &procs {
         assert!(

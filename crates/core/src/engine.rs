@@ -643,6 +643,13 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         facts: Vec<InstanceFacts>,
     },
+    /// The shell's retention (`[state] retention`, docs/audit.md "Retention"): failure marks
+    /// set before `before` expire, so a release that failed that long ago may be deployed again
+    /// without `--force` (and is judged by the canary analysis like any other). The mark of
+    /// the current (or last) rollout's release is kept whatever its age: it is what `status`
+    /// shows. Each expired mark is a `failure_expired` decision; the release's crash loop, if
+    /// one was recorded and nothing runs it any more, is forgotten with it.
+    ExpireFailures { before: Timestamp },
 }
 
 /// An instance process a previous cutover left, as [`Event::Recover`] reports it.
@@ -727,6 +734,9 @@ pub enum DecisionKind {
     /// instances again, and the canary is back to its weight): the one time a canary gets
     /// more than its weight (DESIGN.md invariant 10).
     Spilled,
+    /// A release's failure mark is older than the retention and no longer refuses a deploy
+    /// ([`Event::ExpireFailures`]).
+    FailureExpired,
 }
 
 impl DecisionKind {
@@ -747,6 +757,7 @@ impl DecisionKind {
             DecisionKind::CrashLoop => "crash_loop",
             DecisionKind::Recovered => "recovered",
             DecisionKind::Spilled => "spilled",
+            DecisionKind::FailureExpired => "failure_expired",
         }
     }
 
@@ -768,7 +779,8 @@ impl DecisionKind {
             DecisionKind::BreachStarted
             | DecisionKind::BreachCleared
             | DecisionKind::Recovered
-            | DecisionKind::Spilled => return None,
+            | DecisionKind::Spilled
+            | DecisionKind::FailureExpired => return None,
         })
     }
 }
@@ -1128,6 +1140,7 @@ impl Engine {
             }
             Event::Command(verb) => self.command(now, verb, &mut out)?,
             Event::Recover { alive, dead } => self.recover(now, alive, dead, &mut out),
+            Event::ExpireFailures { before } => self.expire_failures(now, before, &mut out),
             Event::StableGone { gone, detail } => {
                 let stable = self
                     .state
@@ -1402,6 +1415,57 @@ impl Engine {
                 format!("{who} is crash-looping: {detail}; it keeps being restarted"),
                 serde_json::Value::Null,
             );
+        }
+    }
+
+    /// Failure marks set before `before` expire, but the current (or last) rollout's.
+    fn expire_failures(&mut self, now: Timestamp, before: Timestamp, out: &mut Outcome) {
+        let last = self.state.rollout.as_ref().map(|r| r.to.digest.clone());
+        let expired: Vec<String> = self
+            .state
+            .failed
+            .iter()
+            .filter(|(digest, f)| f.at < before && last.as_ref() != Some(*digest))
+            .map(|(digest, _)| digest.clone())
+            .collect();
+        for digest in expired {
+            let Some(f) = self.state.failed.remove(&digest) else {
+                continue;
+            };
+            // A crash loop is forgotten with the mark when nothing runs the release any more:
+            // the shell reports its end only while it has instances, so the entry of a stopped
+            // release would stay forever (and a new start of it is judged afresh anyway).
+            let used = self.state.stable.iter().any(|r| r.digest == digest)
+                || self
+                    .state
+                    .previous
+                    .iter()
+                    .any(|p| p.release.digest == digest)
+                || self
+                    .state
+                    .rollout
+                    .iter()
+                    .any(|r| r.from.as_ref().is_some_and(|f| f.digest == digest));
+            if !used {
+                self.state.crash_looping.remove(&digest);
+            }
+            // Not the current rollout's decision: the mark belongs to whichever rollout failed.
+            out.decisions.push(Decision {
+                at: now,
+                rollout: None,
+                kind: DecisionKind::FailureExpired,
+                reason: format!(
+                    "release {} ({digest}) failed at {} ({}), longer ago than the retention: \
+                     the mark has expired and it may be deployed again without --force",
+                    f.version,
+                    f.at.rfc3339(),
+                    f.reason
+                ),
+                numbers: serde_json::json!({
+                    "digest": digest, "version": f.version, "failed_at": f.at,
+                    "reason": f.reason, "before": before,
+                }),
+            });
         }
     }
 

@@ -48,10 +48,13 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StateSpec {
-    /// Rollouts that ended longer ago than this, their recordings and decisions, and releases
-    /// no longer in use are pruned from the state store (hourly and at start), leaving a
-    /// checkpoint that keeps the audit chain verifiable. The current rollout, the stable and the
-    /// held previous release are never pruned (docs/audit.md).
+    /// Rollouts that ended longer ago than this, their recordings and decisions, releases no
+    /// longer in use and older serving changes are pruned from the state store (hourly and at
+    /// start), leaving a checkpoint that keeps the audit chain verifiable; failure marks this
+    /// old expire ([`crate::engine::Event::ExpireFailures`]) and instance logs not written to
+    /// for this long are deleted. The current (or last) rollout and its release's mark, the
+    /// stable and the held previous release, and running instances' logs are never pruned
+    /// (docs/audit.md).
     #[serde(default = "default_state_retention")]
     pub retention: Dur,
 }

@@ -522,6 +522,84 @@ fn failed_digest_is_refused_without_force() {
     assert_eq!(s.phase().kind(), PhaseKind::Starting);
 }
 
+/// A failure mark is kept for the retention, then expires (`ExpireFailures`): a release that
+/// failed that long ago is deployed again without `--force`, analysed like any other. The mark
+/// of the current (or last) rollout's release is kept whatever its age.
+#[test]
+fn failure_marks_expire_after_the_retention_but_the_last_rollouts() {
+    let mut s = Sim::with_stable(spec());
+    s.deploy_v2();
+    s.ok(Event::CrashLoop {
+        digest: "sha-v2".into(),
+        detail: "x".into(),
+        facts: vec![],
+    });
+    let failed_at = s.now;
+    s.at(10);
+    let v3 = Release::new("v3", "sha-v3");
+    s.ok(Event::Deploy {
+        release: v3.clone(),
+        force: false,
+        start_timeout: None,
+    });
+    s.ok(Event::Ready {
+        digest: "sha-v3".into(),
+    });
+    s.ok(Event::CrashLoop {
+        digest: "sha-v3".into(),
+        detail: "y".into(),
+        facts: vec![],
+    });
+    assert_eq!(s.engine.state().failed.len(), 2);
+
+    // A cutoff at the first failure expires nothing: only marks set before it go.
+    s.at(3600);
+    let out = s.ok(Event::ExpireFailures { before: failed_at });
+    assert!(out.decisions.is_empty() && out.actions.is_empty());
+    assert_eq!(s.engine.state().failed.len(), 2);
+
+    // Past both: v2's expires; v3's stays, v3 being the last rollout's release.
+    let out = s.ok(Event::ExpireFailures {
+        before: Timestamp::from_millis(s.now.millis() - 1),
+    });
+    assert_eq!(out.decisions.len(), 1, "{out:?}");
+    let d = &out.decisions[0];
+    assert_eq!(d.kind, DecisionKind::FailureExpired);
+    assert_eq!(d.rollout, None, "not the current rollout's decision");
+    assert_eq!(d.numbers["digest"], "sha-v2");
+    assert_eq!(d.numbers["failed_at"], failed_at.millis());
+    assert!(d.reason.contains("without --force"), "{}", d.reason);
+    assert!(out.actions.is_empty());
+    assert_eq!(
+        s.engine.state().failed.keys().collect::<Vec<_>>(),
+        ["sha-v3"]
+    );
+    // v2's crash loop (stopped with it, so never reported ended) is forgotten with its mark.
+    assert_eq!(
+        s.engine.state().crash_looping.iter().collect::<Vec<_>>(),
+        ["sha-v3"]
+    );
+    // v3 is still refused; v2 is deployed again without --force.
+    let e = s.err(Event::Deploy {
+        release: v3,
+        force: false,
+        start_timeout: None,
+    });
+    assert!(matches!(e, EngineError::FailedRelease { .. }), "{e}");
+    s.ok(Event::Deploy {
+        release: v2(),
+        force: false,
+        start_timeout: None,
+    });
+    assert_eq!(s.phase().kind(), PhaseKind::Starting);
+    // Now v3's rollout is not the last one: its mark expires too.
+    let out = s.ok(Event::ExpireFailures {
+        before: Timestamp::from_millis(s.now.millis()),
+    });
+    assert_eq!(out.decisions.len(), 1);
+    assert!(s.engine.state().failed.is_empty());
+}
+
 #[test]
 fn deploy_conflicts_are_rejected_without_change() {
     let mut s = Sim::with_stable(spec());

@@ -90,6 +90,7 @@ fn every_notification_kind_comes_from_a_decision() {
         DecisionKind::CrashLoop,
         DecisionKind::Recovered,
         DecisionKind::Spilled,
+        DecisionKind::FailureExpired,
     ];
     for kind in NotifyKind::ALL {
         assert!(
@@ -105,6 +106,12 @@ fn every_notification_kind_comes_from_a_decision() {
         .collect();
     assert_eq!(
         silent,
-        ["breach_started", "breach_cleared", "recovered", "spilled"]
+        [
+            "breach_started",
+            "breach_cleared",
+            "recovered",
+            "spilled",
+            "failure_expired"
+        ]
     );
 }

@@ -1,6 +1,6 @@
 //! `cutover logs`: slices of an instance's log file (`<state_dir>/logs/<version>-<n>.log`,
-//! written by the supervisor, pruned 72 h after it was last written), served on
-//! `GET /v1/logs/{version}` and followed by the CLI from offset to offset.
+//! written by the supervisor, pruned `[state] retention` (72 h by default) after it was last
+//! written), served on `GET /v1/logs/{version}` and followed by the CLI from offset to offset.
 
 use cutover_admin::{ApiError, LogsChunk, LogsQuery, LOGS_CHUNK};
 use std::io::{Read, Seek, SeekFrom};
@@ -88,7 +88,7 @@ fn not_found(dir: &Path, version: &str, instance: u32) -> ApiError {
     let have = instances(dir, version);
     if have.is_empty() {
         ApiError::not_found(format!(
-            "no instance of version {version} has run here (or its logs were pruned, 72 h after they were last written); `cutover status` shows the versions running"
+            "no instance of version {version} has run here (or its logs were pruned, `[state] retention` after they were last written); `cutover status` shows the versions running"
         ))
     } else {
         let list: Vec<String> = have.iter().map(u32::to_string).collect();

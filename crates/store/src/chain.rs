@@ -278,6 +278,58 @@ pub fn append_head(path: &Path, head: &Head) -> Result<(), StoreError> {
         .map_err(io)
 }
 
+/// Removes the lines of `path` that anchor records before `first_seq` (pruned after the
+/// retention), atomically: the kept lines go to a new file (0600, synced) that replaces the old
+/// one by a rename, so a crash leaves one file or the other, never a mix. A partial last line
+/// (a crash mid-append) is dropped with them. Returns how many lines were removed; the file is
+/// left alone when there are none.
+pub fn compact_head(path: &Path, first_seq: i64) -> Result<u64, StoreError> {
+    let io = |source| StoreError::HeadIo {
+        path: path.to_owned(),
+        source,
+    };
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(io(e)),
+    };
+    let complete = text.rfind('\n').map_or("", |end| &text[..=end]);
+    let mut kept = String::new();
+    let mut removed = 0;
+    for line in complete.lines().filter(|l| !l.trim().is_empty()) {
+        match line.split_whitespace().next().map(str::parse::<i64>) {
+            Some(Ok(seq)) if seq < first_seq => removed += 1,
+            // Anything else (a line verification would call invalid) is left for it to report.
+            _ => {
+                kept.push_str(line);
+                kept.push('\n');
+            }
+        }
+    }
+    if removed == 0 {
+        return Ok(0);
+    }
+    let tmp = path.with_extension("head.compacting");
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io)?;
+    f.write_all(kept.as_bytes())
+        .and_then(|()| f.sync_all())
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(io)?;
+    // The rename is durable once the directory is synced.
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io)?;
+    }
+    Ok(removed)
+}
+
 /// One thing verification found wrong.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Problem {
@@ -691,5 +743,29 @@ mod tests {
             .unwrap();
         assert_eq!(read_head(&p).unwrap(), Some(a));
         assert_eq!(read_head(&dir.path().join("none")).unwrap(), None);
+    }
+
+    #[test]
+    fn compacting_the_head_keeps_the_anchors_from_the_first_record_on() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join(HEAD_FILE);
+        let head = |seq| Head {
+            seq,
+            mac: format!("{seq:064}"),
+        };
+        for seq in [2, 5, 9, 12] {
+            append_head(&p, &head(seq)).unwrap();
+        }
+        assert_eq!(compact_head(&p, 1).unwrap(), 0, "nothing before #1");
+        assert_eq!(compact_head(&p, 9).unwrap(), 2);
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert_eq!(text, format!("9 {}\n12 {}\n", head(9).mac, head(12).mac));
+        assert_eq!(read_head(&p).unwrap(), Some(head(12)));
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        // No temporary file is left behind, and a missing file is nothing to compact.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        assert_eq!(compact_head(&dir.path().join("none"), 5).unwrap(), 0);
     }
 }

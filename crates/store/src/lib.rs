@@ -18,6 +18,7 @@
 
 pub mod chain;
 mod delivery;
+pub mod recording;
 mod schema;
 
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
@@ -85,6 +86,15 @@ pub enum StoreError {
     HeadInvalid { path: PathBuf, line: String },
     #[error("the state database {} was opened read-only; nothing can be written to it", .0.display())]
     ReadOnly(PathBuf),
+    #[error(
+        "rollout {rollout_id}'s recorded events from #{first_seq} cannot be read: {detail} \
+         (the state database is damaged there; `cutover export` of other rollouts still works)"
+    )]
+    Recording {
+        rollout_id: i64,
+        first_seq: i64,
+        detail: String,
+    },
     #[error("line {line} of the export is not a chain record: {source}")]
     ExportLine {
         line: usize,
@@ -371,30 +381,10 @@ impl Store {
         Ok(anchors)
     }
 
-    /// A rollout's recorded events, in order.
+    /// A rollout's recorded events, in order, whether packed into blocks or not
+    /// ([`recording`]).
     pub fn events(&self, rollout_id: i64) -> Result<Vec<EventRecord>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT rollout_id, at, event_json, state_before FROM events WHERE rollout_id = ?1 ORDER BY seq")?;
-        let rows = stmt.query_map([rollout_id], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, Option<String>>(3)?,
-            ))
-        })?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (rollout_id, at, event, before) = row?;
-            out.push(EventRecord {
-                rollout_id,
-                at,
-                event: serde_json::from_str(&event)?,
-                state_before: before.map(|b| serde_json::from_str(&b)).transpose()?,
-            });
-        }
-        Ok(out)
+        recording::read(&self.conn, rollout_id)
     }
 
     /// The engine snapshot last committed, if any.
@@ -608,9 +598,17 @@ pub struct InUse {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Pruned {
     pub rollouts: u64,
+    /// Recorded events removed with their rollouts, packed or not.
     pub events: u64,
     pub releases: u64,
     pub records: u64,
+    /// Serving changes older than the cutoff (the last one before it is kept: it says whether
+    /// the service was serving at the cutoff).
+    pub serving: u64,
+    /// Events of ended rollouts packed into blocks (a store written before blocks existed).
+    pub packed: u64,
+    /// Lines of `audit.head` that anchored pruned records, removed.
+    pub head_lines: u64,
     /// The chain now starts here (a checkpoint record vouches for it).
     pub first_seq: Option<i64>,
 }
@@ -641,8 +639,39 @@ impl Store {
         };
         for id in ended.into_iter().filter(|id| !keep.rollouts.contains(id)) {
             pruned.rollouts += tx.execute("DELETE FROM rollouts WHERE id = ?1", [id])? as u64;
-            pruned.events += tx.execute("DELETE FROM events WHERE rollout_id = ?1", [id])? as u64;
+            pruned.events += recording::count(&tx, id)?;
+            tx.execute("DELETE FROM events WHERE rollout_id = ?1", [id])?;
+            tx.execute("DELETE FROM event_blocks WHERE rollout_id = ?1", [id])?;
+            tx.execute("DELETE FROM rollout_commits WHERE rollout_id = ?1", [id])?;
         }
+        // Recordings and commits of rollouts no table row names (nothing can read them: export
+        // looks a rollout up first).
+        for table in ["events", "event_blocks", "rollout_commits"] {
+            tx.execute(
+                &format!("DELETE FROM {table} WHERE rollout_id NOT IN (SELECT id FROM rollouts)"),
+                [],
+            )?;
+        }
+        // What an older store (or a rollout ended before blocks) left unpacked.
+        let unpacked: Vec<i64> = {
+            let mut st = tx.prepare(
+                "SELECT DISTINCT rollout_id FROM events
+                 WHERE rollout_id IN (SELECT id FROM rollouts WHERE ended_at IS NOT NULL)
+                 ORDER BY rollout_id",
+            )?;
+            let ids = st.query_map([], |r| r.get(0))?;
+            ids.collect::<Result<_, _>>()?
+        };
+        for id in unpacked {
+            pruned.packed += recording::pack(&tx, id, 1)?;
+        }
+        // Serving changes past the cutoff, but the last of each service before it: `report`
+        // of a period after the cutoff still knows whether the service was serving at its start.
+        pruned.serving = tx.execute(
+            "DELETE FROM serving WHERE at < ?1 AND seq NOT IN (
+                 SELECT MAX(seq) FROM serving WHERE at < ?1 GROUP BY service)",
+            [cutoff],
+        )? as u64;
         let old_releases: Vec<String> = {
             let mut st = tx.prepare(
                 "SELECT digest FROM releases WHERE created_at < ?1
@@ -701,9 +730,20 @@ impl Store {
         if last.is_some() {
             seal_snapshot(&tx, key)?;
         }
+        let first_seq: Option<i64> =
+            tx.query_row("SELECT MIN(seq) FROM decisions", [], |r| r.get(0))?;
         tx.commit()?;
-        if let Some(head) = last {
-            chain::append_head(&self.audit.head_file, &head)?;
+        if let Some(head) = &last {
+            chain::append_head(&self.audit.head_file, head)?;
+        }
+        // The anchors of pruned records anchor nothing any more: `audit.head` keeps the lines
+        // from the chain's first record on (verification reads its last line).
+        // The pruning stands if this fails (the lines are only stale): the next one retries.
+        if let Some(first) = first_seq {
+            match chain::compact_head(&self.audit.head_file, first) {
+                Ok(n) => pruned.head_lines = n,
+                Err(e) => tracing::warn!(error = %e, "could not compact the audit head file"),
+            }
         }
         Ok(pruned)
     }
@@ -1342,6 +1382,15 @@ fn apply(
         last = Some(append_record(tx, key, r)?);
     }
     delivery::apply(tx, &b.commits)?;
+    // A rollout's recording is packed a block at a time as it grows, and whole when it ends.
+    let mut growing: Vec<i64> = b.events.iter().map(|e| e.rollout_id).collect();
+    growing.dedup();
+    for id in growing {
+        recording::pack(tx, id, recording::BLOCK)?;
+    }
+    for (id, _, _) in &b.rollouts_ended {
+        recording::pack(tx, *id, 1)?;
+    }
     let mut anchors = Vec::with_capacity(b.decisions.len());
     for d in &b.decisions {
         let head = append_record(tx, key, d)?;

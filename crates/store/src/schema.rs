@@ -83,6 +83,20 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX serving_at ON serving(at);
     "#,
+    // 4 -> 5: a rollout's recorded events packed into deflated blocks (crate::recording): one
+    // row per block of consecutive events instead of one full JSON row per evaluation. Rows of
+    // `events` (older stores', and the newest events of a rollout in progress) stay readable.
+    r#"
+    CREATE TABLE event_blocks (
+        rollout_id INTEGER NOT NULL,
+        first_seq  INTEGER NOT NULL,
+        last_seq   INTEGER NOT NULL,
+        events     INTEGER NOT NULL,
+        codec      TEXT NOT NULL,
+        data       BLOB NOT NULL,
+        PRIMARY KEY (rollout_id, first_seq)
+    );
+    "#,
 ];
 
 /// The schema version this build writes.

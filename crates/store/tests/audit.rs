@@ -590,6 +590,14 @@ fn event(rollout_id: i64, at: i64) -> cutover_store::EventRecord {
     }
 }
 
+fn commit_info(rollout_id: i64) -> cutover_store::CommitInfo {
+    cutover_store::CommitInfo {
+        rollout_id,
+        commit: format!("{rollout_id:040}"),
+        committed_at: 1,
+    }
+}
+
 fn count(db: &Path, sql: &str) -> i64 {
     Connection::open(db)
         .unwrap()
@@ -621,6 +629,7 @@ fn retention_prunes_exactly_what_is_past_it_and_not_in_use() {
         rollouts_started: vec![rollout(1, "v1", "v2", t(1_000))],
         decisions: vec![decision(1, t(1_000), "deploy")],
         events: vec![event(1, t(1_000)), event(1, t(1_100))],
+        commits: vec![commit_info(1)],
         ..Commit::default()
     })
     .unwrap();
@@ -651,9 +660,49 @@ fn retention_prunes_exactly_what_is_past_it_and_not_in_use() {
         rollouts_ended: vec![(3, t(9_000), "promoted".into())],
         decisions: vec![decision(3, t(9_000), "promoted")],
         events: vec![event(3, t(8_000)), event(3, t(8_500))],
+        commits: vec![commit_info(3)],
         ..Commit::default()
     })
     .unwrap();
+    // Serving changes for `report`: down at 2 000, up at 3 000 (the state at the cutoff), a
+    // planned stop at 9 000.
+    for (at, serving, planned) in [
+        (100, true, false),
+        (2_000, false, false),
+        (3_000, true, false),
+        (9_000, false, true),
+    ] {
+        s.record_serving(&cutover_store::ServingRecord {
+            service: "api".into(),
+            at: t(at),
+            serving,
+            planned,
+        })
+        .unwrap();
+    }
+    // Ended rollouts' recordings are packed when they end.
+    assert_eq!(
+        count(
+            &db,
+            "SELECT COUNT(*) FROM events WHERE rollout_id IN (1, 3)"
+        ),
+        0
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT COUNT(*) FROM event_blocks WHERE rollout_id IN (1, 3)"
+        ),
+        2
+    );
+    let head_lines = |db: &Path| -> Vec<i64> {
+        std::fs::read_to_string(db.with_file_name("audit.head"))
+            .unwrap()
+            .lines()
+            .map(|l| l.split(' ').next().unwrap().parse().unwrap())
+            .collect()
+    };
+    assert!(head_lines(&db).len() >= 5);
     let before = cutover_store::export_db(&db).unwrap();
     let first_of_4 = before.iter().find(|r| r.rollout_id == Some(4)).unwrap().seq;
 
@@ -665,7 +714,28 @@ fn retention_prunes_exactly_what_is_past_it_and_not_in_use() {
     // Only rollout 1 ended before the cutoff and is not in use; d-v0 is old and unused; d-v1
     // is referenced by no remaining rollout... but it was created at 1 000 < 5 000: pruned too.
     assert_eq!(pruned.rollouts, 1, "{pruned:?}");
-    assert_eq!(pruned.events, 2);
+    assert_eq!(pruned.events, 2, "rollout 1's, packed in a block");
+    assert_eq!(
+        count(
+            &db,
+            "SELECT COUNT(*) FROM event_blocks WHERE rollout_id = 1"
+        ),
+        0
+    );
+    assert_eq!(
+        count(&db, "SELECT COUNT(*) FROM rollout_commits"),
+        1,
+        "rollout 1's commit goes with it; 3's stays"
+    );
+    // The serving changes before the cutoff go, but the last one (up at 3 000).
+    assert_eq!(pruned.serving, 2, "{pruned:?}");
+    let facts: Vec<i64> = s
+        .serving_facts(i64::MAX)
+        .unwrap()
+        .iter()
+        .map(|f| f.at)
+        .collect();
+    assert_eq!(facts, [t(3_000), t(9_000)]);
     assert_eq!(
         count(&db, "SELECT COUNT(*) FROM rollouts"),
         3,
@@ -681,6 +751,14 @@ fn retention_prunes_exactly_what_is_past_it_and_not_in_use() {
     assert_eq!(pruned.releases, 2, "{pruned:?}");
     // The chain was cut at the first record of the running rollout 4, not later.
     assert_eq!(pruned.first_seq, Some(first_of_4));
+    // `audit.head` keeps the anchors from the chain's first record on, and the new head.
+    let lines = head_lines(&db);
+    assert!(pruned.head_lines > 0, "{pruned:?}");
+    assert!(lines.iter().all(|&seq| seq >= first_of_4), "{lines:?}");
+    assert_eq!(
+        *lines.last().unwrap(),
+        cutover_store::export_db(&db).unwrap().last().unwrap().seq
+    );
     let after = cutover_store::export_db(&db).unwrap();
     assert_eq!(after[0].seq, first_of_4);
     assert!(after.iter().all(|r| r.seq >= first_of_4));

@@ -305,7 +305,7 @@ impl Supervisor {
     }
 
     /// The log file of instance `id` (`<version>-<n>`): its processes' stdout and stderr,
-    /// kept after it stopped (pruned after 72 h by the host).
+    /// kept after it stopped (pruned after `[state] retention` by the host).
     pub fn log_path(&self, id: &str) -> PathBuf {
         self.inner.log_dir.join(format!("{id}.log"))
     }

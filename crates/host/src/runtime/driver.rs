@@ -228,6 +228,8 @@ impl Driver {
         mut shutdown: watch::Receiver<bool>,
     ) {
         self.recover().await;
+        self.expire_failures();
+        self.settle().await;
         let mut ticker = tokio::time::interval(self.loaded.config.rollout.interval.get());
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // `[state] retention`: the store is pruned hourly (start() pruned it once), off the
@@ -274,6 +276,7 @@ impl Driver {
                 Some(scraped) = self.scraping.scraped.recv() => self.on_scraped(scraped),
                 Some(e) = self.behind_rx.recv() => self.behind_failed(&e),
                 _ = gc.tick() => {
+                    self.expire_failures();
                     let keep = super::in_use(self.engine.state());
                     let retention = self.loaded.config.state.retention.get();
                     tokio::spawn(self.store.prune(keep, retention, self.now().millis() as i64));
@@ -309,6 +312,16 @@ impl Driver {
             error!(error = %e, "could not recover the persisted rollout state");
         }
         self.instances.stop_unclaimed();
+    }
+
+    /// Queues the expiry of the failure marks older than `[state] retention`, when there are
+    /// any: like the rollouts that set them, they are kept that long (docs/audit.md).
+    fn expire_failures(&mut self) {
+        let retention = self.loaded.config.state.retention.get().as_millis() as u64;
+        let before = Timestamp(self.now().millis().saturating_sub(retention));
+        if self.engine.state().failed.values().any(|f| f.at < before) {
+            self.follow(Event::ExpireFailures { before });
+        }
     }
 
     /// Queues a follow-up event (once: the same event already waiting is not queued again).
@@ -1003,5 +1016,6 @@ fn event_name(e: &Event) -> &'static str {
         Event::Recover { .. } => "recover",
         Event::StableGone { .. } => "stable_gone",
         Event::Timeout { .. } => "timeout",
+        Event::ExpireFailures { .. } => "expire_failures",
     }
 }

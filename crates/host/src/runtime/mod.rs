@@ -31,10 +31,6 @@ pub use wiring::{open_store, start, start_with, Running, StartError, StartOption
 use std::time::Duration;
 use tracing::info;
 
-/// Instance logs of releases that stopped longer ago than this are deleted (DESIGN.md: anything
-/// older than 72 h is pruned). A running instance appends to its log, which keeps it fresh.
-pub const RETENTION: Duration = Duration::from_secs(72 * 3600);
-
 /// What retention must never prune: the rollout the engine is on (or ended last) and every
 /// release it still uses (stable, canary, held previous).
 pub fn in_use(state: &cutover_core::engine::State) -> cutover_store::InUse {
@@ -62,14 +58,19 @@ pub fn prune_store(
 ) {
     let cutoff = now.saturating_sub(retention.as_millis() as i64);
     match store.prune(cutoff, now, keep) {
-        Ok(p) if p.rollouts + p.releases + p.records + p.events > 0 => info!(
-            rollouts = p.rollouts,
-            releases = p.releases,
-            records = p.records,
-            events = p.events,
-            "pruned the state store of what ended more than {} ago",
-            humantime::format_duration(retention)
-        ),
+        Ok(p) if p.rollouts + p.releases + p.records + p.events + p.serving + p.packed > 0 => {
+            info!(
+                rollouts = p.rollouts,
+                releases = p.releases,
+                records = p.records,
+                events = p.events,
+                serving = p.serving,
+                packed = p.packed,
+                head_lines = p.head_lines,
+                "pruned the state store of what ended more than {} ago",
+                humantime::format_duration(retention)
+            )
+        }
         Ok(_) => {}
         Err(e) => {
             tracing::error!(error = %e, "could not prune the state store; it will be tried again in an hour")
@@ -77,9 +78,9 @@ pub fn prune_store(
     }
 }
 
-/// Deletes log files not written to for `max_age`, except those `in_use` names (an instance
-/// quiet for that long still writes to its log); rotated logs (`v1-0.1.log`) are pruned the
-/// same way. Returns how many.
+/// Deletes log files not written to for `max_age` (`[state] retention`), except those `in_use`
+/// names (an instance quiet for that long still writes to its log); rotated logs (`v1-0.1.log`)
+/// are pruned the same way. Returns how many.
 pub fn prune_logs(
     dir: &std::path::Path,
     max_age: Duration,
@@ -105,7 +106,7 @@ pub fn prune_logs(
         }
     }
     if pruned > 0 {
-        info!(pruned, dir = %dir.display(), "pruned instance logs older than 72 h");
+        info!(pruned, dir = %dir.display(), "pruned instance logs not written to for {}", humantime::format_duration(max_age));
     }
     pruned
 }
@@ -135,8 +136,9 @@ mod prune_tests {
         }
         // An old file still in use (a quiet instance) is kept.
         let in_use = std::collections::HashSet::from([old.clone()]);
-        assert_eq!(prune_logs(dir.path(), RETENTION, &in_use), 0);
-        assert_eq!(prune_logs(dir.path(), RETENTION, &Default::default()), 1);
+        let retention = Duration::from_secs(72 * 3600);
+        assert_eq!(prune_logs(dir.path(), retention, &in_use), 0);
+        assert_eq!(prune_logs(dir.path(), retention, &Default::default()), 1);
         assert!(!old.exists() && fresh.exists() && other.exists());
     }
 }

@@ -175,7 +175,9 @@ pub fn recording(
     at: Timestamp,
     event: &Event,
 ) -> Result<Vec<EventRecord>, PersistError> {
-    if matches!(event, Event::Recover { .. }) {
+    // Neither is about the rollout: a recovery re-issues what the state says, and an expired
+    // failure mark is decided on the retention, which a replay does not know.
+    if matches!(event, Event::Recover { .. } | Event::ExpireFailures { .. }) {
         return Ok(Vec::new());
     }
     let active = |s: &State| {

@@ -5,8 +5,8 @@
 use super::admin::AdminHandler;
 use super::driver::{Driver, Request, Scraping, Seams};
 use super::persist::StoreActor;
+use super::prune_logs;
 use super::seams::{Notifications, Silent, Supervised};
-use super::{prune_logs, RETENTION};
 use crate::config::Loaded;
 use crate::remote;
 use crate::rules;
@@ -342,7 +342,18 @@ pub async fn start_with(
     let admin_tls =
         crate::secure::admin_tls(&loaded).map_err(|source| StartError::AdminTls { source })?;
     let token = cutover_admin::ensure_token(&state_dir)?;
-    prune_logs(&state_dir.join("logs"), RETENTION, &Default::default());
+    // Instance logs past `[state] retention`, but those of the instances a previous cutover
+    // left running (re-adopted below): a quiet one still writes to its log.
+    {
+        let logs = state_dir.join("logs");
+        let running = recovery
+            .survey
+            .alive
+            .iter()
+            .map(|r| logs.join(format!("{}.log", r.id())))
+            .collect();
+        prune_logs(&logs, c.state.retention.get(), &running);
+    }
     let mut store = open_store(&state_dir, &opts)?;
     let engine = match store.load_snapshot()? {
         Some(v) => {
@@ -558,6 +569,7 @@ pub async fn start_with(
         // Instance logs are pruned hourly (start() already pruned once), except those of
         // running instances: one quiet for that long still writes to its log.
         let logs = state_dir.join("logs");
+        let retention = c.state.retention.get();
         let mut rx = shutdown_rx;
         tasks.push(tokio::spawn(async move {
             let mut gc = tokio::time::interval(Duration::from_secs(3600));
@@ -571,7 +583,7 @@ pub async fn start_with(
                             .values()
                             .flat_map(|vf| vf.instances.iter().map(|i| logs.join(format!("{}.log", i.id))))
                             .collect();
-                        prune_logs(&logs, RETENTION, &in_use);
+                        prune_logs(&logs, retention, &in_use);
                     }
                 }
             }
