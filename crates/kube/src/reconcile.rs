@@ -442,6 +442,27 @@ async fn reconcile_once(ro: &Rollout, ctx: &Context) -> Result<Action, Error> {
         );
     }
 
+    // Failure marks expire after PRUNE_AGE, as after `[state] retention` on one host (the
+    // engine keeps the last rollout's): the status does not grow with every failed release.
+    let expire_before =
+        Timestamp::from_millis(now.millis().saturating_sub(PRUNE_AGE.as_millis() as u64));
+    let last = engine.state().rollout.as_ref().map(|r| &r.to.digest);
+    if engine
+        .state()
+        .failed
+        .iter()
+        .any(|(d, f)| f.at < expire_before && Some(d) != last)
+    {
+        fed.apply(
+            &mut engine,
+            now,
+            Event::ExpireFailures {
+                before: expire_before,
+            },
+            "FailureExpired",
+        );
+    }
+
     // A rollout whose release failed is refused on every pass until `retry`
     // (also when it failed in this very pass); say so.
     if !is_stable && !retry && engine.active().is_none() {
@@ -476,15 +497,18 @@ async fn reconcile_once(ro: &Rollout, ctx: &Context) -> Result<Action, Error> {
         .iter()
         .map(|(d, f)| (d, &f.reason))
         .collect();
-    if !failed.is_empty() {
-        let text = serde_json::to_string(&failed).map_err(|e| Error::Other(e.to_string()))?;
-        if ro.annotations().get(FAILED_ANNOTATION) != Some(&text) {
-            ctx.may_write()?;
-            let patch = json!({"metadata": {"annotations": {FAILED_ANNOTATION: text}}});
-            rollouts
-                .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-                .await?;
-        }
+    let text = if failed.is_empty() {
+        None
+    } else {
+        Some(serde_json::to_string(&failed).map_err(|e| Error::Other(e.to_string()))?)
+    };
+    // Written when it changed; removed (a merge patch's null) when the last mark expired.
+    if ro.annotations().get(FAILED_ANNOTATION) != text.as_ref() {
+        ctx.may_write()?;
+        let patch = json!({"metadata": {"annotations": {FAILED_ANNOTATION: text}}});
+        rollouts
+            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
     }
 
     converge_replicasets(ro, ctx, &engine, &owned, &template, now).await?;

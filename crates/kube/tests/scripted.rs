@@ -1282,3 +1282,68 @@ async fn k8s_status_of_a_missing_rollout_says_so() {
         "no Rollout web in namespace shop; `kubectl get rollouts.cutover.dev -A` lists them"
     );
 }
+
+/// The API server is scripted. A failure mark older than 72 h (v2, rolled back) expires, as
+/// after `[state] retention` on one host: the status no longer holds it and the Rollout's
+/// failed-releases annotation is removed (the last mark gone); the last rollout's release (v3)
+/// would keep its mark. Nothing else is written: the ReplicaSets and the route are settled.
+#[tokio::test]
+async fn a_failure_mark_older_than_72_hours_expires_and_leaves_the_annotation() {
+    use cutover_core::engine::Verb;
+    let ro = rollout("web:3", gateway(), no_analysis());
+    let (v1, v2, v3) = (release("web:1"), release("web:2"), release("web:3"));
+    let mut e = Engine::new("web", ro.spec.to_core().unwrap());
+    let a = T0 - 80 * 3_600_000;
+    let at = |s: u64| Timestamp::from_millis(a + s * 1000);
+    for (s, ev) in [
+        (0, deploy(&v1)),
+        (1, ready(&v1)),
+        (2, deploy(&v2)),
+        (3, ready(&v2)),
+        (4, Event::Command(Verb::Promote)),
+        (5, Event::Command(Verb::Rollback)),
+        (10, deploy(&v3)),
+        (11, ready(&v3)),
+        (12, Event::Command(Verb::Promote)),
+        // The hold of v1 (scaleDownDelaySeconds 3600) ends.
+        (12 + 3601, Event::Timeout { facts: Vec::new() }),
+    ] {
+        e.handle(at(s), ev).unwrap();
+    }
+    let state = e.state().clone();
+    assert!(state.failed.contains_key(&v2.digest), "{:?}", state.failed);
+    assert!(state.previous.is_none(), "{:?}", state.previous);
+    let mut ro = with_state(ro, &state, RolloutStatus::default());
+    let text = serde_json::to_string(&BTreeMap::from([(
+        v2.digest.clone(),
+        state.failed[&v2.digest].reason.clone(),
+    )]))
+    .unwrap();
+    ro.metadata.annotations = Some(BTreeMap::from([(
+        "cutover.dev/failed-releases".into(),
+        text,
+    )]));
+    let ro_json = serde_json::to_value(&ro).unwrap();
+    let calls = vec![
+        Call::get(RS, rs_list(vec![rs(&v3, 2, 2, "2027-01-12T00:00:00Z")])),
+        Call::new(Method::PUT, format!("{RO}/status"), json!({})).check(|b| {
+            let s = status_of(b);
+            assert!(engine_of(&s).failed.is_empty(), "{s:?}");
+        }),
+        Call::new(Method::PATCH, RO, ro_json).check(|b| {
+            assert_eq!(
+                b,
+                &json!({"metadata": {"annotations": {"cutover.dev/failed-releases": null}}})
+            );
+        }),
+        Call::get(SVC_STABLE, svc("web-stable", &v3.version)),
+        Call::get(SVC_CANARY, svc("web-canary", &v3.version)),
+        Call::get(ROUTE, route(10_000, 0)),
+    ];
+    scripted(calls, |c| async {
+        reconcile(Arc::new(ro.clone()), ctx(c, leader(), T0))
+            .await
+            .unwrap();
+    })
+    .await;
+}
