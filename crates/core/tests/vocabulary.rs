@@ -12,6 +12,11 @@ fn every_phase() -> Vec<Phase> {
         Phase::Progressing {
             watch: Watch::default(),
         },
+        Phase::HandingOff {
+            token: 2,
+            since: t,
+            deadline: t,
+        },
         Phase::Paused {
             manual: true,
             since: t,
@@ -90,6 +95,7 @@ fn every_notification_kind_comes_from_a_decision() {
         DecisionKind::CrashLoop,
         DecisionKind::Recovered,
         DecisionKind::Spilled,
+        DecisionKind::Handoff,
     ];
     for kind in NotifyKind::ALL {
         assert!(

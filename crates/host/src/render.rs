@@ -97,6 +97,11 @@ fn phase_line(r: &Rollout, now: Timestamp, verb: VerbHint<'_>) -> String {
             "promoted; previous release held for rollback for another {}",
             span(now, *until)
         ),
+        Phase::HandingOff { token, since, .. } => format!(
+            "handing the active role to {} with fencing token {token} ({} so far; new requests wait in the proxy)",
+            r.to.version,
+            span(*since, now)
+        ),
         Phase::Done { .. } => "done".to_string(),
         Phase::Aborted {
             reason, automatic, ..
@@ -148,6 +153,16 @@ pub fn status(s: &StatusView) -> String {
                 c.pending.join(", ")
             );
         }
+    }
+    if let Some(f) = &s.fencing {
+        let _ = writeln!(
+            o,
+            "role    {} holds the active role, fencing token {} (strategy handoff)",
+            f.holder.label(),
+            f.token
+        );
+    } else if s.strategy == cutover_core::spec::Strategy::Handoff {
+        let _ = writeln!(o, "role    nobody holds the active role yet (strategy handoff)");
     }
     held_line(&mut o, s.previous.as_ref(), now);
     if let Some(r) = &s.rollout {
@@ -798,6 +813,8 @@ mod tests {
             eta: None,
             instances: Vec::new(),
             failed: Default::default(),
+            strategy: Default::default(),
+            fencing: None,
             persist_failure: None,
             config: None,
             settings: crate::status::Settings {

@@ -20,6 +20,13 @@ pub struct StatusView {
     pub eta: Option<Timestamp>,
     pub instances: Vec<InstanceView>,
     pub failed: BTreeMap<String, Failure>,
+    /// `rollout.strategy`: `canary` or `handoff`.
+    #[serde(default)]
+    pub strategy: cutover_core::spec::Strategy,
+    /// `strategy = "handoff"`: the release holding the singleton's active role, and its
+    /// fencing token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fencing: Option<cutover_core::engine::Fencing>,
     /// Why the last commit to the state store failed (nothing of that outcome was carried
     /// out), until a commit succeeds again.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -1082,6 +1082,8 @@ fn host_view(
         eta: Engine::restore(core.clone(), state.clone()).eta(Timestamp::from_millis(now)),
         instances: Vec::new(),
         failed: state.failed.clone(),
+        strategy: Default::default(),
+        fencing: None,
         persist_failure: None,
         config: None,
         settings: cutover_host::status::Settings {

@@ -37,6 +37,7 @@ mod supervisor;
 
 pub use adopt::{InstanceRecord, Ledger, LedgerError, Survey};
 pub use error::SupervisorError;
+pub use probe::handoff as handoff_call;
 pub use fleet::{CrashLoop, Fleet, InstanceState, InstanceStatus, VersionFleet};
 pub use release::{locate_program, Release};
 pub use supervisor::{

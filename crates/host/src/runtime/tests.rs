@@ -90,6 +90,9 @@ impl Routing for FakeRouting {
     fn refused_requests(&self) -> Vec<(&'static str, u64)> {
         Vec::new()
     }
+    fn hold(&self, bound: Duration) {
+        push(&self.log, format!("hold {bound:?}"));
+    }
 }
 
 /// What a started release's instances do at once.
@@ -193,6 +196,17 @@ impl Instances for FakeInstances {
     fn set_app(&self, _: cutover_core::spec::AppSpec) {}
     fn log_path(&self, id: &str) -> PathBuf {
         PathBuf::from(format!("/nonexistent/{id}.log"))
+    }
+    /// Every instance takes the role (no scenario here hands one over).
+    fn handoff(
+        &self,
+        addr: SocketAddr,
+        _: &str,
+        token: u64,
+        _: Duration,
+    ) -> BoxFuture<'static, Result<(), String>> {
+        push(&self.log, format!("handoff {addr} token {token}"));
+        Box::pin(async { Ok(()) })
     }
 }
 
