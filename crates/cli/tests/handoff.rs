@@ -118,7 +118,10 @@ async fn singleton(start_timeout: &str) -> (Harness, Ledger) {
         .merge("[rollout.handoff]\ntimeout = \"300ms\"\ndrain_timeout = \"2s\"")
         .start_timeout(start_timeout)
         .env(&[
-            ("DEMO_LATENCY", "1ms"),
+            // Signing takes a while on v1: a request still in flight on it when the role
+            // moved would write after the new holder did, and be rejected.
+            ("DEMO_LATENCY", "20ms"),
+            ("DEMO_LATENCY_JITTER", "60ms"),
             ("DEMO_LEDGER", &ledger.addr.to_string()),
         ]);
     let h = Harness::start_with(config).await;
@@ -137,13 +140,34 @@ fn sign_load(h: &Harness) -> Load {
     Load::start(cfg)
 }
 
+/// One `/sign` through the proxy with a client's own (forged) fencing header: the proxy
+/// replaces it with the holder's token, which the signer answers with.
+async fn sign_forged(h: &Harness) -> Value {
+    let addr = h.running().proxy_addr;
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = hyper::Request::post("/sign")
+        .header("host", "signer")
+        .header("x-cutover-fencing-token", "99")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    serde_json::from_slice(&body).unwrap()
+}
+
 fn holder(h: &cutover_host::status::StatusView) -> Option<Fencing> {
     h.fencing.clone()
 }
 
 fn no_failures(report: &LoadReport) {
     assert_eq!(
-        report.failed, 0,
+        report.failed,
+        0,
         "failures: {:?}",
         &report.failures[..report.failures.len().min(5)]
     );
@@ -169,11 +193,22 @@ async fn handoff_under_load_moves_the_role_with_zero_failed_requests_and_no_stal
         "{}",
         cutover_host::render::status(&s)
     );
+    assert_eq!(
+        sign_forged(&h).await,
+        json!({ "version": "v1", "token": 1 }),
+        "the proxy sends the holder's token, not the client's"
+    );
     let load = sign_load(&h);
     h.wait_for("load flowing", LONG, |_| load.snapshot().ok > 100)
         .await;
 
-    h.deploy("v2", json!({})).await.unwrap();
+    // v2 signs fast: it would overtake v1's slow writes if it took the role too early.
+    h.deploy(
+        "v2",
+        json!({ "DEMO_LATENCY": "1ms", "DEMO_LATENCY_JITTER": "0" }),
+    )
+    .await
+    .unwrap();
     let s = h
         .wait_for("v2 holds the role", LONG, |s| {
             s.fencing.as_ref().is_some_and(|f| f.holder.version == "v2")
@@ -194,6 +229,10 @@ async fn handoff_under_load_moves_the_role_with_zero_failed_requests_and_no_stal
         .await;
     let report = load.stop().await;
     no_failures(&report);
+    assert_eq!(
+        sign_forged(&h).await,
+        json!({ "version": "v2", "token": 2 })
+    );
     assert!(report.by_version.get("v1").is_some_and(|c| c.ok > 50));
     assert!(report.by_version.get("v2").is_some_and(|c| c.ok > 50));
 
@@ -251,10 +290,7 @@ async fn failed_handoff_keeps_the_old_holder(
     );
     let text = cutover_host::render::status(&s);
     assert!(text.contains("ABORTED") && text.contains(why), "{text}");
-    assert!(
-        text.contains(&format!("fencing token {token}")),
-        "{text}"
-    );
+    assert!(text.contains(&format!("fencing token {token}")), "{text}");
     h.wait_for("v2 stopped", LONG, |s| {
         s.instances.iter().all(|i| i.version == "v1")
     })
@@ -267,6 +303,10 @@ async fn failed_handoff_keeps_the_old_holder(
     .await;
     let report = load.stop().await;
     no_failures(&report);
+    assert_eq!(
+        sign_forged(&h).await,
+        json!({ "version": "v1", "token": token })
+    );
     assert_eq!(
         report.by_version.keys().collect::<Vec<_>>(),
         vec!["v1"],

@@ -381,11 +381,21 @@ enum PhaseWire {
         since: Timestamp,
         deadline: Timestamp,
     },
-    Paused { manual: bool, since: Timestamp },
-    Promoted { until: Timestamp },
+    Paused {
+        manual: bool,
+        since: Timestamp,
+    },
+    Promoted {
+        until: Timestamp,
+    },
     Done,
-    Aborted { reason: String, automatic: bool },
-    RolledBack { reason: String },
+    Aborted {
+        reason: String,
+        automatic: bool,
+    },
+    RolledBack {
+        reason: String,
+    },
 }
 
 impl From<RolloutWire> for Rollout {
@@ -1450,7 +1460,13 @@ impl Engine {
     /// holder keeps the role with a new, higher token, so that whatever the new release may
     /// have done with the offered one is fenced; the held requests go back to it; the new
     /// release is stopped (and marked failed when `automatic`).
-    fn handoff_failed(&mut self, now: Timestamp, reason: String, automatic: bool, out: &mut Outcome) {
+    fn handoff_failed(
+        &mut self,
+        now: Timestamp,
+        reason: String,
+        automatic: bool,
+        out: &mut Outcome,
+    ) {
         let Some(r) = self.active() else {
             return;
         };
@@ -1623,7 +1639,9 @@ impl Engine {
         let weights: Vec<String> = plan.iter().map(|s| s.weight.to_string()).collect();
         let (reason, numbers) = match (self.spec.strategy, granted) {
             (Strategy::Handoff, Some(token)) => (
-                format!("{reason}; it holds the singleton's active role with fencing token {token}"),
+                format!(
+                    "{reason}; it holds the singleton's active role with fencing token {token}"
+                ),
                 serde_json::json!({ "strategy": "handoff", "token": token, "force": force }),
             ),
             (Strategy::Handoff, None) => (
@@ -2433,12 +2451,7 @@ impl Engine {
                 );
             }
             VerbEffect::Abort if matches!(phase, Some(Phase::HandingOff { .. })) => {
-                self.handoff_failed(
-                    now,
-                    format!("{verb} requested by the operator"),
-                    false,
-                    out,
-                );
+                self.handoff_failed(now, format!("{verb} requested by the operator"), false, out);
             }
             VerbEffect::Abort => {
                 self.abort(
@@ -2707,9 +2720,7 @@ pub fn verb_effect(
         (
             Abort | Rollback,
             Starting { .. } | Progressing { .. } | Paused { .. } | HandingOff { .. },
-        ) => {
-            Ok(VerbEffect::Abort)
-        }
+        ) => Ok(VerbEffect::Abort),
         (Rollback, Promoted { .. }) => Ok(VerbEffect::RollBack),
         (Rollback, Done { .. }) if previous.is_some() => Err(EngineError::PreviousGone {
             previous: previous.unwrap_or_default(),

@@ -619,14 +619,24 @@ timeout = "0s"
     let errs = errors(text);
     let has = |needle: &str| errs.iter().any(|e| e.contains(needle));
     assert!(
-        has("app.instances: is 2 but rollout.strategy is \"handoff\"") && has("set app.instances = 1"),
+        has("app.instances: is 2 but rollout.strategy is \"handoff\"")
+            && has("set app.instances = 1"),
         "{errs:?}"
     );
-    assert!(has("rollout.steps: is set but rollout.strategy is \"handoff\""), "{errs:?}");
-    assert!(has("rollout.handoff.path: \"handoff\" does not start with '/'"), "{errs:?}");
+    assert!(
+        has("rollout.steps: is set but rollout.strategy is \"handoff\""),
+        "{errs:?}"
+    );
+    assert!(
+        has("rollout.handoff.path: \"handoff\" does not start with '/'"),
+        "{errs:?}"
+    );
     assert!(has("rollout.handoff.timeout: is zero"), "{errs:?}");
 
     let typo = format!("{MINIMAL}[rollout]\nstrategy = \"hand-off\"\n");
     let errs = errors(&typo);
-    assert!(errs.iter().any(|e| e.contains("rollout.strategy")), "{errs:?}");
+    assert!(
+        errs.iter().any(|e| e.contains("rollout.strategy")),
+        "{errs:?}"
+    );
 }

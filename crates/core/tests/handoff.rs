@@ -53,7 +53,11 @@ impl Sim {
         for a in &out.actions {
             let given = match a {
                 Action::Start {
-                    role: Some(Role { active: true, token }),
+                    role:
+                        Some(Role {
+                            active: true,
+                            token,
+                        }),
                     ..
                 } => Some(*token),
                 Action::Handoff { token, .. } | Action::Reclaim { token, .. } => Some(*token),
@@ -156,7 +160,11 @@ fn happy_path_moves_the_role_with_a_higher_token_then_stops_the_old_holder() {
     assert_eq!(out.decisions[0].kind, DecisionKind::Handoff);
     // Given out, and so in the state that is persisted before the action (invariant 8).
     assert_eq!(s.engine.state().last_token, 2);
-    assert_eq!(s.fencing().holder, rel("v1"), "v1 holds until the call succeeds");
+    assert_eq!(
+        s.fencing().holder,
+        rel("v1"),
+        "v1 holds until the call succeeds"
+    );
     // Nothing but the handoff result moves it: verbs other than abort are refused.
     for verb in [Verb::Pause, Verb::Resume, Verb::Promote] {
         let e = s.engine.handle(s.now, Event::Command(verb)).unwrap_err();
@@ -328,13 +336,19 @@ fn no_result_in_time_fails_the_handoff_at_the_engines_deadline() {
     assert_eq!(deadline.since(since), std::time::Duration::from_secs(6));
     assert_eq!(s.engine.poll_timeout(), Some(deadline));
     s.now = Timestamp::from_millis(deadline.millis() - 1);
-    assert_eq!(s.ok(Event::Timeout { facts: Vec::new() }), Outcome::default());
+    assert_eq!(
+        s.ok(Event::Timeout { facts: Vec::new() }),
+        Outcome::default()
+    );
     s.now = deadline;
     s.ok(Event::Timeout { facts: Vec::new() });
     let Phase::Aborted { reason, .. } = s.phase() else {
         panic!("{:?}", s.phase())
     };
-    assert!(reason.contains("no result of the handoff within 6s"), "{reason}");
+    assert!(
+        reason.contains("no result of the handoff within 6s"),
+        "{reason}"
+    );
     assert_eq!(s.fencing().token, 3);
     assert_eq!(s.fencing().holder, rel("v1"));
     s.assert_increasing();
@@ -471,7 +485,10 @@ fn a_canary_service_gives_out_no_token() {
             },
         )
         .unwrap();
-    assert!(matches!(out.actions[..], [Action::Route { fencing: None, .. }]));
+    assert!(matches!(
+        out.actions[..],
+        [Action::Route { fencing: None, .. }]
+    ));
     assert_eq!(e.state().fencing, None);
     assert_eq!(e.state().last_token, 0);
 }

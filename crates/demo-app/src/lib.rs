@@ -30,7 +30,8 @@
 //! The reference singleton for `strategy = "handoff"` (see `signer.rs`, docs/handoff.md):
 //! - `POST /cutover/handoff`: takes the active role with `{"token": N}`.
 //! - `POST /sign` (`GET` too): with `--ledger ADDR`, records a signature in the ledger with
-//!   the request's `X-Cutover-Fencing-Token` (or its own token); 409 when fenced.
+//!   the request's `X-Cutover-Fencing-Token` (or its own token), after `--latency`; 409 when
+//!   fenced.
 //! - `POST /ledger`, `GET /ledger`: the downstream that rejects a token lower than the
 //!   highest it has accepted.
 #![forbid(unsafe_code)]
@@ -336,7 +337,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/drain", post(drain))
         .route("/cutover/handoff", post(signer::handoff))
         .route("/sign", get(signer::sign).post(signer::sign))
-        .route("/ledger", get(signer::ledger_show).post(signer::ledger_append))
+        .route(
+            "/ledger",
+            get(signer::ledger_show).post(signer::ledger_append),
+        )
         .layer(middleware::from_fn_with_state(state.clone(), track))
         .with_state(state)
 }

@@ -10,9 +10,9 @@
 //!   `--handoff-delay` answers late (to test cutover's failure paths).
 //! - `POST /sign` (or `GET /sign`, for load generators): records a signature in the ledger with
 //!   the token of the request's `X-Cutover-Fencing-Token` header (what cutover's proxy sends
-//!   to the holder), else its own. 200 with `{"version", "token"}`; 409 when the ledger
-//!   refused the token (a newer holder exists: the signer steps down); 503 as a standby asked
-//!   directly, with no token.
+//!   to the holder), else its own, after `--latency`. 200 with `{"version", "token"}`; 409
+//!   when the ledger refused the token (a newer holder exists: the signer steps down); 503 as
+//!   a standby asked directly, with no token.
 //!
 //! The ledger (any demo-app serves it): `POST /ledger` with `{"token": N, "by": "..."}` accepts
 //! (200) unless a higher token was accepted before (409: the writer is a stale holder).
@@ -112,6 +112,8 @@ pub(crate) async fn sign(State(state): State<Arc<AppState>>, headers: HeaderMap)
         None if own.active => own.token,
         None => return (StatusCode::SERVICE_UNAVAILABLE, "standby\n").into_response(),
     };
+    // Signing takes time (`--latency`): a request in flight when the role moves writes late.
+    state.inject_latency().await;
     match append(ledger, token, &state.cfg.version).await {
         Ok(StatusCode::OK) => {
             axum::Json(serde_json::json!({ "version": state.cfg.version, "token": token }))
@@ -176,9 +178,14 @@ struct LedgerState {
 /// `POST /ledger {"token": N, "by": "..."}`.
 pub(crate) async fn ledger_append(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
     let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-    let (Some(token), by) = (v["token"].as_u64(), v["by"].as_str().unwrap_or("").to_string())
-    else {
-        return (StatusCode::BAD_REQUEST, "expected {\"token\": N, \"by\": \"...\"}\n")
+    let (Some(token), by) = (
+        v["token"].as_u64(),
+        v["by"].as_str().unwrap_or("").to_string(),
+    ) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            "expected {\"token\": N, \"by\": \"...\"}\n",
+        )
             .into_response();
     };
     let mut l = state.ledger.inner.lock().unwrap();

@@ -162,7 +162,10 @@ pub fn status(s: &StatusView) -> String {
             f.token
         );
     } else if s.strategy == cutover_core::spec::Strategy::Handoff {
-        let _ = writeln!(o, "role    nobody holds the active role yet (strategy handoff)");
+        let _ = writeln!(
+            o,
+            "role    nobody holds the active role yet (strategy handoff)"
+        );
     }
     held_line(&mut o, s.previous.as_ref(), now);
     if let Some(r) = &s.rollout {

@@ -37,8 +37,8 @@ mod supervisor;
 
 pub use adopt::{InstanceRecord, Ledger, LedgerError, Survey};
 pub use error::SupervisorError;
-pub use probe::handoff as handoff_call;
 pub use fleet::{CrashLoop, Fleet, InstanceState, InstanceStatus, VersionFleet};
+pub use probe::handoff as handoff_call;
 pub use release::{locate_program, Release};
 pub use supervisor::{
     Closer, DrainOutcome, InFlight, InstanceStopReport, StopExit, StopReport, Supervisor,

@@ -29,7 +29,9 @@ impl Driver {
                         match call.await {
                             Ok(()) => info!(%version, token, "the holder took its new token"),
                             // The proxy sends the token with every request anyway.
-                            Err(e) => warn!(%version, token, error = %e, "the holder was not told its new token"),
+                            Err(e) => {
+                                warn!(%version, token, error = %e, "the holder was not told its new token")
+                            }
                         }
                     });
                 }
