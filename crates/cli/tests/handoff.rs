@@ -220,6 +220,11 @@ async fn handoff_under_load_moves_the_role_with_zero_failed_requests_and_no_stal
         text.contains("v2") && text.contains("fencing token 2"),
         "{text}"
     );
+    assert!(
+        text.contains("then POST /cutover/handoff on the new instance (at most 300ms)")
+            && !text.contains("hold_previous"),
+        "the handoff's settings, not the canary's: {text}"
+    );
     h.wait_for("v1 stopped", LONG, |s| {
         s.instances.iter().all(|i| i.version == "v2")
     })

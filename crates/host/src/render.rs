@@ -196,6 +196,14 @@ pub fn status(s: &StatusView) -> String {
         }
     }
     let st = &s.settings;
+    if let Some(h) = &st.handoff {
+        let _ = writeln!(
+            o,
+            "\nhandoff: new requests held while the old holder's in-flight requests finish (at most {}), then POST {} on the new instance (at most {}); drain {} then grace {}",
+            h.drain_timeout, h.path, h.timeout, st.drain_timeout, st.grace
+        );
+        return o;
+    }
     let _ = writeln!(
         o,
         "\nevaluation every {} over {} (min {} samples); steps {}; max_hold {}; hold_previous {}; drain {} (WebSockets: quiet period {}, then 1012) then grace {}",
@@ -835,6 +843,7 @@ mod tests {
                 max_lookback: spec.max_lookback,
                 max_inconclusive: spec.max_inconclusive,
                 traffic_need: String::new(),
+                handoff: None,
             },
         };
         let running = status(&view(&e, t(7)));

@@ -91,4 +91,8 @@ pub struct Settings {
     /// `needs ≥ 83.4 req/s at 2 % …` (`cutover_core::lookback::traffic_need`).
     #[serde(default)]
     pub traffic_need: String,
+    /// `[rollout.handoff]`, with `strategy = "handoff"` (the canary settings above do not
+    /// apply then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handoff: Option<cutover_core::spec::HandoffSpec>,
 }

@@ -1101,6 +1101,7 @@ fn host_view(
             max_lookback: core.max_lookback,
             max_inconclusive: core.max_inconclusive,
             traffic_need: String::new(),
+            handoff: None,
         },
     }
 }

@@ -998,6 +998,8 @@ impl Driver {
                         .unwrap_or_else(|| c.rollout.initial());
                     lookback::traffic_need_at(&c.rollout, weight).sentence()
                 },
+                handoff: (c.rollout.strategy == cutover_core::spec::Strategy::Handoff)
+                    .then(|| c.rollout.handoff.clone()),
             },
         }
     }
