@@ -1608,13 +1608,41 @@ impl Engine {
         // A first singleton release takes the role at start: nobody else holds it. Granted
         // here, before the start, so the snapshot has it first (invariant 8).
         let mut granted = None;
-        if self.spec.strategy == Strategy::Handoff && from.is_none() {
-            let token = self.grant();
-            self.state.fencing = Some(Fencing {
-                holder: release.clone(),
-                token,
-            });
-            granted = Some(token);
+        let mut adopted = None;
+        if self.spec.strategy == Strategy::Handoff {
+            match &from {
+                None => {
+                    let token = self.grant();
+                    self.state.fencing = Some(Fencing {
+                        holder: release.clone(),
+                        token,
+                    });
+                    granted = Some(token);
+                }
+                // A service that became a singleton with a stable release already running:
+                // that release holds the role from now, with a token of its own, so the one
+                // the handoff gives out fences it.
+                Some(stable) if self.state.fencing.is_none() => {
+                    let token = self.grant();
+                    self.state.fencing = Some(Fencing {
+                        holder: stable.clone(),
+                        token,
+                    });
+                    out.actions.push(Action::Route {
+                        stable: stable.clone(),
+                        canary: None,
+                        weight: Weight::ZERO,
+                        salt,
+                        fencing: None,
+                    });
+                    out.actions.push(Action::Reclaim {
+                        release: stable.clone(),
+                        token,
+                    });
+                    adopted = Some(token);
+                }
+                Some(_) => {}
+            }
         }
         out.actions.push(Action::Start {
             release: release.clone(),
@@ -1644,12 +1672,21 @@ impl Engine {
                 ),
                 serde_json::json!({ "strategy": "handoff", "token": token, "force": force }),
             ),
-            (Strategy::Handoff, None) => (
-                format!(
-                    "{reason}; it starts as a standby: the active role moves to it once it is ready"
-                ),
-                serde_json::json!({ "strategy": "handoff", "force": force }),
-            ),
+            (Strategy::Handoff, None) => {
+                let held = match (&from, adopted) {
+                    (Some(s), Some(t)) => format!(
+                        "; {} had no fencing token (the service was not a singleton before) and holds the role with token {t} from now",
+                        s.label()
+                    ),
+                    _ => String::new(),
+                };
+                (
+                    format!(
+                        "{reason}; it starts as a standby: the active role moves to it once it is ready{held}"
+                    ),
+                    serde_json::json!({ "strategy": "handoff", "token": adopted, "force": force }),
+                )
+            }
             (Strategy::Canary, _) => (
                 reason,
                 serde_json::json!({ "plan": weights, "force": force }),

@@ -457,6 +457,51 @@ fn a_restart_in_the_middle_of_a_handoff_leaves_the_role_with_the_old_holder_and_
 }
 
 #[test]
+fn a_service_that_becomes_a_singleton_gives_its_stable_release_a_token_first() {
+    // v1 went live under the canary strategy: no token.
+    let mut e = Engine::new("signer", RolloutSpec::default());
+    let t = Timestamp::from_millis(1);
+    e.handle(
+        t,
+        Event::Deploy {
+            release: rel("v1"),
+            force: false,
+            start_timeout: None,
+        },
+    )
+    .unwrap();
+    e.handle(
+        t,
+        Event::Ready {
+            digest: "sha-v1".into(),
+        },
+    )
+    .unwrap();
+    assert_eq!(e.state().fencing, None);
+    let mut s = Sim::restore(Engine::restore(spec(), e.state().clone()));
+    let out = s.deploy("v2");
+    assert!(
+        matches!(&out.actions[..], [
+            Action::Route { stable, fencing: Some(1), .. },
+            Action::Reclaim { token: 1, .. },
+            Action::Start { role: Some(Role { active: false, token: 1 }), .. },
+        ] if *stable == rel("v1")),
+        "{:?}",
+        out.actions
+    );
+    assert!(
+        s.decisions[0]
+            .1
+            .contains("holds the role with token 1 from now"),
+        "{}",
+        s.decisions[0].1
+    );
+    s.at(100).ready("v2");
+    assert_eq!(s.offered(), 2);
+    s.assert_increasing();
+}
+
+#[test]
 fn a_canary_service_gives_out_no_token() {
     let mut e = Engine::new("shop", RolloutSpec::default());
     let t = Timestamp::from_millis(1);
