@@ -690,11 +690,12 @@ impl Proxy {
             req.uri().query(),
             peer,
         );
-        // The one load of the table for this request (invariant 1)...
+        // The one load of the table for this request (invariant 1), unless the hold began
+        // between the wait above and that load (a singleton's role moving): then the request
+        // waits for the next table like the others. The atomic load comes first, so the
+        // request path pays for no second route otherwise.
         let mut routes = worker.routes();
-        if routes.table.route(&key).is_none() && self.inner.cold.is_held() {
-            // ...unless the hold began between the wait above and that load (a singleton's
-            // role moving, say): this request waits for the next table like the others.
+        if self.inner.cold.is_held() && routes.table.route(&key).is_none() {
             self.inner.cold.wait().await;
             routes = worker.routes();
         }
