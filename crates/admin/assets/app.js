@@ -77,7 +77,7 @@ function durMs(d) {
   return total || null;
 }
 const phaseName = (p) => (p && p.phase ? p.phase.replace('_', ' ') : '—');
-const ACTIVE = new Set(['starting', 'progressing', 'paused']);
+const ACTIVE = new Set(['starting', 'progressing', 'paused', 'handing_off']);
 
 // ---- session -------------------------------------------------------------------------------
 
@@ -226,6 +226,8 @@ function renderSummary(s) {
   const phase = r.phase.phase;
   $('rollout-id').textContent = `#${r.id}`;
   $('versions').textContent = `${r.from ? r.from.version : '(none)'} → ${r.to.version}`;
+  // A singleton (strategy "handoff", docs/handoff.md): who holds the role, with which token.
+  if (s.fencing) $('versions').textContent += ` · ${s.fencing.holder.version} holds the role, fencing token ${s.fencing.token}`;
   const paused = phase === 'paused' ? (r.phase.manual ? ' (by an operator)' : ' (until promoted)') : '';
   $('phase').textContent = phaseName(r.phase) + paused;
   $('phase').dataset.phase = phase;

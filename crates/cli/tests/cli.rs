@@ -79,6 +79,33 @@ fn invalid_config_exits_64_naming_every_field_and_changes_nothing() {
     );
 }
 
+/// `strategy = "handoff"`: validate says what applies (the handoff call and its bounds) and
+/// what does not; a singleton with two instances exits 64 naming `app.instances` and the fix.
+#[test]
+fn validate_summarises_a_handoff_and_refuses_two_instances() {
+    let dir = tempfile::tempdir().unwrap();
+    let singleton = common::config().insert("rollout.strategy", "handoff");
+    std::fs::write(dir.path().join("cutover.toml"), singleton.to_toml()).unwrap();
+    let (code, out, err) = cutover(&["validate"], dir.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("strategy: handoff")
+            && out.contains("POST /cutover/handoff on the new instance within 5s")
+            && out.contains("schedule, gates, abort rules and hold_previous do not apply"),
+        "{out}"
+    );
+
+    let two = singleton.set("app.instances", 2);
+    std::fs::write(dir.path().join("cutover.toml"), two.to_toml()).unwrap();
+    let (code, _, err) = cutover(&["validate"], dir.path());
+    assert_eq!(code, 64, "{err}");
+    assert!(
+        err.contains("app.instances: is 2 but rollout.strategy is \"handoff\"")
+            && err.contains("fix: set app.instances = 1"),
+        "{err}"
+    );
+}
+
 /// Issue 10 item 7: `validate` checks that `app.command[0]` can run, in the same list as every
 /// other problem.
 #[test]

@@ -660,3 +660,92 @@ async fn keep_apps_leaves_the_apps_to_the_next_cutover() {
         );
     }
 }
+
+/// A singleton (`strategy = "handoff"`, docs/handoff.md) whose cutover is killed in the middle
+/// of the handoff call (the new instance takes its time to answer): the snapshot says v1 holds
+/// token 1 and token 2 was offered; the restarted cutover cannot know whether v2 took it, so
+/// v1 keeps the role with token 3, v2 is stopped, the abort says why, and v1 serves on with
+/// the same process (re-adopted, not restarted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_handoff_leaves_the_role_with_the_old_holder_and_a_higher_token() {
+    let _g = common::serial().await;
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = Cutover::configure(
+        dir.path(),
+        common::config()
+            .insert("rollout.strategy", "handoff")
+            .merge("[rollout.handoff]\ntimeout = \"20s\"\ndrain_timeout = \"2s\""),
+    );
+    // A singleton runs one instance (configure gives everything else two).
+    let path = dir.path().join("cutover.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let one = ConfigBuilder::parse(&text).set("app.instances", 1);
+    std::fs::write(&path, one.to_toml()).unwrap();
+
+    let mut c = Cutover::start(dir.path()).await;
+    c.post("/v1/deploy", json!({ "version": "v1" }))
+        .await
+        .unwrap();
+    let before = c
+        .wait_for("v1 holds the role", |s| {
+            ready(s, "v1") == 1 && s.fencing.as_ref().is_some_and(|f| f.token == 1)
+        })
+        .await;
+    c.post(
+        "/v1/deploy",
+        json!({ "version": "v2", "env": { "DEMO_HANDOFF_DELAY": "30s" } }),
+    )
+    .await
+    .unwrap();
+    c.wait_for("the handoff under way", |s| {
+        matches!(
+            s.rollout.as_ref().map(|r| &r.phase),
+            Some(Phase::HandingOff { token: 2, .. })
+        )
+    })
+    .await;
+    c.kill9();
+
+    let mut c = Cutover::start(dir.path()).await;
+    let s = c
+        .wait_for("v1 keeps the role, v2 stopped", |s| {
+            s.fencing
+                .as_ref()
+                .is_some_and(|f| f.holder.version == "v1" && f.token == 3)
+                && s.instances.iter().all(|i| i.version == "v1")
+                && ready(s, "v1") == 1
+        })
+        .await;
+    let Some(Phase::Aborted { reason, .. }) = s.rollout.as_ref().map(|r| &r.phase) else {
+        panic!("{}", cutover_host::render::status(&s))
+    };
+    assert!(reason.contains("restarted during the handoff"), "{reason}");
+    assert_eq!(
+        processes(&s),
+        processes(&before),
+        "v1 was re-adopted, not restarted"
+    );
+    let kinds: Vec<String> = c
+        .decisions()
+        .await
+        .iter()
+        .map(|d| d["kind"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        kinds.ends_with(&["aborted".to_string(), "recovered".to_string()]),
+        "{kinds:?}"
+    );
+    let load = load(proxy, 10);
+    eventually(LONG, "v1 serving", || async {
+        let r = load.snapshot();
+        if r.ok > 100 {
+            Ok(())
+        } else {
+            Err(format!("{r:?}"))
+        }
+    })
+    .await;
+    let report = load.stop().await;
+    assert_eq!(report.failed, 0, "{:?}", report.failures);
+    assert!(c.terminate().success(), "{}", c.log());
+}

@@ -22,7 +22,7 @@
 
 use crate::judge::{self, External, Outcome as RuleOutcome, Verdict};
 use crate::lookback::{self, Wider};
-use crate::spec::{AbortSpec, GateSpec, PauseSpec, RolloutSpec, ScheduleKind};
+use crate::spec::{AbortSpec, GateSpec, PauseSpec, RolloutSpec, ScheduleKind, Strategy};
 use crate::stats::{TrackStats, WindowStats};
 use crate::time::{Dur, Timestamp};
 use crate::weight::Weight;
@@ -128,6 +128,16 @@ pub enum Phase {
     },
     /// The canary serves `weight` at `step`; gates are checked at the step's end.
     Progressing { watch: Watch },
+    /// `strategy = "handoff"`: the new release is ready and the active role is moving to it
+    /// with `token` (already persisted as given out): the proxy holds new requests, the old
+    /// holder's in-flight ones finish, then the handoff call. `deadline`: when the engine
+    /// gives up waiting for the shell's result (a backstop: the shell's own steps are bounded
+    /// by `rollout.handoff`).
+    HandingOff {
+        token: u64,
+        since: Timestamp,
+        deadline: Timestamp,
+    },
     /// No advance until `resume` or `promote`. Abort rules still watch the canary.
     Paused {
         /// `true` for `cutover pause`, `false` for a `pause = "until_promoted"` step.
@@ -177,6 +187,7 @@ impl Phase {
         match self {
             Phase::Starting { .. } => PhaseKind::Starting,
             Phase::Progressing { .. } => PhaseKind::Progressing,
+            Phase::HandingOff { .. } => PhaseKind::HandingOff,
             Phase::Paused { .. } => PhaseKind::Paused,
             Phase::Promoted { .. } => PhaseKind::Promoted,
             Phase::Done { .. } => PhaseKind::Done,
@@ -188,11 +199,15 @@ impl Phase {
     pub fn name(&self) -> &'static str {
         self.kind().as_str()
     }
-    /// Starting, progressing or paused: a canary exists and may take traffic.
+    /// Starting, progressing, paused or handing off: a new release exists and may take
+    /// traffic.
     pub fn is_active(&self) -> bool {
         matches!(
             self,
-            Phase::Starting { .. } | Phase::Progressing { .. } | Phase::Paused { .. }
+            Phase::Starting { .. }
+                | Phase::Progressing { .. }
+                | Phase::Paused { .. }
+                | Phase::HandingOff { .. }
         )
     }
     /// Starting: the canary takes no traffic yet.
@@ -233,6 +248,7 @@ impl Phase {
 pub enum PhaseKind {
     Starting,
     Progressing,
+    HandingOff,
     Paused,
     Promoted,
     Done,
@@ -242,9 +258,10 @@ pub enum PhaseKind {
 
 impl PhaseKind {
     /// Every phase, in the order a rollout goes through them.
-    pub const ALL: [PhaseKind; 7] = [
+    pub const ALL: [PhaseKind; 8] = [
         PhaseKind::Starting,
         PhaseKind::Progressing,
+        PhaseKind::HandingOff,
         PhaseKind::Paused,
         PhaseKind::Promoted,
         PhaseKind::Done,
@@ -256,6 +273,7 @@ impl PhaseKind {
         match self {
             PhaseKind::Starting => "starting",
             PhaseKind::Progressing => "progressing",
+            PhaseKind::HandingOff => "handing_off",
             PhaseKind::Paused => "paused",
             PhaseKind::Promoted => "promoted",
             PhaseKind::Done => "done",
@@ -358,11 +376,26 @@ struct RolloutWire {
 enum PhaseWire {
     Starting,
     Progressing,
-    Paused { manual: bool, since: Timestamp },
-    Promoted { until: Timestamp },
+    HandingOff {
+        token: u64,
+        since: Timestamp,
+        deadline: Timestamp,
+    },
+    Paused {
+        manual: bool,
+        since: Timestamp,
+    },
+    Promoted {
+        until: Timestamp,
+    },
     Done,
-    Aborted { reason: String, automatic: bool },
-    RolledBack { reason: String },
+    Aborted {
+        reason: String,
+        automatic: bool,
+    },
+    RolledBack {
+        reason: String,
+    },
 }
 
 impl From<RolloutWire> for Rollout {
@@ -384,6 +417,15 @@ impl From<RolloutWire> for Rollout {
                 }),
             },
             PhaseWire::Progressing => Phase::Progressing { watch },
+            PhaseWire::HandingOff {
+                token,
+                since,
+                deadline,
+            } => Phase::HandingOff {
+                token,
+                since,
+                deadline,
+            },
             PhaseWire::Paused { manual, since } => Phase::Paused {
                 manual,
                 since,
@@ -428,6 +470,15 @@ impl From<Rollout> for RolloutWire {
                 watch = w;
                 PhaseWire::Progressing
             }
+            Phase::HandingOff {
+                token,
+                since,
+                deadline,
+            } => PhaseWire::HandingOff {
+                token,
+                since,
+                deadline,
+            },
             Phase::Paused {
                 manual,
                 since,
@@ -557,6 +608,36 @@ pub struct State {
     /// is one decision however often the shell reports it.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub crash_looping: BTreeSet<String>,
+    /// `strategy = "handoff"`: who holds the active role, with which token (DESIGN.md
+    /// invariant 7). Persisted before the token is given out (invariant 8), so after a crash
+    /// the snapshot says who holds which token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fencing: Option<Fencing>,
+    /// The highest fencing token ever given out (to a holder, or offered in a handoff that
+    /// may have failed): the next one is always higher. 0: none yet.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub last_token: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// The singleton's active role: the release whose instance holds it, and its fencing token,
+/// the one the proxy sends with every request to it (`X-Cutover-Fencing-Token`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fencing {
+    pub holder: Release,
+    pub token: u64,
+}
+
+/// What an instance is told at start under `strategy = "handoff"` (`CUTOVER_FENCING_ROLE`,
+/// `CUTOVER_FENCING_TOKEN`): `active` with its own token, or a standby that must not act
+/// (`token`: the current holder's, for information; 0 when there is none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Role {
+    pub active: bool,
+    pub token: u64,
 }
 
 /// What the shell tells the engine. Serializable: the shell records every event it applied, so
@@ -634,6 +715,16 @@ pub enum Event {
     /// restarting; `detail` says why), or has some again. While it has none, its clients
     /// are sent to the canary: recorded as a `spilled` decision, as is the end of it.
     StableGone { gone: bool, detail: String },
+    /// [`Action::Handoff`] succeeded: the new release's instance answered the handoff call
+    /// with `token` (2xx in time), after the old holder's in-flight requests finished.
+    HandoffDone { digest: String, token: u64 },
+    /// [`Action::Handoff`] failed: the old holder's requests did not finish in time, or the
+    /// handoff call errored or timed out (`reason`). The old holder keeps the role.
+    HandoffFailed {
+        digest: String,
+        token: u64,
+        reason: String,
+    },
     /// The instant [`Engine::poll_timeout`] asked for has come (or passed): the start
     /// deadline, step ends, `hold_previous` expiry, abort rules' `for` windows, `max_hold`,
     /// `max_inconclusive`. The timers decide on the last [`Event::Measured`]; a timeout that
@@ -690,14 +781,34 @@ impl fmt::Display for Verb {
 #[serde(tag = "action", rename_all = "snake_case")]
 pub enum Action {
     /// Start the release's instances (idempotent: a running release is left alone).
-    Start { release: Release },
+    /// `role`: under `strategy = "handoff"`, what its instance is told at start.
+    Start {
+        release: Release,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        role: Option<Role>,
+    },
     /// Atomically replace the route table: `canary` gets `weight`, `stable` the rest.
+    /// `fencing`: the holder's token, sent with every request to stable (handoff only).
     Route {
         stable: Release,
         canary: Option<Release>,
         weight: Weight,
         salt: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fencing: Option<u64>,
     },
+    /// Move the active role from `from` to `to` with `token`: hold new requests in the proxy
+    /// (bounded), wait until `from`'s in-flight requests finish, then call the handoff path on
+    /// `to`. The result comes back as [`Event::HandoffDone`] or [`Event::HandoffFailed`]; the
+    /// route switch that releases the held requests is the engine's next `Route`.
+    Handoff {
+        from: Release,
+        to: Release,
+        token: u64,
+    },
+    /// Tell the holder its new token after a failed handoff (the handoff call with `token`);
+    /// best effort: the proxy sends the token with every request to it anyway.
+    Reclaim { release: Release, token: u64 },
     /// Take the release out of service: drain, signal, grace, SIGKILL. Always after a `Route`
     /// that no longer sends it traffic.
     Stop { release: Release, reason: String },
@@ -737,6 +848,9 @@ pub enum DecisionKind {
     /// A release's failure mark is older than the retention and no longer refuses a deploy
     /// ([`Event::ExpireFailures`]).
     FailureExpired,
+    /// `strategy = "handoff"`: the new release is ready and the role moves to it with a new
+    /// fencing token (recorded before the token is given out).
+    Handoff,
 }
 
 impl DecisionKind {
@@ -758,6 +872,7 @@ impl DecisionKind {
             DecisionKind::Recovered => "recovered",
             DecisionKind::Spilled => "spilled",
             DecisionKind::FailureExpired => "failure_expired",
+            DecisionKind::Handoff => "handoff",
         }
     }
 
@@ -767,7 +882,7 @@ impl DecisionKind {
         use crate::spec::NotifyKind;
         Some(match self {
             DecisionKind::Deploy => NotifyKind::Started,
-            DecisionKind::Ready | DecisionKind::Advance => NotifyKind::Step,
+            DecisionKind::Ready | DecisionKind::Advance | DecisionKind::Handoff => NotifyKind::Step,
             DecisionKind::Hold => NotifyKind::Held,
             DecisionKind::Paused => NotifyKind::Paused,
             DecisionKind::Resumed => NotifyKind::Resumed,
@@ -860,6 +975,9 @@ pub enum EngineError {
     /// `resume` while progressing.
     #[error("the rollout is not paused; nothing to resume")]
     NotPaused,
+    /// `pause`, `resume` or `promote` while the role moves (`strategy = "handoff"`).
+    #[error("the active role is moving to the new release with fencing token {token} (for at most rollout.handoff.drain_timeout + timeout); wait for it, or `cutover abort` to leave the role with the old holder")]
+    HandingOff { token: u64 },
     /// `promote` while the canary starts.
     #[error("the canary is still starting; it can be promoted once it is ready and takes traffic")]
     PromoteWhileStarting,
@@ -992,7 +1110,7 @@ impl Engine {
     /// The canary release that should be measured, and since when it has had traffic.
     pub fn canary(&self) -> Option<&Release> {
         self.active()
-            .filter(|r| r.phase.kind() != PhaseKind::Starting)
+            .filter(|r| !matches!(r.phase.kind(), PhaseKind::Starting | PhaseKind::HandingOff))
             .map(|r| &r.to)
     }
 
@@ -1070,8 +1188,28 @@ impl Engine {
 
     /// Handles one event at `now`. On `Err`, the state is unchanged.
     pub fn handle(&mut self, now: Timestamp, event: Event) -> Result<Outcome, EngineError> {
+        let mut out = self.handle_unfenced(now, event)?;
+        self.fence(&mut out);
+        Ok(out)
+    }
+
+    fn handle_unfenced(&mut self, now: Timestamp, event: Event) -> Result<Outcome, EngineError> {
         let mut out = Outcome::default();
         match event {
+            Event::HandoffDone { digest, token } => {
+                if self.handing_off(&digest, token) {
+                    self.handed_over(now, &mut out);
+                }
+            }
+            Event::HandoffFailed {
+                digest,
+                token,
+                reason,
+            } => {
+                if self.handing_off(&digest, token) {
+                    self.handoff_failed(now, reason, true, &mut out);
+                }
+            }
             Event::Deploy {
                 release,
                 force,
@@ -1121,6 +1259,18 @@ impl Engine {
                     let reason = format!("not ready within app.start_timeout ({timeout})");
                     self.start_failed(now, &reason, facts, &mut out);
                 }
+                if let Some(Phase::HandingOff {
+                    since, deadline, ..
+                }) = self.active().map(|r| r.phase.clone())
+                {
+                    if deadline <= now {
+                        let reason = format!(
+                            "no result of the handoff within {} of its start",
+                            Dur(deadline.since(since))
+                        );
+                        self.handoff_failed(now, reason, true, &mut out);
+                    }
+                }
                 self.expire_previous(now, &mut out);
                 self.due(now, &mut out);
             }
@@ -1168,6 +1318,197 @@ impl Engine {
             }
         }
         Ok(out)
+    }
+
+    /// The next fencing token: higher than every one given out before, across handoffs,
+    /// failures and restarts (it is in the snapshot, committed before any action).
+    fn grant(&mut self) -> u64 {
+        let floor = self.state.fencing.as_ref().map_or(0, |f| f.token);
+        self.state.last_token = self.state.last_token.max(floor) + 1;
+        self.state.last_token
+    }
+
+    /// Under `strategy = "handoff"`, what the actions need of the role once the event is
+    /// handled: each `Start` says whether its instance is the holder (and its token) or a
+    /// standby, and a `Route` to the holder alone carries its token for the proxy to send.
+    fn fence(&self, out: &mut Outcome) {
+        if self.spec.strategy != Strategy::Handoff {
+            return;
+        }
+        let fencing = self.state.fencing.as_ref();
+        for a in &mut out.actions {
+            match a {
+                Action::Start { release, role } => {
+                    *role = Some(match fencing {
+                        Some(f) if f.holder.digest == release.digest => Role {
+                            active: true,
+                            token: f.token,
+                        },
+                        f => Role {
+                            active: false,
+                            token: f.map_or(0, |f| f.token),
+                        },
+                    });
+                }
+                Action::Route {
+                    stable,
+                    canary: None,
+                    fencing: token,
+                    ..
+                } => {
+                    *token = fencing
+                        .filter(|f| f.holder.digest == stable.digest)
+                        .map(|f| f.token);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Whether the rollout is handing the role to the release `digest` with `token`: a
+    /// result for anything else (a handoff given up already) changes nothing.
+    fn handing_off(&self, digest: &str, token: u64) -> bool {
+        self.active().is_some_and(|r| {
+            r.to.digest == digest
+                && matches!(r.phase, Phase::HandingOff { token: t, .. } if t == token)
+        })
+    }
+
+    /// The new singleton release is ready: the role moves to it with a new token, given out
+    /// (and persisted) before the shell holds requests and calls it.
+    fn start_handoff(&mut self, now: Timestamp, from: Release, to: Release, out: &mut Outcome) {
+        let token = self.grant();
+        let bound = self.spec.handoff.bound();
+        let held = self.state.fencing.as_ref().map(|f| f.token);
+        let Some(r) = self.state.rollout.as_mut() else {
+            return;
+        };
+        // A backstop for a result that never comes: the shell's own steps take at most
+        // `bound`; twice that leaves room for a slow host.
+        r.phase = Phase::HandingOff {
+            token,
+            since: now,
+            deadline: now.plus(bound.get() * 2),
+        };
+        out.actions.push(Action::Handoff {
+            from: from.clone(),
+            to: to.clone(),
+            token,
+        });
+        let old = held.map_or(String::new(), |t| format!(" (token {t})"));
+        self.decide(
+            out,
+            now,
+            DecisionKind::Handoff,
+            format!(
+                "{} is ready: handing the active role over from {}{old} with fencing token {token}; new requests are held while {}'s in-flight requests finish",
+                to.label(),
+                from.label(),
+                from.version
+            ),
+            serde_json::json!({ "token": token, "from_token": held, "bound_ms": bound.get().as_millis() as u64 }),
+        );
+    }
+
+    /// The new release took the role: it is the holder and stable; the held requests go to
+    /// it (one route switch), then the old holder is drained and stopped.
+    fn handed_over(&mut self, now: Timestamp, out: &mut Outcome) {
+        let Some(r) = self.state.rollout.as_mut() else {
+            return;
+        };
+        let Phase::HandingOff { token, since, .. } = r.phase else {
+            return;
+        };
+        let to = r.to.clone();
+        let from = r.from.clone();
+        r.phase = Phase::Done { ended: now };
+        r.weight = Weight::FULL;
+        out.actions.push(Action::Route {
+            stable: to.clone(),
+            canary: None,
+            weight: Weight::ZERO,
+            salt: r.salt,
+            fencing: None,
+        });
+        let from_token = self.state.fencing.as_ref().map(|f| f.token);
+        self.state.fencing = Some(Fencing {
+            holder: to.clone(),
+            token,
+        });
+        self.state.stable = Some(to.clone());
+        let mut stopped = String::new();
+        if let Some(from) = from {
+            stopped = format!("; {} is drained and stopped", from.label());
+            out.actions.push(Action::Stop {
+                release: from,
+                reason: "handed the active role over".into(),
+            });
+        }
+        let mut numbers = serde_json::json!({
+            "token": token,
+            "from_token": from_token,
+            "took_ms": now.since(since).as_millis() as u64,
+        });
+        let cleared = match self.clear_failure(&to) {
+            Some((text, f)) => {
+                numbers = with_cleared(numbers, &f);
+                text
+            }
+            None => String::new(),
+        };
+        self.decide(
+            out,
+            now,
+            DecisionKind::Promoted,
+            format!(
+                "{} holds the active role with fencing token {token} (handed over in {}){stopped}{cleared}",
+                to.label(),
+                Dur(now.since(since))
+            ),
+            numbers,
+        );
+    }
+
+    /// The handoff failed (or was aborted, or cutover restarted in the middle of it): the old
+    /// holder keeps the role with a new, higher token, so that whatever the new release may
+    /// have done with the offered one is fenced; the held requests go back to it; the new
+    /// release is stopped (and marked failed when `automatic`).
+    fn handoff_failed(
+        &mut self,
+        now: Timestamp,
+        reason: String,
+        automatic: bool,
+        out: &mut Outcome,
+    ) {
+        let Some(r) = self.active() else {
+            return;
+        };
+        let Phase::HandingOff { token: offered, .. } = r.phase else {
+            return;
+        };
+        let Some(from) = r.from.clone() else {
+            return;
+        };
+        let token = self.grant();
+        self.state.fencing = Some(Fencing {
+            holder: from.clone(),
+            token,
+        });
+        let why = format!(
+            "handoff failed: {reason}; {} keeps the active role with a new fencing token {token} (token {offered}, offered to the new release, is fenced)",
+            from.label()
+        );
+        self.abort(
+            now,
+            why,
+            automatic,
+            serde_json::json!({ "token": token, "offered_token": offered, "cause": reason }),
+            out,
+        );
+        out.actions.push(Action::Reclaim {
+            release: from,
+            token,
+        });
     }
 
     fn decide(
@@ -1277,8 +1618,48 @@ impl Engine {
             last_evaluation: None,
             plan: plan.clone(),
         });
+        // A first singleton release takes the role at start: nobody else holds it. Granted
+        // here, before the start, so the snapshot has it first (invariant 8).
+        let mut granted = None;
+        let mut adopted = None;
+        if self.spec.strategy == Strategy::Handoff {
+            match &from {
+                None => {
+                    let token = self.grant();
+                    self.state.fencing = Some(Fencing {
+                        holder: release.clone(),
+                        token,
+                    });
+                    granted = Some(token);
+                }
+                // A service that became a singleton with a stable release already running:
+                // that release holds the role from now, with a token of its own, so the one
+                // the handoff gives out fences it.
+                Some(stable) if self.state.fencing.is_none() => {
+                    let token = self.grant();
+                    self.state.fencing = Some(Fencing {
+                        holder: stable.clone(),
+                        token,
+                    });
+                    out.actions.push(Action::Route {
+                        stable: stable.clone(),
+                        canary: None,
+                        weight: Weight::ZERO,
+                        salt,
+                        fencing: None,
+                    });
+                    out.actions.push(Action::Reclaim {
+                        release: stable.clone(),
+                        token,
+                    });
+                    adopted = Some(token);
+                }
+                Some(_) => {}
+            }
+        }
         out.actions.push(Action::Start {
             release: release.clone(),
+            role: None,
         });
         let reason = match &from {
             Some(s) => format!(
@@ -1297,13 +1678,34 @@ impl Engine {
             ),
         };
         let weights: Vec<String> = plan.iter().map(|s| s.weight.to_string()).collect();
-        self.decide(
-            out,
-            now,
-            DecisionKind::Deploy,
-            reason,
-            serde_json::json!({ "plan": weights, "force": force }),
-        );
+        let (reason, numbers) = match (self.spec.strategy, granted) {
+            (Strategy::Handoff, Some(token)) => (
+                format!(
+                    "{reason}; it holds the singleton's active role with fencing token {token}"
+                ),
+                serde_json::json!({ "strategy": "handoff", "token": token, "force": force }),
+            ),
+            (Strategy::Handoff, None) => {
+                let held = match (&from, adopted) {
+                    (Some(s), Some(t)) => format!(
+                        "; {} had no fencing token (the service was not a singleton before) and holds the role with token {t} from now",
+                        s.label()
+                    ),
+                    _ => String::new(),
+                };
+                (
+                    format!(
+                        "{reason}; it starts as a standby: the active role moves to it once it is ready{held}"
+                    ),
+                    serde_json::json!({ "strategy": "handoff", "token": adopted, "force": force }),
+                )
+            }
+            (Strategy::Canary, _) => (
+                reason,
+                serde_json::json!({ "plan": weights, "force": force }),
+            ),
+        };
+        self.decide(out, now, DecisionKind::Deploy, reason, numbers);
         Ok(())
     }
 
@@ -1315,6 +1717,12 @@ impl Engine {
             return;
         }
         let to = r.to.clone();
+        if self.spec.strategy == Strategy::Handoff {
+            if let Some(from) = r.from.clone() {
+                self.start_handoff(now, from, to, out);
+                return;
+            }
+        }
         match r.from.clone() {
             None => {
                 r.phase = Phase::Done { ended: now };
@@ -1326,6 +1734,7 @@ impl Engine {
                     canary: None,
                     weight: Weight::ZERO,
                     salt,
+                    fencing: None,
                 });
                 let (cleared, numbers) = match self.clear_failure(&to) {
                     Some((text, f)) => (text, with_cleared(serde_json::Value::Null, &f)),
@@ -1373,6 +1782,7 @@ impl Engine {
                     canary: Some(to.clone()),
                     weight: first.weight,
                     salt,
+                    fencing: None,
                 });
                 self.decide(
                     out,
@@ -1660,8 +2070,10 @@ impl Engine {
         if let Some(held) = &self.state.previous {
             at(held.until);
         }
-        if let Some(Phase::Starting { deadline: Some(d) }) = self.active().map(|r| &r.phase) {
-            at(d.at);
+        match self.active().map(|r| &r.phase) {
+            Some(Phase::Starting { deadline: Some(d) }) => at(d.at),
+            Some(Phase::HandingOff { deadline, .. }) => at(*deadline),
+            _ => {}
         }
         if self.last_aborts().is_some() {
             for (_, _, end) in self.abort_window() {
@@ -1922,6 +2334,7 @@ impl Engine {
                     canary: Some(to),
                     weight: step.weight,
                     salt,
+                    fencing: None,
                 });
             }
         }
@@ -1959,6 +2372,7 @@ impl Engine {
             canary: None,
             weight: Weight::ZERO,
             salt: r.salt,
+            fencing: None,
         });
         if let Some(from) = from.clone() {
             if hold.is_zero() {
@@ -2038,6 +2452,7 @@ impl Engine {
                 canary: None,
                 weight: Weight::ZERO,
                 salt,
+                fencing: None,
             });
         }
         out.actions.push(Action::Stop {
@@ -2136,6 +2551,9 @@ impl Engine {
                     out,
                 );
             }
+            VerbEffect::Abort if matches!(phase, Some(Phase::HandingOff { .. })) => {
+                self.handoff_failed(now, format!("{verb} requested by the operator"), false, out);
+            }
             VerbEffect::Abort => {
                 self.abort(
                     now,
@@ -2160,6 +2578,7 @@ impl Engine {
                     canary: None,
                     weight: Weight::ZERO,
                     salt: r.salt,
+                    fencing: None,
                 });
                 out.actions.push(Action::Stop {
                     release: to.clone(),
@@ -2205,14 +2624,26 @@ impl Engine {
         dead: Vec<RecoveredInstance>,
         out: &mut Outcome,
     ) {
+        if let Some(Phase::HandingOff { token, .. }) = self.active().map(|r| r.phase.clone()) {
+            // Whether the new instance took the token is unknown: the old holder, which the
+            // snapshot names, keeps the role with a higher token, which fences the offered one.
+            let reason = format!(
+                "cutover restarted during the handoff; whether the new release took token {token} is unknown"
+            );
+            self.handoff_failed(now, reason, true, out);
+        }
         let mut started: Vec<Release> = Vec::new();
         if let Some(s) = self.state.stable.clone() {
-            out.actions.push(Action::Start { release: s.clone() });
+            out.actions.push(Action::Start {
+                release: s.clone(),
+                role: None,
+            });
             started.push(s);
         }
         if let Some(h) = self.state.previous.clone() {
             out.actions.push(Action::Start {
                 release: h.release.clone(),
+                role: None,
             });
             started.push(h.release);
         }
@@ -2227,6 +2658,7 @@ impl Engine {
             if r.phase.is_active() {
                 out.actions.push(Action::Start {
                     release: r.to.clone(),
+                    role: None,
                 });
                 started.push(r.to);
             }
@@ -2249,6 +2681,7 @@ impl Engine {
                 canary,
                 weight,
                 salt,
+                fencing: None,
             });
         }
         let wanted = |i: &&RecoveredInstance| started.iter().any(|r| r.digest == i.digest);
@@ -2382,9 +2815,13 @@ pub fn verb_effect(
         (Resume, Progressing { .. }) => Err(EngineError::NotPaused),
         (Promote, Progressing { .. } | Paused { .. }) => Ok(VerbEffect::Promote),
         (Promote, Starting { .. }) => Err(EngineError::PromoteWhileStarting),
-        (Abort | Rollback, Starting { .. } | Progressing { .. } | Paused { .. }) => {
-            Ok(VerbEffect::Abort)
+        (Pause | Resume | Promote, HandingOff { token, .. }) => {
+            Err(EngineError::HandingOff { token: *token })
         }
+        (
+            Abort | Rollback,
+            Starting { .. } | Progressing { .. } | Paused { .. } | HandingOff { .. },
+        ) => Ok(VerbEffect::Abort),
         (Rollback, Promoted { .. }) => Ok(VerbEffect::RollBack),
         (Rollback, Done { .. }) if previous.is_some() => Err(EngineError::PreviousGone {
             previous: previous.unwrap_or_default(),

@@ -567,6 +567,14 @@ impl Default for RestartSpec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RolloutSpec {
+    /// How the new release takes over: `"canary"` (default: a progressive canary on the
+    /// schedule below) or `"handoff"` (a singleton, of which at most one instance may act:
+    /// make-before-break with a fencing token, see docs/handoff.md and `[rollout.handoff]`).
+    #[serde(default)]
+    pub strategy: Strategy,
+    /// `[rollout.handoff]`: the handoff call and its bounds, with `strategy = "handoff"`.
+    #[serde(default)]
+    pub handoff: HandoffSpec,
     #[serde(default)]
     pub schedule: ScheduleKind,
     /// The canary's first weight, in percent (`0.5` is allowed).
@@ -619,6 +627,8 @@ pub struct RolloutSpec {
 impl Default for RolloutSpec {
     fn default() -> Self {
         RolloutSpec {
+            strategy: Strategy::default(),
+            handoff: HandoffSpec::default(),
             schedule: ScheduleKind::default(),
             initial_weight: default_initial_weight(),
             step_interval: default_step_interval(),
@@ -642,6 +652,76 @@ impl RolloutSpec {
         Weight::from_percent(self.initial_weight)
             .unwrap_or(Weight::from_bp(200).unwrap_or(Weight::ZERO))
     }
+}
+
+/// `rollout.strategy`: how a new release takes over from the stable one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// A progressive canary: weights on the schedule, gates and abort rules (the default).
+    #[default]
+    Canary,
+    /// A singleton (one instance may act, e.g. a signer): the new release starts as a
+    /// standby, then the active role moves to it at once with a fencing token that only
+    /// grows (DESIGN.md invariant 7). Weights, gates, abort rules and `hold_previous` do not
+    /// apply.
+    Handoff,
+}
+
+impl Strategy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Strategy::Canary => "canary",
+            Strategy::Handoff => "handoff",
+        }
+    }
+}
+
+/// `[rollout.handoff]`: the call that hands the active role to the new instance, and how long
+/// requests may be held while the role moves (docs/handoff.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HandoffSpec {
+    /// The path cutover POSTs `{"token": N}` to on the new instance; a 2xx within `timeout`
+    /// means it took the role. Default `/cutover/handoff`.
+    #[serde(default = "default_handoff_path")]
+    pub path: String,
+    /// How long the handoff call may take. Default 5s.
+    #[serde(default = "default_handoff_timeout")]
+    pub timeout: Dur,
+    /// How long the old holder's in-flight requests may take to finish before the handoff
+    /// is given up (the old holder keeps the role). Default 10s. New requests are held in the
+    /// proxy meanwhile, at most `drain_timeout + timeout`.
+    #[serde(default = "default_handoff_drain_timeout")]
+    pub drain_timeout: Dur,
+}
+
+impl Default for HandoffSpec {
+    fn default() -> Self {
+        HandoffSpec {
+            path: default_handoff_path(),
+            timeout: default_handoff_timeout(),
+            drain_timeout: default_handoff_drain_timeout(),
+        }
+    }
+}
+
+impl HandoffSpec {
+    /// The longest a handoff may take from the proxy's first held request to the result:
+    /// the old holder's drain, then the call.
+    pub fn bound(&self) -> Dur {
+        Dur(self.drain_timeout.get() + self.timeout.get())
+    }
+}
+
+fn default_handoff_path() -> String {
+    "/cutover/handoff".into()
+}
+fn default_handoff_timeout() -> Dur {
+    Dur::from_secs(5)
+}
+fn default_handoff_drain_timeout() -> Dur {
+    Dur::from_secs(10)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -1347,6 +1427,35 @@ impl Config {
             );
         }
         v.positive("rollout.max_hold", r.max_hold);
+        if r.strategy == Strategy::Handoff {
+            if a.instances != 1 {
+                v.err(
+                    "app.instances",
+                    format!(
+                        "is {} but rollout.strategy is \"handoff\": at most one instance may hold the role",
+                        a.instances
+                    ),
+                    "set app.instances = 1, or use strategy = \"canary\" for a service that may run many instances",
+                );
+            }
+            if r.schedule == ScheduleKind::Steps || !r.steps.is_empty() {
+                v.err(
+                    "rollout.steps",
+                    "is set but rollout.strategy is \"handoff\", which moves the role at once, not in steps",
+                    "remove rollout.schedule and rollout.steps, or use strategy = \"canary\"",
+                );
+            }
+            let h = &r.handoff;
+            if !h.path.starts_with('/') {
+                v.err(
+                    "rollout.handoff.path",
+                    format!("{:?} does not start with '/'", h.path),
+                    "use an absolute path such as \"/cutover/handoff\"",
+                );
+            }
+            v.positive("rollout.handoff.timeout", h.timeout);
+            v.positive("rollout.handoff.drain_timeout", h.drain_timeout);
+        }
         match r.schedule {
             ScheduleKind::Double if !r.steps.is_empty() => v.err(
                 "rollout.steps",

@@ -586,3 +586,57 @@ fn notify_kinds_read_by_their_config_names() {
     let err = "failed".parse::<NotifyKind>().unwrap_err();
     assert!(err.contains("use one of started, step,"), "{err}");
 }
+
+#[test]
+fn handoff_needs_one_instance_and_no_steps_and_says_so() {
+    use cutover_core::spec::Strategy;
+    let c = Config::from_toml_str(MINIMAL).unwrap();
+    assert_eq!(c.rollout.strategy, Strategy::Canary, "the default");
+    assert_eq!(c.rollout.handoff.path, "/cutover/handoff");
+    assert_eq!(c.rollout.handoff.timeout, Dur::from_secs(5));
+    assert_eq!(c.rollout.handoff.drain_timeout, Dur::from_secs(10));
+
+    let ok = format!("{MINIMAL}[rollout]\nstrategy = \"handoff\"\n");
+    assert_eq!(
+        Config::from_toml_str(&ok).unwrap().rollout.strategy,
+        Strategy::Handoff
+    );
+
+    let text = r#"
+[service]
+name = "signer"
+[app]
+command = ["./app", "--port", "{port}"]
+instances = 2
+[rollout]
+strategy = "handoff"
+schedule = "steps"
+steps = [{ weight = 5 }]
+[rollout.handoff]
+path = "handoff"
+timeout = "0s"
+"#;
+    let errs = errors(text);
+    let has = |needle: &str| errs.iter().any(|e| e.contains(needle));
+    assert!(
+        has("app.instances: is 2 but rollout.strategy is \"handoff\"")
+            && has("set app.instances = 1"),
+        "{errs:?}"
+    );
+    assert!(
+        has("rollout.steps: is set but rollout.strategy is \"handoff\""),
+        "{errs:?}"
+    );
+    assert!(
+        has("rollout.handoff.path: \"handoff\" does not start with '/'"),
+        "{errs:?}"
+    );
+    assert!(has("rollout.handoff.timeout: is zero"), "{errs:?}");
+
+    let typo = format!("{MINIMAL}[rollout]\nstrategy = \"hand-off\"\n");
+    let errs = errors(&typo);
+    assert!(
+        errs.iter().any(|e| e.contains("rollout.strategy")),
+        "{errs:?}"
+    );
+}

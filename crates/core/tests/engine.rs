@@ -213,7 +213,13 @@ fn first_release_goes_straight_to_full_once_ready() {
         force: false,
         start_timeout: None,
     });
-    assert_eq!(out.actions, vec![Action::Start { release: v1() }]);
+    assert_eq!(
+        out.actions,
+        vec![Action::Start {
+            release: v1(),
+            role: None,
+        }]
+    );
     assert_eq!(s.phase().kind(), PhaseKind::Starting);
     let out = s.ok(Event::Ready {
         digest: "sha-v1".into(),
@@ -815,7 +821,8 @@ fn a_new_deploy_stops_the_held_previous_release() {
     assert_eq!(
         out.actions[1],
         Action::Start {
-            release: Release::new("v3", "sha-v3")
+            release: Release::new("v3", "sha-v3"),
+            role: None,
         }
     );
     let r = s.engine.state().rollout.as_ref().unwrap();
@@ -840,8 +847,20 @@ fn recovery_restarts_what_the_state_says_and_routes_as_before() {
             },
         )
         .unwrap();
-    assert_eq!(out.actions[0], Action::Start { release: v1() });
-    assert_eq!(out.actions[1], Action::Start { release: v2() });
+    assert_eq!(
+        out.actions[0],
+        Action::Start {
+            release: v1(),
+            role: None,
+        }
+    );
+    assert_eq!(
+        out.actions[1],
+        Action::Start {
+            release: v2(),
+            role: None,
+        }
+    );
     assert!(
         matches!(&out.actions[2], Action::Route { canary: Some(c), weight, .. } if *c == v2() && weight.bp() == 400)
     );

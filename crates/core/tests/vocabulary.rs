@@ -12,6 +12,11 @@ fn every_phase() -> Vec<Phase> {
         Phase::Progressing {
             watch: Watch::default(),
         },
+        Phase::HandingOff {
+            token: 2,
+            since: t,
+            deadline: t,
+        },
         Phase::Paused {
             manual: true,
             since: t,
@@ -91,6 +96,7 @@ fn every_notification_kind_comes_from_a_decision() {
         DecisionKind::Recovered,
         DecisionKind::Spilled,
         DecisionKind::FailureExpired,
+        DecisionKind::Handoff,
     ];
     for kind in NotifyKind::ALL {
         assert!(

@@ -26,9 +26,20 @@
 //!   "draining"}`, finish and ack the orders in progress, then close with 1012.
 //!
 //! Metrics also include `demo_orders_executed_total{version}` and `demo_orders_in_progress`.
+//!
+//! The reference singleton for `strategy = "handoff"` (see `signer.rs`, docs/handoff.md):
+//! - `POST /cutover/handoff`: takes the active role with `{"token": N}`.
+//! - `POST /sign` (`GET` too): with `--ledger ADDR`, records a signature in the ledger with
+//!   the request's `X-Cutover-Fencing-Token` (or its own token), after `--latency`; 409 when
+//!   fenced.
+//! - `POST /ledger`, `GET /ledger`: the downstream that rejects a token lower than the
+//!   highest it has accepted.
 #![forbid(unsafe_code)]
 
 mod orders;
+mod signer;
+
+pub use signer::FENCING_HEADER;
 
 pub use orders::{EXECUTED_LOG, MAX_ID_LEN};
 
@@ -107,6 +118,15 @@ pub struct Config {
     /// Serve a `/metrics` body that is not a valid Prometheus exposition.
     #[arg(long, env = "DEMO_BAD_METRICS", default_value_t = false)]
     pub bad_metrics: bool,
+    /// The ledger a signer writes to (`host:port` of a demo-app): turns on `/sign`.
+    #[arg(long, env = "DEMO_LEDGER")]
+    pub ledger: Option<SocketAddr>,
+    /// Answer `POST /cutover/handoff` with 500 (a handoff that fails).
+    #[arg(long, env = "DEMO_HANDOFF_FAIL", default_value_t = false)]
+    pub handoff_fail: bool,
+    /// Answer `POST /cutover/handoff` this late (a handoff that times out).
+    #[arg(long, env = "DEMO_HANDOFF_DELAY", default_value = "0", value_parser = parse_duration)]
+    pub handoff_delay: Duration,
 }
 
 /// Parses a duration in cutover's one grammar (`250ms`, `1s`, `1m30s`; a bare `0` is zero), so
@@ -155,6 +175,10 @@ pub struct AppState {
     /// Each WebSocket task (`/ws` and `/orders`) holds a clone; taken (dropped) on shutdown to
     /// wait for them.
     ws_guard: Mutex<Option<mpsc::Sender<()>>>,
+    /// The singleton's role (`/cutover/handoff`, `/sign`).
+    signer: signer::Signer,
+    /// The downstream that fences stale holders (`/ledger`).
+    ledger: signer::Ledger,
 }
 
 impl AppState {
@@ -192,6 +216,8 @@ impl AppState {
             shutdown_rx,
             shutdown_tx,
             ws_guard: Mutex::new(Some(ws_tx)),
+            signer: signer::Signer::from_env(),
+            ledger: signer::Ledger::default(),
         });
         Ok((state, ws_rx))
     }
@@ -309,6 +335,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/echo", post(echo))
         .route("/orders", get(orders_ws))
         .route("/drain", post(drain))
+        .route("/cutover/handoff", post(signer::handoff))
+        .route("/sign", get(signer::sign).post(signer::sign))
+        .route(
+            "/ledger",
+            get(signer::ledger_show).post(signer::ledger_append),
+        )
         .layer(middleware::from_fn_with_state(state.clone(), track))
         .with_state(state)
 }

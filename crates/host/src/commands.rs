@@ -90,6 +90,19 @@ pub fn emitln(text: &str) -> Result<(), CommandError> {
 pub fn validate(path: &Path) -> Result<String, CommandError> {
     let l = config::load_checked(path)?;
     let c = &l.config;
+    if c.rollout.strategy == cutover_core::spec::Strategy::Handoff {
+        let h = &c.rollout.handoff;
+        return Ok(format!(
+            "{} is valid: service {} on {}, admin on {}, one instance per version\nstrategy: handoff (a singleton: the active role moves make-before-break with a fencing token, docs/handoff.md): POST {} on the new instance within {}, after the old holder's in-flight requests finish within {}; schedule, gates, abort rules and hold_previous do not apply",
+            l.path.display(),
+            c.service.name,
+            c.service.listen,
+            c.admin.listen,
+            h.path,
+            h.timeout,
+            h.drain_timeout,
+        ));
+    }
     let plan: Vec<String> = c.schedule().iter().map(|s| s.weight.to_string()).collect();
     Ok(format!(
         "{} is valid: service {} on {}, admin on {}, {} instance(s) per version\nschedule: {} → 100% ({} steps, {} each); evaluation every {} over {}; {} gate(s), {} abort rule(s)\ntraffic: {}",

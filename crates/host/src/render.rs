@@ -97,6 +97,11 @@ fn phase_line(r: &Rollout, now: Timestamp, verb: VerbHint<'_>) -> String {
             "promoted; previous release held for rollback for another {}",
             span(now, *until)
         ),
+        Phase::HandingOff { token, since, .. } => format!(
+            "handing the active role to {} with fencing token {token} ({} so far; new requests wait in the proxy)",
+            r.to.version,
+            span(*since, now)
+        ),
         Phase::Done { .. } => "done".to_string(),
         Phase::Aborted {
             reason, automatic, ..
@@ -149,6 +154,19 @@ pub fn status(s: &StatusView) -> String {
             );
         }
     }
+    if let Some(f) = &s.fencing {
+        let _ = writeln!(
+            o,
+            "role    {} holds the active role, fencing token {} (strategy handoff)",
+            f.holder.label(),
+            f.token
+        );
+    } else if s.strategy == cutover_core::spec::Strategy::Handoff {
+        let _ = writeln!(
+            o,
+            "role    nobody holds the active role yet (strategy handoff)"
+        );
+    }
     held_line(&mut o, s.previous.as_ref(), now);
     if let Some(r) = &s.rollout {
         rollout_section(
@@ -178,6 +196,14 @@ pub fn status(s: &StatusView) -> String {
         }
     }
     let st = &s.settings;
+    if let Some(h) = &st.handoff {
+        let _ = writeln!(
+            o,
+            "\nhandoff: new requests held while the old holder's in-flight requests finish (at most {}), then POST {} on the new instance (at most {}); drain {} then grace {}",
+            h.drain_timeout, h.path, h.timeout, st.drain_timeout, st.grace
+        );
+        return o;
+    }
     let _ = writeln!(
         o,
         "\nevaluation every {} over {} (min {} samples); steps {}; max_hold {}; hold_previous {}; drain {} (WebSockets: quiet period {}, then 1012) then grace {}",
@@ -798,6 +824,8 @@ mod tests {
             eta: None,
             instances: Vec::new(),
             failed: Default::default(),
+            strategy: Default::default(),
+            fencing: None,
             persist_failure: None,
             config: None,
             settings: crate::status::Settings {
@@ -815,6 +843,7 @@ mod tests {
                 max_lookback: spec.max_lookback,
                 max_inconclusive: spec.max_inconclusive,
                 traffic_need: String::new(),
+                handoff: None,
             },
         };
         let running = status(&view(&e, t(7)));

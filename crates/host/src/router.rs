@@ -26,6 +26,8 @@ pub struct Intent {
     pub canary: Option<Release>,
     pub weight: Weight,
     pub salt: u64,
+    /// The singleton holder's fencing token, sent with every request to stable.
+    pub fencing: Option<u64>,
 }
 
 #[derive(Default)]
@@ -36,6 +38,9 @@ pub struct Router {
     stable_gone: bool,
     /// A change of `stable_gone` not yet taken by the driver, with why.
     stable_change: Option<(bool, String)>,
+    /// A singleton's role is moving: stable's pool is published empty (new requests wait in
+    /// the proxy) until the next intent.
+    holding: bool,
 }
 
 impl Router {
@@ -45,6 +50,17 @@ impl Router {
 
     pub fn set_intent(&mut self, intent: Intent, fleet: &Fleet, proxy: &dyn Routing) {
         self.intent = Some(intent);
+        self.holding = false;
+        self.publish(fleet, proxy);
+    }
+
+    /// While a singleton's role moves (`strategy = "handoff"`): no request goes to any
+    /// instance until the next intent; the proxy holds them (bounded by `bound`) meanwhile.
+    /// The hold is armed before the empty table is published, so no request in between is
+    /// answered 503.
+    pub fn hold(&mut self, bound: std::time::Duration, fleet: &Fleet, proxy: &dyn Routing) {
+        proxy.hold(bound);
+        self.holding = true;
         self.publish(fleet, proxy);
     }
 
@@ -53,7 +69,10 @@ impl Router {
         let Some(intent) = self.intent.clone() else {
             return;
         };
-        let stable = self.pool(&intent.stable, fleet);
+        let mut stable = self.pool(&intent.stable, fleet);
+        if self.holding {
+            stable.backends.clear();
+        }
         let canary = match &intent.canary {
             Some(c) if intent.weight > Weight::ZERO => Some((self.pool(c, fleet), intent.weight)),
             _ => None,
@@ -77,6 +96,7 @@ impl Router {
             salt: intent.salt,
             stable,
             canary,
+            fencing: intent.fencing,
         });
     }
 
@@ -185,6 +205,7 @@ mod tests {
             canary: Some(Release::new("v2", "d2")),
             weight: Weight::from_bp(1000).unwrap(),
             salt: 1,
+            fencing: None,
         };
         let starting = fleet(&[
             ("v1", "d1", &[Starting, Restarting]),

@@ -20,6 +20,13 @@ pub struct StatusView {
     pub eta: Option<Timestamp>,
     pub instances: Vec<InstanceView>,
     pub failed: BTreeMap<String, Failure>,
+    /// `rollout.strategy`: `canary` or `handoff`.
+    #[serde(default)]
+    pub strategy: cutover_core::spec::Strategy,
+    /// `strategy = "handoff"`: the release holding the singleton's active role, and its
+    /// fencing token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fencing: Option<cutover_core::engine::Fencing>,
     /// Why the last commit to the state store failed (nothing of that outcome was carried
     /// out), until a commit succeeds again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -84,4 +91,8 @@ pub struct Settings {
     /// `needs ≥ 83.4 req/s at 2 % …` (`cutover_core::lookback::traffic_need`).
     #[serde(default)]
     pub traffic_need: String,
+    /// `[rollout.handoff]`, with `strategy = "handoff"` (the canary settings above do not
+    /// apply then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handoff: Option<cutover_core::spec::HandoffSpec>,
 }

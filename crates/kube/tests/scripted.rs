@@ -1082,6 +1082,8 @@ fn host_view(
         eta: Engine::restore(core.clone(), state.clone()).eta(Timestamp::from_millis(now)),
         instances: Vec::new(),
         failed: state.failed.clone(),
+        strategy: Default::default(),
+        fencing: None,
         persist_failure: None,
         config: None,
         settings: cutover_host::status::Settings {
@@ -1099,6 +1101,7 @@ fn host_view(
             max_lookback: core.max_lookback,
             max_inconclusive: core.max_inconclusive,
             traffic_need: String::new(),
+            handoff: None,
         },
     }
 }

@@ -38,6 +38,11 @@ impl Cold {
         self.published.notify_waiters();
     }
 
+    /// Whether requests are being held now.
+    pub(crate) fn is_held(&self) -> bool {
+        self.cold.load(Ordering::Acquire)
+    }
+
     /// Returns at once when warm; else when a routable table is published or the bound passes.
     pub(crate) async fn wait(&self) {
         if !self.cold.load(Ordering::Acquire) {

@@ -62,7 +62,7 @@ pub use body::{BodyError, ProxyBody};
 pub use error::ProxyError;
 /// The HTTP/1.1 response codec over a buffer (no IO), public for the fuzz targets in `fuzz/`.
 pub use h1::codec as h1_codec;
-pub use proxy::{default_workers, Proxy, ProxyConfig, Serving, ShutdownOutcome};
+pub use proxy::{default_workers, Proxy, ProxyConfig, Serving, ShutdownOutcome, FENCING_TOKEN};
 pub use table::{Backend, Pool, RouteTable};
 pub use tls::{load_server_config, CertReloader, Reload, SharedServerConfig, TlsError, ALPN};
 pub use ws::WsDrainReport;

@@ -630,7 +630,17 @@ impl Proxy {
             Ok(routed) => routed,
             Err(refused) => return refused.response(),
         };
-        let (outgoing, upgrade) = self.prepare(client, req, host);
+        let (mut outgoing, upgrade) = self.prepare(client, req, host);
+        if let Some(token) = routes.table.fencing {
+            // Only the holder's token counts: a client's own header of that name is replaced.
+            outgoing.parts.headers.remove(&FENCING_TOKEN);
+            if target.track == Track::Stable {
+                outgoing
+                    .parts
+                    .headers
+                    .insert(FENCING_TOKEN, http::HeaderValue::from(token));
+            }
+        }
         // A client that gives up before the instance answers must still count: otherwise a
         // hung canary would show no samples, stay "inconclusive" and never be aborted.
         let mut abandoned = Abandoned::arm(routes.recorder(target.track), started);
@@ -673,9 +683,6 @@ impl Proxy {
         let started = Instant::now();
         // A cold start waits for the first ready instance rather than answering 503.
         self.inner.cold.wait().await;
-        // The one load of the table for this request (invariant 1).
-        let routes = worker.routes();
-        let table = &routes.table;
         let key = headers::sticky_key(
             &self.inner.config.sticky,
             self.inner.sticky_header.as_ref(),
@@ -683,6 +690,16 @@ impl Proxy {
             req.uri().query(),
             peer,
         );
+        // The one load of the table for this request (invariant 1), unless the hold began
+        // between the wait above and that load (a singleton's role moving): then the request
+        // waits for the next table like the others. The atomic load comes first, so the
+        // request path pays for no second route otherwise.
+        let mut routes = worker.routes();
+        if self.inner.cold.is_held() && routes.table.route(&key).is_none() {
+            self.inner.cold.wait().await;
+            routes = worker.routes();
+        }
+        let table = &routes.table;
         let Some((track, pool)) = table.route(&key) else {
             if let Some((_, pool)) = table.intended(&key) {
                 self.record(&pool.version, 503, started, true);
@@ -1409,6 +1426,10 @@ struct Target {
     track: Track,
     backend: BackendRef,
 }
+
+/// The header a singleton's holder gets its fencing token in ([`RouteTable::fencing`]).
+pub const FENCING_TOKEN: http::HeaderName =
+    http::HeaderName::from_static("x-cutover-fencing-token");
 
 /// What [`Proxy::prepare`] made of the request: everything an attempt needs to send it. Each
 /// attempt builds its own URI from `path` (see [`upstream_request`]).

@@ -160,6 +160,7 @@ impl BackendRef {
                 backends: vec![backend],
             }),
             canary: None,
+            fencing: None,
         };
         let recorder = Recorder::new(
             std::time::Duration::from_secs(1),
@@ -216,6 +217,11 @@ pub struct RouteTable {
     pub stable: Option<Pool>,
     /// The canary pool and its share of clients.
     pub canary: Option<(Pool, Weight)>,
+    /// A singleton's fencing token (`strategy = "handoff"`, DESIGN.md invariant 7): sent as
+    /// `X-Cutover-Fencing-Token` with every request to the stable pool (a client's own
+    /// header of that name is replaced), so the holder can pass it to a downstream that
+    /// rejects stale holders.
+    pub fencing: Option<u64>,
 }
 
 impl RouteTable {
@@ -337,6 +343,7 @@ mod tests {
             salt: 42,
             stable: Some(pool("v1", stable)),
             canary: Some((pool("v2", canary), Weight::from_bp(bp).unwrap())),
+            fencing: None,
         }
     }
 

@@ -605,3 +605,77 @@ async fn connections_are_balanced_across_workers() {
     })
     .await;
 }
+
+/// A singleton's handoff (docs/handoff.md): while the host holds requests and publishes a
+/// table with no backend, requests wait instead of being answered 503; the next table with a
+/// backend serves them, with its fencing token in `X-Cutover-Fencing-Token` (a client's own
+/// header of that name replaced). Without a token in the table the header is left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_requests_wait_across_an_empty_table_and_carry_the_next_tables_token() {
+    let (old, new) = (
+        RecordingUpstream::start(Duration::ZERO).await,
+        RecordingUpstream::start(Duration::ZERO).await,
+    );
+    let px = Running::start().await;
+    let fenced = |backend, token| cutover_proxy::RouteTable {
+        fencing: Some(token),
+        ..table(Some(pool("v1", &[backend])), None)
+    };
+    px.proxy.set_table(fenced(old.backend(), 1));
+    let forged = |path: &str| {
+        Request::get(format!("http://{}{path}", px.addr))
+            .header("x-cutover-fencing-token", "99")
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    let c = client();
+    assert_eq!(send(&c, forged("/before")).await.status, StatusCode::OK);
+
+    // The role moves: hold, then a table whose pool is empty.
+    px.proxy.hold_while_cold(Duration::from_secs(30));
+    px.proxy.set_table(table(Some(pool("v1", &[])), None));
+    let held: Vec<_> = (0..4)
+        .map(|i| {
+            let (c, req) = (c.clone(), forged(&format!("/held-{i}")));
+            tokio::spawn(async move { send(&c, req).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        held.iter().all(|h| !h.is_finished()),
+        "a request was answered while the role moved"
+    );
+    px.proxy.set_table(fenced(new.backend(), 2));
+    for h in held {
+        let a = h.await.unwrap();
+        assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    }
+
+    let token = |seen: &Seen| {
+        seen.headers
+            .get_all("x-cutover-fencing-token")
+            .iter()
+            .map(|v| v.to_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    let old_seen = old.seen();
+    assert_eq!(old_seen.len(), 1);
+    assert_eq!(token(&old_seen[0]), ["1"]);
+    let new_seen = new.seen();
+    assert_eq!(
+        new_seen.len(),
+        4,
+        "every held request went to the new table"
+    );
+    assert!(
+        new_seen.iter().all(|s| token(s) == ["2"]),
+        "{:?}",
+        new_seen.iter().map(token).collect::<Vec<_>>()
+    );
+
+    // No token in the table (a canary service): the proxy does not touch the header.
+    px.proxy
+        .set_table(table(Some(pool("v1", &[new.backend()])), None));
+    assert_eq!(send(&c, forged("/after")).await.status, StatusCode::OK);
+    assert_eq!(token(new.seen().last().unwrap()), ["99"]);
+}

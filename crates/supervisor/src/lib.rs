@@ -38,6 +38,7 @@ mod supervisor;
 pub use adopt::{InstanceRecord, Ledger, LedgerError, Survey};
 pub use error::SupervisorError;
 pub use fleet::{CrashLoop, Fleet, InstanceState, InstanceStatus, VersionFleet};
+pub use probe::handoff as handoff_call;
 pub use release::{locate_program, Release};
 pub use supervisor::{
     Closer, DrainOutcome, InFlight, InstanceStopReport, Ownership, StopExit, StopReport, Supervisor,

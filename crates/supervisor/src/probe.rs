@@ -4,7 +4,7 @@
 //! client would see (can it accept and answer?), not a connection that happened to survive.
 
 use bytes::Bytes;
-use http_body_util::Empty;
+use http_body_util::{Empty, Full};
 use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -26,11 +26,45 @@ pub(crate) async fn post(addr: SocketAddr, path: &str, timeout: Duration) -> Res
     }
 }
 
+/// The handoff call of `strategy = "handoff"` (docs/handoff.md): `POST path` with
+/// `{"token": N}` on the instance; a 2xx within `timeout` means it took the active role.
+pub async fn handoff(
+    addr: SocketAddr,
+    path: &str,
+    token: u64,
+    timeout: Duration,
+) -> Result<(), String> {
+    let body = Bytes::from(format!("{{\"token\":{token}}}"));
+    match tokio::time::timeout(
+        timeout,
+        request_with(http::Method::POST, addr, path, Full::new(body)),
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(_) => Err(format!("POST {path} → no answer within {timeout:?}")),
+    }
+}
+
 async fn get(addr: SocketAddr, path: &str) -> Result<(), String> {
     request(http::Method::GET, addr, path).await
 }
 
 async fn request(method: http::Method, addr: SocketAddr, path: &str) -> Result<(), String> {
+    request_with(method, addr, path, Empty::<Bytes>::new()).await
+}
+
+async fn request_with<B>(
+    method: http::Method,
+    addr: SocketAddr,
+    path: &str,
+    body: B,
+) -> Result<(), String>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let stream = TcpStream::connect(addr)
         .await
         .map_err(|e| format!("{method} {path} → connect {addr}: {e}"))?;
@@ -43,7 +77,8 @@ async fn request(method: http::Method, addr: SocketAddr, path: &str) -> Result<(
         .header(http::header::HOST, addr.to_string())
         .header(http::header::CONNECTION, "close")
         .header(http::header::USER_AGENT, "cutover-probe")
-        .body(Empty::<Bytes>::new())
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(body)
         .map_err(|e| format!("bad probe path {path:?}: {e}"))?;
     // Drive the connection in this task rather than spawning it: when the probe is dropped
     // (timeout, instance stopping) the connection goes with it.

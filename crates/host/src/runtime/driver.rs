@@ -159,6 +159,9 @@ pub(super) struct Driver {
     /// Failures of commits written behind (evaluations that decided nothing).
     behind_tx: mpsc::UnboundedSender<PersistError>,
     behind_rx: mpsc::UnboundedReceiver<PersistError>,
+    /// Results of handoffs (`Action::Handoff`), carried out off the driver's task.
+    handoff_tx: mpsc::UnboundedSender<Event>,
+    handoff_rx: mpsc::UnboundedReceiver<Event>,
 }
 
 /// Sleeps until `wake`, or forever when there is nothing to wake for.
@@ -180,6 +183,7 @@ impl Driver {
     ) -> Driver {
         let c = &loaded.config;
         let (behind_tx, behind_rx) = mpsc::unbounded_channel();
+        let (handoff_tx, handoff_rx) = mpsc::unbounded_channel();
         let reloader = crate::reload::Reloader::new(&loaded.config);
         Driver {
             series: MemStore::new(c.metrics.retention.get().as_millis() as i64),
@@ -215,7 +219,14 @@ impl Driver {
             timers_after: None,
             behind_tx,
             behind_rx,
+            handoff_tx,
+            handoff_rx,
         }
+    }
+
+    /// Where a handoff carried out off the driver's task sends its result.
+    pub(super) fn handoff_events(&self) -> mpsc::UnboundedSender<Event> {
+        self.handoff_tx.clone()
     }
 
     fn now(&self) -> Timestamp {
@@ -275,6 +286,7 @@ impl Driver {
                 _ = ticker.tick() => { self.on_tick(); self.publish_after = true; }
                 Some(scraped) = self.scraping.scraped.recv() => self.on_scraped(scraped),
                 Some(e) = self.behind_rx.recv() => self.behind_failed(&e),
+                Some(event) = self.handoff_rx.recv() => { self.follow(event); self.publish_after = true; }
                 _ = gc.tick() => {
                     self.expire_failures();
                     let keep = super::in_use(self.engine.state());
@@ -969,6 +981,8 @@ impl Driver {
             eta: self.engine.eta(now),
             instances,
             failed: st.failed.clone(),
+            strategy: c.rollout.strategy,
+            fencing: st.fencing.clone(),
             config: Some(self.reloader.view(&self.loaded.path, &self.loaded.config)),
             persist_failure: self.persist_failure.clone(),
             settings: Settings {
@@ -997,6 +1011,8 @@ impl Driver {
                         .unwrap_or_else(|| c.rollout.initial());
                     lookback::traffic_need_at(&c.rollout, weight).sentence()
                 },
+                handoff: (c.rollout.strategy == cutover_core::spec::Strategy::Handoff)
+                    .then(|| c.rollout.handoff.clone()),
             },
         }
     }
@@ -1017,5 +1033,7 @@ fn event_name(e: &Event) -> &'static str {
         Event::StableGone { .. } => "stable_gone",
         Event::Timeout { .. } => "timeout",
         Event::ExpireFailures { .. } => "expire_failures",
+        Event::HandoffDone { .. } => "handoff_done",
+        Event::HandoffFailed { .. } => "handoff_failed",
     }
 }

@@ -6,23 +6,42 @@
 
 use super::driver::Driver;
 use crate::router::Intent;
-use cutover_core::engine::{Action, Decision, Event, Release};
+use cutover_core::engine::{Action, Decision, Event, Release, Role};
 use cutover_core::Timestamp;
 use cutover_notify::Notice;
 use cutover_supervisor::{Closer, InFlight, Release as SupRelease};
 use std::sync::Arc;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 impl Driver {
     /// Carries out one action of a committed outcome.
     pub(super) async fn act(&mut self, action: Action) {
         match action {
-            Action::Start { release } => self.start_release(&release).await,
+            Action::Start { release, role } => self.start_release(&release, role).await,
+            Action::Handoff { from, to, token } => self.hand_off(&from, &to, token),
+            Action::Reclaim { release, token } => {
+                let path = self.loaded.config.rollout.handoff.path.clone();
+                let timeout = self.loaded.config.rollout.handoff.timeout.get();
+                for addr in self.addrs(&release, true) {
+                    let call = self.instances.handoff(addr, &path, token, timeout);
+                    let version = release.version.clone();
+                    tokio::spawn(async move {
+                        match call.await {
+                            Ok(()) => info!(%version, token, "the holder took its new token"),
+                            // The proxy sends the token with every request anyway.
+                            Err(e) => {
+                                warn!(%version, token, error = %e, "the holder was not told its new token")
+                            }
+                        }
+                    });
+                }
+            }
             Action::Route {
                 stable,
                 canary,
                 weight,
                 salt,
+                fencing,
             } => {
                 let fleet = self.fleet();
                 self.router.set_intent(
@@ -31,6 +50,7 @@ impl Driver {
                         canary,
                         weight,
                         salt,
+                        fencing,
                     },
                     &fleet,
                     &*self.routing,
@@ -96,7 +116,86 @@ impl Driver {
         Ok(Some(r))
     }
 
-    async fn start_release(&mut self, release: &Release) {
+    /// The addresses of the release's instances (only the ready ones with `ready`).
+    fn addrs(&self, release: &Release, ready: bool) -> Vec<std::net::SocketAddr> {
+        let fleet = self.fleet();
+        fleet
+            .get(&release.version)
+            .filter(|vf| vf.digest == release.digest)
+            .map(|vf| {
+                vf.instances
+                    .iter()
+                    .filter(|i| !ready || i.state == cutover_supervisor::InstanceState::Ready)
+                    .map(|i| i.addr)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// `strategy = "handoff"`: new requests are held in the proxy, `from`'s in-flight ones
+    /// finish (at most `rollout.handoff.drain_timeout`), then `to` is called with `token` (at
+    /// most `timeout`). The result goes back to the engine as an event; the engine's next
+    /// route (to `to`, or back to `from` with a higher token) releases the held requests.
+    fn hand_off(&mut self, from: &Release, to: &Release, token: u64) {
+        let spec = self.loaded.config.rollout.handoff.clone();
+        // The proxy's bound covers the whole sequence plus the engine's own backstop, so a
+        // request is held until the engine routes again, not 503'd before.
+        let bound = spec.bound().get() * 2 + self.loaded.config.rollout.interval.get();
+        let fleet = self.fleet();
+        self.router.hold(bound, &fleet, &*self.routing);
+        let old = self.addrs(from, false);
+        let new = self.addrs(to, true);
+        let routing = self.routing.clone();
+        let instances = self.instances.clone();
+        let events = self.handoff_events();
+        let digest = to.digest.clone();
+        let (from_version, to_version) = (from.version.clone(), to.version.clone());
+        info!(from = %from_version, to = %to_version, token, "handing the active role over");
+        tokio::spawn(async move {
+            let result = async {
+                let Some(&addr) = new.first() else {
+                    return Err(format!("{to_version} has no ready instance to hand over to"));
+                };
+                // In-flight requests are counted from the moment a request takes a table, so
+                // two zero readings in a row, a poll apart, leave no request on its way in.
+                let deadline = tokio::time::Instant::now() + spec.drain_timeout.get();
+                let mut zeros = 0;
+                loop {
+                    let busy: usize = old.iter().map(|a| routing.in_flight(*a)).sum();
+                    zeros = if busy == 0 { zeros + 1 } else { 0 };
+                    if zeros >= 2 {
+                        break;
+                    }
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(format!(
+                            "{from_version} still had {busy} request(s) in flight after rollout.handoff.drain_timeout ({})",
+                            spec.drain_timeout
+                        ));
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+                }
+                instances
+                    .handoff(addr, &spec.path, token, spec.timeout.get())
+                    .await
+                    .map_err(|e| format!("the handoff call to {to_version} failed: {e}"))
+            }
+            .await;
+            let event = match result {
+                Ok(()) => Event::HandoffDone { digest, token },
+                Err(reason) => {
+                    warn!(%reason, "handoff failed");
+                    Event::HandoffFailed {
+                        digest,
+                        token,
+                        reason,
+                    }
+                }
+            };
+            let _ = events.send(event);
+        });
+    }
+
+    async fn start_release(&mut self, release: &Release, role: Option<Role>) {
         let canary = self
             .engine
             .active()
@@ -107,7 +206,17 @@ impl Driver {
                 "release {} is not in the state store",
                 release.label()
             )),
-            Ok(Some(r)) => self.instances.start(r).err().map(|e| e.to_string()),
+            Ok(Some(mut r)) => {
+                if let Some(role) = role {
+                    // What the instance is told at start (docs/handoff.md). Not part of the
+                    // digest: the release is the same program whatever role it starts in.
+                    let name = if role.active { "active" } else { "standby" };
+                    r.env.insert("CUTOVER_FENCING_ROLE".into(), name.into());
+                    r.env
+                        .insert("CUTOVER_FENCING_TOKEN".into(), role.token.to_string());
+                }
+                self.instances.start(r).err().map(|e| e.to_string())
+            }
         };
         match failure {
             Some(reason) => {

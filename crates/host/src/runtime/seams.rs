@@ -36,6 +36,9 @@ pub trait Routing: Send + Sync {
     ) -> BoxFuture<'static, WsDrainReport>;
     /// Requests the proxy refused itself, by reason (for `/metrics`).
     fn refused_requests(&self) -> Vec<(&'static str, u64)>;
+    /// New requests wait (at most `bound`) for the next table with a ready instance instead
+    /// of being answered 503: while a singleton's role moves (`strategy = "handoff"`).
+    fn hold(&self, bound: Duration);
 }
 
 /// The processes: releases started and stopped, and the fleet they report.
@@ -60,6 +63,15 @@ pub trait Instances: Send + Sync {
     fn stop_unclaimed(&self);
     /// An instance's log file.
     fn log_path(&self, id: &str) -> PathBuf;
+    /// The handoff call (`strategy = "handoff"`, docs/handoff.md): `POST path` with
+    /// `{"token": token}` on the instance at `addr`, which must answer 2xx within `timeout`.
+    fn handoff(
+        &self,
+        addr: SocketAddr,
+        path: &str,
+        token: u64,
+        timeout: Duration,
+    ) -> BoxFuture<'static, Result<(), String>>;
 }
 
 /// The state store. `commit` is one transaction; the driver awaits it before it carries out
@@ -113,6 +125,9 @@ impl Routing for Proxy {
     fn refused_requests(&self) -> Vec<(&'static str, u64)> {
         Proxy::refused_requests(self)
     }
+    fn hold(&self, bound: Duration) {
+        Proxy::hold_while_cold(self, bound);
+    }
 }
 
 /// The supervisor with what resolving a release needs from the config.
@@ -156,6 +171,16 @@ impl Instances for Supervised {
     }
     fn log_path(&self, id: &str) -> PathBuf {
         self.supervisor.log_path(id)
+    }
+    fn handoff(
+        &self,
+        addr: SocketAddr,
+        path: &str,
+        token: u64,
+        timeout: Duration,
+    ) -> BoxFuture<'static, Result<(), String>> {
+        let path = path.to_string();
+        Box::pin(async move { cutover_supervisor::handoff_call(addr, &path, token, timeout).await })
     }
 }
 

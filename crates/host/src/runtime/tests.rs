@@ -64,6 +64,9 @@ impl Routing for FakeRouting {
         if let Some((c, w)) = &t.canary {
             e.push_str(&format!(" + {}@{w}", pool(c)));
         }
+        if let Some(token) = t.fencing {
+            e.push_str(&format!(" token {token}"));
+        }
         // The table is rebuilt on every fleet change; the log keeps the changes only.
         let mut log = self.log.lock().unwrap();
         if log.iter().rev().find(|l| l.starts_with("route ")) != Some(&e) {
@@ -90,6 +93,9 @@ impl Routing for FakeRouting {
     fn refused_requests(&self) -> Vec<(&'static str, u64)> {
         Vec::new()
     }
+    fn hold(&self, bound: Duration) {
+        push(&self.log, format!("hold {bound:?}"));
+    }
 }
 
 /// What a started release's instances do at once.
@@ -107,6 +113,8 @@ struct FakeInstances {
     log: Log,
     fleet: watch::Sender<Fleet>,
     on_start: Mutex<OnStart>,
+    /// What the handoff call answers (`Err`: why it failed).
+    handoff: Mutex<Result<(), String>>,
 }
 
 impl Instances for FakeInstances {
@@ -126,7 +134,18 @@ impl Instances for FakeInstances {
         })
     }
     fn start(&self, release: SupRelease) -> Result<(), SupervisorError> {
-        push(&self.log, format!("start {}", release.name));
+        let role = match release.env.get("CUTOVER_FENCING_ROLE") {
+            Some(role) => format!(
+                " as {role} ({})",
+                release
+                    .env
+                    .get("CUTOVER_FENCING_TOKEN")
+                    .cloned()
+                    .unwrap_or_default()
+            ),
+            None => String::new(),
+        };
+        push(&self.log, format!("start {}{role}", release.name));
         let on_start = *self.on_start.lock().unwrap();
         if on_start == OnStart::Fail {
             return Err(SupervisorError::Port(std::io::Error::other("no port left")));
@@ -193,6 +212,20 @@ impl Instances for FakeInstances {
     fn set_app(&self, _: cutover_core::spec::AppSpec) {}
     fn log_path(&self, id: &str) -> PathBuf {
         PathBuf::from(format!("/nonexistent/{id}.log"))
+    }
+    fn handoff(
+        &self,
+        addr: SocketAddr,
+        path: &str,
+        token: u64,
+        _: Duration,
+    ) -> BoxFuture<'static, Result<(), String>> {
+        push(
+            &self.log,
+            format!("POST {path} token {token} to :{}", addr.port()),
+        );
+        let answer = self.handoff.lock().unwrap().clone();
+        Box::pin(async move { answer })
     }
 }
 
@@ -315,7 +348,11 @@ struct Harness {
 
 impl Harness {
     fn new() -> Harness {
-        let config = Config::from_toml_str(CONFIG).unwrap();
+        Harness::with(CONFIG)
+    }
+
+    fn with(config: &str) -> Harness {
+        let config = Config::from_toml_str(config).unwrap();
         let log: Log = Arc::default();
         let store = Arc::new(FakeStore {
             log: log.clone(),
@@ -325,6 +362,7 @@ impl Harness {
             log: log.clone(),
             fleet: watch::channel(Fleet::new()).0,
             on_start: Mutex::new(OnStart::Start),
+            handoff: Mutex::new(Ok(())),
         });
         let recorder = Recorder::new(Duration::from_millis(50), Duration::from_secs(2));
         let seams = Seams {
@@ -479,6 +517,80 @@ impl Harness {
 }
 
 const WITHIN: Duration = Duration::from_secs(60);
+
+/// A singleton (`strategy = "handoff"`): v1 holds the role with token 1; v2 starts as a
+/// standby; once it is ready the requests are held, the handoff call gives it token 2, the
+/// route moves with the token, and only then is v1 stopped. The token is committed before
+/// anything is done with it.
+#[tokio::test(start_paused = true)]
+async fn a_singleton_is_handed_over_with_its_token_before_the_old_holder_stops() {
+    let h =
+        Harness::with(&CONFIG.replacen("[rollout]\n", "[rollout]\nstrategy = \"handoff\"\n", 1));
+    h.deploy("v1").await.unwrap();
+    h.ready("v1");
+    h.until_phase("done", WITHIN).await;
+    h.deploy("v2").await.unwrap();
+    h.ready("v2");
+    h.until_phase("done", WITHIN).await;
+    let s = h.status().await;
+    let f = s.fencing.unwrap();
+    assert_eq!((f.holder.version.as_str(), f.token), ("v2", 2));
+    let expected = [
+        "commit [deploy]",
+        "notify started",
+        "start v1 as active (1)",
+        "commit [promoted]",
+        "notify promoted",
+        "route v1[1] token 1",
+        "commit [deploy]",
+        "notify started",
+        "start v2 as standby (1)",
+        "commit [handoff]",
+        "notify step",
+        // Held: the pool is empty and the proxy waits for the next table, at most
+        // 2 × (drain_timeout 10s + timeout 5s) + interval.
+        "hold 30.05s",
+        "route v1[0] token 1",
+        "POST /cutover/handoff token 2 to :4001",
+        "commit [promoted]",
+        "notify promoted",
+        "route v2[1] token 2",
+        "stop v1",
+    ];
+    assert_eq!(h.log(), expected);
+}
+
+/// The handoff call fails: v1 keeps the role with token 3 (2 was offered), the held requests
+/// go back to it, it is told its new token, v2 is stopped; the failure is a decision.
+#[tokio::test(start_paused = true)]
+async fn a_failed_handoff_call_routes_back_to_the_old_holder_with_a_higher_token() {
+    let h =
+        Harness::with(&CONFIG.replacen("[rollout]\n", "[rollout]\nstrategy = \"handoff\"\n", 1));
+    *h.instances.handoff.lock().unwrap() = Err("answered 500".into());
+    h.deploy("v1").await.unwrap();
+    h.ready("v1");
+    h.until_phase("done", WITHIN).await;
+    h.deploy("v2").await.unwrap();
+    h.ready("v2");
+    h.until_phase("aborted", WITHIN).await;
+    let s = h.status().await;
+    let f = s.fencing.unwrap();
+    assert_eq!((f.holder.version.as_str(), f.token), ("v1", 3));
+    let log = h.log();
+    let tail = &log[log.len() - 6..];
+    assert_eq!(
+        tail,
+        [
+            "POST /cutover/handoff token 2 to :4001",
+            "commit [aborted]",
+            "notify aborted",
+            "route v1[1] token 3",
+            "stop v2",
+            "POST /cutover/handoff token 3 to :4000",
+        ],
+        "{log:#?}"
+    );
+}
 
 #[tokio::test(start_paused = true)]
 async fn a_healthy_rollout_steps_up_promotes_and_lets_the_previous_go() {

@@ -299,6 +299,7 @@ pub fn table(stable: Option<Pool>, canary: Option<(Pool, u16)>) -> RouteTable {
         salt: 7,
         stable,
         canary: canary.map(|(p, bp)| (p, Weight::from_bp(bp).unwrap())),
+        fencing: None,
     }
 }
 
