@@ -49,14 +49,21 @@ pub fn rotate_if_over(path: &Path, max_size: u64, keep: u32) -> io::Result<bool>
                 fs::rename(&from, rotated_path(path, n + 1))?;
             }
         }
-        // Owner-only, like the log itself: an instance's output may hold anything it prints.
+        // Copied beside it, then renamed into place: a reader (`cutover logs`, an operator's
+        // `tail`) never sees a half-copied `.1`. Owner-only, like the log itself: an
+        // instance's output may hold anything it prints.
+        let first = rotated_path(path, 1);
+        let mut partial = first.clone().into_os_string();
+        partial.push(".partial");
+        let partial = std::path::PathBuf::from(partial);
         let mut to = OpenOptions::new()
             .create(true)
             .write(true)
             .truncate(true)
             .mode(0o600)
-            .open(rotated_path(path, 1))?;
+            .open(&partial)?;
         io::copy(&mut fs::File::open(path)?, &mut to)?;
+        fs::rename(&partial, &first)?;
     }
     OpenOptions::new().write(true).open(path)?.set_len(0)?;
     Ok(true)
