@@ -314,9 +314,17 @@ async fn kill_9_mid_step_readopts_every_app_and_the_rollout_resumes_where_it_was
         "every app process is the same one"
     );
     assert!(
-        after.instances.iter().all(|i| i.starts == 0),
+        after.instances.iter().all(|i| i.starts == 0 && i.adopted),
         "{:?}",
         after.instances
+    );
+    // And `cutover status` says so, per instance.
+    let text = cutover_host::render::status(&after);
+    assert_eq!(
+        text.matches("(re-adopted from the previous cutover)")
+            .count(),
+        4,
+        "{text}"
     );
     let r1 = after.rollout.clone().unwrap();
     assert_eq!(

@@ -185,11 +185,18 @@ pub fn status(s: &StatusView) -> String {
         let _ = writeln!(o, "\ninstances");
         for i in &s.instances {
             let pid = i.pid.map_or("-".to_string(), |p| p.to_string());
-            let _ = writeln!(
+            let _ = write!(
                 o,
                 "  {:<14} {:<10} {:<21} pid {:<8} in-flight {:<4} restarts {}",
                 i.id, i.state, i.addr, pid, i.in_flight, i.restarts
             );
+            if i.websockets > 0 {
+                let _ = write!(o, "  websockets {}", i.websockets);
+            }
+            if i.adopted {
+                let _ = write!(o, "  (re-adopted from the previous cutover)");
+            }
+            let _ = writeln!(o);
             if let Some(p) = &i.metrics_problem {
                 let _ = writeln!(o, "    /metrics rejected (samples dropped): {p}");
             }

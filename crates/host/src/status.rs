@@ -51,6 +51,9 @@ pub struct InstanceView {
     /// WebSocket sessions the proxy relays to it.
     #[serde(default)]
     pub websockets: usize,
+    /// Its process was started by a previous cutover and re-adopted (not restarted since).
+    #[serde(default)]
+    pub adopted: bool,
     /// The last readiness probe's result (`GET /ready → passed`, or why it failed).
     #[serde(default)]
     pub last_probe: Option<String>,

@@ -961,6 +961,7 @@ impl Driver {
                     starts: i.starts,
                     in_flight: self.routing.in_flight(i.addr),
                     websockets: self.routing.websocket_sessions(i.addr),
+                    adopted: i.adopted,
                     last_probe: i.last_probe.clone(),
                     last_exit: i.last_exit.clone(),
                     log: self.instances.log_path(&i.id).display().to_string(),
