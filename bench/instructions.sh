@@ -12,7 +12,7 @@
 #
 # Usage: bench/instructions.sh            (after bench/run.sh has built the binaries)
 # Knobs: DURATION=15s BENCH_TARGET=/tmp/cutover-bench-target BODY=100 HAPROXY=1 TOP=25
-#        (cutover's heaviest functions, inclusive, per request)
+#        (cutover's heaviest functions, inclusive, per request) KEEP=<dir> (keep the profiles)
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 T=${BENCH_TARGET:-/tmp/cutover-bench-target}
@@ -38,6 +38,8 @@ cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   sleep 1
   for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  # KEEP=dir: keep the callgrind profiles there (callgrind_annotate them, or diff two builds').
+  if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP" && cp "$D"/*.out.1 "$KEEP"/ 2>/dev/null || true; fi
   rm -rf "$D"
 }
 trap cleanup EXIT

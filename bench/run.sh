@@ -231,9 +231,9 @@ start_cutover() { # start_cutover body_size [workers] [upstream]: cutover superv
   local d="$TMP/cutover-$body-$upstream-${workers:-default}"; rm -rf "$d"; mkdir -p "$d"
   local command workers_line=""
   if [ "$upstream" = static ]; then
-    command="[\\"$BENCH/static_upstream.sh\\", \\"{port}\\", \\"$(body_file "$body")\\", \\"auto\\"]"
+    command="[\"$BENCH/static_upstream.sh\", \"{port}\", \"$(body_file "$body")\", \"auto\"]"
   else
-    command="[\\"$DEMO\\", \\"--port\\", \\"{port}\\", \\"--version\\", \\"{version}\\", \\"--body-size\\", \\"$body\\"]"
+    command="[\"$DEMO\", \"--port\", \"{port}\", \"--version\", \"{version}\", \"--body-size\", \"$body\"]"
   fi
   [ -z "$workers" ] || workers_line="workers = $workers"
   cat >"$d/cutover.toml" <<TOML
