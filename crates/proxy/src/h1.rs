@@ -38,8 +38,12 @@ use codec::{MAX_HEAD, MAX_HEADERS};
 const READ_CHUNK: usize = 8 * 1024;
 /// The most room made before a read. A connection whose reads fill the room doubles it (up
 /// to this), so that a response comes in one read and goes out as one frame, and a read that
-/// fills the buffer is not followed by one that finds nothing (`EAGAIN`).
-const MAX_READ: usize = 64 * 1024;
+/// fills the buffer is not followed by one that finds nothing (`EAGAIN`); one whose reads come
+/// back much smaller than the room halves it again, so that a pooled connection does not keep
+/// a large buffer for small responses. At 64 KiB a 256 KiB response took 6 reads and 4 writes
+/// per request where hyper's client (its adaptive buffer goes to about 400 KiB) took 2 and 2
+/// (`bench/syscalls.sh`, BENCHMARKS.md).
+const MAX_READ: usize = 512 * 1024;
 /// Request body bytes gathered before they are written out.
 const MAX_BUFFERED: usize = 64 * 1024;
 
@@ -420,6 +424,8 @@ impl Conn {
         ))?;
         if n == room {
             self.read_size = (self.read_size * 2).min(MAX_READ);
+        } else if n < self.read_size / 8 {
+            self.read_size = (self.read_size / 2).max(READ_CHUNK);
         }
         Poll::Ready(Ok(n))
     }
