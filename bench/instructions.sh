@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Instructions per proxied request, counted by callgrind: cutover against the bare hyper floor
 # (bench/hyper-floor) and nginx (Debian's, configured as bench/run.sh does), under the same
-# light load (wrk -t1 -c8, 100 B responses, one worker each since valgrind runs one thread at
-# a time). They count user space only: the kernel's share of a request (about three quarters
-# of nginx's CPU time here) is not in them.
+# light load (wrk -t1 -c8, BODY-byte responses from demo-app, one worker each since valgrind
+# runs one thread at a time); HAProxy too with HAPROXY=1. They count user space only: the
+# kernel's share of a request (about three quarters of nginx's CPU time here) is not in them.
 #
 # Unlike requests/s on a shared 2-core machine, an instruction count barely moves from run
 # to run, so it shows a change of a few percent in cutover's own per-request work that
@@ -11,13 +11,14 @@
 # per byte, so it is a guide to where the work is, not a second benchmark.
 #
 # Usage: bench/instructions.sh            (after bench/run.sh has built the binaries)
-# Knobs: DURATION=15s BENCH_TARGET=/tmp/cutover-bench-target TOP=25 (cutover's heaviest
-#        functions, inclusive, per request)
+# Knobs: DURATION=15s BENCH_TARGET=/tmp/cutover-bench-target BODY=100 HAPROXY=1 TOP=25
+#        (cutover's heaviest functions, inclusive, per request) KEEP=<dir> (keep the profiles)
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 T=${BENCH_TARGET:-/tmp/cutover-bench-target}
 DURATION=${DURATION:-15s}
-APP_PORT=18180 NGINX_PORT=18181 CUTOVER_PORT=18183 FLOOR_PORT=18184 ADMIN_PORT=18193
+BODY=${BODY:-100}
+APP_PORT=18180 NGINX_PORT=18181 HAPROXY_PORT=18182 CUTOVER_PORT=18183 FLOOR_PORT=18184 ADMIN_PORT=18193
 
 need=()
 command -v valgrind >/dev/null || need+=(valgrind)
@@ -37,11 +38,13 @@ cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   sleep 1
   for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  # KEEP=dir: keep the callgrind profiles there (callgrind_annotate them, or diff two builds').
+  if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP" && cp "$D"/*.out.1 "$KEEP"/ 2>/dev/null || true; fi
   rm -rf "$D"
 }
 trap cleanup EXIT
 
-"$T/release/demo-app" --port $APP_PORT --version v1 --body-size 100 >"$D/app.log" 2>&1 &
+"$T/release/demo-app" --port $APP_PORT --version v1 --body-size "$BODY" >"$D/app.log" 2>&1 &
 pids+=($!)
 
 # Runs `$@` under callgrind, loads it through port $1 once warm, and prints instructions per
@@ -83,7 +86,7 @@ workers = 1
 [admin]
 listen = "127.0.0.1:$ADMIN_PORT"
 [app]
-command = ["$T/release/demo-app", "--port", "{port}", "--version", "{version}", "--body-size", "100"]
+command = ["$T/release/demo-app", "--port", "{port}", "--version", "{version}", "--body-size", "$BODY"]
 instances = 1
 start_timeout = "60s"
 [metrics]
@@ -98,14 +101,35 @@ TOML
 nginx_conf "$D/nginx" 1 $NGINX_PORT $APP_PORT 1024 off
 
 rev=$(cat "$T/.bench-revision" 2>/dev/null || echo unknown)
+haproxy=–
+if [ "${HAPROXY:-0}" = 1 ]; then
+  cat >"$D/haproxy.cfg" <<HAP
+global
+  nbthread 1
+defaults
+  mode http
+  option http-keep-alive
+  option forwardfor
+  http-reuse always
+  timeout connect 5s
+  timeout client 1h
+  timeout server 1h
+frontend fe
+  bind 127.0.0.1:$HAPROXY_PORT
+  default_backend app
+backend app
+  server app1 127.0.0.1:$APP_PORT
+HAP
+  haproxy=$(measure haproxy $HAPROXY_PORT "$(command -v haproxy || echo /usr/sbin/haproxy)" -db -f "$D/haproxy.cfg")
+fi
 cut=$(measure cutover $CUTOVER_PORT "$T/release/cutover" run -c "$D/cutover.toml")
 floor=$(measure floor $FLOOR_PORT "$T/hyper-floor/release/hyper-floor" \
   127.0.0.1:$FLOOR_PORT 127.0.0.1:$APP_PORT 1)
 nginx=$(measure nginx $NGINX_PORT "$(command -v nginx || echo /usr/sbin/nginx)" \
   -c "$D/nginx/nginx.conf" -e "$D/nginx/error.log")
-echo "| revision | cutover instructions/request | floor | nginx | cutover / floor | cutover / nginx |"
-echo "|---|---:|---:|---:|---:|---:|"
-echo "| \`${rev:0:7}\` | $cut | $floor | $nginx | $(python3 -c "print(f'{$cut/$floor:.2f} | {$cut/$nginx:.2f}')") |"
+echo "| revision | body | cutover instructions/request | floor | nginx | HAProxy | cutover / floor | cutover / nginx |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|"
+echo "| \`${rev:0:7}\` | $BODY B | $cut | $floor | $nginx | $haproxy | $(python3 -c "print(f'{$cut/$floor:.2f} | {$cut/$nginx:.2f}')") |"
 echo
 echo "cutover's heaviest functions (inclusive instructions per request):"
 reqs=$(awk '/requests in/ {print $1}' "$D/cutover.wrk")

@@ -1,14 +1,22 @@
 #!/usr/bin/env bash
 # cutover vs nginx vs HAProxy vs direct, and vs a bare hyper proxy of cutover's shape (the floor,
-# bench/hyper-floor): throughput/latency with wrk, and RSS while holding 10,000 idle WebSockets. Results: bench/results/<UTC date-time>.json. See BENCHMARKS.md.
+# bench/hyper-floor): HTTP/1.1 throughput and latency with wrk, and RSS while holding 10,000
+# idle WebSockets. Results: bench/results/<UTC date-time>.json. See BENCHMARKS.md; HTTP/2 and
+# TLS are bench/h2.sh's.
 #
-# Every server of a body size runs at once, and the cases take turns: ROUNDS rounds of DURATION
-# each, in an order that rotates every round, so that a neighbour's burst on this shared machine
-# slows a round of every case instead of all of one case. A case's figures are the medians of
-# its rounds.
+# Two upstreams: `static` (nginx serving the body from memory: faster than any proxy in front
+# of it, so the proxy is the bottleneck) and `demo` (demo-app, an axum service: the realistic
+# one). Each proxy runs with 1 and with 2 workers (cutover `service.workers`, nginx
+# `worker_processes`, HAProxy `nbthread`, the floor's worker threads).
 #
-# Knobs (env): ROUNDS=3 DURATION=5s WARMUP=3s CONNS=64 THREADS=2 WS_N=10000 BODIES="100 16384"
-#              CASES="direct cutover hyper nginx1 nginx haproxy" SKIP_BUILD=1 SKIP_WS=1
+# Every server of an (upstream, body size, worker count) runs at once, and the cases take
+# turns: ROUNDS rounds of DURATION each, in an order that rotates every round, so that a
+# neighbour's burst on this shared machine slows a round of every case instead of all of one
+# case. A case's figures are the medians of its rounds.
+#
+# Knobs (env): ROUNDS=3 DURATION=5s WARMUP=3s CONNS=64 THREADS=2 WS_N=10000
+#              UPSTREAMS="static demo" WORKERS="1 2" BODIES="100 16384 262144"
+#              CASES="direct cutover hyper nginx haproxy" SKIP_BUILD=1 SKIP_WS=1 SKIP_HTTP=1
 #              PIN=1 (wrk on CPU 0, upstream + proxy on CPU 1; default: no pinning)
 set -euo pipefail
 
@@ -19,11 +27,13 @@ DURATION=${DURATION:-5s}
 WARMUP=${WARMUP:-3s}
 CONNS=${CONNS:-64}
 THREADS=${THREADS:-2}
-BODIES=${BODIES:-"100 16384"}
-CASES=${CASES:-"direct cutover hyper nginx1 nginx haproxy"}
+BODIES=${BODIES:-"100 16384 262144"}
+CASES=${CASES:-"direct cutover hyper nginx haproxy"}
+UPSTREAMS=${UPSTREAMS:-"static demo"}
+WORKERS=${WORKERS:-"1 2"}
 PIN=${PIN:-0}
 
-APP_PORT=18080 NGINX_PORT=18081 NGINX1_PORT=18085 HAPROXY_PORT=18082 CUTOVER_PORT=18083 FLOOR_PORT=18084 ADMIN_PORT=18093
+APP_PORT=18080 NGINX_PORT=18081 HAPROXY_PORT=18082 CUTOVER_PORT=18083 FLOOR_PORT=18084 ADMIN_PORT=18093
 
 log() { printf '[bench %s] %s\n' "$(date +%T)" "$*" >&2; }
 # shellcheck source=bench/nginx_conf.sh
@@ -56,7 +66,7 @@ else
 fi
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
   log "cargo build --release ($REV_ID)"
-  (cd "$SRC_DIR" && CARGO_TARGET_DIR="$TARGET_DIR" cargo build --release -q)
+  (cd "$SRC_DIR" && CARGO_TARGET_DIR="$TARGET_DIR" cargo build --release --locked -q -p cutover-cli -p demo-app)
   (cd "$SRC_DIR/bench/hyper-floor" && CARGO_TARGET_DIR="$TARGET_DIR/hyper-floor" cargo build --release --locked -q)
   echo "$REV_ID" >"$TARGET_DIR/.bench-revision"
 else
@@ -78,7 +88,7 @@ if [ -z "${WS_N:-}" ]; then WS_N=10000; [ $((2 * WS_N + 400)) -le "$FD_LIMIT" ] 
 HAPROXY_MAXCONN=$(( (FD_LIMIT - 100) / 2 ))
 export BENCH_FD_LIMIT=$FD_LIMIT
 
-for port in $APP_PORT $NGINX_PORT $NGINX1_PORT $HAPROXY_PORT $CUTOVER_PORT $FLOOR_PORT $ADMIN_PORT; do
+for port in $APP_PORT $NGINX_PORT $HAPROXY_PORT $CUTOVER_PORT $FLOOR_PORT $ADMIN_PORT; do
   if ss -Htln "sport = :$port" | grep -q .; then echo "port $port is in use (a leftover server?)" >&2; exit 1; fi
 done
 
@@ -148,15 +158,30 @@ csw() { # csw pid...: context switches (voluntary + involuntary) of all their th
 }
 
 # --- servers ---------------------------------------------------------------------------------
-APP_PID=""
-start_app() { # start_app body_size
-  pin 1 "$DEMO" --port "$APP_PORT" --version v1 --body-size "$1" >"$TMP/app.log" 2>&1 &
+children() { # children pid: the pid and its children (nginx: the master and its workers)
+  echo "$1" $(pgrep -P "$1" || true)
+}
+
+body_file() { # body_file size: a file of that many bytes, for the static upstream
+  local f="$TMP/body-$1"
+  [ -f "$f" ] || head -c "$1" /dev/zero | tr '\0' x >"$f"
+  echo "$f"
+}
+
+APP_PID="" APP_PIDS=""
+start_app() { # start_app body_size [upstream]: the peers' upstream on APP_PORT; sets APP_PIDS
+  if [ "${2:-demo}" = static ]; then
+    TMPDIR="$TMP" pin 1 "$BENCH/static_upstream.sh" "$APP_PORT" "$(body_file "$1")" auto >"$TMP/app.log" 2>&1 &
+  else
+    pin 1 "$DEMO" --port "$APP_PORT" --version v1 --body-size "$1" >"$TMP/app.log" 2>&1 &
+  fi
   APP_PID=$!; PIDS+=("$APP_PID")
   wait_http "http://127.0.0.1:$APP_PORT/ready"
+  APP_PIDS=$(children "$APP_PID")
 }
 
 NGINX_PIDS=()
-start_nginx() { # start_nginx workers ("1" or "auto") port: sets NGINX_PIDS (master first)
+start_nginx() { # start_nginx workers port: sets NGINX_PIDS (master first)
   local n="$TMP/nginx-$1-$2"
   nginx_conf "$n" "$1" "$2" "$APP_PORT" "$FD_LIMIT"
   pin 1 nginx -c "$n/nginx.conf" -e "$n/error.log" >"$n/out.log" 2>&1 &
@@ -166,11 +191,11 @@ start_nginx() { # start_nginx workers ("1" or "auto") port: sets NGINX_PIDS (mas
 }
 
 HAPROXY_PID=""
-start_haproxy() {
+start_haproxy() { # start_haproxy threads
   mkdir -p "$TMP/haproxy"
   cat >"$TMP/haproxy/haproxy.cfg" <<HAP
 global
-  nbthread 2
+  nbthread ${1:-2}
   maxconn $HAPROXY_MAXCONN
 defaults
   mode http
@@ -194,24 +219,34 @@ HAP
 }
 
 FLOOR_PID=""
-start_floor() { # the bare hyper proxy, as many workers as cutover (one per CPU)
-  pin 1 "$FLOOR" "127.0.0.1:$FLOOR_PORT" "127.0.0.1:$APP_PORT" >"$TMP/floor.log" 2>&1 &
+start_floor() { # start_floor workers: the bare hyper proxy
+  pin 1 "$FLOOR" "127.0.0.1:$FLOOR_PORT" "127.0.0.1:$APP_PORT" "${1:-2}" >"$TMP/floor.log" 2>&1 &
   FLOOR_PID=$!; PIDS+=("$FLOOR_PID")
   wait_http "http://127.0.0.1:$FLOOR_PORT/"
 }
 
-CUTOVER_PID="" CUTOVER_APP_PID=""
-start_cutover() { # start_cutover body_size: cutover supervises its own demo-app, same binary and args
-  local d="$TMP/cutover-$1"; rm -rf "$d"; mkdir -p "$d"
+CUTOVER_PID="" CUTOVER_APP_PIDS=""
+start_cutover() { # start_cutover body_size [workers] [upstream]: cutover supervises its own upstream, same binary and args
+  local body=$1 workers=${2:-} upstream=${3:-demo}
+  local d="$TMP/cutover-$body-$upstream-${workers:-default}"; rm -rf "$d"; mkdir -p "$d"
+  local command workers_line=""
+  if [ "$upstream" = static ]; then
+    command="[\"$BENCH/static_upstream.sh\", \"{port}\", \"$(body_file "$body")\", \"auto\"]"
+  else
+    command="[\"$DEMO\", \"--port\", \"{port}\", \"--version\", \"{version}\", \"--body-size\", \"$body\"]"
+  fi
+  [ -z "$workers" ] || workers_line="workers = $workers"
   cat >"$d/cutover.toml" <<TOML
 [service]
 name = "bench"
 listen = "127.0.0.1:$CUTOVER_PORT"
 state_dir = "state"
+$workers_line
 [admin]
 listen = "127.0.0.1:$ADMIN_PORT"
 [app]
-command = ["$DEMO", "--port", "{port}", "--version", "{version}", "--body-size", "$1"]
+command = $command
+env = { TMPDIR = "$TMP" }
 instances = 1
 start_timeout = "30s"
 [metrics]
@@ -227,16 +262,16 @@ TOML
     sleep 0.2
   done
   wait_http "http://127.0.0.1:$CUTOVER_PORT/"
-  CUTOVER_APP_PID=$(pgrep -P "$CUTOVER_PID" | head -1)
+  CUTOVER_APP_PIDS=$(children "$(pgrep -P "$CUTOVER_PID" | head -1)")
 }
 
 # --- one wrk case ----------------------------------------------------------------------------
-run_wrk() { # run_wrk name body port "proxy pids" "upstream pids" round: $OUT/rounds/<name>-<body>-<round>.json
-  local name=$1 body=$2 port=$3 ppids=$4 upids=$5 round=$6
-  local url="http://127.0.0.1:$port/" file="$OUT/rounds/$1-$2-$6"
+run_wrk() { # run_wrk name body port "proxy pids" "upstream pids" round upstream workers: $OUT/rounds/<upstream>-<workers>-<name>-<body>-<round>.json
+  local name=$1 body=$2 port=$3 ppids=$4 upids=$5 round=$6 upstream=$7 workers=$8
+  local url="http://127.0.0.1:$port/" file="$OUT/rounds/$7-$8-$1-$2-$6"
   mkdir -p "$OUT/rounds"
   if [ "$round" = 1 ]; then
-    log "$name body=$body: warm-up $WARMUP"
+    log "$name ($workers workers, $upstream upstream) body=$body: warm-up $WARMUP"
     pin_fg 0 wrk -t"$THREADS" -c"$CONNS" -d"$WARMUP" "$url" >/dev/null
   fi
   local load0 p0 u0 c0 t0 load1 p1 u1 c1 t1 json
@@ -249,13 +284,14 @@ run_wrk() { # run_wrk name body port "proxy pids" "upstream pids" round: $OUT/ro
   load1=$(cut -d' ' -f1-3 /proc/loadavg)
   json=$(sed -n 's/^JSON //p' "$file.txt")
   python3 - "$name" "$body" "$json" "$load0" "$load1" "$((p1 - p0))" "$((u1 - u0))" "$HZ" "$t0" "$t1" \
-    "$(rss_kb VmRSS $ppids)" "$((c1 - c0))" "$round" >"$file.json" <<'PY'
+    "$(rss_kb VmRSS $ppids)" "$((c1 - c0))" "$round" "$upstream" "$workers" >"$file.json" <<'PY'
 import json, sys
-name, body, js, l0, l1, pt, ut, hz, t0, t1, rss, cs, rnd = sys.argv[1:]
+name, body, js, l0, l1, pt, ut, hz, t0, t1, rss, cs, rnd, upstream, workers = sys.argv[1:]
 r = json.loads(js)
 wall = float(t1) - float(t0)
 pcpu = int(pt) / int(hz); ucpu = int(ut) / int(hz)
-r.update(case=name, body_bytes=int(body), round=int(rnd), loadavg_before=l0, loadavg_after=l1,
+r.update(case=name, body_bytes=int(body), round=int(rnd), upstream=upstream,
+         workers=int(workers) or None, loadavg_before=l0, loadavg_after=l1,
          proxy_cpu_pct=round(100 * pcpu / wall, 1), upstream_cpu_pct=round(100 * ucpu / wall, 1),
          proxy_cpu_us_per_req=round(1e6 * pcpu / r["requests"], 2) if name != "direct" else None,
          upstream_cpu_us_per_req=round(1e6 * ucpu / r["requests"], 2),
@@ -263,54 +299,59 @@ r.update(case=name, body_bytes=int(body), round=int(rnd), loadavg_before=l0, loa
          proxy_ctx_switches_per_req=round(int(cs) / r["requests"], 3) if name != "direct" else None)
 print(json.dumps(r))
 PY
-  log "$name body=$body round $round/$ROUNDS: $(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); l=r["lat_us"]; print("%.0f req/s p50 %sus p99 %sus p99.9 %sus proxy cpu %s%% (%s us/req, %s csw/req) upstream cpu %s%% errors %s load %s" % (r["rps"], l["p50"], l["p99"], l["p999"], r["proxy_cpu_pct"], r["proxy_cpu_us_per_req"], r["proxy_ctx_switches_per_req"], r["upstream_cpu_pct"], r["errors"], r["loadavg_before"]))' "$file.json")"
+  log "$name ($workers w, $upstream) body=$body round $round/$ROUNDS: $(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); l=r["lat_us"]; print("%.0f req/s p50 %sus p99 %sus p99.9 %sus proxy cpu %s%% (%s us/req, %s csw/req) upstream cpu %s%% errors %s load %s" % (r["rps"], l["p50"], l["p99"], l["p999"], r["proxy_cpu_pct"], r["proxy_cpu_us_per_req"], r["proxy_ctx_switches_per_req"], r["upstream_cpu_pct"], r["errors"], r["loadavg_before"]))' "$file.json")"
 }
 
 has() { [[ " $CASES " == *" $1 "* ]]; }
 
-# Every server of a body size is up while the cases take turns (an idle one costs nothing).
+# Every server of an (upstream, body, workers) is up while the cases take turns (an idle one
+# costs nothing). The upstream is shared by every case but cutover, which supervises its own.
 declare -A PORT PPIDS UPIDS
+if [ "${SKIP_HTTP:-0}" != 1 ]; then
+for upstream in $UPSTREAMS; do
 for body in $BODIES; do
-  start_app "$body"
-  active=()
-  if has direct; then active+=(direct); PORT[direct]=$APP_PORT; PPIDS[direct]=""; UPIDS[direct]=$APP_PID; fi
-  if has nginx1; then
-    start_nginx 1 "$NGINX1_PORT"; active+=(nginx1)
-    PORT[nginx1]=$NGINX1_PORT; PPIDS[nginx1]="${NGINX_PIDS[*]}"; UPIDS[nginx1]=$APP_PID
-  fi
-  if has nginx; then
-    start_nginx auto "$NGINX_PORT"; active+=(nginx)
-    PORT[nginx]=$NGINX_PORT; PPIDS[nginx]="${NGINX_PIDS[*]}"; UPIDS[nginx]=$APP_PID
-  fi
-  if has haproxy; then
-    start_haproxy; active+=(haproxy)
-    PORT[haproxy]=$HAPROXY_PORT; PPIDS[haproxy]=$HAPROXY_PID; UPIDS[haproxy]=$APP_PID
-  fi
-  if has hyper; then
-    start_floor; active+=(hyper)
-    PORT[hyper]=$FLOOR_PORT; PPIDS[hyper]=$FLOOR_PID; UPIDS[hyper]=$APP_PID
-  fi
-  if has cutover; then
-    start_cutover "$body"; active+=(cutover)
-    PORT[cutover]=$CUTOVER_PORT; PPIDS[cutover]=$CUTOVER_PID; UPIDS[cutover]=$CUTOVER_APP_PID
-  fi
-  n=${#active[@]}
-  for round in $(seq "$ROUNDS"); do
-    for k in $(seq 0 $((n - 1))); do
-      c=${active[$(((k + round - 1) % n))]}
-      run_wrk "$c" "$body" "${PORT[$c]}" "${PPIDS[$c]}" "${UPIDS[$c]}" "$round"
+  start_app "$body" "$upstream"
+  first_workers=1
+  for workers in $WORKERS; do
+    active=()
+    if has direct && [ $first_workers = 1 ]; then
+      active+=(direct); PORT[direct]=$APP_PORT; PPIDS[direct]=""; UPIDS[direct]=$APP_PIDS
+    fi
+    first_workers=0
+    if has nginx; then
+      start_nginx "$workers" "$NGINX_PORT"; active+=(nginx)
+      PORT[nginx]=$NGINX_PORT; PPIDS[nginx]="${NGINX_PIDS[*]}"; UPIDS[nginx]=$APP_PIDS
+    fi
+    if has haproxy; then
+      start_haproxy "$workers"; active+=(haproxy)
+      PORT[haproxy]=$HAPROXY_PORT; PPIDS[haproxy]=$HAPROXY_PID; UPIDS[haproxy]=$APP_PIDS
+    fi
+    if has hyper; then
+      start_floor "$workers"; active+=(hyper)
+      PORT[hyper]=$FLOOR_PORT; PPIDS[hyper]=$FLOOR_PID; UPIDS[hyper]=$APP_PIDS
+    fi
+    if has cutover; then
+      start_cutover "$body" "$workers" "$upstream"; active+=(cutover)
+      PORT[cutover]=$CUTOVER_PORT; PPIDS[cutover]=$CUTOVER_PID; UPIDS[cutover]=$CUTOVER_APP_PIDS
+    fi
+    n=${#active[@]}
+    for round in $(seq "$ROUNDS"); do
+      for k in $(seq 0 $((n - 1))); do
+        c=${active[$(((k + round - 1) % n))]}
+        w=$workers; [ "$c" != direct ] || w=0
+        run_wrk "$c" "$body" "${PORT[$c]}" "${PPIDS[$c]}" "${UPIDS[$c]}" "$round" "$upstream" "$w"
+      done
     done
-  done
-  for c in "${active[@]}"; do
-    [ "$c" = direct ] || stop_pid "${PPIDS[$c]%% *}"
-  done
-  stop_pid "$APP_PID"
-  # A case's figures: the median of its rounds, with the rounds themselves kept.
-  python3 - "$OUT" "$body" "${active[@]}" <<'PY'
+    for c in "${active[@]}"; do
+      [ "$c" = direct ] || stop_pid "${PPIDS[$c]%% *}"
+    done
+    # A case's figures: the median of its rounds, with the rounds themselves kept.
+    python3 - "$OUT" "$upstream" "$body" "$workers" "${active[@]}" <<'PY'
 import glob, json, statistics as st, sys
-out, body, names = sys.argv[1], sys.argv[2], sys.argv[3:]
+out, upstream, body, workers, names = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5:]
 for name in names:
-    rounds = sorted((json.load(open(f)) for f in glob.glob(f"{out}/rounds/{name}-{body}-*.json")),
+    w = "0" if name == "direct" else workers
+    rounds = sorted((json.load(open(f)) for f in glob.glob(f"{out}/rounds/{upstream}-{w}-{name}-{body}-*.json")),
                     key=lambda r: r["round"])
     med = lambda f: None if any(f(r) is None for r in rounds) else round(st.median(f(r) for r in rounds), 2)
     first = rounds[0]
@@ -328,9 +369,13 @@ for name in names:
         proxy_ctx_switches_per_req=med(lambda r: r["proxy_ctx_switches_per_req"]),
         loadavg_after=rounds[-1]["loadavg_after"], rounds=rounds)
     del c["round"]
-    json.dump(c, open(f"{out}/{name}-{body}.json", "w"))
+    json.dump(c, open(f"{out}/{upstream}-{w}-{name}-{body}.json", "w"))
 PY
+  done
+  stop_pid "$APP_PID"
 done
+done
+fi
 
 # --- 10k idle WebSockets: peak RSS of each proxy, fresh process each --------------------------
 ws_case() { # ws_case name port "proxy pids" upstream_pid
@@ -341,7 +386,8 @@ ws_case() { # ws_case name port "proxy pids" upstream_pid
   read -r line <&"${WS[0]}"
   sleep 3
   local hwm rss uhwm
-  hwm=$(rss_kb VmHWM $ppids); rss=$(rss_kb VmRSS $ppids); uhwm=$(rss_kb VmRSS "$upid")
+  # shellcheck disable=SC2086
+  hwm=$(rss_kb VmHWM $ppids); rss=$(rss_kb VmRSS $ppids); uhwm=$(rss_kb VmRSS $upid)
   log "$name: $line; proxy VmHWM ${hwm} kB (idle before: ${base} kB)"
   exec {WS[1]}>&-
   wait "$WS_PID" 2>/dev/null || true
@@ -350,13 +396,14 @@ ws_case() { # ws_case name port "proxy pids" upstream_pid
 }
 
 if [ "${SKIP_WS:-0}" != 1 ]; then
+  # demo-app's /ws behind every proxy, each proxy with its default worker count (2 here).
   start_app 100
   ws_case direct "$APP_PORT" "$APP_PID" "$APP_PID"; stop_pid "$APP_PID"; start_app 100
   start_nginx auto "$NGINX_PORT"; ws_case nginx "$NGINX_PORT" "${NGINX_PIDS[*]}" "$APP_PID"; stop_pid "${NGINX_PIDS[0]}"
   stop_pid "$APP_PID"; start_app 100
-  start_haproxy; ws_case haproxy "$HAPROXY_PORT" "$HAPROXY_PID" "$APP_PID"; stop_pid "$HAPROXY_PID"
+  start_haproxy 2; ws_case haproxy "$HAPROXY_PORT" "$HAPROXY_PID" "$APP_PID"; stop_pid "$HAPROXY_PID"
   stop_pid "$APP_PID"
-  start_cutover 100; ws_case cutover "$CUTOVER_PORT" "$CUTOVER_PID" "$CUTOVER_APP_PID"; stop_pid "$CUTOVER_PID"
+  start_cutover 100; ws_case cutover "$CUTOVER_PORT" "$CUTOVER_PID" "$CUTOVER_APP_PIDS"; stop_pid "$CUTOVER_PID"
 fi
 
 # --- results ---------------------------------------------------------------------------------
@@ -372,19 +419,25 @@ cpu = re.search(r"model name\s*:\s*(.*)", open("/proc/cpuinfo").read())
 mem = re.search(r"MemTotal:\s*(\d+)", open("/proc/meminfo").read())
 cases = [json.load(open(f)) for f in sorted(glob.glob(out + "/*.json")) if not os.path.basename(f).startswith("ws-")]
 ws = [json.load(open(f)) for f in sorted(glob.glob(out + "/ws-*.json"))]
-def get(case, body):
-    return next((c for c in cases if c["case"] == case and c["body_bytes"] == body), None)
+def get(case, upstream, workers, body):
+    return next((c for c in cases if c["case"] == case and c["upstream"] == upstream
+                 and c["workers"] == workers and c["body_bytes"] == body), None)
+# "cutover/<other>@<upstream>/<workers>w/<body>": cutover over the other at the same upstream,
+# worker count and body size (direct: the upstream without a proxy).
 ratios = {}
-for body in sorted({c["body_bytes"] for c in cases}):
-    co = get("cutover", body)
-    if not co: continue
-    for other in ("nginx", "nginx1", "haproxy", "hyper", "direct"):
-        o = get(other, body)
+for co in (c for c in cases if c["case"] == "cutover"):
+    up, w, body = co["upstream"], co["workers"], co["body_bytes"]
+    for other in ("nginx", "haproxy", "hyper", "direct"):
+        o = get(other, up, None if other == "direct" else w, body)
         if not o: continue
-        ratios[f"cutover/{other}@{body}"] = {
+        cpu = (None if o["proxy_cpu_us_per_req"] is None or co["proxy_cpu_us_per_req"] is None
+               else round(co["proxy_cpu_us_per_req"] / max(o["proxy_cpu_us_per_req"], 0.01), 3))
+        ratios[f"cutover/{other}@{up}/{w}w/{body}"] = {
             "rps": round(co["rps"] / o["rps"], 3),
-            **{k: round(co["lat_us"][k] / max(o["lat_us"][k], 1), 3) for k in ("p50", "p99", "p999")}}
+            **{k: round(co["lat_us"][k] / max(o["lat_us"][k], 1), 3) for k in ("p50", "p99", "p999")},
+            "cpu_per_req": cpu}
 doc = {
+    "kind": "http1",
     "machine": {"nproc": os.cpu_count(), "cpu": cpu.group(1) if cpu else None,
                 "mem_kb": int(mem.group(1)) if mem else None, "kernel": platform.release(),
                 "nginx": sh("nginx -v"), "haproxy": sh("haproxy -v | head -1"),
@@ -394,9 +447,10 @@ doc = {
     "params": {"wrk": f"-t{threads} -c{conns} -d{duration} --latency", "pinned": pin == "1",
                "rounds": int(rounds),
                "figures": "per case, the median of its rounds; the cases take turns in rotating order",
-               "nginx1": "worker_processes 1", "nginx": "worker_processes auto",
-               "haproxy": "nbthread 2", "hyper": "bench/hyper-floor, 1 worker per core",
-               "cutover": "1 worker (event loop) per core"},
+               "workers": "per case: nginx worker_processes, HAProxy nbthread, the floor's and cutover's worker threads",
+               "upstreams": {"static": "nginx, the body from memory (open_file_cache, sendfile on), worker_processes auto",
+                             "demo": "demo-app --body-size N"},
+               "websockets": "each proxy with its default workers (2 here)"},
     "cases": cases, "ratios": ratios, "websockets_10k": ws,
 }
 json.dump(doc, open(result, "w"), indent=2)

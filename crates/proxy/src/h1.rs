@@ -38,8 +38,12 @@ use codec::{MAX_HEAD, MAX_HEADERS};
 const READ_CHUNK: usize = 8 * 1024;
 /// The most room made before a read. A connection whose reads fill the room doubles it (up
 /// to this), so that a response comes in one read and goes out as one frame, and a read that
-/// fills the buffer is not followed by one that finds nothing (`EAGAIN`).
-const MAX_READ: usize = 64 * 1024;
+/// fills the buffer is not followed by one that finds nothing (`EAGAIN`); one whose reads come
+/// back much smaller than the room halves it again, so that a pooled connection does not keep
+/// a large buffer for small responses. At 64 KiB a 256 KiB response took 6 reads and 4 writes
+/// per request where hyper's client (its adaptive buffer goes to about 400 KiB) took 2 and 2
+/// (`bench/syscalls.sh`, BENCHMARKS.md).
+const MAX_READ: usize = 512 * 1024;
 /// Request body bytes gathered before they are written out.
 const MAX_BUFFERED: usize = 64 * 1024;
 
@@ -408,6 +412,11 @@ impl Conn {
     /// known) within [`MAX_READ`], and for at least a quarter of `read_size`.
     fn poll_fill(&mut self, cx: &mut Context<'_>, want: u64) -> Poll<std::io::Result<usize>> {
         let want = usize::try_from(want).unwrap_or(MAX_READ).min(MAX_READ);
+        if self.buf.is_empty() && self.buf.capacity() > 4 * self.read_size.max(want) {
+            // What is left of a large response's buffer, on a connection whose reads have
+            // shrunk: let it go rather than keep it, idle in the pool, for small responses.
+            self.buf = BytesMut::new();
+        }
         let spare = self.buf.capacity() - self.buf.len();
         if spare < self.read_size / 4 || spare < want {
             self.buf.reserve(self.read_size.max(want));
@@ -420,6 +429,8 @@ impl Conn {
         ))?;
         if n == room {
             self.read_size = (self.read_size * 2).min(MAX_READ);
+        } else if n < self.read_size / 8 {
+            self.read_size = (self.read_size / 2).max(READ_CHUNK);
         }
         Poll::Ready(Ok(n))
     }
@@ -993,6 +1004,36 @@ pub(crate) mod tests {
         );
         // 8 KiB at a time took seven.
         assert!(frames <= 4, "{frames} reads for {BODY} bytes");
+    }
+
+    /// A connection whose reads grew for a large response makes them small again once the
+    /// responses are small, and does not keep a large buffer for them.
+    #[tokio::test]
+    async fn reads_shrink_back_after_a_large_response() {
+        const BIG: usize = 256 * 1024;
+        let mut big = format!("HTTP/1.1 200 OK\r\ncontent-length: {BIG}\r\n\r\n").into_bytes();
+        big.resize(big.len() + BIG, b'x');
+        let small = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_vec();
+        let mut steps = vec![(&b"\r\n\r\n"[..], big)];
+        steps.extend((0..12).map(|_| (&b"\r\n\r\n"[..], small.clone())));
+        let (addr, _) = instance(steps).await;
+        let mut conn = conn_to(addr).await;
+        for i in 0..13 {
+            let (req, _client) = request_from(GET).await;
+            let head = conn
+                .send(req, None, far(), i > 0)
+                .await
+                .ok()
+                .expect("answered");
+            let (body, _) = read_body(&mut conn, head).await;
+            assert_eq!(body.unwrap().len(), if i == 0 { BIG } else { 2 });
+        }
+        assert_eq!(conn.read_size, READ_CHUNK, "reads shrank back");
+        assert!(
+            conn.buf.capacity() <= 4 * READ_CHUNK,
+            "a large buffer kept for small responses: {}",
+            conn.buf.capacity()
+        );
     }
 
     /// A connection that carried one `GET` to an instance that then closed it.

@@ -28,6 +28,7 @@ use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -494,7 +495,7 @@ impl Proxy {
         worker: &Arc<Worker>,
     ) -> ShutdownOutcome {
         // Connections are told to go away through `stop`, and waited for through `conns`.
-        let stop = tokio_util::sync::CancellationToken::new();
+        let stop = Stop::default();
         let conns = tokio_util::task::TaskTracker::new();
         // One builder per protocol: the protocol is known before hyper sees the connection
         // (`first_bytes`, or ALPN), so hyper's auto-detecting wrapper, which re-reads the
@@ -558,7 +559,7 @@ impl Proxy {
                         let Some(acceptor) = tls else {
                             let first = tokio::select! {
                                 biased;
-                                () = conn::after_grace(&stop, shutdown_idle_grace) => return,
+                                () = conn::after_grace(&stop.token, shutdown_idle_grace) => return,
                                 first = first_bytes(&stream, header_read_timeout) => first,
                             };
                             let Some(protocol) = first else {
@@ -570,7 +571,7 @@ impl Proxy {
                         };
                         let handshake = tokio::select! {
                             biased;
-                            () = conn::after_grace(&stop, shutdown_idle_grace) => return,
+                            () = conn::after_grace(&stop.token, shutdown_idle_grace) => return,
                             done = tokio::time::timeout(header_read_timeout, acceptor.accept(stream)) => done,
                         };
                         let stream = match handshake {
@@ -598,7 +599,7 @@ impl Proxy {
             }
         }
         drop(listener);
-        stop.cancel();
+        stop.begin();
         conns.close();
         match tokio::time::timeout(self.inner.config.shutdown_timeout, conns.wait()).await {
             Ok(()) => ShutdownOutcome::Drained,
@@ -1244,7 +1245,24 @@ struct Builders {
     http2: http2::Builder<TokioExecutor>,
 }
 
-/// Serves one client connection until it ends, goes away when `stop` is cancelled, or (HTTP/2)
+/// Shutdown of one accept loop as its connections see it: the token their drivers wait on,
+/// and the same fact as a flag, which a request reads (and holds a reference to) for an atomic
+/// load and a reference count, where the token's `is_cancelled` and `clone` each take its
+/// lock: that was 180 instructions per request (BENCHMARKS.md, "Part A").
+#[derive(Clone, Default)]
+struct Stop {
+    token: tokio_util::sync::CancellationToken,
+    begun: Arc<AtomicBool>,
+}
+
+impl Stop {
+    fn begin(&self) {
+        self.begun.store(true, Ordering::Release);
+        self.token.cancel();
+    }
+}
+
+/// Serves one client connection until it ends, goes away when `stop` begins, or (HTTP/2)
 /// is closed for being idle (see [`conn::drive`]).
 async fn serve_connection<I>(
     worker: Arc<Worker>,
@@ -1253,7 +1271,7 @@ async fn serve_connection<I>(
     peer: SocketAddr,
     protocol: Protocol,
     tls: bool,
-    stop: &tokio_util::sync::CancellationToken,
+    stop: &Stop,
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
@@ -1279,7 +1297,7 @@ async fn serve_connection<I>(
     // Each request holds the worker (whose count only this thread touches), not a clone
     // of the proxy, whose count every worker shares.
     let grace = worker.proxy.inner.config.shutdown_idle_grace;
-    let stopped = stop.clone();
+    let stopped = stop.begun.clone();
     let service = hyper::service::service_fn(move |req| {
         let worker = worker.clone();
         let client = client.clone();
@@ -1290,7 +1308,7 @@ async fn serve_connection<I>(
             // Shutting down: each HTTP/1.1 connection ends with its next response (hyper
             // closes after a `connection: close` response); not a switch of protocols.
             if protocol == Protocol::Http1
-                && stopped.is_cancelled()
+                && stopped.load(Ordering::Acquire)
                 && resp.status() != StatusCode::SWITCHING_PROTOCOLS
             {
                 resp.headers_mut().insert(
@@ -1307,12 +1325,18 @@ async fn serve_connection<I>(
     let served = match protocol {
         Protocol::Http1 => {
             let conn = builder.http1.serve_connection(io, service).with_upgrades();
-            let stopping = conn::after_grace(stop, grace);
+            let stopping = conn::after_grace(&stop.token, grace);
             conn::drive(conn, |c| c.graceful_shutdown(), stopping, idle).await
         }
         Protocol::Http2 => {
             let conn = builder.http2.serve_connection(io, service);
-            conn::drive(conn, |c| c.graceful_shutdown(), stop.cancelled(), idle).await
+            conn::drive(
+                conn,
+                |c| c.graceful_shutdown(),
+                stop.token.cancelled(),
+                idle,
+            )
+            .await
         }
     };
     match served {

@@ -40,10 +40,12 @@ use hyper_util::rt::TokioIo;
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::debug;
@@ -264,6 +266,12 @@ const READ_CHUNK: usize = 8 * 1024;
 
 /// Reads whole frames off one side. Cancel-safe: bytes read stay in `buf` when a read is
 /// abandoned, so a relay that stops reading mid-frame loses nothing.
+///
+/// An idle session holds no read buffer: most of a trading client's hours are spent waiting,
+/// and two 8 KiB buffers per session were two thirds of what an idle WebSocket cost (22 kB,
+/// BENCHMARKS.md). Between frames `buf` is empty and owns no memory; a read then goes to a
+/// scratch buffer on the stack (not in the task: it never lives across an `await`) and only
+/// the bytes that came are kept. A frame that arrives in pieces is read straight into `buf`.
 struct Reader {
     io: ReadHalf<Io>,
     buf: BytesMut,
@@ -282,7 +290,7 @@ impl Reader {
     fn new(io: ReadHalf<Io>) -> Reader {
         Reader {
             io,
-            buf: BytesMut::with_capacity(READ_CHUNK),
+            buf: BytesMut::new(),
         }
     }
 
@@ -293,18 +301,35 @@ impl Reader {
                 Ok(None) => {}
                 Err(e) => return Err(ReadEnd::Failed(e.to_string())),
             }
-            // Room for a good read: `read_buf` alone would grow a full buffer 64 bytes at a
-            // time.
-            if self.buf.capacity() - self.buf.len() < READ_CHUNK / 2 {
-                self.buf.reserve(READ_CHUNK);
-            }
-            match self.io.read_buf(&mut self.buf).await {
+            let read = if self.buf.is_empty() {
+                // Whatever capacity is left is the tail of the allocation the last frame was
+                // split from: let it go with that frame.
+                self.buf = BytesMut::new();
+                std::future::poll_fn(|cx| self.poll_read_idle(cx)).await
+            } else {
+                // Room for a good read: `read_buf` alone would grow a full buffer 64 bytes at
+                // a time.
+                if self.buf.capacity() - self.buf.len() < READ_CHUNK / 2 {
+                    self.buf.reserve(READ_CHUNK);
+                }
+                self.io.read_buf(&mut self.buf).await
+            };
+            match read {
                 Ok(0) if self.buf.is_empty() => return Err(ReadEnd::Eof),
                 Ok(0) => return Err(ReadEnd::Failed("connection ended mid-frame".into())),
                 Ok(_) => {}
                 Err(e) => return Err(ReadEnd::Failed(e.to_string())),
             }
         }
+    }
+
+    /// A read while `buf` is empty: into a scratch buffer on the stack, keeping what came.
+    fn poll_read_idle(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+        let mut scratch = [0u8; READ_CHUNK];
+        let mut read = ReadBuf::new(&mut scratch);
+        ready!(Pin::new(&mut self.io).poll_read(cx, &mut read))?;
+        self.buf.extend_from_slice(read.filled());
+        Poll::Ready(Ok(read.filled().len()))
     }
 }
 
