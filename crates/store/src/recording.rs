@@ -48,21 +48,10 @@ pub(crate) fn pack(conn: &Connection, rollout_id: i64, min: i64) -> Result<u64, 
     if unpacked == 0 || unpacked < min {
         return Ok(0);
     }
-    let mut stmt = conn.prepare(
-        "SELECT seq, at, event_json, state_before FROM events WHERE rollout_id = ?1 ORDER BY seq",
-    )?;
-    let rows = stmt.query_map([rollout_id], |r| {
-        Ok((
-            r.get::<_, i64>(0)?,
-            r.get::<_, i64>(1)?,
-            r.get::<_, String>(2)?,
-            r.get::<_, Option<String>>(3)?,
-        ))
-    })?;
+    let rows = unpacked_rows(conn, rollout_id)?;
     let mut text = String::new();
     let (mut first, mut last, mut n) = (i64::MAX, i64::MIN, 0u64);
-    for row in rows {
-        let (seq, at, event, before) = row?;
+    for (seq, at, event, before) in rows {
         // Each line is `[seq, at, event]` or `[seq, at, event, state_before]`: the stored JSON
         // texts unchanged, so what is read back is what was written.
         match before {
@@ -94,6 +83,20 @@ pub(crate) fn pack(conn: &Connection, rollout_id: i64, min: i64) -> Result<u64, 
     Ok(n)
 }
 
+/// One unpacked row of `events`: seq, at, the event's JSON, the state before it (if kept).
+type Row = (i64, i64, String, Option<String>);
+
+/// `rollout_id`'s rows not packed yet, in the order they were written.
+fn unpacked_rows(conn: &Connection, rollout_id: i64) -> Result<Vec<Row>, StoreError> {
+    let mut stmt = conn.prepare(
+        "SELECT seq, at, event_json, state_before FROM events WHERE rollout_id = ?1 ORDER BY seq",
+    )?;
+    let rows = stmt.query_map([rollout_id], |r| {
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
 /// A rollout's events, packed and unpacked, in the order they were written.
 pub(crate) fn read(conn: &Connection, rollout_id: i64) -> Result<Vec<EventRecord>, StoreError> {
     let mut out: Vec<(i64, EventRecord)> = Vec::new();
@@ -107,19 +110,8 @@ pub(crate) fn read(conn: &Connection, rollout_id: i64) -> Result<Vec<EventRecord
     if blocks {
         read_blocks(conn, rollout_id, &mut out)?;
     }
-    let mut stmt = conn.prepare(
-        "SELECT seq, at, event_json, state_before FROM events WHERE rollout_id = ?1 ORDER BY seq",
-    )?;
-    let rows = stmt.query_map([rollout_id], |r| {
-        Ok((
-            r.get::<_, i64>(0)?,
-            r.get::<_, i64>(1)?,
-            r.get::<_, String>(2)?,
-            r.get::<_, Option<String>>(3)?,
-        ))
-    })?;
-    for row in rows {
-        let (seq, at, event, before) = row?;
+    let rows = unpacked_rows(conn, rollout_id)?;
+    for (seq, at, event, before) in rows {
         out.push((
             seq,
             EventRecord {
