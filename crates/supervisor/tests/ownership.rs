@@ -9,10 +9,11 @@
 mod common;
 
 use common::{poll_until, state, wait_v1, Kit};
-use cutover_supervisor::{InstanceState, Ledger, Ownership, Supervisor};
+use cutover_supervisor::{Fleet, InstanceState, Ledger, Ownership, Supervisor};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use std::time::Duration;
+use tokio::sync::watch;
 
 /// How long an absence is watched for: the test app restarts after `backoff_initial` (20 ms),
 /// so a restart that should not happen would show up 50 times over in this window.
@@ -23,8 +24,8 @@ fn gone(pid: u32) -> bool {
     !std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn paused_nothing_is_restarted_nor_recorded_then_resumed_the_dead_instance_comes_back() {
+/// One instance of the test app, ready and recorded in a real ledger file.
+async fn started() -> (Kit, Supervisor, watch::Receiver<Fleet>, Ledger, u32) {
     let kit = Kit::new();
     let app = kit.app(&[]);
     let release = kit.release("v1", &app);
@@ -41,6 +42,12 @@ async fn paused_nothing_is_restarted_nor_recorded_then_resumed_the_dead_instance
             .any(|r| r.pid == pid)
     })
     .await;
+    (kit, sup, rx, ledger, pid)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paused_nothing_is_restarted_nor_recorded_then_resumed_the_dead_instance_comes_back() {
+    let (kit, sup, mut rx, ledger, pid) = started().await;
     let recorded = std::fs::read(kit.path("instances.json")).unwrap();
 
     sup.pause_ownership();
@@ -80,22 +87,7 @@ async fn paused_nothing_is_restarted_nor_recorded_then_resumed_the_dead_instance
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn released_the_processes_are_left_alone() {
-    let kit = Kit::new();
-    let app = kit.app(&[]);
-    let release = kit.release("v1", &app);
-    let ledger = Ledger::new(kit.path("instances.json"));
-    let (sup, mut rx) = Supervisor::with_ledger(app, kit.logs(), ledger.clone(), vec![]);
-    sup.start(release).unwrap();
-    let v = wait_v1(&mut rx, "ready", |v| state(v) == InstanceState::Ready).await;
-    let pid = v.instances[0].pid.unwrap();
-    poll_until("the instance in the ledger", || {
-        ledger
-            .load()
-            .unwrap_or_default()
-            .iter()
-            .any(|r| r.pid == pid)
-    })
-    .await;
+    let (kit, sup, _rx, _ledger, pid) = started().await;
 
     sup.pause_ownership();
     sup.release_ownership();
