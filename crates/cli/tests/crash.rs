@@ -14,14 +14,14 @@
 
 mod common;
 
-use common::{demo_app, eventually, ConfigBuilder};
+use common::{demo_app, eventually, group, processes, ConfigBuilder};
 use cutover_admin::AdminClient;
 use cutover_core::engine::Phase;
 use cutover_core::Weight;
 use cutover_host::status::StatusView;
 use cutover_loadgen::{FailureKind, Load, LoadConfig};
 use serde_json::{json, Value};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -193,37 +193,6 @@ impl Drop for Cutover {
             }
         }
     }
-}
-
-/// The pids of every live process in process group `pgid`, sorted.
-fn group(pgid: u32) -> Vec<u32> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        let rest = &stat[stat.rfind(')').unwrap() + 1..];
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        if f[0] != "Z" && f[2] == pgid.to_string() {
-            found.push(pid);
-        }
-    }
-    found.sort_unstable();
-    found
-}
-
-/// Each instance's id → its pid and every process of its group.
-fn processes(s: &StatusView) -> BTreeMap<String, (u32, Vec<u32>)> {
-    s.instances
-        .iter()
-        .map(|i| {
-            let pid = i.pid.expect("a running instance has a pid");
-            (i.id.clone(), (pid, group(pid)))
-        })
-        .collect()
 }
 
 fn load(proxy: SocketAddr, clients: u32) -> Load {

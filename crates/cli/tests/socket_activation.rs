@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::eventually;
+use common::{eventually, group, processes};
 use cutover_core::engine::Phase;
 use cutover_host::status::StatusView;
 use cutover_loadgen::{FailureKind, Load, LoadConfig, Orders, OrdersConfig};
@@ -351,37 +351,6 @@ async fn a_passed_socket_on_another_address_is_refused_naming_both() {
 /// Starts the app without `exec`: the shell is the instance's process (its group leader) and
 /// demo-app its child, as an operator's start script often is.
 const WRAPPER: &str = "#!/bin/sh\n\"$@\"\necho \"wrapper: the app exited with $?\"\n";
-
-/// The pids of every live process in process group `pgid`, sorted.
-fn group(pgid: u32) -> Vec<u32> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        let rest = &stat[stat.rfind(')').unwrap() + 1..];
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        if f[0] != "Z" && f[2] == pgid.to_string() {
-            found.push(pid);
-        }
-    }
-    found.sort_unstable();
-    found
-}
-
-/// Each instance's id → its pid and every process of its group.
-fn processes(s: &StatusView) -> BTreeMap<String, (u32, Vec<u32>)> {
-    s.instances
-        .iter()
-        .map(|i| {
-            let pid = i.pid.expect("a running instance has a pid");
-            (i.id.clone(), (pid, group(pid)))
-        })
-        .collect()
-}
 
 fn of_version(
     procs: &BTreeMap<String, (u32, Vec<u32>)>,

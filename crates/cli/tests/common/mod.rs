@@ -178,3 +178,34 @@ pub fn is_promoted(s: &StatusView) -> bool {
 pub fn is_aborted(s: &StatusView) -> bool {
     matches!(phase(s), Some(Phase::Aborted { .. }))
 }
+
+/// The pids of every live process in process group `pgid`, sorted.
+pub fn group(pgid: u32) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let rest = &stat[stat.rfind(')').unwrap() + 1..];
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        if f[0] != "Z" && f[2] == pgid.to_string() {
+            found.push(pid);
+        }
+    }
+    found.sort_unstable();
+    found
+}
+
+/// Each instance's id → its pid and every process of its group.
+pub fn processes(s: &StatusView) -> std::collections::BTreeMap<String, (u32, Vec<u32>)> {
+    s.instances
+        .iter()
+        .map(|i| {
+            let pid = i.pid.expect("a running instance has a pid");
+            (i.id.clone(), (pid, group(pid)))
+        })
+        .collect()
+}
