@@ -399,7 +399,7 @@ async fn a_new_binary_that_does_not_start_leaves_the_old_one_serving() {
     }
     // A new cutover that fails *after* it took the sockets over (its config names another
     // public address than the socket it was given): the old one gets everything back, its
-    // supervisor included, which restarts an instance that dies afterwards.
+    // supervisor included, which restarts an instance that dies afterwards (checked last).
     let copy = dir.path().join("cutover-new");
     std::fs::copy(env!("CARGO_BIN_EXE_cutover"), &copy).unwrap();
     std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -416,18 +416,6 @@ async fn a_new_binary_that_does_not_start_leaves_the_old_one_serving() {
         "{err}"
     );
     assert!(c.first.as_mut().unwrap().try_wait().unwrap().is_none());
-    let v1_1 = pids(&c.status().await)["v1-1"];
-    nix::sys::signal::killpg(
-        nix::unistd::Pid::from_raw(v1_1 as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
-    c.wait_for("v1-1 restarted by the old cutover", |s| {
-        s.instances
-            .iter()
-            .any(|i| i.id == "v1-1" && i.state == "ready" && i.pid.is_some_and(|p| p != v1_1))
-    })
-    .await;
     let lock = std::fs::read_to_string(dir.path().join("state/lock")).unwrap();
     assert_eq!(lock.trim(), old.to_string());
     // Its driver resumed: the rollout goes on to its promotion under the old cutover.
@@ -448,6 +436,20 @@ async fn a_new_binary_that_does_not_start_leaves_the_old_one_serving() {
     assert_eq!(report.failed, 0, "{:?}", report.failures);
     assert_eq!(o.closes.get(ABNORMAL_CLOSE), None, "{:?}", o.closes);
     assert!(o.unacked.is_empty(), "lost orders: {:?}", o.unacked);
+    // Its supervisor acts on the instances again: one killed now is restarted. (After the
+    // load stopped: a killed instance cuts what it was serving.)
+    let v2_1 = pids(&c.status().await)["v2-1"];
+    nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(v2_1 as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    c.wait_for("v2-1 restarted by the old cutover", |s| {
+        s.instances
+            .iter()
+            .any(|i| i.id == "v2-1" && i.state == "ready" && i.pid.is_some_and(|p| p != v2_1))
+    })
+    .await;
 }
 
 #[test]
