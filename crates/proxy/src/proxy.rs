@@ -650,7 +650,7 @@ impl Proxy {
                 worker,
                 &routes,
                 &mut target,
-                outgoing,
+                &mut outgoing,
                 &mut abandoned,
                 started,
             )
@@ -774,7 +774,7 @@ impl Proxy {
             path,
             host,
             via,
-            body,
+            body: Some(body),
             slot,
         };
         (outgoing, ClientUpgrade { on, websocket })
@@ -785,24 +785,30 @@ impl Proxy {
     /// the body was not read yet, the request goes to another backend, once: `target` and
     /// `abandoned` then follow the retry. The [`InFlight`] guard counts the backend that was
     /// asked last.
+    ///
+    /// `outgoing` is borrowed, not moved, and the worker's HTTP/1.1 pool is awaited here
+    /// directly: each async layer a request passes through copies its arguments and nests
+    /// its callee's future in its own, and this is the path of every request
+    /// (BENCHMARKS.md, "Did the refactor regress the proxy?").
     async fn forward<'r>(
         &self,
         worker: &Worker,
         routes: &'r Arc<Routes>,
         target: &mut Target,
-        outgoing: Outgoing<'_>,
+        outgoing: &mut Outgoing<'_>,
         abandoned: &mut Abandoned<'r>,
         started: Instant,
     ) -> Sent {
         let Outgoing {
             client,
-            mut parts,
+            parts,
             path,
             host,
             via,
-            mut body,
-            mut slot,
+            body,
+            slot,
         } = outgoing;
+        let via = *via;
         let forwarded = client.forwarded(host.as_ref());
         let deadline = started + self.inner.config.upstream_timeout;
         let mut retried = false;
@@ -815,17 +821,26 @@ impl Proxy {
             } else {
                 parts.headers.clone()
             };
-            let Some(upstream) =
-                upstream_request(&parts, headers, &target.backend, &path, via, body)
-            else {
+            // Taken by this attempt; a retry puts back what the refused one did not read.
+            let Some(upstream) = body.take().and_then(|body| {
+                upstream_request(parts, headers, &target.backend, path, via, body)
+            }) else {
                 // Cannot happen for a socket address and a path the server parsed; a
                 // failure here is still the proxy's, not the app's.
                 break Err((guard, None));
             };
-            match worker
-                .send(via, &target.backend, upstream, &forwarded, deadline)
-                .await
-            {
+            let answer = match via {
+                Via::Http1 => {
+                    let http1 = &worker.http1;
+                    http1
+                        .send(&target.backend, upstream, Some(&forwarded), deadline)
+                        .await
+                }
+                Via::Http2 | Via::Upgrade => {
+                    worker.send(via, &target.backend, upstream, deadline).await
+                }
+            };
+            match answer {
                 Ok(resp) => break Ok((guard, resp)),
                 Err(UpstreamError::TimedOut { .. }) => {
                     return Err((guard, Unanswered::TimedOut));
@@ -858,7 +873,8 @@ impl Proxy {
                             // Nothing reached the refused instance: the wait is the retry's.
                             abandoned.disarm();
                             *abandoned = Abandoned::arm(routes.recorder(target.track), started);
-                            (body, slot) = Resendable::new(unread);
+                            let (resent, resent_slot) = Resendable::new(unread);
+                            (*body, *slot) = (Some(resent), resent_slot);
                             continue;
                         }
                         _ => break Err((guard, Some(err))),
@@ -1193,26 +1209,21 @@ impl Worker {
         Arc::clone(&routes)
     }
 
-    /// Sends `req` with the `forwarded` fields to `backend` and waits for the response head
-    /// until `deadline`. (hyper's clients, for HTTP/2 and upgrades, find the fields in the
-    /// request's map already; the worker's HTTP/1.1 connections write them out.)
+    /// Sends `req` to `backend` over one of hyper's clients, HTTP/2 or the one for upgrades,
+    /// and waits for the response head until `deadline`. They find the `X-Forwarded-*` fields
+    /// in the request's map already. (The worker's own HTTP/1.1 pool, which writes them out
+    /// with the head, is called by [`Proxy::forward`] directly.)
     async fn send(
         &self,
         via: Via,
         backend: &BackendRef,
         req: Request<Resendable>,
-        forwarded: &headers::Forwarded<'_>,
         deadline: Instant,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
-        let client = match via {
-            Via::Http1 => {
-                return self
-                    .http1
-                    .send(backend, req, Some(forwarded), deadline)
-                    .await
-            }
-            Via::Http2 => &self.http2,
-            Via::Upgrade => &self.upgrades,
+        let client = if via == Via::Http2 {
+            &self.http2
+        } else {
+            &self.upgrades
         };
         let addr = backend.addr;
         match tokio::time::timeout_at(deadline, client.request(req)).await {
@@ -1465,7 +1476,8 @@ struct Outgoing<'c> {
     /// The host the client named, for `X-Forwarded-Host` and to tell a retry what to send.
     host: Option<http::HeaderValue>,
     via: Via,
-    body: Resendable,
+    /// The request's body, until an attempt takes it.
+    body: Option<Resendable>,
     /// Whether the body was read, and whether the client broke it.
     slot: BodySlot,
 }
