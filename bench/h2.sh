@@ -71,51 +71,14 @@ done
 TMP=$(mktemp -d /tmp/cutover-h2.XXXXXX)
 OUT="$TMP/cases"; mkdir -p "$OUT"
 PIDS=()
-cleanup() {
-  local p
-  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
-  sleep 0.5
-  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill -9 "$p" 2>/dev/null || true; done
-  [ "${KEEP_TMP:-0}" = 1 ] || rm -rf "$TMP"
-}
+# shellcheck source=bench/lib.sh
+. "$BENCH/lib.sh"
 trap cleanup EXIT
-
-stop_pid() {
-  local p=$1 i
-  kill "$p" 2>/dev/null || return 0
-  for i in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-  kill -9 "$p" 2>/dev/null || true
-  wait "$p" 2>/dev/null || true
-}
-wait_http() { # wait_http url [curl args]: until 200 (30 s)
-  local url=$1 i; shift
-  for i in $(seq 300); do
-    [ "$(curl -sk -o /dev/null -w '%{http_code}' "$@" "$url" || true)" = 200 ] && return 0
-    sleep 0.1
-  done
-  log "timeout waiting for $url"; return 1
-}
-children() { echo "$1" $(pgrep -P "$1" || true); }
-ticks() {
-  local t=0 p
-  for p in "$@"; do
-    [ -r "/proc/$p/stat" ] || continue
-    t=$((t + $(awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$p/stat")))
-  done
-  echo "$t"
-}
-HZ=$(getconf CLK_TCK)
 
 # --- the certificate every proxy serves ------------------------------------------------------
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
   -subj /CN=localhost -keyout "$TMP/key.pem" -out "$TMP/cert.pem" 2>/dev/null
 cat "$TMP/cert.pem" "$TMP/key.pem" >"$TMP/both.pem"
-
-body_file() {
-  local f="$TMP/body-$1"
-  [ -f "$f" ] || head -c "$1" /dev/zero | tr '\0' x >"$f"
-  echo "$f"
-}
 
 # --- servers ---------------------------------------------------------------------------------
 APP_PID=""

@@ -95,13 +95,8 @@ done
 TMP=$(mktemp -d /tmp/cutover-bench.XXXXXX)
 OUT="$TMP/cases"; mkdir -p "$OUT"
 PIDS=()
-cleanup() {
-  local p
-  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
-  sleep 0.5
-  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill -9 "$p" 2>/dev/null || true; done
-  [ "${KEEP_TMP:-0}" = 1 ] || rm -rf "$TMP"
-}
+# shellcheck source=bench/lib.sh
+. "$BENCH/lib.sh"
 trap cleanup EXIT
 
 pin() { # pin <cpu> cmd... &: background only (exec keeps $! the server's own pid)
@@ -113,61 +108,7 @@ pin_fg() { # pin_fg <cpu> cmd...: foreground
   if [ "$PIN" = 1 ]; then taskset -c "$cpu" "$@"; else "$@"; fi
 }
 
-stop_pid() { # stop_pid pid: TERM, wait up to 10 s, KILL
-  local p=$1 i
-  kill "$p" 2>/dev/null || return 0
-  for i in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-  kill -9 "$p" 2>/dev/null || true
-  wait "$p" 2>/dev/null || true
-  local keep=() q
-  for q in "${PIDS[@]}"; do [ "$q" = "$p" ] || keep+=("$q"); done
-  PIDS=("${keep[@]}")
-}
-
-wait_http() { # wait_http url: until 200 (30 s)
-  local i
-  for i in $(seq 300); do
-    [ "$(curl -s -o /dev/null -w '%{http_code}' "$1" || true)" = 200 ] && return 0
-    sleep 0.1
-  done
-  log "timeout waiting for $1"; return 1
-}
-
-ticks() { # ticks pid...: utime+stime of the processes, in clock ticks
-  local t=0 p
-  for p in "$@"; do
-    [ -r "/proc/$p/stat" ] || continue
-    t=$((t + $(awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$p/stat")))
-  done
-  echo "$t"
-}
-rss_kb() { # rss_kb field pid...: sum of VmHWM / VmRSS (kB)
-  local f=$1 t=0 p; shift
-  for p in "$@"; do
-    t=$((t + $(awk -v f="$f:" '$1 == f { print $2 }' "/proc/$p/status" 2>/dev/null || echo 0)))
-  done
-  echo "$t"
-}
-HZ=$(getconf CLK_TCK)
-csw() { # csw pid...: context switches (voluntary + involuntary) of all their threads
-  local t=0 p
-  for p in "$@"; do
-    t=$((t + $(cat /proc/"$p"/task/*/status 2>/dev/null | awk '/ctxt_switches/ { s += $2 } END { print s + 0 }')))
-  done
-  echo "$t"
-}
-
 # --- servers ---------------------------------------------------------------------------------
-children() { # children pid: the pid and its children (nginx: the master and its workers)
-  echo "$1" $(pgrep -P "$1" || true)
-}
-
-body_file() { # body_file size: a file of that many bytes, for the static upstream
-  local f="$TMP/body-$1"
-  [ -f "$f" ] || head -c "$1" /dev/zero | tr '\0' x >"$f"
-  echo "$f"
-}
-
 APP_PID="" APP_PIDS=""
 start_app() { # start_app body_size [upstream]: the peers' upstream on APP_PORT; sets APP_PIDS
   if [ "${2:-demo}" = static ]; then
