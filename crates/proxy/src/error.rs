@@ -1,7 +1,5 @@
 //! Errors, and where a failure came from (which decides whether a retry is safe).
 
-use crate::body::Resendable;
-use http::Request;
 use std::net::SocketAddr;
 
 /// Errors the proxy's public API returns.
@@ -28,15 +26,13 @@ pub enum ProxyError {
 /// (pingora's `ErrorSource` / `RetryType`, for the one retry invariant 5 allows.)
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum UpstreamError {
-    /// No connection could be made, so no byte of the request reached the app: safe to retry.
-    /// The request comes back when the sender still had it (the worker's own pool does;
-    /// hyper-util's client keeps it).
+    /// No connection could be made, so no byte of the request reached the app: safe to retry
+    /// (its body, unread, is still in its [`BodySlot`](crate::body::BodySlot)).
     #[error("connecting to backend {addr}: {source}")]
     Connect {
         addr: SocketAddr,
         #[source]
         source: crate::upstream::BoxError,
-        unsent: Option<Unsent>,
     },
     /// The request was handed to a connection; the app may have seen it, and retrying could
     /// run it twice.
@@ -62,22 +58,5 @@ impl UpstreamError {
     /// cannot run it twice.
     pub(crate) fn retry_safe(&self) -> bool {
         matches!(self, UpstreamError::Connect { .. })
-    }
-
-    /// The request a refused connection gave back, if it did (taken out of the error).
-    pub(crate) fn take_unsent(&mut self) -> Option<Unsent> {
-        match self {
-            UpstreamError::Connect { unsent, .. } => unsent.take(),
-            _ => None,
-        }
-    }
-}
-
-/// A request handed back unsent by a connection that could not be made.
-pub(crate) struct Unsent(pub(crate) Box<Request<Resendable>>);
-
-impl std::fmt::Debug for Unsent {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Unsent({} {})", self.0.method(), self.0.uri())
     }
 }

@@ -19,8 +19,8 @@ use crate::body::Resendable;
 use crate::headers::{Forwarded, Sent};
 use bytes::{Bytes, BytesMut};
 use http::header::TRANSFER_ENCODING;
-use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_LENGTH};
-use http::{Method, Request};
+use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_LENGTH, HOST};
+use http::Method;
 use http_body::{Body, Frame};
 use std::future::Future;
 use std::pin::Pin;
@@ -175,12 +175,29 @@ fn put_field(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// A request's head as it leaves for an instance, borrowed from the client's request:
+/// [`Conn::send`] writes it out from there, so it is neither moved nor copied on its way
+/// through the pool, and a request that goes again (another connection, another backend)
+/// still has it.
+pub(crate) struct Outbound<'a> {
+    pub(crate) method: &'a Method,
+    /// The request target, in origin form (`/path?query`).
+    pub(crate) target: &'a str,
+    /// The client's fields, hop-by-hop ones already gone.
+    pub(crate) headers: &'a HeaderMap,
+    /// Sent as `Host` when `headers` has none (an HTTP/1.0 client that named no host): the
+    /// instance's address, as a client connecting to it directly would send.
+    pub(crate) default_host: &'a str,
+    /// The `X-Forwarded-*` fields, written with the head (see [`Forwarded`]).
+    pub(crate) forwarded: Option<&'a Forwarded<'a>>,
+}
+
 /// How sending a request on a connection failed.
 pub(crate) enum Failed {
     /// The instance cannot have acted on the request (not a byte of it was written, or a
     /// reused connection the instance had already closed dropped an idempotent request with
-    /// no body): the request comes back, to go on another connection.
-    Unsent(Box<Request<Resendable>>, H1Error),
+    /// no body): its body comes back, to go on another connection.
+    Unsent(Resendable, H1Error),
     /// The instance may have seen the request.
     Sent(H1Error),
     /// No response head before the deadline.
@@ -213,22 +230,21 @@ impl Conn {
         self.buf.is_empty() && !self.is_closed()
     }
 
-    /// Writes `req` (its body as it comes) with the `forwarded` fields, and waits until
-    /// `deadline` for the response head.
-    /// `reused`: the connection carried a request before, so the instance may have closed it
-    /// meanwhile.
+    /// Writes `head` and then `body` as it comes, and waits until `deadline` for the response
+    /// head. `reused`: the connection carried a request before, so the instance may have
+    /// closed it meanwhile.
     pub(crate) async fn send(
         &mut self,
-        mut req: Request<Resendable>,
-        forwarded: Option<&Forwarded<'_>>,
+        head: &Outbound<'_>,
+        mut body: Resendable,
         deadline: Instant,
         reused: bool,
     ) -> Result<Head, Failed> {
         self.timer.as_mut().reset(deadline);
-        let head_only = req.method() == Method::HEAD;
-        let mut w = self.start(&req, forwarded);
+        let head_only = *head.method == Method::HEAD;
+        let mut w = self.start(head, &body);
         let exchanged = std::future::poll_fn(|cx| {
-            if let Poll::Ready(r) = self.poll_exchange(cx, req.body_mut(), &mut w, head_only) {
+            if let Poll::Ready(r) = self.poll_exchange(cx, &mut body, &mut w, head_only) {
                 return Poll::Ready(Some(r));
             }
             if self.timer.as_mut().poll(cx).is_ready() {
@@ -241,7 +257,7 @@ impl Conn {
             Some(Ok(mut head)) => {
                 if !w.finished(&self.out) {
                     head.upload = Some(Upload {
-                        body: req.into_body(),
+                        body,
                         writer: w,
                         failed: false,
                     });
@@ -254,7 +270,7 @@ impl Conn {
                 let nothing_sent = !w.wrote && !w.body_touched && matches!(e, H1Error::Io(_));
                 let closed_while_idle = reused
                     && !w.body_touched
-                    && req.method().is_idempotent()
+                    && head.method.is_idempotent()
                     && match &e {
                         H1Error::Closed { partial } => !partial,
                         H1Error::Io(io) => matches!(
@@ -264,7 +280,7 @@ impl Conn {
                         _ => false,
                     };
                 if nothing_sent || closed_while_idle {
-                    Err(Failed::Unsent(Box::new(req), e))
+                    Err(Failed::Unsent(body, e))
                 } else {
                     Err(Failed::Sent(e))
                 }
@@ -276,16 +292,16 @@ impl Conn {
     /// Encodes the request head into `out`; the body's framing follows from its size hint,
     /// as the client's did (hyper checked the client's framing). The `forwarded` fields are
     /// written here rather than put into the request's map first: one pass, no lookups.
-    fn start(&mut self, req: &Request<Resendable>, forwarded: Option<&Forwarded<'_>>) -> Writer {
+    fn start(&mut self, head: &Outbound<'_>, body: &Resendable) -> Writer {
+        let forwarded = head.forwarded;
         let out = &mut self.out;
         out.clear();
-        out.extend_from_slice(req.method().as_str().as_bytes());
+        out.extend_from_slice(head.method.as_str().as_bytes());
         out.push(b' ');
-        let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
-        out.extend_from_slice(target.as_bytes());
+        out.extend_from_slice(head.target.as_bytes());
         out.extend_from_slice(b" HTTP/1.1\r\n");
         let mut sent = Sent::default();
-        for (name, value) in req.headers() {
+        for (name, value) in head.headers {
             if forwarded.is_some() {
                 sent.note(name);
             }
@@ -297,8 +313,13 @@ impl Conn {
                 put_field(out, name, value);
             }
         }
+        if !head.headers.contains_key(HOST) {
+            out.extend_from_slice(b"host: ");
+            out.extend_from_slice(head.default_host.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
         for (name, value) in forwarded
-            .map(|f| f.fields(req.headers(), sent))
+            .map(|f| f.fields(head.headers, sent))
             .into_iter()
             .flatten()
         {
@@ -306,13 +327,13 @@ impl Conn {
                 put_field(out, name, &value);
             }
         }
-        let hint = req.body().size_hint();
+        let hint = body.size_hint();
         let framing = match hint.exact() {
             Some(0) => {
                 // A client that said `Content-Length: 0` (or a method that carries a body)
                 // gets it said for it; a GET without a body has none.
-                if req.headers().contains_key(CONTENT_LENGTH)
-                    || matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH)
+                if head.headers.contains_key(CONTENT_LENGTH)
+                    || matches!(*head.method, Method::POST | Method::PUT | Method::PATCH)
                 {
                     out.extend_from_slice(b"content-length: 0\r\n");
                 }
@@ -490,7 +511,7 @@ impl Conn {
 pub(crate) mod tests {
     use super::codec::MAX_HEAD;
     use super::*;
-    use http::{StatusCode, Version};
+    use http::{Request, StatusCode, Version};
     use hyper::body::Incoming;
     use hyper_util::rt::TokioIo;
     use std::net::SocketAddr;
@@ -502,6 +523,14 @@ pub(crate) mod tests {
     /// has it. hyper's `Incoming` cannot be built by hand, so it comes from a real server;
     /// the client side of that connection is returned, to send more of the body later.
     pub(crate) async fn request_from(raw: &[u8]) -> (Request<Resendable>, tokio::net::TcpStream) {
+        let (parts, body, client) = request_parts(raw).await;
+        (Request::from_parts(parts, Resendable::new(body).0), client)
+    }
+
+    /// [`request_from`], in its parts: the head, and hyper's body.
+    pub(crate) async fn request_parts(
+        raw: &[u8],
+    ) -> (http::request::Parts, Incoming, tokio::net::TcpStream) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -526,7 +555,7 @@ pub(crate) mod tests {
         let mut client = TcpStream::connect(addr).await.unwrap();
         client.write_all(raw).await.unwrap();
         let (parts, body) = rx.await.unwrap().into_parts();
-        (Request::from_parts(parts, Resendable::new(body).0), client)
+        (parts, body, client)
     }
 
     /// An instance on 127.0.0.1 taking one connection: for each step, it reads until the
@@ -570,6 +599,33 @@ pub(crate) mod tests {
             }
         });
         (addr, received, task)
+    }
+
+    /// Sends `req` on `conn` as the proxy does: its head borrowed, its body handed over.
+    pub(crate) async fn send(
+        conn: &mut Conn,
+        req: Request<Resendable>,
+        forwarded: Option<&Forwarded<'_>>,
+        deadline: Instant,
+        reused: bool,
+    ) -> Result<Head, Failed> {
+        let (parts, body) = req.into_parts();
+        conn.send(&outbound(&parts, forwarded), body, deadline, reused)
+            .await
+    }
+
+    /// The head of a client's request as the proxy sends it on.
+    pub(crate) fn outbound<'a>(
+        parts: &'a http::request::Parts,
+        forwarded: Option<&'a Forwarded<'a>>,
+    ) -> Outbound<'a> {
+        Outbound {
+            method: &parts.method,
+            target: parts.uri.path_and_query().map_or("/", |p| p.as_str()),
+            headers: &parts.headers,
+            default_host: "instance",
+            forwarded,
+        }
     }
 
     async fn conn_to(addr: SocketAddr) -> Conn {
@@ -635,7 +691,7 @@ pub(crate) mod tests {
         let (addr, received) = instance(vec![(until, answer.to_vec())]).await;
         let mut conn = conn_to(addr).await;
         let (req, _client) = request_from(request).await;
-        let head = match conn.send(req, None, far(), false).await {
+        let head = match send(&mut conn, req, None, far(), false).await {
             Ok(head) => head,
             Err(Failed::Sent(e) | Failed::Unsent(_, e)) => return Err(e),
             Err(Failed::TimedOut) => panic!("the instance answers"),
@@ -742,7 +798,7 @@ pub(crate) mod tests {
             // A load balancer in front: its fields are kept, its chain extended.
             trusted: true,
         };
-        let sent = conn.send(req, Some(&forwarded), far(), false).await;
+        let sent = send(&mut conn, req, Some(&forwarded), far(), false).await;
         assert!(sent.is_ok(), "answered");
         let received = String::from_utf8(received.lock().unwrap().clone()).unwrap();
         let mut fields: Vec<&str> = received
@@ -899,7 +955,10 @@ pub(crate) mod tests {
             b"POST /upload HTTP/1.1\r\nhost: shop\r\ncontent-length: 1000000\r\n\r\nhello",
         )
         .await;
-        let sent = tokio::time::timeout(Duration::from_secs(5), conn.send(req, None, far(), false));
+        let sent = tokio::time::timeout(
+            Duration::from_secs(5),
+            send(&mut conn, req, None, far(), false),
+        );
         let Ok(head) = sent.await.expect("answered without the rest of the body") else {
             panic!("the early answer is the response");
         };
@@ -928,7 +987,7 @@ pub(crate) mod tests {
         let (req, mut client) =
             request_from(b"POST /echo HTTP/1.1\r\nhost: shop\r\ncontent-length: 10\r\n\r\nhello")
                 .await;
-        let Ok(head) = conn.send(req, None, far(), false).await else {
+        let Ok(head) = send(&mut conn, req, None, far(), false).await else {
             panic!("the instance answers at once");
         };
         assert!(head.upload.is_some());
@@ -954,10 +1013,9 @@ pub(crate) mod tests {
             let mut conn = answered_once().await;
             // The instance has closed after its one answer (its task ended).
             let (req, _client) = request_from(request).await;
-            match conn.send(req, None, far(), true).await {
-                Err(Failed::Unsent(back, _)) => {
+            match send(&mut conn, req, None, far(), true).await {
+                Err(Failed::Unsent(..)) => {
                     assert!(repeatable, "a POST was offered for a second send");
-                    assert_eq!(back.uri().path(), "/x");
                 }
                 Err(Failed::Sent(_)) => assert!(!repeatable, "a repeatable GET failed"),
                 Err(Failed::TimedOut) => panic!("the connection is closed, not slow"),
@@ -981,8 +1039,7 @@ pub(crate) mod tests {
             body: mut dec,
             mut upload,
             ..
-        } = conn
-            .send(req, None, far(), false)
+        } = send(&mut conn, req, None, far(), false)
             .await
             .ok()
             .expect("answered");
@@ -1020,8 +1077,7 @@ pub(crate) mod tests {
         let mut conn = conn_to(addr).await;
         for i in 0..13 {
             let (req, _client) = request_from(GET).await;
-            let head = conn
-                .send(req, None, far(), i > 0)
+            let head = send(&mut conn, req, None, far(), i > 0)
                 .await
                 .ok()
                 .expect("answered");
@@ -1045,8 +1101,7 @@ pub(crate) mod tests {
         .await;
         let mut conn = conn_to(addr).await;
         let (req, _client) = request_from(GET).await;
-        let head = conn
-            .send(req, None, far(), false)
+        let head = send(&mut conn, req, None, far(), false)
             .await
             .ok()
             .expect("answered");

@@ -2,7 +2,8 @@
 
 use crate::body::{BodySlot, Guarded, ProxyBody, Resendable};
 use crate::conn::{self, Idle, Streams};
-use crate::error::{ProxyError, Unsent, UpstreamError};
+use crate::error::{ProxyError, UpstreamError};
+use crate::h1;
 use crate::headers;
 use crate::linger::Linger;
 use crate::table::{pick_backend, Backend, BackendRef, InFlight, RouteTable, Routes};
@@ -786,9 +787,10 @@ impl Proxy {
     /// `abandoned` then follow the retry. The [`InFlight`] guard counts the backend that was
     /// asked last.
     ///
-    /// `outgoing` is borrowed, not moved, and the worker's HTTP/1.1 pool is awaited here
-    /// directly: each async layer a request passes through copies its arguments and nests
-    /// its callee's future in its own, and this is the path of every request
+    /// `outgoing` is borrowed, not moved; the worker's HTTP/1.1 pool is awaited here
+    /// directly and writes the head from `outgoing` ([`h1::Outbound`]), so no request is
+    /// built for it: each async layer a request passes through copies its arguments and
+    /// nests its callee's future in its own, and this is the path of every request
     /// (BENCHMARKS.md, "Did the refactor regress the proxy?").
     async fn forward<'r>(
         &self,
@@ -814,31 +816,29 @@ impl Proxy {
         let mut retried = false;
         let result = loop {
             let guard = InFlight::new(target.backend.clone());
-            // The worker's own pool gives a refused request back: its headers are moved, not
-            // copied, and taken back for the retry.
-            let headers = if via == Via::Http1 {
-                std::mem::take(&mut parts.headers)
-            } else {
-                parts.headers.clone()
-            };
             // Taken by this attempt; a retry puts back what the refused one did not read.
-            let Some(upstream) = body.take().and_then(|body| {
-                upstream_request(parts, headers, &target.backend, path, via, body)
-            }) else {
-                // Cannot happen for a socket address and a path the server parsed; a
-                // failure here is still the proxy's, not the app's.
+            // `None` cannot happen for a socket address and a path the server parsed; a
+            // failure here is still the proxy's, not the app's.
+            let (Some(sending), Some(authority)) = (body.take(), target.backend.authority.as_ref())
+            else {
                 break Err((guard, None));
             };
-            let answer = match via {
-                Via::Http1 => {
-                    let http1 = &worker.http1;
-                    http1
-                        .send(&target.backend, upstream, Some(&forwarded), deadline)
-                        .await
-                }
-                Via::Http2 | Via::Upgrade => {
-                    worker.send(via, &target.backend, upstream, deadline).await
-                }
+            let answer = if via == Via::Http1 {
+                // The worker's own pool writes the head from here: nothing of it is moved.
+                let head = h1::Outbound {
+                    method: &parts.method,
+                    target: path.as_str(),
+                    headers: &parts.headers,
+                    default_host: authority.as_str(),
+                    forwarded: Some(&forwarded),
+                };
+                let http1 = &worker.http1;
+                http1.send(&target.backend, &head, sending, deadline).await
+            } else {
+                let Some(upstream) = upstream_request(parts, authority, path, via, sending) else {
+                    break Err((guard, None));
+                };
+                worker.send(via, &target.backend, upstream, deadline).await
             };
             match answer {
                 Ok(resp) => break Ok((guard, resp)),
@@ -847,15 +847,7 @@ impl Proxy {
                 }
                 // Nothing reached the instance (it refused the connection): the request may
                 // go to another backend, once.
-                Err(mut err) if err.retry_safe() => {
-                    if let Some(Unsent(unsent)) = err.take_unsent() {
-                        parts.headers = unsent.into_parts().0.headers;
-                        if host.is_none() {
-                            // The refused instance's address, put in for a client that named
-                            // no host: the retry names its own.
-                            parts.headers.remove(HOST);
-                        }
-                    }
+                Err(err) if err.retry_safe() => {
                     let unread = slot.take_unread();
                     let retry = if retried {
                         None
@@ -1232,7 +1224,6 @@ impl Worker {
             Ok(Err(e)) if e.is_connect() => Err(UpstreamError::Connect {
                 addr,
                 source: Box::new(e),
-                unsent: None,
             }),
             Ok(Err(e)) => Err(UpstreamError::Forward {
                 addr,
@@ -1466,14 +1457,15 @@ struct Target {
 pub const FENCING_TOKEN: http::HeaderName =
     http::HeaderName::from_static("x-cutover-fencing-token");
 
-/// What [`Proxy::prepare`] made of the request: everything an attempt needs to send it. Each
-/// attempt builds its own URI from `path` (see [`upstream_request`]).
+/// What [`Proxy::prepare`] made of the request: everything an attempt needs to send it. The
+/// worker's HTTP/1.1 pool writes the head from here ([`h1::Outbound`]); for hyper's clients
+/// each attempt builds its own request (see [`upstream_request`]).
 struct Outgoing<'c> {
     client: &'c Client,
     /// Method and cleaned headers.
     parts: http::request::Parts,
     path: PathAndQuery,
-    /// The host the client named, for `X-Forwarded-Host` and to tell a retry what to send.
+    /// The host the client named, for `X-Forwarded-Host`.
     host: Option<http::HeaderValue>,
     via: Via,
     /// The request's body, until an attempt takes it.
@@ -1514,46 +1506,32 @@ enum Via {
     Upgrade,
 }
 
-/// The request as sent to `backend`: the client's method, path, and (already cleaned) headers.
-/// The worker's own pool writes the URI as it is given (origin form); hyper-util's client
-/// wants the absolute form, to know where to connect.
+/// The request as hyper's clients (HTTP/2, upgrades) send it to the instance at `authority`:
+/// the client's method, path, and (already cleaned) headers, with the absolute-form URI
+/// they want, to know where to connect. (The worker's own HTTP/1.1 pool takes an
+/// [`h1::Outbound`] instead, borrowed, not built.)
 fn upstream_request(
     parts: &http::request::Parts,
-    headers: http::HeaderMap,
-    backend: &Backend,
+    authority: &http::uri::Authority,
     path: &PathAndQuery,
     via: Via,
     body: Resendable,
 ) -> Option<Request<Resendable>> {
-    let authority = backend.authority.as_ref()?;
-    let (uri, version) = match via {
-        Via::Http1 => (Uri::from(path.clone()), Version::HTTP_11),
-        Via::Http2 | Via::Upgrade => {
-            let uri = Uri::builder()
-                .scheme(http::uri::Scheme::HTTP)
-                .authority(authority.clone())
-                .path_and_query(path.clone())
-                .build()
-                .ok()?;
-            let version = if via == Via::Http2 {
-                Version::HTTP_2
-            } else {
-                Version::HTTP_11
-            };
-            (uri, version)
-        }
-    };
+    let uri = Uri::builder()
+        .scheme(http::uri::Scheme::HTTP)
+        .authority(authority.clone())
+        .path_and_query(path.clone())
+        .build()
+        .ok()?;
     let mut req = Request::new(body);
     *req.method_mut() = parts.method.clone();
     *req.uri_mut() = uri;
-    *req.version_mut() = version;
-    *req.headers_mut() = headers;
-    // A client that named no host at all (HTTP/1.0): the instance's address, as a client
-    // connecting to it directly would send.
-    if via == Via::Http1 && !req.headers().contains_key(HOST) {
-        let host = http::HeaderValue::from_str(authority.as_str()).ok()?;
-        req.headers_mut().insert(HOST, host);
-    }
+    *req.version_mut() = if via == Via::Http2 {
+        Version::HTTP_2
+    } else {
+        Version::HTTP_11
+    };
+    *req.headers_mut() = parts.headers.clone();
     Some(req)
 }
 

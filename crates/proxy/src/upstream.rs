@@ -12,11 +12,10 @@
 //! connection from the proxy (only those still carrying a request, until they finish).
 
 use crate::body::{BodyError, Resendable};
-use crate::h1::{Conn, Decoder, Failed, Head, Upload};
-use crate::headers::Forwarded;
+use crate::h1::{Conn, Decoder, Failed, Head, Outbound, Upload};
 use crate::table::{Backend, BackendRef};
 use bytes::Bytes;
-use http::{Request, Response};
+use http::Response;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use std::collections::HashSet;
@@ -28,7 +27,7 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::error::{Unsent, UpstreamError};
+use crate::error::UpstreamError;
 
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -71,25 +70,26 @@ impl Http1Pool {
         self.idle.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Sends `req` to `backend` over an idle connection, or a new one when none is left, and
-    /// waits for the response head until `deadline`.
+    /// Sends the request (`head`, then `body`) to `backend` over an idle connection, or a new
+    /// one when none is left, and waits for the response head until `deadline`.
     ///
-    /// An idle connection the instance closed meanwhile hands the request back unsent (see
+    /// An idle connection the instance closed meanwhile hands the body back unsent (see
     /// [`Failed::Unsent`]), and the next one is tried: only [`UpstreamError::Connect`] (nothing
-    /// was sent), [`UpstreamError::Forward`] (something may have been) and
-    /// [`UpstreamError::TimedOut`] reach the caller.
+    /// was sent: the body is still unread in its slot, for a retry elsewhere),
+    /// [`UpstreamError::Forward`] (something may have been) and [`UpstreamError::TimedOut`]
+    /// reach the caller.
     pub(crate) async fn send(
         self: &Arc<Self>,
         backend: &BackendRef,
-        mut req: Request<Resendable>,
-        forwarded: Option<&Forwarded<'_>>,
+        head: &Outbound<'_>,
+        mut body: Resendable,
         deadline: Instant,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         let addr = backend.addr;
         while let Some(mut conn) = self.checkout(addr) {
-            match conn.send(req, forwarded, deadline, true).await {
+            match conn.send(head, body, deadline, true).await {
                 Ok(head) => return Ok(self.wrap(head, conn, backend)),
-                Err(Failed::Unsent(unsent, _)) => req = *unsent,
+                Err(Failed::Unsent(unsent, _)) => body = unsent,
                 Err(Failed::Sent(e)) => {
                     return Err(UpstreamError::Forward {
                         addr,
@@ -101,21 +101,14 @@ impl Http1Pool {
         }
         let mut conn = match self.connect(addr, deadline).await {
             Ok(c) => c,
-            Err(source) => {
-                return Err(UpstreamError::Connect {
-                    addr,
-                    source,
-                    unsent: Some(Unsent(Box::new(req))),
-                })
-            }
+            Err(source) => return Err(UpstreamError::Connect { addr, source }),
         };
-        match conn.send(req, forwarded, deadline, false).await {
+        match conn.send(head, body, deadline, false).await {
             Ok(head) => Ok(self.wrap(head, conn, backend)),
             // Closed before a byte of the request was written: as good as refused.
-            Err(Failed::Unsent(unsent, e)) => Err(UpstreamError::Connect {
+            Err(Failed::Unsent(_, e)) => Err(UpstreamError::Connect {
                 addr,
                 source: Box::new(e),
-                unsent: Some(Unsent(unsent)),
             }),
             Err(Failed::Sent(e)) => Err(UpstreamError::Forward {
                 addr,
@@ -344,11 +337,19 @@ mod tests {
         (addr, open)
     }
 
-    /// A `GET /x` with an empty body, as the proxy has it.
-    async fn request() -> Request<Resendable> {
-        crate::h1::tests::request_from(b"GET /x HTTP/1.1\r\nhost: shop\r\n\r\n")
+    const GET: &[u8] = b"GET /x HTTP/1.1\r\nhost: shop\r\n\r\n";
+
+    /// Sends a `GET /x` with an empty body through `pool`, as the proxy does: its head
+    /// borrowed, its body handed over.
+    async fn get(
+        pool: &Arc<Http1Pool>,
+        backend: &BackendRef,
+        deadline: Instant,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        let (parts, body, _client) = crate::h1::tests::request_parts(GET).await;
+        let head = crate::h1::tests::outbound(&parts, None);
+        pool.send(backend, &head, Resendable::new(body).0, deadline)
             .await
-            .0
     }
 
     /// A pool with a 2 s connect timeout.
@@ -362,7 +363,7 @@ mod tests {
 
     /// A request through `pool` that must be answered.
     async fn answered(pool: &Arc<Http1Pool>, backend: &BackendRef) -> Response<UpstreamBody> {
-        match pool.send(backend, request().await, None, far()).await {
+        match get(pool, backend, far()).await {
             Ok(resp) => resp,
             Err(_) => panic!("the app answers"),
         }
@@ -377,19 +378,25 @@ mod tests {
         cutover_testkit::eventually_holds(Duration::from_secs(10), what, cond).await
     }
 
+    /// A refused connection is a connect error (safe to retry), and the request's body is
+    /// still unread in its slot, for the retry to send.
     #[tokio::test]
-    async fn a_refused_connection_gives_the_request_back() {
+    async fn a_refused_connection_leaves_the_body_to_retry() {
         let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = closed.local_addr().unwrap();
         drop(closed);
         let pool = pool_of(Duration::from_secs(30), 4);
         let backend = BackendRef::alone(Arc::new(Backend::new("gone", addr)));
-        match pool.send(&backend, request().await, None, far()).await {
-            Err(UpstreamError::Connect {
-                unsent: Some(req), ..
-            }) => assert_eq!(req.0.uri().path(), "/x"),
-            Err(UpstreamError::Connect { unsent: None, .. }) => {
-                panic!("the request was not given back")
+        let (parts, body, _client) = crate::h1::tests::request_parts(
+            b"POST /x HTTP/1.1\r\nhost: shop\r\ncontent-length: 5\r\n\r\nhello",
+        )
+        .await;
+        let (body, slot) = Resendable::new(body);
+        let head = crate::h1::tests::outbound(&parts, None);
+        match pool.send(&backend, &head, body, far()).await {
+            Err(e @ UpstreamError::Connect { .. }) => {
+                assert!(e.retry_safe());
+                assert!(slot.take_unread().is_some(), "the body was read: no retry");
             }
             Err(e @ UpstreamError::Forward { .. }) => {
                 panic!("a refused connection is not a forward error: {e}")
@@ -456,10 +463,7 @@ mod tests {
         // instance never answers, and the nearer deadline still applies.
         let started = Instant::now();
         let deadline = started + Duration::from_millis(100);
-        let sent = tokio::time::timeout(
-            Duration::from_secs(5),
-            pool.send(&backend, request().await, None, deadline),
-        );
+        let sent = tokio::time::timeout(Duration::from_secs(5), get(&pool, &backend, deadline));
         match sent
             .await
             .expect("the deadline is kept, not the timer's first one")
