@@ -47,7 +47,7 @@ pub struct ProxyConfig {
     pub connect_timeout: Duration,
     /// Idle pooled upstream connections are closed after this long.
     pub pool_idle_timeout: Duration,
-    /// At most this many idle upstream connections are kept per backend.
+    /// At most this many idle upstream connections are kept per backend, by each worker.
     pub pool_max_idle_per_host: usize,
     /// How long [`Proxy::serve`] waits for in-flight requests after shutdown is asked for.
     pub shutdown_timeout: Duration,
@@ -92,7 +92,14 @@ impl Default for ProxyConfig {
             sticky: StickySpec::default(),
             connect_timeout: Duration::from_secs(2),
             pool_idle_timeout: Duration::from_secs(30),
-            pool_max_idle_per_host: 64,
+            // Per worker. Enough for the requests one worker has in flight to a backend at
+            // once: each HTTP/2 stream is a request on a connection of its own upstream, and
+            // a response whose connection found the pool full closed it, so the next request
+            // paid a new connection. At 64, 8 HTTP/2 clients with 100 streams each reconnected
+            // for most requests (30,500 req/s; 60,100 at 1,024: BENCHMARKS.md). Idle ones
+            // still close after `pool_idle_timeout`. (HAProxy keeps every idle connection by
+            // default; hyper-util's client too.)
+            pool_max_idle_per_host: 1024,
             shutdown_timeout: Duration::from_secs(30),
             header_read_timeout: Duration::from_secs(30),
             // Well above a round trip: what a client sent before it saw the close arrives in it.
