@@ -83,7 +83,8 @@ cat "$TMP/cert.pem" "$TMP/key.pem" >"$TMP/both.pem"
 # --- servers ---------------------------------------------------------------------------------
 APP_PID=""
 start_app() { # start_app body
-  TMPDIR="$TMP" "$BENCH/static_upstream.sh" "$APP_PORT" "$(body_file "$1")" auto >"$TMP/app.log" 2>&1 &
+  # In a session of its own, as cutover's instances are (see bench/run.sh's start_app).
+  TMPDIR="$TMP" setsid "$BENCH/static_upstream.sh" "$APP_PORT" "$(body_file "$1")" auto >"$TMP/app.log" 2>&1 &
   APP_PID=$!; PIDS+=("$APP_PID")
   wait_http "http://127.0.0.1:$APP_PORT/"
 }

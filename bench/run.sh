@@ -110,11 +110,17 @@ pin_fg() { # pin_fg <cpu> cmd...: foreground
 
 # --- servers ---------------------------------------------------------------------------------
 APP_PID="" APP_PIDS=""
+# The peers' upstream runs in a session of its own (`setsid`), as cutover's instances do (its
+# supervisor starts each in a new session, to signal its whole process group). It matters:
+# with the kernel's autogroup scheduling (`/proc/sys/kernel/sched_autogroup_enabled`, on by
+# default in Debian's kernels) CPU time is shared between sessions first, and an upstream in
+# the benchmark's own session served the floor 20-30 % faster than the same nginx in a
+# session of its own (BENCHMARKS.md, "The 2-worker gap was the benchmark's").
 start_app() { # start_app body_size [upstream]: the peers' upstream on APP_PORT; sets APP_PIDS
   if [ "${2:-demo}" = static ]; then
-    TMPDIR="$TMP" pin 1 "$BENCH/static_upstream.sh" "$APP_PORT" "$(body_file "$1")" auto >"$TMP/app.log" 2>&1 &
+    TMPDIR="$TMP" pin 1 setsid "$BENCH/static_upstream.sh" "$APP_PORT" "$(body_file "$1")" auto >"$TMP/app.log" 2>&1 &
   else
-    pin 1 "$DEMO" --port "$APP_PORT" --version v1 --body-size "$1" >"$TMP/app.log" 2>&1 &
+    pin 1 setsid "$DEMO" --port "$APP_PORT" --version v1 --body-size "$1" >"$TMP/app.log" 2>&1 &
   fi
   APP_PID=$!; PIDS+=("$APP_PID")
   wait_http "http://127.0.0.1:$APP_PORT/ready"
@@ -382,7 +388,8 @@ doc = {
     "machine": {"nproc": os.cpu_count(), "cpu": cpu.group(1) if cpu else None,
                 "mem_kb": int(mem.group(1)) if mem else None, "kernel": platform.release(),
                 "nginx": sh("nginx -v"), "haproxy": sh("haproxy -v | head -1"),
-                "wrk": sh("wrk -v | head -1"), "rustc": sh("rustc --version")},
+                "wrk": sh("wrk -v | head -1"), "rustc": sh("rustc --version"),
+                "sched_autogroup": sh("cat /proc/sys/kernel/sched_autogroup_enabled")},
     "revision": os.environ.get("BENCH_REV"),
     "fd_limit": int(os.environ.get("BENCH_FD_LIMIT", "0")),
     "params": {"wrk": f"-t{threads} -c{conns} -d{duration} --latency", "pinned": pin == "1",
