@@ -98,28 +98,14 @@ TOML
 # As bench/run.sh's nginx, with one worker and no master process, in the foreground.
 # shellcheck source=bench/nginx_conf.sh
 . "$ROOT/bench/nginx_conf.sh"
+# shellcheck source=bench/haproxy_conf.sh
+. "$ROOT/bench/haproxy_conf.sh"
 nginx_conf "$D/nginx" 1 $NGINX_PORT $APP_PORT 1024 off
 
 rev=$(cat "$T/.bench-revision" 2>/dev/null || echo unknown)
 haproxy=–
 if [ "${HAPROXY:-0}" = 1 ]; then
-  cat >"$D/haproxy.cfg" <<HAP
-global
-  nbthread 1
-defaults
-  mode http
-  option http-keep-alive
-  option forwardfor
-  http-reuse always
-  timeout connect 5s
-  timeout client 1h
-  timeout server 1h
-frontend fe
-  bind 127.0.0.1:$HAPROXY_PORT
-  default_backend app
-backend app
-  server app1 127.0.0.1:$APP_PORT
-HAP
+  haproxy_conf "$D/haproxy.cfg" 1 $HAPROXY_PORT $APP_PORT
   haproxy=$(measure haproxy $HAPROXY_PORT "$(command -v haproxy || echo /usr/sbin/haproxy)" -db -f "$D/haproxy.cfg")
 fi
 cut=$(measure cutover $CUTOVER_PORT "$T/release/cutover" run -c "$D/cutover.toml")

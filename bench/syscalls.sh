@@ -48,6 +48,8 @@ wait_200() {
 
 # shellcheck source=bench/nginx_conf.sh
 . "$ROOT/bench/nginx_conf.sh"
+# shellcheck source=bench/haproxy_conf.sh
+. "$ROOT/bench/haproxy_conf.sh"
 head -c "$BODY" /dev/zero | tr '\0' x >"$D/body"
 TMPDIR="$D" "$ROOT/bench/static_upstream.sh" $APP_PORT "$D/body" 1 >"$D/app.log" 2>&1 &
 pids+=($!)
@@ -100,23 +102,7 @@ path = ""
 level = "warn"
 TOML
 nginx_conf "$D/nginx" 1 $NGINX_PORT $APP_PORT 1024 off
-cat >"$D/haproxy.cfg" <<HAP
-global
-  nbthread 1
-defaults
-  mode http
-  option http-keep-alive
-  option forwardfor
-  http-reuse always
-  timeout connect 5s
-  timeout client 1h
-  timeout server 1h
-frontend fe
-  bind 127.0.0.1:$HAPROXY_PORT
-  default_backend app
-backend app
-  server app1 127.0.0.1:$APP_PORT
-HAP
+haproxy_conf "$D/haproxy.cfg" 1 $HAPROXY_PORT $APP_PORT
 
 rev=$(cat "$T/.bench-revision" 2>/dev/null || echo unknown)
 echo "body $BODY B, revision ${rev:0:10}, load $(cut -d' ' -f1-3 /proc/loadavg)"
